@@ -1,0 +1,17 @@
+"""fusedrnn: fused LSTM, GRU and Elman RNN for PyTorch, drop-in for ``torch.nn``.
+
+Importing fusedrnn registers the ``fusedrnn::*`` operators and the pure-PyTorch backend;
+it never builds, imports or queries a GPU, Triton or the compiled extension.
+"""
+
+from . import functional, ops
+from .backends import BackendUnavailableError, available_backends, select as select_backend
+from .cells import GRUCell, LSTMCell, RNNCell
+from .modules import GRU, LSTM, RNN
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "functional", "ops",
+    "available_backends", "select_backend", "BackendUnavailableError", "__version__",
+]

@@ -1,0 +1,155 @@
+"""Backend registry and per-call selection.
+
+A backend implements the per-layer, per-direction forward and backward of each cell
+(see ``reference.py`` for the exact contract). The choice is made per call, in this order:
+the ``backend=`` argument, else the environment variable ``FUSEDRNN_BACKEND``, else
+``"auto"``. An explicitly requested backend that cannot run a call raises
+:class:`BackendUnavailableError` with the reason; ``auto`` takes the first backend, by
+priority, that can run the call and logs once why the ones before it could not.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+
+logger = logging.getLogger("fusedrnn")
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+ENV_VAR = "FUSEDRNN_BACKEND"
+AUTO = "auto"
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the call; the message says why."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str
+
+    def __bool__(self):
+        return self.available
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend one call runs on, and why that one."""
+
+    name: str
+    reason: str
+
+
+class Backend:
+    """Base class: a name, a priority for ``auto`` (higher first) and the cell kernels."""
+
+    name = ""
+    priority = 0
+
+    def available(self):
+        """Whether this backend can run at all here: :class:`Availability`."""
+        return Availability(True, "")
+
+    def supports(self, device, dtype):
+        """Whether this backend can run a call on ``device`` in ``dtype``: (ok, reason)."""
+        return True, ""
+
+    def forward(self, cell, *args):
+        raise NotImplementedError
+
+    def backward(self, cell, *args):
+        raise NotImplementedError
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    priority = 0
+
+    def supports(self, device, dtype):
+        if not dtype.is_floating_point:
+            return False, f"dtype {dtype} is not a floating-point type"
+        return True, ""
+
+    def forward(self, cell, *args):
+        return reference.FORWARD[cell](*args)
+
+    def backward(self, cell, *args):
+        return reference.BACKWARD[cell](*args)
+
+
+_REGISTRY = {}
+_logged_fallbacks = set()
+
+
+def register(backend):
+    """Add a backend to the registry (the Triton and CUDA backends call this)."""
+    _REGISTRY[backend.name] = backend
+
+
+def get(name):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown backend {name!r}; known backends: {known} or 'auto'") from None
+
+
+def names():
+    return sorted(_REGISTRY, key=lambda n: -_REGISTRY[n].priority)
+
+
+def available_backends():
+    """``{name: Availability(available, reason)}`` for every registered backend."""
+    return {name: _REGISTRY[name].available() for name in names()}
+
+
+def requested_name(backend=None):
+    """The backend a call asks for: the argument unless it is ``None``/``"auto"``, else the
+    environment variable, else ``"auto"``."""
+    if backend is not None and backend != AUTO:
+        return backend
+    return os.environ.get(ENV_VAR, "").strip() or AUTO
+
+
+def _can_run(backend, device, dtype):
+    status = backend.available()
+    if not status.available:
+        return False, status.reason
+    return backend.supports(device, dtype)
+
+
+def select(backend, device, dtype):
+    """Choose the backend for one call on tensors of ``device`` and ``dtype``: a :class:`Choice`."""
+    name = requested_name(backend)
+    if name != AUTO:
+        ok, why = _can_run(get(name), device, dtype)
+        if not ok:
+            raise BackendUnavailableError(f"backend {name!r} cannot run this call: {why}")
+        return Choice(name, "requested")
+    skipped = []
+    for candidate in names():
+        if device.type == "cpu" and candidate != "reference":
+            continue
+        ok, why = _can_run(_REGISTRY[candidate], device, dtype)
+        if ok:
+            reason = "auto: " + ("; ".join(skipped) if skipped else f"first choice on {device.type}")
+            _log_fallback_once(candidate, skipped)
+            return Choice(candidate, reason)
+        skipped.append(f"{candidate} skipped ({why})")
+    raise BackendUnavailableError(f"no backend can run this call: {'; '.join(skipped)}")
+
+
+def _log_fallback_once(chosen, skipped):
+    if not skipped or torch.compiler.is_compiling():
+        return
+    key = (chosen, tuple(skipped))
+    if key not in _logged_fallbacks:
+        _logged_fallbacks.add(key)
+        logger.info("fusedrnn: using backend %r: %s", chosen, "; ".join(skipped))
+
+
+register(ReferenceBackend())

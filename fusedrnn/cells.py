@@ -1,0 +1,134 @@
+"""Drop-in replacements for ``torch.nn.LSTMCell``, ``GRUCell`` and ``RNNCell``.
+
+A cell is one time step of the sequence ops (``T = 1``), so it runs on the same backends
+and autograd formulas as the sequence modules.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from . import functional
+
+__all__ = ["LSTMCell", "GRUCell", "RNNCell"]
+
+
+class RNNCellBase(nn.Module):
+    """Parameters ``weight_ih (G, I)``, ``weight_hh (G, H)``, ``bias_ih``, ``bias_hh (G,)``."""
+
+    def __init__(self, input_size, hidden_size, bias, gates, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.backend = backend
+        self.weight_ih = nn.Parameter(torch.empty(gates * hidden_size, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(gates * hidden_size, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gates * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gates * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self):
+        s = "{input_size}, {hidden_size}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += ", nonlinearity={nonlinearity}"
+        return s.format(**self.__dict__)
+
+    def _weights(self):
+        weights = [self.weight_ih, self.weight_hh]
+        return weights + ([self.bias_ih, self.bias_hh] if self.bias else [])
+
+    def _step(self, run, input, states, names):
+        """Run one step: ``input`` ``(B, I)`` or ``(I,)``, ``states`` ``(B, H)``/``(H,)`` or None."""
+        kind = type(self).__name__
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+            got = f"{input.dim()}D" if isinstance(input, torch.Tensor) else type(input).__name__
+            raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {got} instead")
+        batched = input.dim() == 2
+        batch = input.shape[0] if batched else 1
+        if states is not None:
+            for name, state in zip(names, states):
+                if not isinstance(state, torch.Tensor) or state.dim() != input.dim():
+                    raise RuntimeError(f"{kind}: {name} must be {input.dim()}-D like input")
+                if batched and state.shape[0] != batch:
+                    raise RuntimeError(f"Input batch size {batch} doesn't match {name} batch "
+                                       f"size {state.shape[0]}")
+                if state.shape[-1] != self.hidden_size:
+                    raise RuntimeError(f"{kind}: {name} has {state.shape[-1]} features, "
+                                       f"expected hidden_size={self.hidden_size}")
+            states = [s.unsqueeze(0) if batched else s.view(1, 1, -1) for s in states]
+        sequence = input.unsqueeze(0) if batched else input.view(1, 1, -1)
+        return run(sequence, states, batched)
+
+
+def _unstack(state, batched):
+    return state[0] if batched else state.view(-1)
+
+
+class LSTMCell(RNNCellBase):
+    """Drop-in ``torch.nn.LSTMCell``: ``forward(input, hx=None) -> (h_1, c_1)``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend=backend)
+
+    def forward(self, input, hx=None):
+        def run(sequence, states, batched):
+            hx_seq = None if states is None else tuple(states)
+            _, (h, c) = functional.lstm(sequence, hx_seq, self._weights(), bias=self.bias,
+                                        backend=self.backend)
+            return _unstack(h, batched), _unstack(c, batched)
+
+        if hx is not None and (isinstance(hx, torch.Tensor) or len(hx) != 2):
+            raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0)")
+        return self._step(run, input, hx, ("hx[0]", "hx[1]"))
+
+
+class GRUCell(RNNCellBase):
+    """Drop-in ``torch.nn.GRUCell``: ``forward(input, hx=None) -> h_1``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
+
+    def forward(self, input, hx=None):
+        def run(sequence, states, batched):
+            _, h = functional.gru(sequence, None if states is None else states[0],
+                                  self._weights(), bias=self.bias, backend=self.backend)
+            return _unstack(h, batched)
+
+        return self._step(run, input, None if hx is None else (hx,), ("hx",))
+
+
+class RNNCell(RNNCellBase):
+    """Drop-in ``torch.nn.RNNCell``: ``forward(input, hx=None) -> h_1``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend="auto"):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype, backend=backend)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input, hx=None):
+        def run(sequence, states, batched):
+            _, h = functional.rnn(sequence, None if states is None else states[0],
+                                  self._weights(), nonlinearity=self.nonlinearity,
+                                  bias=self.bias, backend=self.backend)
+            return _unstack(h, batched)
+
+        return self._step(run, input, None if hx is None else (hx,), ("hx",))

@@ -1,0 +1,264 @@
+"""LSTM, GRU and Elman RNN on explicit weight tensors.
+
+Everything above the single-layer, single-direction ops happens here, once, for every
+backend: argument checks, unbatched and ``batch_first`` layouts, ``PackedSequence`` to
+padded data plus lengths and back, layers, directions, the LSTM projection, dropout
+between layers, autocast and the backend choice.
+
+``weights`` is the flat list ``torch.nn.LSTM._flat_weights`` holds: for each layer, for
+each direction, ``w_ih, w_hh`` then ``b_ih, b_hh`` when ``bias`` then ``w_hr`` when
+``proj_size > 0``.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import backends, ops
+
+__all__ = ["lstm", "gru", "rnn"]
+
+_MODE_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+
+
+def lstm(input, hx, weights, bias=True, num_layers=1, dropout=0.0, training=False,
+         bidirectional=False, batch_first=False, proj_size=0, backend=None):
+    """Multi-layer LSTM. Returns ``(output, (h_n, c_n))`` exactly like ``torch.nn.LSTM``.
+
+    ``input``: ``(T, B, I)`` (``(B, T, I)`` if ``batch_first``), ``(T, I)`` unbatched, or a
+    ``PackedSequence``. ``hx``: ``None`` or ``(h_0, c_0)`` of shapes ``(L*D, B, P)`` and
+    ``(L*D, B, H)`` (no batch dimension for unbatched input), with ``D`` = 2 if
+    ``bidirectional`` else 1 and ``P`` = ``proj_size or H``.
+    """
+    return _run("lstm", input, hx, weights, bias, num_layers, dropout, training, bidirectional,
+                batch_first, proj_size, backend)
+
+
+def gru(input, hx, weights, bias=True, num_layers=1, dropout=0.0, training=False,
+        bidirectional=False, batch_first=False, backend=None):
+    """Multi-layer GRU. Returns ``(output, h_n)`` exactly like ``torch.nn.GRU``."""
+    return _run("gru", input, hx, weights, bias, num_layers, dropout, training, bidirectional,
+                batch_first, 0, backend)
+
+
+def rnn(input, hx, weights, nonlinearity="tanh", bias=True, num_layers=1, dropout=0.0,
+        training=False, bidirectional=False, batch_first=False, backend=None):
+    """Multi-layer Elman RNN (``tanh`` or ``relu``). Returns ``(output, h_n)`` like ``torch.nn.RNN``."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return _run(f"rnn_{nonlinearity}", input, hx, weights, bias, num_layers, dropout, training,
+                bidirectional, batch_first, 0, backend)
+
+
+def weights_per_direction(bias, proj_size):
+    return 2 + (2 if bias else 0) + (1 if proj_size > 0 else 0)
+
+
+def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirectional,
+         batch_first, proj_size, backend):
+    name = _MODE_NAMES[cell]
+    weights = list(weights)
+    directions = 2 if bidirectional else 1
+    per_direction = weights_per_direction(bias, proj_size)
+    _check_config(name, weights, num_layers, directions, per_direction, dropout, proj_size)
+    gates = ops.GATES[cell]
+    hidden = weights[1].shape[1] if proj_size == 0 else weights[per_direction - 1].shape[1]
+    state_size = proj_size if proj_size > 0 else hidden
+    input_size = weights[0].shape[1]
+
+    packed = isinstance(input, PackedSequence)
+    if packed:
+        (x, lengths), batched = _unpack(input), True
+    else:
+        x, batched = _batched_time_major(name, input, batch_first)
+        lengths = None
+    _check_input(name, x, input_size, weights[0])
+    steps, batch = x.shape[0], x.shape[1]
+
+    state_shapes = [(num_layers * directions, batch, state_size)]
+    if cell == "lstm":
+        state_shapes.append((num_layers * directions, batch, hidden))
+    states = _initial_states(name, hx, state_shapes, batched, x)
+    if packed:
+        states = [s.index_select(1, input.sorted_indices) if input.sorted_indices is not None
+                  else s for s in states]
+    _check_weights(name, weights, num_layers, directions, per_direction, gates, hidden,
+                   state_size, input_size, bias, x)
+
+    x, states, weights = _autocast(x, states, weights)
+    choice = backends.select(backend, x.device, x.dtype)
+    op = ops.FORWARD[cell]
+    h_n, c_n = [], []
+    layer_input = x
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            w = weights[index * per_direction:(index + 1) * per_direction]
+            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
+            w_hr = w[-1] if proj_size > 0 else None
+            c0 = states[1][index] if cell == "lstm" else None
+            y, h, c, _, _ = op(layer_input, w[0], w[1], b_ih, b_hh, w_hr, states[0][index], c0,
+                               lengths, direction == 1, choice.name)
+            outputs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 2)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, True)
+
+    finals = [torch.stack(h_n, 0)] + ([torch.stack(c_n, 0)] if cell == "lstm" else [])
+    output = layer_input
+    if packed:
+        output = _repack(output, lengths, input)
+        if input.unsorted_indices is not None:
+            finals = [f.index_select(1, input.unsorted_indices) for f in finals]
+    else:
+        if batch_first:
+            output = output.transpose(0, 1)
+        if not batched:
+            output = output.squeeze(1)
+            finals = [f.squeeze(1) for f in finals]
+    return output, (tuple(finals) if cell == "lstm" else finals[0])
+
+
+# ---------------------------------------------------------------- layouts and packing
+
+
+def _batched_time_major(name, input, batch_first):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, "
+                        f"got {type(input).__name__}")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+    if input.dim() == 2:
+        return input.unsqueeze(1), False
+    return (input.transpose(0, 1) if batch_first else input), True
+
+
+def _unpack(packed):
+    """A ``PackedSequence`` as padded ``(T, B, I)`` data in its sorted order plus lengths.
+
+    Lengths are ``None`` when every sequence is full, so the ops skip masking.
+    """
+    batch_sizes = packed.batch_sizes
+    if batch_sizes.numel() == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if bool((batch_sizes <= 0).any()) or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        raise ValueError("input: PackedSequence.batch_sizes must be positive and non-increasing "
+                         f"(a zero-length sequence cannot be packed), got {batch_sizes.tolist()}")
+    sorted_view = PackedSequence(packed.data, batch_sizes, None, None)
+    padded, lengths = pad_packed_sequence(sorted_view)
+    if int(lengths[-1]) == padded.shape[0]:
+        return padded, None
+    return padded, lengths.to(device=padded.device, dtype=torch.int64)
+
+
+def _repack(output, lengths, like):
+    if lengths is None:
+        data = output.reshape(-1, output.shape[2])
+    else:
+        data = pack_padded_sequence(output, lengths.cpu(), enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_config(name, weights, num_layers, directions, per_direction, dropout, proj_size):
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    if not 0 <= dropout <= 1:
+        raise ValueError(f"dropout should be a number in range [0, 1], got {dropout!r}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size should be a non-negative integer, got {proj_size!r}")
+    expected = num_layers * directions * per_direction
+    if len(weights) != expected:
+        raise ValueError(f"{name}: weights must hold {expected} tensors for num_layers="
+                         f"{num_layers}, {directions} direction(s), {per_direction} per "
+                         f"direction; got {len(weights)}")
+
+
+def _check_input(name, x, input_size, weight):
+    if x.shape[-1] != input_size:
+        raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, "
+                           f"got {x.shape[-1]}")
+    if x.shape[0] == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name}: input must be a floating-point tensor, got {x.dtype}")
+    if x.device != weight.device:
+        raise ValueError(f"{name}: input is on {x.device} but the weights are on {weight.device}; "
+                         "move one of them")
+    if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
+        raise ValueError(f"{name}: input dtype ({x.dtype}) does not match weight dtype "
+                         f"({weight.dtype}). Convert input: input.to({weight.dtype}), or convert "
+                         f"model: model.to({x.dtype})")
+
+
+def _initial_states(name, hx, shapes, batched, x):
+    """``hx`` (or zeros) as a list of batched ``(L*D, B, S)`` tensors, checked against ``shapes``."""
+    if hx is None:
+        return [x.new_zeros(shape) for shape in shapes]
+    given = list(hx) if len(shapes) == 2 else [hx]
+    if len(shapes) == 2 and (isinstance(hx, torch.Tensor) or len(given) != 2):
+        raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+    labels = ["hx[0] (h_0)", "hx[1] (c_0)"] if len(shapes) == 2 else ["hx"]
+    states = []
+    for label, state, shape in zip(labels, given, shapes):
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"{name}: {label} must be a Tensor, got {type(state).__name__}")
+        expected_dim = 3 if batched else 2
+        if state.dim() != expected_dim:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"{name}: for {kind} input, {label} should also be "
+                               f"{expected_dim}-D, got a {state.dim()}-D tensor")
+        if not batched:
+            state = state.unsqueeze(1)
+        if tuple(state.shape) != shape:
+            shown = shape if batched else (shape[0], shape[2])
+            got = list(state.shape) if batched else [state.shape[0], state.shape[2]]
+            raise RuntimeError(f"Expected {label} size {shown}, got {got}")
+        if state.device != x.device:
+            raise ValueError(f"{name}: {label} is on {state.device} but input is on {x.device}")
+        if state.dtype != x.dtype and not _autocast_enabled(x.device.type):
+            raise ValueError(f"{name}: {label} dtype ({state.dtype}) does not match input dtype "
+                             f"({x.dtype})")
+        states.append(state)
+    return states
+
+
+def _check_weights(name, weights, num_layers, directions, per_direction, gates, hidden,
+                   state_size, input_size, bias, x):
+    for index, weight in enumerate(weights):
+        slot = index % per_direction
+        layer = index // (per_direction * directions)
+        if slot == 0:
+            expected = (gates * hidden, input_size if layer == 0 else state_size * directions)
+        elif slot == 1:
+            expected = (gates * hidden, state_size)
+        elif bias and slot in (2, 3):
+            expected = (gates * hidden,)
+        else:
+            expected = (state_size, hidden)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"{name}: weights[{index}] should have shape {expected}, "
+                             f"got {tuple(weight.shape)}")
+        if weight.device != x.device or weight.dtype != weights[0].dtype:
+            raise ValueError(f"{name}: weights[{index}] is {weight.dtype} on {weight.device}; "
+                             f"every weight must be {weights[0].dtype} on {x.device}")
+
+
+def _autocast_enabled(device_type):
+    return torch.is_autocast_enabled(device_type)
+
+
+def _autocast(x, states, weights):
+    """Under autocast, run in the autocast dtype like ``torch.nn`` does."""
+    device_type = x.device.type
+    if not _autocast_enabled(device_type):
+        return x, states, weights
+    dtype = torch.get_autocast_dtype(device_type)
+    with torch.autocast(device_type, enabled=False):
+        cast = [t.to(dtype) for t in [x] + states + weights]
+    return cast[0], cast[1:1 + len(states)], cast[1 + len(states):]
