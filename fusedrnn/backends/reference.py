@@ -46,15 +46,20 @@ def _time_order(steps, reverse):
     return range(steps - 1, -1, -1) if reverse else range(steps)
 
 
+def _flat(t):
+    """``(T, B, S)`` as ``(T * B, S)`` (explicit sizes: B may be 0)."""
+    return t.reshape(t.shape[0] * t.shape[1], t.shape[2])
+
+
 def _input_projection(x, w_ih, bias):
     """``x @ w_ih^T + bias`` for all steps at once: ``(T, B, G)``."""
     steps, batch, _ = x.shape
-    flat = x.reshape(steps * batch, -1)
+    flat = _flat(x)
     if bias is None:
         out = torch.mm(flat, w_ih.t())
     else:
         out = torch.addmm(bias, flat, w_ih.t())
-    return out.view(steps, batch, -1)
+    return out.view(steps, batch, w_ih.shape[0])
 
 
 def previous_states(states, initial, mask, reverse):
@@ -171,7 +176,7 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
     if w_hr is not None:
         if mask is not None:
             grad_h_steps.mul_(mask)
-        grad_w_hr = torch.mm(grad_h_steps.view(steps * batch, -1).t(),
+        grad_w_hr = torch.mm(_flat(grad_h_steps).t(),
                              (o * tanh_c).view(steps * batch, hidden))
     h_prev = previous_states(y, h0, mask, reverse)
     return _input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias) + (
@@ -181,11 +186,11 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
 def _input_and_weight_grads(x, w_ih, dgates_input, dgates_hidden, h_prev, has_bias):
     """Gradients that are one product over all steps: input, W_ih, W_hh and biases."""
     steps, batch, _ = x.shape
-    flat_in = dgates_input.view(steps * batch, -1)
-    flat_hid = dgates_hidden.view(steps * batch, -1)
+    flat_in = _flat(dgates_input)
+    flat_hid = _flat(dgates_hidden)
     grad_x = torch.mm(flat_in, w_ih).view_as(x)
-    grad_w_ih = torch.mm(flat_in.t(), x.reshape(steps * batch, -1))
-    grad_w_hh = torch.mm(flat_hid.t(), h_prev.reshape(steps * batch, -1))
+    grad_w_ih = torch.mm(flat_in.t(), _flat(x))
+    grad_w_hh = torch.mm(flat_hid.t(), _flat(h_prev))
     if has_bias:
         grad_b_ih = flat_in.sum(0)
         grad_b_hh = grad_b_ih.clone() if dgates_hidden is dgates_input else flat_hid.sum(0)

@@ -1,0 +1,105 @@
+"""Build fusedrnn: the Python package and, optionally, the CUDA extension ``fusedrnn._C``.
+
+Environment switches:
+
+  FUSEDRNN_BUILD_CUDA  auto (default): build the extension when ``nvcc`` is found and the
+                       installed torch is a CUDA build (a GPU is not needed to build);
+                       1: build it or fail loudly; 0: never build it.
+  FUSEDRNN_CUDA_ARCHS  TORCH_CUDA_ARCH_LIST-style list, default "8.0;9.0+PTX".
+  MAX_JOBS             parallel compile jobs (ninja).
+  DEBUG                1: compile with -O0 -g.
+
+Install from a checkout with ``pip install --no-build-isolation -e .`` so that pip builds
+against the torch already installed instead of downloading another one.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def _mode():
+    mode = os.environ.get("FUSEDRNN_BUILD_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "1", "0"):
+        sys.exit(f"FUSEDRNN_BUILD_CUDA must be auto, 1 or 0, got {mode!r}")
+    return mode
+
+
+def _sources():
+    patterns = ("csrc/*.cpp", "csrc/*.cu")
+    return sorted(os.path.relpath(p, ROOT) for pat in patterns for p in glob.glob(os.path.join(ROOT, pat)))
+
+
+def _cuda_home():
+    """The toolkit the ``nvcc`` on PATH runs from (torch's guess can point at a wrapper)."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def _wheel_cuda_includes():
+    """Headers of the NVIDIA wheels (cuBLAS, cuSPARSE, ...) that torch's CUDA headers include."""
+    dirs = []
+    for entry in sys.path:
+        dirs.extend(sorted(glob.glob(os.path.join(entry, "nvidia", "*", "include"))))
+        dirs.extend(sorted(glob.glob(os.path.join(entry, "nvidia", "cu*", "include"))))
+    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
+def _why_not_cuda(sources):
+    if not sources:
+        return "csrc/ holds no C++/CUDA sources"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (install it first, then use --no-build-isolation)"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    home = _cuda_home()
+    if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return "nvcc was not found on PATH and CUDA_HOME is not set"
+    return None
+
+
+def extension_build():
+    """``(ext_modules, cmdclass)`` for setup(); empty when the extension is not built."""
+    mode = _mode()
+    if mode == "0":
+        return [], {}
+    sources = _sources()
+    why_not = _why_not_cuda(sources)
+    if why_not:
+        if mode == "1":
+            sys.exit(f"FUSEDRNN_BUILD_CUDA=1 but the CUDA extension cannot be built: {why_not}")
+        print(f"fusedrnn: not building the CUDA extension ({why_not})", file=sys.stderr)
+        return [], {}
+    os.environ["CUDA_HOME"] = _cuda_home()
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FUSEDRNN_CUDA_ARCHS", DEFAULT_ARCHS))
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    debug = os.environ.get("DEBUG", "0") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    ext = CUDAExtension(
+        name="fusedrnn._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")] + _wheel_cuda_includes(),
+        extra_compile_args={
+            "cxx": opt + ["-std=c++17"],
+            "nvcc": opt + ["-std=c++17", "-lineinfo", "--expt-relaxed-constexpr",
+                           "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"],
+        },
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extension_build()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

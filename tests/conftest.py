@@ -1,0 +1,66 @@
+"""Shared fixtures: fixed seeds, skips for hardware that is missing, and NaN-poisoned
+uninitialised memory so an output a kernel forgets to write shows up as NaN."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+
+def _has_cuda():
+    return torch.cuda.is_available()
+
+
+def _has_triton():
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return _has_cuda() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _has_extension():
+    from fusedrnn import _extension
+
+    return _extension.status()[0]
+
+
+_REQUIREMENTS = {
+    "requires_cuda": (_has_cuda, "needs a CUDA device"),
+    "requires_triton": (_has_triton, "needs Triton with a GPU or TRITON_INTERPRET=1"),
+    "requires_ext": (_has_extension, "needs the compiled extension fusedrnn._C"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    checked = {}
+    for item in items:
+        for marker, (check, why) in _REQUIREMENTS.items():
+            if marker in item.keywords:
+                if marker not in checked:
+                    checked[marker] = check()
+                if not checked[marker]:
+                    item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _poisoned(factory):
+    def make(*args, **kwargs):
+        out = factory(*args, **kwargs)
+        if out.dtype.is_floating_point or out.dtype.is_complex:
+            out.fill_(float("nan"))
+        return out
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def nan_poisoned_empty(monkeypatch):
+    """Fill every tensor made by ``torch.empty``/``empty_like``/``new_empty`` with NaN."""
+    monkeypatch.setattr(torch, "empty", _poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", _poisoned(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(torch.Tensor.new_empty))
+    yield

@@ -1,0 +1,155 @@
+"""fusedrnn modules against torch.nn in float64: every constructor and forward option.
+
+Outputs, final states and every gradient (input, initial states, all parameters) must agree
+within a relative error of 1e-10.
+"""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+from fusedrnn import testing
+
+BOUND = 1e-10
+DT = torch.float64
+INPUT, HIDDEN, STEPS, BATCH = 5, 7, 6, 4
+
+
+def _configs():
+    cells = [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
+             ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"})]
+    forms = ["batched", "batch_first", "unbatched", "packed", "packed_sorted"]
+    for (cell, extra), layers, bidirectional, bias, form, with_hx in itertools.product(
+            cells, (1, 2), (False, True), (True, False), forms, (False, True)):
+        kwargs = dict(extra, num_layers=layers, bidirectional=bidirectional, bias=bias,
+                      batch_first=form == "batch_first")
+        name = "-".join([cell, *(f"{k}={v}" for k, v in extra.items()), f"L{layers}",
+                         "bi" if bidirectional else "uni", "bias" if bias else "nobias", form,
+                         "hx" if with_hx else "nohx"])
+        yield pytest.param(cell, kwargs, form, with_hx, id=name)
+
+
+def _input(module, form, generator):
+    if form.startswith("packed"):
+        return testing.make_packed(BATCH, STEPS, INPUT, dtype=DT, generator=generator,
+                                   enforce_sorted=form == "packed_sorted")
+    if form == "unbatched":
+        return torch.randn(STEPS, INPUT, dtype=DT, generator=generator)
+    return testing.make_sequence(BATCH, STEPS, INPUT, batch_first=form == "batch_first",
+                                 dtype=DT, generator=generator)
+
+
+@pytest.mark.parametrize("cell, kwargs, form, with_hx", list(_configs()))
+def test_module_matches_torch(cell, kwargs, form, with_hx):
+    generator = torch.Generator().manual_seed(1)
+    ours = getattr(fusedrnn, cell)(INPUT, HIDDEN, dtype=DT, **kwargs)
+    theirs = testing.torch_twin(ours)
+    x = _input(ours, form, generator)
+    hx = None
+    if with_hx:
+        hx = testing.make_state(ours, BATCH, generator=generator, batched=form != "unbatched")
+    out_ours, grads_ours = testing.outputs_and_grads(ours, x, hx)
+    out_theirs, grads_theirs = testing.outputs_and_grads(theirs, x, hx)
+    testing.assert_close_relative(out_ours, out_theirs, BOUND, "outputs")
+    testing.assert_close_relative(grads_ours, grads_theirs, BOUND, "gradients")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_packed_output_keeps_torch_packing(cell):
+    generator = torch.Generator().manual_seed(2)
+    ours = getattr(fusedrnn, cell)(INPUT, HIDDEN, dtype=DT)
+    packed = testing.make_packed(BATCH, STEPS, INPUT, dtype=DT, generator=generator)
+    out, _ = ours(packed)
+    ref, _ = testing.torch_twin(ours)(packed)
+    assert isinstance(out, nn.utils.rnn.PackedSequence)
+    assert torch.equal(out.batch_sizes, ref.batch_sizes)
+    assert torch.equal(out.sorted_indices, ref.sorted_indices)
+    assert torch.equal(out.unsorted_indices, ref.unsorted_indices)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_padded_outputs_are_zero_past_each_length(cell):
+    generator = torch.Generator().manual_seed(3)
+    module = getattr(fusedrnn, cell)(INPUT, HIDDEN, dtype=DT, bidirectional=True)
+    packed = testing.make_packed(BATCH, STEPS, INPUT, dtype=DT, generator=generator)
+    out, _ = module(packed)
+    padded, lengths = nn.utils.rnn.pad_packed_sequence(out)
+    for b, length in enumerate(lengths.tolist()):
+        assert torch.all(padded[length:, b] == 0)
+        assert torch.all(padded[:length, b] != 0)
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("with_hx", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_matches_torch(cell, batched, with_hx, bias):
+    generator = torch.Generator().manual_seed(4)
+    ours = getattr(fusedrnn, cell)(INPUT, HIDDEN, bias=bias, dtype=DT)
+    theirs = testing.torch_twin(ours)
+    shape = (BATCH, INPUT) if batched else (INPUT,)
+    x = torch.randn(shape, dtype=DT, generator=generator)
+    hx = testing.make_state(ours, BATCH, generator=generator, batched=batched) if with_hx else None
+    out_ours, grads_ours = testing.outputs_and_grads(ours, x, hx)
+    out_theirs, grads_theirs = testing.outputs_and_grads(theirs, x, hx)
+    testing.assert_close_relative(out_ours, out_theirs, BOUND, "outputs")
+    testing.assert_close_relative(grads_ours, grads_theirs, BOUND, "gradients")
+
+
+def test_relu_cell_matches_torch():
+    ours = fusedrnn.RNNCell(INPUT, HIDDEN, nonlinearity="relu", dtype=DT)
+    x = torch.randn(BATCH, INPUT, dtype=DT)
+    out_ours, grads_ours = testing.outputs_and_grads(ours, x)
+    out_theirs, grads_theirs = testing.outputs_and_grads(testing.torch_twin(ours), x)
+    testing.assert_close_relative(out_ours, out_theirs, BOUND, "outputs")
+    testing.assert_close_relative(grads_ours, grads_theirs, BOUND, "gradients")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_single_step_and_batch_one(cell):
+    for steps, batch in ((1, 3), (4, 1), (1, 1)):
+        module = getattr(fusedrnn, cell)(INPUT, HIDDEN, dtype=DT, num_layers=2, bidirectional=True)
+        x = testing.make_sequence(batch, steps, INPUT, dtype=DT)
+        out_ours, grads_ours = testing.outputs_and_grads(module, x)
+        out_theirs, grads_theirs = testing.outputs_and_grads(testing.torch_twin(module), x)
+        testing.assert_close_relative(out_ours, out_theirs, BOUND, f"outputs T={steps} B={batch}")
+        testing.assert_close_relative(grads_ours, grads_theirs, BOUND, "gradients")
+
+
+def test_empty_batch_matches_torch():
+    module = fusedrnn.LSTM(INPUT, HIDDEN, dtype=DT, num_layers=2)
+    x = torch.randn(STEPS, 0, INPUT, dtype=DT)
+    out, (h, c) = module(x)
+    ref, (rh, rc) = testing.torch_twin(module)(x)
+    assert out.shape == ref.shape and h.shape == rh.shape and c.shape == rc.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_low_precision_error_is_torchs_order(cell, dtype):
+    """In low precision on the CPU, the reference's error against float64 is at most 2x
+    (outputs) and 3x (gradients) torch.nn's own error in that dtype."""
+    module64 = getattr(fusedrnn, cell)(16, 32, dtype=DT)
+    x64 = testing.make_sequence(8, 12, 16, dtype=DT)
+    oracle_out, oracle_grads = testing.outputs_and_grads(module64, x64)
+    low = getattr(fusedrnn, cell)(16, 32, dtype=dtype)
+    low.load_state_dict(module64.state_dict())
+    out, grads = testing.outputs_and_grads(low, x64.to(dtype))
+    torch_out, torch_grads = testing.outputs_and_grads(testing.torch_twin(low), x64.to(dtype))
+    testing.assert_within_low_precision_rule(out, torch_out, oracle_out, testing.OUTPUT_FACTOR,
+                                             "outputs")
+    testing.assert_within_low_precision_rule(grads, torch_grads, oracle_grads,
+                                             testing.GRADIENT_FACTOR, "gradients")
+
+
+def test_autocast_runs_in_the_autocast_dtype_like_torch():
+    module = fusedrnn.LSTM(16, 32)
+    x = testing.make_sequence(4, 10, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = module(x)
+        ref, (rh, rc) = testing.torch_twin(module)(x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert testing.relative_error(out, ref) < 0.05
