@@ -62,7 +62,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     per_direction = weights_per_direction(bias, proj_size)
     _check_config(name, weights, num_layers, directions, per_direction, dropout, proj_size)
     gates = ops.GATES[cell]
-    hidden = weights[1].shape[1] if proj_size == 0 else weights[per_direction - 1].shape[1]
+    hidden = weights[0].shape[0] // gates
     state_size = proj_size if proj_size > 0 else hidden
     input_size = weights[0].shape[1]
 

@@ -1,0 +1,94 @@
+"""Backend registry and per-call selection."""
+
+import logging
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import backends
+from fusedrnn.backends import Availability, Backend, BackendUnavailableError
+
+
+class _Unavailable(Backend):
+    name = "unavailable_for_test"
+    priority = 100
+
+    def available(self):
+        return Availability(False, "it is a test double that never runs")
+
+
+@pytest.fixture
+def unavailable_backend():
+    backend = _Unavailable()
+    backends.register(backend)
+    yield backend
+    backends._REGISTRY.pop(backend.name)
+
+
+def test_reference_is_always_available():
+    status = fusedrnn.available_backends()["reference"]
+    assert status.available and status.reason == ""
+
+
+def test_cpu_auto_selects_reference(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    choice = fusedrnn.select_backend(None, torch.device("cpu"), torch.float32)
+    assert choice.name == "reference" and choice.reason.startswith("auto")
+
+
+def test_environment_variable_selects(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    assert fusedrnn.select_backend("auto", torch.device("cpu"), torch.float32).reason == "requested"
+
+
+def test_unknown_backend_is_refused_with_the_known_names():
+    with pytest.raises(ValueError, match=r"unknown backend 'nosuch'.*reference"):
+        fusedrnn.LSTM(3, 4, backend="nosuch")(torch.randn(2, 1, 3))
+
+
+def test_explicit_unavailable_backend_raises_with_reason(unavailable_backend):
+    module = fusedrnn.LSTM(3, 4, backend=unavailable_backend.name)
+    with pytest.raises(BackendUnavailableError, match="never runs"):
+        module(torch.randn(2, 1, 3))
+
+
+def test_environment_request_that_cannot_run_raises(monkeypatch, unavailable_backend):
+    monkeypatch.setenv(backends.ENV_VAR, unavailable_backend.name)
+    with pytest.raises(BackendUnavailableError, match="never runs"):
+        fusedrnn.GRU(3, 4)(torch.randn(2, 1, 3))
+
+
+def test_auto_falls_back_and_logs_the_reason_once(monkeypatch, caplog, unavailable_backend):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    device = torch.device("meta")  # not cpu: every registered backend is a candidate
+    with caplog.at_level(logging.INFO, logger="fusedrnn"):
+        first = backends.select(None, device, torch.float32)
+        backends.select(None, device, torch.float32)
+    assert first.name == "reference"
+    assert "never runs" in first.reason
+    assert sum("never runs" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_integer_input_cannot_run_on_reference():
+    ok, why = backends.get("reference").supports(torch.device("cpu"), torch.int64)
+    assert not ok and "floating" in why
+
+
+def test_import_does_not_load_the_extension_or_triton():
+    import subprocess
+    import sys
+
+    code = ("import sys, fusedrnn; "
+            "print('fusedrnn._C' in sys.modules, 'triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_missing_extension_fails_lazily_with_the_build_command():
+    from fusedrnn import _extension
+
+    ok, why = _extension.status()
+    if ok:
+        pytest.skip("the extension is built here")
+    assert _extension.BUILD_COMMAND in why

@@ -1,0 +1,115 @@
+"""Bad input gets torch's exception type (or a clearer one) with a message naming the argument."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+import fusedrnn
+
+
+def _both(name, *args, **kwargs):
+    return getattr(fusedrnn, name)(*args, **kwargs), getattr(nn, name)(*args, **kwargs)
+
+
+def _raises_like_torch(ours, theirs, call, match):
+    with pytest.raises(Exception) as torch_error:
+        call(theirs)
+    with pytest.raises(type(torch_error.value), match=match):
+        call(ours)
+
+
+CASES = [
+    ("LSTM", lambda m: m(torch.randn(2, 3, 4, 1)), r"Expected input to be 2D or 3D, got 4D"),
+    ("GRU", lambda m: m(torch.randn(5)), r"Expected input to be 2D or 3D, got 1D"),
+    ("LSTM", lambda m: m(torch.randn(3, 2, 5)), r"input.size\(-1\) must be equal to input_size. Expected 4, got 5"),
+    ("RNN", lambda m: m(torch.randn(0, 2, 4)), r"sequence length to be larger than 0"),
+    ("LSTM", lambda m: m(torch.randn(3, 2, 4), (torch.randn(1, 3, 6), torch.randn(1, 2, 6))),
+     r"hx\[0\] \(h_0\) size \(1, 2, 6\), got \[1, 3, 6\]"),
+    ("LSTM", lambda m: m(torch.randn(3, 2, 4), (torch.randn(1, 2, 6), torch.randn(2, 2, 6))),
+     r"hx\[1\] \(c_0\) size \(1, 2, 6\), got \[2, 2, 6\]"),
+    ("GRU", lambda m: m(torch.randn(3, 2, 4), torch.randn(1, 3, 6)), r"hx size \(1, 2, 6\), got \[1, 3, 6\]"),
+    ("LSTM", lambda m: m(torch.randn(3, 4), (torch.randn(1, 2, 6), torch.randn(1, 2, 6))),
+     r"unbatched 2-D input, hx\[0\] \(h_0\) should also be 2-D"),
+    ("LSTM", lambda m: m(torch.randn(3, 2, 4, dtype=torch.float64)), r"input dtype \(torch.float64\) does not match weight dtype"),
+]
+
+
+@pytest.mark.parametrize("name, call, match", CASES)
+def test_same_exception_type_as_torch_and_a_clear_message(name, call, match):
+    ours, theirs = _both(name, 4, 6)
+    _raises_like_torch(ours, theirs, call, match)
+
+
+def test_state_dtype_mismatch_names_the_state():
+    with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\) dtype \(torch.float64\) does not match"):
+        fusedrnn.LSTM(4, 6)(torch.randn(3, 2, 4), (torch.randn(1, 2, 6, dtype=torch.float64),
+                                                   torch.randn(1, 2, 6)))
+
+
+def test_hx_must_be_a_pair_for_lstm():
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\)"):
+        fusedrnn.LSTM(4, 6)(torch.randn(3, 2, 4), torch.randn(1, 2, 6))
+
+
+def test_zero_length_sequence_in_packed_input_is_refused():
+    packed = PackedSequence(torch.randn(3, 4), torch.tensor([2, 1, 0]))
+    with pytest.raises(ValueError, match=r"batch_sizes must be positive"):
+        fusedrnn.LSTM(4, 6)(packed)
+
+
+def test_packed_input_with_growing_batch_sizes_is_refused():
+    packed = PackedSequence(torch.randn(3, 4), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"non-increasing"):
+        fusedrnn.GRU(4, 6)(packed)
+
+
+def test_non_tensor_input():
+    with pytest.raises(TypeError, match=r"input must be a Tensor or a PackedSequence"):
+        fusedrnn.LSTM(4, 6)([1.0, 2.0])
+
+
+def test_functional_weight_shape_is_checked():
+    weights = list(fusedrnn.LSTM(4, 6)._flat_weights)
+    weights[1] = torch.randn(24, 5)
+    with pytest.raises(ValueError, match=r"weights\[1\] should have shape \(24, 6\), got \(24, 5\)"):
+        fusedrnn.functional.lstm(torch.randn(3, 2, 4), None, weights)
+
+
+def test_functional_weight_count_is_checked():
+    weights = list(fusedrnn.GRU(4, 6)._flat_weights)[:3]
+    with pytest.raises(ValueError, match=r"weights must hold 4 tensors"):
+        fusedrnn.functional.gru(torch.randn(3, 2, 4), None, weights)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(dropout=1.5), ValueError, "dropout should be a number in range"),
+    (dict(dropout=True), ValueError, "dropout should be a number in range"),
+    (dict(num_layers=0), ValueError, "num_layers must be greater than zero"),
+    (dict(proj_size=6), ValueError, "proj_size has to be smaller than hidden_size"),
+    (dict(proj_size=-1), ValueError, "proj_size should be a positive integer"),
+])
+def test_constructor_arguments_like_torch(kwargs, error, match):
+    with pytest.raises(error):
+        nn.LSTM(4, 6, **kwargs)
+    with pytest.raises(error, match=match):
+        fusedrnn.LSTM(4, 6, **kwargs)
+
+
+def test_gru_refuses_proj_size():
+    with pytest.raises(TypeError):
+        fusedrnn.GRU(4, 6, proj_size=2)
+
+
+def test_unknown_nonlinearity():
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+        fusedrnn.RNN(4, 6, nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("name, call, match", [
+    ("LSTMCell", lambda m: m(torch.randn(2, 3, 4)), r"Expected input to be 1D or 2D, got 3D"),
+    ("GRUCell", lambda m: m(torch.randn(3, 4), torch.randn(2, 6)), r"Input batch size 3 doesn't match hx batch size 2"),
+])
+def test_cells_refuse_bad_input(name, call, match):
+    ours, theirs = _both(name, 4, 6)
+    _raises_like_torch(ours, theirs, call, match)

@@ -1,0 +1,150 @@
+"""Module behaviour beyond numerics: state_dict both ways, attributes, init, dropout."""
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+from fusedrnn import testing
+
+SEQ_CONFIGS = [
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=3)),
+    ("LSTM", dict(bias=False)),
+    ("GRU", dict(num_layers=3, bidirectional=True)),
+    ("RNN", dict(num_layers=2, nonlinearity="relu", bias=False)),
+]
+CELL_CONFIGS = [("LSTMCell", {}), ("GRUCell", dict(bias=False)), ("RNNCell", dict(nonlinearity="relu"))]
+
+
+@pytest.mark.parametrize("name, kwargs", SEQ_CONFIGS + CELL_CONFIGS)
+def test_state_dict_round_trips_both_ways(name, kwargs):
+    ours = getattr(fusedrnn, name)(5, 8, **kwargs)
+    theirs = getattr(nn, name)(5, 8, **kwargs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value)
+    fresh = getattr(nn, name)(5, 8, **kwargs)
+    fresh.load_state_dict(ours.state_dict(), strict=True)
+    assert list(fresh.state_dict()) == list(ours.state_dict())
+
+
+@pytest.mark.parametrize("name, kwargs", SEQ_CONFIGS + CELL_CONFIGS)
+def test_same_seed_gives_torchs_initial_weights(name, kwargs):
+    torch.manual_seed(7)
+    ours = getattr(fusedrnn, name)(5, 8, **kwargs)
+    torch.manual_seed(7)
+    theirs = getattr(nn, name)(5, 8, **kwargs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, kwargs", SEQ_CONFIGS)
+def test_public_attributes_match_torch(name, kwargs):
+    ours = getattr(fusedrnn, name)(5, 8, batch_first=True, **kwargs)
+    theirs = getattr(nn, name)(5, 8, batch_first=True, **kwargs)
+    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                 "bidirectional", "proj_size", "mode", "_flat_weights_names", "_all_weights"):
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+    assert [[w.shape for w in ws] for ws in ours.all_weights] == \
+        [[w.shape for w in ws] for ws in theirs.all_weights]
+    assert [w.shape for w in ours._flat_weights] == [w.shape for w in theirs._flat_weights]
+    ours.flatten_parameters()
+    assert not isinstance(ours, nn.RNNBase)
+    assert repr(ours).split("(", 1)[1] == repr(theirs).split("(", 1)[1]
+
+
+def test_rnn_positional_nonlinearity_like_torch():
+    assert fusedrnn.RNN(3, 4, 2, "relu").nonlinearity == nn.RNN(3, 4, 2, "relu").nonlinearity
+
+
+def test_to_dtype_and_module_device_moves_keep_working():
+    module = fusedrnn.LSTM(3, 4).double()
+    out, _ = module(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_dropout_training_matches_torch_bit_for_bit(name):
+    """torch's CPU kernels draw the between-layer dropout masks like F.dropout does, layer by
+    layer; fusedrnn does the same, so under one seed the results are identical."""
+    ours = getattr(fusedrnn, name)(5, 8, num_layers=3, dropout=0.4, dtype=torch.float64,
+                                   bidirectional=True)
+    theirs = testing.torch_twin(ours)
+    x = testing.make_sequence(4, 6, 5, dtype=torch.float64)
+    torch.manual_seed(11)
+    out = testing.flatten_outputs(ours(x))
+    torch.manual_seed(11)
+    ref = testing.flatten_outputs(theirs(x))
+    testing.assert_close_relative(out, ref, 1e-10, "train-mode outputs")
+    torch.manual_seed(12)
+    again = testing.flatten_outputs(ours(x))
+    assert testing.relative_error(again[0], out[0]) > 1e-3, "dropout masks did not change"
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_dropout_off_in_eval_and_on_last_layer(name):
+    ours = getattr(fusedrnn, name)(5, 8, num_layers=2, dropout=1.0, dtype=torch.float64)
+    x = testing.make_sequence(3, 4, 5, dtype=torch.float64)
+    eval_out = testing.flatten_outputs(ours.eval()(x))
+    ref = testing.flatten_outputs(testing.torch_twin(ours).eval()(x))
+    testing.assert_close_relative(eval_out, ref, 1e-10, "eval outputs")
+    train_out = testing.flatten_outputs(ours.train()(x))[0]
+    # p = 1 zeroes layer 0's output, so layer 1 sees only zeros; the last layer is not dropped.
+    assert torch.all(train_out != 0)
+    layer1 = ours._flat_weights[len(ours._flat_weights) // 2:]
+    run = getattr(fusedrnn.functional, name.lower())
+    expected = run(torch.zeros(4, 3, 8, dtype=torch.float64), None, layer1)[0]
+    testing.assert_close_relative([train_out], [expected], 1e-12, "layer 1 on dropped input")
+
+
+def test_dropout_warning_like_torch():
+    with pytest.warns(UserWarning, match="num_layers greater than 1"):
+        fusedrnn.LSTM(3, 4, dropout=0.5)
+
+
+def test_compile_fullgraph_matches_eager():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = fusedrnn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True,
+                                      proj_size=3)
+            self.gru = fusedrnn.GRU(6, 5, batch_first=True)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            y, _ = self.lstm(x)
+            z, h = self.gru(y)
+            return self.head(z[:, -1]) + h.sum()
+
+    torch._dynamo.reset()
+    model = Model()
+    x = torch.randn(3, 7, 4)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    ref = model(x)
+    assert torch.allclose(out, ref, atol=1e-6)
+    out.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref.sum().backward()
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+def test_compile_with_inductor_and_packed_free_path():
+    torch._dynamo.reset()
+    model = fusedrnn.GRU(4, 6, num_layers=2)
+    x = torch.randn(5, 2, 4)
+    compiled = torch.compile(model, fullgraph=True)
+    out, h = compiled(x)
+    ref, rh = model(x)
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(h, rh, atol=1e-6)
+
+
+def test_torch_nn_lstm_cannot_be_compiled_fullgraph():
+    """The reason fusedrnn modules are not subclasses of torch's: Dynamo refuses those."""
+    torch._dynamo.reset()
+    compiled = torch.compile(nn.LSTM(4, 6), fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="(?i)rnn|lstm"):
+        compiled(torch.randn(5, 2, 4))

@@ -1,0 +1,120 @@
+"""The operator layer: opcheck on every op, gradcheck of the hand-written backward."""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import ops
+
+DT = torch.float64
+CELLS = list(ops.GATES)
+
+
+def _op_args(cell, *, steps=4, batch=3, input_size=2, hidden=3, proj=0, bias=True,
+             lengths=False, reverse=False, requires_grad=True):
+    gates = ops.GATES[cell] * hidden
+    state = proj or hidden
+    make = lambda *shape: torch.randn(*shape, dtype=DT, requires_grad=requires_grad)  # noqa: E731
+    x = make(steps, batch, input_size)
+    w_ih, w_hh = make(gates, input_size), make(gates, state)
+    b_ih, b_hh = (make(gates), make(gates)) if bias else (None, None)
+    w_hr = make(proj, hidden) if proj else None
+    h0 = make(batch, state)
+    c0 = make(batch, hidden) if cell == "lstm" else None
+    lens = torch.tensor([steps, 1, steps - 1][:batch]) if lengths else None
+    return [x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse, "reference"]
+
+
+def _variants():
+    for cell in CELLS:
+        for lengths in (False, True):
+            for reverse in (False, True):
+                yield pytest.param(cell, 0, True, lengths, reverse,
+                                   id=f"{cell}-len{int(lengths)}-rev{int(reverse)}")
+        yield pytest.param(cell, 0, False, True, True, id=f"{cell}-nobias")
+    yield pytest.param("lstm", 2, True, True, True, id="lstm-proj")
+    yield pytest.param("lstm", 2, False, False, False, id="lstm-proj-nobias")
+
+
+@pytest.mark.parametrize("cell, proj, bias, lengths, reverse", list(_variants()))
+def test_opcheck_forward(cell, proj, bias, lengths, reverse):
+    args = _op_args(cell, proj=proj, bias=bias, lengths=lengths, reverse=reverse)
+    torch.library.opcheck(ops.FORWARD[cell], args)
+    no_grad_args = _op_args(cell, proj=proj, bias=bias, lengths=lengths, reverse=reverse,
+                            requires_grad=False)
+    torch.library.opcheck(ops.FORWARD[cell], no_grad_args)
+
+
+@pytest.mark.parametrize("cell, proj, bias, lengths, reverse", list(_variants()))
+def test_opcheck_backward(cell, proj, bias, lengths, reverse):
+    args = _op_args(cell, proj=proj, bias=bias, lengths=lengths, reverse=reverse,
+                    requires_grad=False)
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens = args[:9]
+    y, h_n, c_n, ws_a, ws_b = ops.FORWARD[cell](*args)
+    grad_c = torch.randn_like(c_n) if cell == "lstm" else None
+    bwd_args = [torch.randn_like(y), torch.randn_like(h_n), grad_c, x, w_ih, w_hh, w_hr, h0,
+                c0, lens, y, ws_a, ws_b, reverse, bias, "reference"]
+    torch.library.opcheck(ops.BACKWARD[cell], bwd_args)
+
+
+@pytest.mark.parametrize("cell, proj, bias, lengths, reverse", list(_variants()))
+def test_gradcheck_single_layer(cell, proj, bias, lengths, reverse):
+    args = _op_args(cell, proj=proj, bias=bias, lengths=lengths, reverse=reverse)
+    tensors = [a for a in args[:8] if a is not None]
+
+    def run(*inputs):
+        it = iter(inputs)
+        full = [next(it) if a is not None else None for a in args[:8]] + args[8:]
+        y, h_n, c_n, _, _ = ops.FORWARD[cell](*full)
+        return (y, h_n, c_n) if cell == "lstm" else (y, h_n)
+
+    assert torch.autograd.gradcheck(run, tensors)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gradcheck_functional_stack(cell):
+    """Two bidirectional layers, packed variable lengths, initial states: gradcheck."""
+    kwargs = {"proj_size": 2} if cell == "lstm" else {}
+    module = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU, "rnn": fusedrnn.RNN}[cell](
+        3, 4, num_layers=2, bidirectional=True, dtype=DT, **kwargs)
+    weights = [w.detach().requires_grad_() for w in module._flat_weights]
+    data = torch.randn(3, 5, 3, dtype=DT)
+    lengths = torch.tensor([5, 2, 4])
+    state = 2 if cell == "lstm" else 4
+    h0 = torch.randn(4, 3, state, dtype=DT, requires_grad=True)
+    c0 = torch.randn(4, 3, 4, dtype=DT, requires_grad=True)
+    fn = getattr(fusedrnn.functional, cell)
+
+    def run(data, h0, c0, *weights):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(data, lengths, batch_first=True,
+                                                         enforce_sorted=False)
+        hx = (h0, c0) if cell == "lstm" else h0
+        extra = {"proj_size": 2} if cell == "lstm" else {}
+        out, finals = fn(packed, hx, weights, num_layers=2, bidirectional=True, **extra)
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        return (out.data,) + finals
+
+    data.requires_grad_()
+    inputs = (data, h0, c0 if cell == "lstm" else torch.zeros(1, dtype=DT)) + tuple(weights)
+    assert torch.autograd.gradcheck(run, inputs)
+
+
+def test_ops_exist_in_namespace():
+    for cell in CELLS:
+        assert hasattr(torch.ops.fusedrnn, f"{cell}_fwd")
+        assert hasattr(torch.ops.fusedrnn, f"{cell}_bwd")
+
+
+def test_backward_handles_expanded_output_gradients():
+    """Autograd may hand the backward a stride-0 gradient (from ``y.sum()``)."""
+    args = _op_args("lstm", lengths=True)
+    y, h_n, c_n, _, _ = ops.FORWARD["lstm"](*args)
+    (y.sum() + h_n.sum()).backward()
+    grads = [a.grad.clone() for a in args[:8] if a is not None]
+    for a in args[:8]:
+        if a is not None:
+            a.grad = None
+    y, h_n, c_n, _, _ = ops.FORWARD["lstm"](*args)
+    torch.autograd.backward([y, h_n], [torch.ones_like(y).contiguous(), torch.ones_like(h_n)])
+    for g, a in zip(grads, [a for a in args[:8] if a is not None]):
+        assert torch.allclose(g, a.grad)
