@@ -1,0 +1,106 @@
+"""Pieces every reference cell uses: masks, time order, the all-steps products."""
+
+import torch
+
+
+def empty(like):
+    """The ``(0,)`` placeholder for a result that does not exist (no bias, no projection)."""
+    return like.new_empty((0,))
+
+
+def active_mask(lengths, steps):
+    """``(T, B, 1)`` bool mask of active steps, or None when no lengths are given."""
+    if lengths is None:
+        return None
+    return (torch.arange(steps, device=lengths.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
+def time_order(steps, reverse):
+    """The steps in processing order."""
+    return list(range(steps - 1, -1, -1)) if reverse else list(range(steps))
+
+
+def flat(t):
+    """``(T, B, S)`` as ``(T * B, S)`` (explicit sizes: B may be 0)."""
+    return t.reshape(t.shape[0] * t.shape[1], t.shape[2])
+
+
+def input_projection(x, w_ih, bias):
+    """``x @ w_ih^T + bias`` for all steps in one product: ``(T, B, G)``, a fresh buffer."""
+    steps, batch, _ = x.shape
+    if bias is None:
+        out = torch.mm(flat(x), w_ih.t())
+    else:
+        out = torch.addmm(bias, flat(x), w_ih.t())
+    return out.view(steps, batch, w_ih.shape[0])
+
+
+def previous_states(states, initial, mask, reverse):
+    """The state each step started from: ``states`` ``(T, B, S)`` shifted by one step in
+    processing order, ``initial`` ``(B, S)`` at the first step.
+
+    In the reverse direction a sequence shorter than T starts from ``initial`` at its own
+    last step, where ``states[t + 1]`` is padding; ``mask`` fixes that case.
+    """
+    if reverse:
+        shifted = torch.cat([states[1:], initial.unsqueeze(0)], 0)
+        if mask is not None:
+            starts_later = torch.cat([mask[1:], torch.zeros_like(mask[:1])], 0)
+            shifted = torch.where(starts_later, shifted, initial)
+        return shifted
+    return torch.cat([initial.unsqueeze(0), states[:-1]], 0)
+
+
+def hold_forward(mask, t, new_state, old_state, y_t):
+    """After a forward step: the state to carry (inactive rows keep ``old_state``) and
+    ``y_t`` zeroed on inactive rows, in place."""
+    if mask is None:
+        return new_state
+    state = torch.where(mask[t], new_state, old_state)
+    y_t.mul_(mask[t])
+    return state
+
+
+def backward_masks(mask, grad_y):
+    """For the backward: ``grad_y`` with padding zeroed, the float mask of active steps and
+    of inactive steps (those carry the state gradient through unchanged); all None when
+    every step is active."""
+    if mask is None:
+        return grad_y, None, None
+    active = mask.to(grad_y.dtype)
+    return grad_y * active, active, 1 - active
+
+
+def recurrent_grad(order, k, grad_y, dgates_t, w_hh, dh, inactive, out_steps=None):
+    """The gradient of h entering the next processed step: ``grad_y`` there plus the
+    recurrent product ``dgates_t @ w_hh``, with inactive rows carrying ``dh`` unchanged.
+
+    After the last step it is the gradient of the initial state (no ``grad_y`` added).
+    ``out_steps`` (``(T, B, P)``), when given, receives it in place.
+    """
+    if k + 1 < len(order):
+        nxt = order[k + 1]
+        out = None if out_steps is None else out_steps[nxt]
+        new = torch.addmm(grad_y[nxt], dgates_t, w_hh, out=out)
+    else:
+        new = torch.mm(dgates_t, w_hh)
+    if inactive is not None:
+        new.addcmul_(inactive[order[k]], dh)
+    return new
+
+
+def input_and_weight_grads(x, w_ih, dgates_input, dgates_hidden, h_prev, has_bias):
+    """Gradients that are one product over all steps: input, W_ih, W_hh and the biases.
+
+    ``dgates_input``/``dgates_hidden`` ``(T, B, G)`` are the gradients of the input-side and
+    hidden-side pre-activations (the same tensor for LSTM and RNN).
+    """
+    flat_in, flat_hid = flat(dgates_input), flat(dgates_hidden)
+    grad_x = torch.mm(flat_in, w_ih).view_as(x)
+    grad_w_ih = torch.mm(flat_in.t(), flat(x))
+    grad_w_hh = torch.mm(flat_hid.t(), flat(h_prev))
+    if not has_bias:
+        return grad_x, grad_w_ih, grad_w_hh, empty(x), empty(x)
+    grad_b_ih = flat_in.sum(0)
+    grad_b_hh = grad_b_ih.clone() if dgates_hidden is dgates_input else flat_hid.sum(0)
+    return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
