@@ -55,7 +55,12 @@ def make_sequence(batch, steps, input_size, *, batch_first=False, dtype=torch.fl
                   device="cpu", generator=None):
     """A random batched input, ``(T, B, I)`` or ``(B, T, I)``."""
     shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
-    return torch.randn(shape, dtype=dtype, device=device, generator=generator)
+    return _randn(shape, dtype, device, generator)
+
+
+def _randn(shape, dtype, device, generator):
+    """Normal samples drawn on the CPU (where ``generator`` lives), then moved to ``device``."""
+    return torch.randn(shape, dtype=torch.float64, generator=generator).to(device, dtype)
 
 
 def make_lengths(batch, steps, *, generator=None, full_first=True):
@@ -91,7 +96,7 @@ def make_state(module, batch, *, dtype=None, device=None, generator=None, batche
         state = module.proj_size if lstm and module.proj_size else module.hidden_size
         sizes = [state, module.hidden_size] if lstm else [state]
     shapes = [lead + ((batch,) if batched else ()) + (size,) for size in sizes]
-    states = [torch.randn(s, dtype=dtype, device=device, generator=generator) for s in shapes]
+    states = [_randn(s, dtype, device, generator) for s in shapes]
     return tuple(states) if lstm else states[0]
 
 

@@ -1,0 +1,221 @@
+"""The ``fusedrnn`` console script.
+
+Subcommands live in :data:`COMMANDS`: each is a name, a help line, a function that adds its
+arguments to its subparser, and a function ``run(args) -> exit status``. To add one (say
+``profile``), write those two functions and append a :class:`Command` to the table. A run
+function raises :class:`UsageError` for bad arguments; the message is printed with the
+subcommand's usage and the script exits with status 2. Nothing here touches a device until
+a command runs.
+"""
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["main", "COMMANDS", "Command", "UsageError"]
+
+
+class UsageError(Exception):
+    """Bad command-line arguments that argparse itself cannot catch."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable
+    run: Callable
+
+
+# ---------------------------------------------------------------- info
+
+
+def add_info_arguments(parser):
+    """``fusedrnn info`` takes no arguments."""
+
+
+def run_info(args):
+    """Print versions, devices, backends and the compiled extension's status."""
+    import torch
+
+    import fusedrnn
+    from fusedrnn import _extension, bench
+
+    env = bench.environment()
+    cuda = env["cuda"] or "none (CPU-only torch build)"
+    if env["cuda"] and not torch.cuda.is_available():
+        cuda += " (torch build; no CUDA device available)"
+    rows = [("python", env["python"]), ("torch", env["torch"]), ("CUDA", cuda),
+            ("cuDNN", env["cudnn"] if env["cudnn"] is not None else "n/a (no CUDA device)"),
+            ("Triton", env["triton"]), ("fusedrnn", env["fusedrnn"])]
+    if env["git_commit"]:
+        rows.append(("git commit", env["git_commit"] + (" (dirty)" if env["git_dirty"] else "")))
+    _print_section("versions", rows)
+    devices = [("cpu", f"{env['cpu_model']}, {env['cpu_count']} cores "
+                       f"({env['usable_cores']} usable), torch threads {env['torch_threads']}")]
+    devices += [(f"cuda:{index}", name) for index, name in enumerate(env["gpus"])]
+    if not env["gpus"]:
+        devices.append(("cuda", "not available"))
+    _print_section("devices", devices)
+    backend_rows = [(name, "available" if status.available else f"unavailable: {status.reason}")
+                    for name, status in fusedrnn.available_backends().items()]
+    _print_section("backends (auto tries them in this order)", backend_rows)
+    available, reason = _extension.status()
+    _print_section("extension", [("fusedrnn._C", "built" if available else
+                                  f"not built: {reason}")])
+    return 0
+
+
+def _print_section(title, rows):
+    print(f"{title}:")
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+
+
+# ---------------------------------------------------------------- bench
+
+
+def add_bench_arguments(parser):
+    parser.add_argument("--device", help="device to run on (default: cuda if available, else cpu)")
+    parser.add_argument("--backend", action="append", metavar="NAME",
+                        help="fusedrnn backend to time, repeatable (default: auto)")
+    parser.add_argument("--cell", default="lstm",
+                        help="comma-separated cells among lstm,gru,rnn (default: lstm)")
+    parser.add_argument("--mode", default="inference,training",
+                        help="comma-separated modes among inference,training (default: both)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes and few repeats (a smoke test, e.g. for CI)")
+    parser.add_argument("--repeats", type=_positive_int, default=None,
+                        help="timed repetitions per provider (default: 20, --quick: 3)")
+    parser.add_argument("--warmup", type=_non_negative_int, default=None,
+                        help="untimed calls per provider first (default: 3, --quick: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    parser.add_argument("--out", metavar="DIR", help="write results.json and results.md here")
+
+
+def run_bench(args):
+    """Time fusedrnn against torch.nn over the default grid and print the table."""
+    import torch
+
+    from fusedrnn import backends, bench
+
+    device = _bench_device(args.device)
+    cells = _choices(args.cell, bench.CELLS, "cell")
+    modes = _choices(args.mode, bench.MODES, "mode")
+    backend_names = list(dict.fromkeys(args.backend or [backends.AUTO]))
+    known = backends.names()
+    for name in backend_names:
+        if name != backends.AUTO and name not in known:
+            raise UsageError(f"unknown backend {name!r}; known backends: "
+                             f"{', '.join(known)} or 'auto'")
+    dtype = bench.DTYPES[args.dtype]
+    repeats = args.repeats or (3 if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    cases = bench.default_grid(device, quick=args.quick, cells=cells)
+
+    env = bench.environment(device)
+    if env["load_average"] and env["load_average"][0] > 0.5 * env["usable_cores"]:
+        print(f"warning: load average {env['load_average'][0]:.2f} on {env['usable_cores']} "
+              "cores: other work may disturb the timings", file=sys.stderr)
+    print(f"fusedrnn {env['fusedrnn']} vs torch {env['torch']} on {device} "
+          f"({env['device_name']}; {env['torch_threads']} torch threads), {args.dtype}, "
+          f"warmup {warmup}, repeats {repeats}, interleaved, median")
+    sys.stdout.flush()
+    results = bench.run_grid(cases, modes, backend_names, device, dtype, warmup, repeats,
+                             args.seed, progress=sys.stderr)
+    print(bench.format_table(results), end="")
+    if args.out:
+        settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
+                    "backends": backend_names, "quick": args.quick, "warmup": warmup,
+                    "repeats": repeats, "seed": args.seed,
+                    "torch_threads": torch.get_num_threads()}
+        json_path, md_path = bench.write_reports(results, env, args.out, settings)
+        print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _bench_device(requested):
+    import torch
+
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise UsageError(f"bad --device {requested!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {requested}: only cpu and cuda are supported")
+    return device
+
+
+def _choices(text, allowed, what):
+    chosen = [item.strip().lower() for item in text.split(",") if item.strip()]
+    bad = [item for item in chosen if item not in allowed]
+    if bad or not chosen:
+        raise UsageError(f"unknown {what} {', '.join(bad) or repr(text)}; "
+                         f"choose among {','.join(allowed)}")
+    return list(dict.fromkeys(chosen))
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- entry point
+
+COMMANDS = [
+    Command("info", "print versions, devices, backends and the extension's status",
+            add_info_arguments, run_info),
+    Command("bench", "time fusedrnn against torch.nn on this machine", add_bench_arguments,
+            run_bench),
+]
+
+
+def build_parser():
+    """The top-level parser and ``{command name: subparser}``."""
+    from fusedrnn import __version__
+
+    parser = argparse.ArgumentParser(prog="fusedrnn", description="fused LSTM/GRU/RNN for "
+                                     "PyTorch: environment report and benchmarks")
+    parser.add_argument("--version", action="version", version=f"fusedrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = {}
+    for command in COMMANDS:
+        subparser = sub.add_parser(command.name, help=command.help,
+                                   description=command.help)
+        command.add_arguments(subparser)
+        subparser.set_defaults(run=command.run)
+        subparsers[command.name] = subparser
+    return parser, subparsers
+
+
+def main(argv=None):
+    """Run the console script; returns the exit status (argument errors exit with 2)."""
+    if argv is not None:
+        argv = [os.fspath(arg) if isinstance(arg, os.PathLike) else str(arg) for arg in argv]
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UsageError as error:
+        subparsers[args.command].error(str(error))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The ``fusedrnn`` console script (``info``, ``bench``) and the helpers of ``fusedrnn.bench``."""
+
+import contextlib
+import io
+import json
+import re
+
+import pytest
+import torch
+
+from fusedrnn import backends, bench, testing
+from fusedrnn.backends import Availability, Backend
+from fusedrnn.cli import main
+
+ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_model", "cpu_count", "torch_threads", "torch",
+                      "cuda", "cudnn", "triton", "fusedrnn", "git_commit", "date", "python")
+
+
+def run_main(argv):
+    """``main(argv)`` in-process: ``(exit status, stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+def parse_table(text):
+    """The rows of the printed table as dicts keyed by column name, cut at the dash line."""
+    lines = text.splitlines()
+    dash_index = next(i for i, line in enumerate(lines) if re.fullmatch(r"[- ]+", line))
+    header, dashes = lines[dash_index - 1], lines[dash_index]
+    spans = [m.span() for m in re.finditer(r"-+", dashes)]
+    names = [header[start:end].strip() for start, end in spans]
+    rows = []
+    for line in lines[dash_index + 1:]:
+        if not line.strip() or line.startswith("ratio ="):
+            break
+        cells = [line[start:end].strip() for start, end in spans[:-1]]
+        cells.append(line[spans[-1][0]:].strip())
+        row = dict(zip(names, cells))
+        rest = line[spans[names.index("median ms")][0]:].strip()
+        if rest.startswith(("error:", "unavailable:")):  # a message runs to the end of the line
+            row["median ms"] = rest
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``fusedrnn bench --quick --out DIR`` shared by the tests that read its output."""
+    out_dir = tmp_path_factory.mktemp("bench")
+    status, stdout, stderr = run_main(["bench", "--quick", "--out", out_dir])
+    return status, stdout, stderr, out_dir
+
+
+class UnavailableBackend(Backend):
+    name = "test_unavailable"
+
+    def available(self):
+        return Availability(False, "no such hardware in this test")
+
+
+class BrokenBackend(Backend):
+    """Available, but its kernels raise (the base class's forward)."""
+
+    name = "test_broken"
+
+
+@pytest.fixture
+def fake_backends(monkeypatch):
+    for backend in (UnavailableBackend(), BrokenBackend()):
+        monkeypatch.setitem(backends._REGISTRY, backend.name, backend)
+
+
+# ---------------------------------------------------------------- info
+
+
+def test_info_lists_versions_devices_backends_and_extension(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+reference\s+available$", out, re.MULTILINE), out
+    assert re.search(rf"^\s+torch\s+{re.escape(torch.__version__)}$", out, re.MULTILINE)
+    assert re.search(r"^\s+fusedrnn\s+\d+\.\d+", out, re.MULTILINE)
+    assert re.search(r"^\s+Triton\s+\S", out, re.MULTILINE)
+    assert re.search(r"^\s+cpu\s+.+torch threads \d+$", out, re.MULTILINE)
+    assert "fusedrnn._C" in out
+
+
+def test_info_reports_an_unavailable_backend_with_its_reason(capsys, fake_backends):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"test_unavailable\s+unavailable: no such hardware in this test", out)
+
+
+# ---------------------------------------------------------------- bench --quick
+
+
+def test_quick_bench_prints_numeric_rows_for_both_providers(quick_run):
+    status, stdout, stderr, _ = quick_run
+    assert status == 0
+    rows = parse_table(stdout)
+    cases = bench.default_grid("cpu", quick=True)
+    assert len(rows) == 2 * len(cases) * len(bench.MODES)
+    torch_rows = [r for r in rows if r["provider"] == "torch.nn"]
+    fused_rows = [r for r in rows if r["provider"].startswith("fusedrnn")]
+    assert len(torch_rows) == len(fused_rows) == len(cases) * len(bench.MODES)
+    for row in torch_rows + fused_rows:
+        assert float(row["median ms"]) > 0, row
+        assert float(row["IQR ms"].rstrip(" !")) >= 0, row
+        assert float(row["us/step"]) > 0, row
+    for row in fused_rows:
+        assert float(row["ratio"]) > 0, row
+        assert "auto: reference" in row["provider"]
+    assert {r["mode"] for r in rows} == set(bench.MODES)
+    assert "lower is better" in stdout
+    assert re.search(r"^\[1/\d+\] lstm B\d+ T\d+", stderr, re.MULTILINE), stderr
+
+
+def test_quick_bench_writes_json_with_every_measurement(quick_run):
+    _, _, _, out_dir = quick_run
+    report = json.loads((out_dir / "results.json").read_text())
+    env = report["environment"]
+    for field in ENVIRONMENT_FIELDS:
+        assert field in env, field
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__
+    assert env["torch_threads"] >= 1 and env["cpu_count"] >= 1
+    cases = bench.default_grid("cpu", quick=True)
+    keys = [(r["case"], r["mode"]) for r in report["results"]]
+    assert sorted(keys) == sorted((c.label, m) for c in cases for m in bench.MODES)
+    repeats = report["settings"]["repeats"]
+    for result in report["results"]:
+        torch_entry, fused_entry = result["providers"]
+        assert torch_entry["provider"] == "torch.nn"
+        assert fused_entry["provider"] == "fusedrnn" and fused_entry["backend"] == "auto"
+        assert fused_entry["resolved_backend"] == "reference"
+        for entry in (torch_entry, fused_entry):
+            assert entry["status"] == "ok"
+            assert len(entry["times_s"]) == repeats
+            assert all(t > 0 for t in entry["times_s"])
+            assert entry["median_s"] == pytest.approx(sorted(entry["times_s"])[repeats // 2])
+            assert entry["iqr_s"] >= 0
+            assert entry["noisy"] is bench.is_noisy(entry)
+        assert fused_entry["ratio"] == pytest.approx(
+            fused_entry["median_s"] / torch_entry["median_s"])
+        assert fused_entry["us_per_step"] == pytest.approx(
+            fused_entry["median_s"] / result["steps"] * 1e6)
+
+
+def test_quick_bench_writes_markdown_with_environment_and_table(quick_run):
+    _, _, _, out_dir = quick_run
+    markdown = (out_dir / "results.md").read_text()
+    assert markdown.index("## Environment") < markdown.index("| cell |")
+    assert f"- torch: {torch.__version__}" in markdown
+    assert markdown.count("| torch.nn |") == len(bench.default_grid("cpu", True)) * 2
+
+
+# ---------------------------------------------------------------- bench options and failures
+
+
+def test_unknown_backend_exits_nonzero_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--backend", "nosuch"])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "nosuch" in err and "reference" in err
+
+
+@pytest.mark.parametrize("argv", [["--cell", "lstm,xyz"], ["--mode", "fast"],
+                                  ["--repeats", "0"], ["--dtype", "int8"]])
+def test_bad_bench_arguments_exit_nonzero(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", *argv])
+    assert exit_info.value.code == 2
+
+
+def test_unavailable_and_failing_backends_are_reported_not_dropped(fake_backends):
+    status, stdout, _ = run_main(["bench", "--quick", "--mode", "inference", "--warmup", "0",
+                                  "--repeats", "1", "--backend", "reference",
+                                  "--backend", "test_unavailable", "--backend", "test_broken"])
+    assert status == 0
+    rows = parse_table(stdout)
+    cases = bench.default_grid("cpu", quick=True)
+    by_provider = {}
+    for row in rows:
+        by_provider.setdefault(row["provider"], []).append(row)
+    assert set(by_provider) == {"torch.nn", "fusedrnn [reference]", "fusedrnn [test_unavailable]",
+                                "fusedrnn [test_broken]"}
+    assert all(len(group) == len(cases) for group in by_provider.values())
+    for row in by_provider["fusedrnn [test_unavailable]"]:
+        assert row["median ms"].startswith("unavailable:")
+        assert "no such hardware in this test" in row["median ms"]
+    for row in by_provider["fusedrnn [test_broken]"]:
+        assert row["median ms"].startswith("error: NotImplementedError")
+    for row in by_provider["fusedrnn [reference]"]:
+        assert float(row["ratio"]) > 0
+
+
+def test_other_cells_run(capsys):
+    assert main(["bench", "--quick", "--cell", "gru,rnn", "--mode", "training",
+                 "--warmup", "0", "--repeats", "1"]) == 0
+    rows = parse_table(capsys.readouterr().out)
+    assert {r["cell"] for r in rows} == {"gru", "rnn"}
+    assert all(float(r["median ms"]) > 0 for r in rows)
+
+
+# ---------------------------------------------------------------- bench.py helpers
+
+
+@pytest.mark.parametrize("cell", sorted(bench.CELLS))
+def test_providers_share_weights_and_input(cell):
+    case = bench.Case(cell, 3, 5, 4, 6, num_layers=2, bidirectional=True)
+    torch_provider, fused_provider = bench.build_providers(case)
+    assert torch_provider.label == "torch.nn" and isinstance(torch_provider.module,
+                                                             torch.nn.RNNBase)
+    assert torch.equal(torch_provider.input, fused_provider.input)
+    assert torch_provider.input is not fused_provider.input
+    for name, weight in fused_provider.module.named_parameters():
+        assert torch.equal(weight, getattr(torch_provider.module, name)), name
+    with torch.no_grad():
+        expected = testing.flatten_outputs(torch_provider.module(torch_provider.input))
+        actual = testing.flatten_outputs(fused_provider.module(fused_provider.input))
+    testing.assert_close_relative(actual, expected, 1e-5, what=cell)
+
+
+def test_training_call_produces_all_gradients_and_setup_clears_them():
+    case = bench.Case("lstm", 2, 4, 3, 5)
+    for provider in bench.build_providers(case):
+        call, setup = bench.make_call(provider, "training")
+        call()
+        assert provider.input.grad is not None
+        assert all(p.grad is not None for p in provider.module.parameters())
+        setup()
+        assert provider.input.grad is None
+        assert all(p.grad is None for p in provider.module.parameters())
+
+
+def test_time_call_runs_setup_outside_and_counts_calls():
+    events = []
+    times = bench.time_call(lambda: events.append("call"), "cpu", warmup=2, repeats=5,
+                            setup=lambda: events.append("setup"))
+    assert len(times) == 5 and all(t >= 0 for t in times)
+    assert events == ["setup", "call"] * 7
+
+
+def test_time_interleaved_alternates_the_order():
+    order = []
+    calls = {name: (lambda name=name: order.append(name), None) for name in ("a", "b")}
+    times = bench.time_interleaved(calls, "cpu", warmup=0, repeats=4)
+    assert [len(t) for t in times.values()] == [4, 4]
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_time_interleaved_reports_a_raising_call_and_keeps_the_others():
+    def boom():
+        raise RuntimeError("kaput")
+    times = bench.time_interleaved({"ok": (lambda: None, None), "bad": (boom, None)}, "cpu", 1, 3)
+    assert len(times["ok"]) == 3
+    assert isinstance(times["bad"], RuntimeError)
+    assert bench.short_error(times["bad"]) == "RuntimeError: kaput"
+
+
+def test_summarize_median_and_iqr_and_noise():
+    summary = bench.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert summary["median_s"] == 3.0 and summary["iqr_s"] == 2.0
+    assert bench.is_noisy(summary)
+    assert not bench.is_noisy(bench.summarize([1.0, 1.01, 1.02, 0.99, 1.0]))
+    assert not bench.is_noisy(bench.summarize([1.0, 3.0]))  # too few repeats to judge
+    assert bench.summarize([7.0])["iqr_s"] == 0.0
+
+
+def test_default_grids():
+    cpu = bench.default_grid("cpu")
+    assert [(c.batch, c.steps, c.input_size, c.hidden_size) for c in cpu] == [
+        (32, 100, 128, 256), (8, 200, 64, 128), (64, 50, 256, 512), (16, 64, 100, 128),
+        (1, 300, 32, 64)]
+    assert cpu[3].num_layers == 2 and cpu[3].bidirectional
+    gpu = bench.default_grid("cuda")
+    assert len(gpu) == 5 and all(c.input_size == c.hidden_size for c in gpu)
+    assert len(bench.default_grid("cpu", quick=True, cells=("lstm", "gru"))) == 2 * len(
+        bench.default_grid("cpu", quick=True))
+
+
+def test_format_table_marks_noisy_rows_and_writes_markdown():
+    entry = {"backend": "", "resolved_backend": "", "status": "ok", "message": ""}
+    result = {"case": "lstm B1 T10 I2 H3", "cell": "lstm", "mode": "inference", "providers": [
+        dict(entry, provider="torch.nn", median_s=0.002, iqr_s=0.0001, us_per_step=200.0,
+             noisy=False),
+        dict(entry, provider="fusedrnn", backend="auto", resolved_backend="reference",
+             median_s=0.001, iqr_s=0.0005, us_per_step=100.0, noisy=True, ratio=0.5)]}
+    text = bench.format_table([result])
+    rows = parse_table(text)
+    assert [r["provider"] for r in rows] == ["torch.nn", "fusedrnn (auto: reference)"]
+    assert rows[1]["ratio"] == "0.50" and rows[1]["IQR ms"] == "0.500 !"
+    assert rows[0]["ratio"] == "" and rows[0]["median ms"] == "2.000"
+    assert "! = noisy" in text
+    markdown = bench.format_table([result], markdown=True)
+    assert "| lstm | B1 T10 I2 H3 | inference | fusedrnn (auto: reference) | 1.000 |" in markdown
