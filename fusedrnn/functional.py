@@ -86,7 +86,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
                    state_size, input_size, bias, x)
 
     x, states, weights = _autocast(x, states, weights)
-    choice = backends.select(backend, x.device, x.dtype)
+    choice = backends.select(backend, x.device, x.dtype, backends.Call(cell, hidden, state_size))
     op = ops.FORWARD[cell]
     h_n, c_n = [], []
     layer_input = x

@@ -37,6 +37,16 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class Call:
+    """What a backend may need to know about one layer-direction call beyond device and
+    dtype: the cell, the hidden size H and the state size P (``proj_size`` or H)."""
+
+    cell: str
+    hidden: int
+    state: int
+
+
+@dataclass(frozen=True)
 class Choice:
     """The backend one call runs on, and why that one."""
 
@@ -54,8 +64,9 @@ class Backend:
         """Whether this backend can run at all here: :class:`Availability`."""
         return Availability(True, "")
 
-    def supports(self, device, dtype):
-        """Whether this backend can run a call on ``device`` in ``dtype``: (ok, reason)."""
+    def supports(self, device, dtype, call=None):
+        """Whether this backend can run a call on ``device`` in ``dtype`` (and, when given,
+        of the :class:`Call` ``call``): ``(ok, reason)``."""
         return True, ""
 
     def forward(self, cell, *args):
@@ -69,7 +80,7 @@ class ReferenceBackend(Backend):
     name = "reference"
     priority = 0
 
-    def supports(self, device, dtype):
+    def supports(self, device, dtype, call=None):
         if not dtype.is_floating_point:
             return False, f"dtype {dtype} is not a floating-point type"
         return True, ""
@@ -115,18 +126,19 @@ def requested_name(backend=None):
     return os.environ.get(ENV_VAR, "").strip() or AUTO
 
 
-def _can_run(backend, device, dtype):
+def _can_run(backend, device, dtype, call):
     status = backend.available()
     if not status.available:
         return False, status.reason
-    return backend.supports(device, dtype)
+    return backend.supports(device, dtype, call)
 
 
-def select(backend, device, dtype):
-    """Choose the backend for one call on tensors of ``device`` and ``dtype``: a :class:`Choice`."""
+def select(backend, device, dtype, call=None):
+    """Choose the backend for one call on tensors of ``device`` and ``dtype`` (``call``: the
+    :class:`Call`, when known): a :class:`Choice`."""
     name = requested_name(backend)
     if name != AUTO:
-        ok, why = _can_run(get(name), device, dtype)
+        ok, why = _can_run(get(name), device, dtype, call)
         if not ok:
             raise BackendUnavailableError(f"backend {name!r} cannot run this call: {why}")
         return Choice(name, "requested")
@@ -134,7 +146,7 @@ def select(backend, device, dtype):
     for candidate in names():
         if device.type == "cpu" and candidate != "reference":
             continue
-        ok, why = _can_run(_REGISTRY[candidate], device, dtype)
+        ok, why = _can_run(_REGISTRY[candidate], device, dtype, call)
         if ok:
             reason = "auto: " + ("; ".join(skipped) if skipped else f"first choice on {device.type}")
             _log_fallback_once(candidate, skipped)
@@ -153,3 +165,12 @@ def _log_fallback_once(chosen, skipped):
 
 
 register(ReferenceBackend())
+
+
+def _register_optional():
+    from .triton import TritonBackend
+
+    register(TritonBackend())
+
+
+_register_optional()

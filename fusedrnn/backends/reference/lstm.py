@@ -6,7 +6,7 @@ Gates in PyTorch's order i, f, g, o; with a projection (``w_hr`` ``(P, H)``) the
 
 import torch
 
-from .common import (active_mask, backward_masks, empty, flat, input_and_weight_grads,
+from ..common import (active_mask, backward_masks, empty, flat, input_and_weight_grads,
                      input_projection, hold_forward, previous_states, recurrent_grad,
                      time_order)
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from .common import (active_mask, backward_masks, empty, input_and_weight_grads,
+from ..common import (active_mask, backward_masks, empty, input_and_weight_grads,
                      input_projection, hold_forward, previous_states, recurrent_grad,
                      time_order)
 

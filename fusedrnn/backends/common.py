@@ -1,4 +1,4 @@
-"""Pieces every reference cell uses: masks, time order, the all-steps products."""
+"""Pieces every backend shares: masks, time order, the all-steps products and gradients."""
 
 import torch
 

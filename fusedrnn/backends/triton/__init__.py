@@ -1,0 +1,58 @@
+"""The ``triton`` backend: fused LSTM and GRU kernels written in Triton.
+
+Runs on CUDA tensors, and on CPU tensors under the Triton interpreter
+(``TRITON_INTERPRET=1``, slow: for tests). Importing this package does not import Triton;
+the kernels load on the first call. Which kernel runs (persistent or one launch per step)
+is decided per call by :func:`plan.choose`, and the choice with its reason is logged once.
+"""
+
+import importlib.util
+import logging
+import os
+
+from .. import Availability, Backend
+from . import plan
+
+logger = logging.getLogger("fusedrnn")
+
+CELLS = ("lstm", "gru")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def interpreter_enabled():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    priority = 10
+
+    def available(self):
+        if importlib.util.find_spec("triton") is None:
+            return Availability(False, "Triton is not installed (pip install triton)")
+        return Availability(True, "")
+
+    def supports(self, device, dtype, call=None):
+        if device.type == "cpu" and not interpreter_enabled():
+            return False, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
+        if device.type not in ("cpu", "cuda"):
+            return False, f"Triton kernels do not run on {device.type} tensors"
+        if str(dtype).replace("torch.", "") not in DTYPES:
+            return False, f"dtype {dtype} is not one of {', '.join(DTYPES)}"
+        if call is not None:
+            if call.cell not in CELLS:
+                return False, f"no Triton kernel for the {call.cell} cell (only {', '.join(CELLS)})"
+            variant = plan.choose(call.cell, call.hidden, call.state)
+            if variant.kernel is None:
+                return False, variant.reason
+        return True, ""
+
+    def forward(self, cell, *args):
+        from . import gru, lstm
+
+        return {"lstm": lstm.forward, "gru": gru.forward}[cell](*args)
+
+    def backward(self, cell, *args):
+        from . import gru, lstm
+
+        return {"lstm": lstm.backward, "gru": gru.backward}[cell](*args)

@@ -1,0 +1,148 @@
+"""GRU backward kernels (Triton): backpropagation through time in reverse processing order.
+
+They produce the pre-activation gradients of the input side, ``dgates_in`` = (dr, dz, dn),
+and of the hidden side, ``dgates_hid`` = (dr, dz, dn * r), both ``(T, B, 3H)`` and zero past
+a sequence's end; weights, biases and input then take one product over all steps each.
+
+=============  ===========  =====  ==========================================================
+argument       shape        dtype  role
+=============  ===========  =====  ==========================================================
+grad_y         (T, B, H)    x      gradient of the output; read only
+grad_hn        (B, H)       x      gradient of the final state; read only
+w_hh           (3H, H)      x      recurrent weights; read only
+h0             (B, H)       x      initial state; read only
+lengths        (B,)         int64  per-sequence lengths (HAS_LENGTHS); read only
+y              (T, B, H)    x      forward output (h of every step); read only
+gates          (T, B, 3H)   x      saved r, z, n; read only
+hidden_n       (T, B, H)    x      saved ``h W_hn^T + b_hn``; read only
+dgates_in/hid  (T, B, 3H)   x      outputs
+dh0            (B, H)       x      output: gradient of the initial state
+=============  ===========  =====  ==========================================================
+
+The step kernel works on the ``(B, .)`` slices of one step and keeps the gradient of h in
+``dh_cur``/``dh_next`` ``(B, H)`` float32 ping-pong scratch; the recurrent term it starts
+from is ``dgates_hid_prev @ W_hh + dh_cur * z_prev`` of the step processed before.
+"""
+
+import triton
+import triton.language as tl
+
+from .cell_math import load_tile, matmul, store_tile
+
+
+@triton.jit
+def _gru_step_grads(dh, r, z, n, hn, h_prev):
+    """Pre-activation gradients (dr, dz, dn) and the n block of the hidden side."""
+    d_n = dh * (1.0 - z) * (1.0 - n * n)
+    d_z = dh * (h_prev - n) * z * (1.0 - z)
+    d_r = d_n * hn * r * (1.0 - r)
+    return d_r, d_z, d_n, d_n * r
+
+
+@triton.jit(do_not_specialize=["steps"])
+def gru_bwd_persistent_kernel(
+    grad_y, grad_hn, w_hh, h0, lengths, y, gates, hidden_n, dgates_in, dgates_hid, dh0,
+    steps, batch, hidden,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    hcols = tl.arange(0, BLOCK_H)
+    row_ok, h_ok = rows < batch, hcols < hidden
+    g_size = 3 * hidden
+    w_mask = h_ok[:, None] & h_ok[None, :]
+    # W_hh per gate as (BLOCK_H, BLOCK_H): [j, p] = W_hh[k * H + j, p].
+    w_r = tl.load(w_hh + hcols[:, None] * hidden + hcols[None, :], mask=w_mask, other=0.0)
+    w_z = tl.load(w_hh + (hidden + hcols[:, None]) * hidden + hcols[None, :], mask=w_mask, other=0.0)
+    w_n = tl.load(w_hh + (2 * hidden + hcols[:, None]) * hidden + hcols[None, :], mask=w_mask, other=0.0)
+    dh_carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
+    if HAS_LENGTHS:
+        length = tl.load(lengths + rows, mask=row_ok, other=0)
+    for s in range(steps):
+        t = s if REVERSE else steps - 1 - s
+        at = t * batch + rows
+        dh = dh_carry + load_tile(grad_y, at, hcols, hidden, row_ok, h_ok)
+        t_prev = t + 1 if REVERSE else t - 1
+        if (t_prev >= 0) & (t_prev < steps):
+            h_prev = load_tile(y, t_prev * batch + rows, hcols, hidden, row_ok, h_ok)
+        else:
+            h_prev = load_tile(h0, rows, hcols, hidden, row_ok, h_ok)
+        if HAS_LENGTHS:
+            active = (t < length)[:, None]
+            dh = tl.where(active, dh, dh_carry)
+            # Reversed, a shorter sequence starts from h0 at its own last step.
+            h_prev = tl.where((t_prev < length)[:, None], h_prev,
+                              load_tile(h0, rows, hcols, hidden, row_ok, h_ok))
+        r = load_tile(gates, at, hcols, g_size, row_ok, h_ok)
+        z = load_tile(gates + hidden, at, hcols, g_size, row_ok, h_ok)
+        n = load_tile(gates + 2 * hidden, at, hcols, g_size, row_ok, h_ok)
+        hn = load_tile(hidden_n, at, hcols, hidden, row_ok, h_ok)
+        d_r, d_z, d_n, d_nh = _gru_step_grads(dh, r, z, n, hn, h_prev)
+        if HAS_LENGTHS:
+            d_r = tl.where(active, d_r, 0.0)
+            d_z = tl.where(active, d_z, 0.0)
+            d_n = tl.where(active, d_n, 0.0)
+            d_nh = tl.where(active, d_nh, 0.0)
+        store_tile(dgates_in, d_r, at, hcols, g_size, row_ok, h_ok)
+        store_tile(dgates_in + hidden, d_z, at, hcols, g_size, row_ok, h_ok)
+        store_tile(dgates_in + 2 * hidden, d_n, at, hcols, g_size, row_ok, h_ok)
+        store_tile(dgates_hid, d_r, at, hcols, g_size, row_ok, h_ok)
+        store_tile(dgates_hid + hidden, d_z, at, hcols, g_size, row_ok, h_ok)
+        store_tile(dgates_hid + 2 * hidden, d_nh, at, hcols, g_size, row_ok, h_ok)
+        rec = dh * z + matmul(d_r, w_r, IEEE) + matmul(d_z, w_z, IEEE) + matmul(d_nh, w_n, IEEE)
+        if HAS_LENGTHS:
+            dh_carry = tl.where(active, rec, dh)
+        else:
+            dh_carry = rec
+    store_tile(dh0, dh_carry, rows, hcols, hidden, row_ok, h_ok)
+
+
+@triton.jit
+def gru_bwd_step_kernel(
+    grad_y_t, grad_hn, w_hh, lengths, h_prev_t, gates_t, hidden_n_t, gates_prev,
+    dgates_in_t, dgates_hid_t, dgates_hid_prev, dh_cur, dh_next,
+    t, t_prev, first, batch, hidden,
+    HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    hcols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok, h_ok = rows < batch, hcols < hidden
+    g_size = 3 * hidden
+    if HAS_LENGTHS:
+        length = tl.load(lengths + rows, mask=row_ok, other=0)
+        active = (t < length)[:, None]
+    if first != 0:
+        carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
+    else:
+        dh_before = load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok)
+        carry = dh_before * load_tile(gates_prev + hidden, rows, hcols, g_size, row_ok, h_ok)
+        for k0 in range(0, g_size, BLOCK_K):
+            kcols = k0 + tl.arange(0, BLOCK_K)
+            k_ok = kcols < g_size
+            d_k = load_tile(dgates_hid_prev, rows, kcols, g_size, row_ok, k_ok)
+            carry += matmul(d_k, tl.load(w_hh + kcols[:, None] * hidden + hcols[None, :],
+                                         mask=k_ok[:, None] & h_ok[None, :], other=0.0), IEEE)
+        if HAS_LENGTHS:
+            carry = tl.where((t_prev < length)[:, None], carry, dh_before)
+    dh = carry + load_tile(grad_y_t, rows, hcols, hidden, row_ok, h_ok)
+    if HAS_LENGTHS:
+        dh = tl.where(active, dh, carry)
+    store_tile(dh_next, dh, rows, hcols, hidden, row_ok, h_ok)
+    r = load_tile(gates_t, rows, hcols, g_size, row_ok, h_ok)
+    z = load_tile(gates_t + hidden, rows, hcols, g_size, row_ok, h_ok)
+    n = load_tile(gates_t + 2 * hidden, rows, hcols, g_size, row_ok, h_ok)
+    hn = load_tile(hidden_n_t, rows, hcols, hidden, row_ok, h_ok)
+    h_prev = load_tile(h_prev_t, rows, hcols, hidden, row_ok, h_ok)
+    d_r, d_z, d_n, d_nh = _gru_step_grads(dh, r, z, n, hn, h_prev)
+    if HAS_LENGTHS:
+        d_r = tl.where(active, d_r, 0.0)
+        d_z = tl.where(active, d_z, 0.0)
+        d_n = tl.where(active, d_n, 0.0)
+        d_nh = tl.where(active, d_nh, 0.0)
+    store_tile(dgates_in_t, d_r, rows, hcols, g_size, row_ok, h_ok)
+    store_tile(dgates_in_t + hidden, d_z, rows, hcols, g_size, row_ok, h_ok)
+    store_tile(dgates_in_t + 2 * hidden, d_n, rows, hcols, g_size, row_ok, h_ok)
+    store_tile(dgates_hid_t, d_r, rows, hcols, g_size, row_ok, h_ok)
+    store_tile(dgates_hid_t + hidden, d_z, rows, hcols, g_size, row_ok, h_ok)
+    store_tile(dgates_hid_t + 2 * hidden, d_nh, rows, hcols, g_size, row_ok, h_ok)

@@ -1,0 +1,109 @@
+"""Launchers of the LSTM kernels: same contract and saved tensors as the reference backend
+(``fusedrnn/backends/reference/__init__.py``), so the two are interchangeable."""
+
+import torch
+import triton
+
+from .. import common
+from . import plan
+from .lstm_bwd import lstm_bwd_persistent_kernel, lstm_bwd_step_kernel
+from .lstm_fwd import lstm_fwd_persistent_kernel, lstm_fwd_step_kernel
+
+
+def _variant(hidden, state):
+    variant = plan.choose("lstm", hidden, state)
+    plan.log_once("lstm", variant)
+    return variant
+
+
+def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
+    steps, batch, _ = x.shape
+    hidden, state = w_ih.shape[0] // 4, h0.shape[1]
+    xproj = common.input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
+    gates = torch.empty_like(xproj)
+    cells = x.new_empty(steps, batch, hidden)
+    y = x.new_empty(steps, batch, state)
+    h_n, c_n = torch.empty_like(h0), torch.empty_like(c0)
+    if batch == 0:
+        return y, h_n, c_n, gates, cells
+    variant = _variant(hidden, state)
+    flags = dict(HAS_LENGTHS=lengths is not None, IEEE=x.dtype == torch.float32)
+    lens = lengths if lengths is not None else h0
+    if variant.kernel == "persistent":
+        grid = (triton.cdiv(batch, plan.BLOCK_B),)
+        lstm_fwd_persistent_kernel[grid](
+            xproj, w_hh, w_hr if w_hr is not None else w_hh, h0, c0, lens, y, gates, cells,
+            h_n, c_n, steps, batch, hidden, state, REVERSE=reverse, HAS_PROJ=w_hr is not None,
+            BLOCK_B=plan.BLOCK_B, BLOCK_H=variant.block_h, BLOCK_P=variant.block_p, **flags)
+        return y, h_n, c_n, gates, cells
+    h_cur, h_next = h0.float().clone(), torch.empty_like(h0, dtype=torch.float32)
+    c_state = c0.float().clone()
+    grid = (triton.cdiv(batch, plan.BLOCK_B), triton.cdiv(hidden, plan.STEP_BLOCK_H))
+    for t in common.time_order(steps, reverse):
+        lstm_fwd_step_kernel[grid](
+            xproj, w_hh, lens, y, gates, cells, h_cur, h_next, c_state, t, batch, hidden,
+            BLOCK_B=plan.BLOCK_B, BLOCK_H=plan.STEP_BLOCK_H, BLOCK_K=plan.STEP_BLOCK_K, **flags)
+        h_cur, h_next = h_next, h_cur
+    h_n.copy_(h_cur)
+    c_n.copy_(c_state)
+    return y, h_n, c_n, gates, cells
+
+
+def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, cells,
+             reverse, has_bias):
+    steps, batch, _ = x.shape
+    hidden, state = cells.shape[2], y.shape[2]
+    dgates = torch.empty_like(gates)
+    dh_steps = torch.empty_like(y) if w_hr is not None else None
+    dh0, dc0 = torch.empty_like(h0), torch.empty_like(c0)
+    if batch == 0:
+        dgates.zero_()
+    else:
+        variant = _variant(hidden, state)
+        flags = dict(HAS_LENGTHS=lengths is not None, IEEE=x.dtype == torch.float32)
+        lens = lengths if lengths is not None else h0
+        if variant.kernel == "persistent":
+            grid = (triton.cdiv(batch, plan.BLOCK_B),)
+            lstm_bwd_persistent_kernel[grid](
+                grad_y, grad_hn, grad_cn, w_hh, w_hr if w_hr is not None else w_hh, c0, lens,
+                gates, cells, dgates, dh_steps if dh_steps is not None else dgates, dh0, dc0,
+                steps, batch, hidden, state, REVERSE=reverse, HAS_PROJ=w_hr is not None,
+                BLOCK_B=plan.BLOCK_B, BLOCK_H=variant.block_h, BLOCK_P=variant.block_p, **flags)
+        else:
+            _backward_steps(grad_y, grad_hn, grad_cn, w_hh, c0, lengths, gates, cells, dgates,
+                            dh0, dc0, reverse, flags)
+    mask = common.active_mask(lengths, steps)
+    h_prev = common.previous_states(y, h0, mask, reverse)
+    grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
+    grad_w_hr = common.empty(x)
+    if w_hr is not None:
+        o = gates[:, :, 3 * hidden :]
+        grad_w_hr = torch.mm(common.flat(dh_steps).t(), common.flat(o * torch.tanh(cells)))
+    return grads + (grad_w_hr, dh0, dc0)
+
+
+def _backward_steps(grad_y, grad_hn, grad_cn, w_hh, c0, lengths, gates, cells, dgates, dh0, dc0,
+                    reverse, flags):
+    """One launch per step; the gradient of h0 is the last recurrent product, taken here."""
+    steps, batch, hidden = cells.shape
+    order = common.time_order(steps, not reverse)
+    dh_cur, dh_next = (torch.empty(batch, hidden, device=cells.device, dtype=torch.float32)
+                       for _ in range(2))
+    dc_state = grad_cn.float().clone()
+    lens = lengths if lengths is not None else dc_state
+    grid = (triton.cdiv(batch, plan.BLOCK_B), triton.cdiv(hidden, plan.STEP_BLOCK_H))
+    for k, t in enumerate(order):
+        t_prev = order[k - 1] if k else t
+        forward_prev = t + 1 if reverse else t - 1
+        c_prev = cells[forward_prev] if 0 <= forward_prev < steps else c0
+        lstm_bwd_step_kernel[grid](
+            grad_y[t], grad_hn, w_hh, lens, gates[t], cells[t], c_prev, dgates[t],
+            dgates[t_prev], dh_cur, dh_next, dc_state, t, t_prev, int(k == 0), batch, hidden,
+            BLOCK_B=plan.BLOCK_B, BLOCK_H=plan.STEP_BLOCK_H, BLOCK_K=plan.STEP_BLOCK_K, **flags)
+        dh_cur, dh_next = dh_next, dh_cur
+    last = order[-1]
+    recurrent = torch.mm(dgates[last].float(), w_hh.float())
+    if lengths is not None:
+        recurrent = torch.where((last < lengths)[:, None], recurrent, dh_cur)
+    dh0.copy_(recurrent)
+    dc0.copy_(dc_state)

@@ -1,0 +1,142 @@
+"""LSTM forward kernels (Triton).
+
+``lstm_fwd_persistent_kernel``: one launch for the whole sequence. Program ``p`` owns batch
+rows ``[p * BLOCK_B, (p + 1) * BLOCK_B)`` and every hidden unit, keeps ``W_hh`` (and
+``W_hr``) in registers for all steps and loops over time inside the kernel, so no
+synchronisation between programs is needed. Used when the weights fit one program.
+
+``lstm_fwd_step_kernel``: one launch per time step; program ``(p, q)`` owns batch rows
+``p`` and hidden units ``[q * BLOCK_H, ...)``, reading the whole previous state. Used for
+hidden sizes whose weights do not fit one program (no projection).
+
+Tensors (contiguous, time-major; T steps, B batch, H hidden, P = proj or H, G = 4H):
+
+=============  ===========  =====  ==========================================================
+argument       shape        dtype  role
+=============  ===========  =====  ==========================================================
+xproj          (T, B, G)    x      ``x @ W_ih^T + b_ih + b_hh``; read only
+w_hh           (G, P)       x      recurrent weights, gates i, f, g, o; read only
+w_hr           (P, H)       x      projection (persistent kernel, HAS_PROJ); read only
+h0, c0         (B, P), (B,H) x     initial states; read only
+lengths        (B,)         int64  per-sequence lengths (HAS_LENGTHS); read only
+y              (T, B, P)    x      output: h of every step, zero past a sequence's end
+gates          (T, B, G)    x      output, kept for backward: activated i, f, g, o
+cells          (T, B, H)    x      output, kept for backward: c of every step, held past the end
+h_n, c_n       (B, P), (B,H) x     output: states after each sequence's last step
+=============  ===========  =====  ==========================================================
+
+The step kernel also takes ``h_cur`` / ``h_next`` ``(B, P)`` float32 ping-pong state
+buffers (scratch) and ``c_state`` ``(B, H)`` float32, updated in place (each program
+touches only its own tile). Accumulation and cell state are float32 throughout.
+"""
+
+import triton
+import triton.language as tl
+
+from .cell_math import load_tile, load_transposed, matmul, store_tile, tanh
+
+
+@triton.jit(do_not_specialize=["steps"])
+def lstm_fwd_persistent_kernel(
+    xproj, w_hh, w_hr, h0, c0, lengths, y, gates, cells, h_n, c_n,
+    steps, batch, hidden, state,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    hcols = tl.arange(0, BLOCK_H)
+    pcols = tl.arange(0, BLOCK_P)
+    row_ok, h_ok, p_ok = rows < batch, hcols < hidden, pcols < state
+    g_size = 4 * hidden
+    # W_hh^T per gate, (BLOCK_P, BLOCK_H): element [p, j] = W_hh[k * H + j, p].
+    w_i = load_transposed(w_hh, hcols, pcols, state, h_ok, p_ok)
+    w_f = load_transposed(w_hh + hidden * state, hcols, pcols, state, h_ok, p_ok)
+    w_g = load_transposed(w_hh + 2 * hidden * state, hcols, pcols, state, h_ok, p_ok)
+    w_o = load_transposed(w_hh + 3 * hidden * state, hcols, pcols, state, h_ok, p_ok)
+    if HAS_PROJ:
+        w_r = load_transposed(w_hr, pcols, hcols, hidden, p_ok, h_ok)  # (BLOCK_H, BLOCK_P)
+    h = load_tile(h0, rows, pcols, state, row_ok, p_ok)
+    c = load_tile(c0, rows, hcols, hidden, row_ok, h_ok)
+    if HAS_LENGTHS:
+        length = tl.load(lengths + rows, mask=row_ok, other=0)
+    for s in range(steps):
+        t = steps - 1 - s if REVERSE else s
+        at = t * batch + rows
+        x_i = load_tile(xproj, at, hcols, g_size, row_ok, h_ok)
+        x_f = load_tile(xproj + hidden, at, hcols, g_size, row_ok, h_ok)
+        x_g = load_tile(xproj + 2 * hidden, at, hcols, g_size, row_ok, h_ok)
+        x_o = load_tile(xproj + 3 * hidden, at, hcols, g_size, row_ok, h_ok)
+        i = tl.sigmoid(x_i + matmul(h, w_i, IEEE))
+        f = tl.sigmoid(x_f + matmul(h, w_f, IEEE))
+        g = tanh(x_g + matmul(h, w_g, IEEE))
+        o = tl.sigmoid(x_o + matmul(h, w_o, IEEE))
+        c_new = f * c + i * g
+        r = o * tanh(c_new)
+        if HAS_PROJ:
+            h_new = matmul(r, w_r, IEEE)
+        else:
+            h_new = r
+        if HAS_LENGTHS:
+            active = (t < length)[:, None]
+            c = tl.where(active, c_new, c)
+            h = tl.where(active, h_new, h)
+            out = tl.where(active, h_new, 0.0)
+        else:
+            c = c_new
+            h = h_new
+            out = h_new
+        store_tile(gates, i, at, hcols, g_size, row_ok, h_ok)
+        store_tile(gates + hidden, f, at, hcols, g_size, row_ok, h_ok)
+        store_tile(gates + 2 * hidden, g, at, hcols, g_size, row_ok, h_ok)
+        store_tile(gates + 3 * hidden, o, at, hcols, g_size, row_ok, h_ok)
+        store_tile(cells, c, at, hcols, hidden, row_ok, h_ok)
+        store_tile(y, out, at, pcols, state, row_ok, p_ok)
+    store_tile(h_n, h, rows, pcols, state, row_ok, p_ok)
+    store_tile(c_n, c, rows, hcols, hidden, row_ok, h_ok)
+
+
+@triton.jit
+def lstm_fwd_step_kernel(
+    xproj, w_hh, lengths, y, gates, cells, h_cur, h_next, c_state,
+    t, batch, hidden,
+    HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    hcols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok, h_ok = rows < batch, hcols < hidden
+    g_size = 4 * hidden
+    at = t * batch + rows
+    acc_i = load_tile(xproj, at, hcols, g_size, row_ok, h_ok)
+    acc_f = load_tile(xproj + hidden, at, hcols, g_size, row_ok, h_ok)
+    acc_g = load_tile(xproj + 2 * hidden, at, hcols, g_size, row_ok, h_ok)
+    acc_o = load_tile(xproj + 3 * hidden, at, hcols, g_size, row_ok, h_ok)
+    for k0 in range(0, hidden, BLOCK_K):
+        kcols = k0 + tl.arange(0, BLOCK_K)
+        k_ok = kcols < hidden
+        h_k = load_tile(h_cur, rows, kcols, hidden, row_ok, k_ok)
+        acc_i += matmul(h_k, load_transposed(w_hh, hcols, kcols, hidden, h_ok, k_ok), IEEE)
+        acc_f += matmul(h_k, load_transposed(w_hh + hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
+        acc_g += matmul(h_k, load_transposed(w_hh + 2 * hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
+        acc_o += matmul(h_k, load_transposed(w_hh + 3 * hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
+    i = tl.sigmoid(acc_i)
+    f = tl.sigmoid(acc_f)
+    g = tanh(acc_g)
+    o = tl.sigmoid(acc_o)
+    c = load_tile(c_state, rows, hcols, hidden, row_ok, h_ok)
+    c_new = f * c + i * g
+    h_new = o * tanh(c_new)
+    out = h_new
+    if HAS_LENGTHS:
+        active = (t < tl.load(lengths + rows, mask=row_ok, other=0))[:, None]
+        c_new = tl.where(active, c_new, c)
+        h_new = tl.where(active, h_new, load_tile(h_cur, rows, hcols, hidden, row_ok, h_ok))
+        out = tl.where(active, out, 0.0)
+    store_tile(gates, i, at, hcols, g_size, row_ok, h_ok)
+    store_tile(gates + hidden, f, at, hcols, g_size, row_ok, h_ok)
+    store_tile(gates + 2 * hidden, g, at, hcols, g_size, row_ok, h_ok)
+    store_tile(gates + 3 * hidden, o, at, hcols, g_size, row_ok, h_ok)
+    store_tile(cells, c_new, at, hcols, hidden, row_ok, h_ok)
+    store_tile(c_state, c_new, rows, hcols, hidden, row_ok, h_ok)
+    store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)
+    store_tile(y, out, at, hcols, hidden, row_ok, h_ok)
