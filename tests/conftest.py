@@ -7,6 +7,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU, the Triton backend's tests run its kernels in Triton's interpreter. Set
+# before any kernel module is imported: triton.jit reads it when it wraps a function.
+if not torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _has_cuda():
     return torch.cuda.is_available()

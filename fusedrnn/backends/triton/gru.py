@@ -31,7 +31,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     variant = _variant(hidden)
     b_hn = b_hh[2 * hidden :] if b_hh is not None else h0
     flags = dict(HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
-                 IEEE=x.dtype == torch.float32)
+                 IEEE=plan.full_precision_dot(x.dtype))
     lens = lengths if lengths is not None else h0
     if variant.kernel == "persistent":
         gru_fwd_persistent_kernel[(triton.cdiv(batch, plan.BLOCK_B),)](
@@ -62,7 +62,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         dgates_hid.zero_()
     else:
         variant = _variant(hidden)
-        flags = dict(HAS_LENGTHS=lengths is not None, IEEE=x.dtype == torch.float32)
+        flags = dict(HAS_LENGTHS=lengths is not None, IEEE=plan.full_precision_dot(x.dtype))
         lens = lengths if lengths is not None else h0
         if variant.kernel == "persistent":
             gru_bwd_persistent_kernel[(triton.cdiv(batch, plan.BLOCK_B),)](

@@ -60,3 +60,17 @@ def log_once(cell, variant):
     if key not in _logged:
         _logged.add(key)
         logger.info("fusedrnn triton %s: %s", cell, variant.reason)
+
+
+def full_precision_dot(dtype):
+    """Whether the kernels' ``tl.dot`` runs in float32 (IEEE) rather than on 16-bit operands.
+
+    float32 inputs: always (TF32 would miss the 1e-5 parity bound). bfloat16 under the
+    interpreter too: Triton 3.8's interpreter multiplies bfloat16 operands of ``tl.dot`` as
+    raw integers, so there the products are taken in float32; on a GPU bfloat16 and float16
+    go to the tensor cores with float32 accumulation.
+    """
+    import torch
+
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)

@@ -1,0 +1,145 @@
+"""The Triton backend against the reference backend (on the CPU: in Triton's interpreter).
+
+float32: outputs, final states and every gradient within 1e-5 relative error. bfloat16 and
+float16: the error against a float64 oracle at most 2x (outputs) / 3x (gradients) that of
+the reference backend run in the same dtype. Both kernels (persistent, one launch per step)
+are covered by forcing them with ``FUSEDRNN_TRITON_KERNEL``.
+"""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import backends, ops, testing
+from fusedrnn.backends import BackendUnavailableError, Call
+
+pytestmark = pytest.mark.requires_triton
+
+BOUND = 1e-5
+KERNELS = ["persistent", "step"]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", request.param)
+    return request.param
+
+
+def _pair(cell, input_size, hidden, dtype=torch.float32, **kwargs):
+    reference = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, **kwargs)
+    triton_module = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, backend="triton",
+                                            **kwargs)
+    triton_module.load_state_dict(reference.state_dict())
+    return reference, triton_module
+
+
+def _compare(reference, candidate, x, hx=None):
+    out_ref, grads_ref = testing.outputs_and_grads(reference, x, hx)
+    out, grads = testing.outputs_and_grads(candidate, x, hx)
+    testing.assert_close_relative(out, out_ref, BOUND, "outputs")
+    testing.assert_close_relative(grads, grads_ref, BOUND, "gradients")
+
+
+CASES = [
+    ("plain", {}, 33, 7, 5),
+    ("odd sizes, batch 1", {}, 17, 5, 1),
+    ("one step", {}, 24, 1, 3),
+    ("two layers, bidirectional", {"num_layers": 2, "bidirectional": True}, 20, 6, 4),
+    ("no bias, batch_first", {"bias": False, "batch_first": True}, 16, 6, 3),
+    ("more rows than one tile", {}, 16, 4, 19),
+]
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("name, kwargs, hidden, steps, batch", CASES, ids=[c[0] for c in CASES])
+def test_padded_input_matches_reference(kernel, cell, name, kwargs, hidden, steps, batch):
+    reference, candidate = _pair(cell, 6, hidden, **kwargs)
+    x = testing.make_sequence(batch, steps, 6, batch_first=kwargs.get("batch_first", False))
+    _compare(reference, candidate, x)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_lengths_and_initial_states_match_reference(kernel, cell, bidirectional):
+    reference, candidate = _pair(cell, 5, 21, num_layers=2, bidirectional=bidirectional)
+    packed = testing.make_packed(6, 9, 5)
+    hx = testing.make_state(reference, 6)
+    _compare(reference, candidate, packed, hx)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_unbatched_input_matches_reference(kernel, cell):
+    reference, candidate = _pair(cell, 4, 12)
+    _compare(reference, candidate, torch.randn(5, 4))
+
+
+def test_projection_matches_reference(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent")
+    reference, candidate = _pair("LSTM", 6, 30, proj_size=11, num_layers=2, bidirectional=True)
+    _compare(reference, candidate, testing.make_packed(5, 7, 6), testing.make_state(reference, 5))
+
+
+def test_cells_run_on_triton():
+    reference = fusedrnn.LSTMCell(5, 19)
+    candidate = fusedrnn.LSTMCell(5, 19, backend="triton")
+    candidate.load_state_dict(reference.state_dict())
+    _compare(reference, candidate, torch.randn(3, 5), testing.make_state(reference, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_low_precision_within_twice_the_references_error(kernel, cell, dtype):
+    oracle = getattr(fusedrnn, cell)(8, 24, dtype=torch.float64)
+    x64 = testing.make_packed(6, 8, 8, dtype=torch.float64)
+    oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
+    reference, candidate = _pair(cell, 8, 24, dtype=dtype)
+    reference.load_state_dict(oracle.state_dict())
+    candidate.load_state_dict(oracle.state_dict())
+    x = x64._replace(data=x64.data.to(dtype))
+    ref_out, ref_grads = testing.outputs_and_grads(reference, x)
+    out, grads = testing.outputs_and_grads(candidate, x)
+    testing.assert_within_low_precision_rule(out, ref_out, oracle_out, testing.OUTPUT_FACTOR,
+                                             "outputs")
+    testing.assert_within_low_precision_rule(grads, ref_grads, oracle_grads,
+                                             testing.GRADIENT_FACTOR, "gradients")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_opcheck_with_the_triton_backend(cell):
+    steps, batch, hidden = 3, 2, 16
+    gates = ops.GATES[cell] * hidden
+    make = lambda *shape: torch.randn(*shape, requires_grad=True)  # noqa: E731
+    args = [make(steps, batch, 4), make(gates, 4), make(gates, hidden), make(gates), make(gates),
+            None, make(batch, hidden), make(batch, hidden) if cell == "lstm" else None,
+            torch.tensor([3, 2]), True, "triton"]
+    torch.library.opcheck(ops.FORWARD[cell], args)
+
+
+def test_rnn_cell_has_no_triton_kernel():
+    with pytest.raises(BackendUnavailableError, match="no Triton kernel for the rnn_tanh cell"):
+        fusedrnn.RNN(4, 8, backend="triton")(torch.randn(3, 2, 4))
+
+
+def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
+    from fusedrnn.backends.triton import plan
+
+    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
+    assert plan.choose("lstm", 64, 64).kernel == "persistent"
+    assert plan.choose("lstm", 768, 768).kernel == "step"
+    assert "fits one program" in plan.choose("gru", 33, 33).reason
+    big_proj = plan.choose("lstm", 1024, 256)
+    assert big_proj.kernel is None and "proj_size" in big_proj.reason
+    ok, why = backends.get("triton").supports(torch.device("cpu"), torch.float32,
+                                              Call("lstm", 1024, 256))
+    assert not ok and "proj_size" in why
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "sideways")
+    assert "must be persistent, step or auto" in plan.choose("lstm", 8, 8).reason
+
+
+def test_auto_keeps_the_reference_backend_on_cpu():
+    choice = backends.select(None, torch.device("cpu"), torch.float32, Call("lstm", 8, 8))
+    assert choice.name == "reference"
+
+
+def test_triton_reports_available():
+    assert fusedrnn.available_backends()["triton"].available
