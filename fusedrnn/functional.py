@@ -86,8 +86,9 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
                    state_size, input_size, bias, x)
 
     x, states, weights = _autocast(x, states, weights)
-    choice = backends.select(backend, x.device, x.dtype, backends.Call(cell, hidden, state_size))
-    op = ops.FORWARD[cell]
+    call = backends.Call(cell, hidden, state_size)
+    choice = backends.select(backend, x.device, x.dtype, call)
+    op = backends.get(choice.name).forward_op(cell, x.device, call) or ops.FORWARD[cell]
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):

@@ -21,10 +21,7 @@ backward op is the hand-written backpropagation through time, registered as the 
 autograd formula.
 """
 
-from typing import Optional, Tuple
-
 import torch
-from torch import Tensor
 
 from . import backends
 
@@ -37,84 +34,120 @@ def _contiguous(*tensors):
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
-def _fake_forward(cell, x, w_ih, h0):
-    steps, batch = x.shape[0], x.shape[1]
-    hidden = w_ih.shape[0] // GATES[cell]
-    y = x.new_empty(steps, batch, h0.shape[1])
-    h_n = x.new_empty(batch, h0.shape[1])
-    c_n = x.new_empty(batch, hidden) if cell == "lstm" else x.new_empty(0)
-    if cell in _SAVES_GATES:
-        ws_a = x.new_empty(steps, batch, w_ih.shape[0])
-        ws_b = x.new_empty(steps, batch, hidden)
-    else:
-        ws_a, ws_b = x.new_empty(0), x.new_empty(0)
-    return y, h_n, c_n, ws_a, ws_b
+def _fake_forward(cell):
+    def fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
+        steps, batch = x.shape[0], x.shape[1]
+        hidden = w_ih.shape[0] // GATES[cell]
+        y = x.new_empty(steps, batch, h0.shape[1])
+        h_n = x.new_empty(batch, h0.shape[1])
+        c_n = x.new_empty(batch, hidden) if cell == "lstm" else x.new_empty(0)
+        if cell in _SAVES_GATES:
+            ws_a = x.new_empty(steps, batch, w_ih.shape[0])
+            ws_b = x.new_empty(steps, batch, hidden)
+        else:
+            ws_a, ws_b = x.new_empty(0), x.new_empty(0)
+        return y, h_n, c_n, ws_a, ws_b
+
+    return fake
 
 
 def _like_or_empty(t, like):
     return like.new_empty(0) if t is None else torch.empty_like(t)
 
 
-def _define(cell):
-    @torch.library.custom_op(f"fusedrnn::{cell}_fwd", mutates_args=())
-    def forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                b_hh: Optional[Tensor], w_hr: Optional[Tensor], h0: Tensor,
-                c0: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-                backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        args = _contiguous(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths)
-        return backends.get(backend).forward(cell, *args, reverse)
+FORWARD_SCHEMA = (
+    "(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor h0, "
+    "Tensor? c0, Tensor? lengths, bool reverse, str backend) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+BACKWARD_SCHEMA = (
+    "(Tensor grad_y, Tensor grad_h_n, Tensor? grad_c_n, Tensor x, Tensor w_ih, Tensor w_hh, "
+    "Tensor? w_hr, Tensor h0, Tensor? c0, Tensor? lengths, Tensor y, Tensor ws_a, Tensor ws_b, "
+    "bool reverse, bool has_bias, str backend) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
-    @forward.register_fake
-    def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
-        return _fake_forward(cell, x, w_ih, h0)
 
-    @torch.library.custom_op(f"fusedrnn::{cell}_bwd", mutates_args=())
-    def backward(grad_y: Tensor, grad_h_n: Tensor, grad_c_n: Optional[Tensor], x: Tensor,
-                 w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor,
-                 c0: Optional[Tensor], lengths: Optional[Tensor], y: Tensor, ws_a: Tensor,
-                 ws_b: Tensor, reverse: bool, has_bias: bool,
-                 backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                        Tensor, Tensor]:
-        args = _contiguous(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths,
-                           y, ws_a, ws_b)
-        return backends.get(backend).backward(cell, *args, reverse, has_bias)
+def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.custom_op):
+    """Define ``fusedrnn::{cell}_fwd{suffix}`` and ``fusedrnn::{cell}_bwd{suffix}`` with the
+    shared schemas, the backward registered as the forward's autograd formula.
 
-    @backward.register_fake
-    def _(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b,
-          reverse, has_bias, backend):
-        bias_grad = w_ih.new_empty(w_ih.shape[0]) if has_bias else w_ih.new_empty(0)
-        return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh),
-                bias_grad, torch.empty_like(bias_grad), _like_or_empty(w_hr, x),
-                torch.empty_like(h0), _like_or_empty(c0, x))
+    ``forward_impl(*tensors, reverse, backend)`` and
+    ``backward_impl(*tensors, reverse, has_bias, backend)`` receive contiguous tensors
+    (autograd hands out expanded, stride-0 gradients) and the flags. ``maker`` is ``torch.library.custom_op`` (opaque to ``torch.compile``, with the
+    fake kernels here) or ``torch.library.triton_op`` (traced through by it).
+    """
 
-    def setup_context(ctx, inputs, output):
-        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
-        y, _, _, ws_a, ws_b = output
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
-        ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
-        ctx.mark_non_differentiable(ws_a, ws_b)
+    def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
+        return forward_impl(*_contiguous(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths),
+                            reverse, backend)
+
+    def backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
+                 ws_b, reverse, has_bias, backend):
+        tensors = _contiguous(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths,
+                              y, ws_a, ws_b)
+        return backward_impl(*tensors, reverse, has_bias, backend)
+
+    forward_op = maker(f"fusedrnn::{cell}_fwd{suffix}", forward, mutates_args=(),
+                       schema=FORWARD_SCHEMA)
+    backward_op = maker(f"fusedrnn::{cell}_bwd{suffix}", backward, mutates_args=(),
+                        schema=BACKWARD_SCHEMA)
+    if maker is torch.library.custom_op:
+        forward_op.register_fake(_fake_forward(cell))
+        backward_op.register_fake(_fake_backward)
+    register_autograd(forward_op, backward_op)
+    return forward_op, backward_op
+
+
+def _fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
+                   ws_b, reverse, has_bias, backend):
+    bias_grad = w_ih.new_empty(w_ih.shape[0]) if has_bias else w_ih.new_empty(0)
+    return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh), bias_grad,
+            torch.empty_like(bias_grad), _like_or_empty(w_hr, x), torch.empty_like(h0),
+            _like_or_empty(c0, x))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
+    y, _, _, ws_a, ws_b = output
+    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
+    ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
+    ctx.mark_non_differentiable(ws_a, ws_b)
+
+
+def register_autograd(forward_op, backward_op):
+    """Make ``backward_op`` (the hand-written BPTT) the autograd formula of ``forward_op``."""
 
     def autograd_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws_a, _grad_ws_b):
         x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
         grad_y = torch.zeros_like(y) if grad_y is None else grad_y
         grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
-        if c0 is not None and grad_c_n is None:
-            grad_c_n = torch.zeros_like(c0)
-        elif c0 is None:
+        if c0 is None:
             grad_c_n = None
-        grads = backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
-                         ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
+        elif grad_c_n is None:
+            grad_c_n = torch.zeros_like(c0)
+        grads = backward_op(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
+                            ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
         g_x, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr, g_h0, g_c0 = grads
         if not ctx.has_bias:
             g_b_ih = g_b_hh = None
         return (g_x, g_w_ih, g_w_hh, g_b_ih, g_b_hh, None if w_hr is None else g_w_hr, g_h0,
                 None if c0 is None else g_c0, None, None, None)
 
-    forward.register_autograd(autograd_backward, setup_context=setup_context)
-    return forward, backward
+    forward_op.register_autograd(autograd_backward, setup_context=_setup_context)
+
+
+def _dispatching_pair(cell):
+    """The ops every backend runs behind: the ``backend`` argument picks the implementation."""
+
+    def forward_impl(*args):
+        return backends.get(args[-1]).forward(cell, *args[:-1])
+
+    def backward_impl(*args):
+        return backends.get(args[-1]).backward(cell, *args[:-1])
+
+    return define_pair(cell, "", forward_impl, backward_impl)
 
 
 FORWARD = {}
 BACKWARD = {}
 for _cell in GATES:
-    FORWARD[_cell], BACKWARD[_cell] = _define(_cell)
+    FORWARD[_cell], BACKWARD[_cell] = _dispatching_pair(_cell)

@@ -143,3 +143,34 @@ def test_auto_keeps_the_reference_backend_on_cpu():
 
 def test_triton_reports_available():
     assert fusedrnn.available_backends()["triton"].available
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell):
+    """The ``triton_op`` versions (what torch.compile traces on a GPU) run eagerly here."""
+    from fusedrnn.backends.triton import traceable
+
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent")
+    forward_op, _ = traceable.pair(cell)
+    hidden, gates = 12, ops.GATES[cell] * 12
+    make = lambda *shape: torch.randn(*shape, requires_grad=True)  # noqa: E731
+    tensors = [make(4, 3, 5), make(gates, 5), make(gates, hidden), make(gates), make(gates), None,
+               make(3, hidden), make(3, hidden) if cell == "lstm" else None]
+    lengths = torch.tensor([4, 2, 3])
+    results = []
+    for op in (forward_op, ops.FORWARD[cell]):
+        y, h_n, c_n, _, _ = op(*tensors, lengths, False, "triton")
+        loss = y.sum() + h_n.sum() + (c_n.sum() if cell == "lstm" else 0)
+        grads = torch.autograd.grad(loss, [t for t in tensors if t is not None])
+        results.append([y, h_n] + list(grads))
+    testing.assert_close_relative(results[0], results[1], 1e-6, "triton_op vs dispatching op")
+
+
+@pytest.mark.requires_cuda
+def test_compile_fullgraph_with_triton_on_gpu():
+    torch._dynamo.reset()
+    module = fusedrnn.LSTM(16, 32, backend="triton", device="cuda")
+    x = torch.randn(10, 4, 16, device="cuda")
+    eager = module(x)[0]
+    compiled = torch.compile(module, fullgraph=True)(x)[0]
+    assert torch.allclose(eager, compiled, atol=1e-5)

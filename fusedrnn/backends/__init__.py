@@ -75,6 +75,11 @@ class Backend:
     def backward(self, cell, *args):
         raise NotImplementedError
 
+    def forward_op(self, cell, device, call):
+        """An op of this backend's own to call instead of the dispatching ``fusedrnn::{cell}_fwd``
+        (same schema and autograd), or None."""
+        return None
+
 
 class ReferenceBackend(Backend):
     name = "reference"

@@ -10,8 +10,10 @@ import importlib.util
 import logging
 import os
 
+import torch
+
 from .. import Availability, Backend
-from . import plan
+from . import plan, traceable
 
 logger = logging.getLogger("fusedrnn")
 
@@ -56,3 +58,13 @@ class TritonBackend(Backend):
         from . import gru, lstm
 
         return {"lstm": lstm.backward, "gru": gru.backward}[cell](*args)
+
+    def forward_op(self, cell, device, call):
+        """The ``triton_op`` of ``cell`` for CUDA tensors on the persistent plan (see
+        ``traceable.py``), else None: the dispatching op runs the launchers directly."""
+        if device.type != "cuda" or cell not in CELLS:
+            return None
+        if plan.choose(cell, call.hidden, call.state).kernel != "persistent":
+            return None
+        pair = traceable.defined(cell) if torch.compiler.is_compiling() else traceable.pair(cell)
+        return None if pair is None else pair[0]

@@ -2,6 +2,7 @@
 
 import torch
 import triton
+from torch.library import wrap_triton
 
 from .. import common
 from . import plan
@@ -34,14 +35,14 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
                  IEEE=plan.full_precision_dot(x.dtype))
     lens = lengths if lengths is not None else h0
     if variant.kernel == "persistent":
-        gru_fwd_persistent_kernel[(triton.cdiv(batch, plan.BLOCK_B),)](
+        wrap_triton(gru_fwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
             xproj, w_hh, b_hn, h0, lens, y, gates, hidden_n, h_n, steps, batch, hidden,
             REVERSE=reverse, BLOCK_B=plan.BLOCK_B, BLOCK_H=variant.block_h, **flags)
         return y, h_n, common.empty(x), gates, hidden_n
     h_cur, h_next = h0.float().clone(), torch.empty_like(h0, dtype=torch.float32)
     grid = (triton.cdiv(batch, plan.BLOCK_B), triton.cdiv(hidden, plan.STEP_BLOCK_H))
     for t in common.time_order(steps, reverse):
-        gru_fwd_step_kernel[grid](
+        wrap_triton(gru_fwd_step_kernel)[grid](
             xproj, w_hh, b_hn, lens, y, gates, hidden_n, h_cur, h_next, t, batch, hidden,
             BLOCK_B=plan.BLOCK_B, BLOCK_H=plan.STEP_BLOCK_H, BLOCK_K=plan.STEP_BLOCK_K, **flags)
         h_cur, h_next = h_next, h_cur
@@ -65,7 +66,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         flags = dict(HAS_LENGTHS=lengths is not None, IEEE=plan.full_precision_dot(x.dtype))
         lens = lengths if lengths is not None else h0
         if variant.kernel == "persistent":
-            gru_bwd_persistent_kernel[(triton.cdiv(batch, plan.BLOCK_B),)](
+            wrap_triton(gru_bwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
                 grad_y, grad_hn, w_hh, h0, lens, y, gates, hidden_n, dgates_in, dgates_hid, dh0,
                 steps, batch, hidden, REVERSE=reverse, BLOCK_B=plan.BLOCK_B,
                 BLOCK_H=variant.block_h, **flags)
@@ -87,7 +88,7 @@ def _backward_steps(grad_y, grad_hn, w_hh, lengths, h_prev, gates, hidden_n, dga
     grid = (triton.cdiv(batch, plan.BLOCK_B), triton.cdiv(hidden, plan.STEP_BLOCK_H))
     for k, t in enumerate(order):
         t_prev = order[k - 1] if k else t
-        gru_bwd_step_kernel[grid](
+        wrap_triton(gru_bwd_step_kernel)[grid](
             grad_y[t], grad_hn, w_hh, lens, h_prev[t], gates[t], hidden_n[t], gates[t_prev],
             dgates_in[t], dgates_hid[t], dgates_hid[t_prev], dh_cur, dh_next, t, t_prev,
             int(k == 0), batch, hidden,

@@ -3,6 +3,7 @@
 
 import torch
 import triton
+from torch.library import wrap_triton
 
 from .. import common
 from . import plan
@@ -31,7 +32,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     lens = lengths if lengths is not None else h0
     if variant.kernel == "persistent":
         grid = (triton.cdiv(batch, plan.BLOCK_B),)
-        lstm_fwd_persistent_kernel[grid](
+        wrap_triton(lstm_fwd_persistent_kernel)[grid](
             xproj, w_hh, w_hr if w_hr is not None else w_hh, h0, c0, lens, y, gates, cells,
             h_n, c_n, steps, batch, hidden, state, REVERSE=reverse, HAS_PROJ=w_hr is not None,
             BLOCK_B=plan.BLOCK_B, BLOCK_H=variant.block_h, BLOCK_P=variant.block_p, **flags)
@@ -40,7 +41,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     c_state = c0.float().clone()
     grid = (triton.cdiv(batch, plan.BLOCK_B), triton.cdiv(hidden, plan.STEP_BLOCK_H))
     for t in common.time_order(steps, reverse):
-        lstm_fwd_step_kernel[grid](
+        wrap_triton(lstm_fwd_step_kernel)[grid](
             xproj, w_hh, lens, y, gates, cells, h_cur, h_next, c_state, t, batch, hidden,
             BLOCK_B=plan.BLOCK_B, BLOCK_H=plan.STEP_BLOCK_H, BLOCK_K=plan.STEP_BLOCK_K, **flags)
         h_cur, h_next = h_next, h_cur
@@ -64,7 +65,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         lens = lengths if lengths is not None else h0
         if variant.kernel == "persistent":
             grid = (triton.cdiv(batch, plan.BLOCK_B),)
-            lstm_bwd_persistent_kernel[grid](
+            wrap_triton(lstm_bwd_persistent_kernel)[grid](
                 grad_y, grad_hn, grad_cn, w_hh, w_hr if w_hr is not None else w_hh, c0, lens,
                 gates, cells, dgates, dh_steps if dh_steps is not None else dgates, dh0, dc0,
                 steps, batch, hidden, state, REVERSE=reverse, HAS_PROJ=w_hr is not None,
@@ -96,7 +97,7 @@ def _backward_steps(grad_y, grad_hn, grad_cn, w_hh, c0, lengths, gates, cells, d
         t_prev = order[k - 1] if k else t
         forward_prev = t + 1 if reverse else t - 1
         c_prev = cells[forward_prev] if 0 <= forward_prev < steps else c0
-        lstm_bwd_step_kernel[grid](
+        wrap_triton(lstm_bwd_step_kernel)[grid](
             grad_y[t], grad_hn, w_hh, lens, gates[t], cells[t], c_prev, dgates[t],
             dgates[t_prev], dh_cur, dh_next, dc_state, t, t_prev, int(k == 0), batch, hidden,
             BLOCK_B=plan.BLOCK_B, BLOCK_H=plan.STEP_BLOCK_H, BLOCK_K=plan.STEP_BLOCK_K, **flags)
