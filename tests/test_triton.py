@@ -1,4 +1,5 @@
-"""The Triton backend against the reference backend (on the CPU: in Triton's interpreter).
+"""The Triton backend against the reference backend, on the GPU when there is one, else on
+the CPU in Triton's interpreter (small shapes).
 
 float32: outputs, final states and every gradient within 1e-5 relative error. bfloat16 and
 float16: the error against a float64 oracle at most 2x (outputs) / 3x (gradients) that of
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.requires_triton
 
 BOUND = 1e-5
 KERNELS = ["persistent", "step"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(params=KERNELS)
@@ -26,9 +28,9 @@ def kernel(request, monkeypatch):
 
 
 def _pair(cell, input_size, hidden, dtype=torch.float32, **kwargs):
-    reference = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, **kwargs)
-    triton_module = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, backend="triton",
-                                            **kwargs)
+    reference = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, device=DEVICE, **kwargs)
+    triton_module = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, device=DEVICE,
+                                            backend="triton", **kwargs)
     triton_module.load_state_dict(reference.state_dict())
     return reference, triton_module
 
@@ -54,7 +56,8 @@ CASES = [
 @pytest.mark.parametrize("name, kwargs, hidden, steps, batch", CASES, ids=[c[0] for c in CASES])
 def test_padded_input_matches_reference(kernel, cell, name, kwargs, hidden, steps, batch):
     reference, candidate = _pair(cell, 6, hidden, **kwargs)
-    x = testing.make_sequence(batch, steps, 6, batch_first=kwargs.get("batch_first", False))
+    x = testing.make_sequence(batch, steps, 6, batch_first=kwargs.get("batch_first", False),
+                              device=DEVICE)
     _compare(reference, candidate, x)
 
 
@@ -62,7 +65,7 @@ def test_padded_input_matches_reference(kernel, cell, name, kwargs, hidden, step
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_packed_lengths_and_initial_states_match_reference(kernel, cell, bidirectional):
     reference, candidate = _pair(cell, 5, 21, num_layers=2, bidirectional=bidirectional)
-    packed = testing.make_packed(6, 9, 5)
+    packed = testing.make_packed(6, 9, 5, device=DEVICE)
     hx = testing.make_state(reference, 6)
     _compare(reference, candidate, packed, hx)
 
@@ -70,27 +73,29 @@ def test_packed_lengths_and_initial_states_match_reference(kernel, cell, bidirec
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_unbatched_input_matches_reference(kernel, cell):
     reference, candidate = _pair(cell, 4, 12)
-    _compare(reference, candidate, torch.randn(5, 4))
+    _compare(reference, candidate, torch.randn(5, 4, device=DEVICE))
 
 
 def test_projection_matches_reference(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent")
     reference, candidate = _pair("LSTM", 6, 30, proj_size=11, num_layers=2, bidirectional=True)
-    _compare(reference, candidate, testing.make_packed(5, 7, 6), testing.make_state(reference, 5))
+    _compare(reference, candidate, testing.make_packed(5, 7, 6, device=DEVICE),
+             testing.make_state(reference, 5))
 
 
 def test_cells_run_on_triton():
-    reference = fusedrnn.LSTMCell(5, 19)
-    candidate = fusedrnn.LSTMCell(5, 19, backend="triton")
+    reference = fusedrnn.LSTMCell(5, 19, device=DEVICE)
+    candidate = fusedrnn.LSTMCell(5, 19, device=DEVICE, backend="triton")
     candidate.load_state_dict(reference.state_dict())
-    _compare(reference, candidate, torch.randn(3, 5), testing.make_state(reference, 3))
+    _compare(reference, candidate, torch.randn(3, 5, device=DEVICE),
+             testing.make_state(reference, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_low_precision_within_twice_the_references_error(kernel, cell, dtype):
-    oracle = getattr(fusedrnn, cell)(8, 24, dtype=torch.float64)
-    x64 = testing.make_packed(6, 8, 8, dtype=torch.float64)
+    oracle = getattr(fusedrnn, cell)(8, 24, dtype=torch.float64, device=DEVICE)
+    x64 = testing.make_packed(6, 8, 8, dtype=torch.float64, device=DEVICE)
     oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
     reference, candidate = _pair(cell, 8, 24, dtype=dtype)
     reference.load_state_dict(oracle.state_dict())
@@ -108,16 +113,16 @@ def test_low_precision_within_twice_the_references_error(kernel, cell, dtype):
 def test_opcheck_with_the_triton_backend(cell):
     steps, batch, hidden = 3, 2, 16
     gates = ops.GATES[cell] * hidden
-    make = lambda *shape: torch.randn(*shape, requires_grad=True)  # noqa: E731
+    make = lambda *shape: torch.randn(*shape, device=DEVICE, requires_grad=True)  # noqa: E731
     args = [make(steps, batch, 4), make(gates, 4), make(gates, hidden), make(gates), make(gates),
             None, make(batch, hidden), make(batch, hidden) if cell == "lstm" else None,
-            torch.tensor([3, 2]), True, "triton"]
+            torch.tensor([3, 2], device=DEVICE), True, "triton"]
     torch.library.opcheck(ops.FORWARD[cell], args)
 
 
 def test_rnn_cell_has_no_triton_kernel():
     with pytest.raises(BackendUnavailableError, match="no Triton kernel for the rnn_tanh cell"):
-        fusedrnn.RNN(4, 8, backend="triton")(torch.randn(3, 2, 4))
+        fusedrnn.RNN(4, 8, backend="triton", device=DEVICE)(torch.randn(3, 2, 4, device=DEVICE))
 
 
 def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
@@ -153,10 +158,10 @@ def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell):
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent")
     forward_op, _ = traceable.pair(cell)
     hidden, gates = 12, ops.GATES[cell] * 12
-    make = lambda *shape: torch.randn(*shape, requires_grad=True)  # noqa: E731
+    make = lambda *shape: torch.randn(*shape, device=DEVICE, requires_grad=True)  # noqa: E731
     tensors = [make(4, 3, 5), make(gates, 5), make(gates, hidden), make(gates), make(gates), None,
                make(3, hidden), make(3, hidden) if cell == "lstm" else None]
-    lengths = torch.tensor([4, 2, 3])
+    lengths = torch.tensor([4, 2, 3], device=DEVICE)
     results = []
     for op in (forward_op, ops.FORWARD[cell]):
         y, h_n, c_n, _, _ = op(*tensors, lengths, False, "triton")

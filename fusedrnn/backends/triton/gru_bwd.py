@@ -97,7 +97,7 @@ def gru_bwd_persistent_kernel(
     store_tile(dh0, dh_carry, rows, hcols, hidden, row_ok, h_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t", "t_prev"])
 def gru_bwd_step_kernel(
     grad_y_t, grad_hn, w_hh, lengths, h_prev_t, gates_t, hidden_n_t, gates_prev,
     dgates_in_t, dgates_hid_t, dgates_hid_prev, dh_cur, dh_next,

@@ -75,7 +75,7 @@ def gru_fwd_persistent_kernel(
     store_tile(h_n, h, rows, hcols, hidden, row_ok, h_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def gru_fwd_step_kernel(
     xproj, w_hh, b_hn, lengths, y, gates, hidden_n, h_cur, h_next,
     t, batch, hidden,

@@ -110,7 +110,7 @@ def lstm_bwd_persistent_kernel(
     store_tile(dc0, dc, rows, hcols, hidden, row_ok, h_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t", "t_prev"])
 def lstm_bwd_step_kernel(
     grad_y_t, grad_hn, w_hh, lengths, gates_t, cells_t, c_prev, dgates_t, dgates_prev,
     dh_cur, dh_next, dc_state,

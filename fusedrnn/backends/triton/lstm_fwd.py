@@ -95,7 +95,7 @@ def lstm_fwd_persistent_kernel(
     store_tile(c_n, c, rows, hcols, hidden, row_ok, h_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])
 def lstm_fwd_step_kernel(
     xproj, w_hh, lengths, y, gates, cells, h_cur, h_next, c_state,
     t, batch, hidden,

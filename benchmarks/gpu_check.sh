@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The project's GPU check, one command:  benchmarks/gpu_check.sh OUT_DIR
+#
+# On a machine with a CUDA GPU (and torch, Triton, nvcc, ninja, pytest, pytest-benchmark
+# already installed; no package registry needed) it installs fusedrnn from this checkout,
+# builds the extension for the local GPU when csrc/ has sources, runs the GPU tests of every
+# backend, runs the benchmark grid against torch.nn (cuDNN), and writes logs and results
+# under OUT_DIR, printing a short summary last. Without a GPU it says so and exits 0;
+# FUSEDRNN_GPU_CHECK_DRY=1 then runs every stage on the CPU instead (tiny bench grid, Triton
+# in its interpreter), to rehearse the script. Budget: under 9 minutes on one H200.
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+PY=${PYTHON:-python}
+summary=()
+stage() {  # stage NAME TIMEOUT_S COMMAND...: run, log to OUT/NAME.log, record pass/fail
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-10s %-6s %4ss  %s' "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL:$rc)" $((SECONDS - start)) "$out/$name.log")")
+  return $rc
+}
+
+device=cuda bench_extra=()
+if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  if [ "${FUSEDRNN_GPU_CHECK_DRY:-0}" != 1 ]; then
+    echo "gpu_check: no CUDA device here (or no torch for $PY); nothing to check."
+    echo "gpu_check: run it on a GPU machine, or rehearse it with FUSEDRNN_GPU_CHECK_DRY=1."
+    exit 0
+  fi
+  echo "gpu_check: DRY RUN on the CPU (no CUDA device): stages rehearsed, figures meaningless"
+  device=cpu bench_extra=(--quick)
+  export TRITON_INTERPRET=1
+fi
+arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability() if torch.cuda.is_available() else 'cpu')")
+git rev-parse HEAD >"$out/commit.txt" 2>/dev/null || true
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+
+FUSEDRNN_CUDA_ARCHS=$arch stage install 300 $PY -m pip install --no-build-isolation --no-deps -e .
+stage info 60 $PY -m fusedrnn.cli info
+# GPU tests: the Triton backend on CUDA tensors, the CUDA-only tests, the extension's tests.
+stage tests 240 $PY -m pytest tests/ -q -x -m "requires_cuda or requires_triton or requires_ext" \
+  --junitxml="$out/tests.xml"
+stage bench 240 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --backend auto \
+  --backend reference --repeats 10 --out "$out/bench" "${bench_extra[@]}"
+
+echo
+echo "== gpu_check summary ($(cat "$out/commit.txt" 2>/dev/null), $device $arch) =="
+printf '%s\n' "${summary[@]}"
+tail -n 1 "$out/tests.log" 2>/dev/null
+[ -f "$out/bench/results.md" ] && grep -E '^\| (lstm|gru) ' "$out/bench/results.md" | head -40
