@@ -179,3 +179,12 @@ def test_compile_fullgraph_with_triton_on_gpu():
     eager = module(x)[0]
     compiled = torch.compile(module, fullgraph=True)(x)[0]
     assert torch.allclose(eager, compiled, atol=1e-5)
+
+
+def test_compile_fullgraph_with_triton_backend_matches_eager():
+    torch._dynamo.reset()
+    module = fusedrnn.GRU(6, 16, num_layers=2, backend="triton", device=DEVICE)
+    x = torch.randn(5, 3, 6, device=DEVICE)
+    eager_out, eager_h = module(x)
+    out, h = torch.compile(module, fullgraph=True, backend="aot_eager")(x)
+    assert torch.allclose(out, eager_out, atol=1e-6) and torch.allclose(h, eager_h, atol=1e-6)
