@@ -1,7 +1,8 @@
 # The two quickstart commands of the README, each doing its own setup:
 #   make bench   fusedrnn against torch.nn on the local device (ARGS="--quick", "--out DIR", ...)
 #   make test    the test suite (ARGS="-k lstm", ...)
-# Both create .venv and install fusedrnn into it (editable) on first use.
+# Both create .venv and install fusedrnn into it (editable) on first use, building the
+# CUDA extension when nvcc and a CUDA build of torch are present (FUSEDRNN_BUILD_CUDA=0: never).
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet "torch>=2.6" numpy ninja pytest pytest-benchmark
 	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .

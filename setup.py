@@ -16,7 +16,9 @@ against the torch already installed instead of downloading another one.
 import glob
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 
 from setuptools import setup
 
@@ -37,12 +39,23 @@ def _sources():
 
 
 def _cuda_home():
-    """The toolkit the ``nvcc`` on PATH runs from (torch's guess can point at a wrapper)."""
+    """The toolkit the ``nvcc`` on PATH runs from: nvcc may be a wrapper script, so ask nvcc
+    itself (its dry run prints ``TOP=<toolkit>/bin/..``); torch's own guess would take the
+    wrapper's folder and the link would miss libcudart."""
     if os.environ.get("CUDA_HOME"):
         return os.environ["CUDA_HOME"]
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         return None
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = os.path.join(tmp, "probe.cu")
+        with open(probe, "w") as f:
+            f.write("__global__ void probe() {}\n")
+        dry = subprocess.run([nvcc, "-dryrun", "-c", probe, "-o", probe + ".o"],
+                             capture_output=True, text=True)
+    for line in (dry.stdout + dry.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            return os.path.normpath(line.split("=", 1)[1].strip())
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
@@ -83,7 +96,9 @@ def extension_build():
         print(f"fusedrnn: not building the CUDA extension ({why_not})", file=sys.stderr)
         return [], {}
     os.environ["CUDA_HOME"] = _cuda_home()
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FUSEDRNN_CUDA_ARCHS", DEFAULT_ARCHS))
+    if os.environ.get("FUSEDRNN_CUDA_ARCHS"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDRNN_CUDA_ARCHS"]
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     debug = os.environ.get("DEBUG", "0") == "1"
@@ -93,8 +108,8 @@ def extension_build():
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")] + _wheel_cuda_includes(),
         extra_compile_args={
-            "cxx": opt + ["-std=c++17"],
-            "nvcc": opt + ["-std=c++17", "-lineinfo", "--expt-relaxed-constexpr",
+            "cxx": opt,
+            "nvcc": opt + ["-lineinfo", "--expt-relaxed-constexpr",
                            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"],
         },
     )

@@ -85,10 +85,15 @@ def test_import_does_not_load_the_extension_or_triton():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_missing_extension_fails_lazily_with_the_build_command():
+def test_missing_extension_fails_lazily_with_the_build_command(monkeypatch):
     from fusedrnn import _extension
 
+    def missing(name):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(_extension, "_state", {})
+    monkeypatch.setattr(_extension.importlib, "import_module", missing)
     ok, why = _extension.status()
-    if ok:
-        pytest.skip("the extension is built here")
-    assert _extension.BUILD_COMMAND in why
+    assert not ok and _extension.BUILD_COMMAND in why and "fusedrnn._C" in why
+    with pytest.raises(ImportError, match="pip install --no-build-isolation"):
+        _extension.load()

@@ -173,9 +173,11 @@ register(ReferenceBackend())
 
 
 def _register_optional():
+    from .cuda import CudaBackend
     from .triton import TritonBackend
 
     register(TritonBackend())
+    register(CudaBackend())
 
 
 _register_optional()

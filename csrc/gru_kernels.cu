@@ -1,0 +1,128 @@
+// GRU fused pointwise step kernels: one thread per (row b, hidden unit j). Gates r, z, n:
+//   r, z = sigmoid(xg + hg);  n = tanh(xg_n + r * hg_n);  h' = n + z * (h - n).
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "cell_math.cuh"
+#include "kernels.h"
+
+namespace fusedrnn {
+namespace {
+
+template <typename scalar_t>
+__global__ void gru_fwd_step_kernel(scalar_t* __restrict__ gates,
+                                    const scalar_t* __restrict__ hidden_gates,
+                                    scalar_t* __restrict__ hidden_n, scalar_t* __restrict__ y,
+                                    const scalar_t* __restrict__ h_prev,
+                                    scalar_t* __restrict__ h_next,
+                                    const int64_t* __restrict__ lengths, int64_t t,
+                                    int64_t batch, int64_t hidden) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= batch * hidden) return;
+  const int64_t b = idx / hidden, j = idx % hidden;
+  scalar_t* g = gates + b * 3 * hidden;
+  const scalar_t* hg = hidden_gates + b * 3 * hidden;
+  const float r = sigmoid(static_cast<float>(g[j]) + static_cast<float>(hg[j]));
+  const float z = sigmoid(static_cast<float>(g[hidden + j]) + static_cast<float>(hg[hidden + j]));
+  const float hn = hg[2 * hidden + j];
+  const float n = tanhf(static_cast<float>(g[2 * hidden + j]) + r * hn);
+  const float hp = h_prev[idx];
+  const float h = n + z * (hp - n);
+  const bool active = is_active(lengths, b, t);
+  g[j] = r;
+  g[hidden + j] = z;
+  g[2 * hidden + j] = n;
+  hidden_n[idx] = hn;
+  y[idx] = active ? h : 0.0f;
+  h_next[idx] = active ? static_cast<scalar_t>(h) : h_prev[idx];
+}
+
+template <typename scalar_t>
+__global__ void gru_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
+                                    const scalar_t* __restrict__ rec,
+                                    float* __restrict__ dh_total,
+                                    const scalar_t* __restrict__ gates_prev,
+                                    const scalar_t* __restrict__ gates,
+                                    const scalar_t* __restrict__ hidden_n,
+                                    const scalar_t* __restrict__ h_prev,
+                                    scalar_t* __restrict__ dgates_in,
+                                    scalar_t* __restrict__ dgates_hid,
+                                    const int64_t* __restrict__ lengths, int64_t t,
+                                    int64_t t_prev, int64_t batch, int64_t hidden) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= batch * hidden) return;
+  const int64_t b = idx / hidden, j = idx % hidden;
+  const bool active = is_active(lengths, b, t);
+  float carry;
+  if (t_prev < 0) {
+    carry = rec[idx];  // the gradient of h_n
+  } else if (is_active(lengths, b, t_prev)) {
+    carry = static_cast<float>(rec[idx]) +
+            dh_total[idx] * static_cast<float>(gates_prev[b * 3 * hidden + hidden + j]);
+  } else {
+    carry = dh_total[idx];  // an inactive step passes it through unchanged
+  }
+  const float dh = carry + (active ? static_cast<float>(grad_y[idx]) : 0.0f);
+  dh_total[idx] = dh;
+  scalar_t* din = dgates_in + b * 3 * hidden;
+  scalar_t* dhid = dgates_hid + b * 3 * hidden;
+  if (!active) {
+    din[j] = din[hidden + j] = din[2 * hidden + j] = 0.0f;
+    dhid[j] = dhid[hidden + j] = dhid[2 * hidden + j] = 0.0f;
+    return;
+  }
+  const scalar_t* g = gates + b * 3 * hidden;
+  const float r = g[j], z = g[hidden + j], n = g[2 * hidden + j];
+  const float d_n = dh * (1.0f - z) * (1.0f - n * n);
+  const float d_z = dh * (static_cast<float>(h_prev[idx]) - n) * z * (1.0f - z);
+  const float d_r = d_n * static_cast<float>(hidden_n[idx]) * r * (1.0f - r);
+  din[j] = d_r;
+  din[hidden + j] = d_z;
+  din[2 * hidden + j] = d_n;
+  dhid[j] = d_r;
+  dhid[hidden + j] = d_z;
+  dhid[2 * hidden + j] = d_n * r;
+}
+
+const int64_t* lengths_ptr(const at::Tensor& lengths) {
+  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+}
+
+}  // namespace
+
+void gru_fwd_step(const at::Tensor& gates, const at::Tensor& hidden_gates,
+                  const at::Tensor& hidden_n, const at::Tensor& y, const at::Tensor& h_prev,
+                  const at::Tensor& h_next, const at::Tensor& lengths, int64_t t) {
+  const int64_t batch = hidden_n.size(0), hidden = hidden_n.size(1);
+  if (batch * hidden == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "gru_fwd_step", [&] {
+    gru_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+        gates.data_ptr<scalar_t>(), hidden_gates.data_ptr<scalar_t>(),
+        hidden_n.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+        h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch, hidden);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void gru_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                  const at::Tensor& gates_prev, const at::Tensor& gates,
+                  const at::Tensor& hidden_n, const at::Tensor& h_prev,
+                  const at::Tensor& dgates_in, const at::Tensor& dgates_hid,
+                  const at::Tensor& lengths, int64_t t, int64_t t_prev) {
+  const int64_t batch = hidden_n.size(0), hidden = hidden_n.size(1);
+  if (batch * hidden == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "gru_bwd_step", [&] {
+    gru_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+        grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
+        gates_prev.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+        hidden_n.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+        dgates_in.data_ptr<scalar_t>(), dgates_hid.data_ptr<scalar_t>(), lengths_ptr(lengths),
+        t, t_prev, batch, hidden);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace fusedrnn

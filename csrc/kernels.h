@@ -1,0 +1,45 @@
+// Launchers of the fused pointwise step kernels (one per cell and direction of time).
+//
+// Shapes: B batch, H hidden, G = 4H (LSTM) or 3H (GRU). Every tensor is a contiguous CUDA
+// tensor of the input dtype unless marked float32; "in/out" ones are updated in place, the
+// others are read only or written only as stated. lengths is int64 (B,) or undefined, and
+// step t of row b is active while t < lengths[b]. Launches go to the current stream.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace fusedrnn {
+
+// gates (B,4H) in: pre-activations, out: activated i,f,g,o (kept for backward);
+// c_prev, h_prev (B,H) read; cell (B,H) out: c, held on inactive rows (kept for backward);
+// y (B,H) out: h, zero on inactive rows; h_next (B,H) out: h, held on inactive rows.
+void lstm_fwd_step(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& cell,
+                   const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
+                   const at::Tensor& lengths, int64_t t);
+
+// grad_y (B,H) read; rec (B,H) read: dgates of the previously processed step @ W_hh, or
+// grad_h_n at the first step (t_prev < 0); dh_total (B,H) float32 in/out: the gradient of
+// h of the previous processed step in, of this step out; gates, cell, c_prev read;
+// dc (B,H) float32 in/out; dgates (B,4H) out: pre-activation gradients, zero if inactive.
+void lstm_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                   const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& c_prev,
+                   const at::Tensor& dc, const at::Tensor& dgates, const at::Tensor& lengths,
+                   int64_t t, int64_t t_prev);
+
+// gates (B,3H) in: x W_ih^T + b_ih, out: activated r,z,n (kept); hidden_gates (B,3H) read:
+// h W_hh^T + b_hh; hidden_n (B,H) out: its n block (kept); h_prev read; y, h_next as LSTM.
+void gru_fwd_step(const at::Tensor& gates, const at::Tensor& hidden_gates,
+                  const at::Tensor& hidden_n, const at::Tensor& y, const at::Tensor& h_prev,
+                  const at::Tensor& h_next, const at::Tensor& lengths, int64_t t);
+
+// grad_y, rec, dh_total as LSTM, except that rec excludes the dh * z term, added here from
+// z_prev (B,3H), the gates of the previously processed step; gates, hidden_n, h_prev (the
+// state entering step t) read; dgates_in (B,3H) out: (dr, dz, dn); dgates_hid (B,3H) out:
+// (dr, dz, dn * r).
+void gru_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                  const at::Tensor& gates_prev, const at::Tensor& gates,
+                  const at::Tensor& hidden_n, const at::Tensor& h_prev,
+                  const at::Tensor& dgates_in, const at::Tensor& dgates_hid,
+                  const at::Tensor& lengths, int64_t t, int64_t t_prev);
+
+}  // namespace fusedrnn

@@ -1,0 +1,114 @@
+// LSTM fused pointwise step kernels: one thread per (row b, hidden unit j). Gates i, f, g, o.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "cell_math.cuh"
+#include "kernels.h"
+
+namespace fusedrnn {
+namespace {
+
+template <typename scalar_t>
+__global__ void lstm_fwd_step_kernel(scalar_t* __restrict__ gates,
+                                     const scalar_t* __restrict__ c_prev,
+                                     scalar_t* __restrict__ cell, scalar_t* __restrict__ y,
+                                     const scalar_t* __restrict__ h_prev,
+                                     scalar_t* __restrict__ h_next,
+                                     const int64_t* __restrict__ lengths, int64_t t,
+                                     int64_t batch, int64_t hidden) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= batch * hidden) return;
+  const int64_t b = idx / hidden, j = idx % hidden;
+  scalar_t* g = gates + b * 4 * hidden;
+  const float i = sigmoid(static_cast<float>(g[j]));
+  const float f = sigmoid(static_cast<float>(g[hidden + j]));
+  const float gg = tanhf(static_cast<float>(g[2 * hidden + j]));
+  const float o = sigmoid(static_cast<float>(g[3 * hidden + j]));
+  const float cp = static_cast<float>(c_prev[idx]);
+  const float c = f * cp + i * gg;
+  const float h = o * tanhf(c);
+  const bool active = is_active(lengths, b, t);
+  g[j] = i;
+  g[hidden + j] = f;
+  g[2 * hidden + j] = gg;
+  g[3 * hidden + j] = o;
+  cell[idx] = active ? c : cp;
+  y[idx] = active ? h : 0.0f;
+  h_next[idx] = active ? static_cast<scalar_t>(h) : h_prev[idx];
+}
+
+template <typename scalar_t>
+__global__ void lstm_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
+                                     const scalar_t* __restrict__ rec,
+                                     float* __restrict__ dh_total,
+                                     const scalar_t* __restrict__ gates,
+                                     const scalar_t* __restrict__ cell,
+                                     const scalar_t* __restrict__ c_prev,
+                                     float* __restrict__ dc, scalar_t* __restrict__ dgates,
+                                     const int64_t* __restrict__ lengths, int64_t t,
+                                     int64_t t_prev, int64_t batch, int64_t hidden) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= batch * hidden) return;
+  const int64_t b = idx / hidden, j = idx % hidden;
+  const bool active = is_active(lengths, b, t);
+  const bool prev_active = t_prev < 0 || is_active(lengths, b, t_prev);
+  // An inactive step passes the gradient of h through unchanged.
+  const float carry = prev_active ? static_cast<float>(rec[idx]) : dh_total[idx];
+  const float dh = carry + (active ? static_cast<float>(grad_y[idx]) : 0.0f);
+  dh_total[idx] = dh;
+  scalar_t* dg = dgates + b * 4 * hidden;
+  if (!active) {
+    dg[j] = dg[hidden + j] = dg[2 * hidden + j] = dg[3 * hidden + j] = 0.0f;
+    return;
+  }
+  const scalar_t* g = gates + b * 4 * hidden;
+  const float i = g[j], f = g[hidden + j], gg = g[2 * hidden + j], o = g[3 * hidden + j];
+  const float tc = tanhf(static_cast<float>(cell[idx]));
+  const float dcv = dc[idx] + dh * o * (1.0f - tc * tc);
+  dg[j] = dcv * gg * i * (1.0f - i);
+  dg[hidden + j] = dcv * static_cast<float>(c_prev[idx]) * f * (1.0f - f);
+  dg[2 * hidden + j] = dcv * i * (1.0f - gg * gg);
+  dg[3 * hidden + j] = dh * tc * o * (1.0f - o);
+  dc[idx] = dcv * f;
+}
+
+const int64_t* lengths_ptr(const at::Tensor& lengths) {
+  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+}
+
+}  // namespace
+
+void lstm_fwd_step(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& cell,
+                   const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
+                   const at::Tensor& lengths, int64_t t) {
+  const int64_t batch = cell.size(0), hidden = cell.size(1);
+  if (batch * hidden == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_fwd_step", [&] {
+    lstm_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+        gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
+        y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(),
+        lengths_ptr(lengths), t, batch, hidden);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void lstm_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                   const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& c_prev,
+                   const at::Tensor& dc, const at::Tensor& dgates, const at::Tensor& lengths,
+                   int64_t t, int64_t t_prev) {
+  const int64_t batch = cell.size(0), hidden = cell.size(1);
+  if (batch * hidden == 0) return;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_bwd_step", [&] {
+    lstm_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+        grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
+        gates.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
+        dc.data_ptr<float>(), dgates.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev,
+        batch, hidden);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace fusedrnn

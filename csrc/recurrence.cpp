@@ -1,0 +1,217 @@
+// The time loops of the cuda backend: per step one cuBLAS product (through ATen) into a
+// preallocated buffer and one fused pointwise kernel (kernels.h). The input projection and
+// the weight gradients, one product over all steps each, are taken by the Python launcher
+// (fusedrnn/backends/cuda.py), which calls these as the ops fusedrnn::*_recurrence_*.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <tuple>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fusedrnn {
+namespace {
+
+using at::Tensor;
+
+std::vector<int64_t> time_order(int64_t steps, bool reverse) {
+  std::vector<int64_t> order(steps);
+  for (int64_t k = 0; k < steps; ++k) order[k] = reverse ? steps - 1 - k : k;
+  return order;
+}
+
+void check_tensor(const Tensor& t, const char* name, const Tensor& like, int64_t dim) {
+  TORCH_CHECK(t.is_cuda(), "fusedrnn cuda backend: ", name, " must be a CUDA tensor, got ",
+              t.device());
+  TORCH_CHECK(t.device() == like.device(), "fusedrnn cuda backend: ", name, " is on ",
+              t.device(), " but the input is on ", like.device());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "fusedrnn cuda backend: ", name,
+              " has dtype ", t.scalar_type(), ", expected ", like.scalar_type());
+  TORCH_CHECK(t.dim() == dim, "fusedrnn cuda backend: ", name, " must be ", dim, "-D, got ",
+              t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "fusedrnn cuda backend: ", name, " must be contiguous");
+}
+
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, "fusedrnn cuda backend: ", name, " should have shape ",
+              expected, ", got ", t.sizes());
+}
+
+Tensor checked_lengths(const std::optional<Tensor>& lengths, const Tensor& like, int64_t batch) {
+  if (!lengths.has_value() || !lengths->defined()) return Tensor();
+  TORCH_CHECK(lengths->is_cuda() && lengths->device() == like.device(),
+              "fusedrnn cuda backend: lengths must be on ", like.device(), ", got ",
+              lengths->device());
+  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
+                  lengths->size(0) == batch && lengths->is_contiguous(),
+              "fusedrnn cuda backend: lengths must be a contiguous int64 tensor of shape (",
+              batch, "), got ", lengths->scalar_type(), " ", lengths->sizes());
+  return *lengths;
+}
+
+// Rows whose step t is active, as a (B, 1) bool mask; every row when lengths is undefined.
+Tensor active_rows(const Tensor& lengths, int64_t t, const Tensor& like) {
+  if (!lengths.defined()) return at::ones({like.size(0), 1}, like.options().dtype(at::kBool));
+  return lengths.gt(t).unsqueeze(1);
+}
+
+}  // namespace
+
+// xproj (T,B,4H) = x W_ih^T + b_ih + b_hh; w_hh (4H,H); h0, c0 (B,H).
+// Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated, cells (T,B,H).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
+    const Tensor& xproj, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+    const std::optional<Tensor>& lengths_opt, bool reverse) {
+  check_tensor(xproj, "xproj", xproj, 3);
+  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
+  check_tensor(w_hh, "w_hh", xproj, 2);
+  check_shape(w_hh, "w_hh", {4 * hidden, hidden});
+  check_shape(xproj, "xproj", {steps, batch, 4 * hidden});
+  check_tensor(h0, "h0", xproj, 2);
+  check_shape(h0, "h0", {batch, hidden});
+  check_tensor(c0, "c0", xproj, 2);
+  check_shape(c0, "c0", {batch, hidden});
+  const Tensor lengths = checked_lengths(lengths_opt, xproj, batch);
+  c10::cuda::CUDAGuard guard(xproj.device());
+
+  Tensor gates = at::empty_like(xproj);
+  Tensor cells = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor y = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  const Tensor w_t = w_hh.t();
+  Tensor c_prev = c0;
+  for (int64_t t : time_order(steps, reverse)) {
+    Tensor g = gates.select(0, t);
+    at::addmm_out(g, xproj.select(0, t), h_cur, w_t);
+    lstm_fwd_step(g, c_prev, cells.select(0, t), y.select(0, t), h_cur, h_next, lengths, t);
+    c_prev = cells.select(0, t);
+    std::swap(h_cur, h_next);
+  }
+  return {y, h_cur, c_prev.clone(), gates, cells};
+}
+
+// grad_y (T,B,H), grad_h_n, grad_c_n (B,H), w_hh (4H,H), c0 (B,H), gates, cells as saved.
+// Returns dgates (T,B,4H) (pre-activation gradients), grad_h0, grad_c0 (B,H).
+std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
+    const Tensor& c0, const std::optional<Tensor>& lengths_opt, const Tensor& gates,
+    const Tensor& cells, bool reverse) {
+  check_tensor(gates, "gates", gates, 3);
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  check_tensor(grad_y, "grad_y", gates, 3);
+  check_shape(grad_y, "grad_y", {steps, batch, hidden});
+  check_tensor(cells, "cells", gates, 3);
+  check_shape(cells, "cells", {steps, batch, hidden});
+  check_tensor(w_hh, "w_hh", gates, 2);
+  check_shape(w_hh, "w_hh", {4 * hidden, hidden});
+  for (auto [t, name] : {std::pair{&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"}, {&c0, "c0"}}) {
+    check_tensor(*t, name, gates, 2);
+    check_shape(*t, name, {batch, hidden});
+  }
+  const Tensor lengths = checked_lengths(lengths_opt, gates, batch);
+  c10::cuda::CUDAGuard guard(gates.device());
+
+  Tensor dgates = at::empty_like(gates);
+  Tensor dh_total = at::empty({batch, hidden}, gates.options().dtype(at::kFloat));
+  Tensor dc = grad_c_n.to(at::kFloat).clone();
+  Tensor rec = grad_h_n.clone();
+  const auto order = time_order(steps, !reverse);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t t = order[k];
+    const int64_t t_prev = k == 0 ? -1 : order[k - 1];
+    const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
+    const Tensor c_prev = (before >= 0 && before < steps) ? cells.select(0, before) : c0;
+    lstm_bwd_step(grad_y.select(0, t), rec, dh_total, gates.select(0, t), cells.select(0, t),
+                  c_prev, dc, dgates.select(0, t), lengths, t, t_prev);
+    at::mm_out(rec, dgates.select(0, t), w_hh);
+  }
+  Tensor grad_h0 = rec;
+  if (steps > 0 && lengths.defined()) {
+    grad_h0 = at::where(active_rows(lengths, order.back(), rec), rec, dh_total.to(rec.dtype()));
+  }
+  return {dgates, grad_h0, dc.to(gates.scalar_type())};
+}
+
+// xproj (T,B,3H) = x W_ih^T + b_ih; w_hh (3H,H); b_hh (3H) or undefined; h0 (B,H).
+// Returns y (T,B,H), h_n (B,H), gates (T,B,3H) activated r,z,n, hidden_n (T,B,H).
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
+    const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& b_hh,
+    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse) {
+  check_tensor(xproj, "xproj", xproj, 3);
+  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
+  check_tensor(w_hh, "w_hh", xproj, 2);
+  check_shape(w_hh, "w_hh", {3 * hidden, hidden});
+  check_shape(xproj, "xproj", {steps, batch, 3 * hidden});
+  check_tensor(h0, "h0", xproj, 2);
+  check_shape(h0, "h0", {batch, hidden});
+  const bool has_bias = b_hh.has_value() && b_hh->defined();
+  if (has_bias) {
+    check_tensor(*b_hh, "b_hh", xproj, 1);
+    check_shape(*b_hh, "b_hh", {3 * hidden});
+  }
+  const Tensor lengths = checked_lengths(lengths_opt, xproj, batch);
+  c10::cuda::CUDAGuard guard(xproj.device());
+
+  Tensor gates = xproj.clone();
+  Tensor hidden_n = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor y = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor hidden_gates = at::empty({batch, 3 * hidden}, xproj.options());
+  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  const Tensor w_t = w_hh.t();
+  for (int64_t t : time_order(steps, reverse)) {
+    if (has_bias) {
+      at::addmm_out(hidden_gates, *b_hh, h_cur, w_t);
+    } else {
+      at::mm_out(hidden_gates, h_cur, w_t);
+    }
+    gru_fwd_step(gates.select(0, t), hidden_gates, hidden_n.select(0, t), y.select(0, t), h_cur,
+                 h_next, lengths, t);
+    std::swap(h_cur, h_next);
+  }
+  return {y, h_cur, gates, hidden_n};
+}
+
+// grad_y (T,B,H), grad_h_n (B,H), w_hh (3H,H), h_prev (T,B,H) the state entering each
+// step, gates and hidden_n as saved. Returns dgates_in, dgates_hid (T,B,3H), grad_h0 (B,H).
+std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h_prev,
+    const std::optional<Tensor>& lengths_opt, const Tensor& gates, const Tensor& hidden_n,
+    bool reverse) {
+  check_tensor(gates, "gates", gates, 3);
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  for (auto [t, name] : {std::pair{&grad_y, "grad_y"}, {&h_prev, "h_prev"}, {&hidden_n, "hidden_n"}}) {
+    check_tensor(*t, name, gates, 3);
+    check_shape(*t, name, {steps, batch, hidden});
+  }
+  check_tensor(w_hh, "w_hh", gates, 2);
+  check_shape(w_hh, "w_hh", {3 * hidden, hidden});
+  check_tensor(grad_h_n, "grad_h_n", gates, 2);
+  check_shape(grad_h_n, "grad_h_n", {batch, hidden});
+  const Tensor lengths = checked_lengths(lengths_opt, gates, batch);
+  c10::cuda::CUDAGuard guard(gates.device());
+
+  Tensor dgates_in = at::empty_like(gates), dgates_hid = at::empty_like(gates);
+  Tensor dh_total = at::empty({batch, hidden}, gates.options().dtype(at::kFloat));
+  Tensor rec = grad_h_n.clone();
+  const auto order = time_order(steps, !reverse);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t t = order[k];
+    const int64_t t_prev = k == 0 ? -1 : order[k - 1];
+    const Tensor gates_prev = gates.select(0, k == 0 ? t : t_prev);
+    gru_bwd_step(grad_y.select(0, t), rec, dh_total, gates_prev, gates.select(0, t),
+                 hidden_n.select(0, t), h_prev.select(0, t), dgates_in.select(0, t),
+                 dgates_hid.select(0, t), lengths, t, t_prev);
+    at::mm_out(rec, dgates_hid.select(0, t), w_hh);
+  }
+  if (steps == 0) return {dgates_in, dgates_hid, rec};
+  const int64_t last = order.back();
+  const Tensor z_last = gates.select(0, last).narrow(1, hidden, hidden).to(at::kFloat);
+  Tensor grad_h0 = rec.to(at::kFloat) + dh_total * z_last;
+  if (lengths.defined()) {
+    grad_h0 = at::where(active_rows(lengths, last, rec), grad_h0, dh_total);
+  }
+  return {dgates_in, dgates_hid, grad_h0.to(gates.scalar_type())};
+}
+
+}  // namespace fusedrnn

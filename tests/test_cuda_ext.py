@@ -1,0 +1,95 @@
+"""The compiled extension and the ``cuda`` backend.
+
+Without a GPU (CI here): the extension builds, imports, registers a CUDA kernel for each of
+its ops, and refuses CPU tensors with a clear error. With a GPU: the backend against the
+reference backend at real sizes, by the same rules as the Triton backend.
+"""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import backends, testing
+from fusedrnn.backends import BackendUnavailableError, Call
+from fusedrnn.backends.cuda import SCHEMAS
+
+pytestmark = pytest.mark.requires_ext
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_extension_registers_a_cuda_kernel_for_each_op(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CUDA")
+
+
+def test_cpu_tensors_are_refused_with_a_clear_error():
+    xproj, w_hh, state = torch.zeros(2, 1, 8), torch.zeros(8, 2), torch.zeros(1, 2)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors, got tensors on cpu"):
+        torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, state, state, None, False)
+
+
+def test_backend_is_available_but_refuses_cpu_calls():
+    assert fusedrnn.available_backends()["cuda"].available
+    with pytest.raises(BackendUnavailableError, match="need CUDA tensors"):
+        fusedrnn.LSTM(4, 8, backend="cuda")(torch.randn(3, 2, 4))
+
+
+def test_backend_limits_are_reported():
+    backend = backends.get("cuda")
+    cuda = torch.device("cuda")
+    assert "no CUDA kernel for the rnn_tanh cell" in backend.supports(cuda, torch.float32, Call("rnn_tanh", 8, 8))[1]
+    assert "proj_size" in backend.supports(cuda, torch.float32, Call("lstm", 8, 4))[1]
+    assert "torch.float64 is not one of" in backend.supports(cuda, torch.float64)[1]
+
+
+CASES = [
+    ("LSTM", {}, 256, 64, 16),
+    ("LSTM", {"num_layers": 2, "bidirectional": True}, 130, 33, 5),
+    ("GRU", {}, 256, 64, 16),
+    ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 130, 33, 5),
+]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_matches_reference_on_gpu(cell, kwargs, hidden, steps, batch, packed):
+    reference = getattr(fusedrnn, cell)(96, hidden, device="cuda", **kwargs)
+    candidate = getattr(fusedrnn, cell)(96, hidden, device="cuda", backend="cuda", **kwargs)
+    candidate.load_state_dict(reference.state_dict())
+    x = (testing.make_packed(batch, steps, 96, device="cuda") if packed
+         else testing.make_sequence(batch, steps, 96, device="cuda"))
+    hx = testing.make_state(reference, batch)
+    out_ref, grads_ref = testing.outputs_and_grads(reference, x, hx)
+    out, grads = testing.outputs_and_grads(candidate, x, hx)
+    testing.assert_close_relative(out, out_ref, 1e-5, "outputs")
+    testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_low_precision_rule_on_gpu(cell, dtype):
+    oracle = getattr(fusedrnn, cell)(64, 128, dtype=torch.float64, device="cuda")
+    x64 = testing.make_packed(8, 40, 64, dtype=torch.float64, device="cuda")
+    oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
+    x = x64._replace(data=x64.data.to(dtype))
+    results = []
+    for backend in ("reference", "cuda"):
+        module = getattr(fusedrnn, cell)(64, 128, dtype=dtype, device="cuda", backend=backend)
+        module.load_state_dict(oracle.state_dict())
+        results.append(testing.outputs_and_grads(module, x))
+    (ref_out, ref_grads), (out, grads) = results
+    testing.assert_within_low_precision_rule(out, ref_out, oracle_out, testing.OUTPUT_FACTOR,
+                                             "outputs")
+    testing.assert_within_low_precision_rule(grads, ref_grads, oracle_grads,
+                                             testing.GRADIENT_FACTOR, "gradients")
+
+
+@pytest.mark.requires_cuda
+def test_opcheck_recurrence_ops_on_gpu():
+    xproj = torch.randn(5, 3, 32, device="cuda")
+    w_hh = torch.randn(32, 8, device="cuda")
+    state = torch.randn(3, 8, device="cuda")
+    lengths = torch.tensor([5, 2, 4], device="cuda")
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
+                          (xproj, w_hh, state, state, lengths, True))
