@@ -7,7 +7,8 @@
 # backend, runs the benchmark grid against torch.nn (cuDNN), and writes logs and results
 # under OUT_DIR, printing a short summary last. Without a GPU it says so and exits 0;
 # FUSEDRNN_GPU_CHECK_DRY=1 then runs every stage on the CPU instead (tiny bench grid, Triton
-# in its interpreter), to rehearse the script. Budget: under 9 minutes on one H200.
+# in its interpreter), to rehearse the script. Budget: under 9 minutes on one H200 (the
+# stage timeouts add up to 520 s).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -38,12 +39,18 @@ arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability() 
 git rev-parse HEAD >"$out/commit.txt" 2>/dev/null || true
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 
-FUSEDRNN_CUDA_ARCHS=$arch stage install 300 $PY -m pip install --no-build-isolation --no-deps -e .
-stage info 60 $PY -m fusedrnn.cli info
+FUSEDRNN_CUDA_ARCHS=$arch stage install 150 $PY -m pip install --no-build-isolation --no-deps -e .
+stage info 30 $PY -m fusedrnn.cli info
 # GPU tests: the Triton backend on CUDA tensors, the CUDA-only tests, the extension's tests.
-stage tests 240 $PY -m pytest tests/ -q -x -m "requires_cuda or requires_triton or requires_ext" \
+stage tests 150 $PY -m pytest tests/ -q -x -m "requires_cuda or requires_triton or requires_ext" \
   --junitxml="$out/tests.xml"
-stage bench 240 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --backend auto \
+if command -v compute-sanitizer >/dev/null && [ "$device" = cuda ]; then
+  stage memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
+  stage racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
+else
+  summary+=("sanitizer  skipped (no compute-sanitizer or no GPU)")
+fi
+stage bench 100 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --backend auto \
   --backend reference --repeats 10 --out "$out/bench" "${bench_extra[@]}"
 
 echo

@@ -1,0 +1,36 @@
+"""A small forward and backward of every GPU backend, for ``compute-sanitizer`` (memcheck,
+racecheck) in the GPU check: ``compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py``.
+Exits non-zero if a backend's result differs from the reference backend's."""
+
+import sys
+
+import torch
+
+import fusedrnn
+from fusedrnn import testing
+
+
+def main():
+    failures = 0
+    for backend in ("cuda", "triton"):
+        if not fusedrnn.available_backends()[backend].available:
+            print(f"{backend}: unavailable, skipped")
+            continue
+        for cell in ("LSTM", "GRU"):
+            reference = getattr(fusedrnn, cell)(8, 20, device="cuda", bidirectional=True)
+            module = getattr(fusedrnn, cell)(8, 20, device="cuda", bidirectional=True,
+                                             backend=backend)
+            module.load_state_dict(reference.state_dict())
+            x = testing.make_packed(5, 7, 8, device="cuda")
+            expected = testing.outputs_and_grads(reference, x)
+            got = testing.outputs_and_grads(module, x)
+            torch.cuda.synchronize()
+            error = max(testing.relative_error(a, b) for a, b in
+                        zip(got[0] + got[1], expected[0] + expected[1]) if a is not None)
+            print(f"{backend} {cell}: max relative error {error:.2e}")
+            failures += error > 1e-5
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
