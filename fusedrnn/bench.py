@@ -1,45 +1,47 @@
-"""Benchmark fusedrnn against ``torch.nn``: the grid, the providers, honest timing, reports.
+"""Benchmark fusedrnn against ``torch.nn``: the grids, the providers, the FLOP and floor
+models, measuring a case.
 
-Used by ``fusedrnn bench`` and meant to be reused by pytest-benchmark suites. Every
+Used by ``fusedrnn bench`` and by the pytest-benchmark suites in ``benchmarks/``. Every
 (case, mode) builds a fusedrnn module, its ``torch.nn`` twin with the same weights
-(:func:`fusedrnn.testing.torch_twin`) and one input; after warm-up calls the providers are
+(:func:`fusedrnn.testing.torch_twin`) and one input (a padded tensor, or a
+``PackedSequence`` of random lengths given to both); after warm-up calls the providers are
 timed interleaved (their order rotates every repetition, so drift affects all of them), and
-only the measured call sits inside the timed region. Nothing here queries a device at
-import time.
+only the measured call sits inside the timed region (see :mod:`fusedrnn.bench_timing`).
+Reports live in :mod:`fusedrnn.bench_report`. Nothing here queries a device at import time.
 """
 
 import copy
 import datetime
-import gc
 import importlib.metadata
-import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from . import __version__, backends, modules, testing
+from .bench_timing import (addmm_seconds, is_noisy, launch_latency_seconds, peak_memory_bytes,
+                           summarize, time_interleaved)
 
-MODES = ("inference", "training")
+# mode: how many forwards' worth of GEMM FLOPs it does (see gemm_flops)
+MODE_FLOP_FACTORS = {"inference": 1, "training_forward": 1, "backward": 2, "training": 3}
+MODES = tuple(MODE_FLOP_FACTORS)
+DEFAULT_MODES = ("inference", "training")
 CELLS = {"lstm": modules.LSTM, "gru": modules.GRU, "rnn": modules.RNN}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TORCH_LABEL = "torch.nn"
-RATIO_NOTE = ("ratio = fusedrnn median / torch.nn median (lower is better; < 1 means fusedrnn "
-              "is faster); us/step = median / time steps")
-NOISY_FRACTION = 0.2  # an IQR above this fraction of the median marks a measurement noisy
-NOISY_NOTE = (f"! = noisy: IQR above {NOISY_FRACTION:.0%} of the median (a busy or throttled "
-              "machine?); rerun before trusting that ratio")
+GRID_SIZES = ("quick", "default", "full")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark shape: a cell and the sizes of its module and input (time-major)."""
+    """One benchmark shape: a cell, the sizes of its module and input (time-major), and
+    whether the input is a ``PackedSequence`` of random lengths instead of a padded tensor."""
 
     cell: str
     batch: int
@@ -48,11 +50,14 @@ class Case:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
+    proj_size: int = 0
+    packed: bool = False
 
     @property
     def shape(self):
-        extra = (f" L{self.num_layers}" if self.num_layers != 1 else "") + (
-            " bi" if self.bidirectional else "")
+        extra = "".join(text for text, on in (
+            (f" L{self.num_layers}", self.num_layers != 1), (" bi", self.bidirectional),
+            (f" P{self.proj_size}", self.proj_size), (" packed", self.packed)) if on)
         return f"B{self.batch} T{self.steps} I{self.input_size} H{self.hidden_size}{extra}"
 
     @property
@@ -60,19 +65,98 @@ class Case:
         return f"{self.cell} {self.shape}"
 
 
-# (batch, steps, input, hidden, extra constructor arguments)
+# (batch, steps, input, hidden, extra Case arguments)
 CPU_SHAPES = [(32, 100, 128, 256, {}), (8, 200, 64, 128, {}), (64, 50, 256, 512, {}),
               (16, 64, 100, 128, {"num_layers": 2, "bidirectional": True}), (1, 300, 32, 64, {})]
-GPU_SHAPES = ([(b, 256, h, h, {}) for b in (16, 64) for h in (256, 768)]
-              + [(16, 1024, 768, 768, {})])
+ANCHOR_SHAPES = [(16, 1024, 768, 768, {}), (64, 100, 512, 512, {})]
+GPU_SHAPES = [(b, 256, h, h, {}) for b in (16, 64) for h in (256, 768)] + ANCHOR_SHAPES
 QUICK_SHAPES = [(4, 12, 8, 16, {}), (2, 6, 8, 8, {"num_layers": 2, "bidirectional": True})]
+FULL_SHAPES = [(b, t, h, h, {"num_layers": layers, "bidirectional": bi})
+               for layers in (1, 2) for bi in (False, True) for b in (1, 8, 16, 64, 256)
+               for h in (128, 256, 512, 768, 1024) for t in (128, 1024)] + ANCHOR_SHAPES
+
+
+def grid(device, size="default", cells=("lstm",), packed=False):
+    """The :class:`Case` list of grid ``size`` (quick, default, full) for ``device``.
+
+    quick: tiny shapes (seconds). default: the CPU shapes, or on CUDA the GPU shapes with
+    the anchors (B16 T1024 H768 and B64 T100 H512). full: batch {1, 8, 16, 64, 256} x hidden
+    {128, 256, 512, 768, 1024} x time {128, 1024} x layers {1, 2} x {uni, bidirectional},
+    input size = hidden, plus the anchors. ``packed`` adds packed-input copies of the first
+    shape (quick, CPU default) or of the anchors (CUDA default, full).
+    """
+    if size not in GRID_SIZES:
+        raise ValueError(f"unknown grid size {size!r}; expected one of {GRID_SIZES}")
+    cuda = torch.device(device).type == "cuda"
+    shapes = {"quick": QUICK_SHAPES, "default": GPU_SHAPES if cuda else CPU_SHAPES,
+              "full": FULL_SHAPES}[size]
+    packed_shapes = ANCHOR_SHAPES if size == "full" or (cuda and size == "default") else shapes[:1]
+    variants = [(shape, False) for shape in shapes]
+    variants += [(shape, True) for shape in packed_shapes] if packed else []
+    return [Case(cell, b, t, i, h, packed=is_packed, **extra)
+            for cell in cells for (b, t, i, h, extra), is_packed in variants]
 
 
 def default_grid(device, quick=False, cells=("lstm",)):
-    """The embedded grid of :class:`Case` for ``device`` (GPU shapes on CUDA), tiny if ``quick``."""
+    """The grid of ``fusedrnn bench``: :func:`grid` ``quick`` or ``default``, padded input."""
+    return grid(device, "quick" if quick else "default", cells)
+
+
+# ---------------------------------------------------------------- FLOPs and floors
+
+
+def gemm_flops(case, mode="inference", tokens=None):
+    """GEMM floating-point operations of one call of ``case`` in ``mode`` (multiply-add = 2).
+
+    Forward, summed over layers ``l`` and directions::
+
+        2 * T * B * G * (I_l + P)  [+ 2 * T * B * H * P for an LSTM projection]
+
+    with ``G = gates * H`` (LSTM 4, GRU 3, RNN 1 gates), ``P`` the recurrent state size
+    (``proj_size`` if set, else ``H``), ``I_l`` the layer's input size (``I`` for the first
+    layer, ``D * P`` above it, ``D`` the number of directions). ``T * B`` is replaced by
+    ``tokens`` when given (the real tokens of a packed input). Pointwise work is not counted.
+    The backward pass is counted as twice the forward (one product for the input-side
+    gradients and one for the weight gradients per forward product): ``inference`` and
+    ``training_forward`` count 1 x forward, ``backward`` 2 x, ``training`` (forward +
+    backward) 3 x. Example: LSTM, B=2, T=3, I=4, H=5, one layer, inference:
+    2 * 3 * 2 * 20 * (4 + 5) = 2160.
+    """
+    tokens = case.steps * case.batch if tokens is None else tokens
+    hidden, state = case.hidden_size, case.proj_size or case.hidden_size
+    directions = 2 if case.bidirectional else 1
+    gate_rows = GATES[case.cell] * hidden
+    forward = 0
+    for layer in range(case.num_layers):
+        layer_input = case.input_size if layer == 0 else directions * state
+        forward += directions * 2 * tokens * (gate_rows * (layer_input + state)
+                                              + hidden * case.proj_size)
+    return forward * MODE_FLOP_FACTORS[mode]
+
+
+def input_tokens(x):
+    """Real tokens of an input: ``T * B`` of a padded tensor, the summed lengths of a packed one."""
+    if isinstance(x, PackedSequence):
+        return int(x.data.shape[0])
+    return int(x.shape[0] * x.shape[1])
+
+
+def step_floor_seconds(case, device="cpu", dtype=torch.float32):
+    """The per-step floor of ``case``: the least one time step can take in an implementation
+    that works step by step, ``layers x directions x unit``, where the unit is
+
+    * CUDA: one kernel launch, the per-launch time of back-to-back tiny kernels
+      (:func:`~fusedrnn.bench_timing.launch_latency_seconds`, measured once per run);
+    * CPU: the median time of one ``addmm`` of the step's recurrent product,
+      ``(B x P) @ (P x G)`` plus bias (:func:`~fusedrnn.bench_timing.addmm_seconds`).
+    """
     device = torch.device(device)
-    shapes = QUICK_SHAPES if quick else GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
-    return [Case(cell, b, t, i, h, **extra) for cell in cells for b, t, i, h, extra in shapes]
+    if device.type == "cuda":
+        unit = launch_latency_seconds(device)
+    else:
+        unit = addmm_seconds(case.batch, case.proj_size or case.hidden_size,
+                             GATES[case.cell] * case.hidden_size, device, dtype)
+    return case.num_layers * (2 if case.bidirectional else 1) * unit
 
 
 # ---------------------------------------------------------------- providers
@@ -84,13 +168,14 @@ class Provider:
 
     ``backend`` is the requested fusedrnn backend (``""`` for torch.nn), ``resolved`` the
     one it runs on, ``status`` one of ok, error, unavailable (then ``message`` says why).
+    ``input`` is a padded tensor or a ``PackedSequence``.
     """
 
     label: str
     backend: str = ""
     resolved: str = ""
     module: torch.nn.Module = None
-    input: torch.Tensor = None
+    input: object = None
     status: str = "ok"
     message: str = ""
 
@@ -102,34 +187,55 @@ def short_error(error, limit=80):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def provider_label(backend_name):
+    """``fusedrnn`` for the ``auto`` backend, else ``fusedrnn [name]``."""
+    return "fusedrnn" if backend_name == backends.AUTO else f"fusedrnn [{backend_name}]"
+
+
+def make_input(case, device="cpu", dtype=torch.float32, seed=0):
+    """The random input of ``case``: a padded ``(T, B, I)`` tensor, or a ``PackedSequence``
+    with random lengths (unsorted, one of full length) when ``case.packed``."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    if case.packed:
+        return testing.make_packed(case.batch, case.steps, case.input_size, dtype=dtype,
+                                   device=device, generator=generator)
+    return testing.make_sequence(case.batch, case.steps, case.input_size, dtype=dtype,
+                                 device=device, generator=generator)
+
+
+def _copy_input(x):
+    if isinstance(x, PackedSequence):
+        return x._replace(data=x.data.clone())
+    return x.clone()
+
+
 def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=torch.float32,
-                    seed=0):
+                    seed=0, torch_nn=True):
     """``[torch.nn provider] + one fusedrnn provider per backend`` for ``case``, same weights.
 
     The fusedrnn module is built first from ``seed`` and its torch.nn twin copies its
-    weights; each provider gets its own copy of one random input. A backend that cannot run
-    on ``device``/``dtype`` gives an ``unavailable`` provider, a failure to build an
-    ``error`` one.
+    weights; each provider gets its own copy of one random input (:func:`make_input`). A
+    backend that cannot run on ``device``/``dtype`` gives an ``unavailable`` provider, a
+    failure to build an ``error`` one. ``torch_nn=False`` leaves the torch.nn one out.
     """
     device = torch.device(device)
+    proj = {"proj_size": case.proj_size} if case.proj_size else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         base = CELLS[case.cell](case.input_size, case.hidden_size, num_layers=case.num_layers,
-                                bidirectional=case.bidirectional).to(device, dtype)
-    generator = torch.Generator().manual_seed(seed + 1)
-    x = testing.make_sequence(case.batch, case.steps, case.input_size, dtype=torch.float32,
-                              generator=generator).to(device, dtype)
+                                bidirectional=case.bidirectional, **proj).to(device, dtype)
+    x = make_input(case, device, dtype, seed)
     providers = []
-    try:
-        twin = testing.torch_twin(base)
-        if hasattr(twin, "flatten_parameters"):
-            twin.flatten_parameters()
-        providers.append(Provider(TORCH_LABEL, module=twin, input=x.clone()))
-    except Exception as error:  # noqa: BLE001 - reported in the table
-        providers.append(Provider(TORCH_LABEL, status="error", message=short_error(error)))
+    if torch_nn:
+        try:
+            twin = testing.torch_twin(base)
+            if hasattr(twin, "flatten_parameters"):
+                twin.flatten_parameters()
+            providers.append(Provider(TORCH_LABEL, module=twin, input=_copy_input(x)))
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            providers.append(Provider(TORCH_LABEL, status="error", message=short_error(error)))
     for name in backend_names:
-        label = "fusedrnn" if name == backends.AUTO else f"fusedrnn [{name}]"
-        provider = Provider(label, backend=name)
+        provider = Provider(provider_label(name), backend=name)
         why_not = backend_unavailable_reason(name, device, dtype)
         if why_not:
             provider.status, provider.message = "unavailable", why_not
@@ -138,7 +244,7 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
         provider.resolved = backends.select(name, device, dtype).name
         module = copy.deepcopy(base)
         module.backend = name
-        provider.module, provider.input = module, x.clone()
+        provider.module, provider.input = module, _copy_input(x)
         providers.append(provider)
     return providers
 
@@ -153,126 +259,79 @@ def backend_unavailable_reason(name, device, dtype):
         return ""
     backend = backends.get(name)  # asked directly: its own words, without select()'s preamble
     status = backend.available()
-    return backend.supports(torch.device(device), dtype)[1] if status else status.reason
+    if not status:
+        return status.reason
+    if name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        return "Triton runs in its interpreter here (TRITON_INTERPRET=1): timings would mean nothing"
+    return backend.supports(torch.device(device), dtype)[1]
+
+
+def _loss(output):
+    """The sum of every output tensor (padded or packed output and final states)."""
+    return sum(tensor.sum() for tensor in testing.flatten_outputs(output))
 
 
 def make_call(provider, mode):
     """``(call, setup)`` for one provider: ``call`` is what is timed, ``setup`` runs before it.
 
-    inference: ``module(x)`` under ``torch.no_grad`` in eval mode. training: forward, then
-    backward of ``output.sum()`` plus the sums of the final states, giving gradients for
-    the input and every parameter; ``setup`` clears those gradients outside the timing.
+    inference: ``module(x)`` under ``torch.no_grad`` in eval mode. The other modes run in
+    train mode with gradients for the input and every parameter, the loss being the sum of
+    the output and the final states; ``setup`` clears gradients and earlier results outside
+    the timing. training_forward: the forward only (its graph is released by the next
+    ``setup``). backward: ``loss.backward()``, the forward running in ``setup``. training:
+    forward and backward.
     """
     module, x = provider.module, provider.input
+    data = x.data if isinstance(x, PackedSequence) else x
     if mode == "inference":
         module.eval()
-        x.requires_grad_(False)
+        data.requires_grad_(False)
 
-        def call():
+        def infer():
             with torch.no_grad():
                 module(x)
-        return call, None
-    if mode != "training":
+        return infer, None
+    if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     module.train()
-    x.requires_grad_(True)
+    data.requires_grad_(True)
+    kept = {}
 
-    def setup():
+    def clear():
+        kept.clear()
         module.zero_grad(set_to_none=True)
-        x.grad = None
+        data.grad = None
 
-    def call():
-        output, state = module(x)
-        loss = output.sum()
-        for final in (state if isinstance(state, tuple) else (state,)):
-            loss = loss + final.sum()
-        loss.backward()
-    return call, setup
+    def forward():
+        kept["output"] = module(x)
 
+    def setup_backward():
+        clear()
+        kept["loss"] = _loss(module(x))
 
-# ---------------------------------------------------------------- timing
+    def backward():
+        kept["loss"].backward()
 
-
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(call, setup, device):
-    """Seconds of one ``call``: ``setup`` and the device's pending work stay outside."""
-    if setup is not None:
-        setup()
-    _synchronize(device)
-    start = time.perf_counter()
-    call()
-    _synchronize(device)
-    return time.perf_counter() - start
+    def train():
+        _loss(module(x)).backward()
+    return {"training_forward": (forward, clear), "backward": (backward, setup_backward),
+            "training": (train, clear)}[mode]
 
 
-def time_call(fn, device="cpu", warmup=3, repeats=10, setup=None):
-    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones; ``setup`` (if
-    given) runs before every call, outside the timed region. See :func:`time_interleaved`."""
-    times = time_interleaved({"fn": (fn, setup)}, device, warmup, repeats)["fn"]
-    if isinstance(times, Exception):
-        raise times
-    return times
-
-
-def time_interleaved(calls, device="cpu", warmup=3, repeats=10):
-    """Time several ``{name: (call, setup)}`` interleaved: ``{name: [seconds, ...]}``.
-
-    Each repetition runs every call once, in an order rotated by one each repetition. On
-    CUDA the device is synchronised before and after each timed call; garbage collection is
-    paused while timing, as in ``timeit``. A call that raises is returned as
-    ``{name: exception}`` and left out of the rest.
-    """
-    device = torch.device(device)
-    names = list(calls)
-    times = {name: [] for name in names}
-    rounds = [names] * warmup + [names[r % len(names):] + names[:r % len(names)]
-                                 for r in range(repeats)] if names else []
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for index, order in enumerate(rounds):
-            for name in order:
-                if isinstance(times[name], Exception):
-                    continue
-                try:
-                    seconds = _timed(*calls[name], device)
-                except Exception as error:  # noqa: BLE001 - reported to the caller
-                    times[name] = error
-                    continue
-                if index >= warmup:
-                    times[name].append(seconds)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return times
-
-
-def summarize(times):
-    """``{"times_s", "median_s", "iqr_s"}`` of a list of seconds (IQR: inclusive quartiles)."""
-    median = statistics.median(times)
-    q1, _, q3 = (statistics.quantiles(times, n=4, method="inclusive") if len(times) >= 2
-                 else (median, median, median))
-    return {"times_s": list(times), "median_s": median, "iqr_s": q3 - q1}
-
-
-def is_noisy(summary):
-    """Whether a :func:`summarize` result spreads too much to trust (needs 5+ repeats)."""
-    return (len(summary["times_s"]) >= 5
-            and summary["iqr_s"] > NOISY_FRACTION * summary["median_s"])
+# ---------------------------------------------------------------- measuring
 
 
 def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype=torch.float32,
                  warmup=3, repeats=10, seed=0):
-    """Build the providers of ``case`` and time them in ``mode``: one result dict."""
+    """Build the providers of ``case`` and time them in ``mode``: one result dict, with the
+    case's GEMM FLOPs and per-step floor, and per provider the timings, ratio to torch.nn,
+    TFLOP/s and peak memory (``None`` on the CPU)."""
     device = torch.device(device)
     providers = build_providers(case, backend_names, device, dtype, seed)
     calls = {i: make_call(p, mode) for i, p in enumerate(providers) if p.status == "ok"}
     times = time_interleaved(calls, device, warmup, repeats)
+    inputs = [p.input for p in providers if p.status == "ok"]
+    flops = gemm_flops(case, mode, input_tokens(inputs[0]) if inputs else None)
     entries = []
     for index, provider in enumerate(providers):
         entry = {"provider": provider.label, "backend": provider.backend,
@@ -284,7 +343,9 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
         elif measured:
             entry.update(summarize(measured))
             entry["us_per_step"] = entry["median_s"] / case.steps * 1e6
+            entry["tflops"] = flops / entry["median_s"] / 1e12
             entry["noisy"] = is_noisy(entry)
+            entry["peak_memory_bytes"] = peak_memory_bytes(*calls[index], device)
         entries.append(entry)
     reference = entries[0].get("median_s")
     for entry in entries[1:]:
@@ -292,10 +353,11 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
             entry["ratio"] = entry["median_s"] / reference
     return {"case": case.label, **asdict(case), "mode": mode, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
+            "flops": flops, "floor_us_per_step": step_floor_seconds(case, device, dtype) * 1e6,
             "providers": entries}
 
 
-def run_grid(cases, modes=MODES, backend_names=(backends.AUTO,), device="cpu",
+def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device="cpu",
              dtype=torch.float32, warmup=3, repeats=10, seed=0, progress=None):
     """:func:`measure_case` over ``cases`` x ``modes``; ``progress`` is a stream for
     ``[i/n] case mode`` lines (``None``: silent). Returns the list of result dicts."""
@@ -374,72 +436,3 @@ def environment(device=None):
         "triton": triton_version(), "fusedrnn": __version__,
         "git_commit": commit, "git_dirty": dirty, "argv": sys.argv[1:],
     }
-
-
-# ---------------------------------------------------------------- reports
-
-COLUMNS = ("cell", "shape", "mode", "provider", "median ms", "IQR ms", "ratio", "us/step")
-
-
-def _ms(seconds):
-    ms = seconds * 1e3
-    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 10 else f"{ms:.3f}"
-
-
-def table_rows(results):
-    """The table as lists of strings, one row per (case, mode, provider)."""
-    rows = []
-    for result in results:
-        for entry in result["providers"]:
-            provider = entry["provider"]
-            if entry["resolved_backend"] and entry["backend"] == backends.AUTO:
-                provider += f" (auto: {entry['resolved_backend']})"
-            if entry["status"] == "ok" and "median_s" in entry:
-                timing = [_ms(entry["median_s"]), _ms(entry["iqr_s"]) + (" !" if entry.get(
-                              "noisy") else "  "),
-                          f"{entry['ratio']:.2f}" if "ratio" in entry else "",
-                          f"{entry['us_per_step']:.1f}"]
-            else:
-                timing = [f"{entry['status']}: {entry['message']}", "", "", ""]
-            shape = result["case"].split(" ", 1)[1]
-            rows.append([result["cell"], shape, result["mode"], provider] + timing)
-    return rows
-
-
-def format_table(results, markdown=False):
-    """The results as an aligned text table (or a markdown one), with the ratio note."""
-    rows = table_rows(results)
-    notes = RATIO_NOTE + ("\n" + NOISY_NOTE if any(row[5].endswith("!") for row in rows) else "")
-    if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |",
-                 "|" + "|".join("---" if i < 4 else "---:" for i in range(len(COLUMNS))) + "|"]
-        lines += ["| " + " | ".join(cell.strip().replace("|", "\\|") for cell in row) + " |"
-                  for row in rows]
-        return "\n".join(lines) + "\n\n" + notes.replace("\n", "\n\n") + "\n"
-    widths = [max([len(c)] + [len(row[i]) for row in rows if row[i] and
-                              not (i == 4 and ":" in row[i])])
-              for i, c in enumerate(COLUMNS)]
-
-    def line(cells):
-        out = [cell.rjust(w) if i >= 4 and ":" not in cell else cell.ljust(w)
-               for i, (cell, w) in enumerate(zip(cells, widths))]
-        return "  ".join(out).rstrip()
-    lines = [line(COLUMNS), "  ".join("-" * w for w in widths)]
-    lines += [line(row) for row in rows]
-    return "\n".join(lines) + f"\n{notes}\n"
-
-
-def write_reports(results, env, out_dir, settings=None):
-    """Write ``results.json`` and ``results.md`` into ``out_dir``; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    payload = {"environment": env, "settings": settings or {}, "results": results}
-    json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    lines = ["# fusedrnn benchmark", "", "## Environment", ""]
-    lines += [f"- {key}: {value}" for key, value in env.items()]
-    if settings:
-        lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
-    lines += ["", "## Results", "", format_table(results, markdown=True)]
-    md_path.write_text("\n".join(lines), encoding="utf-8")
-    return json_path, md_path

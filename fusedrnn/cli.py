@@ -14,6 +14,9 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from fusedrnn import profile
+from fusedrnn.apps import forecast, sentiment_cli, seq2seq
+
 __all__ = ["main", "COMMANDS", "Command", "UsageError"]
 
 
@@ -85,7 +88,8 @@ def add_bench_arguments(parser):
     parser.add_argument("--cell", default="lstm",
                         help="comma-separated cells among lstm,gru,rnn (default: lstm)")
     parser.add_argument("--mode", default="inference,training",
-                        help="comma-separated modes among inference,training (default: both)")
+                        help="comma-separated modes among inference,training_forward,backward,"
+                             "training (forward + backward) (default: inference,training)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and few repeats (a smoke test, e.g. for CI)")
@@ -94,14 +98,15 @@ def add_bench_arguments(parser):
     parser.add_argument("--warmup", type=_non_negative_int, default=None,
                         help="untimed calls per provider first (default: 3, --quick: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
-    parser.add_argument("--out", metavar="DIR", help="write results.json and results.md here")
+    parser.add_argument("--out", metavar="DIR",
+                        help="write results.json, results.md and PNG speedup plots here")
 
 
 def run_bench(args):
     """Time fusedrnn against torch.nn over the default grid and print the table."""
     import torch
 
-    from fusedrnn import backends, bench
+    from fusedrnn import backends, bench, bench_report
 
     device = _bench_device(args.device)
     cells = _choices(args.cell, bench.CELLS, "cell")
@@ -127,14 +132,16 @@ def run_bench(args):
     sys.stdout.flush()
     results = bench.run_grid(cases, modes, backend_names, device, dtype, warmup, repeats,
                              args.seed, progress=sys.stderr)
-    print(bench.format_table(results), end="")
+    print(bench_report.format_table(results), end="")
     if args.out:
         settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
                     "backends": backend_names, "quick": args.quick, "warmup": warmup,
                     "repeats": repeats, "seed": args.seed,
                     "torch_threads": torch.get_num_threads()}
-        json_path, md_path = bench.write_reports(results, env, args.out, settings)
-        print(f"wrote {json_path} and {md_path}")
+        paths, note = bench_report.write_reports(results, env, args.out, settings)
+        print(f"wrote {', '.join(str(path) for path in paths)}")
+        if note:
+            print(f"note: {note}")
     return 0
 
 
@@ -184,6 +191,10 @@ COMMANDS = [
             add_info_arguments, run_info),
     Command("bench", "time fusedrnn against torch.nn on this machine", add_bench_arguments,
             run_bench),
+    Command("profile", profile.HELP, profile.add_arguments, profile.run),
+    Command("sentiment", sentiment_cli.HELP, sentiment_cli.add_arguments, sentiment_cli.run),
+    Command("forecast", forecast.HELP, forecast.add_arguments, forecast.run),
+    Command("seq2seq", seq2seq.HELP, seq2seq.add_arguments, seq2seq.run),
 ]
 
 

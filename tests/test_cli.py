@@ -1,6 +1,8 @@
-"""The ``fusedrnn`` console script (``info``, ``bench``) and the helpers of ``fusedrnn.bench``."""
+"""The ``fusedrnn`` console script (``info``, ``bench``) and the helpers of ``fusedrnn.bench``,
+``fusedrnn.bench_timing`` and ``fusedrnn.bench_report``."""
 
 import contextlib
+import importlib.util
 import io
 import json
 import re
@@ -8,7 +10,7 @@ import re
 import pytest
 import torch
 
-from fusedrnn import backends, bench, testing
+from fusedrnn import backends, bench, bench_report, bench_timing, testing
 from fusedrnn.backends import Availability, Backend
 from fusedrnn.cli import main
 
@@ -100,19 +102,22 @@ def test_quick_bench_prints_numeric_rows_for_both_providers(quick_run):
     assert status == 0
     rows = parse_table(stdout)
     cases = bench.default_grid("cpu", quick=True)
-    assert len(rows) == 2 * len(cases) * len(bench.MODES)
+    assert len(rows) == 2 * len(cases) * len(bench.DEFAULT_MODES)
     torch_rows = [r for r in rows if r["provider"] == "torch.nn"]
     fused_rows = [r for r in rows if r["provider"].startswith("fusedrnn")]
-    assert len(torch_rows) == len(fused_rows) == len(cases) * len(bench.MODES)
+    assert len(torch_rows) == len(fused_rows) == len(cases) * len(bench.DEFAULT_MODES)
     for row in torch_rows + fused_rows:
         assert float(row["median ms"]) > 0, row
         assert float(row["IQR ms"].rstrip(" !")) >= 0, row
         assert float(row["us/step"]) > 0, row
+        assert float(row["floor us"]) > 0, row
+        assert float(row["TFLOP/s"]) > 0, row
     for row in fused_rows:
-        assert float(row["ratio"]) > 0, row
+        assert re.fullmatch(r"\d+\.\d\d", row["ratio"]), row  # 0.00 when torch.nn stalls
         assert "auto: reference" in row["provider"]
-    assert {r["mode"] for r in rows} == set(bench.MODES)
-    assert "lower is better" in stdout
+    assert {r["mode"] for r in rows} == set(bench.DEFAULT_MODES)
+    for note in ("lower is better", "floor us = ", "TFLOP/s = GEMM FLOPs"):
+        assert note in stdout
     assert re.search(r"^\[1/\d+\] lstm B\d+ T\d+", stderr, re.MULTILINE), stderr
 
 
@@ -126,7 +131,7 @@ def test_quick_bench_writes_json_with_every_measurement(quick_run):
     assert env["torch_threads"] >= 1 and env["cpu_count"] >= 1
     cases = bench.default_grid("cpu", quick=True)
     keys = [(r["case"], r["mode"]) for r in report["results"]]
-    assert sorted(keys) == sorted((c.label, m) for c in cases for m in bench.MODES)
+    assert sorted(keys) == sorted((c.label, m) for c in cases for m in bench.DEFAULT_MODES)
     repeats = report["settings"]["repeats"]
     for result in report["results"]:
         torch_entry, fused_entry = result["providers"]
@@ -139,7 +144,12 @@ def test_quick_bench_writes_json_with_every_measurement(quick_run):
             assert all(t > 0 for t in entry["times_s"])
             assert entry["median_s"] == pytest.approx(sorted(entry["times_s"])[repeats // 2])
             assert entry["iqr_s"] >= 0
-            assert entry["noisy"] is bench.is_noisy(entry)
+            assert entry["noisy"] is bench_timing.is_noisy(entry)
+            assert entry["tflops"] == pytest.approx(result["flops"] / entry["median_s"] / 1e12)
+            assert entry["peak_memory_bytes"] is None  # n/a on the CPU
+        case = bench.Case(**{field: result[field] for field in bench.Case.__dataclass_fields__})
+        assert result["flops"] == bench.gemm_flops(case, result["mode"]) > 0
+        assert result["floor_us_per_step"] > 0
         assert fused_entry["ratio"] == pytest.approx(
             fused_entry["median_s"] / torch_entry["median_s"])
         assert fused_entry["us_per_step"] == pytest.approx(
@@ -152,6 +162,20 @@ def test_quick_bench_writes_markdown_with_environment_and_table(quick_run):
     assert markdown.index("## Environment") < markdown.index("| cell |")
     assert f"- torch: {torch.__version__}" in markdown
     assert markdown.count("| torch.nn |") == len(bench.default_grid("cpu", True)) * 2
+    assert "| floor us | TFLOP/s |" in markdown
+
+
+def test_quick_bench_writes_speedup_plots_or_says_why_not(quick_run):
+    _, stdout, _, out_dir = quick_run
+    plots = [out_dir / name for name in bench_report.PLOTS.values()]
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "note: matplotlib is not installed" in stdout
+        assert not any(path.exists() for path in plots)
+    else:
+        for path in plots:
+            assert path.read_bytes().startswith(b"\x89PNG"), path
+            assert str(path) in stdout
+        assert f"]({plots[0].name})" in (out_dir / "results.md").read_text()
 
 
 # ---------------------------------------------------------------- bench options and failures
@@ -222,22 +246,61 @@ def test_providers_share_weights_and_input(cell):
     testing.assert_close_relative(actual, expected, 1e-5, what=cell)
 
 
-def test_training_call_produces_all_gradients_and_setup_clears_them():
-    case = bench.Case("lstm", 2, 4, 3, 5)
+def _input_data(provider):
+    x = provider.input
+    return x.data if isinstance(x, torch.nn.utils.rnn.PackedSequence) else x
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("mode", ["training", "backward"])
+def test_gradient_modes_produce_all_gradients_and_setup_clears_them(mode, packed):
+    case = bench.Case("lstm", 3, 4, 3, 5, packed=packed)
     for provider in bench.build_providers(case):
-        call, setup = bench.make_call(provider, "training")
-        call()
-        assert provider.input.grad is not None
-        assert all(p.grad is not None for p in provider.module.parameters())
+        data = _input_data(provider)
+        call, setup = bench.make_call(provider, mode)
         setup()
-        assert provider.input.grad is None
+        assert data.grad is None
         assert all(p.grad is None for p in provider.module.parameters())
+        call()
+        assert data.grad is not None and data.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in provider.module.parameters())
+
+
+def test_backward_mode_runs_the_forward_in_setup_and_only_backward_in_call():
+    provider = bench.build_providers(bench.Case("gru", 2, 3, 4, 5), [backends.AUTO])[1]
+    forwards = []
+    provider.module.register_forward_hook(lambda *args: forwards.append("forward"))
+    call, setup = bench.make_call(provider, "backward")
+    setup()
+    assert forwards == ["forward"]
+    call()
+    assert forwards == ["forward"] and provider.input.grad is not None
+
+
+def test_forward_modes_record_a_graph_only_in_training_forward():
+    case = bench.Case("lstm", 5, 8, 3, 4, packed=True)
+    torch_provider, fused_provider = bench.build_providers(case)
+    _, lengths = torch.nn.utils.rnn.pad_packed_sequence(torch_provider.input)
+    assert bench.input_tokens(torch_provider.input) == lengths.sum() < case.batch * case.steps
+    for provider in (torch_provider, fused_provider):
+        graphs = []
+        provider.module.register_forward_hook(lambda module, args, output: graphs.append(
+            testing.flatten_outputs(output)[0].requires_grad))
+        infer, setup = bench.make_call(provider, "inference")
+        assert setup is None
+        infer()
+        forward, clear = bench.make_call(provider, "training_forward")
+        clear()
+        forward()
+        assert graphs == [False, True], provider.label
+    with pytest.raises(ValueError, match="unknown mode"):
+        bench.make_call(fused_provider, "fast")
 
 
 def test_time_call_runs_setup_outside_and_counts_calls():
     events = []
-    times = bench.time_call(lambda: events.append("call"), "cpu", warmup=2, repeats=5,
-                            setup=lambda: events.append("setup"))
+    times = bench_timing.time_call(lambda: events.append("call"), "cpu", warmup=2, repeats=5,
+                                   setup=lambda: events.append("setup"))
     assert len(times) == 5 and all(t >= 0 for t in times)
     assert events == ["setup", "call"] * 7
 
@@ -245,7 +308,7 @@ def test_time_call_runs_setup_outside_and_counts_calls():
 def test_time_interleaved_alternates_the_order():
     order = []
     calls = {name: (lambda name=name: order.append(name), None) for name in ("a", "b")}
-    times = bench.time_interleaved(calls, "cpu", warmup=0, repeats=4)
+    times = bench_timing.time_interleaved(calls, "cpu", warmup=0, repeats=4)
     assert [len(t) for t in times.values()] == [4, 4]
     assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
 
@@ -253,19 +316,20 @@ def test_time_interleaved_alternates_the_order():
 def test_time_interleaved_reports_a_raising_call_and_keeps_the_others():
     def boom():
         raise RuntimeError("kaput")
-    times = bench.time_interleaved({"ok": (lambda: None, None), "bad": (boom, None)}, "cpu", 1, 3)
+    calls = {"ok": (lambda: None, None), "bad": (boom, None)}
+    times = bench_timing.time_interleaved(calls, "cpu", 1, 3)
     assert len(times["ok"]) == 3
     assert isinstance(times["bad"], RuntimeError)
     assert bench.short_error(times["bad"]) == "RuntimeError: kaput"
 
 
 def test_summarize_median_and_iqr_and_noise():
-    summary = bench.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    summary = bench_timing.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
     assert summary["median_s"] == 3.0 and summary["iqr_s"] == 2.0
-    assert bench.is_noisy(summary)
-    assert not bench.is_noisy(bench.summarize([1.0, 1.01, 1.02, 0.99, 1.0]))
-    assert not bench.is_noisy(bench.summarize([1.0, 3.0]))  # too few repeats to judge
-    assert bench.summarize([7.0])["iqr_s"] == 0.0
+    assert bench_timing.is_noisy(summary)
+    assert not bench_timing.is_noisy(bench_timing.summarize([1.0, 1.01, 1.02, 0.99, 1.0]))
+    assert not bench_timing.is_noisy(bench_timing.summarize([1.0, 3.0]))  # too few to judge
+    assert bench_timing.summarize([7.0])["iqr_s"] == 0.0
 
 
 def test_default_grids():
@@ -275,23 +339,47 @@ def test_default_grids():
         (1, 300, 32, 64)]
     assert cpu[3].num_layers == 2 and cpu[3].bidirectional
     gpu = bench.default_grid("cuda")
-    assert len(gpu) == 5 and all(c.input_size == c.hidden_size for c in gpu)
+    assert len(gpu) == 6 and all(c.input_size == c.hidden_size for c in gpu)
+    shapes = {(c.batch, c.steps, c.hidden_size) for c in gpu}
+    assert {(16, 1024, 768), (64, 100, 512)} <= shapes  # the anchors
     assert len(bench.default_grid("cpu", quick=True, cells=("lstm", "gru"))) == 2 * len(
         bench.default_grid("cpu", quick=True))
+    assert not any(c.packed for c in cpu + gpu)
+
+
+def test_suite_grids_add_packed_cases_and_the_full_grid_spans_the_issue():
+    quick = bench.grid("cpu", "quick", packed=True)
+    assert [c.packed for c in quick] == [False, False, True]
+    assert bench.grid("cuda", "default", packed=True)[-2:] == [
+        bench.Case("lstm", 16, 1024, 768, 768, packed=True),
+        bench.Case("lstm", 64, 100, 512, 512, packed=True)]
+    full = bench.grid("cpu", "full", cells=("gru",))
+    assert {c.batch for c in full} == {1, 8, 16, 64, 256}
+    assert {c.hidden_size for c in full} == {128, 256, 512, 768, 1024}
+    assert {(c.num_layers, c.bidirectional) for c in full} == {
+        (1, False), (1, True), (2, False), (2, True)}
+    assert len(full) == 5 * 5 * 2 * 4 + 2 and {c.cell for c in full} == {"gru"}
+    with pytest.raises(ValueError, match="unknown grid size"):
+        bench.grid("cpu", "huge")
 
 
 def test_format_table_marks_noisy_rows_and_writes_markdown():
     entry = {"backend": "", "resolved_backend": "", "status": "ok", "message": ""}
-    result = {"case": "lstm B1 T10 I2 H3", "cell": "lstm", "mode": "inference", "providers": [
-        dict(entry, provider="torch.nn", median_s=0.002, iqr_s=0.0001, us_per_step=200.0,
-             noisy=False),
-        dict(entry, provider="fusedrnn", backend="auto", resolved_backend="reference",
-             median_s=0.001, iqr_s=0.0005, us_per_step=100.0, noisy=True, ratio=0.5)]}
-    text = bench.format_table([result])
+    result = {"case": "lstm B1 T10 I2 H3", "cell": "lstm", "mode": "inference",
+              "floor_us_per_step": 4.25, "providers": [
+                  dict(entry, provider="torch.nn", median_s=0.002, iqr_s=0.0001,
+                       us_per_step=200.0, tflops=0.0125, noisy=False),
+                  dict(entry, provider="fusedrnn", backend="auto", resolved_backend="reference",
+                       median_s=0.001, iqr_s=0.0005, us_per_step=100.0, tflops=0.025,
+                       noisy=True, ratio=0.5)]}
+    text = bench_report.format_table([result])
     rows = parse_table(text)
     assert [r["provider"] for r in rows] == ["torch.nn", "fusedrnn (auto: reference)"]
     assert rows[1]["ratio"] == "0.50" and rows[1]["IQR ms"] == "0.500 !"
     assert rows[0]["ratio"] == "" and rows[0]["median ms"] == "2.000"
+    assert [r["floor us"] for r in rows] == ["4.25", "4.25"]
+    assert [r["TFLOP/s"] for r in rows] == ["0.0125", "0.025"]
     assert "! = noisy" in text
-    markdown = bench.format_table([result], markdown=True)
-    assert "| lstm | B1 T10 I2 H3 | inference | fusedrnn (auto: reference) | 1.000 |" in markdown
+    markdown = bench_report.format_table([result], markdown=True)
+    assert ("| lstm | B1 T10 I2 H3 | inference | fusedrnn (auto: reference) | 1.000 | 0.500 ! "
+            "| 0.50 | 100.0 | 4.25 | 0.025 |") in markdown

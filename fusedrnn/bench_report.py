@@ -1,0 +1,179 @@
+"""Reports of ``fusedrnn bench``: the printed table, ``results.json``, ``results.md`` and the
+speedup plots (PNG, matplotlib's Agg backend; skipped with a note without matplotlib).
+
+Every row is one (case, mode, provider) of the result dicts of
+:func:`fusedrnn.bench.measure_case`.
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+from . import backends
+from .bench_timing import NOISY_FRACTION
+
+COLUMNS = ("cell", "shape", "mode", "provider", "median ms", "IQR ms", "ratio", "us/step",
+           "floor us", "TFLOP/s")
+FIRST_NUMERIC = COLUMNS.index("median ms")
+RATIO_NOTE = ("ratio = fusedrnn median / torch.nn median (lower is better; < 1 means fusedrnn "
+              "is faster); us/step = median / time steps")
+FLOOR_NOTE = ("floor us = per-step floor of a step-by-step implementation: layers x directions "
+              "x (CPU: median time of one addmm of the step's recurrent product (B x P)(P x G) "
+              "plus bias; CUDA: per-launch time of back-to-back tiny kernels, measured once)")
+FLOPS_NOTE = ("TFLOP/s = GEMM FLOPs / median: forward 2*T*B*G*(I+P) per layer and direction "
+              "(+ 2*T*B*H*P with a projection; G = gates x H; packed input counts its real "
+              "tokens), backward 2 x forward (see fusedrnn.bench.gemm_flops)")
+MEMORY_NOTE = ("peak_memory_bytes (JSON) = torch.cuda.max_memory_allocated above the memory "
+               "allocated before the call, on CUDA; null (n/a) on the CPU")
+NOISY_NOTE = (f"! = noisy: IQR above {NOISY_FRACTION:.0%} of the median (a busy or throttled "
+              "machine?); rerun before trusting that ratio")
+PLOTS = {"batch": "speedup_vs_batch.png", "hidden_size": "speedup_vs_hidden.png"}
+
+
+def _ms(seconds):
+    ms = seconds * 1e3
+    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 10 else f"{ms:.3f}"
+
+
+def _us(microseconds):
+    return f"{microseconds:.1f}" if microseconds >= 10 else f"{microseconds:.2f}"
+
+
+def provider_title(entry):
+    """A provider's name, with the backend ``auto`` resolved to: ``fusedrnn (auto: reference)``."""
+    if entry["resolved_backend"] and entry["backend"] == backends.AUTO:
+        return f"{entry['provider']} (auto: {entry['resolved_backend']})"
+    return entry["provider"]
+
+
+def table_rows(results):
+    """The table as lists of strings, one row per (case, mode, provider)."""
+    rows = []
+    for result in results:
+        for entry in result["providers"]:
+            if entry["status"] == "ok" and "median_s" in entry:
+                timing = [_ms(entry["median_s"]),
+                          _ms(entry["iqr_s"]) + (" !" if entry.get("noisy") else "  "),
+                          f"{entry['ratio']:.2f}" if "ratio" in entry else "",
+                          _us(entry["us_per_step"]), _us(result["floor_us_per_step"]),
+                          f"{entry['tflops']:.3g}"]
+            else:
+                timing = [f"{entry['status']}: {entry['message']}"] + [""] * 5
+            shape = result["case"].split(" ", 1)[1]
+            rows.append([result["cell"], shape, result["mode"], provider_title(entry)] + timing)
+    return rows
+
+
+def notes(rows):
+    """The explanatory lines under a table (the noise note only if a row is noisy)."""
+    lines = [RATIO_NOTE, FLOOR_NOTE, FLOPS_NOTE]
+    noisy_column = COLUMNS.index("IQR ms")
+    if any(row[noisy_column].endswith("!") for row in rows):
+        lines.append(NOISY_NOTE)
+    return lines
+
+
+def format_table(results, markdown=False):
+    """The results as an aligned text table (or a markdown one), with the notes."""
+    rows = table_rows(results)
+    lines_after = notes(rows)
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |",
+                 "|" + "|".join("---" if i < FIRST_NUMERIC else "---:"
+                                for i in range(len(COLUMNS))) + "|"]
+        lines += ["| " + " | ".join(cell.strip().replace("|", "\\|") for cell in row) + " |"
+                  for row in rows]
+        return "\n".join(lines) + "\n\n" + "\n\n".join(lines_after) + "\n"
+    widths = [max([len(c)] + [len(row[i]) for row in rows if row[i] and
+                              not (i == FIRST_NUMERIC and ":" in row[i])])
+              for i, c in enumerate(COLUMNS)]
+
+    def line(cells):
+        out = [cell.rjust(w) if i >= FIRST_NUMERIC and ":" not in cell else cell.ljust(w)
+               for i, (cell, w) in enumerate(zip(cells, widths))]
+        return "  ".join(out).rstrip()
+    lines = [line(COLUMNS), "  ".join("-" * w for w in widths)]
+    lines += [line(row) for row in rows]
+    return "\n".join(lines + lines_after) + "\n"
+
+
+# ---------------------------------------------------------------- plots
+
+
+def speedup_series(results, key):
+    """``{(cell, mode, provider): [(x, speedup), ...]}`` sorted by ``x``, the case field
+    ``key`` (``batch`` or ``hidden_size``), speedup = torch.nn median / provider median."""
+    series = {}
+    for result in results:
+        for entry in result["providers"]:
+            if entry.get("ratio"):
+                name = (result["cell"], result["mode"], provider_title(entry))
+                series.setdefault(name, []).append((result[key], 1.0 / entry["ratio"]))
+    return {name: sorted(points) for name, points in series.items()}
+
+
+def write_plots(results, out_dir):
+    """Write the PNG speedup plots (against batch, against hidden size) into ``out_dir``.
+
+    Returns ``(paths, note)``: ``note`` says why nothing was written (matplotlib missing,
+    nothing to compare), else it is ``""``. Each series is one (cell, mode, provider): its
+    markers are the cases, its line joins the median speedup at each x.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return [], "matplotlib is not installed: no PNG plots written (pip install matplotlib)"
+    paths = []
+    for key, filename in PLOTS.items():
+        series = speedup_series(results, key)
+        if not series:
+            return paths, "no provider compared with torch.nn: no PNG plots written"
+        figure = Figure(figsize=(10, 5), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        for (cell, mode, provider), points in series.items():
+            xs = sorted({x for x, _ in points})
+            medians = [statistics.median(s for x2, s in points if x2 == x) for x in xs]
+            line, = axes.plot(xs, medians, label=f"{cell} {mode}, {provider}")
+            axes.plot(*zip(*points), marker="o", linestyle="none", color=line.get_color())
+        axes.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xlabel(key.replace("_", " "))
+        axes.set_ylabel("speedup over torch.nn (higher is better)")
+        axes.set_title(f"speedup against {key.replace('_', ' ')}")
+        figure.legend(fontsize="small", loc="outside right upper")
+        path = Path(out_dir) / filename
+        figure.savefig(path, dpi=100)
+        paths.append(path)
+    return paths, ""
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_reports(results, env, out_dir, settings=None):
+    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``.
+
+    Returns ``(paths, note)``, ``note`` as for :func:`write_plots`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    plot_paths, note = write_plots(results, out_dir)
+    payload = {"environment": env, "settings": settings or {},
+               "notes": [RATIO_NOTE, FLOOR_NOTE, FLOPS_NOTE, MEMORY_NOTE], "results": results}
+    json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    lines = ["# fusedrnn benchmark", "", "## Environment", ""]
+    lines += [f"- {key}: {value}" for key, value in env.items()]
+    if settings:
+        lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
+    lines += ["", "## Results", "", format_table(results, markdown=True)]
+    if plot_paths:
+        lines += ["## Speedup plots", ""]
+        lines += [f"![{path.stem}]({path.name})\n" for path in plot_paths]
+    elif note:
+        lines += [f"({note})", ""]
+    md_path.write_text("\n".join(lines), encoding="utf-8")
+    return [json_path, md_path, *plot_paths], note

@@ -1,0 +1,174 @@
+"""The pytest-benchmark suites in ``benchmarks/`` (quick mode, in a subprocess),
+``fusedrnn profile``, the GEMM FLOP count and the per-step floor. No timing is asserted
+beyond being positive."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusedrnn import bench, bench_timing
+from fusedrnn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ENVIRONMENT_FIELDS = ("device", "device_name", "torch", "cuda", "cudnn", "fusedrnn", "git_commit",
+                      "torch_threads", "date")
+NEVER_AVAILABLE_PLUGIN = '''
+"""A pytest plugin for the suite's subprocess: registers a backend that can never run."""
+from fusedrnn import backends
+
+
+class NeverAvailable(backends.Backend):
+    name = "test_never"
+
+    def available(self):
+        return backends.Availability(False, "no such hardware in this test")
+
+
+backends.register(NeverAvailable())
+'''
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="module")
+def quick_suite(tmp_path_factory):
+    """``pytest benchmarks/ --benchmark-only --quick`` with a never-available backend
+    registered: ``(stdout, benchmark JSON)``."""
+    folder = tmp_path_factory.mktemp("suite")
+    (folder / "never_available_plugin.py").write_text(NEVER_AVAILABLE_PLUGIN)
+    json_path = folder / "benchmarks.json"
+    path = [str(folder)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    # tests/conftest.py turns Triton's interpreter on for CPU-only machines; timing kernels
+    # interpreted in NumPy takes minutes and measures nothing, so the suite runs without it.
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "--quick", "-q",
+         "-p", "no:cacheprovider", "-p", "never_available_plugin",
+         f"--benchmark-json={json_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout, json.loads(json_path.read_text())
+
+
+def test_quick_suite_times_torch_nn_and_fusedrnn_in_every_case_and_mode(quick_suite):
+    _, report = quick_suite
+    expected_groups = {f"{case.label} {mode} float32" for cell in ("lstm", "gru")
+                       for case in bench.grid(_device(), "quick", (cell,), packed=True)
+                       for mode in bench.MODES}
+    assert any(" packed " in group for group in expected_groups)
+    providers = {}
+    for entry in report["benchmarks"]:
+        info, stats = entry["extra_info"], entry["stats"]
+        providers.setdefault(entry["group"], set()).add(info["provider"])
+        assert stats["median"] > 0 and stats["min"] > 0 and stats["rounds"] == 3, entry["name"]
+        assert info["flops"] > 0 and info["floor_us_per_step"] > 0
+        assert info["tflops"] == pytest.approx(info["flops"] / stats["median"] / 1e12)
+        assert info["us_per_step"] == pytest.approx(stats["median"] / info["steps"] * 1e6)
+        assert (info["peak_memory_bytes"] is None) == (info["device"] == "cpu")
+        assert entry["params"]["case"]["cell"] == info["cell"]
+    assert set(providers) == expected_groups
+    for group, names in providers.items():
+        assert {"torch.nn", "fusedrnn [reference]"} <= names, group
+
+
+def test_quick_suite_json_carries_the_environment(quick_suite):
+    _, report = quick_suite
+    env = report["environment"]
+    for field in ENVIRONMENT_FIELDS:
+        assert field in env, field
+    assert env["torch"] == torch.__version__ and env["device"] == str(_device())
+    assert report["suite"]["grid"] == "quick" and report["suite"]["rounds"] == 3
+
+
+def test_quick_suite_skips_an_unavailable_backend_with_its_reason(quick_suite):
+    stdout, report = quick_suite
+    assert "fusedrnn [test_never] unavailable: no such hardware in this test" in stdout
+    assert "SKIPPED" in stdout
+    assert all(e["extra_info"]["provider"] != "fusedrnn [test_never]"
+               for e in report["benchmarks"])
+
+
+def test_plain_pytest_does_not_collect_the_suites():
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                             "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert "tests/test_bench_suites.py::" in result.stdout, result.stdout[-2000:]
+    assert "benchmarks/" not in result.stdout
+
+
+# ---------------------------------------------------------------- fusedrnn profile
+
+
+@pytest.mark.parametrize("mode", ["inference", "training"])
+def test_profile_writes_summary_traces_and_launches_per_step(tmp_path, mode, capsys):
+    assert main(["profile", "--cell", "lstm", "--batch", "2", "--steps", "4", "--input-size",
+                 "3", "--hidden-size", "5", "--device", "cpu", "--mode", mode,
+                 "--out", tmp_path]) == 0
+    report = json.loads((tmp_path / "profile.json").read_text())
+    markdown = (tmp_path / "profile.md").read_text()
+    assert report["mode"] == mode and report["steps"] == 4
+    assert [e["provider"] for e in report["providers"]] == ["torch.nn", "fusedrnn"]
+    for entry in report["providers"]:
+        assert entry["status"] == "ok", entry
+        assert entry["launches_per_step"] == entry["aten_ops"] / 4 > 0  # CPU: ATen ops
+        assert entry["peak_memory_bytes"] > 0 and entry["median_ms"] > 0
+        assert entry["top_ops"] and all(op["calls"] > 0 for op in entry["top_ops"])
+        trace = json.loads((tmp_path / entry["trace"]).read_text())
+        assert any(e.get("name", "").startswith("aten::") for e in trace["traceEvents"])
+        assert f"[{entry['trace']}]" in markdown and f"## {entry['provider']}" in markdown
+    fused = report["providers"][1]
+    assert fused["resolved_backend"] == "reference"
+    assert any(op["op"].startswith("fusedrnn::lstm_") for op in fused["top_ops"])
+    assert "launches/step" in capsys.readouterr().out
+
+
+def test_profile_rejects_an_unknown_backend(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["profile", "--backend", "nosuch", "--out", tmp_path])
+    assert exit_info.value.code == 2 and "nosuch" in capsys.readouterr().err
+
+
+@pytest.mark.requires_cuda
+def test_profile_counts_cuda_kernels(tmp_path):
+    assert main(["profile", "--batch", "2", "--steps", "4", "--input-size", "3",
+                 "--hidden-size", "5", "--device", "cuda", "--out", tmp_path]) == 0
+    report = json.loads((tmp_path / "profile.json").read_text())
+    for entry in report["providers"]:
+        assert entry["device_launches"] > 0 and entry["cuda_max_memory_allocated_bytes"] > 0
+
+
+# ---------------------------------------------------------------- FLOPs and floors
+
+
+def test_gemm_flops_match_a_hand_count():
+    # LSTM, B=2, T=3, I=4, H=5: G = 4*5 = 20 gate rows; per step and sequence the input
+    # product is 20*4 multiply-adds and the recurrent one 20*5: 2 * 6 tokens * 20 * 9 = 2160.
+    lstm = bench.Case("lstm", 2, 3, 4, 5)
+    assert bench.gemm_flops(lstm) == bench.gemm_flops(lstm, "training_forward") == 2160
+    assert bench.gemm_flops(lstm, "backward") == 4320
+    assert bench.gemm_flops(lstm, "training") == 6480
+    assert bench.gemm_flops(lstm, tokens=4) == 2 * 4 * 20 * 9  # packed: real tokens only
+    # GRU, 2 layers, bidirectional: G = 15; layer 0 reads I=4, layer 1 reads 2*5 = 10.
+    gru = bench.Case("gru", 2, 3, 4, 5, num_layers=2, bidirectional=True)
+    assert bench.gemm_flops(gru) == 2 * (2 * 6 * 15 * (4 + 5)) + 2 * (2 * 6 * 15 * (10 + 5))
+    assert bench.gemm_flops(gru) == 8640
+    # LSTM with projection P=3: recurrent product 20x3, plus the projection 5 -> 3.
+    assert bench.gemm_flops(bench.Case("lstm", 2, 3, 4, 5, proj_size=3)) == 1680 + 180
+    assert bench.gemm_flops(bench.Case("rnn", 1, 1, 1, 1)) == 2 * 1 * 1 * (1 + 1)
+
+
+def test_step_floor_scales_with_layers_and_directions():
+    one = bench.Case("lstm", 4, 10, 8, 16)
+    four = bench.Case("lstm", 4, 10, 8, 16, num_layers=2, bidirectional=True)
+    unit = bench_timing.addmm_seconds(4, 16, 64, torch.device("cpu"), torch.float32)
+    assert unit > 0
+    assert bench.step_floor_seconds(one) == unit
+    assert bench.step_floor_seconds(four) == 4 * unit
