@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fusedrnn import profile
-from fusedrnn.apps import forecast, sentiment_cli, seq2seq
 
 __all__ = ["main", "COMMANDS", "Command", "UsageError"]
 
@@ -192,9 +191,6 @@ COMMANDS = [
     Command("bench", "time fusedrnn against torch.nn on this machine", add_bench_arguments,
             run_bench),
     Command("profile", profile.HELP, profile.add_arguments, profile.run),
-    Command("sentiment", sentiment_cli.HELP, sentiment_cli.add_arguments, sentiment_cli.run),
-    Command("forecast", forecast.HELP, forecast.add_arguments, forecast.run),
-    Command("seq2seq", seq2seq.HELP, seq2seq.add_arguments, seq2seq.run),
 ]
 
 
