@@ -31,9 +31,8 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
         return y, h_n, common.empty(x), gates, hidden_n
     variant = _variant(hidden)
     b_hn = b_hh[2 * hidden :] if b_hh is not None else h0
-    flags = dict(HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
-                 IEEE=plan.full_precision_dot(x.dtype))
-    lens = lengths if lengths is not None else h0
+    flags, lens = plan.launch_flags(x, lengths, h0)
+    flags["HAS_BIAS"] = b_hh is not None
     if variant.kernel == "persistent":
         wrap_triton(gru_fwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
             xproj, w_hh, b_hn, h0, lens, y, gates, hidden_n, h_n, steps, batch, hidden,
@@ -63,8 +62,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         dgates_hid.zero_()
     else:
         variant = _variant(hidden)
-        flags = dict(HAS_LENGTHS=lengths is not None, IEEE=plan.full_precision_dot(x.dtype))
-        lens = lengths if lengths is not None else h0
+        flags, lens = plan.launch_flags(x, lengths, h0)
         if variant.kernel == "persistent":
             wrap_triton(gru_bwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
                 grad_y, grad_hn, w_hh, h0, lens, y, gates, hidden_n, dgates_in, dgates_hid, dh0,

@@ -28,8 +28,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     if batch == 0:
         return y, h_n, c_n, gates, cells
     variant = _variant(hidden, state)
-    flags = dict(HAS_LENGTHS=lengths is not None, IEEE=plan.full_precision_dot(x.dtype))
-    lens = lengths if lengths is not None else h0
+    flags, lens = plan.launch_flags(x, lengths, h0)
     if variant.kernel == "persistent":
         grid = (triton.cdiv(batch, plan.BLOCK_B),)
         wrap_triton(lstm_fwd_persistent_kernel)[grid](
@@ -61,8 +60,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         dgates.zero_()
     else:
         variant = _variant(hidden, state)
-        flags = dict(HAS_LENGTHS=lengths is not None, IEEE=plan.full_precision_dot(x.dtype))
-        lens = lengths if lengths is not None else h0
+        flags, lens = plan.launch_flags(x, lengths, h0)
         if variant.kernel == "persistent":
             grid = (triton.cdiv(batch, plan.BLOCK_B),)
             wrap_triton(lstm_bwd_persistent_kernel)[grid](

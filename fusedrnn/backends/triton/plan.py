@@ -74,3 +74,10 @@ def full_precision_dot(dtype):
 
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
     return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
+
+
+def launch_flags(x, lengths, placeholder):
+    """The flags every kernel takes (``HAS_LENGTHS``, ``IEEE``) and the tensor to pass as
+    ``lengths``: the lengths, or ``placeholder`` (never read) when there are none."""
+    flags = dict(HAS_LENGTHS=lengths is not None, IEEE=full_precision_dot(x.dtype))
+    return flags, lengths if lengths is not None else placeholder
