@@ -15,7 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet "torch>=2.6" numpy ninja pytest pytest-benchmark matplotlib
+	$(VENV)/bin/pip install --quiet "torch>=2.6" numpy ninja pytest pytest-benchmark matplotlib tokenizers tqdm statsmodels
 	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fusedrnn import profile
+from fusedrnn.apps import forecast, sentiment_cli, seq2seq
 
-__all__ = ["main", "COMMANDS", "Command", "UsageError"]
+__all__ = ["main", "COMMANDS", "Command", "UsageError", "parse_device", "positive_int",
+           "non_negative_int"]
 
 
 class UsageError(Exception):
@@ -92,9 +94,9 @@ def add_bench_arguments(parser):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and few repeats (a smoke test, e.g. for CI)")
-    parser.add_argument("--repeats", type=_positive_int, default=None,
+    parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed repetitions per provider (default: 20, --quick: 3)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=None,
+    parser.add_argument("--warmup", type=non_negative_int, default=None,
                         help="untimed calls per provider first (default: 3, --quick: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     parser.add_argument("--out", metavar="DIR",
@@ -107,7 +109,7 @@ def run_bench(args):
 
     from fusedrnn import backends, bench, bench_report
 
-    device = _bench_device(args.device)
+    device = parse_device(args.device)
     cells = _choices(args.cell, bench.CELLS, "cell")
     modes = _choices(args.mode, bench.MODES, "mode")
     backend_names = list(dict.fromkeys(args.backend or [backends.AUTO]))
@@ -144,7 +146,8 @@ def run_bench(args):
     return 0
 
 
-def _bench_device(requested):
+def parse_device(requested):
+    """The ``--device`` of a subcommand as a ``torch.device``: CUDA when available by default."""
     import torch
 
     if requested is None:
@@ -169,14 +172,14 @@ def _choices(text, allowed, what):
     return list(dict.fromkeys(chosen))
 
 
-def _positive_int(text):
+def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def _non_negative_int(text):
+def non_negative_int(text):
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
@@ -191,6 +194,9 @@ COMMANDS = [
     Command("bench", "time fusedrnn against torch.nn on this machine", add_bench_arguments,
             run_bench),
     Command("profile", profile.HELP, profile.add_arguments, profile.run),
+    Command("sentiment", sentiment_cli.HELP, sentiment_cli.add_arguments, sentiment_cli.run),
+    Command("forecast", forecast.HELP, forecast.add_arguments, forecast.run),
+    Command("seq2seq", seq2seq.HELP, seq2seq.add_arguments, seq2seq.run),
 ]
 
 

@@ -42,14 +42,14 @@ MEMORY_NOTE = ("peak memory: bytes allocated during the profiled call above what
 
 def add_arguments(parser):
     """The options of ``fusedrnn profile``."""
-    from fusedrnn.cli import _positive_int
+    from fusedrnn.cli import positive_int
 
     parser.add_argument("--cell", default="lstm", choices=sorted(bench.CELLS))
-    parser.add_argument("--batch", type=_positive_int, default=16)
-    parser.add_argument("--steps", type=_positive_int, default=100, help="time steps")
-    parser.add_argument("--input-size", type=_positive_int, default=256)
-    parser.add_argument("--hidden-size", type=_positive_int, default=256)
-    parser.add_argument("--layers", type=_positive_int, default=1)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--steps", type=positive_int, default=100, help="time steps")
+    parser.add_argument("--input-size", type=positive_int, default=256)
+    parser.add_argument("--hidden-size", type=positive_int, default=256)
+    parser.add_argument("--layers", type=positive_int, default=1)
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--dtype", default="float32", choices=sorted(bench.DTYPES))
     parser.add_argument("--device", help="device to run on (default: cuda if available, else cpu)")
@@ -58,7 +58,7 @@ def add_arguments(parser):
                              "training_forward or backward (default: inference)")
     parser.add_argument("--backend", default=backends.AUTO,
                         help="fusedrnn backend to profile (default: auto)")
-    parser.add_argument("--top", type=_positive_int, default=15,
+    parser.add_argument("--top", type=positive_int, default=15,
                         help="ops listed per provider (default: 15)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     parser.add_argument("--out", metavar="DIR", default="bench-out/profile",
@@ -68,9 +68,9 @@ def add_arguments(parser):
 
 def run(args):
     """Profile the configuration of ``args``; exit status 1 if a provider failed."""
-    from fusedrnn.cli import UsageError, _bench_device
+    from fusedrnn.cli import UsageError, parse_device
 
-    device = _bench_device(args.device)
+    device = parse_device(args.device)
     if args.backend != backends.AUTO and args.backend not in backends.names():
         raise UsageError(f"unknown backend {args.backend!r}; known backends: "
                          f"{', '.join(backends.names())} or 'auto'")
