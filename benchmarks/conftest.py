@@ -18,7 +18,7 @@ call per round; before each round, outside the timing, the mode's setup runs, th
 is flushed and the device synchronised (CUDA), and the timed target synchronises after the
 call on CUDA (:func:`fusedrnn.bench_timing.for_external_timer`). Each benchmark's
 ``extra_info`` holds the case, GEMM FLOPs, TFLOP/s of the median, the per-step floor and
-peak memory (CUDA; null on the CPU); the JSON gets ``environment`` from
+peak memory; the JSON gets ``environment`` from
 :func:`fusedrnn.bench.environment`.
 """
 

@@ -325,7 +325,7 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
                  warmup=3, repeats=10, seed=0):
     """Build the providers of ``case`` and time them in ``mode``: one result dict, with the
     case's GEMM FLOPs and per-step floor, and per provider the timings, ratio to torch.nn,
-    TFLOP/s and peak memory (``None`` on the CPU)."""
+    TFLOP/s and peak memory."""
     device = torch.device(device)
     providers = build_providers(case, backend_names, device, dtype, seed)
     calls = {i: make_call(p, mode) for i, p in enumerate(providers) if p.status == "ok"}

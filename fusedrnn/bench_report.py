@@ -23,8 +23,9 @@ FLOOR_NOTE = ("floor us = per-step floor of a step-by-step implementation: layer
 FLOPS_NOTE = ("TFLOP/s = GEMM FLOPs / median: forward 2*T*B*G*(I+P) per layer and direction "
               "(+ 2*T*B*H*P with a projection; G = gates x H; packed input counts its real "
               "tokens), backward 2 x forward (see fusedrnn.bench.gemm_flops)")
-MEMORY_NOTE = ("peak_memory_bytes (JSON) = torch.cuda.max_memory_allocated above the memory "
-               "allocated before the call, on CUDA; null (n/a) on the CPU")
+MEMORY_NOTE = ("peak_memory_bytes (JSON) = bytes allocated by one call above what was allocated "
+               "before it: torch.cuda.max_memory_allocated on CUDA, the profiler's allocation "
+               "records on the CPU")
 NOISY_NOTE = (f"! = noisy: IQR above {NOISY_FRACTION:.0%} of the median (a busy or throttled "
               "machine?); rerun before trusting that ratio")
 PLOTS = {"batch": "speedup_vs_batch.png", "hidden_size": "speedup_vs_hidden.png"}

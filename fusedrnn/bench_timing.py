@@ -5,15 +5,18 @@
   larger than L2 is written) outside the timed region, and the call is timed with CUDA
   events recorded on the current stream around it, so only the measured call is inside.
 * Peak memory: ``torch.cuda.max_memory_allocated`` above what was allocated before the
-  call, on CUDA. On the CPU it is reported as ``None`` (n/a): PyTorch keeps no per-call
-  allocator statistic there and the process's RSS high-water mark cannot isolate one call.
+  call, on CUDA. On the CPU, where PyTorch keeps no allocator statistic, the peak of the
+  allocation records of one call run under ``torch.profiler`` (``profile_memory=True``).
 
 Nothing here queries a device at import time.
 """
 
 import functools
 import gc
+import json
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -153,17 +156,45 @@ def is_noisy(summary):
 
 
 def peak_memory_bytes(call, setup, device):
-    """Peak bytes one ``call`` allocates above what was allocated before it, on CUDA
-    (``torch.cuda.max_memory_allocated``); ``None`` on the CPU, where it is not measured."""
+    """Peak bytes one ``call`` allocates above what was allocated before it: on CUDA
+    ``torch.cuda.max_memory_allocated``, on the CPU the profiler's allocation records."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return None
     prepare(setup, device)
+    if device.type != "cuda":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    profile_memory=True) as profiler:
+            call()
+        return peak_allocated(trace_events(profiler), device) or 0
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     call()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+TRACE_DEVICE_TYPES = {"cpu": 0, "cuda": 1}  # "Device Type" of a trace's [memory] events
+
+
+def trace_events(profiler):
+    """The Chrome-trace events of a finished ``torch.profiler.profile``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        profiler.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["traceEvents"]
+
+
+def peak_allocated(events, device):
+    """Peak bytes allocated on ``device``'s type during a trace, above the level when its
+    first allocation record came (``None`` if there is no record)."""
+    wanted = TRACE_DEVICE_TYPES[torch.device(device).type]
+    records = sorted((e for e in events if e.get("name") == "[memory]"
+                      and e.get("args", {}).get("Device Type") == wanted), key=lambda e: e["ts"])
+    if not records:
+        return None
+    first = records[0]["args"]
+    start = first["Total Allocated"] - first["Bytes"]
+    return max(r["args"]["Total Allocated"] for r in records) - start
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,7 +33,6 @@ from . import backends, bench, bench_timing
 HELP = "profile one configuration of fusedrnn and torch.nn with torch.profiler"
 WARMUP, REPEATS = 2, 5
 DEVICE_LAUNCH_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
-TRACE_DEVICE_TYPES = {"cpu": 0, "cuda": 1}  # "Device Type" of the trace's [memory] events
 LAUNCH_NOTE = ("launches/step: CUDA kernels, memcpys and memsets (on CUDA) or ATen ops not "
                "nested in another ATen op (on the CPU) of one call, divided by the time steps")
 MEMORY_NOTE = ("peak memory: bytes allocated during the profiled call above what was allocated "
@@ -134,7 +133,7 @@ def profile_provider(provider, case, mode, device, out_dir, top):
     entry.update(median_ms=statistics.median(times) * 1e3, aten_ops=ops,
                  aten_ops_per_step=ops / case.steps, device_launches=kernels,
                  launches_per_step=launches / case.steps,
-                 peak_memory_bytes=peak_allocated(trace, device),
+                 peak_memory_bytes=bench_timing.peak_allocated(trace, device),
                  cuda_max_memory_allocated_bytes=cuda_peak, trace=trace_name,
                  top_ops=op_table(profiler, device, top))
     return entry
@@ -155,19 +154,6 @@ def top_level_aten_ops(events):
 def device_launches(trace_events):
     """Kernels, memcpys and memsets in a Chrome trace's events (0 for a CPU-only trace)."""
     return sum(1 for e in trace_events if e.get("cat") in DEVICE_LAUNCH_CATEGORIES)
-
-
-def peak_allocated(trace_events, device):
-    """Peak bytes allocated on ``device``'s type during the trace, above the level when the
-    first allocation record came (``None`` if there is no record)."""
-    wanted = TRACE_DEVICE_TYPES[torch.device(device).type]
-    records = sorted((e for e in trace_events if e.get("name") == "[memory]"
-                      and e.get("args", {}).get("Device Type") == wanted), key=lambda e: e["ts"])
-    if not records:
-        return None
-    first = records[0]["args"]
-    start = first["Total Allocated"] - first["Bytes"]
-    return max(r["args"]["Total Allocated"] for r in records) - start
 
 
 def op_table(profiler, device, top):
