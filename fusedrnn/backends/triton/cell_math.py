@@ -37,3 +37,18 @@ def matmul(a, b, IEEE: tl.constexpr):
     if IEEE:
         return tl.dot(a, b.to(tl.float32), input_precision="ieee")
     return tl.dot(a.to(b.dtype), b, out_dtype=tl.float32)
+
+
+@triton.jit
+def store_gates3(ptr, a, b, c, rows, cols, g_size, hidden, row_ok, col_ok):
+    """Store three gate tiles of a ``(rows, 3 * hidden)`` row-major matrix, gate by gate."""
+    store_tile(ptr, a, rows, cols, g_size, row_ok, col_ok)
+    store_tile(ptr + hidden, b, rows, cols, g_size, row_ok, col_ok)
+    store_tile(ptr + 2 * hidden, c, rows, cols, g_size, row_ok, col_ok)
+
+
+@triton.jit
+def store_gates4(ptr, a, b, c, d, rows, cols, g_size, hidden, row_ok, col_ok):
+    """Store four gate tiles of a ``(rows, 4 * hidden)`` row-major matrix, gate by gate."""
+    store_gates3(ptr, a, b, c, rows, cols, g_size, hidden, row_ok, col_ok)
+    store_tile(ptr + 3 * hidden, d, rows, cols, g_size, row_ok, col_ok)

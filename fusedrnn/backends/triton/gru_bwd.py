@@ -27,7 +27,7 @@ from is ``dgates_hid_prev @ W_hh + dh_cur * z_prev`` of the step processed befor
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, matmul, store_tile
+from .cell_math import load_tile, matmul, store_gates3, store_tile
 
 
 @triton.jit
@@ -83,12 +83,8 @@ def gru_bwd_persistent_kernel(
             d_z = tl.where(active, d_z, 0.0)
             d_n = tl.where(active, d_n, 0.0)
             d_nh = tl.where(active, d_nh, 0.0)
-        store_tile(dgates_in, d_r, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates_in + hidden, d_z, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates_in + 2 * hidden, d_n, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates_hid, d_r, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates_hid + hidden, d_z, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates_hid + 2 * hidden, d_nh, at, hcols, g_size, row_ok, h_ok)
+        store_gates3(dgates_in, d_r, d_z, d_n, at, hcols, g_size, hidden, row_ok, h_ok)
+        store_gates3(dgates_hid, d_r, d_z, d_nh, at, hcols, g_size, hidden, row_ok, h_ok)
         rec = dh * z + matmul(d_r, w_r, IEEE) + matmul(d_z, w_z, IEEE) + matmul(d_nh, w_n, IEEE)
         if HAS_LENGTHS:
             dh_carry = tl.where(active, rec, dh)
@@ -140,9 +136,5 @@ def gru_bwd_step_kernel(
         d_z = tl.where(active, d_z, 0.0)
         d_n = tl.where(active, d_n, 0.0)
         d_nh = tl.where(active, d_nh, 0.0)
-    store_tile(dgates_in_t, d_r, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_in_t + hidden, d_z, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_in_t + 2 * hidden, d_n, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_hid_t, d_r, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_hid_t + hidden, d_z, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_hid_t + 2 * hidden, d_nh, rows, hcols, g_size, row_ok, h_ok)
+    store_gates3(dgates_in_t, d_r, d_z, d_n, rows, hcols, g_size, hidden, row_ok, h_ok)
+    store_gates3(dgates_hid_t, d_r, d_z, d_nh, rows, hcols, g_size, hidden, row_ok, h_ok)

@@ -28,7 +28,7 @@ float32 ping-pong scratch).
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, load_transposed, matmul, store_tile, tanh
+from .cell_math import load_tile, load_transposed, matmul, store_gates3, store_tile, tanh
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -67,9 +67,7 @@ def gru_fwd_persistent_kernel(
         else:
             out = h_new
             h = h_new
-        store_tile(gates, r, at, hcols, g_size, row_ok, h_ok)
-        store_tile(gates + hidden, z, at, hcols, g_size, row_ok, h_ok)
-        store_tile(gates + 2 * hidden, n, at, hcols, g_size, row_ok, h_ok)
+        store_gates3(gates, r, z, n, at, hcols, g_size, hidden, row_ok, h_ok)
         store_tile(hidden_n, hn, at, hcols, hidden, row_ok, h_ok)
         store_tile(y, out, at, hcols, hidden, row_ok, h_ok)
     store_tile(h_n, h, rows, hcols, hidden, row_ok, h_ok)
@@ -109,9 +107,7 @@ def gru_fwd_step_kernel(
         active = (t < tl.load(lengths + rows, mask=row_ok, other=0))[:, None]
         h_new = tl.where(active, h_new, h)
         out = tl.where(active, out, 0.0)
-    store_tile(gates, r, at, hcols, g_size, row_ok, h_ok)
-    store_tile(gates + hidden, z, at, hcols, g_size, row_ok, h_ok)
-    store_tile(gates + 2 * hidden, n, at, hcols, g_size, row_ok, h_ok)
+    store_gates3(gates, r, z, n, at, hcols, g_size, hidden, row_ok, h_ok)
     store_tile(hidden_n, hn, at, hcols, hidden, row_ok, h_ok)
     store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)
     store_tile(y, out, at, hcols, hidden, row_ok, h_ok)

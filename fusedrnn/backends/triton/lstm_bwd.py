@@ -32,7 +32,7 @@ float32 in place. ``grad_y_t``, ``gates_t``, ``cells_t``, ``c_prev``, ``dgates_t
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, load_transposed, matmul, store_tile, tanh
+from .cell_math import load_tile, load_transposed, matmul, store_gates4, store_tile, tanh
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -97,10 +97,7 @@ def lstm_bwd_persistent_kernel(
             dc = tl.where(active, dc_step * f, dc)
         else:
             dc = dc_step * f
-        store_tile(dgates, d_i, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates + hidden, d_f, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates + 2 * hidden, d_g, at, hcols, g_size, row_ok, h_ok)
-        store_tile(dgates + 3 * hidden, d_o, at, hcols, g_size, row_ok, h_ok)
+        store_gates4(dgates, d_i, d_f, d_g, d_o, at, hcols, g_size, hidden, row_ok, h_ok)
         rec = matmul(d_i, w_i, IEEE) + matmul(d_f, w_f, IEEE) + matmul(d_g, w_g, IEEE) + matmul(d_o, w_o, IEEE)
         if HAS_LENGTHS:
             dh_carry = tl.where(active, rec, dh)
@@ -162,8 +159,5 @@ def lstm_bwd_step_kernel(
         d_g = tl.where(active, d_g, 0.0)
         d_o = tl.where(active, d_o, 0.0)
         dc_next = tl.where(active, dc_next, dc)
-    store_tile(dgates_t, d_i, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_t + hidden, d_f, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_t + 2 * hidden, d_g, rows, hcols, g_size, row_ok, h_ok)
-    store_tile(dgates_t + 3 * hidden, d_o, rows, hcols, g_size, row_ok, h_ok)
+    store_gates4(dgates_t, d_i, d_f, d_g, d_o, rows, hcols, g_size, hidden, row_ok, h_ok)
     store_tile(dc_state, dc_next, rows, hcols, hidden, row_ok, h_ok)

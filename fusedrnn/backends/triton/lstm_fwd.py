@@ -33,7 +33,7 @@ touches only its own tile). Accumulation and cell state are float32 throughout.
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, load_transposed, matmul, store_tile, tanh
+from .cell_math import load_tile, load_transposed, matmul, store_gates4, store_tile, tanh
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -85,10 +85,7 @@ def lstm_fwd_persistent_kernel(
             c = c_new
             h = h_new
             out = h_new
-        store_tile(gates, i, at, hcols, g_size, row_ok, h_ok)
-        store_tile(gates + hidden, f, at, hcols, g_size, row_ok, h_ok)
-        store_tile(gates + 2 * hidden, g, at, hcols, g_size, row_ok, h_ok)
-        store_tile(gates + 3 * hidden, o, at, hcols, g_size, row_ok, h_ok)
+        store_gates4(gates, i, f, g, o, at, hcols, g_size, hidden, row_ok, h_ok)
         store_tile(cells, c, at, hcols, hidden, row_ok, h_ok)
         store_tile(y, out, at, pcols, state, row_ok, p_ok)
     store_tile(h_n, h, rows, pcols, state, row_ok, p_ok)
@@ -132,10 +129,7 @@ def lstm_fwd_step_kernel(
         c_new = tl.where(active, c_new, c)
         h_new = tl.where(active, h_new, load_tile(h_cur, rows, hcols, hidden, row_ok, h_ok))
         out = tl.where(active, out, 0.0)
-    store_tile(gates, i, at, hcols, g_size, row_ok, h_ok)
-    store_tile(gates + hidden, f, at, hcols, g_size, row_ok, h_ok)
-    store_tile(gates + 2 * hidden, g, at, hcols, g_size, row_ok, h_ok)
-    store_tile(gates + 3 * hidden, o, at, hcols, g_size, row_ok, h_ok)
+    store_gates4(gates, i, f, g, o, at, hcols, g_size, hidden, row_ok, h_ok)
     store_tile(cells, c_new, at, hcols, hidden, row_ok, h_ok)
     store_tile(c_state, c_new, rows, hcols, hidden, row_ok, h_ok)
     store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)
