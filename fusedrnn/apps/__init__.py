@@ -9,6 +9,8 @@
   (:mod:`.seq2seq`).
 - :mod:`.common`: seeding, devices and threads, progress bars, checkpoints, metrics,
   markdown tables and plots.
+- :mod:`.distributed`: ``sentiment train`` under ``torchrun`` (DistributedDataParallel,
+  gloo on the CPU, NCCL on GPUs; batches sharded by rank, rank 0 writes).
 
 Optional packages: ``tokenizers`` and ``tqdm`` (sentiment), ``statsmodels`` (forecast),
 ``matplotlib`` (every plot). Each is imported only when a command needs it.

@@ -6,6 +6,12 @@ A checkpoint (``weights_only``-loadable) holds ``kind``, ``version``, ``config``
 :class:`SentimentConfig` as a dict), ``encoder`` (the tokenizer JSON and truncation
 settings), ``model`` (state dict), ``epoch``, ``history`` and ``best_val_accuracy``;
 ``last.pt`` adds ``optimizer``, ``scheduler`` and ``rng`` (torch's generator) to resume from.
+
+Inside a process group (``torchrun --nproc_per_node=N fusedrnn sentiment train``, see
+:mod:`.distributed`), :func:`train` wraps the model in ``DistributedDataParallel``: each rank
+trains on its share of every epoch's length-bucketed batches (so one step sees ``N`` batches),
+rank 0 alone validates, logs, shows progress and writes checkpoints and history, and its
+validation accuracy is broadcast so that every rank takes the same decisions.
 """
 
 import dataclasses
@@ -17,7 +23,7 @@ import torch
 from torch import nn
 
 from ..models import SentimentClassifier
-from . import common, imdb, text
+from . import common, distributed, imdb, text
 
 __all__ = ["SentimentConfig", "KIND", "VERSION", "build_model", "prepare_data", "train",
            "load_model", "predict_probabilities", "evaluate_split", "evaluate_reviews"]
@@ -104,17 +110,23 @@ def predict_probabilities(model, ids, device, batch_size=128):
     return probabilities
 
 
-def _train_epoch(model, optimizer, config, ids, labels, epoch, device, show_progress):
-    model.train()
+def _train_epoch(model, optimizer, config, ids, labels, epoch, device, show_progress,
+                 network=None):
+    """One epoch; ``network`` (default ``model``) is what runs forward, e.g. the
+    ``DistributedDataParallel`` wrapper of ``model``, whose ranks each take their shard of
+    the batches. Returns the mean training loss (over all ranks) and the seconds taken."""
+    network = network or model
+    network.train()
     batches = text.bucket_batches([len(s) for s in ids], config.batch_size, shuffle=True,
                                   seed=config.seed * 1000 + epoch)
+    batches = distributed.shard(batches, distributed.rank(), distributed.world_size())
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = common.progress(batches, len(batches), f"epoch {epoch}/{config.epochs}",
                           show_progress)
     for indices in bar:
         tokens, lengths = _batch(ids, indices, device)
         targets = torch.tensor([labels[i] for i in indices], device=device)
-        loss = nn.functional.cross_entropy(model(tokens, lengths), targets)
+        loss = nn.functional.cross_entropy(network(tokens, lengths), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip:
@@ -126,10 +138,21 @@ def _train_epoch(model, optimizer, config, ids, labels, epoch, device, show_prog
                         reviews_per_s=f"{seen / (time.perf_counter() - start):.0f}",
                         refresh=False)
     bar.close()
+    if distributed.active():
+        total_loss, seen = distributed.all_reduce_sum([total_loss, seen], device)
     return total_loss / seen, time.perf_counter() - start
 
 
 def _validate(model, ids, labels, device):
+    """``(loss, accuracy)`` on the validation set: computed by rank 0 alone in a process group
+    and broadcast, so every rank keeps the same best checkpoint."""
+    if not distributed.active():
+        return _validate_here(model, ids, labels, device)
+    result = _validate_here(model, ids, labels, device) if distributed.rank() == 0 else None
+    return distributed.broadcast_object(result)
+
+
+def _validate_here(model, ids, labels, device):
     probabilities = predict_probabilities(model, ids, device)
     targets = torch.tensor(labels, dtype=torch.float)
     loss = nn.functional.binary_cross_entropy(probabilities.clamp(1e-7, 1 - 1e-7), targets)
@@ -141,10 +164,16 @@ def train(config, out_dir, data=None, device=None, resume=False, show_progress=T
           log=print):
     """Train, validating each epoch; ``out_dir/best.pt`` keeps the best validation accuracy,
     ``out_dir/last.pt`` the state to resume from (``resume=True`` continues it, with
-    ``config.epochs`` as the new total). Returns the history (one dict per epoch)."""
+    ``config.epochs`` as the new total). Returns the history (one dict per epoch).
+
+    In an initialised process group the training is data parallel and only rank 0 logs,
+    shows progress and writes files (module docstring); every rank returns the history."""
     out_dir = Path(out_dir)
     device = device or common.default_device()
     common.prepare_cpu(device)
+    main_process = distributed.rank() == 0
+    if not main_process:
+        show_progress, log = False, _silent
     state = None
     if resume:
         state = common.load_checkpoint(out_dir / LAST, KIND, VERSION)
@@ -156,6 +185,11 @@ def train(config, out_dir, data=None, device=None, resume=False, show_progress=T
     common.seed_everything(config.seed)
     started = time.perf_counter()
     encoder = text.TextEncoder.from_state(state["encoder"]) if state else None
+    if encoder is None and distributed.active():  # one tokenizer, trained by rank 0, for all
+        if main_process:
+            encoder = prepare_data(config, data)[0]
+        encoder = text.TextEncoder.from_state(distributed.broadcast_object(
+            encoder.to_state() if main_process else None))
     encoder, (train_ids, train_labels), (val_ids, val_labels) = prepare_data(config, data,
                                                                              encoder)
     log(f"data: {len(train_ids)} training and {len(val_ids)} validation reviews, vocabulary "
@@ -172,10 +206,16 @@ def train(config, out_dir, data=None, device=None, resume=False, show_progress=T
         history, best = state["history"], state["best_val_accuracy"]
         first_epoch = state["epoch"] + 1
         log(f"resuming {out_dir / LAST} after epoch {state['epoch']}")
+    network = None
+    if distributed.active():  # broadcasts rank 0's parameters to every rank
+        network = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        log(f"data parallel over {distributed.world_size()} processes: each step takes "
+            f"{distributed.world_size()} batches of {config.batch_size}")
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters on {device}")
     for epoch in range(first_epoch, config.epochs + 1):
         train_loss, seconds = _train_epoch(model, optimizer, config, train_ids, train_labels,
-                                           epoch, device, show_progress)
+                                           epoch, device, show_progress, network)
         scheduler.step()
         val_loss, val_accuracy = _validate(model, val_ids, val_labels, device)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
@@ -185,6 +225,8 @@ def train(config, out_dir, data=None, device=None, resume=False, show_progress=T
         log(f"epoch {epoch}: train loss {train_loss:.4f}, validation loss {val_loss:.4f}, "
             f"validation accuracy {val_accuracy:.4f}{' (best)' if improved else ''}, "
             f"{seconds:.0f} s ({len(train_ids) / seconds:.0f} reviews/s)")
+        if not main_process:
+            continue
         payload = {"kind": KIND, "version": VERSION, "config": dataclasses.asdict(config),
                    "encoder": encoder.to_state(), "model": model.state_dict(), "epoch": epoch,
                    "history": history, "best_val_accuracy": best}
@@ -194,7 +236,12 @@ def train(config, out_dir, data=None, device=None, resume=False, show_progress=T
             **payload, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state()})
         (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    distributed.barrier()  # the checkpoints exist when any rank returns
     return history
+
+
+def _silent(message):
+    """The log of ranks other than 0."""
 
 
 def load_model(path, device="cpu"):

@@ -3,6 +3,9 @@
 The training options are generated from :class:`~fusedrnn.apps.sentiment.SentimentConfig`,
 so every field of a run's configuration can be set (``--cell gru``, ``--no-bidirectional``,
 ``--attention``, ``--max-len 256`` ...) and nothing is declared twice.
+
+``train`` also runs data parallel under ``torchrun --nproc_per_node=N`` (one process per CPU
+group or GPU; see :mod:`.distributed` and :mod:`.sentiment`); rank 0 alone prints and writes.
 """
 
 import argparse
@@ -114,8 +117,13 @@ def run(args):
     """Dispatch to the chosen action; returns the exit status."""
     action = {"train": _train, "evaluate": _evaluate, "predict": _predict,
               "compare": _compare}[args.action]
-    from .common import CheckpointError, usage_errors
+    from .common import CheckpointError, usage_error, usage_errors
+    from .distributed import launched_world_size
     from .imdb import DataNotFoundError
+
+    if args.action != "train" and launched_world_size() > 1:
+        raise usage_error(f"only 'sentiment train' runs under torchrun with several "
+                          f"processes, not 'sentiment {args.action}'")
 
     with usage_errors(CheckpointError, DataNotFoundError):
         return action(args)
@@ -126,7 +134,7 @@ def _log(message):
 
 
 def _train(args):
-    from . import common, sentiment
+    from . import common, distributed, sentiment
 
     changed = sorted(set(_given_options(args)) - {"epochs"})
     if args.resume and changed:
@@ -134,9 +142,11 @@ def _train(args):
                                  f"configuration; only --epochs may be given, not "
                                  f"{', '.join('--' + name.replace('_', '-') for name in changed)}")
     config = _config(args)
-    device = common.device_from_args(args)
-    history = sentiment.train(config, args.out, args.data, device, args.resume,
-                              not args.no_progress, _log)
+    with distributed.launch(common.device_from_args(args)) as device:
+        history = sentiment.train(config, args.out, args.data, device, args.resume,
+                                  not args.no_progress, _log)
+    if not distributed.is_main_process():
+        return 0
     best = max(history, key=lambda row: row["val_accuracy"])
     print(f"best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']}; "
           f"checkpoint {Path(args.out) / sentiment.BEST}")
