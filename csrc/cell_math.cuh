@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 
@@ -19,6 +20,11 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf
 // Step t of sequence b is active while t < lengths[b]; every step is when lengths is null.
 __device__ __forceinline__ bool is_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
+}
+
+// The lengths argument of a kernel: its data, or null when every step is active.
+inline const int64_t* lengths_ptr(const at::Tensor& lengths) {
+  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
 }
 
 constexpr int kThreads = 256;

@@ -85,10 +85,6 @@ __global__ void gru_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
   dhid[2 * hidden + j] = d_n * r;
 }
 
-const int64_t* lengths_ptr(const at::Tensor& lengths) {
-  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-}
-
 }  // namespace
 
 void gru_fwd_step(const at::Tensor& gates, const at::Tensor& hidden_gates,

@@ -73,10 +73,6 @@ __global__ void lstm_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
   dc[idx] = dcv * f;
 }
 
-const int64_t* lengths_ptr(const at::Tensor& lengths) {
-  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-}
-
 }  // namespace
 
 void lstm_fwd_step(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& cell,
