@@ -31,12 +31,22 @@ from .cell_math import load_tile, matmul, store_gates3, store_tile
 
 
 @triton.jit
-def _gru_step_grads(dh, r, z, n, hn, h_prev):
-    """Pre-activation gradients (dr, dz, dn) and the n block of the hidden side."""
-    d_n = dh * (1.0 - z) * (1.0 - n * n)
-    d_z = dh * (h_prev - n) * z * (1.0 - z)
+def _gru_tile_grads(dh, h_prev, active, gates, hidden_n, dgates_in, dgates_hid, rows, cols,
+                    g_size, hidden, row_ok, col_ok):
+    """One tile of a step: load r, z, n and ``h W_hn^T + b_hn`` (``rows`` index the ``(., G)``
+    and ``(., H)`` matrices), store the pre-activation gradients (dr, dz, dn) and the hidden
+    side's (dr, dz, dn * r), zero on inactive rows; return them and z for the recurrence."""
+    r = load_tile(gates, rows, cols, g_size, row_ok, col_ok)
+    z = load_tile(gates + hidden, rows, cols, g_size, row_ok, col_ok)
+    n = load_tile(gates + 2 * hidden, rows, cols, g_size, row_ok, col_ok)
+    hn = load_tile(hidden_n, rows, cols, hidden, row_ok, col_ok)
+    d_n = tl.where(active, dh * (1.0 - z) * (1.0 - n * n), 0.0)
+    d_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
     d_r = d_n * hn * r * (1.0 - r)
-    return d_r, d_z, d_n, d_n * r
+    d_nh = d_n * r
+    store_gates3(dgates_in, d_r, d_z, d_n, rows, cols, g_size, hidden, row_ok, col_ok)
+    store_gates3(dgates_hid, d_r, d_z, d_nh, rows, cols, g_size, hidden, row_ok, col_ok)
+    return d_r, d_z, d_nh, z
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -67,24 +77,15 @@ def gru_bwd_persistent_kernel(
             h_prev = load_tile(y, t_prev * batch + rows, hcols, hidden, row_ok, h_ok)
         else:
             h_prev = load_tile(h0, rows, hcols, hidden, row_ok, h_ok)
+        active = row_ok[:, None]
         if HAS_LENGTHS:
             active = (t < length)[:, None]
             dh = tl.where(active, dh, dh_carry)
             # Reversed, a shorter sequence starts from h0 at its own last step.
             h_prev = tl.where((t_prev < length)[:, None], h_prev,
                               load_tile(h0, rows, hcols, hidden, row_ok, h_ok))
-        r = load_tile(gates, at, hcols, g_size, row_ok, h_ok)
-        z = load_tile(gates + hidden, at, hcols, g_size, row_ok, h_ok)
-        n = load_tile(gates + 2 * hidden, at, hcols, g_size, row_ok, h_ok)
-        hn = load_tile(hidden_n, at, hcols, hidden, row_ok, h_ok)
-        d_r, d_z, d_n, d_nh = _gru_step_grads(dh, r, z, n, hn, h_prev)
-        if HAS_LENGTHS:
-            d_r = tl.where(active, d_r, 0.0)
-            d_z = tl.where(active, d_z, 0.0)
-            d_n = tl.where(active, d_n, 0.0)
-            d_nh = tl.where(active, d_nh, 0.0)
-        store_gates3(dgates_in, d_r, d_z, d_n, at, hcols, g_size, hidden, row_ok, h_ok)
-        store_gates3(dgates_hid, d_r, d_z, d_nh, at, hcols, g_size, hidden, row_ok, h_ok)
+        d_r, d_z, d_nh, z = _gru_tile_grads(dh, h_prev, active, gates, hidden_n, dgates_in,
+                                            dgates_hid, at, hcols, g_size, hidden, row_ok, h_ok)
         rec = dh * z + matmul(d_r, w_r, IEEE) + matmul(d_z, w_z, IEEE) + matmul(d_nh, w_n, IEEE)
         if HAS_LENGTHS:
             dh_carry = tl.where(active, rec, dh)
@@ -105,6 +106,7 @@ def gru_bwd_step_kernel(
     hcols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok, h_ok = rows < batch, hcols < hidden
     g_size = 3 * hidden
+    active = row_ok[:, None]
     if HAS_LENGTHS:
         length = tl.load(lengths + rows, mask=row_ok, other=0)
         active = (t < length)[:, None]
@@ -125,16 +127,6 @@ def gru_bwd_step_kernel(
     if HAS_LENGTHS:
         dh = tl.where(active, dh, carry)
     store_tile(dh_next, dh, rows, hcols, hidden, row_ok, h_ok)
-    r = load_tile(gates_t, rows, hcols, g_size, row_ok, h_ok)
-    z = load_tile(gates_t + hidden, rows, hcols, g_size, row_ok, h_ok)
-    n = load_tile(gates_t + 2 * hidden, rows, hcols, g_size, row_ok, h_ok)
-    hn = load_tile(hidden_n_t, rows, hcols, hidden, row_ok, h_ok)
     h_prev = load_tile(h_prev_t, rows, hcols, hidden, row_ok, h_ok)
-    d_r, d_z, d_n, d_nh = _gru_step_grads(dh, r, z, n, hn, h_prev)
-    if HAS_LENGTHS:
-        d_r = tl.where(active, d_r, 0.0)
-        d_z = tl.where(active, d_z, 0.0)
-        d_n = tl.where(active, d_n, 0.0)
-        d_nh = tl.where(active, d_nh, 0.0)
-    store_gates3(dgates_in_t, d_r, d_z, d_n, rows, hcols, g_size, hidden, row_ok, h_ok)
-    store_gates3(dgates_hid_t, d_r, d_z, d_nh, rows, hcols, g_size, hidden, row_ok, h_ok)
+    _gru_tile_grads(dh, h_prev, active, gates_t, hidden_n_t, dgates_in_t, dgates_hid_t, rows,
+                    hcols, g_size, hidden, row_ok, h_ok)
