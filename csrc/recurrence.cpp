@@ -6,49 +6,14 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <tuple>
-#include <vector>
 
 #include "kernels.h"
+#include "recurrence_args.h"
 
 namespace fusedrnn {
 namespace {
 
 using at::Tensor;
-
-std::vector<int64_t> time_order(int64_t steps, bool reverse) {
-  std::vector<int64_t> order(steps);
-  for (int64_t k = 0; k < steps; ++k) order[k] = reverse ? steps - 1 - k : k;
-  return order;
-}
-
-void check_tensor(const Tensor& t, const char* name, const Tensor& like, int64_t dim) {
-  TORCH_CHECK(t.is_cuda(), "fusedrnn cuda backend: ", name, " must be a CUDA tensor, got ",
-              t.device());
-  TORCH_CHECK(t.device() == like.device(), "fusedrnn cuda backend: ", name, " is on ",
-              t.device(), " but the input is on ", like.device());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "fusedrnn cuda backend: ", name,
-              " has dtype ", t.scalar_type(), ", expected ", like.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "fusedrnn cuda backend: ", name, " must be ", dim, "-D, got ",
-              t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "fusedrnn cuda backend: ", name, " must be contiguous");
-}
-
-void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected) {
-  TORCH_CHECK(t.sizes() == expected, "fusedrnn cuda backend: ", name, " should have shape ",
-              expected, ", got ", t.sizes());
-}
-
-Tensor checked_lengths(const std::optional<Tensor>& lengths, const Tensor& like, int64_t batch) {
-  if (!lengths.has_value() || !lengths->defined()) return Tensor();
-  TORCH_CHECK(lengths->is_cuda() && lengths->device() == like.device(),
-              "fusedrnn cuda backend: lengths must be on ", like.device(), ", got ",
-              lengths->device());
-  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
-                  lengths->size(0) == batch && lengths->is_contiguous(),
-              "fusedrnn cuda backend: lengths must be a contiguous int64 tensor of shape (",
-              batch, "), got ", lengths->scalar_type(), " ", lengths->sizes());
-  return *lengths;
-}
 
 // Rows whose step t is active, as a (B, 1) bool mask; every row when lengths is undefined.
 Tensor active_rows(const Tensor& lengths, int64_t t, const Tensor& like) {
@@ -63,16 +28,8 @@ Tensor active_rows(const Tensor& lengths, int64_t t, const Tensor& like) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     const Tensor& xproj, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths_opt, bool reverse) {
-  check_tensor(xproj, "xproj", xproj, 3);
-  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
-  check_tensor(w_hh, "w_hh", xproj, 2);
-  check_shape(w_hh, "w_hh", {4 * hidden, hidden});
-  check_shape(xproj, "xproj", {steps, batch, 4 * hidden});
-  check_tensor(h0, "h0", xproj, 2);
-  check_shape(h0, "h0", {batch, hidden});
-  check_tensor(c0, "c0", xproj, 2);
-  check_shape(c0, "c0", {batch, hidden});
-  const Tensor lengths = checked_lengths(lengths_opt, xproj, batch);
+  const auto [steps, batch, hidden, lengths] =
+      check_lstm_fwd(xproj, w_hh, h0, c0, lengths_opt, at::kCUDA);
   c10::cuda::CUDAGuard guard(xproj.device());
 
   Tensor gates = at::empty_like(xproj);
@@ -97,19 +54,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
     const Tensor& c0, const std::optional<Tensor>& lengths_opt, const Tensor& gates,
     const Tensor& cells, bool reverse) {
-  check_tensor(gates, "gates", gates, 3);
-  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
-  check_tensor(grad_y, "grad_y", gates, 3);
-  check_shape(grad_y, "grad_y", {steps, batch, hidden});
-  check_tensor(cells, "cells", gates, 3);
-  check_shape(cells, "cells", {steps, batch, hidden});
-  check_tensor(w_hh, "w_hh", gates, 2);
-  check_shape(w_hh, "w_hh", {4 * hidden, hidden});
-  for (auto [t, name] : {std::pair{&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"}, {&c0, "c0"}}) {
-    check_tensor(*t, name, gates, 2);
-    check_shape(*t, name, {batch, hidden});
-  }
-  const Tensor lengths = checked_lengths(lengths_opt, gates, batch);
+  const auto [steps, batch, hidden, lengths] = check_lstm_bwd(
+      grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates, cells, at::kCUDA);
   c10::cuda::CUDAGuard guard(gates.device());
 
   Tensor dgates = at::empty_like(gates);
@@ -138,19 +84,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& b_hh,
     const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse) {
-  check_tensor(xproj, "xproj", xproj, 3);
-  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
-  check_tensor(w_hh, "w_hh", xproj, 2);
-  check_shape(w_hh, "w_hh", {3 * hidden, hidden});
-  check_shape(xproj, "xproj", {steps, batch, 3 * hidden});
-  check_tensor(h0, "h0", xproj, 2);
-  check_shape(h0, "h0", {batch, hidden});
+  const auto [steps, batch, hidden, lengths] =
+      check_gru_fwd(xproj, w_hh, b_hh, h0, lengths_opt, at::kCUDA);
   const bool has_bias = b_hh.has_value() && b_hh->defined();
-  if (has_bias) {
-    check_tensor(*b_hh, "b_hh", xproj, 1);
-    check_shape(*b_hh, "b_hh", {3 * hidden});
-  }
-  const Tensor lengths = checked_lengths(lengths_opt, xproj, batch);
   c10::cuda::CUDAGuard guard(xproj.device());
 
   Tensor gates = xproj.clone();
@@ -178,17 +114,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h_prev,
     const std::optional<Tensor>& lengths_opt, const Tensor& gates, const Tensor& hidden_n,
     bool reverse) {
-  check_tensor(gates, "gates", gates, 3);
-  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
-  for (auto [t, name] : {std::pair{&grad_y, "grad_y"}, {&h_prev, "h_prev"}, {&hidden_n, "hidden_n"}}) {
-    check_tensor(*t, name, gates, 3);
-    check_shape(*t, name, {steps, batch, hidden});
-  }
-  check_tensor(w_hh, "w_hh", gates, 2);
-  check_shape(w_hh, "w_hh", {3 * hidden, hidden});
-  check_tensor(grad_h_n, "grad_h_n", gates, 2);
-  check_shape(grad_h_n, "grad_h_n", {batch, hidden});
-  const Tensor lengths = checked_lengths(lengths_opt, gates, batch);
+  const auto [steps, batch, hidden, lengths] = check_gru_bwd(
+      grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCUDA);
   c10::cuda::CUDAGuard guard(gates.device());
 
   Tensor dgates_in = at::empty_like(gates), dgates_hid = at::empty_like(gates);

@@ -1,0 +1,140 @@
+// Argument checks of the ops fusedrnn::{lstm,gru}_recurrence_{fwd,bwd}, shared by their CUDA
+// (csrc/recurrence.cpp) and CPU (csrc/cpu/) kernels, and the helpers of their time loops.
+// Each check names the argument and the backend ("fusedrnn cuda backend" / "... cpu ...").
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fusedrnn {
+
+// The sizes every recurrence op reads from its arguments, and lengths (undefined: all
+// steps of every row are active).
+struct RecurrenceSizes {
+  int64_t steps, batch, hidden;
+  at::Tensor lengths;
+};
+
+inline std::string backend_of(c10::DeviceType device) {
+  return std::string("fusedrnn ") + (device == c10::DeviceType::CUDA ? "cuda" : "cpu") +
+         " backend";
+}
+
+inline std::vector<int64_t> time_order(int64_t steps, bool reverse) {
+  std::vector<int64_t> order(steps);
+  for (int64_t k = 0; k < steps; ++k) order[k] = reverse ? steps - 1 - k : k;
+  return order;
+}
+
+// `lead` is the op's first tensor: its device type must be `device`, and every other
+// tensor must share its device and dtype.
+inline void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& lead,
+                         int64_t dim, c10::DeviceType device) {
+  const std::string who = backend_of(device);
+  TORCH_CHECK(t.device().type() == device, who, ": ", name, " must be a ",
+              c10::DeviceTypeName(device), " tensor, got one on ", t.device());
+  TORCH_CHECK(t.device() == lead.device(), who, ": ", name, " is on ", t.device(),
+              " but the input is on ", lead.device());
+  TORCH_CHECK(t.scalar_type() == lead.scalar_type(), who, ": ", name, " has dtype ",
+              t.scalar_type(), ", expected ", lead.scalar_type());
+  TORCH_CHECK(t.dim() == dim, who, ": ", name, " must be ", dim, "-D, got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), who, ": ", name, " must be contiguous");
+}
+
+inline void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected,
+                        c10::DeviceType device) {
+  TORCH_CHECK(t.sizes() == expected, backend_of(device), ": ", name, " should have shape ",
+              expected, ", got ", t.sizes());
+}
+
+inline void check_argument(const at::Tensor& t, const char* name, const at::Tensor& lead,
+                           at::IntArrayRef expected, c10::DeviceType device) {
+  check_tensor(t, name, lead, static_cast<int64_t>(expected.size()), device);
+  check_shape(t, name, expected, device);
+}
+
+inline at::Tensor checked_lengths(const std::optional<at::Tensor>& lengths,
+                                  const at::Tensor& lead, int64_t batch,
+                                  c10::DeviceType device) {
+  if (!lengths.has_value() || !lengths->defined()) return at::Tensor();
+  TORCH_CHECK(lengths->device() == lead.device(), backend_of(device), ": lengths must be on ",
+              lead.device(), ", got ", lengths->device());
+  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
+                  lengths->size(0) == batch && lengths->is_contiguous(),
+              backend_of(device), ": lengths must be a contiguous int64 tensor of shape (",
+              batch, "), got ", lengths->scalar_type(), " ", lengths->sizes());
+  return *lengths;
+}
+
+// xproj (T,B,4H), w_hh (4H,H), h0, c0 (B,H).
+inline RecurrenceSizes check_lstm_fwd(const at::Tensor& xproj, const at::Tensor& w_hh,
+                                      const at::Tensor& h0, const at::Tensor& c0,
+                                      const std::optional<at::Tensor>& lengths,
+                                      c10::DeviceType device) {
+  check_tensor(xproj, "xproj", xproj, 3, device);
+  check_tensor(w_hh, "w_hh", xproj, 2, device);
+  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
+  check_shape(w_hh, "w_hh", {4 * hidden, hidden}, device);
+  check_shape(xproj, "xproj", {steps, batch, 4 * hidden}, device);
+  check_argument(h0, "h0", xproj, {batch, hidden}, device);
+  check_argument(c0, "c0", xproj, {batch, hidden}, device);
+  return {steps, batch, hidden, checked_lengths(lengths, xproj, batch, device)};
+}
+
+// grad_y, cells (T,B,H), grad_h_n, grad_c_n, c0 (B,H), w_hh (4H,H), gates (T,B,4H).
+inline RecurrenceSizes check_lstm_bwd(const at::Tensor& grad_y, const at::Tensor& grad_h_n,
+                                      const at::Tensor& grad_c_n, const at::Tensor& w_hh,
+                                      const at::Tensor& c0,
+                                      const std::optional<at::Tensor>& lengths,
+                                      const at::Tensor& gates, const at::Tensor& cells,
+                                      c10::DeviceType device) {
+  check_tensor(gates, "gates", gates, 3, device);
+  check_tensor(w_hh, "w_hh", gates, 2, device);
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  check_shape(w_hh, "w_hh", {4 * hidden, hidden}, device);
+  check_shape(gates, "gates", {steps, batch, 4 * hidden}, device);
+  check_argument(grad_y, "grad_y", gates, {steps, batch, hidden}, device);
+  check_argument(cells, "cells", gates, {steps, batch, hidden}, device);
+  check_argument(grad_h_n, "grad_h_n", gates, {batch, hidden}, device);
+  check_argument(grad_c_n, "grad_c_n", gates, {batch, hidden}, device);
+  check_argument(c0, "c0", gates, {batch, hidden}, device);
+  return {steps, batch, hidden, checked_lengths(lengths, gates, batch, device)};
+}
+
+// xproj (T,B,3H), w_hh (3H,H), b_hh (3H) or undefined, h0 (B,H).
+inline RecurrenceSizes check_gru_fwd(const at::Tensor& xproj, const at::Tensor& w_hh,
+                                     const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+                                     const std::optional<at::Tensor>& lengths,
+                                     c10::DeviceType device) {
+  check_tensor(xproj, "xproj", xproj, 3, device);
+  check_tensor(w_hh, "w_hh", xproj, 2, device);
+  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
+  check_shape(w_hh, "w_hh", {3 * hidden, hidden}, device);
+  check_shape(xproj, "xproj", {steps, batch, 3 * hidden}, device);
+  check_argument(h0, "h0", xproj, {batch, hidden}, device);
+  if (b_hh.has_value() && b_hh->defined()) check_argument(*b_hh, "b_hh", xproj, {3 * hidden}, device);
+  return {steps, batch, hidden, checked_lengths(lengths, xproj, batch, device)};
+}
+
+// grad_y, h_prev, hidden_n (T,B,H), grad_h_n (B,H), w_hh (3H,H), gates (T,B,3H).
+inline RecurrenceSizes check_gru_bwd(const at::Tensor& grad_y, const at::Tensor& grad_h_n,
+                                     const at::Tensor& w_hh, const at::Tensor& h_prev,
+                                     const std::optional<at::Tensor>& lengths,
+                                     const at::Tensor& gates, const at::Tensor& hidden_n,
+                                     c10::DeviceType device) {
+  check_tensor(gates, "gates", gates, 3, device);
+  check_tensor(w_hh, "w_hh", gates, 2, device);
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  check_shape(w_hh, "w_hh", {3 * hidden, hidden}, device);
+  check_shape(gates, "gates", {steps, batch, 3 * hidden}, device);
+  check_argument(grad_y, "grad_y", gates, {steps, batch, hidden}, device);
+  check_argument(h_prev, "h_prev", gates, {steps, batch, hidden}, device);
+  check_argument(hidden_n, "hidden_n", gates, {steps, batch, hidden}, device);
+  check_argument(grad_h_n, "grad_h_n", gates, {batch, hidden}, device);
+  return {steps, batch, hidden, checked_lengths(lengths, gates, batch, device)};
+}
+
+}  // namespace fusedrnn
