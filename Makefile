@@ -2,7 +2,8 @@
 #   make bench   fusedrnn against torch.nn on the local device (ARGS="--quick", "--out DIR", ...)
 #   make test    the test suite (ARGS="-k lstm", ...)
 # Both create .venv and install fusedrnn into it (editable) on first use, building the
-# CUDA extension when nvcc and a CUDA build of torch are present (FUSEDRNN_BUILD_CUDA=0: never).
+# CPU extension, and the CUDA extension when nvcc and a CUDA build of torch are present
+# (FUSEDRNN_BUILD_CUDA=0: never).
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/* csrc/cpu/*)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet "torch>=2.6" numpy ninja pytest pytest-benchmark matplotlib tokenizers tqdm statsmodels
 	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .

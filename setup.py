@@ -1,7 +1,10 @@
-"""Build fusedrnn: the Python package and, optionally, the CUDA extension ``fusedrnn._C``.
+"""Build fusedrnn: the Python package, the CPU extension ``fusedrnn._cpu`` and, optionally,
+the CUDA extension ``fusedrnn._C``.
 
 Environment switches:
 
+  FUSEDRNN_BUILD_CPU   1 (default): build the CPU extension (needs a C++ compiler);
+                       0: never (the cpu backend then reports itself unavailable).
   FUSEDRNN_BUILD_CUDA  auto (default): build the extension when ``nvcc`` is found and the
                        installed torch is a CUDA build (a GPU is not needed to build);
                        1: build it or fail loudly; 0: never build it.
@@ -33,8 +36,7 @@ def _mode():
     return mode
 
 
-def _sources():
-    patterns = ("csrc/*.cpp", "csrc/*.cu")
+def _sources(*patterns):
     return sorted(os.path.relpath(p, ROOT) for pat in patterns for p in glob.glob(os.path.join(ROOT, pat)))
 
 
@@ -83,27 +85,53 @@ def _why_not_cuda(sources):
     return None
 
 
-def extension_build():
-    """``(ext_modules, cmdclass)`` for setup(); empty when the extension is not built."""
+def _optimisation():
+    return ["-O0", "-g"] if os.environ.get("DEBUG", "0") == "1" else ["-O3"]
+
+
+def cpu_extension():
+    """The CPU extension ``fusedrnn._cpu``, or None when FUSEDRNN_BUILD_CPU=0."""
+    mode = os.environ.get("FUSEDRNN_BUILD_CPU", "1").strip()
+    if mode not in ("1", "0"):
+        sys.exit(f"FUSEDRNN_BUILD_CPU must be 1 or 0, got {mode!r}")
+    if mode == "0":
+        return None
+    try:
+        from torch.utils.cpp_extension import CppExtension
+    except ImportError:
+        sys.exit("fusedrnn: torch must be installed before fusedrnn (pip install torch), and "
+                 "fusedrnn installed with --no-build-isolation so that it builds against it")
+
+    return CppExtension(name="fusedrnn._cpu", sources=_sources("csrc/cpu/*.cpp"),
+                        include_dirs=[os.path.join(ROOT, "csrc")],
+                        # torch's own flags; without the first two GCC keeps the selects of
+                        # the vectorisable math in csrc/cpu/cpu_math.h as branches, and
+                        # OpenMP runs at::parallel_for on torch's threads (torch's libgomp)
+                        extra_compile_args={"cxx": _optimisation() + [
+                            "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]},
+                        extra_link_args=["-fopenmp"])
+
+
+def cuda_extension():
+    """The CUDA extension ``fusedrnn._C``, or None when it is not built."""
     mode = _mode()
     if mode == "0":
-        return [], {}
-    sources = _sources()
+        return None
+    sources = _sources("csrc/*.cpp", "csrc/*.cu")
     why_not = _why_not_cuda(sources)
     if why_not:
         if mode == "1":
             sys.exit(f"FUSEDRNN_BUILD_CUDA=1 but the CUDA extension cannot be built: {why_not}")
         print(f"fusedrnn: not building the CUDA extension ({why_not})", file=sys.stderr)
-        return [], {}
+        return None
     os.environ["CUDA_HOME"] = _cuda_home()
     if os.environ.get("FUSEDRNN_CUDA_ARCHS"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = os.environ["FUSEDRNN_CUDA_ARCHS"]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    from torch.utils.cpp_extension import CUDAExtension
 
-    debug = os.environ.get("DEBUG", "0") == "1"
-    opt = ["-O0", "-g"] if debug else ["-O3"]
-    ext = CUDAExtension(
+    opt = _optimisation()
+    return CUDAExtension(
         name="fusedrnn._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")] + _wheel_cuda_includes(),
@@ -113,7 +141,18 @@ def extension_build():
                            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"],
         },
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+def extension_build():
+    """``(ext_modules, cmdclass)`` for setup(); empty when no extension is built."""
+    # CUDA first: it sets CUDA_HOME, which torch.utils.cpp_extension reads when imported
+    cuda = cuda_extension()
+    modules = [ext for ext in (cpu_extension(), cuda) if ext is not None]
+    if not modules:
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension
+
+    return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = extension_build()

@@ -1,33 +1,49 @@
-"""Lazy access to the optional compiled extension ``fusedrnn._C``.
+"""Lazy access to the optional compiled extensions.
 
-Nothing here runs at import time; :func:`load` imports the extension on first use and, when
-it is missing, raises an ImportError that says how to build it.
+``fusedrnn._cpu`` (``csrc/cpu/``, built by every ``pip install`` from a checkout) holds the
+CPU kernels of the ``cpu`` backend; ``fusedrnn._C`` (``csrc/*.cu``, built when nvcc is found
+or ``FUSEDRNN_BUILD_CUDA=1``) the CUDA kernels of the ``cuda`` backend. Nothing here runs at
+import time: :meth:`Extension.load` imports a module on first use and, when it is missing,
+raises an ImportError that says how to build it.
 """
 
 import importlib
 
-BUILD_COMMAND = "FUSEDRNN_BUILD_CUDA=1 pip install --no-build-isolation -e ."
-_state = {}
+BUILD_COMMAND = "pip install --no-build-isolation -e ."
+CUDA_BUILD_COMMAND = "FUSEDRNN_BUILD_CUDA=1 " + BUILD_COMMAND
 
 
-def load():
-    """The ``fusedrnn._C`` module, or ImportError with the command that builds it."""
-    if "module" not in _state:
+class Extension:
+    """One optional compiled module, imported on first use."""
+
+    def __init__(self, module, what, build_command):
+        self.module = module
+        self.what = what
+        self.build_command = build_command
+        self._state = {}
+
+    def load(self):
+        """The module, or ImportError with the command that builds it."""
+        if "module" not in self._state:
+            try:
+                self._state["module"] = importlib.import_module(self.module)
+            except ImportError as error:
+                self._state["error"] = error
+                self._state["module"] = None
+        if self._state["module"] is None:
+            raise ImportError(f"{self.what} {self.module} is not built ({self._state['error']}); "
+                              f"build it from the source checkout with: {self.build_command}")
+        return self._state["module"]
+
+    def status(self):
+        """``(available, reason)`` for ``fusedrnn info`` and the backend registry."""
         try:
-            _state["module"] = importlib.import_module("fusedrnn._C")
+            self.load()
         except ImportError as error:
-            _state["error"] = error
-            _state["module"] = None
-    if _state["module"] is None:
-        raise ImportError(f"the CUDA extension fusedrnn._C is not built ({_state['error']}); "
-                          f"build it from the source checkout with: {BUILD_COMMAND}")
-    return _state["module"]
+            return False, str(error)
+        return True, ""
 
 
-def status():
-    """``(available, reason)`` for ``fusedrnn info`` and the backend registry."""
-    try:
-        load()
-    except ImportError as error:
-        return False, str(error)
-    return True, ""
+CPU = Extension("fusedrnn._cpu", "the CPU extension", BUILD_COMMAND)
+CUDA = Extension("fusedrnn._C", "the CUDA extension", CUDA_BUILD_COMMAND)
+EXTENSIONS = (CPU, CUDA)

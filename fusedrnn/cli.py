@@ -66,9 +66,11 @@ def run_info(args):
     backend_rows = [(name, "available" if status.available else f"unavailable: {status.reason}")
                     for name, status in fusedrnn.available_backends().items()]
     _print_section("backends (auto tries them in this order)", backend_rows)
-    available, reason = _extension.status()
-    _print_section("extension", [("fusedrnn._C", "built" if available else
-                                  f"not built: {reason}")])
+    rows = []
+    for extension in _extension.EXTENSIONS:
+        available, reason = extension.status()
+        rows.append((extension.module, "built" if available else f"not built: {reason}"))
+    _print_section("extensions", rows)
     return 0
 
 

@@ -7,7 +7,7 @@ import torch
 
 import fusedrnn
 from fusedrnn import backends
-from fusedrnn.backends import Availability, Backend, BackendUnavailableError
+from fusedrnn.backends import Availability, Backend, BackendUnavailableError, Call
 
 
 class _Unavailable(Backend):
@@ -31,10 +31,26 @@ def test_reference_is_always_available():
     assert status.available and status.reason == ""
 
 
-def test_cpu_auto_selects_reference(monkeypatch):
+@pytest.mark.requires_cpu_ext
+def test_cpu_auto_selects_the_cpu_kernels_where_they_run(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    choice = fusedrnn.select_backend(None, torch.device("cpu"), torch.float32)
-    assert choice.name == "reference" and choice.reason.startswith("auto")
+    cpu = torch.device("cpu")
+    choice = fusedrnn.select_backend(None, cpu, torch.float32, Call("lstm", 8, 8))
+    assert choice.name == "cpu" and choice.reason == "auto: first choice on cpu"
+    for dtype, call, why in ((torch.bfloat16, Call("gru", 8, 8), "bfloat16 is not one of"),
+                             (torch.float64, Call("rnn_tanh", 8, 8), "no CPU kernel for the rnn_tanh"),
+                             (torch.float32, Call("lstm", 8, 4), "proj_size")):
+        choice = fusedrnn.select_backend(None, cpu, dtype, call)
+        assert choice.name == "reference" and why in choice.reason
+
+
+def test_cpu_auto_falls_back_to_reference_without_the_extension(monkeypatch):
+    from fusedrnn import _extension
+
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.setattr(_extension.CPU, "_state", {"module": None, "error": ImportError("gone")})
+    choice = fusedrnn.select_backend(None, torch.device("cpu"), torch.float32, Call("lstm", 8, 8))
+    assert choice.name == "reference" and "fusedrnn._cpu is not built" in choice.reason
 
 
 def test_environment_variable_selects(monkeypatch):
@@ -85,15 +101,17 @@ def test_import_does_not_load_the_extension_or_triton():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_missing_extension_fails_lazily_with_the_build_command(monkeypatch):
+@pytest.mark.parametrize("which", ["CPU", "CUDA"])
+def test_missing_extension_fails_lazily_with_the_build_command(monkeypatch, which):
     from fusedrnn import _extension
 
     def missing(name):
         raise ImportError(f"No module named {name!r}")
 
-    monkeypatch.setattr(_extension, "_state", {})
+    extension = getattr(_extension, which)
+    monkeypatch.setattr(extension, "_state", {})
     monkeypatch.setattr(_extension.importlib, "import_module", missing)
-    ok, why = _extension.status()
-    assert not ok and _extension.BUILD_COMMAND in why and "fusedrnn._C" in why
+    ok, why = extension.status()
+    assert not ok and extension.build_command in why and extension.module in why
     with pytest.raises(ImportError, match="pip install --no-build-isolation"):
-        _extension.load()
+        extension.load()

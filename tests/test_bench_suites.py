@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import fusedrnn
 from fusedrnn import bench, bench_timing
+from fusedrnn.backends import Call
 from fusedrnn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +127,8 @@ def test_profile_writes_summary_traces_and_launches_per_step(tmp_path, mode, cap
         assert any(e.get("name", "").startswith("aten::") for e in trace["traceEvents"])
         assert f"[{entry['trace']}]" in markdown and f"## {entry['provider']}" in markdown
     fused = report["providers"][1]
-    assert fused["resolved_backend"] == "reference"
+    assert fused["resolved_backend"] == fusedrnn.select_backend(
+        None, torch.device("cpu"), torch.float32, Call("lstm", 5, 5)).name
     assert any(op["op"].startswith("fusedrnn::lstm_") for op in fused["top_ops"])
     assert "launches/step" in capsys.readouterr().out
 

@@ -10,8 +10,9 @@ import re
 import pytest
 import torch
 
+import fusedrnn
 from fusedrnn import backends, bench, bench_report, bench_timing, testing
-from fusedrnn.backends import Availability, Backend
+from fusedrnn.backends import Availability, Backend, Call
 from fusedrnn.cli import main
 
 ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_model", "cpu_count", "torch_threads", "torch",
@@ -77,7 +78,7 @@ def fake_backends(monkeypatch):
 # ---------------------------------------------------------------- info
 
 
-def test_info_lists_versions_devices_backends_and_extension(capsys):
+def test_info_lists_versions_devices_backends_and_extensions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^\s+reference\s+available$", out, re.MULTILINE), out
@@ -85,7 +86,7 @@ def test_info_lists_versions_devices_backends_and_extension(capsys):
     assert re.search(r"^\s+fusedrnn\s+\d+\.\d+", out, re.MULTILINE)
     assert re.search(r"^\s+Triton\s+\S", out, re.MULTILINE)
     assert re.search(r"^\s+cpu\s+.+torch threads \d+$", out, re.MULTILINE)
-    assert "fusedrnn._C" in out
+    assert "fusedrnn._C" in out and "fusedrnn._cpu" in out
 
 
 def test_info_reports_an_unavailable_backend_with_its_reason(capsys, fake_backends):
@@ -112,9 +113,11 @@ def test_quick_bench_prints_numeric_rows_for_both_providers(quick_run):
         assert float(row["us/step"]) > 0, row
         assert float(row["floor us"]) > 0, row
         assert float(row["TFLOP/s"]) > 0, row
+    chosen = fusedrnn.select_backend(None, torch.device("cpu"), torch.float32,
+                                     Call("lstm", 8, 8)).name  # cpu, or reference without _cpu
     for row in fused_rows:
         assert re.fullmatch(r"\d+\.\d\d", row["ratio"]), row  # 0.00 when torch.nn stalls
-        assert "auto: reference" in row["provider"]
+        assert f"auto: {chosen}" in row["provider"]
     assert {r["mode"] for r in rows} == set(bench.DEFAULT_MODES)
     for note in ("lower is better", "floor us = ", "TFLOP/s = GEMM FLOPs"):
         assert note in stdout
@@ -137,7 +140,8 @@ def test_quick_bench_writes_json_with_every_measurement(quick_run):
         torch_entry, fused_entry = result["providers"]
         assert torch_entry["provider"] == "torch.nn"
         assert fused_entry["provider"] == "fusedrnn" and fused_entry["backend"] == "auto"
-        assert fused_entry["resolved_backend"] == "reference"
+        assert fused_entry["resolved_backend"] == fusedrnn.select_backend(
+                None, torch.device("cpu"), torch.float32, Call("lstm", 8, 8)).name
         for entry in (torch_entry, fused_entry):
             assert entry["status"] == "ok"
             assert len(entry["times_s"]) == repeats

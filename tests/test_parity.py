@@ -19,17 +19,22 @@ INPUT, HIDDEN, STEPS, BATCH = 5, 7, 6, 4
 
 
 def _configs():
-    cells = [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
-             ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"})]
+    # (cell, extra arguments, the backends that run it on the CPU besides auto's choice)
+    cells = [("LSTM", {}, ("reference", "cpu")), ("LSTM", {"proj_size": 3}, ("reference",)),
+             ("GRU", {}, ("reference", "cpu")), ("RNN", {"nonlinearity": "tanh"}, ("reference",)),
+             ("RNN", {"nonlinearity": "relu"}, ("reference",))]
     forms = ["batched", "batch_first", "unbatched", "packed", "packed_sorted"]
-    for (cell, extra), layers, bidirectional, bias, form, with_hx in itertools.product(
+    for (cell, extra, names), layers, bidirectional, bias, form, with_hx in itertools.product(
             cells, (1, 2), (False, True), (True, False), forms, (False, True)):
         kwargs = dict(extra, num_layers=layers, bidirectional=bidirectional, bias=bias,
                       batch_first=form == "batch_first")
         name = "-".join([cell, *(f"{k}={v}" for k, v in extra.items()), f"L{layers}",
                          "bi" if bidirectional else "uni", "bias" if bias else "nobias", form,
                          "hx" if with_hx else "nohx"])
-        yield pytest.param(cell, kwargs, form, with_hx, id=name)
+        for backend in names:
+            marks = [pytest.mark.requires_cpu_ext] if backend == "cpu" else []
+            yield pytest.param(cell, dict(kwargs, backend=backend), form, with_hx,
+                               id=f"{name}-{backend}", marks=marks)
 
 
 def _input(module, form, generator):

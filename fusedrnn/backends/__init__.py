@@ -59,6 +59,7 @@ class Backend:
 
     name = ""
     priority = 0
+    auto_devices = None  # the device types auto considers this backend for; None: all
 
     def available(self):
         """Whether this backend can run at all here: :class:`Availability`."""
@@ -102,7 +103,7 @@ _logged_fallbacks = set()
 
 
 def register(backend):
-    """Add a backend to the registry (the Triton and CUDA backends call this)."""
+    """Add a backend to the registry."""
     _REGISTRY[backend.name] = backend
 
 
@@ -149,7 +150,8 @@ def select(backend, device, dtype, call=None):
         return Choice(name, "requested")
     skipped = []
     for candidate in names():
-        if device.type == "cpu" and candidate != "reference":
+        devices = _REGISTRY[candidate].auto_devices
+        if devices is not None and device.type not in devices:
             continue
         ok, why = _can_run(_REGISTRY[candidate], device, dtype, call)
         if ok:
@@ -173,11 +175,13 @@ register(ReferenceBackend())
 
 
 def _register_optional():
+    from .cpu import CpuBackend
     from .cuda import CudaBackend
     from .triton import TritonBackend
 
     register(TritonBackend())
     register(CudaBackend())
+    register(CpuBackend())
 
 
 _register_optional()

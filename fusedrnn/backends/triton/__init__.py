@@ -28,6 +28,7 @@ def interpreter_enabled():
 class TritonBackend(Backend):
     name = "triton"
     priority = 10
+    auto_devices = ("cuda",)  # on the CPU it runs only through the interpreter, for tests
 
     def available(self):
         if importlib.util.find_spec("triton") is None:

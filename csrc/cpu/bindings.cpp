@@ -1,0 +1,19 @@
+// fusedrnn._cpu: registers the CPU kernels of the recurrence ops whose schemas fusedrnn
+// defines in Python (fusedrnn/backends/recurrence.py), and is importable as a Python module.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "recurrence_cpu.h"
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::cpu::lstm_recurrence_fwd));
+  m.impl("lstm_recurrence_bwd", TORCH_FN(fusedrnn::cpu::lstm_recurrence_bwd));
+  m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::cpu::gru_recurrence_fwd));
+  m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::cpu::gru_recurrence_bwd));
+}
+
+extern "C" PyObject* PyInit__cpu(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu", "fusedrnn CPU kernels", -1,
+                               nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,185 @@
+// GRU time loops of the cpu backend (gates r, z, n): per step one BLAS product for the
+// hidden-side pre-activations, then one vectorised pass over each row:
+//   r, z = sigmoid(x_g + h_g + b_g);  n = tanh(x_n + r * (h_n + b_n));  h' = n + z * (h - n).
+// Saved tensors have the reference backend's layout: gates activated r, z, n and
+// hidden_n = h_n + b_n, the term r multiplies.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <tuple>
+
+#include "../recurrence_args.h"
+#include "blas.h"
+#include "cpu_math.h"
+#include "recurrence_cpu.h"
+#include "rows.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+using at::Tensor;
+
+// One row of the forward step. xg (3H) read: input-side pre-activations x W_ih^T + b_ih;
+// g (3H) written: activated r, z, n; hg (3H) read: h W_hh^T; b_hh (3H) read; h_prev (H)
+// read; hidden_n, y, h_next (H) written: h_n + b_n, h, h.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
+                                      const scalar_t* __restrict__ hg, scalar_t* __restrict__ g,
+                                      const scalar_t* __restrict__ b_hh,
+                                      const scalar_t* __restrict__ h_prev,
+                                      scalar_t* __restrict__ hidden_n, scalar_t* __restrict__ y,
+                                      scalar_t* __restrict__ h_next, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const scalar_t br = b_hh[j], bz = b_hh[hidden + j], bn = b_hh[2 * hidden + j];
+    const scalar_t r = sigmoid(xg[j] + hg[j] + br);
+    const scalar_t z = sigmoid(xg[hidden + j] + hg[hidden + j] + bz);
+    const scalar_t hn = hg[2 * hidden + j] + bn;
+    const scalar_t n = tanh(xg[2 * hidden + j] + r * hn);
+    const scalar_t h = flush(n + z * (h_prev[j] - n));
+    g[j] = r;
+    g[hidden + j] = z;
+    g[2 * hidden + j] = n;
+    hidden_n[j] = hn;
+    y[j] = h_next[j] = h;
+  }
+}
+
+// One row of the backward step of an active row. dh (H) read: the gradient reaching h;
+// gates (3H), hidden_n, h_prev (H) as saved; din, dhid (3H) written: the gradients of the
+// input-side and hidden-side pre-activations (they differ in the n gate only).
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void gru_bwd_row(const scalar_t* __restrict__ dh,
+                                      const scalar_t* __restrict__ gates,
+                                      const scalar_t* __restrict__ hidden_n,
+                                      const scalar_t* __restrict__ h_prev,
+                                      scalar_t* __restrict__ din, scalar_t* __restrict__ dhid,
+                                      int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const scalar_t r = gates[j], z = gates[hidden + j], n = gates[2 * hidden + j];
+    const scalar_t d_n = dh[j] * (1 - z) * (1 - n * n);
+    const scalar_t d_z = dh[j] * (h_prev[j] - n) * z * (1 - z);
+    const scalar_t d_r = d_n * hidden_n[j] * r * (1 - r);
+    din[j] = dhid[j] = flush(d_r);
+    din[hidden + j] = dhid[hidden + j] = flush(d_z);
+    din[2 * hidden + j] = flush(d_n);
+    dhid[2 * hidden + j] = flush(d_n * r);
+  }
+}
+
+// dh (H) in/out = rec + dh * z: the recurrent gradient plus the direct path h' = ... z * h.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void gru_carry_row(scalar_t* __restrict__ dh,
+                                        const scalar_t* __restrict__ rec,
+                                        const scalar_t* __restrict__ z, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) dh[j] = flush(rec[j] + dh[j] * z[j]);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
+    const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& b_hh,
+    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse) {
+  const auto sizes = check_gru_fwd(xproj, w_hh, b_hh, h0, lengths_opt, at::kCPU);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  const Tensor bias = (b_hh.has_value() && b_hh->defined()) ? *b_hh
+                                                             : at::zeros({3 * hidden}, xproj.options());
+  Tensor gates = at::empty_like(xproj);
+  Tensor hidden_n = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor y = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor hidden_gates = at::empty({batch, 3 * hidden}, xproj.options());
+  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "gru_recurrence_fwd_cpu", [&] {
+    const int64_t state = batch * hidden;  // elements of one step of y and hidden_n
+    const scalar_t* xproj_p = xproj.data_ptr<scalar_t>();
+    scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    scalar_t* hidden_n_p = hidden_n.data_ptr<scalar_t>();
+    scalar_t* y_p = y.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
+    scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
+    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true);
+    for (int64_t t : time_order(steps, reverse)) {
+      const scalar_t* hp = h_cur.data_ptr<scalar_t>();
+      scalar_t* hn = h_next.data_ptr<scalar_t>();
+      recurrent.apply(hg, hp, batch);
+      const scalar_t* xp = xproj_p + 3 * state * t;
+      scalar_t* gp = gates_p + 3 * state * t;
+      scalar_t* np = hidden_n_p + state * t;
+      scalar_t* yp = y_p + state * t;
+      for_rows(batch, 3 * hidden, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t row = b * hidden;
+          gru_fwd_row<scalar_t>(xp + 3 * row, hg + 3 * row, gp + 3 * row, bp, hp + row,
+                                np + row, yp + row, hn + row, hidden);
+          if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
+        }
+      });
+      std::swap(h_cur, h_next);
+    }
+  });
+  return {y, h_cur, gates, hidden_n};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h_prev,
+    const std::optional<Tensor>& lengths_opt, const Tensor& gates, const Tensor& hidden_n,
+    bool reverse) {
+  const auto sizes =
+      check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCPU);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  Tensor dgates_in = at::empty_like(gates), dgates_hid = at::empty_like(gates);
+  Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
+  Tensor rec = at::empty_like(grad_h_n);  // dgates_hid of the step just processed @ w_hh
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_recurrence_bwd_cpu", [&] {
+    const int64_t state = batch * hidden;  // elements of one step of grad_y, h_prev, hidden_n
+    scalar_t* dhp = dh.data_ptr<scalar_t>();
+    scalar_t* recp = rec.data_ptr<scalar_t>();
+    const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
+    const scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    const scalar_t* hidden_n_p = hidden_n.data_ptr<scalar_t>();
+    const scalar_t* h_prev_p = h_prev.data_ptr<scalar_t>();
+    scalar_t* dgates_in_p = dgates_in.data_ptr<scalar_t>();
+    scalar_t* dgates_hid_p = dgates_hid.data_ptr<scalar_t>();
+    const auto order = time_order(steps, !reverse);
+    // Rows active at step `later` take the recurrent gradient and the direct path through
+    // that step's z; an inactive step passes dh through unchanged.
+    auto carry_from = [&](int64_t later, int64_t b) {
+      if (!is_active(lengths, b, later)) return;
+      const scalar_t* z = gates_p + 3 * state * later + 3 * b * hidden + hidden;
+      gru_carry_row<scalar_t>(dhp + b * hidden, recp + b * hidden, z, hidden);
+    };
+    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false);
+    for (size_t k = 0; k < order.size(); ++k) {
+      const int64_t t = order[k];
+      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+      const scalar_t* gy = grad_y_p + state * t;
+      const scalar_t* gp = gates_p + 3 * state * t;
+      const scalar_t* np = hidden_n_p + state * t;
+      const scalar_t* hp = h_prev_p + state * t;
+      scalar_t* dinp = dgates_in_p + 3 * state * t;
+      scalar_t* dhidp = dgates_hid_p + 3 * state * t;
+      for_rows(batch, 6 * hidden, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t row = b * hidden;
+          if (later >= 0) carry_from(later, b);
+          if (!is_active(lengths, b, t)) {
+            std::fill(dinp + 3 * row, dinp + 3 * row + 3 * hidden, scalar_t(0));
+            std::fill(dhidp + 3 * row, dhidp + 3 * row + 3 * hidden, scalar_t(0));
+            continue;
+          }
+          add_row<scalar_t>(dhp + row, gy + row, hidden);
+          gru_bwd_row<scalar_t>(dhp + row, gp + 3 * row, np + row, hp + row, dinp + 3 * row,
+                                dhidp + 3 * row, hidden);
+        }
+      });
+      recurrent.apply(recp, dhidp, batch);
+    }
+    if (steps > 0) {
+      for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b);  // the gradient of h0
+    }
+  });
+  return {dgates_in, dgates_hid, dh};
+}
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,183 @@
+// LSTM time loops of the cpu backend (gates i, f, g, o). Per step: one BLAS product into
+// the step's gate buffer, then one pass over each row that applies the cell and writes
+// everything the step produces; the loops over hidden units vectorise (cpu_math.h).
+// Saved tensors have the reference backend's layout: gates activated, cells = c.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <tuple>
+
+#include "../recurrence_args.h"
+#include "blas.h"
+#include "cpu_math.h"
+#include "recurrence_cpu.h"
+#include "rows.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+using at::Tensor;
+
+// One row of the forward step. xg (4H) read: x W_ih^T + b; hg (4H) read: h W_hh^T;
+// g (4H) written: activated i, f, g, o; c_prev, h_prev (H) read; cell, y, h_next (H) written (inactive: cell and h_next hold the
+// previous state, y is zero).
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void lstm_fwd_row(const scalar_t* __restrict__ xg,
+                                       const scalar_t* __restrict__ hg,
+                                       scalar_t* __restrict__ g,
+                                       const scalar_t* __restrict__ c_prev,
+                                       scalar_t* __restrict__ cell, scalar_t* __restrict__ y,
+                                       scalar_t* __restrict__ h_next, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const scalar_t i = sigmoid(xg[j] + hg[j]);
+    const scalar_t f = sigmoid(xg[hidden + j] + hg[hidden + j]);
+    const scalar_t n = tanh(xg[2 * hidden + j] + hg[2 * hidden + j]);
+    const scalar_t o = sigmoid(xg[3 * hidden + j] + hg[3 * hidden + j]);
+    const scalar_t c = flush(f * c_prev[j] + i * n);
+    g[j] = i;
+    g[hidden + j] = f;
+    g[2 * hidden + j] = n;
+    g[3 * hidden + j] = o;
+    cell[j] = c;
+    y[j] = h_next[j] = flush(o * tanh(c));
+  }
+}
+
+// One row of the backward step. dh (H) in: the gradient reaching h at this step; dc (H)
+// in/out: the gradient of the cell state, carried to the previous step; gates (4H), cell,
+// c_prev (H) as saved; dgates (4H) written: pre-activation gradients.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void lstm_bwd_row(const scalar_t* __restrict__ dh,
+                                       scalar_t* __restrict__ dc,
+                                       const scalar_t* __restrict__ gates,
+                                       const scalar_t* __restrict__ cell,
+                                       const scalar_t* __restrict__ c_prev,
+                                       scalar_t* __restrict__ dgates, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const scalar_t i = gates[j], f = gates[hidden + j], n = gates[2 * hidden + j],
+                   o = gates[3 * hidden + j];
+    const scalar_t tc = tanh(cell[j]);
+    const scalar_t dcv = dc[j] + dh[j] * o * (1 - tc * tc);
+    dgates[j] = flush(dcv * n * i * (1 - i));
+    dgates[hidden + j] = flush(dcv * c_prev[j] * f * (1 - f));
+    dgates[2 * hidden + j] = flush(dcv * i * (1 - n * n));
+    dgates[3 * hidden + j] = flush(dh[j] * tc * o * (1 - o));
+    dc[j] = flush(dcv * f);
+  }
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
+    const Tensor& xproj, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+    const std::optional<Tensor>& lengths_opt, bool reverse) {
+  const auto sizes = check_lstm_fwd(xproj, w_hh, h0, c0, lengths_opt, at::kCPU);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  Tensor gates = at::empty_like(xproj);
+  Tensor hidden_gates = at::empty({batch, 4 * hidden}, xproj.options());  // h W_hh^T
+  Tensor cells = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor y = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  Tensor c_last = c0.clone();
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_recurrence_fwd_cpu", [&] {
+    const int64_t state = batch * hidden;  // elements of one step of y and cells
+    const scalar_t* xproj_p = xproj.data_ptr<scalar_t>();
+    scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    scalar_t* cells_p = cells.data_ptr<scalar_t>();
+    scalar_t* y_p = y.data_ptr<scalar_t>();
+    const scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
+    const scalar_t* c_prev = c0.data_ptr<scalar_t>();
+    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true);
+    for (int64_t t : time_order(steps, reverse)) {
+      recurrent.apply(hidden_gates.data_ptr<scalar_t>(), h_cur.data_ptr<scalar_t>(), batch);
+      const scalar_t* xp = xproj_p + 4 * state * t;
+      scalar_t* gp = gates_p + 4 * state * t;
+      scalar_t* cp = cells_p + state * t;
+      scalar_t* yp = y_p + state * t;
+      const scalar_t* hp = h_cur.data_ptr<scalar_t>();
+      scalar_t* hn = h_next.data_ptr<scalar_t>();
+      for_rows(batch, 4 * hidden, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t row = b * hidden;
+          lstm_fwd_row<scalar_t>(xp + 4 * row, hg + 4 * row, gp + 4 * row, c_prev + row,
+                                 cp + row, yp + row, hn + row, hidden);
+          if (!is_active(lengths, b, t)) {
+            hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
+            hold_row<scalar_t>(cp + row, c_prev + row, nullptr, hidden);
+          }
+        }
+      });
+      c_prev = cp;
+      std::swap(h_cur, h_next);
+    }
+    if (steps > 0) c_last.copy_(cells.select(0, reverse ? 0 : steps - 1));
+  });
+  return {y, h_cur, c_last, gates, cells};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
+    const Tensor& c0, const std::optional<Tensor>& lengths_opt, const Tensor& gates,
+    const Tensor& cells, bool reverse) {
+  const auto sizes = check_lstm_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates,
+                                    cells, at::kCPU);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  Tensor dgates = at::empty_like(gates);
+  Tensor dc = grad_c_n.clone();
+  Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
+  Tensor rec = at::empty_like(grad_h_n);  // dgates of the step just processed @ w_hh
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_recurrence_bwd_cpu", [&] {
+    const int64_t state = batch * hidden;  // elements of one step of grad_y and cells
+    scalar_t* dhp = dh.data_ptr<scalar_t>();
+    scalar_t* dcp = dc.data_ptr<scalar_t>();
+    scalar_t* recp = rec.data_ptr<scalar_t>();
+    const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
+    const scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    const scalar_t* cells_p = cells.data_ptr<scalar_t>();
+    scalar_t* dgates_p = dgates.data_ptr<scalar_t>();
+    const auto order = time_order(steps, !reverse);
+    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false);
+    for (size_t k = 0; k < order.size(); ++k) {
+      const int64_t t = order[k];
+      const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
+      const scalar_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
+                                                               : c0.data_ptr<scalar_t>();
+      const scalar_t* gy = grad_y_p + state * t;
+      const scalar_t* gp = gates_p + 4 * state * t;
+      const scalar_t* cp = cells_p + state * t;
+      scalar_t* dgp = dgates_p + 4 * state * t;
+      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+      for_rows(batch, 4 * hidden, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t row = b * hidden;
+          // The gradient reaching h here: the recurrent one from the later step if that
+          // step was active for this row (an inactive step passes dh through unchanged) ...
+          if (later >= 0 && is_active(lengths, b, later)) {
+            std::copy(recp + row, recp + row + hidden, dhp + row);
+          }
+          if (!is_active(lengths, b, t)) {
+            std::fill(dgp + 4 * row, dgp + 4 * row + 4 * hidden, scalar_t(0));
+            continue;
+          }
+          // ... plus the gradient of this step's output.
+          add_row<scalar_t>(dhp + row, gy + row, hidden);
+          lstm_bwd_row<scalar_t>(dhp + row, dcp + row, gp + 4 * row, cp + row, c_prev + row,
+                                 dgp + 4 * row, hidden);
+        }
+      });
+      recurrent.apply(recp, dgp, batch);
+    }
+    // The gradient of h0: the recurrent one where the first step was active for the row.
+    const int64_t first_step = steps == 0 ? 0 : order.back();
+    for (int64_t b = 0; b < batch; ++b) {
+      if (steps > 0 && is_active(lengths, b, first_step)) {
+        std::copy(recp + b * hidden, recp + (b + 1) * hidden, dhp + b * hidden);
+      }
+    }
+  });
+  return {dgates, dh, dc};
+}
+
+}  // namespace fusedrnn::cpu

@@ -1,0 +1,43 @@
+// The CPU kernels of the ops fusedrnn::{lstm,gru}_recurrence_{fwd,bwd}, whose schemas are
+// defined in Python (fusedrnn/backends/recurrence.py). float32 and float64; every tensor
+// contiguous and on the CPU, of one dtype, except lengths: int64 (B,) or undefined (all
+// steps active), step t of row b active while t < lengths[b]. Inactive steps leave the state
+// unchanged and output zeros. Nothing is aliased: every result is a fresh tensor, and no
+// argument is written. `reverse` runs time from T-1 down to 0.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fusedrnn::cpu {
+
+// xproj (T,B,4H) = x W_ih^T + b_ih + b_hh; w_hh (4H,H); h0, c0 (B,H).
+// Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated i,f,g,o, cells (T,B,H).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_fwd(
+    const at::Tensor& xproj, const at::Tensor& w_hh, const at::Tensor& h0,
+    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse);
+
+// grad_y (T,B,H), grad_h_n, grad_c_n (B,H), w_hh (4H,H), c0 (B,H), gates and cells as the
+// forward returned them. Returns dgates (T,B,4H) pre-activation gradients, grad_h0, grad_c0.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_bwd(
+    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& w_hh, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+    const at::Tensor& gates, const at::Tensor& cells, bool reverse);
+
+// xproj (T,B,3H) = x W_ih^T + b_ih; w_hh (3H,H); b_hh (3H) or undefined; h0 (B,H).
+// Returns y (T,B,H), h_n (B,H), gates (T,B,3H) activated r,z,n, hidden_n (T,B,H).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_recurrence_fwd(
+    const at::Tensor& xproj, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse);
+
+// grad_y (T,B,H), grad_h_n (B,H), w_hh (3H,H), h_prev (T,B,H) the state entering each step,
+// gates and hidden_n as the forward returned them.
+// Returns dgates_in, dgates_hid (T,B,3H), grad_h0 (B,H).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_bwd(
+    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& w_hh,
+    const at::Tensor& h_prev, const std::optional<at::Tensor>& lengths,
+    const at::Tensor& gates, const at::Tensor& hidden_n, bool reverse);
+
+}  // namespace fusedrnn::cpu

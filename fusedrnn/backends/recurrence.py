@@ -1,0 +1,115 @@
+"""The backends built on the compiled recurrence ops, ``cpu`` and ``cuda``.
+
+Per step, one BLAS product into a preallocated buffer and one fused pointwise pass, the time
+loop in C++; here in Python only the input projection and the weight gradients (one product
+over all steps each) and the ops' schemas, so they exist without the extensions:
+
+``fusedrnn::lstm_recurrence_fwd(xproj (T,B,4H), w_hh (4H,H), h0, c0 (B,H), lengths?, reverse)
+-> (y, h_n, c_n, gates, cells)``, ``fusedrnn::lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n,
+w_hh, c0, lengths?, gates, cells, reverse) -> (dgates, grad_h0, grad_c0)``,
+``fusedrnn::gru_recurrence_fwd(xproj (T,B,3H), w_hh, b_hh?, h0, lengths?, reverse)
+-> (y, h_n, gates, hidden_n)``, ``fusedrnn::gru_recurrence_bwd(grad_y, grad_h_n, w_hh,
+h_prev (T,B,H), lengths?, gates, hidden_n, reverse) -> (dgates_in, dgates_hid, grad_h0)``.
+
+``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` their CUDA kernels (full
+contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
+reference backend's layout, so the backends are interchangeable.
+"""
+
+import torch
+
+from . import Availability, Backend, common
+
+CELLS = ("lstm", "gru")
+SCHEMAS = {
+    "lstm_recurrence_fwd": "(Tensor xproj, Tensor w_hh, Tensor h0, Tensor c0, Tensor? lengths, "
+                           "bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "lstm_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, "
+                           "Tensor c0, Tensor? lengths, Tensor gates, Tensor cells, bool reverse)"
+                           " -> (Tensor, Tensor, Tensor)",
+    "gru_recurrence_fwd": "(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, "
+                          "bool reverse) -> (Tensor, Tensor, Tensor, Tensor)",
+    "gru_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor h_prev, "
+                          "Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse) "
+                          "-> (Tensor, Tensor, Tensor)",
+}
+
+_library = torch.library.Library("fusedrnn", "FRAGMENT")
+for _name, _schema in SCHEMAS.items():
+    _library.define(_name + _schema)
+
+
+@torch.library.register_fake("fusedrnn::lstm_recurrence_fwd")
+def _(xproj, w_hh, h0, c0, lengths, reverse):
+    steps, batch, _ = xproj.shape
+    hidden = w_hh.shape[1]
+    return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0), torch.empty_like(c0),
+            torch.empty_like(xproj), xproj.new_empty(steps, batch, hidden))
+
+
+@torch.library.register_fake("fusedrnn::lstm_recurrence_bwd")
+def _(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths, gates, cells, reverse):
+    return torch.empty_like(gates), torch.empty_like(grad_h_n), torch.empty_like(grad_c_n)
+
+
+@torch.library.register_fake("fusedrnn::gru_recurrence_fwd")
+def _(xproj, w_hh, b_hh, h0, lengths, reverse):
+    steps, batch, _ = xproj.shape
+    hidden = w_hh.shape[1]
+    return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0), torch.empty_like(xproj),
+            xproj.new_empty(steps, batch, hidden))
+
+
+@torch.library.register_fake("fusedrnn::gru_recurrence_bwd")
+def _(grad_y, grad_h_n, w_hh, h_prev, lengths, gates, hidden_n, reverse):
+    return torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(grad_h_n)
+
+
+class RecurrenceBackend(Backend):
+    """A backend whose time loops are the compiled recurrence ops of ``extension``, for
+    tensors on ``device_type`` in ``dtypes``; LSTM without projection and GRU."""
+
+    extension = None
+    device_type = ""
+    dtypes = ()
+
+    def available(self):
+        return Availability(*self.extension.status())
+
+    def supports(self, device, dtype, call=None):
+        label = self.device_type.upper()
+        if device.type != self.device_type:
+            return False, f"the {label} kernels need {label} tensors, got {device.type}"
+        if dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            return False, f"dtype {dtype} is not one of {names}"
+        if call is not None and call.cell not in CELLS:
+            return False, f"no {label} kernel for the {call.cell} cell (only {', '.join(CELLS)})"
+        if call is not None and call.state != call.hidden:
+            return False, f"proj_size is not supported by the {label} kernels yet"
+        return True, ""
+
+    def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
+        self.extension.load()
+        if cell == "lstm":
+            xproj = common.input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
+            return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, h0, c0, lengths, reverse)
+        xproj = common.input_projection(x, w_ih, b_ih)
+        y, h_n, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(
+            xproj, w_hh, b_hh, h0, lengths, reverse)
+        return y, h_n, common.empty(x), gates, hidden_n
+
+    def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
+                 ws_a, ws_b, reverse, has_bias):
+        self.extension.load()
+        mask = common.active_mask(lengths, x.shape[0])
+        h_prev = common.previous_states(y, h0, mask, reverse).contiguous()
+        if cell == "lstm":
+            dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
+                grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b, reverse)
+            grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
+            return grads + (common.empty(x), dh0, dc0)
+        dgates_in, dgates_hid, dh0 = torch.ops.fusedrnn.gru_recurrence_bwd(
+            grad_y, grad_hn, w_hh, h_prev, lengths, ws_a, ws_b, reverse)
+        grads = common.input_and_weight_grads(x, w_ih, dgates_in, dgates_hid, h_prev, has_bias)
+        return grads + (common.empty(x), dh0, common.empty(x))

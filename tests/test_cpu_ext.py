@@ -1,0 +1,136 @@
+"""The CPU extension ``fusedrnn._cpu`` and the ``cpu`` backend.
+
+Its kernels against the reference backend in float32 (the float64 comparisons with torch.nn
+for every module option are in test_parity.py), the recurrence ops through ``opcheck``, the
+argument checks of the C++ side, and what falls back to the reference backend and why.
+"""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import testing
+from fusedrnn.backends import BackendUnavailableError
+from fusedrnn.backends.recurrence import SCHEMAS
+
+pytestmark = pytest.mark.requires_cpu_ext
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_extension_registers_a_cpu_kernel_for_each_op(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CPU")
+
+
+# Sizes around the vector widths (8, 16 floats) and the packing threshold of csrc/cpu/blas.h.
+CASES = [
+    ("LSTM", {}, 33, 7, 3),
+    ("LSTM", {"num_layers": 2, "bidirectional": True}, 17, 5, 4),
+    ("LSTM", {}, 200, 4, 2),
+    ("GRU", {}, 33, 7, 3),
+    ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 17, 5, 4),
+    ("GRU", {}, 220, 4, 2),
+]
+
+
+@pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_float32_matches_the_reference_backend(cell, kwargs, hidden, steps, batch, packed):
+    reference = getattr(fusedrnn, cell)(12, hidden, backend="reference", **kwargs)
+    candidate = getattr(fusedrnn, cell)(12, hidden, backend="cpu", **kwargs)
+    candidate.load_state_dict(reference.state_dict())
+    x = (testing.make_packed(batch, steps, 12) if packed
+         else testing.make_sequence(batch, steps, 12))
+    hx = testing.make_state(reference, batch)
+    out_ref, grads_ref = testing.outputs_and_grads(reference, x, hx)
+    out, grads = testing.outputs_and_grads(candidate, x, hx)
+    testing.assert_close_relative(out, out_ref, 1e-5, "outputs")
+    testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
+
+
+@pytest.mark.parametrize("value", [-100.0, -20.0, -1e-3, 0.0, 1e-3, 0.6, 20.0, 100.0])
+def test_saturated_and_tiny_gates_match_torch(value):
+    """The vectorised sigmoid and tanh of csrc/cpu/cpu_math.h at the ends of their range."""
+    module = fusedrnn.LSTM(1, 16, bias=False, backend="cpu")
+    with torch.no_grad():
+        module.weight_ih_l0.fill_(1.0)
+        module.weight_hh_l0.zero_()
+    x = torch.full((3, 2, 1), value)
+    out, (h, c) = module(x)
+    ref, (rh, rc) = testing.torch_twin(module)(x)
+    torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-30)
+    torch.testing.assert_close(c, rc, rtol=2e-6, atol=1e-30)
+
+
+def test_nan_input_gives_nan_like_torch():
+    module = fusedrnn.GRU(3, 8, backend="cpu")
+    x = torch.randn(4, 2, 3)
+    x[1, 0, 0] = float("nan")
+    out, _ = module(x)
+    ref, _ = testing.torch_twin(module)(x)
+    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+
+
+def _lstm_args(lengths=True):
+    xproj, w_hh = torch.randn(5, 3, 32), torch.randn(32, 8)
+    h0, c0 = torch.randn(3, 8), torch.randn(3, 8)
+    return xproj, w_hh, h0, c0, torch.tensor([5, 2, 4]) if lengths else None
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_lstm_recurrence_ops(reverse):
+    xproj, w_hh, h0, c0, lengths = _lstm_args()
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
+                          (xproj, w_hh, h0, c0, lengths, reverse))
+    _, _, _, gates, cells = torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, h0, c0, lengths,
+                                                                   reverse)
+    grad_y, grad_h, grad_c = torch.randn(5, 3, 8), torch.randn(3, 8), torch.randn(3, 8)
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_bwd.default,
+                          (grad_y, grad_h, grad_c, w_hh, c0, lengths, gates, cells, reverse))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_opcheck_gru_recurrence_ops(bias):
+    xproj, w_hh, h0 = torch.randn(5, 3, 24), torch.randn(24, 8), torch.randn(3, 8)
+    b_hh = torch.randn(24) if bias else None
+    lengths = torch.tensor([5, 2, 4])
+    torch.library.opcheck(torch.ops.fusedrnn.gru_recurrence_fwd.default,
+                          (xproj, w_hh, b_hh, h0, lengths, False))
+    y, _, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(xproj, w_hh, b_hh, h0, lengths,
+                                                                  False)
+    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]]).contiguous()
+    torch.library.opcheck(torch.ops.fusedrnn.gru_recurrence_bwd.default,
+                          (torch.randn(5, 3, 8), torch.randn(3, 8), w_hh, h_prev, lengths, gates,
+                           hidden_n, False))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: (a[0], a[1][:, :7].contiguous(), *a[2:]), r"w_hh should have shape \[28, 7\], got \[32, 7\]"),
+    (lambda a: (a[0], a[1], a[2][:2], *a[3:]), r"h0 should have shape \[3, 8\]"),
+    (lambda a: (a[0], a[1].double(), *a[2:]), "w_hh has dtype Double, expected Float"),
+    (lambda a: (a[0], a[1].t(), *a[2:]), "w_hh should have shape|w_hh must be contiguous"),
+    (lambda a: (*a[:4], torch.tensor([5, 2])), r"lengths must be a contiguous int64 tensor of shape \(3\)"),
+    (lambda a: (*a[:4], torch.tensor([5.0, 2.0, 4.0])), "lengths must be a contiguous int64"),
+])
+def test_bad_arguments_name_the_argument(change, message):
+    args = change(_lstm_args())
+    with pytest.raises(RuntimeError, match="fusedrnn cpu backend: " + message):
+        torch.ops.fusedrnn.lstm_recurrence_fwd(*args, False)
+
+
+def test_explicit_cpu_backend_refuses_what_it_cannot_run():
+    with pytest.raises(BackendUnavailableError, match="proj_size is not supported by the CPU kernels"):
+        fusedrnn.LSTM(4, 8, proj_size=3, backend="cpu")(torch.randn(3, 2, 4))
+    with pytest.raises(BackendUnavailableError, match="no CPU kernel for the rnn_tanh cell"):
+        fusedrnn.RNN(4, 8, backend="cpu")(torch.randn(3, 2, 4))
+    with pytest.raises(BackendUnavailableError, match="dtype torch.bfloat16 is not one of float32, float64"):
+        fusedrnn.GRU(4, 8, backend="cpu", dtype=torch.bfloat16)(torch.randn(3, 2, 4, dtype=torch.bfloat16))
+
+
+def test_compiled_module_matches_eager():
+    module = fusedrnn.LSTM(6, 10, num_layers=2, backend="cpu")
+    x = testing.make_sequence(3, 5, 6)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    out, grads = testing.outputs_and_grads(compiled, x)
+    ref, ref_grads = testing.outputs_and_grads(module, x)
+    testing.assert_close_relative(out, ref, 1e-6, "outputs")
+    testing.assert_close_relative(grads, ref_grads, 1e-6, "gradients")
