@@ -27,7 +27,7 @@ Tensor active_rows(const Tensor& lengths, int64_t t, const Tensor& like) {
 // Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated, cells (T,B,H).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     const Tensor& xproj, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
-    const std::optional<Tensor>& lengths_opt, bool reverse) {
+    const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto [steps, batch, hidden, lengths] =
       check_lstm_fwd(xproj, w_hh, h0, c0, lengths_opt, at::kCUDA);
   c10::cuda::CUDAGuard guard(xproj.device());
@@ -45,6 +45,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     c_prev = cells.select(0, t);
     std::swap(h_cur, h_next);
   }
+  if (!save) return {y, h_cur, c_prev.clone(), xproj.new_empty({0}), xproj.new_empty({0})};
   return {y, h_cur, c_prev.clone(), gates, cells};
 }
 
@@ -83,7 +84,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
 // Returns y (T,B,H), h_n (B,H), gates (T,B,3H) activated r,z,n, hidden_n (T,B,H).
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& b_hh,
-    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse) {
+    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto [steps, batch, hidden, lengths] =
       check_gru_fwd(xproj, w_hh, b_hh, h0, lengths_opt, at::kCUDA);
   const bool has_bias = b_hh.has_value() && b_hh->defined();
@@ -105,6 +106,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
                  h_next, lengths, t);
     std::swap(h_cur, h_next);
   }
+  if (!save) return {y, h_cur, xproj.new_empty({0}), xproj.new_empty({0})};
   return {y, h_cur, gates, hidden_n};
 }
 

@@ -89,6 +89,8 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     call = backends.Call(cell, hidden, state_size)
     choice = backends.select(backend, x.device, x.dtype, call)
     op = backends.get(choice.name).forward_op(cell, x.device, call) or ops.FORWARD[cell]
+    # Workspaces for the backward only where autograd records the calls.
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in [x, *states, *weights])
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
@@ -100,7 +102,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
             w_hr = w[-1] if proj_size > 0 else None
             c0 = states[1][index] if cell == "lstm" else None
             y, h, c, _, _ = op(layer_input, w[0], w[1], b_ih, b_hh, w_hr, states[0][index], c0,
-                               lengths, direction == 1, choice.name)
+                               lengths, direction == 1, save, choice.name)
             outputs.append(y)
             h_n.append(h)
             c_n.append(c)

@@ -10,14 +10,15 @@ argument (a string, so ``torch.compile`` sees a constant).
 Every cell shares one schema (arguments a cell does not use are ``None``)::
 
     {cell}_fwd(x (T,B,I), w_ih (G,I), w_hh (G,P), b_ih (G)?, b_hh (G)?, w_hr (P,H)?,
-               h0 (B,P), c0 (B,H)?, lengths (B,) int64?, reverse, backend)
+               h0 (B,P), c0 (B,H)?, lengths (B,) int64?, reverse, save, backend)
         -> y (T,B,P), h_n (B,P), c_n, ws_a, ws_b          (see backends/reference.py)
     {cell}_bwd(grad_y, grad_h_n, grad_c_n?, x, w_ih, w_hh, w_hr?, h0, c0?, lengths?,
                y, ws_a, ws_b, reverse, has_bias, backend)
         -> grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr, grad_h0, grad_c0
 
-Absent results (no bias, no projection, no cell state) are empty ``(0,)`` tensors. The
-backward op is the hand-written backpropagation through time, registered as the forward's
+Absent results (no bias, no projection, no cell state) are empty ``(0,)`` tensors, and so
+are the workspaces ``ws_a``, ``ws_b`` without ``save`` (nothing will be differentiated: the
+functional layer passes ``save`` only when autograd records the call). The backward op is the hand-written backpropagation through time, registered as the forward's
 autograd formula.
 """
 
@@ -35,13 +36,13 @@ def _contiguous(*tensors):
 
 
 def _fake_forward(cell):
-    def fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
+    def fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend):
         steps, batch = x.shape[0], x.shape[1]
         hidden = w_ih.shape[0] // GATES[cell]
         y = x.new_empty(steps, batch, h0.shape[1])
         h_n = x.new_empty(batch, h0.shape[1])
         c_n = x.new_empty(batch, hidden) if cell == "lstm" else x.new_empty(0)
-        if cell in _SAVES_GATES:
+        if cell in _SAVES_GATES and save:
             ws_a = x.new_empty(steps, batch, w_ih.shape[0])
             ws_b = x.new_empty(steps, batch, hidden)
         else:
@@ -57,7 +58,7 @@ def _like_or_empty(t, like):
 
 FORWARD_SCHEMA = (
     "(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor h0, "
-    "Tensor? c0, Tensor? lengths, bool reverse, str backend) "
+    "Tensor? c0, Tensor? lengths, bool reverse, bool save, str backend) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 BACKWARD_SCHEMA = (
     "(Tensor grad_y, Tensor grad_h_n, Tensor? grad_c_n, Tensor x, Tensor w_ih, Tensor w_hh, "
@@ -70,15 +71,15 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
     """Define ``fusedrnn::{cell}_fwd{suffix}`` and ``fusedrnn::{cell}_bwd{suffix}`` with the
     shared schemas, the backward registered as the forward's autograd formula.
 
-    ``forward_impl(*tensors, reverse, backend)`` and
+    ``forward_impl(*tensors, reverse, save, backend)`` and
     ``backward_impl(*tensors, reverse, has_bias, backend)`` receive contiguous tensors
     (autograd hands out expanded, stride-0 gradients) and the flags. ``maker`` is ``torch.library.custom_op`` (opaque to ``torch.compile``, with the
     fake kernels here) or ``torch.library.triton_op`` (traced through by it).
     """
 
-    def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend):
+    def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend):
         return forward_impl(*_contiguous(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths),
-                            reverse, backend)
+                            reverse, save, backend)
 
     def backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
                  ws_b, reverse, has_bias, backend):
@@ -106,7 +107,10 @@ def _fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, leng
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend = inputs
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend = inputs
+    if not save:
+        raise RuntimeError("fusedrnn: this forward ran with save=False, so it kept nothing to "
+                           "differentiate; call it with save=True when autograd records it")
     y, _, _, ws_a, ws_b = output
     ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
@@ -130,7 +134,7 @@ def register_autograd(forward_op, backward_op):
         if not ctx.has_bias:
             g_b_ih = g_b_hh = None
         return (g_x, g_w_ih, g_w_hh, g_b_ih, g_b_hh, None if w_hr is None else g_w_hr, g_h0,
-                None if c0 is None else g_c0, None, None, None)
+                None if c0 is None else g_c0, None, None, None, None)
 
     forward_op.register_autograd(autograd_backward, setup_context=_setup_context)
 

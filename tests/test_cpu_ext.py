@@ -79,10 +79,11 @@ def _lstm_args(lengths=True):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_opcheck_lstm_recurrence_ops(reverse):
     xproj, w_hh, h0, c0, lengths = _lstm_args()
-    torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
-                          (xproj, w_hh, h0, c0, lengths, reverse))
+    for save in (False, True):
+        torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
+                              (xproj, w_hh, h0, c0, lengths, reverse, save))
     _, _, _, gates, cells = torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, h0, c0, lengths,
-                                                                   reverse)
+                                                                   reverse, True)
     grad_y, grad_h, grad_c = torch.randn(5, 3, 8), torch.randn(3, 8), torch.randn(3, 8)
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_bwd.default,
                           (grad_y, grad_h, grad_c, w_hh, c0, lengths, gates, cells, reverse))
@@ -93,10 +94,11 @@ def test_opcheck_gru_recurrence_ops(bias):
     xproj, w_hh, h0 = torch.randn(5, 3, 24), torch.randn(24, 8), torch.randn(3, 8)
     b_hh = torch.randn(24) if bias else None
     lengths = torch.tensor([5, 2, 4])
-    torch.library.opcheck(torch.ops.fusedrnn.gru_recurrence_fwd.default,
-                          (xproj, w_hh, b_hh, h0, lengths, False))
+    for save in (False, True):
+        torch.library.opcheck(torch.ops.fusedrnn.gru_recurrence_fwd.default,
+                              (xproj, w_hh, b_hh, h0, lengths, False, save))
     y, _, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(xproj, w_hh, b_hh, h0, lengths,
-                                                                  False)
+                                                                  False, True)
     h_prev = torch.cat([h0.unsqueeze(0), y[:-1]]).contiguous()
     torch.library.opcheck(torch.ops.fusedrnn.gru_recurrence_bwd.default,
                           (torch.randn(5, 3, 8), torch.randn(3, 8), w_hh, h_prev, lengths, gates,
@@ -114,7 +116,7 @@ def test_opcheck_gru_recurrence_ops(bias):
 def test_bad_arguments_name_the_argument(change, message):
     args = change(_lstm_args())
     with pytest.raises(RuntimeError, match="fusedrnn cpu backend: " + message):
-        torch.ops.fusedrnn.lstm_recurrence_fwd(*args, False)
+        torch.ops.fusedrnn.lstm_recurrence_fwd(*args, False, True)
 
 
 def test_explicit_cpu_backend_refuses_what_it_cannot_run():

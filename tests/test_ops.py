@@ -22,7 +22,7 @@ def _op_args(cell, *, steps=4, batch=3, input_size=2, hidden=3, proj=0, bias=Tru
     h0 = make(batch, state)
     c0 = make(batch, hidden) if cell == "lstm" else None
     lens = torch.tensor([steps, 1, steps - 1][:batch]) if lengths else None
-    return [x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse, "reference"]
+    return [x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse, True, "reference"]
 
 
 def _variants():
@@ -118,3 +118,34 @@ def test_backward_handles_expanded_output_gradients():
     torch.autograd.backward([y, h_n], [torch.ones_like(y).contiguous(), torch.ones_like(h_n)])
     for g, a in zip(grads, [a for a in args[:8] if a is not None]):
         assert torch.allclose(g, a.grad)
+
+
+@pytest.mark.parametrize("cell, backend", [(cell, "reference") for cell in CELLS] + [
+    pytest.param(cell, "cpu", marks=pytest.mark.requires_cpu_ext) for cell in ("lstm", "gru")])
+def test_forward_without_save_keeps_no_workspace_and_the_same_outputs(cell, backend):
+    args = _op_args(cell, lengths=True, reverse=True, requires_grad=False)
+    args[-1] = backend
+    full = ops.FORWARD[cell](*args)
+    args[-2] = False
+    lean = ops.FORWARD[cell](*args)
+    assert lean[3].numel() == lean[4].numel() == 0
+    for a, b in zip(full[:3], lean[:3]):
+        assert torch.equal(a, b)
+
+
+def test_forward_without_save_refuses_to_be_recorded_by_autograd():
+    args = _op_args("lstm")
+    args[-2] = False
+    with pytest.raises(RuntimeError, match="ran with save=False"):
+        ops.FORWARD["lstm"](*args)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_modules_under_no_grad_match_recorded_calls(cell):
+    module = getattr(fusedrnn, cell)(3, 5, num_layers=2, bidirectional=True)
+    x = torch.randn(4, 2, 3)
+    recorded, _ = module(x)
+    with torch.no_grad():
+        plain, _ = module(x)
+    assert recorded.requires_grad and not plain.requires_grad
+    assert torch.equal(recorded.detach(), plain)

@@ -116,7 +116,7 @@ def test_opcheck_with_the_triton_backend(cell):
     make = lambda *shape: torch.randn(*shape, device=DEVICE, requires_grad=True)  # noqa: E731
     args = [make(steps, batch, 4), make(gates, 4), make(gates, hidden), make(gates), make(gates),
             None, make(batch, hidden), make(batch, hidden) if cell == "lstm" else None,
-            torch.tensor([3, 2], device=DEVICE), True, "triton"]
+            torch.tensor([3, 2], device=DEVICE), True, True, "triton"]
     torch.library.opcheck(ops.FORWARD[cell], args)
 
 
@@ -165,7 +165,7 @@ def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell):
     lengths = torch.tensor([4, 2, 3], device=DEVICE)
     results = []
     for op in (forward_op, ops.FORWARD[cell]):
-        y, h_n, c_n, _, _ = op(*tensors, lengths, False, "triton")
+        y, h_n, c_n, _, _ = op(*tensors, lengths, False, True, "triton")
         loss = y.sum() + h_n.sum() + (c_n.sum() if cell == "lstm" else 0)
         grads = torch.autograd.grad(loss, [t for t in tensors if t is not None])
         results.append([y, h_n] + list(grads))

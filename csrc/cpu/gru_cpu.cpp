@@ -78,13 +78,14 @@ FUSEDRNN_SIMD_CLONES void gru_carry_row(scalar_t* __restrict__ dh,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& b_hh,
-    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse) {
+    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto sizes = check_gru_fwd(xproj, w_hh, b_hh, h0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Tensor bias = (b_hh.has_value() && b_hh->defined()) ? *b_hh
                                                              : at::zeros({3 * hidden}, xproj.options());
-  Tensor gates = at::empty_like(xproj);
-  Tensor hidden_n = at::empty({steps, batch, hidden}, xproj.options());
+  // Without `save`, one step of gates and hidden_n is all the loop needs.
+  Tensor gates = at::empty({save ? steps : 1, batch, 3 * hidden}, xproj.options());
+  Tensor hidden_n = at::empty({save ? steps : 1, batch, hidden}, xproj.options());
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor hidden_gates = at::empty({batch, 3 * hidden}, xproj.options());
   Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
@@ -103,8 +104,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
       scalar_t* hn = h_next.data_ptr<scalar_t>();
       recurrent.apply(hg, hp, batch);
       const scalar_t* xp = xproj_p + 3 * state * t;
-      scalar_t* gp = gates_p + 3 * state * t;
-      scalar_t* np = hidden_n_p + state * t;
+      scalar_t* gp = save ? gates_p + 3 * state * t : gates_p;
+      scalar_t* np = save ? hidden_n_p + state * t : hidden_n_p;
       scalar_t* yp = y_p + state * t;
       for_rows(batch, 3 * hidden, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
@@ -117,6 +118,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
       std::swap(h_cur, h_next);
     }
   });
+  if (!save) return {y, h_cur, xproj.new_empty({0}), xproj.new_empty({0})};
   return {y, h_cur, gates, hidden_n};
 }
 

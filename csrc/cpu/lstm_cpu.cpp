@@ -70,15 +70,17 @@ FUSEDRNN_SIMD_CLONES void lstm_bwd_row(const scalar_t* __restrict__ dh,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     const Tensor& xproj, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
-    const std::optional<Tensor>& lengths_opt, bool reverse) {
+    const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto sizes = check_lstm_fwd(xproj, w_hh, h0, c0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  Tensor gates = at::empty_like(xproj);
+  // Without `save`, one step of gates and two of cells (this step's and the previous one)
+  // are all the loop needs.
+  Tensor gates = at::empty({save ? steps : 1, batch, 4 * hidden}, xproj.options());
   Tensor hidden_gates = at::empty({batch, 4 * hidden}, xproj.options());  // h W_hh^T
-  Tensor cells = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor cells = at::empty({save ? steps : 2, batch, hidden}, xproj.options());
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
-  Tensor c_last = c0.clone();
+  Tensor c_last = at::empty_like(c0);
   const int64_t* lengths = lengths_ptr(sizes.lengths);
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_recurrence_fwd_cpu", [&] {
     const int64_t state = batch * hidden;  // elements of one step of y and cells
@@ -89,11 +91,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     const scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
     const scalar_t* c_prev = c0.data_ptr<scalar_t>();
     RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true);
+    int64_t parity = 0;  // which of the two cell buffers this step writes, without `save`
     for (int64_t t : time_order(steps, reverse)) {
       recurrent.apply(hidden_gates.data_ptr<scalar_t>(), h_cur.data_ptr<scalar_t>(), batch);
       const scalar_t* xp = xproj_p + 4 * state * t;
-      scalar_t* gp = gates_p + 4 * state * t;
-      scalar_t* cp = cells_p + state * t;
+      scalar_t* gp = save ? gates_p + 4 * state * t : gates_p;
+      scalar_t* cp = cells_p + state * (save ? t : parity);
+      parity ^= 1;
       scalar_t* yp = y_p + state * t;
       const scalar_t* hp = h_cur.data_ptr<scalar_t>();
       scalar_t* hn = h_next.data_ptr<scalar_t>();
@@ -111,8 +115,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
       c_prev = cp;
       std::swap(h_cur, h_next);
     }
-    if (steps > 0) c_last.copy_(cells.select(0, reverse ? 0 : steps - 1));
+    std::copy(c_prev, c_prev + state, c_last.data_ptr<scalar_t>());
   });
+  if (!save) return {y, h_cur, c_last, xproj.new_empty({0}), xproj.new_empty({0})};
   return {y, h_cur, c_last, gates, cells};
 }
 

@@ -3,7 +3,9 @@
 // contiguous and on the CPU, of one dtype, except lengths: int64 (B,) or undefined (all
 // steps active), step t of row b active while t < lengths[b]. Inactive steps leave the state
 // unchanged and output zeros. Nothing is aliased: every result is a fresh tensor, and no
-// argument is written. `reverse` runs time from T-1 down to 0.
+// argument is written. `reverse` runs time from T-1 down to 0. A forward without `save`
+// (inference) returns the saved tensors as empty (0,) tensors and keeps only one or two
+// steps of them while it runs.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,7 +19,7 @@ namespace fusedrnn::cpu {
 // Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated i,f,g,o, cells (T,B,H).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_fwd(
     const at::Tensor& xproj, const at::Tensor& w_hh, const at::Tensor& h0,
-    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse);
+    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse, bool save);
 
 // grad_y (T,B,H), grad_h_n, grad_c_n (B,H), w_hh (4H,H), c0 (B,H), gates and cells as the
 // forward returned them. Returns dgates (T,B,4H) pre-activation gradients, grad_h0, grad_c0.
@@ -30,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_bwd(
 // Returns y (T,B,H), h_n (B,H), gates (T,B,3H) activated r,z,n, hidden_n (T,B,H).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_recurrence_fwd(
     const at::Tensor& xproj, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
-    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse);
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse, bool save);
 
 // grad_y (T,B,H), grad_h_n (B,H), w_hh (3H,H), h_prev (T,B,H) the state entering each step,
 // gates and hidden_n as the forward returned them.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference
+from . import common, reference
 
 logger = logging.getLogger("fusedrnn")
 
@@ -92,7 +92,8 @@ class ReferenceBackend(Backend):
         return True, ""
 
     def forward(self, cell, *args):
-        return reference.FORWARD[cell](*args)
+        *args, save = args
+        return common.keep_saved(reference.FORWARD[cell](*args), save)
 
     def backward(self, cell, *args):
         return reference.BACKWARD[cell](*args)

@@ -8,6 +8,15 @@ def empty(like):
     return like.new_empty((0,))
 
 
+def keep_saved(outputs, save):
+    """A forward's ``(y, h_n, c_n, ws_a, ws_b)`` with the workspaces dropped (empty) unless
+    ``save``: for backends whose kernels always produce them."""
+    if save:
+        return outputs
+    y, h_n, c_n, _, _ = outputs
+    return y, h_n, c_n, empty(y), empty(y)
+
+
 def active_mask(lengths, steps):
     """``(T, B, 1)`` bool mask of active steps, or None when no lengths are given."""
     if lengths is None:

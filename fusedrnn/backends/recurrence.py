@@ -4,16 +4,17 @@ Per step, one BLAS product into a preallocated buffer and one fused pointwise pa
 loop in C++; here in Python only the input projection and the weight gradients (one product
 over all steps each) and the ops' schemas, so they exist without the extensions:
 
-``fusedrnn::lstm_recurrence_fwd(xproj (T,B,4H), w_hh (4H,H), h0, c0 (B,H), lengths?, reverse)
--> (y, h_n, c_n, gates, cells)``, ``fusedrnn::lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n,
+``fusedrnn::lstm_recurrence_fwd(xproj (T,B,4H), w_hh (4H,H), h0, c0 (B,H), lengths?, reverse,
+save) -> (y, h_n, c_n, gates, cells)``, ``fusedrnn::lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n,
 w_hh, c0, lengths?, gates, cells, reverse) -> (dgates, grad_h0, grad_c0)``,
-``fusedrnn::gru_recurrence_fwd(xproj (T,B,3H), w_hh, b_hh?, h0, lengths?, reverse)
+``fusedrnn::gru_recurrence_fwd(xproj (T,B,3H), w_hh, b_hh?, h0, lengths?, reverse, save)
 -> (y, h_n, gates, hidden_n)``, ``fusedrnn::gru_recurrence_bwd(grad_y, grad_h_n, w_hh,
 h_prev (T,B,H), lengths?, gates, hidden_n, reverse) -> (dgates_in, dgates_hid, grad_h0)``.
 
 ``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` their CUDA kernels (full
 contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
-reference backend's layout, so the backends are interchangeable.
+reference backend's layout, so the backends are interchangeable; without ``save``
+(nothing will be differentiated) they are empty ``(0,)`` tensors.
 """
 
 import torch
@@ -23,12 +24,12 @@ from . import Availability, Backend, common
 CELLS = ("lstm", "gru")
 SCHEMAS = {
     "lstm_recurrence_fwd": "(Tensor xproj, Tensor w_hh, Tensor h0, Tensor c0, Tensor? lengths, "
-                           "bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+                           "bool reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "lstm_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, "
                            "Tensor c0, Tensor? lengths, Tensor gates, Tensor cells, bool reverse)"
                            " -> (Tensor, Tensor, Tensor)",
     "gru_recurrence_fwd": "(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, "
-                          "bool reverse) -> (Tensor, Tensor, Tensor, Tensor)",
+                          "bool reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor)",
     "gru_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor h_prev, "
                           "Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse) "
                           "-> (Tensor, Tensor, Tensor)",
@@ -39,12 +40,16 @@ for _name, _schema in SCHEMAS.items():
     _library.define(_name + _schema)
 
 
+def _saved(save, *shape, like):
+    return like.new_empty(shape) if save else like.new_empty(0)
+
+
 @torch.library.register_fake("fusedrnn::lstm_recurrence_fwd")
-def _(xproj, w_hh, h0, c0, lengths, reverse):
+def _(xproj, w_hh, h0, c0, lengths, reverse, save):
     steps, batch, _ = xproj.shape
     hidden = w_hh.shape[1]
     return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0), torch.empty_like(c0),
-            torch.empty_like(xproj), xproj.new_empty(steps, batch, hidden))
+            _saved(save, *xproj.shape, like=xproj), _saved(save, steps, batch, hidden, like=xproj))
 
 
 @torch.library.register_fake("fusedrnn::lstm_recurrence_bwd")
@@ -53,11 +58,11 @@ def _(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths, gates, cells, reverse):
 
 
 @torch.library.register_fake("fusedrnn::gru_recurrence_fwd")
-def _(xproj, w_hh, b_hh, h0, lengths, reverse):
+def _(xproj, w_hh, b_hh, h0, lengths, reverse, save):
     steps, batch, _ = xproj.shape
     hidden = w_hh.shape[1]
-    return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0), torch.empty_like(xproj),
-            xproj.new_empty(steps, batch, hidden))
+    return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0),
+            _saved(save, *xproj.shape, like=xproj), _saved(save, steps, batch, hidden, like=xproj))
 
 
 @torch.library.register_fake("fusedrnn::gru_recurrence_bwd")
@@ -89,14 +94,15 @@ class RecurrenceBackend(Backend):
             return False, f"proj_size is not supported by the {label} kernels yet"
         return True, ""
 
-    def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
+    def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
         self.extension.load()
         if cell == "lstm":
             xproj = common.input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
-            return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, h0, c0, lengths, reverse)
+            return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, h0, c0, lengths, reverse,
+                                                          save)
         xproj = common.input_projection(x, w_ih, b_ih)
         y, h_n, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(
-            xproj, w_hh, b_hh, h0, lengths, reverse)
+            xproj, w_hh, b_hh, h0, lengths, reverse, save)
         return y, h_n, common.empty(x), gates, hidden_n
 
     def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .. import Availability, Backend
+from .. import Availability, Backend, common
 from . import plan, traceable
 
 logger = logging.getLogger("fusedrnn")
@@ -53,7 +53,8 @@ class TritonBackend(Backend):
     def forward(self, cell, *args):
         from . import gru, lstm
 
-        return {"lstm": lstm.forward, "gru": gru.forward}[cell](*args)
+        *args, save = args
+        return common.keep_saved({"lstm": lstm.forward, "gru": gru.forward}[cell](*args), save)
 
     def backward(self, cell, *args):
         from . import gru, lstm

@@ -14,6 +14,7 @@ eager call already did, and otherwise the dispatching op runs (correct, just opa
 import torch
 
 from ... import ops
+from .. import common
 
 _PAIRS = {}
 
@@ -25,8 +26,8 @@ def pair(cell):
 
         module = {"lstm": lstm, "gru": gru}[cell]
 
-        def launch_forward(*args):  # the last argument is the backend name
-            return module.forward(*args[:-1])
+        def launch_forward(*args):  # the last two arguments: save, the backend name
+            return common.keep_saved(module.forward(*args[:-2]), args[-2])
 
         def launch_backward(*args):
             return module.backward(*args[:-1])
