@@ -115,6 +115,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
     ctx.mark_non_differentiable(ws_a, ws_b)
+    # Gradients of unused outputs arrive as None instead of zero-filled tensors the size of
+    # the workspaces; the backward makes the zeros it needs.
+    ctx.set_materialize_grads(False)
 
 
 def register_autograd(forward_op, backward_op):
