@@ -8,14 +8,14 @@
 namespace fusedrnn {
 using at::Tensor;
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-    bool, bool);
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, bool, bool);
 std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
-    const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
-    const std::optional<Tensor>&, bool, bool);
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
+    const Tensor&, const std::optional<Tensor>&, bool, bool);
 std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
     const Tensor&, const Tensor&, bool);

@@ -23,14 +23,16 @@ Tensor active_rows(const Tensor& lengths, int64_t t, const Tensor& like) {
 
 }  // namespace
 
-// xproj (T,B,4H) = x W_ih^T + b_ih + b_hh; w_hh (4H,H); h0, c0 (B,H).
+// xproj (T,B,4H) = x W_ih^T; bias (4H) = b_ih + b_hh or undefined; w_hh (4H,H); h0, c0 (B,H).
 // Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated, cells (T,B,H).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
-    const Tensor& xproj, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
-    const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
+    const Tensor& xproj_in, const std::optional<Tensor>& bias, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_opt, bool reverse,
+    bool save) {
   const auto [steps, batch, hidden, lengths] =
-      check_lstm_fwd(xproj, w_hh, h0, c0, lengths_opt, at::kCUDA);
-  c10::cuda::CUDAGuard guard(xproj.device());
+      check_lstm_fwd(xproj_in, bias, w_hh, h0, c0, lengths_opt, at::kCUDA);
+  c10::cuda::CUDAGuard guard(xproj_in.device());
+  const Tensor xproj = (bias.has_value() && bias->defined()) ? xproj_in + *bias : xproj_in;
 
   Tensor gates = at::empty_like(xproj);
   Tensor cells = at::empty({steps, batch, hidden}, xproj.options());
@@ -80,17 +82,18 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
   return {dgates, grad_h0, dc.to(gates.scalar_type())};
 }
 
-// xproj (T,B,3H) = x W_ih^T + b_ih; w_hh (3H,H); b_hh (3H) or undefined; h0 (B,H).
+// xproj (T,B,3H) = x W_ih^T; b_ih, b_hh (3H) or undefined; w_hh (3H,H); h0 (B,H).
 // Returns y (T,B,H), h_n (B,H), gates (T,B,3H) activated r,z,n, hidden_n (T,B,H).
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
-    const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& b_hh,
-    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
+    const Tensor& xproj, const std::optional<Tensor>& b_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_hh, const Tensor& h0,
+    const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto [steps, batch, hidden, lengths] =
-      check_gru_fwd(xproj, w_hh, b_hh, h0, lengths_opt, at::kCUDA);
+      check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, at::kCUDA);
   const bool has_bias = b_hh.has_value() && b_hh->defined();
   c10::cuda::CUDAGuard guard(xproj.device());
 
-  Tensor gates = xproj.clone();
+  Tensor gates = (b_ih.has_value() && b_ih->defined()) ? xproj + *b_ih : xproj.clone();
   Tensor hidden_n = at::empty({steps, batch, hidden}, xproj.options());
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor hidden_gates = at::empty({batch, 3 * hidden}, xproj.options());

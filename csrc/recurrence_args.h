@@ -69,9 +69,11 @@ inline at::Tensor checked_lengths(const std::optional<at::Tensor>& lengths,
   return *lengths;
 }
 
-// xproj (T,B,4H), w_hh (4H,H), h0, c0 (B,H).
-inline RecurrenceSizes check_lstm_fwd(const at::Tensor& xproj, const at::Tensor& w_hh,
-                                      const at::Tensor& h0, const at::Tensor& c0,
+// xproj (T,B,4H), bias (4H) or undefined, w_hh (4H,H), h0, c0 (B,H).
+inline RecurrenceSizes check_lstm_fwd(const at::Tensor& xproj,
+                                      const std::optional<at::Tensor>& bias,
+                                      const at::Tensor& w_hh, const at::Tensor& h0,
+                                      const at::Tensor& c0,
                                       const std::optional<at::Tensor>& lengths,
                                       c10::DeviceType device) {
   check_tensor(xproj, "xproj", xproj, 3, device);
@@ -79,6 +81,7 @@ inline RecurrenceSizes check_lstm_fwd(const at::Tensor& xproj, const at::Tensor&
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
   check_shape(w_hh, "w_hh", {4 * hidden, hidden}, device);
   check_shape(xproj, "xproj", {steps, batch, 4 * hidden}, device);
+  if (bias.has_value() && bias->defined()) check_argument(*bias, "bias", xproj, {4 * hidden}, device);
   check_argument(h0, "h0", xproj, {batch, hidden}, device);
   check_argument(c0, "c0", xproj, {batch, hidden}, device);
   return {steps, batch, hidden, checked_lengths(lengths, xproj, batch, device)};
@@ -104,8 +107,10 @@ inline RecurrenceSizes check_lstm_bwd(const at::Tensor& grad_y, const at::Tensor
   return {steps, batch, hidden, checked_lengths(lengths, gates, batch, device)};
 }
 
-// xproj (T,B,3H), w_hh (3H,H), b_hh (3H) or undefined, h0 (B,H).
-inline RecurrenceSizes check_gru_fwd(const at::Tensor& xproj, const at::Tensor& w_hh,
+// xproj (T,B,3H), b_ih (3H) or undefined, w_hh (3H,H), b_hh (3H) or undefined, h0 (B,H).
+inline RecurrenceSizes check_gru_fwd(const at::Tensor& xproj,
+                                     const std::optional<at::Tensor>& b_ih,
+                                     const at::Tensor& w_hh,
                                      const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
                                      const std::optional<at::Tensor>& lengths,
                                      c10::DeviceType device) {
@@ -115,6 +120,7 @@ inline RecurrenceSizes check_gru_fwd(const at::Tensor& xproj, const at::Tensor& 
   check_shape(w_hh, "w_hh", {3 * hidden, hidden}, device);
   check_shape(xproj, "xproj", {steps, batch, 3 * hidden}, device);
   check_argument(h0, "h0", xproj, {batch, hidden}, device);
+  if (b_ih.has_value() && b_ih->defined()) check_argument(*b_ih, "b_ih", xproj, {3 * hidden}, device);
   if (b_hh.has_value() && b_hh->defined()) check_argument(*b_hh, "b_hh", xproj, {3 * hidden}, device);
   return {steps, batch, hidden, checked_lengths(lengths, xproj, batch, device)};
 }

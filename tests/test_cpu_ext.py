@@ -70,53 +70,58 @@ def test_nan_input_gives_nan_like_torch():
     assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
 
 
-def _lstm_args(lengths=True):
-    xproj, w_hh = torch.randn(5, 3, 32), torch.randn(32, 8)
-    h0, c0 = torch.randn(3, 8), torch.randn(3, 8)
-    return xproj, w_hh, h0, c0, torch.tensor([5, 2, 4]) if lengths else None
+def _lstm_args():
+    """The arguments of ``fusedrnn::lstm_recurrence_fwd`` but the flags, by name."""
+    return {"xproj": torch.randn(5, 3, 32), "bias": torch.randn(32), "w_hh": torch.randn(32, 8),
+            "h0": torch.randn(3, 8), "c0": torch.randn(3, 8), "lengths": torch.tensor([5, 2, 4])}
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_opcheck_lstm_recurrence_ops(reverse):
-    xproj, w_hh, h0, c0, lengths = _lstm_args()
+@pytest.mark.parametrize("bias", [False, True])
+def test_opcheck_lstm_recurrence_ops(reverse, bias):
+    args = _lstm_args()
+    if not bias:
+        args["bias"] = None
     for save in (False, True):
         torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
-                              (xproj, w_hh, h0, c0, lengths, reverse, save))
-    _, _, _, gates, cells = torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, h0, c0, lengths,
-                                                                   reverse, True)
+                              (*args.values(), reverse, save))
+    _, _, _, gates, cells = torch.ops.fusedrnn.lstm_recurrence_fwd(*args.values(), reverse, True)
     grad_y, grad_h, grad_c = torch.randn(5, 3, 8), torch.randn(3, 8), torch.randn(3, 8)
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_bwd.default,
-                          (grad_y, grad_h, grad_c, w_hh, c0, lengths, gates, cells, reverse))
+                          (grad_y, grad_h, grad_c, args["w_hh"], args["c0"], args["lengths"],
+                           gates, cells, reverse))
 
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_opcheck_gru_recurrence_ops(bias):
     xproj, w_hh, h0 = torch.randn(5, 3, 24), torch.randn(24, 8), torch.randn(3, 8)
-    b_hh = torch.randn(24) if bias else None
+    b_ih, b_hh = (torch.randn(24), torch.randn(24)) if bias else (None, None)
     lengths = torch.tensor([5, 2, 4])
     for save in (False, True):
         torch.library.opcheck(torch.ops.fusedrnn.gru_recurrence_fwd.default,
-                              (xproj, w_hh, b_hh, h0, lengths, False, save))
-    y, _, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(xproj, w_hh, b_hh, h0, lengths,
-                                                                  False, True)
+                              (xproj, b_ih, w_hh, b_hh, h0, lengths, False, save))
+    y, _, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(xproj, b_ih, w_hh, b_hh, h0,
+                                                                  lengths, False, True)
     h_prev = torch.cat([h0.unsqueeze(0), y[:-1]]).contiguous()
     torch.library.opcheck(torch.ops.fusedrnn.gru_recurrence_bwd.default,
                           (torch.randn(5, 3, 8), torch.randn(3, 8), w_hh, h_prev, lengths, gates,
                            hidden_n, False))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: (a[0], a[1][:, :7].contiguous(), *a[2:]), r"w_hh should have shape \[28, 7\], got \[32, 7\]"),
-    (lambda a: (a[0], a[1], a[2][:2], *a[3:]), r"h0 should have shape \[3, 8\]"),
-    (lambda a: (a[0], a[1].double(), *a[2:]), "w_hh has dtype Double, expected Float"),
-    (lambda a: (a[0], a[1].t(), *a[2:]), "w_hh should have shape|w_hh must be contiguous"),
-    (lambda a: (*a[:4], torch.tensor([5, 2])), r"lengths must be a contiguous int64 tensor of shape \(3\)"),
-    (lambda a: (*a[:4], torch.tensor([5.0, 2.0, 4.0])), "lengths must be a contiguous int64"),
+@pytest.mark.parametrize("name, value, message", [
+    ("w_hh", torch.randn(32, 7), r"w_hh should have shape \[28, 7\], got \[32, 7\]"),
+    ("h0", torch.randn(2, 8), r"h0 should have shape \[3, 8\]"),
+    ("w_hh", torch.randn(32, 8, dtype=torch.float64), "w_hh has dtype Double, expected Float"),
+    ("w_hh", torch.randn(8, 32).t(), "w_hh must be contiguous"),
+    ("bias", torch.randn(31), r"bias should have shape \[32\]"),
+    ("lengths", torch.tensor([5, 2]), r"lengths must be a contiguous int64 tensor of shape \(3\)"),
+    ("lengths", torch.tensor([5.0, 2.0, 4.0]), "lengths must be a contiguous int64"),
 ])
-def test_bad_arguments_name_the_argument(change, message):
-    args = change(_lstm_args())
+def test_bad_arguments_name_the_argument(name, value, message):
+    args = _lstm_args()
+    args[name] = value
     with pytest.raises(RuntimeError, match="fusedrnn cpu backend: " + message):
-        torch.ops.fusedrnn.lstm_recurrence_fwd(*args, False, True)
+        torch.ops.fusedrnn.lstm_recurrence_fwd(*args.values(), False, True)
 
 
 def test_explicit_cpu_backend_refuses_what_it_cannot_run():

@@ -86,4 +86,4 @@ def test_opcheck_recurrence_ops_on_gpu():
     state = torch.randn(3, 8, device="cuda")
     lengths = torch.tensor([5, 2, 4], device="cuda")
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
-                          (xproj, w_hh, state, state, lengths, True, True))
+                          (xproj, None, w_hh, state, state, lengths, True, True))

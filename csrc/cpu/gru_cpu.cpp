@@ -19,11 +19,12 @@ namespace {
 
 using at::Tensor;
 
-// One row of the forward step. xg (3H) read: input-side pre-activations x W_ih^T + b_ih;
-// g (3H) written: activated r, z, n; hg (3H) read: h W_hh^T; b_hh (3H) read; h_prev (H)
+// One row of the forward step. xg (3H) read: x W_ih^T; b_ih (3H) read; g (3H) written:
+// activated r, z, n; hg (3H) read: h W_hh^T; b_hh (3H) read; h_prev (H)
 // read; hidden_n, y, h_next (H) written: h_n + b_n, h, h.
 template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
+                                      const scalar_t* __restrict__ b_ih,
                                       const scalar_t* __restrict__ hg, scalar_t* __restrict__ g,
                                       const scalar_t* __restrict__ b_hh,
                                       const scalar_t* __restrict__ h_prev,
@@ -31,10 +32,10 @@ FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
                                       scalar_t* __restrict__ h_next, int64_t hidden) {
   for (int64_t j = 0; j < hidden; ++j) {
     const scalar_t br = b_hh[j], bz = b_hh[hidden + j], bn = b_hh[2 * hidden + j];
-    const scalar_t r = sigmoid(xg[j] + hg[j] + br);
-    const scalar_t z = sigmoid(xg[hidden + j] + hg[hidden + j] + bz);
+    const scalar_t r = sigmoid(xg[j] + b_ih[j] + hg[j] + br);
+    const scalar_t z = sigmoid(xg[hidden + j] + b_ih[hidden + j] + hg[hidden + j] + bz);
     const scalar_t hn = hg[2 * hidden + j] + bn;
-    const scalar_t n = tanh(xg[2 * hidden + j] + r * hn);
+    const scalar_t n = tanh(xg[2 * hidden + j] + b_ih[2 * hidden + j] + r * hn);
     const scalar_t h = flush(n + z * (h_prev[j] - n));
     g[j] = r;
     g[hidden + j] = z;
@@ -77,12 +78,15 @@ FUSEDRNN_SIMD_CLONES void gru_carry_row(scalar_t* __restrict__ dh,
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
-    const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& b_hh,
-    const Tensor& h0, const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
-  const auto sizes = check_gru_fwd(xproj, w_hh, b_hh, h0, lengths_opt, at::kCPU);
+    const Tensor& xproj, const std::optional<Tensor>& b_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_hh, const Tensor& h0,
+    const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
+  const auto sizes = check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  const Tensor bias = (b_hh.has_value() && b_hh->defined()) ? *b_hh
-                                                             : at::zeros({3 * hidden}, xproj.options());
+  const auto or_zeros = [&](const std::optional<Tensor>& b) {
+    return (b.has_value() && b->defined()) ? *b : at::zeros({3 * hidden}, xproj.options());
+  };
+  const Tensor input_bias = or_zeros(b_ih), bias = or_zeros(b_hh);
   // Without `save`, one step of gates and hidden_n is all the loop needs.
   Tensor gates = at::empty({save ? steps : 1, batch, 3 * hidden}, xproj.options());
   Tensor hidden_n = at::empty({save ? steps : 1, batch, hidden}, xproj.options());
@@ -97,6 +101,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     scalar_t* hidden_n_p = hidden_n.data_ptr<scalar_t>();
     scalar_t* y_p = y.data_ptr<scalar_t>();
     const scalar_t* bp = bias.data_ptr<scalar_t>();
+    const scalar_t* bip = input_bias.data_ptr<scalar_t>();
     scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
     RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true);
     for (int64_t t : time_order(steps, reverse)) {
@@ -110,7 +115,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
       for_rows(batch, 3 * hidden, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           const int64_t row = b * hidden;
-          gru_fwd_row<scalar_t>(xp + 3 * row, hg + 3 * row, gp + 3 * row, bp, hp + row,
+          gru_fwd_row<scalar_t>(xp + 3 * row, bip, hg + 3 * row, gp + 3 * row, bp, hp + row,
                                 np + row, yp + row, hn + row, hidden);
           if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
         }

@@ -18,21 +18,23 @@ namespace {
 
 using at::Tensor;
 
-// One row of the forward step. xg (4H) read: x W_ih^T + b; hg (4H) read: h W_hh^T;
+// One row of the forward step. xg (4H) read: x W_ih^T; hg (4H) read: h W_hh^T; bias (4H)
+// read: b_ih + b_hh;
 // g (4H) written: activated i, f, g, o; c_prev, h_prev (H) read; cell, y, h_next (H) written (inactive: cell and h_next hold the
 // previous state, y is zero).
 template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void lstm_fwd_row(const scalar_t* __restrict__ xg,
                                        const scalar_t* __restrict__ hg,
+                                       const scalar_t* __restrict__ bias,
                                        scalar_t* __restrict__ g,
                                        const scalar_t* __restrict__ c_prev,
                                        scalar_t* __restrict__ cell, scalar_t* __restrict__ y,
                                        scalar_t* __restrict__ h_next, int64_t hidden) {
   for (int64_t j = 0; j < hidden; ++j) {
-    const scalar_t i = sigmoid(xg[j] + hg[j]);
-    const scalar_t f = sigmoid(xg[hidden + j] + hg[hidden + j]);
-    const scalar_t n = tanh(xg[2 * hidden + j] + hg[2 * hidden + j]);
-    const scalar_t o = sigmoid(xg[3 * hidden + j] + hg[3 * hidden + j]);
+    const scalar_t i = sigmoid(xg[j] + hg[j] + bias[j]);
+    const scalar_t f = sigmoid(xg[hidden + j] + hg[hidden + j] + bias[hidden + j]);
+    const scalar_t n = tanh(xg[2 * hidden + j] + hg[2 * hidden + j] + bias[2 * hidden + j]);
+    const scalar_t o = sigmoid(xg[3 * hidden + j] + hg[3 * hidden + j] + bias[3 * hidden + j]);
     const scalar_t c = flush(f * c_prev[j] + i * n);
     g[j] = i;
     g[hidden + j] = f;
@@ -69,10 +71,13 @@ FUSEDRNN_SIMD_CLONES void lstm_bwd_row(const scalar_t* __restrict__ dh,
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
-    const Tensor& xproj, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
-    const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
-  const auto sizes = check_lstm_fwd(xproj, w_hh, h0, c0, lengths_opt, at::kCPU);
+    const Tensor& xproj, const std::optional<Tensor>& bias_opt, const Tensor& w_hh,
+    const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_opt, bool reverse,
+    bool save) {
+  const auto sizes = check_lstm_fwd(xproj, bias_opt, w_hh, h0, c0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  const Tensor bias = (bias_opt.has_value() && bias_opt->defined())
+                          ? *bias_opt : at::zeros({4 * hidden}, xproj.options());
   // Without `save`, one step of gates and two of cells (this step's and the previous one)
   // are all the loop needs.
   Tensor gates = at::empty({save ? steps : 1, batch, 4 * hidden}, xproj.options());
@@ -89,6 +94,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     scalar_t* cells_p = cells.data_ptr<scalar_t>();
     scalar_t* y_p = y.data_ptr<scalar_t>();
     const scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
     const scalar_t* c_prev = c0.data_ptr<scalar_t>();
     RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true);
     int64_t parity = 0;  // which of the two cell buffers this step writes, without `save`
@@ -104,7 +110,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
       for_rows(batch, 4 * hidden, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           const int64_t row = b * hidden;
-          lstm_fwd_row<scalar_t>(xp + 4 * row, hg + 4 * row, gp + 4 * row, c_prev + row,
+          lstm_fwd_row<scalar_t>(xp + 4 * row, hg + 4 * row, bp, gp + 4 * row, c_prev + row,
                                  cp + row, yp + row, hn + row, hidden);
           if (!is_active(lengths, b, t)) {
             hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);

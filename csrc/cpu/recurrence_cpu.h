@@ -15,11 +15,12 @@
 
 namespace fusedrnn::cpu {
 
-// xproj (T,B,4H) = x W_ih^T + b_ih + b_hh; w_hh (4H,H); h0, c0 (B,H).
-// Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated i,f,g,o, cells (T,B,H).
+// xproj (T,B,4H) = x W_ih^T; bias (4H) = b_ih + b_hh, or undefined; w_hh (4H,H); h0, c0
+// (B,H). Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated i,f,g,o, cells (T,B,H).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_fwd(
-    const at::Tensor& xproj, const at::Tensor& w_hh, const at::Tensor& h0,
-    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse, bool save);
+    const at::Tensor& xproj, const std::optional<at::Tensor>& bias, const at::Tensor& w_hh,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+    bool reverse, bool save);
 
 // grad_y (T,B,H), grad_h_n, grad_c_n (B,H), w_hh (4H,H), c0 (B,H), gates and cells as the
 // forward returned them. Returns dgates (T,B,4H) pre-activation gradients, grad_h0, grad_c0.
@@ -28,11 +29,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_bwd(
     const at::Tensor& w_hh, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
     const at::Tensor& gates, const at::Tensor& cells, bool reverse);
 
-// xproj (T,B,3H) = x W_ih^T + b_ih; w_hh (3H,H); b_hh (3H) or undefined; h0 (B,H).
+// xproj (T,B,3H) = x W_ih^T; b_ih, b_hh (3H) or undefined; w_hh (3H,H); h0 (B,H).
 // Returns y (T,B,H), h_n (B,H), gates (T,B,3H) activated r,z,n, hidden_n (T,B,H).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_recurrence_fwd(
-    const at::Tensor& xproj, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
-    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse, bool save);
+    const at::Tensor& xproj, const std::optional<at::Tensor>& b_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool save);
 
 // grad_y (T,B,H), grad_h_n (B,H), w_hh (3H,H), h_prev (T,B,H) the state entering each step,
 // gates and hidden_n as the forward returned them.

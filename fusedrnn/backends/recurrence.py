@@ -1,14 +1,15 @@
 """The backends built on the compiled recurrence ops, ``cpu`` and ``cuda``.
 
 Per step, one BLAS product into a preallocated buffer and one fused pointwise pass, the time
-loop in C++; here in Python only the input projection and the weight gradients (one product
+loop in C++ (the biases are added there, not to the projection, which saves
+a pass over it); here in Python only the input projection and the weight gradients (one product
 over all steps each) and the ops' schemas, so they exist without the extensions:
 
-``fusedrnn::lstm_recurrence_fwd(xproj (T,B,4H), w_hh (4H,H), h0, c0 (B,H), lengths?, reverse,
-save) -> (y, h_n, c_n, gates, cells)``, ``fusedrnn::lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n,
+``fusedrnn::lstm_recurrence_fwd(xproj (T,B,4H), bias (4H)?, w_hh (4H,H), h0, c0 (B,H),
+lengths?, reverse, save) -> (y, h_n, c_n, gates, cells)``, ``fusedrnn::lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n,
 w_hh, c0, lengths?, gates, cells, reverse) -> (dgates, grad_h0, grad_c0)``,
-``fusedrnn::gru_recurrence_fwd(xproj (T,B,3H), w_hh, b_hh?, h0, lengths?, reverse, save)
--> (y, h_n, gates, hidden_n)``, ``fusedrnn::gru_recurrence_bwd(grad_y, grad_h_n, w_hh,
+``fusedrnn::gru_recurrence_fwd(xproj (T,B,3H), b_ih?, w_hh, b_hh?, h0, lengths?, reverse,
+save) -> (y, h_n, gates, hidden_n)``, ``fusedrnn::gru_recurrence_bwd(grad_y, grad_h_n, w_hh,
 h_prev (T,B,H), lengths?, gates, hidden_n, reverse) -> (dgates_in, dgates_hid, grad_h0)``.
 
 ``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` their CUDA kernels (full
@@ -23,13 +24,15 @@ from . import Availability, Backend, common
 
 CELLS = ("lstm", "gru")
 SCHEMAS = {
-    "lstm_recurrence_fwd": "(Tensor xproj, Tensor w_hh, Tensor h0, Tensor c0, Tensor? lengths, "
-                           "bool reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "lstm_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor h0, Tensor c0, "
+                           "Tensor? lengths, bool reverse, bool save) "
+                           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "lstm_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, "
                            "Tensor c0, Tensor? lengths, Tensor gates, Tensor cells, bool reverse)"
                            " -> (Tensor, Tensor, Tensor)",
-    "gru_recurrence_fwd": "(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, "
-                          "bool reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor)",
+    "gru_recurrence_fwd": "(Tensor xproj, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, Tensor h0, "
+                          "Tensor? lengths, bool reverse, bool save) "
+                          "-> (Tensor, Tensor, Tensor, Tensor)",
     "gru_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor h_prev, "
                           "Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse) "
                           "-> (Tensor, Tensor, Tensor)",
@@ -45,7 +48,7 @@ def _saved(save, *shape, like):
 
 
 @torch.library.register_fake("fusedrnn::lstm_recurrence_fwd")
-def _(xproj, w_hh, h0, c0, lengths, reverse, save):
+def _(xproj, bias, w_hh, h0, c0, lengths, reverse, save):
     steps, batch, _ = xproj.shape
     hidden = w_hh.shape[1]
     return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0), torch.empty_like(c0),
@@ -58,7 +61,7 @@ def _(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths, gates, cells, reverse):
 
 
 @torch.library.register_fake("fusedrnn::gru_recurrence_fwd")
-def _(xproj, w_hh, b_hh, h0, lengths, reverse, save):
+def _(xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save):
     steps, batch, _ = xproj.shape
     hidden = w_hh.shape[1]
     return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0),
@@ -96,13 +99,13 @@ class RecurrenceBackend(Backend):
 
     def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
         self.extension.load()
+        xproj = common.input_projection(x, w_ih, None)
         if cell == "lstm":
-            xproj = common.input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh)
-            return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, w_hh, h0, c0, lengths, reverse,
-                                                          save)
-        xproj = common.input_projection(x, w_ih, b_ih)
+            bias = None if b_ih is None else b_ih + b_hh
+            return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, bias, w_hh, h0, c0, lengths,
+                                                          reverse, save)
         y, h_n, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(
-            xproj, w_hh, b_hh, h0, lengths, reverse, save)
+            xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save)
         return y, h_n, common.empty(x), gates, hidden_n
 
     def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
