@@ -60,6 +60,32 @@ def previous_states(states, initial, mask, reverse):
     return torch.cat([initial.unsqueeze(0), states[:-1]], 0)
 
 
+class PreviousStates:
+    """:func:`previous_states` of ``states``, for a backward that needs it only in the
+    ``W_hh`` gradient: without lengths that sum over steps is two products on slices of
+    ``states`` and ``initial``, and the shifted copy is never made."""
+
+    def __init__(self, states, initial, mask, reverse):
+        self.states, self.initial, self.mask, self.reverse = states, initial, mask, reverse
+
+    def tensor(self):
+        return previous_states(self.states, self.initial, self.mask, self.reverse)
+
+    def weight_grad(self, dgates):
+        """``sum_t dgates[t]^T h_prev[t]``: ``(G, P)`` from ``dgates`` ``(T, B, G)``."""
+        steps = dgates.shape[0]
+        if self.mask is not None or steps < 2:
+            return torch.mm(flat(dgates).t(), flat(self.tensor()))
+        if self.reverse:  # step t started from t + 1; the last step from the initial state
+            inner, outer = slice(0, steps - 1), steps - 1
+            earlier = self.states[1:]
+        else:
+            inner, outer = slice(1, steps), 0
+            earlier = self.states[:-1]
+        grad = torch.mm(dgates[outer].t(), self.initial)
+        return grad.addmm_(flat(dgates[inner]).t(), flat(earlier))
+
+
 def hold_forward(mask, t, new_state, old_state, y_t):
     """After a forward step: the state to carry (inactive rows keep ``old_state``) and
     ``y_t`` zeroed on inactive rows, in place."""
@@ -102,12 +128,16 @@ def input_and_weight_grads(x, w_ih, dgates_input, dgates_hidden, h_prev, has_bia
     """Gradients that are one product over all steps: input, W_ih, W_hh and the biases.
 
     ``dgates_input``/``dgates_hidden`` ``(T, B, G)`` are the gradients of the input-side and
-    hidden-side pre-activations (the same tensor for LSTM and RNN).
+    hidden-side pre-activations (the same tensor for LSTM and RNN); ``h_prev`` is the state
+    each step started from, a tensor or a :class:`PreviousStates`.
     """
     flat_in, flat_hid = flat(dgates_input), flat(dgates_hidden)
     grad_x = torch.mm(flat_in, w_ih).view_as(x)
     grad_w_ih = torch.mm(flat_in.t(), flat(x))
-    grad_w_hh = torch.mm(flat_hid.t(), flat(h_prev))
+    if isinstance(h_prev, PreviousStates):
+        grad_w_hh = h_prev.weight_grad(dgates_hidden)
+    else:
+        grad_w_hh = torch.mm(flat_hid.t(), flat(h_prev))
     if not has_bias:
         return grad_x, grad_w_ih, grad_w_hh, empty(x), empty(x)
     grad_b_ih = flat_in.sum(0)

@@ -112,12 +112,13 @@ class RecurrenceBackend(Backend):
                  ws_a, ws_b, reverse, has_bias):
         self.extension.load()
         mask = common.active_mask(lengths, x.shape[0])
-        h_prev = common.previous_states(y, h0, mask, reverse).contiguous()
+        h_prev = common.PreviousStates(y, h0, mask, reverse)
         if cell == "lstm":
             dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
                 grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b, reverse)
             grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
             return grads + (common.empty(x), dh0, dc0)
+        h_prev = h_prev.tensor().contiguous()  # the GRU step kernel reads it
         dgates_in, dgates_hid, dh0 = torch.ops.fusedrnn.gru_recurrence_bwd(
             grad_y, grad_hn, w_hh, h_prev, lengths, ws_a, ws_b, reverse)
         grads = common.input_and_weight_grads(x, w_ih, dgates_in, dgates_hid, h_prev, has_bias)

@@ -6,9 +6,9 @@ Gates in PyTorch's order i, f, g, o; with a projection (``w_hr`` ``(P, H)``) the
 
 import torch
 
-from ..common import (active_mask, backward_masks, empty, flat, input_and_weight_grads,
-                     input_projection, hold_forward, previous_states, recurrent_grad,
-                     time_order)
+from ..common import (PreviousStates, active_mask, backward_masks, empty, flat,
+                     input_and_weight_grads, input_projection, hold_forward, previous_states,
+                     recurrent_grad, time_order)
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
@@ -91,6 +91,6 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
         if active is not None:
             dh_steps.mul_(active)
         grad_w_hr = torch.mm(flat(dh_steps).t(), flat(o * tanh_c))
-    h_prev = previous_states(y, h0, mask, reverse)
+    h_prev = PreviousStates(y, h0, mask, reverse)
     return input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias) + (
         grad_w_hr, dh, dc)

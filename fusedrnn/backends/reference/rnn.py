@@ -2,8 +2,8 @@
 
 import torch
 
-from ..common import (active_mask, backward_masks, empty, input_and_weight_grads,
-                     input_projection, hold_forward, previous_states, recurrent_grad,
+from ..common import (PreviousStates, active_mask, backward_masks, empty,
+                     input_and_weight_grads, input_projection, hold_forward, recurrent_grad,
                      time_order)
 
 
@@ -39,7 +39,7 @@ def _backward(derivative_from_output):
         for k, t in enumerate(order):
             torch.mul(dh, dpre_from_h[t], out=dpre_steps[t])
             dh = recurrent_grad(order, k, grad_y, dpre_steps[t], w_hh, dh, inactive)
-        h_prev = previous_states(y, h0, mask, reverse)
+        h_prev = PreviousStates(y, h0, mask, reverse)
         return input_and_weight_grads(x, w_ih, dpre, dpre, h_prev, has_bias) + (
             empty(x), dh, empty(x))
 
