@@ -52,37 +52,41 @@ inline void blas_gemm(int m, int n, int k, const double* a, int lda, const doubl
   dgemm_(&no, &no, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc);
 }
 
-// out (B, m) = a (B, k) @ op(w) for every step of one call, w (G, H) row-major and fixed:
+// out (B, m) = a (B, k) @ op(w) for every step of one call, w (G, H) row-major and fixed,
+// B = `batch`:
 // op(w) = w^T (m = G, k = H: the forward's h @ W_hh^T) when `transpose`, else w (m = H,
 // k = G: the backward's dgates @ W_hh). All tensors contiguous, of w's dtype.
 // Row-major out (B, m) is column-major out^T (m, B) = op(w)^T a^T, one gemm("N", "N") on
 // w's data read as the column-major (m, k) matrix: w itself when not transposing, else a
-// transposed copy or MKL's packed form, made once here.
+// transposed copy or MKL's packed form, made once here (apply() allocates nothing, so it
+// may run inside an OpenMP parallel region).
 template <typename scalar_t>
 class RecurrentProduct {
  public:
-  RecurrentProduct(const at::Tensor& w, bool transpose)
-      : weight_(w), w_(w), transpose_(transpose),
+  RecurrentProduct(const at::Tensor& w, bool transpose, int64_t batch)
+      : weight_(w), w_(w), transpose_(transpose), batch_(batch),
         m_(transpose ? w.size(0) : w.size(1)), k_(transpose ? w.size(1) : w.size(0)) {
-    const bool fits = m_ <= INT_MAX && k_ <= INT_MAX;
+    const bool fits = m_ <= INT_MAX && k_ <= INT_MAX && batch <= INT_MAX;
     blas_ = fits && (std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr);
-    if (!blas_ || m_ == 0 || k_ == 0) return;
+    if (!blas_ || m_ == 0 || k_ == 0 || batch == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (cblas_sgemm_pack && cblas_sgemm_compute && m_ * k_ >= kPackFrom) {
-        return;  // packed when the batch size is known, in apply()
+      if (use_packed()) {
+        pack();
+        return;
       }
     }
     if (transpose) w_ = w.t().contiguous();  // (H, G) row-major: column-major (G, H)
   }
 
   // out (batch, m) = a (batch, k) @ op(w); both contiguous.
-  void apply(scalar_t* out, const scalar_t* a, int64_t batch) {
+  void apply(scalar_t* out, const scalar_t* a) const {
+    const int64_t batch = batch_;
     if (batch == 0 || m_ == 0) return;
     if (k_ == 0) {
       std::fill(out, out + batch * m_, scalar_t(0));
       return;
     }
-    if (!blas_ || batch > INT_MAX) {
+    if (!blas_) {
       const auto options = weight_.options();
       at::Tensor out_t = at::from_blob(out, {batch, m_}, options);
       at::mm_out(out_t, at::from_blob(const_cast<scalar_t*>(a), {batch, k_}, options),
@@ -92,7 +96,6 @@ class RecurrentProduct {
     const int m = static_cast<int>(m_), n = static_cast<int>(batch), k = static_cast<int>(k_);
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (use_packed()) {
-        if (!packed_.defined() || packed_batch_ != batch) pack(n);
         cblas_sgemm_compute(kColMajor, kPacked, kNoTrans, m, n, k, packed_.data_ptr<float>(), m,
                             a, k, 0.0f, out, m);
         return;
@@ -106,8 +109,8 @@ class RecurrentProduct {
     return cblas_sgemm_pack && cblas_sgemm_compute && m_ * k_ >= kPackFrom;
   }
 
-  void pack(int batch) {
-    const int m = static_cast<int>(m_), k = static_cast<int>(k_);
+  void pack() {
+    const int m = static_cast<int>(m_), k = static_cast<int>(k_), batch = static_cast<int>(batch_);
     const size_t bytes = cblas_sgemm_pack_get_size(kAMatrix, m, batch, k);
     packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))},
                         w_.options());
@@ -115,16 +118,14 @@ class RecurrentProduct {
     cblas_sgemm_pack(kColMajor, kAMatrix, transpose_ ? kTrans : kNoTrans, m, batch, k, 1.0f,
                      w_.data_ptr<float>(), static_cast<int>(w_.size(1)),
                      packed_.data_ptr<float>());
-    packed_batch_ = batch;
   }
 
   at::Tensor weight_;  // w as given
   at::Tensor w_;       // w in the layout gemm reads: w, or its transposed copy
   bool transpose_;
-  int64_t m_, k_;
+  int64_t batch_, m_, k_;
   bool blas_ = false;
   at::Tensor packed_;
-  int64_t packed_batch_ = -1;
 };
 
 }  // namespace fusedrnn::cpu

@@ -103,11 +103,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     const scalar_t* bip = input_bias.data_ptr<scalar_t>();
     scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
-    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true);
+    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true, batch);
     for (int64_t t : time_order(steps, reverse)) {
       const scalar_t* hp = h_cur.data_ptr<scalar_t>();
       scalar_t* hn = h_next.data_ptr<scalar_t>();
-      recurrent.apply(hg, hp, batch);
+      recurrent.apply(hg, hp);
       const scalar_t* xp = xproj_p + 3 * state * t;
       scalar_t* gp = save ? gates_p + 3 * state * t : gates_p;
       scalar_t* np = save ? hidden_n_p + state * t : hidden_n_p;
@@ -156,7 +156,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
       const scalar_t* z = gates_p + 3 * state * later + 3 * b * hidden + hidden;
       gru_carry_row<scalar_t>(dhp + b * hidden, recp + b * hidden, z, hidden);
     };
-    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false);
+    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false, batch);
     for (size_t k = 0; k < order.size(); ++k) {
       const int64_t t = order[k];
       const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
@@ -180,7 +180,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
                                 dhidp + 3 * row, hidden);
         }
       });
-      recurrent.apply(recp, dhidp, batch);
+      recurrent.apply(recp, dhidp);
     }
     if (steps > 0) {
       for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b);  // the gradient of h0

@@ -6,40 +6,42 @@
 #include <ATen/Dispatch.h>
 
 #include <tuple>
+#include <vector>
 
 #include "../recurrence_args.h"
 #include "blas.h"
 #include "cpu_math.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
+#include "unit_split.h"
 
 namespace fusedrnn::cpu {
 namespace {
 
 using at::Tensor;
 
-// One row of the forward step. xg (4H) read: x W_ih^T; hg (4H) read: h W_hh^T; bias (4H)
-// read: b_ih + b_hh;
-// g (4H) written: activated i, f, g, o; c_prev, h_prev (H) read; cell, y, h_next (H) written (inactive: cell and h_next hold the
-// previous state, y is zero).
+// One row of the forward step, for n hidden units: gate k (i, f, g, o) of the units is at
+// xg + k * xs (x W_ih^T, read), hg + k * hs (h W_hh^T, read), bias + k * xs (b_ih + b_hh,
+// read) and g + k * xs (written: activated). c_prev (n) read; cell, y, h_next (n) written:
+// c, h, h.
 template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void lstm_fwd_row(const scalar_t* __restrict__ xg,
                                        const scalar_t* __restrict__ hg,
                                        const scalar_t* __restrict__ bias,
-                                       scalar_t* __restrict__ g,
+                                       scalar_t* __restrict__ g, int64_t xs, int64_t hs,
                                        const scalar_t* __restrict__ c_prev,
                                        scalar_t* __restrict__ cell, scalar_t* __restrict__ y,
-                                       scalar_t* __restrict__ h_next, int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) {
+                                       scalar_t* __restrict__ h_next, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
     const scalar_t i = sigmoid(xg[j] + hg[j] + bias[j]);
-    const scalar_t f = sigmoid(xg[hidden + j] + hg[hidden + j] + bias[hidden + j]);
-    const scalar_t n = tanh(xg[2 * hidden + j] + hg[2 * hidden + j] + bias[2 * hidden + j]);
-    const scalar_t o = sigmoid(xg[3 * hidden + j] + hg[3 * hidden + j] + bias[3 * hidden + j]);
-    const scalar_t c = flush(f * c_prev[j] + i * n);
+    const scalar_t f = sigmoid(xg[xs + j] + hg[hs + j] + bias[xs + j]);
+    const scalar_t gg = tanh(xg[2 * xs + j] + hg[2 * hs + j] + bias[2 * xs + j]);
+    const scalar_t o = sigmoid(xg[3 * xs + j] + hg[3 * hs + j] + bias[3 * xs + j]);
+    const scalar_t c = flush(f * c_prev[j] + i * gg);
     g[j] = i;
-    g[hidden + j] = f;
-    g[2 * hidden + j] = n;
-    g[3 * hidden + j] = o;
+    g[xs + j] = f;
+    g[2 * xs + j] = gg;
+    g[3 * xs + j] = o;
     cell[j] = c;
     y[j] = h_next[j] = flush(o * tanh(c));
   }
@@ -81,50 +83,65 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
   // Without `save`, one step of gates and two of cells (this step's and the previous one)
   // are all the loop needs.
   Tensor gates = at::empty({save ? steps : 1, batch, 4 * hidden}, xproj.options());
-  Tensor hidden_gates = at::empty({batch, 4 * hidden}, xproj.options());  // h W_hh^T
   Tensor cells = at::empty({save ? steps : 2, batch, hidden}, xproj.options());
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
-  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h of even and odd processed steps
   Tensor c_last = at::empty_like(c0);
   const int64_t* lengths = lengths_ptr(sizes.lengths);
+  const UnitSplit split(batch, 4, hidden);
+  const std::vector<Tensor> parts = split.gate_rows(w_hh, 4);
+  Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_recurrence_fwd_cpu", [&] {
     const int64_t state = batch * hidden;  // elements of one step of y and cells
     const scalar_t* xproj_p = xproj.data_ptr<scalar_t>();
     scalar_t* gates_p = gates.data_ptr<scalar_t>();
     scalar_t* cells_p = cells.data_ptr<scalar_t>();
     scalar_t* y_p = y.data_ptr<scalar_t>();
-    const scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
     const scalar_t* bp = bias.data_ptr<scalar_t>();
-    const scalar_t* c_prev = c0.data_ptr<scalar_t>();
-    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true);
-    int64_t parity = 0;  // which of the two cell buffers this step writes, without `save`
-    for (int64_t t : time_order(steps, reverse)) {
-      recurrent.apply(hidden_gates.data_ptr<scalar_t>(), h_cur.data_ptr<scalar_t>(), batch);
-      const scalar_t* xp = xproj_p + 4 * state * t;
-      scalar_t* gp = save ? gates_p + 4 * state * t : gates_p;
-      scalar_t* cp = cells_p + state * (save ? t : parity);
-      parity ^= 1;
-      scalar_t* yp = y_p + state * t;
-      const scalar_t* hp = h_cur.data_ptr<scalar_t>();
-      scalar_t* hn = h_next.data_ptr<scalar_t>();
-      for_rows(batch, 4 * hidden, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t row = b * hidden;
-          lstm_fwd_row<scalar_t>(xp + 4 * row, hg + 4 * row, bp, gp + 4 * row, c_prev + row,
-                                 cp + row, yp + row, hn + row, hidden);
-          if (!is_active(lengths, b, t)) {
-            hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
-            hold_row<scalar_t>(cp + row, c_prev + row, nullptr, hidden);
-          }
+    std::vector<RecurrentProduct<scalar_t>> products;
+    for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/true, batch);
+    const auto order = time_order(steps, reverse);
+    // Part p of the hidden units: its rows of every gate's product, then the cell for them;
+    // the threads meet once per step, when h is complete.
+    split.run([&](int64_t first, int64_t stride) {
+      scalar_t* h_cur = h_a.data_ptr<scalar_t>();
+      scalar_t* h_next = h_b.data_ptr<scalar_t>();
+      const scalar_t* c_prev = c0.data_ptr<scalar_t>();
+      for (size_t k = 0; k < order.size(); ++k) {
+        const int64_t t = order[k];
+        const scalar_t* xp = xproj_p + 4 * state * t;
+        scalar_t* gp = save ? gates_p + 4 * state * t : gates_p;
+        scalar_t* cp = cells_p + state * (save ? t : static_cast<int64_t>(k % 2));
+        scalar_t* yp = y_p + state * t;
+        for (int64_t p = first; p < split.parts; p += stride) {
+          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+          scalar_t* hg = hidden_gates.data_ptr<scalar_t>() + p * batch * 4 * split.chunk;
+          products[p].apply(hg, h_cur);
+          split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b) {
+              const int64_t row = b * hidden + u0;
+              lstm_fwd_row<scalar_t>(xp + 4 * b * hidden + u0, hg + b * 4 * n, bp + u0,
+                                     gp + 4 * b * hidden + u0, hidden, n, c_prev + row,
+                                     cp + row, yp + row, h_next + row, n);
+              if (!is_active(lengths, b, t)) {
+                hold_row<scalar_t>(h_next + row, h_cur + row, yp + row, n);
+                hold_row<scalar_t>(cp + row, c_prev + row, nullptr, n);
+              }
+            }
+          });
         }
-      });
-      c_prev = cp;
-      std::swap(h_cur, h_next);
-    }
-    std::copy(c_prev, c_prev + state, c_last.data_ptr<scalar_t>());
+        c_prev = cp;
+        std::swap(h_cur, h_next);
+        split.barrier();
+      }
+    });
+    const scalar_t* c_final = steps == 0 ? c0.data_ptr<scalar_t>()
+                                         : cells_p + state * (save ? order.back() : (steps - 1) % 2);
+    std::copy(c_final, c_final + state, c_last.data_ptr<scalar_t>());
   });
-  if (!save) return {y, h_cur, c_last, xproj.new_empty({0}), xproj.new_empty({0})};
-  return {y, h_cur, c_last, gates, cells};
+  Tensor h_last = steps % 2 == 0 ? h_a : h_b;
+  if (!save) return {y, h_last, c_last, xproj.new_empty({0}), xproj.new_empty({0})};
+  return {y, h_last, c_last, gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
@@ -149,7 +166,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
     const scalar_t* cells_p = cells.data_ptr<scalar_t>();
     scalar_t* dgates_p = dgates.data_ptr<scalar_t>();
     const auto order = time_order(steps, !reverse);
-    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false);
+    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false, batch);
     for (size_t k = 0; k < order.size(); ++k) {
       const int64_t t = order[k];
       const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
@@ -178,7 +195,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
                                  dgp + 4 * row, hidden);
         }
       });
-      recurrent.apply(recp, dgp, batch);
+      recurrent.apply(recp, dgp);
     }
     // The gradient of h0: the recurrent one where the first step was active for the row.
     const int64_t first_step = steps == 0 ? 0 : order.back();
