@@ -47,6 +47,21 @@ def test_float32_matches_the_reference_backend(cell, kwargs, hidden, steps, batc
     testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
 
 
+@pytest.mark.parametrize("batch, hidden", [(8, 128), (3, 200)])
+def test_steps_split_across_threads_match_the_reference_in_float64(batch, hidden):
+    """Sizes where csrc/cpu/unit_split.h gives each thread a chunk of the hidden units
+    (200: chunks of 112 and 88), with lengths and both directions."""
+    reference = fusedrnn.LSTM(20, hidden, bidirectional=True, dtype=torch.float64,
+                              backend="reference")
+    candidate = fusedrnn.LSTM(20, hidden, bidirectional=True, dtype=torch.float64, backend="cpu")
+    candidate.load_state_dict(reference.state_dict())
+    x = testing.make_packed(batch, 9, 20, dtype=torch.float64)
+    out_ref, grads_ref = testing.outputs_and_grads(reference, x)
+    out, grads = testing.outputs_and_grads(candidate, x)
+    testing.assert_close_relative(out, out_ref, 1e-12, "outputs")
+    testing.assert_close_relative(grads, grads_ref, 1e-12, "gradients")
+
+
 @pytest.mark.parametrize("value", [-100.0, -20.0, -1e-3, 0.0, 1e-3, 0.6, 20.0, 100.0])
 def test_saturated_and_tiny_gates_match_torch(value):
     """The vectorised sigmoid and tanh of csrc/cpu/cpu_math.h at the ends of their range."""

@@ -47,25 +47,26 @@ FUSEDRNN_SIMD_CLONES void lstm_fwd_row(const scalar_t* __restrict__ xg,
   }
 }
 
-// One row of the backward step. dh (H) in: the gradient reaching h at this step; dc (H)
-// in/out: the gradient of the cell state, carried to the previous step; gates (4H), cell,
-// c_prev (H) as saved; dgates (4H) written: pre-activation gradients.
+// One row of the backward step, for n hidden units. dh (n) read: the gradient reaching h;
+// dc (n) in/out: the gradient of the cell state, carried to the previous step; gate k (i, f,
+// g, o) of the units at gates + k * gs (read, as saved) and dgates + k * gs (written:
+// pre-activation gradients); cell, c_prev (n) read.
 template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void lstm_bwd_row(const scalar_t* __restrict__ dh,
                                        scalar_t* __restrict__ dc,
                                        const scalar_t* __restrict__ gates,
                                        const scalar_t* __restrict__ cell,
                                        const scalar_t* __restrict__ c_prev,
-                                       scalar_t* __restrict__ dgates, int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) {
-    const scalar_t i = gates[j], f = gates[hidden + j], n = gates[2 * hidden + j],
-                   o = gates[3 * hidden + j];
+                                       scalar_t* __restrict__ dgates, int64_t gs, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t i = gates[j], f = gates[gs + j], gg = gates[2 * gs + j],
+                   o = gates[3 * gs + j];
     const scalar_t tc = tanh(cell[j]);
     const scalar_t dcv = dc[j] + dh[j] * o * (1 - tc * tc);
-    dgates[j] = flush(dcv * n * i * (1 - i));
-    dgates[hidden + j] = flush(dcv * c_prev[j] * f * (1 - f));
-    dgates[2 * hidden + j] = flush(dcv * i * (1 - n * n));
-    dgates[3 * hidden + j] = flush(dh[j] * tc * o * (1 - o));
+    dgates[j] = flush(dcv * gg * i * (1 - i));
+    dgates[gs + j] = flush(dcv * c_prev[j] * f * (1 - f));
+    dgates[2 * gs + j] = flush(dcv * i * (1 - gg * gg));
+    dgates[3 * gs + j] = flush(dh[j] * tc * o * (1 - o));
     dc[j] = flush(dcv * f);
   }
 }
@@ -154,56 +155,77 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
   Tensor dgates = at::empty_like(gates);
   Tensor dc = grad_c_n.clone();
   Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
-  Tensor rec = at::empty_like(grad_h_n);  // dgates of the step just processed @ w_hh
   const int64_t* lengths = lengths_ptr(sizes.lengths);
+  const UnitSplit split(batch, 4, hidden);
+  const std::vector<Tensor> parts = split.columns(w_hh);
+  // Per part, the dgates of the step just processed @ its columns of w_hh: (B, n).
+  Tensor rec = at::empty({split.parts, batch, split.chunk}, grad_h_n.options());
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_recurrence_bwd_cpu", [&] {
     const int64_t state = batch * hidden;  // elements of one step of grad_y and cells
     scalar_t* dhp = dh.data_ptr<scalar_t>();
     scalar_t* dcp = dc.data_ptr<scalar_t>();
-    scalar_t* recp = rec.data_ptr<scalar_t>();
     const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
     const scalar_t* gates_p = gates.data_ptr<scalar_t>();
     const scalar_t* cells_p = cells.data_ptr<scalar_t>();
     scalar_t* dgates_p = dgates.data_ptr<scalar_t>();
+    std::vector<RecurrentProduct<scalar_t>> products;
+    for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/false, batch);
     const auto order = time_order(steps, !reverse);
-    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false, batch);
-    for (size_t k = 0; k < order.size(); ++k) {
-      const int64_t t = order[k];
-      const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
-      const scalar_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
-                                                               : c0.data_ptr<scalar_t>();
-      const scalar_t* gy = grad_y_p + state * t;
-      const scalar_t* gp = gates_p + 4 * state * t;
-      const scalar_t* cp = cells_p + state * t;
-      scalar_t* dgp = dgates_p + 4 * state * t;
-      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
-      for_rows(batch, 4 * hidden, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t row = b * hidden;
-          // The gradient reaching h here: the recurrent one from the later step if that
-          // step was active for this row (an inactive step passes dh through unchanged) ...
-          if (later >= 0 && is_active(lengths, b, later)) {
-            std::copy(recp + row, recp + row + hidden, dhp + row);
-          }
-          if (!is_active(lengths, b, t)) {
-            std::fill(dgp + 4 * row, dgp + 4 * row + 4 * hidden, scalar_t(0));
-            continue;
-          }
-          // ... plus the gradient of this step's output.
-          add_row<scalar_t>(dhp + row, gy + row, hidden);
-          lstm_bwd_row<scalar_t>(dhp + row, dcp + row, gp + 4 * row, cp + row, c_prev + row,
-                                 dgp + 4 * row, hidden);
+    // Part p of the hidden units: the gradient reaching its units of h (its columns of the
+    // product with the previous step's dgates, all of which are complete after a barrier),
+    // then the cell's backward for them.
+    split.run([&](int64_t first, int64_t stride) {
+      for (size_t k = 0; k < order.size(); ++k) {
+        const int64_t t = order[k];
+        const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
+        const scalar_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
+                                                                 : c0.data_ptr<scalar_t>();
+        const scalar_t* gy = grad_y_p + state * t;
+        const scalar_t* gp = gates_p + 4 * state * t;
+        const scalar_t* cp = cells_p + state * t;
+        scalar_t* dgp = dgates_p + 4 * state * t;
+        const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+        for (int64_t p = first; p < split.parts; p += stride) {
+          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+          scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
+          if (later >= 0) products[p].apply(recp, dgates_p + 4 * state * later);
+          split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b) {
+              const int64_t row = b * hidden + u0, grow = 4 * b * hidden + u0;
+              // The gradient reaching h here: the recurrent one from the later step if that
+              // step was active for this row (an inactive step passes dh through) ...
+              if (later >= 0 && is_active(lengths, b, later)) {
+                std::copy(recp + b * n, recp + (b + 1) * n, dhp + row);
+              }
+              if (!is_active(lengths, b, t)) {
+                for (int64_t g = 0; g < 4; ++g) {
+                  std::fill(dgp + grow + g * hidden, dgp + grow + g * hidden + n, scalar_t(0));
+                }
+                continue;
+              }
+              // ... plus the gradient of this step's output.
+              add_row<scalar_t>(dhp + row, gy + row, n);
+              lstm_bwd_row<scalar_t>(dhp + row, dcp + row, gp + grow, cp + row, c_prev + row,
+                                     dgp + grow, hidden, n);
+            }
+          });
         }
-      });
-      recurrent.apply(recp, dgp);
-    }
-    // The gradient of h0: the recurrent one where the first step was active for the row.
-    const int64_t first_step = steps == 0 ? 0 : order.back();
-    for (int64_t b = 0; b < batch; ++b) {
-      if (steps > 0 && is_active(lengths, b, first_step)) {
-        std::copy(recp + b * hidden, recp + (b + 1) * hidden, dhp + b * hidden);
+        split.barrier();
       }
-    }
+      // The gradient of h0: the recurrent one where the first step was active for the row.
+      if (steps == 0) return;
+      const int64_t first_step = order.back();
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
+        products[p].apply(recp, dgates_p + 4 * state * first_step);
+        for (int64_t b = 0; b < batch; ++b) {
+          if (is_active(lengths, b, first_step)) {
+            std::copy(recp + b * n, recp + (b + 1) * n, dhp + b * hidden + u0);
+          }
+        }
+      }
+    });
   });
   return {dgates, dh, dc};
 }

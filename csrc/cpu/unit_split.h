@@ -64,6 +64,16 @@ class UnitSplit {
     return out;
   }
 
+  // For each part, the columns of w (G, H) for its units: (G, n). One part: w itself.
+  std::vector<at::Tensor> columns(const at::Tensor& w) const {
+    if (parts == 1) return {w};
+    std::vector<at::Tensor> out;
+    for (int64_t p = 0; p < parts; ++p) {
+      out.push_back(w.narrow(1, begin(p), end(p) - begin(p)).contiguous());
+    }
+    return out;
+  }
+
   // fn(first, stride) on every thread of a team (one thread when `parts` is 1): the thread
   // handles parts first, first + stride, ... and calls barrier() after each step.
   template <typename Fn>
