@@ -5,6 +5,10 @@ for every module option are in test_parity.py), the recurrence ops through ``opc
 argument checks of the C++ side, and what falls back to the reference backend and why.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -156,3 +160,38 @@ def test_compiled_module_matches_eager():
     ref, ref_grads = testing.outputs_and_grads(module, x)
     testing.assert_close_relative(out, ref, 1e-6, "outputs")
     testing.assert_close_relative(grads, ref_grads, 1e-6, "gradients")
+
+
+GEMM_MODE_CHECK = """
+import torch, fusedrnn
+from fusedrnn import testing
+for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), ("GRU", 4, 12)):
+    for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        reference = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="reference")
+        candidate = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="cpu")
+        candidate.load_state_dict(reference.state_dict())
+        x = testing.make_packed(batch, 5, 6, dtype=dtype)
+        out_ref, grads_ref = testing.outputs_and_grads(reference, x)
+        out, grads = testing.outputs_and_grads(candidate, x)
+        testing.assert_close_relative(out, out_ref, bound, f"{cell} {hidden} outputs")
+        testing.assert_close_relative(grads, grads_ref, bound, f"{cell} {hidden} gradients")
+print("checked")
+"""
+
+
+@pytest.mark.parametrize("mode", ["unpacked", "aten"])
+def test_every_product_path_matches_the_reference(mode):
+    """FUSEDRNN_CPU_GEMM=unpacked and =aten (the path of a torch without BLAS symbols); the
+    default path (packed for these sizes) is what every other test runs."""
+    env = dict(os.environ, FUSEDRNN_CPU_GEMM=mode)
+    run = subprocess.run([sys.executable, "-c", GEMM_MODE_CHECK], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and "checked" in run.stdout, run.stderr[-3000:]
+
+
+def test_unknown_product_path_is_refused():
+    env = dict(os.environ, FUSEDRNN_CPU_GEMM="sideways")
+    script = "import torch, fusedrnn; fusedrnn.LSTM(3, 4, backend='cpu')(torch.randn(2, 1, 3))"
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0 and "FUSEDRNN_CPU_GEMM must be auto, unpacked or aten" in run.stderr

@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 extern "C" {
@@ -32,6 +34,19 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 }
 
 namespace fusedrnn::cpu {
+
+// FUSEDRNN_CPU_GEMM picks how the products run: "auto" (default: as described above),
+// "unpacked" (never MKL's packed form) or "aten" (every product through ATen, as where
+// torch exports no BLAS); the tests run each. Read once.
+inline const std::string& gemm_mode() {
+  static const std::string mode = [] {
+    const char* value = std::getenv("FUSEDRNN_CPU_GEMM");
+    return std::string(value == nullptr || *value == '\0' ? "auto" : value);
+  }();
+  TORCH_CHECK(mode == "auto" || mode == "unpacked" || mode == "aten",
+              "FUSEDRNN_CPU_GEMM must be auto, unpacked or aten, got '", mode, "'");
+  return mode;
+}
 
 // MKL's CBLAS enum values.
 constexpr int kColMajor = 102, kNoTrans = 111, kTrans = 112, kPacked = 151, kAMatrix = 161;
@@ -67,7 +82,10 @@ class RecurrentProduct {
       : weight_(w), w_(w), transpose_(transpose), batch_(batch),
         m_(transpose ? w.size(0) : w.size(1)), k_(transpose ? w.size(1) : w.size(0)) {
     const bool fits = m_ <= INT_MAX && k_ <= INT_MAX && batch <= INT_MAX;
-    blas_ = fits && (std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr);
+    blas_ = fits && gemm_mode() != "aten" &&
+            (std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr);
+    packable_ = gemm_mode() == "auto" && cblas_sgemm_pack && cblas_sgemm_compute &&
+                m_ * k_ >= kPackFrom;
     if (!blas_ || m_ == 0 || k_ == 0 || batch == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (use_packed()) {
@@ -105,9 +123,7 @@ class RecurrentProduct {
   }
 
  private:
-  bool use_packed() const {
-    return cblas_sgemm_pack && cblas_sgemm_compute && m_ * k_ >= kPackFrom;
-  }
+  bool use_packed() const { return packable_; }
 
   void pack() {
     const int m = static_cast<int>(m_), k = static_cast<int>(k_), batch = static_cast<int>(batch_);
@@ -124,7 +140,7 @@ class RecurrentProduct {
   at::Tensor w_;       // w in the layout gemm reads: w, or its transposed copy
   bool transpose_;
   int64_t batch_, m_, k_;
-  bool blas_ = false;
+  bool blas_ = false, packable_ = false;
   at::Tensor packed_;
 };
 
