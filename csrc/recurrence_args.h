@@ -69,6 +69,20 @@ inline at::Tensor checked_lengths(const std::optional<at::Tensor>& lengths,
   return *lengths;
 }
 
+// The sizes an op reads from its leading tensor `lead` (T,B,G) and w_hh (G,H), G = gates x H,
+// both checked; lengths comes with them.
+inline RecurrenceSizes lead_sizes(const at::Tensor& lead, const char* lead_name,
+                                  const at::Tensor& w_hh, int64_t gates,
+                                  const std::optional<at::Tensor>& lengths,
+                                  c10::DeviceType device) {
+  check_tensor(lead, lead_name, lead, 3, device);
+  check_tensor(w_hh, "w_hh", lead, 2, device);
+  const int64_t steps = lead.size(0), batch = lead.size(1), hidden = w_hh.size(1);
+  check_shape(w_hh, "w_hh", {gates * hidden, hidden}, device);
+  check_shape(lead, lead_name, {steps, batch, gates * hidden}, device);
+  return {steps, batch, hidden, checked_lengths(lengths, lead, batch, device)};
+}
+
 // xproj (T,B,4H), bias (4H) or undefined, w_hh (4H,H), h0, c0 (B,H).
 inline RecurrenceSizes check_lstm_fwd(const at::Tensor& xproj,
                                       const std::optional<at::Tensor>& bias,
@@ -76,15 +90,12 @@ inline RecurrenceSizes check_lstm_fwd(const at::Tensor& xproj,
                                       const at::Tensor& c0,
                                       const std::optional<at::Tensor>& lengths,
                                       c10::DeviceType device) {
-  check_tensor(xproj, "xproj", xproj, 3, device);
-  check_tensor(w_hh, "w_hh", xproj, 2, device);
-  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
-  check_shape(w_hh, "w_hh", {4 * hidden, hidden}, device);
-  check_shape(xproj, "xproj", {steps, batch, 4 * hidden}, device);
+  const RecurrenceSizes sizes = lead_sizes(xproj, "xproj", w_hh, 4, lengths, device);
+  const int64_t batch = sizes.batch, hidden = sizes.hidden;
   if (bias.has_value() && bias->defined()) check_argument(*bias, "bias", xproj, {4 * hidden}, device);
   check_argument(h0, "h0", xproj, {batch, hidden}, device);
   check_argument(c0, "c0", xproj, {batch, hidden}, device);
-  return {steps, batch, hidden, checked_lengths(lengths, xproj, batch, device)};
+  return sizes;
 }
 
 // grad_y, cells (T,B,H), grad_h_n, grad_c_n, c0 (B,H), w_hh (4H,H), gates (T,B,4H).
@@ -94,17 +105,14 @@ inline RecurrenceSizes check_lstm_bwd(const at::Tensor& grad_y, const at::Tensor
                                       const std::optional<at::Tensor>& lengths,
                                       const at::Tensor& gates, const at::Tensor& cells,
                                       c10::DeviceType device) {
-  check_tensor(gates, "gates", gates, 3, device);
-  check_tensor(w_hh, "w_hh", gates, 2, device);
-  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
-  check_shape(w_hh, "w_hh", {4 * hidden, hidden}, device);
-  check_shape(gates, "gates", {steps, batch, 4 * hidden}, device);
+  const RecurrenceSizes sizes = lead_sizes(gates, "gates", w_hh, 4, lengths, device);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   check_argument(grad_y, "grad_y", gates, {steps, batch, hidden}, device);
   check_argument(cells, "cells", gates, {steps, batch, hidden}, device);
   check_argument(grad_h_n, "grad_h_n", gates, {batch, hidden}, device);
   check_argument(grad_c_n, "grad_c_n", gates, {batch, hidden}, device);
   check_argument(c0, "c0", gates, {batch, hidden}, device);
-  return {steps, batch, hidden, checked_lengths(lengths, gates, batch, device)};
+  return sizes;
 }
 
 // xproj (T,B,3H), b_ih (3H) or undefined, w_hh (3H,H), b_hh (3H) or undefined, h0 (B,H).
@@ -114,15 +122,12 @@ inline RecurrenceSizes check_gru_fwd(const at::Tensor& xproj,
                                      const std::optional<at::Tensor>& b_hh, const at::Tensor& h0,
                                      const std::optional<at::Tensor>& lengths,
                                      c10::DeviceType device) {
-  check_tensor(xproj, "xproj", xproj, 3, device);
-  check_tensor(w_hh, "w_hh", xproj, 2, device);
-  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = w_hh.size(1);
-  check_shape(w_hh, "w_hh", {3 * hidden, hidden}, device);
-  check_shape(xproj, "xproj", {steps, batch, 3 * hidden}, device);
+  const RecurrenceSizes sizes = lead_sizes(xproj, "xproj", w_hh, 3, lengths, device);
+  const int64_t batch = sizes.batch, hidden = sizes.hidden;
   check_argument(h0, "h0", xproj, {batch, hidden}, device);
   if (b_ih.has_value() && b_ih->defined()) check_argument(*b_ih, "b_ih", xproj, {3 * hidden}, device);
   if (b_hh.has_value() && b_hh->defined()) check_argument(*b_hh, "b_hh", xproj, {3 * hidden}, device);
-  return {steps, batch, hidden, checked_lengths(lengths, xproj, batch, device)};
+  return sizes;
 }
 
 // grad_y, h_prev, hidden_n (T,B,H), grad_h_n (B,H), w_hh (3H,H), gates (T,B,3H).
@@ -131,16 +136,13 @@ inline RecurrenceSizes check_gru_bwd(const at::Tensor& grad_y, const at::Tensor&
                                      const std::optional<at::Tensor>& lengths,
                                      const at::Tensor& gates, const at::Tensor& hidden_n,
                                      c10::DeviceType device) {
-  check_tensor(gates, "gates", gates, 3, device);
-  check_tensor(w_hh, "w_hh", gates, 2, device);
-  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
-  check_shape(w_hh, "w_hh", {3 * hidden, hidden}, device);
-  check_shape(gates, "gates", {steps, batch, 3 * hidden}, device);
+  const RecurrenceSizes sizes = lead_sizes(gates, "gates", w_hh, 3, lengths, device);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   check_argument(grad_y, "grad_y", gates, {steps, batch, hidden}, device);
   check_argument(h_prev, "h_prev", gates, {steps, batch, hidden}, device);
   check_argument(hidden_n, "hidden_n", gates, {steps, batch, hidden}, device);
   check_argument(grad_h_n, "grad_h_n", gates, {batch, hidden}, device);
-  return {steps, batch, hidden, checked_lengths(lengths, gates, batch, device)};
+  return sizes;
 }
 
 }  // namespace fusedrnn
