@@ -145,4 +145,27 @@ inline RecurrenceSizes check_gru_bwd(const at::Tensor& grad_y, const at::Tensor&
   return sizes;
 }
 
+// xproj (T,B,H), bias (H) or undefined, w_hh (H,H), h0 (B,H).
+inline RecurrenceSizes check_rnn_fwd(const at::Tensor& xproj,
+                                     const std::optional<at::Tensor>& bias,
+                                     const at::Tensor& w_hh, const at::Tensor& h0,
+                                     const std::optional<at::Tensor>& lengths,
+                                     c10::DeviceType device) {
+  const RecurrenceSizes sizes = lead_sizes(xproj, "xproj", w_hh, 1, lengths, device);
+  if (bias.has_value() && bias->defined()) check_argument(*bias, "bias", xproj, {sizes.hidden}, device);
+  check_argument(h0, "h0", xproj, {sizes.batch, sizes.hidden}, device);
+  return sizes;
+}
+
+// grad_y, y (T,B,H), grad_h_n (B,H), w_hh (H,H).
+inline RecurrenceSizes check_rnn_bwd(const at::Tensor& grad_y, const at::Tensor& grad_h_n,
+                                     const at::Tensor& w_hh, const at::Tensor& y,
+                                     const std::optional<at::Tensor>& lengths,
+                                     c10::DeviceType device) {
+  const RecurrenceSizes sizes = lead_sizes(y, "y", w_hh, 1, lengths, device);
+  check_argument(grad_y, "grad_y", y, {sizes.steps, sizes.batch, sizes.hidden}, device);
+  check_argument(grad_h_n, "grad_h_n", y, {sizes.batch, sizes.hidden}, device);
+  return sizes;
+}
+
 }  // namespace fusedrnn

@@ -15,12 +15,12 @@ import torch
 import fusedrnn
 from fusedrnn import testing
 from fusedrnn.backends import BackendUnavailableError
-from fusedrnn.backends.recurrence import SCHEMAS
+from fusedrnn.backends.recurrence import RNN_SCHEMAS, SCHEMAS
 
 pytestmark = pytest.mark.requires_cpu_ext
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("name", sorted({**SCHEMAS, **RNN_SCHEMAS}))
 def test_extension_registers_a_cpu_kernel_for_each_op(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CPU")
 
@@ -33,6 +33,8 @@ CASES = [
     ("GRU", {}, 33, 7, 3),
     ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 17, 5, 4),
     ("GRU", {}, 220, 4, 2),
+    ("RNN", {"nonlinearity": "tanh"}, 33, 7, 3),
+    ("RNN", {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True}, 17, 5, 4),
 ]
 
 
@@ -80,8 +82,10 @@ def test_saturated_and_tiny_gates_match_torch(value):
     torch.testing.assert_close(c, rc, rtol=2e-6, atol=1e-30)
 
 
-def test_nan_input_gives_nan_like_torch():
-    module = fusedrnn.GRU(3, 8, backend="cpu")
+@pytest.mark.parametrize("cell, kwargs", [("GRU", {}), ("RNN", {"nonlinearity": "relu"}),
+                                          ("RNN", {"nonlinearity": "tanh"})])
+def test_nan_input_gives_nan_like_torch(cell, kwargs):
+    module = getattr(fusedrnn, cell)(3, 8, backend="cpu", **kwargs)
     x = torch.randn(4, 2, 3)
     x[1, 0, 0] = float("nan")
     out, _ = module(x)
@@ -109,6 +113,17 @@ def test_opcheck_lstm_recurrence_ops(reverse, bias):
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_bwd.default,
                           (grad_y, grad_h, grad_c, args["w_hh"], args["c0"], args["lengths"],
                            gates, cells, reverse))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_opcheck_rnn_recurrence_ops(relu):
+    xproj, w_hh, h0 = torch.randn(5, 3, 8), torch.randn(8, 8), torch.randn(3, 8)
+    lengths = torch.tensor([5, 2, 4])
+    torch.library.opcheck(torch.ops.fusedrnn.rnn_recurrence_fwd.default,
+                          (xproj, torch.randn(8), w_hh, h0, lengths, True, relu))
+    y, _ = torch.ops.fusedrnn.rnn_recurrence_fwd(xproj, None, w_hh, h0, lengths, True, relu)
+    torch.library.opcheck(torch.ops.fusedrnn.rnn_recurrence_bwd.default,
+                          (torch.randn(5, 3, 8), torch.randn(3, 8), w_hh, y, lengths, True, relu))
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -146,8 +161,6 @@ def test_bad_arguments_name_the_argument(name, value, message):
 def test_explicit_cpu_backend_refuses_what_it_cannot_run():
     with pytest.raises(BackendUnavailableError, match="proj_size is not supported by the CPU kernels"):
         fusedrnn.LSTM(4, 8, proj_size=3, backend="cpu")(torch.randn(3, 2, 4))
-    with pytest.raises(BackendUnavailableError, match="no CPU kernel for the rnn_tanh cell"):
-        fusedrnn.RNN(4, 8, backend="cpu")(torch.randn(3, 2, 4))
     with pytest.raises(BackendUnavailableError, match="dtype torch.bfloat16 is not one of float32, float64"):
         fusedrnn.GRU(4, 8, backend="cpu", dtype=torch.bfloat16)(torch.randn(3, 2, 4, dtype=torch.bfloat16))
 
@@ -165,7 +178,8 @@ def test_compiled_module_matches_eager():
 GEMM_MODE_CHECK = """
 import torch, fusedrnn
 from fusedrnn import testing
-for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), ("GRU", 4, 12)):
+for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), ("GRU", 4, 12),
+                            ("RNN", 3, 400), ("RNN", 2, 10)):
     for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         reference = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="reference")
         candidate = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="cpu")

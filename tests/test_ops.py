@@ -121,7 +121,7 @@ def test_backward_handles_expanded_output_gradients():
 
 
 @pytest.mark.parametrize("cell, backend", [(cell, "reference") for cell in CELLS] + [
-    pytest.param(cell, "cpu", marks=pytest.mark.requires_cpu_ext) for cell in ("lstm", "gru")])
+    pytest.param(cell, "cpu", marks=pytest.mark.requires_cpu_ext) for cell in CELLS])
 def test_forward_without_save_keeps_no_workspace_and_the_same_outputs(cell, backend):
     args = _op_args(cell, lengths=True, reverse=True, requires_grad=False)
     args[-1] = backend

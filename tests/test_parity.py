@@ -21,8 +21,9 @@ INPUT, HIDDEN, STEPS, BATCH = 5, 7, 6, 4
 def _configs():
     # (cell, extra arguments, the backends that run it on the CPU besides auto's choice)
     cells = [("LSTM", {}, ("reference", "cpu")), ("LSTM", {"proj_size": 3}, ("reference",)),
-             ("GRU", {}, ("reference", "cpu")), ("RNN", {"nonlinearity": "tanh"}, ("reference",)),
-             ("RNN", {"nonlinearity": "relu"}, ("reference",))]
+             ("GRU", {}, ("reference", "cpu")),
+             ("RNN", {"nonlinearity": "tanh"}, ("reference", "cpu")),
+             ("RNN", {"nonlinearity": "relu"}, ("reference", "cpu"))]
     forms = ["batched", "batch_first", "unbatched", "packed", "packed_sorted"]
     for (cell, extra, names), layers, bidirectional, bias, form, with_hx in itertools.product(
             cells, (1, 2), (False, True), (True, False), forms, (False, True)):

@@ -1,4 +1,4 @@
-// The CPU kernels of the ops fusedrnn::{lstm,gru}_recurrence_{fwd,bwd}, whose schemas are
+// The CPU kernels of the ops fusedrnn::{lstm,gru,rnn}_recurrence_{fwd,bwd}, whose schemas are
 // defined in Python (fusedrnn/backends/recurrence.py). float32 and float64; every tensor
 // contiguous and on the CPU, of one dtype, except lengths: int64 (B,) or undefined (all
 // steps active), step t of row b active while t < lengths[b]. Inactive steps leave the state
@@ -43,5 +43,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_bwd(
     const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& w_hh,
     const at::Tensor& h_prev, const std::optional<at::Tensor>& lengths,
     const at::Tensor& gates, const at::Tensor& hidden_n, bool reverse);
+
+// xproj (T,B,H) = x W_ih^T; bias (H) = b_ih + b_hh, or undefined; w_hh (H,H); h0 (B,H);
+// relu: the activation is relu, else tanh. Returns y (T,B,H), h_n (B,H).
+std::tuple<at::Tensor, at::Tensor> rnn_recurrence_fwd(
+    const at::Tensor& xproj, const std::optional<at::Tensor>& bias, const at::Tensor& w_hh,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse, bool relu);
+
+// grad_y (T,B,H), grad_h_n (B,H), w_hh (H,H), y (T,B,H) as the forward returned it.
+// Returns dpre (T,B,H) pre-activation gradients, grad_h0 (B,H).
+std::tuple<at::Tensor, at::Tensor> rnn_recurrence_bwd(
+    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& w_hh,
+    const at::Tensor& y, const std::optional<at::Tensor>& lengths, bool reverse, bool relu);
 
 }  // namespace fusedrnn::cpu

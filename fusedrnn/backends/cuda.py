@@ -14,3 +14,4 @@ class CudaBackend(RecurrenceBackend):
     device_type = "cuda"
     auto_devices = ("cuda",)
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    cells = ("lstm", "gru")

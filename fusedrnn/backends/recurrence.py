@@ -12,8 +12,12 @@ w_hh, c0, lengths?, gates, cells, reverse) -> (dgates, grad_h0, grad_c0)``,
 save) -> (y, h_n, gates, hidden_n)``, ``fusedrnn::gru_recurrence_bwd(grad_y, grad_h_n, w_hh,
 h_prev (T,B,H), lengths?, gates, hidden_n, reverse) -> (dgates_in, dgates_hid, grad_h0)``.
 
-``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` their CUDA kernels (full
-contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
+``fusedrnn::rnn_recurrence_fwd(xproj (T,B,H), bias (H)?, w_hh (H,H), h0, lengths?, reverse,
+relu) -> (y, h_n)`` and ``fusedrnn::rnn_recurrence_bwd(grad_y, grad_h_n, w_hh, y, lengths?,
+reverse, relu) -> (dpre, grad_h0)`` (the Elman cells; CPU kernels only).
+
+``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` the CUDA kernels of the
+LSTM and GRU ops (full contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
 reference backend's layout, so the backends are interchangeable; without ``save``
 (nothing will be differentiated) they are empty ``(0,)`` tensors.
 """
@@ -22,7 +26,7 @@ import torch
 
 from . import Availability, Backend, common
 
-CELLS = ("lstm", "gru")
+# The ops with kernels on every device of these backends, then the CPU-only ones.
 SCHEMAS = {
     "lstm_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor h0, Tensor c0, "
                            "Tensor? lengths, bool reverse, bool save) "
@@ -37,9 +41,15 @@ SCHEMAS = {
                           "Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse) "
                           "-> (Tensor, Tensor, Tensor)",
 }
+RNN_SCHEMAS = {
+    "rnn_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor h0, Tensor? lengths, "
+                          "bool reverse, bool relu) -> (Tensor, Tensor)",
+    "rnn_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor y, "
+                          "Tensor? lengths, bool reverse, bool relu) -> (Tensor, Tensor)",
+}
 
 _library = torch.library.Library("fusedrnn", "FRAGMENT")
-for _name, _schema in SCHEMAS.items():
+for _name, _schema in {**SCHEMAS, **RNN_SCHEMAS}.items():
     _library.define(_name + _schema)
 
 
@@ -73,13 +83,24 @@ def _(grad_y, grad_h_n, w_hh, h_prev, lengths, gates, hidden_n, reverse):
     return torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(grad_h_n)
 
 
+@torch.library.register_fake("fusedrnn::rnn_recurrence_fwd")
+def _(xproj, bias, w_hh, h0, lengths, reverse, relu):
+    return torch.empty_like(xproj), torch.empty_like(h0)
+
+
+@torch.library.register_fake("fusedrnn::rnn_recurrence_bwd")
+def _(grad_y, grad_h_n, w_hh, y, lengths, reverse, relu):
+    return torch.empty_like(y), torch.empty_like(grad_h_n)
+
+
 class RecurrenceBackend(Backend):
     """A backend whose time loops are the compiled recurrence ops of ``extension``, for
-    tensors on ``device_type`` in ``dtypes``; LSTM without projection and GRU."""
+    tensors on ``device_type`` in ``dtypes``, of the ``cells`` (LSTM without projection)."""
 
     extension = None
     device_type = ""
     dtypes = ()
+    cells = ()
 
     def available(self):
         return Availability(*self.extension.status())
@@ -91,8 +112,9 @@ class RecurrenceBackend(Backend):
         if dtype not in self.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
             return False, f"dtype {dtype} is not one of {names}"
-        if call is not None and call.cell not in CELLS:
-            return False, f"no {label} kernel for the {call.cell} cell (only {', '.join(CELLS)})"
+        if call is not None and call.cell not in self.cells:
+            only = ", ".join(self.cells)
+            return False, f"no {label} kernel for the {call.cell} cell (only {only})"
         if call is not None and call.state != call.hidden:
             return False, f"proj_size is not supported by the {label} kernels yet"
         return True, ""
@@ -100,6 +122,11 @@ class RecurrenceBackend(Backend):
     def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
         self.extension.load()
         xproj = common.input_projection(x, w_ih, None)
+        if cell.startswith("rnn"):
+            bias = None if b_ih is None else b_ih + b_hh
+            y, h_n = torch.ops.fusedrnn.rnn_recurrence_fwd(xproj, bias, w_hh, h0, lengths,
+                                                           reverse, cell == "rnn_relu")
+            return y, h_n, common.empty(x), common.empty(x), common.empty(x)
         if cell == "lstm":
             bias = None if b_ih is None else b_ih + b_hh
             return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, bias, w_hh, h0, c0, lengths,
@@ -113,6 +140,11 @@ class RecurrenceBackend(Backend):
         self.extension.load()
         mask = common.active_mask(lengths, x.shape[0])
         h_prev = common.PreviousStates(y, h0, mask, reverse)
+        if cell.startswith("rnn"):
+            dpre, dh0 = torch.ops.fusedrnn.rnn_recurrence_bwd(grad_y, grad_hn, w_hh, y, lengths,
+                                                              reverse, cell == "rnn_relu")
+            grads = common.input_and_weight_grads(x, w_ih, dpre, dpre, h_prev, has_bias)
+            return grads + (common.empty(x), dh0, common.empty(x))
         if cell == "lstm":
             dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
                 grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b, reverse)

@@ -1,0 +1,147 @@
+// Elman RNN time loops of the cpu backend: h' = act(x W_ih^T + b + h W_hh^T), act tanh or
+// relu. Per step one BLAS product and one vectorised pass over each row; the backward needs
+// only y, since act'(pre) is 1 - y^2 (tanh) or y > 0 (relu).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <tuple>
+
+#include "../recurrence_args.h"
+#include "blas.h"
+#include "cpu_math.h"
+#include "recurrence_cpu.h"
+#include "rows.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+using at::Tensor;
+
+// One row of the forward step. xg, hg, bias (H) read: x W_ih^T, h W_hh^T, b_ih + b_hh;
+// y, h_next (H) written: h.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void rnn_fwd_row(const scalar_t* __restrict__ xg,
+                                      const scalar_t* __restrict__ hg,
+                                      const scalar_t* __restrict__ bias,
+                                      scalar_t* __restrict__ y, scalar_t* __restrict__ h_next,
+                                      int64_t hidden, bool relu) {
+  if (relu) {
+    for (int64_t j = 0; j < hidden; ++j) {
+      const scalar_t pre = xg[j] + hg[j] + bias[j];
+      y[j] = h_next[j] = pre > 0 ? pre : (pre != pre ? pre : scalar_t(0));  // NaN passes
+    }
+  } else {
+    for (int64_t j = 0; j < hidden; ++j) {
+      y[j] = h_next[j] = flush(tanh(xg[j] + hg[j] + bias[j]));
+    }
+  }
+}
+
+// One row of the backward step. dh, y (H) read; dpre (H) written: dh * act'(pre).
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void rnn_bwd_row(const scalar_t* __restrict__ dh,
+                                      const scalar_t* __restrict__ y,
+                                      scalar_t* __restrict__ dpre, int64_t hidden, bool relu) {
+  if (relu) {
+    for (int64_t j = 0; j < hidden; ++j) dpre[j] = y[j] > 0 ? dh[j] : scalar_t(0);
+  } else {
+    for (int64_t j = 0; j < hidden; ++j) dpre[j] = flush(dh[j] * (1 - y[j] * y[j]));
+  }
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
+                                              const std::optional<Tensor>& bias_opt,
+                                              const Tensor& w_hh, const Tensor& h0,
+                                              const std::optional<Tensor>& lengths_opt,
+                                              bool reverse, bool relu) {
+  const auto sizes = check_rnn_fwd(xproj, bias_opt, w_hh, h0, lengths_opt, at::kCPU);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  const Tensor bias = (bias_opt.has_value() && bias_opt->defined())
+                          ? *bias_opt : at::zeros({hidden}, xproj.options());
+  Tensor y = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor hidden_gates = at::empty({batch, hidden}, xproj.options());  // h W_hh^T
+  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "rnn_recurrence_fwd_cpu", [&] {
+    const int64_t state = batch * hidden;
+    const scalar_t* xproj_p = xproj.data_ptr<scalar_t>();
+    scalar_t* y_p = y.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
+    scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
+    const RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true, batch);
+    for (int64_t t : time_order(steps, reverse)) {
+      const scalar_t* hp = h_cur.data_ptr<scalar_t>();
+      scalar_t* hn = h_next.data_ptr<scalar_t>();
+      recurrent.apply(hg, hp);
+      const scalar_t* xp = xproj_p + state * t;
+      scalar_t* yp = y_p + state * t;
+      for_rows(batch, hidden, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t row = b * hidden;
+          rnn_fwd_row<scalar_t>(xp + row, hg + row, bp, yp + row, hn + row, hidden, relu);
+          if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
+        }
+      });
+      std::swap(h_cur, h_next);
+    }
+  });
+  return {y, h_cur};
+}
+
+std::tuple<Tensor, Tensor> rnn_recurrence_bwd(const Tensor& grad_y, const Tensor& grad_h_n,
+                                              const Tensor& w_hh, const Tensor& y,
+                                              const std::optional<Tensor>& lengths_opt,
+                                              bool reverse, bool relu) {
+  const auto sizes = check_rnn_bwd(grad_y, grad_h_n, w_hh, y, lengths_opt, at::kCPU);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  Tensor dpre = at::empty_like(y);
+  Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
+  Tensor rec = at::empty_like(grad_h_n);  // dpre of the step just processed @ w_hh
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rnn_recurrence_bwd_cpu", [&] {
+    const int64_t state = batch * hidden;
+    scalar_t* dhp = dh.data_ptr<scalar_t>();
+    scalar_t* recp = rec.data_ptr<scalar_t>();
+    const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
+    const scalar_t* y_p = y.data_ptr<scalar_t>();
+    scalar_t* dpre_p = dpre.data_ptr<scalar_t>();
+    const auto order = time_order(steps, !reverse);
+    const RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false, batch);
+    for (size_t k = 0; k < order.size(); ++k) {
+      const int64_t t = order[k];
+      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+      const scalar_t* gy = grad_y_p + state * t;
+      const scalar_t* yp = y_p + state * t;
+      scalar_t* dp = dpre_p + state * t;
+      for_rows(batch, hidden, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t row = b * hidden;
+          // The recurrent gradient where the later step was active for the row (an inactive
+          // step passes dh through unchanged), plus this step's output gradient.
+          if (later >= 0 && is_active(lengths, b, later)) {
+            std::copy(recp + row, recp + row + hidden, dhp + row);
+          }
+          if (!is_active(lengths, b, t)) {
+            std::fill(dp + row, dp + row + hidden, scalar_t(0));
+            continue;
+          }
+          add_row<scalar_t>(dhp + row, gy + row, hidden);
+          rnn_bwd_row<scalar_t>(dhp + row, yp + row, dp + row, hidden, relu);
+        }
+      });
+      recurrent.apply(recp, dp);
+    }
+    // The gradient of h0: the recurrent one where the first step was active for the row.
+    if (steps == 0) return;
+    for (int64_t b = 0; b < batch; ++b) {
+      if (is_active(lengths, b, order.back())) {
+        std::copy(recp + b * hidden, recp + (b + 1) * hidden, dhp + b * hidden);
+      }
+    }
+  });
+  return {dpre, dh};
+}
+
+}  // namespace fusedrnn::cpu
