@@ -34,12 +34,13 @@ if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   echo "gpu_check: DRY RUN on the CPU (no CUDA device): stages rehearsed, figures meaningless"
   device=cpu bench_extra=(--quick)
   export TRITON_INTERPRET=1
+  export FUSEDRNN_BUILD_CUDA=0  # rehearse the install with the CPU extension; CI builds _C
 fi
 arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability() if torch.cuda.is_available() else 'cpu')")
 git rev-parse HEAD >"$out/commit.txt" 2>/dev/null || true
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 
-FUSEDRNN_CUDA_ARCHS=$arch stage install 150 $PY -m pip install --no-build-isolation --no-deps -e .
+FUSEDRNN_CUDA_ARCHS=${arch/cpu/} stage install 150 $PY -m pip install --no-build-isolation --no-deps -e .
 stage info 30 $PY -m fusedrnn.cli info
 # GPU tests: the Triton backend on CUDA tensors, the CUDA-only tests, the extension's tests.
 stage tests 150 $PY -m pytest tests/ -q -x -m "requires_cuda or requires_triton or requires_ext" \
