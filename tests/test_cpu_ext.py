@@ -209,3 +209,25 @@ def test_unknown_product_path_is_refused():
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode != 0 and "FUSEDRNN_CPU_GEMM must be auto, unpacked or aten" in run.stderr
+
+
+def test_workspaces_are_reused_and_never_shared():
+    """csrc/cpu/workspace_pool.h: a freed workspace's memory serves the next one of its
+    size, and live workspaces never share memory."""
+    args = _lstm_args()
+    first = torch.ops.fusedrnn.lstm_recurrence_fwd(*args.values(), False, True)[3]
+    second = torch.ops.fusedrnn.lstm_recurrence_fwd(*args.values(), False, True)[3]
+    assert first.data_ptr() != second.data_ptr()
+    address = second.data_ptr()
+    del second
+    third = torch.ops.fusedrnn.lstm_recurrence_fwd(*args.values(), False, True)[3]
+    assert third.data_ptr() == address
+    torch.testing.assert_close(third, first, rtol=0, atol=0)
+
+
+def test_profiler_sees_the_workspaces():
+    args = _lstm_args()
+    with torch.profiler.profile(profile_memory=True) as prof:
+        gates = torch.ops.fusedrnn.lstm_recurrence_fwd(*args.values(), False, True)[3]
+    op = next(e for e in prof.key_averages() if e.key == "fusedrnn::lstm_recurrence_fwd")
+    assert op.self_cpu_memory_usage >= gates.numel() * gates.element_size()

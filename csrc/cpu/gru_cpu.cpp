@@ -13,6 +13,7 @@
 #include "cpu_math.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
+#include "workspace_pool.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -88,8 +89,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
   };
   const Tensor input_bias = or_zeros(b_ih), bias = or_zeros(b_hh);
   // Without `save`, one step of gates and hidden_n is all the loop needs.
-  Tensor gates = at::empty({save ? steps : 1, batch, 3 * hidden}, xproj.options());
-  Tensor hidden_n = at::empty({save ? steps : 1, batch, hidden}, xproj.options());
+  Tensor gates = WorkspacePool::empty({save ? steps : 1, batch, 3 * hidden}, xproj.options());
+  Tensor hidden_n = WorkspacePool::empty({save ? steps : 1, batch, hidden}, xproj.options());
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor hidden_gates = at::empty({batch, 3 * hidden}, xproj.options());
   Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
@@ -134,7 +135,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
   const auto sizes =
       check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  Tensor dgates_in = at::empty_like(gates), dgates_hid = at::empty_like(gates);
+  Tensor dgates_in = WorkspacePool::empty(gates.sizes(), gates.options());
+  Tensor dgates_hid = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
   Tensor rec = at::empty_like(grad_h_n);  // dgates_hid of the step just processed @ w_hh
   const int64_t* lengths = lengths_ptr(sizes.lengths);

@@ -14,6 +14,7 @@
 #include "recurrence_cpu.h"
 #include "rows.h"
 #include "unit_split.h"
+#include "workspace_pool.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -83,8 +84,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
                           ? *bias_opt : at::zeros({4 * hidden}, xproj.options());
   // Without `save`, one step of gates and two of cells (this step's and the previous one)
   // are all the loop needs.
-  Tensor gates = at::empty({save ? steps : 1, batch, 4 * hidden}, xproj.options());
-  Tensor cells = at::empty({save ? steps : 2, batch, hidden}, xproj.options());
+  Tensor gates = WorkspacePool::empty({save ? steps : 1, batch, 4 * hidden}, xproj.options());
+  Tensor cells = WorkspacePool::empty({save ? steps : 2, batch, hidden}, xproj.options());
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h of even and odd processed steps
   Tensor c_last = at::empty_like(c0);
@@ -152,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
   const auto sizes = check_lstm_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates,
                                     cells, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  Tensor dgates = at::empty_like(gates);
+  Tensor dgates = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dc = grad_c_n.clone();
   Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
   const int64_t* lengths = lengths_ptr(sizes.lengths);

@@ -11,6 +11,7 @@
 #include "cpu_math.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
+#include "workspace_pool.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -96,7 +97,7 @@ std::tuple<Tensor, Tensor> rnn_recurrence_bwd(const Tensor& grad_y, const Tensor
                                               bool reverse, bool relu) {
   const auto sizes = check_rnn_bwd(grad_y, grad_h_n, w_hh, y, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  Tensor dpre = at::empty_like(y);
+  Tensor dpre = WorkspacePool::empty(y.sizes(), y.options());
   Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
   Tensor rec = at::empty_like(grad_h_n);  // dpre of the step just processed @ w_hh
   const int64_t* lengths = lengths_ptr(sizes.lengths);

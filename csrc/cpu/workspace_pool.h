@@ -1,0 +1,100 @@
+// Memory for the sequence-long workspaces of the CPU kernels (the gates and cells a forward
+// keeps for its backward, the backward's pre-activation gradients), kept for reuse.
+//
+// Each training step allocates them afresh and frees them after the backward; from the
+// system allocator that memory comes back as new pages, and touching them cost about a
+// microsecond per 4 KiB page: at batch 8, 200 steps, hidden 128 the forward took 3.3 ms in
+// a training loop against 1.9 ms when its pages were warm. Blocks freed here stay (up to
+// kMaxCachedBytes) for the next request of the same rounded size. Allocations are reported
+// to the profiler like torch's own, so memory figures stay true.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/core/Allocator.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace fusedrnn::cpu {
+
+class WorkspacePool final : public c10::Allocator {
+ public:
+  static constexpr size_t kAlignment = 64;
+  static constexpr size_t kGranule = size_t{1} << 16;  // sizes round up to 64 KiB
+  static constexpr size_t kMaxCachedBytes = size_t{256} << 20;
+
+  static WorkspacePool& get() {
+    static auto* pool = new WorkspacePool();  // never destroyed: tensors may outlive statics
+    return *pool;
+  }
+
+  // An uninitialised contiguous tensor from the pool.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::detail::empty_generic(sizes, &get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     options.dtype().toScalarType(), std::nullopt);
+  }
+
+  c10::DataPtr allocate(size_t bytes) override {
+    const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
+    void* data = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(size);
+      if (it != free_.end() && !it->second.empty()) {
+        data = it->second.back();
+        it->second.pop_back();
+        cached_ -= size;
+      }
+      if (data == nullptr) {
+        TORCH_CHECK(posix_memalign(&data, kAlignment, size == 0 ? kAlignment : size) == 0,
+                    "fusedrnn cpu backend: out of memory allocating ", size, " bytes");
+      }
+      in_use_ += size;
+    }
+    report(data, static_cast<int64_t>(size));
+    return {data, new Block{data, size}, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  struct Block {
+    void* data;
+    size_t size;
+  };
+
+  static void release(void* context) {
+    auto* block = static_cast<Block*>(context);
+    WorkspacePool& pool = get();
+    pool.report(block->data, -static_cast<int64_t>(block->size));
+    {
+      std::lock_guard<std::mutex> lock(pool.mutex_);
+      pool.in_use_ -= block->size;
+      if (pool.cached_ + block->size <= kMaxCachedBytes) {
+        pool.free_[block->size].push_back(block->data);
+        pool.cached_ += block->size;
+        block->data = nullptr;
+      }
+    }
+    std::free(block->data);
+    delete block;
+  }
+
+  void report(void* data, int64_t delta) {
+    if (c10::memoryProfilingEnabled()) {
+      c10::reportMemoryUsageToProfiler(data, delta, in_use_, in_use_ + cached_,
+                                       c10::Device(c10::DeviceType::CPU));
+    }
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0, in_use_ = 0;
+};
+
+}  // namespace fusedrnn::cpu
