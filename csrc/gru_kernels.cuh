@@ -1,14 +1,15 @@
 // GRU fused pointwise step kernels: one thread per (row b, hidden unit j). Gates r, z, n:
 //   r, z = sigmoid(xg + hg);  n = tanh(xg_n + r * hg_n);  h' = n + z * (h - n).
-#include <ATen/Dispatch.h>
+// Kernel templates and their typed launchers; instantiated once per dtype in
+// kernels_<dtype>.cu, dispatched on the dtype in step_launchers.cpp (kernels.h).
+#pragma once
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "cell_math.cuh"
-#include "kernels.h"
 
 namespace fusedrnn {
-namespace {
 
 template <typename scalar_t>
 __global__ void gru_fwd_step_kernel(scalar_t* __restrict__ gates,
@@ -85,24 +86,22 @@ __global__ void gru_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
   dhid[2 * hidden + j] = d_n * r;
 }
 
-}  // namespace
-
-void gru_fwd_step(const at::Tensor& gates, const at::Tensor& hidden_gates,
+template <typename scalar_t>
+void gru_fwd_step_typed(const at::Tensor& gates, const at::Tensor& hidden_gates,
                   const at::Tensor& hidden_n, const at::Tensor& y, const at::Tensor& h_prev,
                   const at::Tensor& h_next, const at::Tensor& lengths, int64_t t) {
   const int64_t batch = hidden_n.size(0), hidden = hidden_n.size(1);
   if (batch * hidden == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  FUSEDRNN_DISPATCH(gates.scalar_type(), "gru_fwd_step", [&] {
-    gru_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-        gates.data_ptr<scalar_t>(), hidden_gates.data_ptr<scalar_t>(),
-        hidden_n.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-        h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch, hidden);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  gru_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+      gates.data_ptr<scalar_t>(), hidden_gates.data_ptr<scalar_t>(),
+      hidden_n.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+      h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch, hidden);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void gru_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+template <typename scalar_t>
+void gru_bwd_step_typed(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
                   const at::Tensor& gates_prev, const at::Tensor& gates,
                   const at::Tensor& hidden_n, const at::Tensor& h_prev,
                   const at::Tensor& dgates_in, const at::Tensor& dgates_hid,
@@ -110,15 +109,13 @@ void gru_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Ten
   const int64_t batch = hidden_n.size(0), hidden = hidden_n.size(1);
   if (batch * hidden == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  FUSEDRNN_DISPATCH(gates.scalar_type(), "gru_bwd_step", [&] {
-    gru_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-        grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
-        gates_prev.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-        hidden_n.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-        dgates_in.data_ptr<scalar_t>(), dgates_hid.data_ptr<scalar_t>(), lengths_ptr(lengths),
-        t, t_prev, batch, hidden);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  gru_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+      grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
+      gates_prev.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+      hidden_n.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+      dgates_in.data_ptr<scalar_t>(), dgates_hid.data_ptr<scalar_t>(), lengths_ptr(lengths),
+      t, t_prev, batch, hidden);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace fusedrnn

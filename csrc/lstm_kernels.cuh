@@ -1,13 +1,14 @@
 // LSTM fused pointwise step kernels: one thread per (row b, hidden unit j). Gates i, f, g, o.
-#include <ATen/Dispatch.h>
+// Kernel templates and their typed launchers; instantiated once per dtype in
+// kernels_<dtype>.cu, dispatched on the dtype in step_launchers.cpp (kernels.h).
+#pragma once
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "cell_math.cuh"
-#include "kernels.h"
 
 namespace fusedrnn {
-namespace {
 
 template <typename scalar_t>
 __global__ void lstm_fwd_step_kernel(scalar_t* __restrict__ gates,
@@ -73,38 +74,35 @@ __global__ void lstm_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
   dc[idx] = dcv * f;
 }
 
-}  // namespace
-
-void lstm_fwd_step(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& cell,
+template <typename scalar_t>
+void lstm_fwd_step_typed(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& cell,
                    const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
                    const at::Tensor& lengths, int64_t t) {
   const int64_t batch = cell.size(0), hidden = cell.size(1);
   if (batch * hidden == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_fwd_step", [&] {
-    lstm_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-        gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
-        y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(),
-        lengths_ptr(lengths), t, batch, hidden);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  lstm_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+      gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
+      y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(),
+      lengths_ptr(lengths), t, batch, hidden);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void lstm_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+template <typename scalar_t>
+void lstm_bwd_step_typed(const at::Tensor& grad_y, const at::Tensor& rec,
+    const at::Tensor& dh_total,
                    const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& c_prev,
                    const at::Tensor& dc, const at::Tensor& dgates, const at::Tensor& lengths,
                    int64_t t, int64_t t_prev) {
   const int64_t batch = cell.size(0), hidden = cell.size(1);
   if (batch * hidden == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_bwd_step", [&] {
-    lstm_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-        grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
-        gates.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
-        dc.data_ptr<float>(), dgates.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev,
-        batch, hidden);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  lstm_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
+      grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
+      gates.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
+      dc.data_ptr<float>(), dgates.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev,
+      batch, hidden);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace fusedrnn

@@ -1,0 +1,45 @@
+// The step launchers of kernels.h: dispatch on the dtype to the typed launchers, which
+// kernels_<dtype>.cu instantiate.
+#include "kernels.h"
+#include "typed_launchers.h"
+
+namespace fusedrnn {
+
+void lstm_fwd_step(const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& cell,
+                   const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
+                   const at::Tensor& lengths, int64_t t) {
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_fwd_step", [&] {
+    lstm_fwd_step_typed<scalar_t>(gates, c_prev, cell, y, h_prev, h_next, lengths, t);
+  });
+}
+
+void lstm_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                   const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& c_prev,
+                   const at::Tensor& dc, const at::Tensor& dgates, const at::Tensor& lengths,
+                   int64_t t, int64_t t_prev) {
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_bwd_step", [&] {
+    lstm_bwd_step_typed<scalar_t>(grad_y, rec, dh_total, gates, cell, c_prev, dc, dgates, lengths,
+        t, t_prev);
+  });
+}
+
+void gru_fwd_step(const at::Tensor& gates, const at::Tensor& hidden_gates,
+                  const at::Tensor& hidden_n, const at::Tensor& y, const at::Tensor& h_prev,
+                  const at::Tensor& h_next, const at::Tensor& lengths, int64_t t) {
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "gru_fwd_step", [&] {
+    gru_fwd_step_typed<scalar_t>(gates, hidden_gates, hidden_n, y, h_prev, h_next, lengths, t);
+  });
+}
+
+void gru_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                  const at::Tensor& gates_prev, const at::Tensor& gates,
+                  const at::Tensor& hidden_n, const at::Tensor& h_prev,
+                  const at::Tensor& dgates_in, const at::Tensor& dgates_hid,
+                  const at::Tensor& lengths, int64_t t, int64_t t_prev) {
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "gru_bwd_step", [&] {
+    gru_bwd_step_typed<scalar_t>(grad_y, rec, dh_total, gates_prev, gates, hidden_n, h_prev,
+        dgates_in, dgates_hid, lengths, t, t_prev);
+  });
+}
+
+}  // namespace fusedrnn
