@@ -88,7 +88,7 @@ class RecurrentProduct {
                 m_ * k_ >= kPackFrom;
     if (!blas_ || m_ == 0 || k_ == 0 || batch == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (use_packed()) {
+      if (packable_) {
         pack();
         return;
       }
@@ -113,7 +113,7 @@ class RecurrentProduct {
     }
     const int m = static_cast<int>(m_), n = static_cast<int>(batch), k = static_cast<int>(k_);
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (use_packed()) {
+      if (packable_) {
         cblas_sgemm_compute(kColMajor, kPacked, kNoTrans, m, n, k, packed_.data_ptr<float>(), m,
                             a, k, 0.0f, out, m);
         return;
@@ -123,8 +123,6 @@ class RecurrentProduct {
   }
 
  private:
-  bool use_packed() const { return packable_; }
-
   void pack() {
     const int m = static_cast<int>(m_), k = static_cast<int>(k_), batch = static_cast<int>(batch_);
     const size_t bytes = cblas_sgemm_pack_get_size(kAMatrix, m, batch, k);

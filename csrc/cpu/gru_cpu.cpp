@@ -84,10 +84,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto sizes = check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  const auto or_zeros = [&](const std::optional<Tensor>& b) {
-    return (b.has_value() && b->defined()) ? *b : at::zeros({3 * hidden}, xproj.options());
-  };
-  const Tensor input_bias = or_zeros(b_ih), bias = or_zeros(b_hh);
+  const Tensor input_bias = bias_or_zeros(b_ih, 3 * hidden, xproj);
+  const Tensor bias = bias_or_zeros(b_hh, 3 * hidden, xproj);
   // Without `save`, one step of gates and hidden_n is all the loop needs.
   Tensor gates = WorkspacePool::empty({save ? steps : 1, batch, 3 * hidden}, xproj.options());
   Tensor hidden_n = WorkspacePool::empty({save ? steps : 1, batch, hidden}, xproj.options());

@@ -80,8 +80,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     bool save) {
   const auto sizes = check_lstm_fwd(xproj, bias_opt, w_hh, h0, c0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  const Tensor bias = (bias_opt.has_value() && bias_opt->defined())
-                          ? *bias_opt : at::zeros({4 * hidden}, xproj.options());
+  const Tensor bias = bias_or_zeros(bias_opt, 4 * hidden, xproj);
   // Without `save`, one step of gates and two of cells (this step's and the previous one)
   // are all the loop needs.
   Tensor gates = WorkspacePool::empty({save ? steps : 1, batch, 4 * hidden}, xproj.options());

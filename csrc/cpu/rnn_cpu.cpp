@@ -59,8 +59,7 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
                                               bool reverse, bool relu) {
   const auto sizes = check_rnn_fwd(xproj, bias_opt, w_hh, h0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
-  const Tensor bias = (bias_opt.has_value() && bias_opt->defined())
-                          ? *bias_opt : at::zeros({hidden}, xproj.options());
+  const Tensor bias = bias_or_zeros(bias_opt, hidden, xproj);
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor hidden_gates = at::empty({batch, hidden}, xproj.options());  // h W_hh^T
   Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);

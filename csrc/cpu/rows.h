@@ -2,7 +2,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -25,6 +25,13 @@ template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void add_row(scalar_t* __restrict__ acc, const scalar_t* __restrict__ x,
                                   int64_t n) {
   for (int64_t j = 0; j < n; ++j) acc[j] += x[j];
+}
+
+// A bias argument, or zeros of `size` elements like `like` when it is absent, so that the
+// step passes always read one (a branch on its presence stops their vectorisation).
+inline at::Tensor bias_or_zeros(const std::optional<at::Tensor>& bias, int64_t size,
+                                const at::Tensor& like) {
+  return (bias.has_value() && bias->defined()) ? *bias : at::zeros({size}, like.options());
 }
 
 // fn(begin, end) over the rows [0, batch) of a step, each row `width` elements of work,
