@@ -168,4 +168,14 @@ inline RecurrenceSizes check_rnn_bwd(const at::Tensor& grad_y, const at::Tensor&
   return sizes;
 }
 
+// The extra arguments of a CPU *_bptt op, which also computes the input and weight
+// gradients: x (T,B,I) and w_ih (G,I) of the forward, G = gates x H.
+inline void check_bptt_inputs(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& lead,
+                              const RecurrenceSizes& sizes, int64_t gates,
+                              c10::DeviceType device) {
+  check_tensor(x, "x", lead, 3, device);
+  check_shape(x, "x", {sizes.steps, sizes.batch, x.size(2)}, device);
+  check_argument(w_ih, "w_ih", lead, {gates * sizes.hidden, x.size(2)}, device);
+}
+
 }  // namespace fusedrnn

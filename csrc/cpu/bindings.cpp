@@ -12,6 +12,9 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::cpu::gru_recurrence_bwd));
   m.impl("rnn_recurrence_fwd", TORCH_FN(fusedrnn::cpu::rnn_recurrence_fwd));
   m.impl("rnn_recurrence_bwd", TORCH_FN(fusedrnn::cpu::rnn_recurrence_bwd));
+  m.impl("lstm_bptt", TORCH_FN(fusedrnn::cpu::lstm_bptt));
+  m.impl("gru_bptt", TORCH_FN(fusedrnn::cpu::gru_bptt));
+  m.impl("rnn_bptt", TORCH_FN(fusedrnn::cpu::rnn_bptt));
 }
 
 extern "C" PyObject* PyInit__cpu(void) {

@@ -67,6 +67,38 @@ inline void blas_gemm(int m, int n, int k, const double* a, int lda, const doubl
   dgemm_(&no, &no, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc);
 }
 
+// c = op(a) @ op(b) + beta * c on column-major matrices: op(a) (m, k), op(b) (k, n), c
+// (m, n); op transposes when the flag is set. The caller's BLAS threading applies; through
+// ATen where torch exports no BLAS (or FUSEDRNN_CPU_GEMM=aten) or a size exceeds int.
+template <typename scalar_t>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const scalar_t* a,
+          int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const bool fits = std::max({m, n, k, lda, ldb, ldc}) <= INT_MAX;
+  const bool blas = std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr;
+  if (fits && blas && gemm_mode() != "aten") {
+    const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+    const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+    const scalar_t one = 1;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      sgemm_(&ta, &tb, &mi, &ni, &ki, &one, a, &la, b, &lb, &beta, c, &lc);
+    } else {
+      dgemm_(&ta, &tb, &mi, &ni, &ki, &one, a, &la, b, &lb, &beta, c, &lc);
+    }
+    return;
+  }
+  // A column-major (rows, cols) matrix with leading dimension ld, as a strided tensor.
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  auto matrix = [&](const scalar_t* p, int64_t rows, int64_t cols, int64_t ld) {
+    return at::from_blob(const_cast<scalar_t*>(p), {rows, cols}, {1, ld}, options);
+  };
+  const at::Tensor op_a = trans_a ? matrix(a, k, m, lda).t() : matrix(a, m, k, lda);
+  const at::Tensor op_b = trans_b ? matrix(b, n, k, ldb).t() : matrix(b, k, n, ldb);
+  at::Tensor out = matrix(c, m, n, ldc);
+  out.addmm_(op_a, op_b, beta, 1);
+}
+
 // out (B, m) = a (B, k) @ op(w) for every step of one call, w (G, H) row-major and fixed,
 // B = `batch`:
 // op(w) = w^T (m = G, k = H: the forward's h @ W_hh^T) when `transpose`, else w (m = H,

@@ -11,8 +11,10 @@
 #include "../recurrence_args.h"
 #include "blas.h"
 #include "cpu_math.h"
+#include "input_weight_grads.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
+#include "unit_split.h"
 #include "workspace_pool.h"
 
 namespace fusedrnn::cpu {
@@ -126,67 +128,111 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
   return {y, h_cur, gates, hidden_n};
 }
 
+namespace {
+
+// The backward time loop. dgates_in, dgates_hid (T,B,3H) written; dh (B,H) in: the gradient
+// of h_n, out: of h0. done(k) runs once the k-th processed step's dgates are written.
+template <typename scalar_t, typename Done>
+void gru_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& h_prev,
+                  const int64_t* lengths, const Tensor& gates, const Tensor& hidden_n,
+                  bool reverse, Tensor& dgates_in, Tensor& dgates_hid, Tensor& dh,
+                  const Done& done) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  Tensor rec = at::empty_like(dh);  // dgates_hid of the step just processed @ w_hh
+  const int64_t state = batch * hidden;  // elements of one step of grad_y, h_prev, hidden_n
+  scalar_t* dhp = dh.data_ptr<scalar_t>();
+  scalar_t* recp = rec.data_ptr<scalar_t>();
+  const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
+  const scalar_t* gates_p = gates.data_ptr<scalar_t>();
+  const scalar_t* hidden_n_p = hidden_n.data_ptr<scalar_t>();
+  const scalar_t* h_prev_p = h_prev.data_ptr<scalar_t>();
+  scalar_t* dgates_in_p = dgates_in.data_ptr<scalar_t>();
+  scalar_t* dgates_hid_p = dgates_hid.data_ptr<scalar_t>();
+  const auto order = time_order(steps, !reverse);
+  // Rows active at step `later` take the recurrent gradient and the direct path through
+  // that step's z; an inactive step passes dh through unchanged.
+  auto carry_from = [&](int64_t later, int64_t b) {
+    if (!is_active(lengths, b, later)) return;
+    const scalar_t* z = gates_p + 3 * state * later + 3 * b * hidden + hidden;
+    gru_carry_row<scalar_t>(dhp + b * hidden, recp + b * hidden, z, hidden);
+  };
+  RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false, batch);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t t = order[k];
+    const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+    const scalar_t* gy = grad_y_p + state * t;
+    const scalar_t* gp = gates_p + 3 * state * t;
+    const scalar_t* np = hidden_n_p + state * t;
+    const scalar_t* hp = h_prev_p + state * t;
+    scalar_t* dinp = dgates_in_p + 3 * state * t;
+    scalar_t* dhidp = dgates_hid_p + 3 * state * t;
+    for_rows(batch, 6 * hidden, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t row = b * hidden;
+        if (later >= 0) carry_from(later, b);
+        if (!is_active(lengths, b, t)) {
+          std::fill(dinp + 3 * row, dinp + 3 * row + 3 * hidden, scalar_t(0));
+          std::fill(dhidp + 3 * row, dhidp + 3 * row + 3 * hidden, scalar_t(0));
+          continue;
+        }
+        add_row<scalar_t>(dhp + row, gy + row, hidden);
+        gru_bwd_row<scalar_t>(dhp + row, gp + 3 * row, np + row, hp + row, dinp + 3 * row,
+                              dhidp + 3 * row, hidden);
+      }
+    });
+    done(static_cast<int64_t>(k));
+    recurrent.apply(recp, dhidp);
+  }
+  if (steps > 0) {
+    for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b);  // the gradient of h0
+  }
+}
+
+}  // namespace
+
 std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h_prev,
     const std::optional<Tensor>& lengths_opt, const Tensor& gates, const Tensor& hidden_n,
     bool reverse) {
   const auto sizes =
       check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCPU);
-  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   Tensor dgates_in = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dgates_hid = WorkspacePool::empty(gates.sizes(), gates.options());
-  Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
-  Tensor rec = at::empty_like(grad_h_n);  // dgates_hid of the step just processed @ w_hh
-  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  Tensor dh = grad_h_n.clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_recurrence_bwd_cpu", [&] {
-    const int64_t state = batch * hidden;  // elements of one step of grad_y, h_prev, hidden_n
-    scalar_t* dhp = dh.data_ptr<scalar_t>();
-    scalar_t* recp = rec.data_ptr<scalar_t>();
-    const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
-    const scalar_t* gates_p = gates.data_ptr<scalar_t>();
-    const scalar_t* hidden_n_p = hidden_n.data_ptr<scalar_t>();
-    const scalar_t* h_prev_p = h_prev.data_ptr<scalar_t>();
-    scalar_t* dgates_in_p = dgates_in.data_ptr<scalar_t>();
-    scalar_t* dgates_hid_p = dgates_hid.data_ptr<scalar_t>();
-    const auto order = time_order(steps, !reverse);
-    // Rows active at step `later` take the recurrent gradient and the direct path through
-    // that step's z; an inactive step passes dh through unchanged.
-    auto carry_from = [&](int64_t later, int64_t b) {
-      if (!is_active(lengths, b, later)) return;
-      const scalar_t* z = gates_p + 3 * state * later + 3 * b * hidden + hidden;
-      gru_carry_row<scalar_t>(dhp + b * hidden, recp + b * hidden, z, hidden);
-    };
-    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/false, batch);
-    for (size_t k = 0; k < order.size(); ++k) {
-      const int64_t t = order[k];
-      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
-      const scalar_t* gy = grad_y_p + state * t;
-      const scalar_t* gp = gates_p + 3 * state * t;
-      const scalar_t* np = hidden_n_p + state * t;
-      const scalar_t* hp = h_prev_p + state * t;
-      scalar_t* dinp = dgates_in_p + 3 * state * t;
-      scalar_t* dhidp = dgates_hid_p + 3 * state * t;
-      for_rows(batch, 6 * hidden, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t row = b * hidden;
-          if (later >= 0) carry_from(later, b);
-          if (!is_active(lengths, b, t)) {
-            std::fill(dinp + 3 * row, dinp + 3 * row + 3 * hidden, scalar_t(0));
-            std::fill(dhidp + 3 * row, dhidp + 3 * row + 3 * hidden, scalar_t(0));
-            continue;
-          }
-          add_row<scalar_t>(dhp + row, gy + row, hidden);
-          gru_bwd_row<scalar_t>(dhp + row, gp + 3 * row, np + row, hp + row, dinp + 3 * row,
-                                dhidp + 3 * row, hidden);
-        }
-      });
-      recurrent.apply(recp, dhidp);
-    }
-    if (steps > 0) {
-      for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b);  // the gradient of h0
-    }
+    gru_bwd_loop<scalar_t>(grad_y, w_hh, h_prev, lengths_ptr(sizes.lengths), gates, hidden_n,
+                           reverse, dgates_in, dgates_hid, dh, [](int64_t) {});
   });
   return {dgates_in, dgates_hid, dh};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bptt(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& x, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& h_prev, const std::optional<Tensor>& lengths_opt,
+    const Tensor& gates, const Tensor& hidden_n, bool reverse, bool has_bias) {
+  const auto sizes =
+      check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCPU);
+  check_bptt_inputs(x, w_ih, gates, sizes, 3, at::kCPU);
+  Tensor dgates_in = WorkspacePool::empty(gates.sizes(), gates.options());
+  Tensor dgates_hid = WorkspacePool::empty(gates.sizes(), gates.options());
+  Tensor dh = grad_h_n.clone();
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  // One thread runs the loop as fast as a team while its steps are below MKL's threading.
+  const bool overlap = sizes.batch * 3 * sizes.hidden * sizes.hidden < UnitSplit::kSplitUntil;
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_bptt_cpu", [&] {
+    InputWeightGrads<scalar_t> grads(
+        {x, w_ih, dgates_in, dgates_hid, h_prev, Tensor(), /*shifted=*/false, reverse, has_bias,
+         lengths},
+        overlap);
+    grads.run([&] {
+      gru_bwd_loop<scalar_t>(grad_y, w_hh, h_prev, lengths, gates, hidden_n, reverse, dgates_in,
+                             dgates_hid, dh, [&](int64_t k) { grads.step_done(k); });
+    });
+    result = {grads.grad_x, grads.grad_w_ih, grads.grad_w_hh, grads.grad_b_ih, grads.grad_b_hh,
+              dh};
+  });
+  return result;
 }
 
 }  // namespace fusedrnn::cpu

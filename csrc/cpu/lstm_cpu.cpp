@@ -11,6 +11,7 @@
 #include "../recurrence_args.h"
 #include "blas.h"
 #include "cpu_math.h"
+#include "input_weight_grads.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
 #include "unit_split.h"
@@ -145,89 +146,136 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
   return {y, h_last, c_last, gates, cells};
 }
 
+namespace {
+
+// The backward time loop. dgates (T,B,4H) written; dh, dc (B,H) in: the gradients of h_n
+// and c_n, out: of h0 and c0. done(k) runs once the dgates of the k-th processed step are
+// all written.
+template <typename scalar_t, typename Done>
+void lstm_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& c0,
+                   const int64_t* lengths, const Tensor& gates, const Tensor& cells,
+                   bool reverse, const UnitSplit& split, Tensor& dgates, Tensor& dh, Tensor& dc,
+                   const Done& done) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  const std::vector<Tensor> parts = split.columns(w_hh);
+  // Per part, the dgates of the step just processed @ its columns of w_hh: (B, n).
+  Tensor rec = at::empty({split.parts, batch, split.chunk}, dh.options());
+  const int64_t state = batch * hidden;  // elements of one step of grad_y and cells
+  scalar_t* dhp = dh.data_ptr<scalar_t>();
+  scalar_t* dcp = dc.data_ptr<scalar_t>();
+  const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
+  const scalar_t* gates_p = gates.data_ptr<scalar_t>();
+  const scalar_t* cells_p = cells.data_ptr<scalar_t>();
+  scalar_t* dgates_p = dgates.data_ptr<scalar_t>();
+  std::vector<RecurrentProduct<scalar_t>> products;
+  for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/false, batch);
+  const auto order = time_order(steps, !reverse);
+  // Part p of the hidden units: the gradient reaching its units of h (its columns of the
+  // product with the previous step's dgates, all of which are complete after a barrier),
+  // then the cell's backward for them.
+  split.run([&](int64_t first, int64_t stride) {
+    for (size_t k = 0; k < order.size(); ++k) {
+      const int64_t t = order[k];
+      const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
+      const scalar_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
+                                                               : c0.data_ptr<scalar_t>();
+      const scalar_t* gy = grad_y_p + state * t;
+      const scalar_t* gp = gates_p + 4 * state * t;
+      const scalar_t* cp = cells_p + state * t;
+      scalar_t* dgp = dgates_p + 4 * state * t;
+      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
+        if (later >= 0) products[p].apply(recp, dgates_p + 4 * state * later);
+        split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0, grow = 4 * b * hidden + u0;
+            // The gradient reaching h here: the recurrent one from the later step if that
+            // step was active for this row (an inactive step passes dh through) ...
+            if (later >= 0 && is_active(lengths, b, later)) {
+              std::copy(recp + b * n, recp + (b + 1) * n, dhp + row);
+            }
+            if (!is_active(lengths, b, t)) {
+              for (int64_t g = 0; g < 4; ++g) {
+                std::fill(dgp + grow + g * hidden, dgp + grow + g * hidden + n, scalar_t(0));
+              }
+              continue;
+            }
+            // ... plus the gradient of this step's output.
+            add_row<scalar_t>(dhp + row, gy + row, n);
+            lstm_bwd_row<scalar_t>(dhp + row, dcp + row, gp + grow, cp + row, c_prev + row,
+                                   dgp + grow, hidden, n);
+          }
+        });
+      }
+      split.barrier();
+      if (first == 0) done(static_cast<int64_t>(k));
+    }
+    // The gradient of h0: the recurrent one where the first step was active for the row.
+    if (steps == 0) return;
+    const int64_t first_step = order.back();
+    for (int64_t p = first; p < split.parts; p += stride) {
+      const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+      scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
+      products[p].apply(recp, dgates_p + 4 * state * first_step);
+      for (int64_t b = 0; b < batch; ++b) {
+        if (is_active(lengths, b, first_step)) {
+          std::copy(recp + b * n, recp + (b + 1) * n, dhp + b * hidden + u0);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
 std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
     const Tensor& c0, const std::optional<Tensor>& lengths_opt, const Tensor& gates,
     const Tensor& cells, bool reverse) {
   const auto sizes = check_lstm_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates,
                                     cells, at::kCPU);
-  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   Tensor dgates = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dc = grad_c_n.clone();
-  Tensor dh = grad_h_n.clone();  // the gradient reaching h at the step being processed
-  const int64_t* lengths = lengths_ptr(sizes.lengths);
-  const UnitSplit split(batch, 4, hidden);
-  const std::vector<Tensor> parts = split.columns(w_hh);
-  // Per part, the dgates of the step just processed @ its columns of w_hh: (B, n).
-  Tensor rec = at::empty({split.parts, batch, split.chunk}, grad_h_n.options());
+  Tensor dh = grad_h_n.clone();
+  const UnitSplit split(sizes.batch, 4, sizes.hidden);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_recurrence_bwd_cpu", [&] {
-    const int64_t state = batch * hidden;  // elements of one step of grad_y and cells
-    scalar_t* dhp = dh.data_ptr<scalar_t>();
-    scalar_t* dcp = dc.data_ptr<scalar_t>();
-    const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
-    const scalar_t* gates_p = gates.data_ptr<scalar_t>();
-    const scalar_t* cells_p = cells.data_ptr<scalar_t>();
-    scalar_t* dgates_p = dgates.data_ptr<scalar_t>();
-    std::vector<RecurrentProduct<scalar_t>> products;
-    for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/false, batch);
-    const auto order = time_order(steps, !reverse);
-    // Part p of the hidden units: the gradient reaching its units of h (its columns of the
-    // product with the previous step's dgates, all of which are complete after a barrier),
-    // then the cell's backward for them.
-    split.run([&](int64_t first, int64_t stride) {
-      for (size_t k = 0; k < order.size(); ++k) {
-        const int64_t t = order[k];
-        const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
-        const scalar_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
-                                                                 : c0.data_ptr<scalar_t>();
-        const scalar_t* gy = grad_y_p + state * t;
-        const scalar_t* gp = gates_p + 4 * state * t;
-        const scalar_t* cp = cells_p + state * t;
-        scalar_t* dgp = dgates_p + 4 * state * t;
-        const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
-          if (later >= 0) products[p].apply(recp, dgates_p + 4 * state * later);
-          split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0, grow = 4 * b * hidden + u0;
-              // The gradient reaching h here: the recurrent one from the later step if that
-              // step was active for this row (an inactive step passes dh through) ...
-              if (later >= 0 && is_active(lengths, b, later)) {
-                std::copy(recp + b * n, recp + (b + 1) * n, dhp + row);
-              }
-              if (!is_active(lengths, b, t)) {
-                for (int64_t g = 0; g < 4; ++g) {
-                  std::fill(dgp + grow + g * hidden, dgp + grow + g * hidden + n, scalar_t(0));
-                }
-                continue;
-              }
-              // ... plus the gradient of this step's output.
-              add_row<scalar_t>(dhp + row, gy + row, n);
-              lstm_bwd_row<scalar_t>(dhp + row, dcp + row, gp + grow, cp + row, c_prev + row,
-                                     dgp + grow, hidden, n);
-            }
-          });
-        }
-        split.barrier();
-      }
-      // The gradient of h0: the recurrent one where the first step was active for the row.
-      if (steps == 0) return;
-      const int64_t first_step = order.back();
-      for (int64_t p = first; p < split.parts; p += stride) {
-        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-        scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
-        products[p].apply(recp, dgates_p + 4 * state * first_step);
-        for (int64_t b = 0; b < batch; ++b) {
-          if (is_active(lengths, b, first_step)) {
-            std::copy(recp + b * n, recp + (b + 1) * n, dhp + b * hidden + u0);
-          }
-        }
-      }
-    });
+    lstm_bwd_loop<scalar_t>(grad_y, w_hh, c0, lengths_ptr(sizes.lengths), gates, cells, reverse,
+                            split, dgates, dh, dc, [](int64_t) {});
   });
   return {dgates, dh, dc};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bptt(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x,
+    const Tensor& w_ih, const Tensor& w_hh, const Tensor& h0, const Tensor& c0,
+    const std::optional<Tensor>& lengths_opt, const Tensor& y, const Tensor& gates,
+    const Tensor& cells, bool reverse, bool has_bias) {
+  const auto sizes = check_lstm_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates,
+                                    cells, at::kCPU);
+  check_bptt_inputs(x, w_ih, gates, sizes, 4, at::kCPU);
+  check_argument(h0, "h0", gates, {sizes.batch, sizes.hidden}, at::kCPU);
+  check_argument(y, "y", gates, {sizes.steps, sizes.batch, sizes.hidden}, at::kCPU);
+  Tensor dgates = WorkspacePool::empty(gates.sizes(), gates.options());
+  Tensor dc = grad_c_n.clone();
+  Tensor dh = grad_h_n.clone();
+  const int64_t* lengths = lengths_ptr(sizes.lengths);
+  // One thread runs the loop as fast as a team while its steps are below MKL's threading.
+  const bool overlap = sizes.batch * 4 * sizes.hidden * sizes.hidden < UnitSplit::kSplitUntil;
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_bptt_cpu", [&] {
+    InputWeightGrads<scalar_t> grads(
+        {x, w_ih, dgates, dgates, y, h0, /*shifted=*/true, reverse, has_bias, lengths}, overlap);
+    const UnitSplit split(sizes.batch, 4, sizes.hidden, /*allowed=*/!grads.overlapped());
+    grads.run([&] {
+      lstm_bwd_loop<scalar_t>(grad_y, w_hh, c0, lengths, gates, cells, reverse, split, dgates,
+                              dh, dc, [&](int64_t k) { grads.step_done(k); });
+    });
+    result = {grads.grad_x, grads.grad_w_ih, grads.grad_w_hh, grads.grad_b_ih, grads.grad_b_hh,
+              dh, dc};
+  });
+  return result;
 }
 
 }  // namespace fusedrnn::cpu

@@ -34,11 +34,12 @@ class UnitSplit {
   static constexpr int64_t kAlign = 16;     // units per chunk: a multiple of the vector width
 
   // batch rows, `gates` gate blocks of `hidden` units each, and H = hidden inputs to the
-  // recurrent product.
-  UnitSplit(int64_t batch, int64_t gates, int64_t hidden) : hidden_(hidden) {
+  // recurrent product; `allowed`: false keeps the step on one thread.
+  UnitSplit(int64_t batch, int64_t gates, int64_t hidden, bool allowed = true)
+      : hidden_(hidden) {
     int64_t wanted = 1;
     const int64_t work = batch * gates * hidden * hidden;
-    if (!at::in_parallel_region() && work >= kSplitFrom && work < kSplitUntil) {
+    if (allowed && !at::in_parallel_region() && work >= kSplitFrom && work < kSplitUntil) {
       wanted = std::clamp<int64_t>(hidden / kMinUnits, 1, at::get_num_threads());
     }
     chunk = (hidden + wanted - 1) / wanted;

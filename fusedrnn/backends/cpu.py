@@ -6,6 +6,7 @@ Python's dispatch for every operation of every step."""
 import torch
 
 from .. import _extension
+from . import common
 from .recurrence import RecurrenceBackend
 
 
@@ -17,3 +18,23 @@ class CpuBackend(RecurrenceBackend):
     auto_devices = ("cpu",)
     dtypes = (torch.float32, torch.float64)
     cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+    def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
+                 ws_a, ws_b, reverse, has_bias):
+        """One ``*_bptt`` op: the kernel runs the products over all steps (gradients of x,
+        the weights and the biases) on other threads while its time loop runs."""
+        self.extension.load()
+        ops = torch.ops.fusedrnn
+        if cell == "lstm":
+            *grads, dh0, dc0 = ops.lstm_bptt(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, h0, c0,
+                                             lengths, y, ws_a, ws_b, reverse, has_bias)
+            return (*grads, common.empty(x), dh0, dc0)
+        if cell == "gru":
+            mask = common.active_mask(lengths, x.shape[0])
+            h_prev = common.previous_states(y, h0, mask, reverse).contiguous()
+            *grads, dh0 = ops.gru_bptt(grad_y, grad_hn, x, w_ih, w_hh, h_prev, lengths, ws_a,
+                                       ws_b, reverse, has_bias)
+            return (*grads, common.empty(x), dh0, common.empty(x))
+        *grads, dh0 = ops.rnn_bptt(grad_y, grad_hn, x, w_ih, w_hh, h0, lengths, y, reverse,
+                                   cell == "rnn_relu", has_bias)
+        return (*grads, common.empty(x), dh0, common.empty(x))

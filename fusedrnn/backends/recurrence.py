@@ -16,6 +16,10 @@ h_prev (T,B,H), lengths?, gates, hidden_n, reverse) -> (dgates_in, dgates_hid, g
 relu) -> (y, h_n)`` and ``fusedrnn::rnn_recurrence_bwd(grad_y, grad_h_n, w_hh, y, lengths?,
 reverse, relu) -> (dpre, grad_h0)`` (the Elman cells; CPU kernels only).
 
+``fusedrnn::{lstm,gru,rnn}_bptt`` (CPU kernels only) are a backward above plus the products
+over all steps, returning the gradients of x, W_ih, W_hh and the biases, then of the
+initial states: the cpu backend's backward, one op per layer and direction.
+
 ``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` the CUDA kernels of the
 LSTM and GRU ops (full contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
 reference backend's layout, so the backends are interchangeable; without ``save``
@@ -48,8 +52,24 @@ RNN_SCHEMAS = {
                           "Tensor? lengths, bool reverse, bool relu) -> (Tensor, Tensor)",
 }
 
+# The CPU backend's whole backward of one layer and direction: a recurrence backward above
+# plus the products over all steps (gradients of x, W_ih, W_hh, biases), which the kernels
+# overlap with the time loop. Results without bias are (0,) tensors.
+BPTT_SCHEMAS = {
+    "lstm_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor w_ih, "
+                 "Tensor w_hh, Tensor h0, Tensor c0, Tensor? lengths, Tensor y, Tensor gates, "
+                 "Tensor cells, bool reverse, bool has_bias) "
+                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "gru_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
+                "Tensor h_prev, Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse, "
+                "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "rnn_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, "
+                "Tensor? lengths, Tensor y, bool reverse, bool relu, bool has_bias) "
+                "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+}
+
 _library = torch.library.Library("fusedrnn", "FRAGMENT")
-for _name, _schema in {**SCHEMAS, **RNN_SCHEMAS}.items():
+for _name, _schema in {**SCHEMAS, **RNN_SCHEMAS, **BPTT_SCHEMAS}.items():
     _library.define(_name + _schema)
 
 
@@ -91,6 +111,29 @@ def _(xproj, bias, w_hh, h0, lengths, reverse, relu):
 @torch.library.register_fake("fusedrnn::rnn_recurrence_bwd")
 def _(grad_y, grad_h_n, w_hh, y, lengths, reverse, relu):
     return torch.empty_like(y), torch.empty_like(grad_h_n)
+
+
+def _input_weight_grads(x, w_ih, w_hh, has_bias):
+    bias = w_ih.new_empty(w_ih.shape[0] if has_bias else 0)
+    return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh), bias,
+            torch.empty_like(bias))
+
+
+@torch.library.register_fake("fusedrnn::lstm_bptt")
+def _(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, lengths, y, gates, cells, reverse,
+      has_bias):
+    return (*_input_weight_grads(x, w_ih, w_hh, has_bias), torch.empty_like(grad_h_n),
+            torch.empty_like(grad_c_n))
+
+
+@torch.library.register_fake("fusedrnn::gru_bptt")
+def _(grad_y, grad_h_n, x, w_ih, w_hh, h_prev, lengths, gates, hidden_n, reverse, has_bias):
+    return (*_input_weight_grads(x, w_ih, w_hh, has_bias), torch.empty_like(grad_h_n))
+
+
+@torch.library.register_fake("fusedrnn::rnn_bptt")
+def _(grad_y, grad_h_n, x, w_ih, w_hh, h0, lengths, y, reverse, relu, has_bias):
+    return (*_input_weight_grads(x, w_ih, w_hh, has_bias), torch.empty_like(grad_h_n))
 
 
 class RecurrenceBackend(Backend):

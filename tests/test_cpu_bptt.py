@@ -1,0 +1,140 @@
+"""The CPU backend's backward ops ``fusedrnn::{lstm,gru,rnn}_bptt``: the products over all
+steps computed in chunks on other threads while the time loop runs
+(csrc/cpu/input_weight_grads.h), against the same products over all steps at once, for
+every thread count and chunking, and through ``opcheck``."""
+
+import contextlib
+
+import pytest
+import torch
+
+from fusedrnn.backends import common
+from fusedrnn.backends.recurrence import BPTT_SCHEMAS
+
+pytestmark = pytest.mark.requires_cpu_ext
+
+OPS = torch.ops.fusedrnn
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+@contextlib.contextmanager
+def threads(count):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("name", sorted(BPTT_SCHEMAS))
+def test_extension_registers_a_cpu_kernel_for_each_bptt_op(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CPU")
+
+
+def _problem(cell, steps, batch, inputs, hidden, lengths, reverse, bias, dtype=torch.float64):
+    """A forward of one layer and direction through the recurrence ops, and the arguments of
+    ``fusedrnn::{cell}_bptt`` for a random output gradient."""
+    gen = torch.Generator().manual_seed(steps * 100 + batch)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
+    size = GATES[cell] * hidden
+    x, w_ih, w_hh = rand(steps, batch, inputs), rand(size, inputs) * 0.3, rand(size, hidden) * 0.3
+    h0, c0 = rand(batch, hidden), rand(batch, hidden)
+    grad_y, grad_h = rand(steps, batch, hidden), rand(batch, hidden)
+    xproj = torch.mm(x.reshape(-1, inputs), w_ih.t()).view(steps, batch, size)
+    b = rand(size) if bias else None
+    if cell == "lstm":
+        y, _, _, gates, cells = OPS.lstm_recurrence_fwd(xproj, b, w_hh, h0, c0, lengths, reverse,
+                                                        True)
+        return (grad_y, grad_h, rand(batch, hidden), x, w_ih, w_hh, h0, c0, lengths, y, gates,
+                cells, reverse, bias)
+    if cell == "gru":
+        y, _, gates, hidden_n = OPS.gru_recurrence_fwd(xproj, b, w_hh, b, h0, lengths, reverse,
+                                                       True)
+        mask = common.active_mask(lengths, steps)
+        h_prev = common.previous_states(y, h0, mask, reverse).contiguous()
+        return (grad_y, grad_h, x, w_ih, w_hh, h_prev, lengths, gates, hidden_n, reverse, bias)
+    y, _ = OPS.rnn_recurrence_fwd(xproj, b, w_hh, h0, lengths, reverse, False)
+    return (grad_y, grad_h, x, w_ih, w_hh, h0, lengths, y, reverse, False, bias)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_chunks_on_several_threads_match_one_pass_and_repeat_exactly(cell, reverse,
+                                                                      with_lengths):
+    """37 steps of batch 3 make 8 chunks of 5 steps. One thread: the loop, then one product
+    over all steps (the reference here). Two and four threads: overlapped chunks, summed in
+    a fixed order, so every repetition gives the same bits."""
+    lengths = torch.tensor([37, 12, 30]) if with_lengths else None
+    args = _problem(cell, 37, 3, 5, 9, lengths, reverse, bias=True)
+    op = getattr(OPS, f"{cell}_bptt")
+    with threads(1):
+        expected = op(*args)
+    for count in (2, 4):
+        with threads(count):
+            first, second = op(*args), op(*args)
+        for got, want, again in zip(first, expected, second):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            assert torch.equal(got, again)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bptt_gradients_are_the_products_of_the_recurrence_backward(cell):
+    """Against the recurrence backward op and the products written out in PyTorch."""
+    lengths = torch.tensor([11, 4])
+    args = _problem(cell, 11, 2, 4, 6, lengths, True, bias=True)
+    with threads(2):
+        grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, *states = getattr(
+            OPS, f"{cell}_bptt")(*args)
+    if cell == "lstm":
+        grad_y, grad_h, grad_c, x, w_ih, w_hh, h0, c0, _, y, gates, cells, _, _ = args
+        dgates, dh0, dc0 = OPS.lstm_recurrence_bwd(grad_y, grad_h, grad_c, w_hh, c0, lengths,
+                                                   gates, cells, True)
+        d_in = d_hid = dgates
+        assert torch.allclose(states[1], dc0, rtol=1e-12, atol=1e-12)
+    elif cell == "gru":
+        grad_y, grad_h, x, w_ih, w_hh, h_prev, _, gates, hidden_n, _, _ = args
+        d_in, d_hid, dh0 = OPS.gru_recurrence_bwd(grad_y, grad_h, w_hh, h_prev, lengths, gates,
+                                                  hidden_n, True)
+    else:
+        grad_y, grad_h, x, w_ih, w_hh, h0, _, y, _, _, _ = args
+        d_in, dh0 = OPS.rnn_recurrence_bwd(grad_y, grad_h, w_hh, y, lengths, True, False)
+        d_hid = d_in
+    if cell != "gru":
+        h_prev = common.previous_states(y, h0, common.active_mask(lengths, 11), True)
+    flat = common.flat
+    for got, want in [(grad_x, torch.mm(flat(d_in), w_ih).view_as(x)),
+                      (grad_w_ih, torch.mm(flat(d_in).t(), flat(x))),
+                      (grad_w_hh, torch.mm(flat(d_hid).t(), flat(h_prev))),
+                      (grad_b_ih, flat(d_in).sum(0)), (grad_b_hh, flat(d_hid).sum(0)),
+                      (states[0], dh0)]:
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_opcheck_bptt_ops(cell, reverse, bias):
+    args = _problem(cell, 6, 3, 4, 5, torch.tensor([6, 2, 5]), reverse, bias,
+                    dtype=torch.float32)
+    torch.library.opcheck(getattr(OPS, f"{cell}_bptt").default, args)
+
+
+def test_bptt_without_bias_returns_empty_bias_gradients():
+    out = OPS.rnn_bptt(*_problem("rnn", 4, 2, 3, 5, None, False, bias=False))
+    assert out[3].shape == (0,) and out[4].shape == (0,)
+
+
+@pytest.mark.parametrize("index, value, message", [
+    (3, torch.randn(36, 2, 4, dtype=torch.float64), r"x should have shape \[37, 3, 4\]"),
+    (4, torch.randn(36, 4, dtype=torch.float64), r"w_ih should have shape \[36, 5\]"),
+    (6, torch.randn(3, 8, dtype=torch.float64), r"h0 should have shape \[3, 9\]"),
+    (3, torch.randn(37, 3, 5), "x has dtype Float, expected Double"),
+])
+def test_bptt_bad_arguments_name_the_argument(index, value, message):
+    """``index``: the argument's position in lstm_bptt's schema."""
+    args = list(_problem("lstm", 37, 3, 5, 9, None, False, bias=True))
+    args[index] = value
+    with pytest.raises(RuntimeError, match="fusedrnn cpu backend: " + message):
+        OPS.lstm_bptt(*args)
