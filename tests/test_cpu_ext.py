@@ -15,12 +15,12 @@ import torch
 import fusedrnn
 from fusedrnn import testing
 from fusedrnn.backends import BackendUnavailableError
-from fusedrnn.backends.recurrence import RNN_SCHEMAS, SCHEMAS
+from fusedrnn.backends.recurrence import CPU_SCHEMAS, SCHEMAS
 
 pytestmark = pytest.mark.requires_cpu_ext
 
 
-@pytest.mark.parametrize("name", sorted({**SCHEMAS, **RNN_SCHEMAS}))
+@pytest.mark.parametrize("name", sorted({**SCHEMAS, **CPU_SCHEMAS}))
 def test_extension_registers_a_cpu_kernel_for_each_op(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CPU")
 
@@ -231,3 +231,12 @@ def test_profiler_sees_the_workspaces():
         gates = torch.ops.fusedrnn.lstm_recurrence_fwd(*args.values(), False, True)[3]
     op = next(e for e in prof.key_averages() if e.key == "fusedrnn::lstm_recurrence_fwd")
     assert op.self_cpu_memory_usage >= gates.numel() * gates.element_size()
+
+
+def test_input_projection_op_matches_a_product_and_names_bad_arguments():
+    x, w_ih = torch.randn(5, 3, 7), torch.randn(12, 7)
+    torch.library.opcheck(torch.ops.fusedrnn.input_projection.default, (x, w_ih))
+    out = torch.ops.fusedrnn.input_projection(x, w_ih)
+    torch.testing.assert_close(out, torch.einsum("tbi,gi->tbg", x, w_ih))
+    with pytest.raises(RuntimeError, match=r"fusedrnn cpu backend: w_ih should have shape \[12, 7\]"):
+        torch.ops.fusedrnn.input_projection(x, torch.randn(12, 6))

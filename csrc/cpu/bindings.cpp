@@ -15,6 +15,7 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("lstm_bptt", TORCH_FN(fusedrnn::cpu::lstm_bptt));
   m.impl("gru_bptt", TORCH_FN(fusedrnn::cpu::gru_bptt));
   m.impl("rnn_bptt", TORCH_FN(fusedrnn::cpu::rnn_bptt));
+  m.impl("input_projection", TORCH_FN(fusedrnn::cpu::input_projection));
 }
 
 extern "C" PyObject* PyInit__cpu(void) {

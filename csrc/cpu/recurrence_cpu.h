@@ -56,6 +56,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_bwd(
     const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& w_hh,
     const at::Tensor& y, const std::optional<at::Tensor>& lengths, bool reverse, bool relu);
 
+// fusedrnn::input_projection (CPU only): x (T,B,I) @ w_ih^T, w_ih (G,I): (T,B,G), in a
+// pooled workspace.
+at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih);
+
 // The fusedrnn::*_bptt ops (CPU only): a backward above plus the gradients that are
 // products over all steps, overlapped with its time loop (input_weight_grads.h). Extra
 // arguments: x (T,B,I) and w_ih (G,I) of the forward; h0 (B,H) (LSTM, RNN: with y, the states

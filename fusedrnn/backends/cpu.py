@@ -19,6 +19,10 @@ class CpuBackend(RecurrenceBackend):
     dtypes = (torch.float32, torch.float64)
     cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
+    def input_projection(self, x, w_ih):
+        """Into a workspace the extension's pool keeps for the next call."""
+        return torch.ops.fusedrnn.input_projection(x, w_ih)
+
     def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
                  ws_a, ws_b, reverse, has_bias):
         """One ``*_bptt`` op: the kernel runs the products over all steps (gradients of x,

@@ -18,7 +18,8 @@ reverse, relu) -> (dpre, grad_h0)`` (the Elman cells; CPU kernels only).
 
 ``fusedrnn::{lstm,gru,rnn}_bptt`` (CPU kernels only) are a backward above plus the products
 over all steps, returning the gradients of x, W_ih, W_hh and the biases, then of the
-initial states: the cpu backend's backward, one op per layer and direction.
+initial states: the cpu backend's backward, one op per layer and direction;
+``fusedrnn::input_projection(x, w_ih)`` (CPU only) is its input projection.
 
 ``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` the CUDA kernels of the
 LSTM and GRU ops (full contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
@@ -45,17 +46,15 @@ SCHEMAS = {
                           "Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse) "
                           "-> (Tensor, Tensor, Tensor)",
 }
-RNN_SCHEMAS = {
+# The ops with CPU kernels only: the Elman cells' recurrence; the CPU backend's whole
+# backward of one layer and direction, a recurrence backward above plus the products over
+# all steps (gradients of x, W_ih, W_hh, biases; (0,) tensors without bias), which the
+# kernels overlap with the time loop; and the input projection into a pooled workspace.
+CPU_SCHEMAS = {
     "rnn_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor h0, Tensor? lengths, "
                           "bool reverse, bool relu) -> (Tensor, Tensor)",
     "rnn_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor y, "
                           "Tensor? lengths, bool reverse, bool relu) -> (Tensor, Tensor)",
-}
-
-# The CPU backend's whole backward of one layer and direction: a recurrence backward above
-# plus the products over all steps (gradients of x, W_ih, W_hh, biases), which the kernels
-# overlap with the time loop. Results without bias are (0,) tensors.
-BPTT_SCHEMAS = {
     "lstm_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor w_ih, "
                  "Tensor w_hh, Tensor h0, Tensor c0, Tensor? lengths, Tensor y, Tensor gates, "
                  "Tensor cells, bool reverse, bool has_bias) "
@@ -66,10 +65,11 @@ BPTT_SCHEMAS = {
     "rnn_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, "
                 "Tensor? lengths, Tensor y, bool reverse, bool relu, bool has_bias) "
                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "input_projection": "(Tensor x, Tensor w_ih) -> Tensor",
 }
 
 _library = torch.library.Library("fusedrnn", "FRAGMENT")
-for _name, _schema in {**SCHEMAS, **RNN_SCHEMAS, **BPTT_SCHEMAS}.items():
+for _name, _schema in {**SCHEMAS, **CPU_SCHEMAS}.items():
     _library.define(_name + _schema)
 
 
@@ -119,6 +119,11 @@ def _input_weight_grads(x, w_ih, w_hh, has_bias):
             torch.empty_like(bias))
 
 
+@torch.library.register_fake("fusedrnn::input_projection")
+def _(x, w_ih):
+    return x.new_empty(x.shape[0], x.shape[1], w_ih.shape[0])
+
+
 @torch.library.register_fake("fusedrnn::lstm_bptt")
 def _(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, lengths, y, gates, cells, reverse,
       has_bias):
@@ -162,9 +167,13 @@ class RecurrenceBackend(Backend):
             return False, f"proj_size is not supported by the {label} kernels yet"
         return True, ""
 
+    def input_projection(self, x, w_ih):
+        """``x @ w_ih^T`` for all steps, ``(T, B, G)``, the biases left to the time loop."""
+        return common.input_projection(x, w_ih, None)
+
     def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
         self.extension.load()
-        xproj = common.input_projection(x, w_ih, None)
+        xproj = self.input_projection(x, w_ih)
         if cell.startswith("rnn"):
             bias = None if b_ih is None else b_ih + b_hh
             y, h_n = torch.ops.fusedrnn.rnn_recurrence_fwd(xproj, bias, w_hh, h0, lengths,
