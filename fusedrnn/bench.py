@@ -17,7 +17,7 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -97,9 +97,17 @@ def grid(device, size="default", cells=("lstm",), packed=False):
             for cell in cells for (b, t, i, h, extra), is_packed in variants]
 
 
-def default_grid(device, quick=False, cells=("lstm",)):
-    """The grid of ``fusedrnn bench``: :func:`grid` ``quick`` or ``default``, padded input."""
-    return grid(device, "quick" if quick else "default", cells)
+def default_grid(device, quick=False, cells=("lstm",), proj_size=0):
+    """The grid of ``fusedrnn bench``: :func:`grid` ``quick`` or ``default``, padded input.
+
+    ``proj_size`` > 0: the LSTM cases get that projection; those whose hidden size is not
+    larger (torch requires proj_size < hidden_size) are left out.
+    """
+    cases = grid(device, "quick" if quick else "default", cells)
+    if proj_size <= 0:
+        return cases
+    return [replace(case, proj_size=proj_size) if case.cell == "lstm" else case
+            for case in cases if case.cell != "lstm" or case.hidden_size > proj_size]
 
 
 # ---------------------------------------------------------------- FLOPs and floors

@@ -100,6 +100,9 @@ def add_bench_arguments(parser):
                         help="timed repetitions per provider (default: 20, --quick: 3)")
     parser.add_argument("--warmup", type=non_negative_int, default=None,
                         help="untimed calls per provider first (default: 3, --quick: 1)")
+    parser.add_argument("--proj-size", type=non_negative_int, default=0, metavar="P",
+                        help="give the LSTM cases proj_size P (those with hidden size <= P "
+                             "are left out)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     parser.add_argument("--out", metavar="DIR",
                         help="write results.json, results.md and PNG speedup plots here")
@@ -123,7 +126,7 @@ def run_bench(args):
     dtype = bench.DTYPES[args.dtype]
     repeats = args.repeats or (3 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    cases = bench.default_grid(device, quick=args.quick, cells=cells)
+    cases = bench.default_grid(device, quick=args.quick, cells=cells, proj_size=args.proj_size)
 
     env = bench.environment(device)
     if env["load_average"] and env["load_average"][0] > 0.5 * env["usable_cores"]:
@@ -139,7 +142,7 @@ def run_bench(args):
     if args.out:
         settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
                     "backends": backend_names, "quick": args.quick, "warmup": warmup,
-                    "repeats": repeats, "seed": args.seed,
+                    "repeats": repeats, "seed": args.seed, "proj_size": args.proj_size,
                     "torch_threads": torch.get_num_threads()}
         paths, note = bench_report.write_reports(results, env, args.out, settings)
         print(f"wrote {', '.join(str(path) for path in paths)}")

@@ -231,6 +231,17 @@ def test_other_cells_run(capsys):
     assert all(float(r["median ms"]) > 0 for r in rows)
 
 
+def test_proj_size_applies_to_the_lstm_cases_that_allow_it(capsys):
+    cases = bench.default_grid("cpu", cells=("lstm", "gru"), proj_size=100)
+    assert [(c.cell, c.hidden_size, c.proj_size) for c in cases] == [
+        ("lstm", 256, 100), ("lstm", 128, 100), ("lstm", 512, 100), ("lstm", 128, 100),
+        ("gru", 256, 0), ("gru", 128, 0), ("gru", 512, 0), ("gru", 128, 0), ("gru", 64, 0)]
+    assert main(["bench", "--quick", "--proj-size", "4", "--mode", "inference", "--warmup", "0",
+                 "--repeats", "1"]) == 0
+    rows = parse_table(capsys.readouterr().out)
+    assert rows and all(" P4" in row["shape"] and float(row["median ms"]) > 0 for row in rows)
+
+
 # ---------------------------------------------------------------- bench.py helpers
 
 

@@ -32,22 +32,28 @@ def test_extension_registers_a_cpu_kernel_for_each_bptt_op(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CPU")
 
 
-def _problem(cell, steps, batch, inputs, hidden, lengths, reverse, bias, dtype=torch.float64):
+def _problem(cell, steps, batch, inputs, hidden, lengths, reverse, bias, dtype=torch.float64,
+             proj=0):
     """A forward of one layer and direction through the recurrence ops, and the arguments of
-    ``fusedrnn::{cell}_bptt`` for a random output gradient."""
+    ``fusedrnn::{cell}_bptt`` for a random output gradient; ``proj``: the LSTM's proj_size."""
     gen = torch.Generator().manual_seed(steps * 100 + batch)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
-    size = GATES[cell] * hidden
-    x, w_ih, w_hh = rand(steps, batch, inputs), rand(size, inputs) * 0.3, rand(size, hidden) * 0.3
-    h0, c0 = rand(batch, hidden), rand(batch, hidden)
-    grad_y, grad_h = rand(steps, batch, hidden), rand(batch, hidden)
+    size, state = GATES[cell] * hidden, proj or hidden
+    x, w_ih, w_hh = rand(steps, batch, inputs), rand(size, inputs) * 0.3, rand(size, state) * 0.3
+    h0, c0 = rand(batch, state), rand(batch, hidden)
+    grad_y, grad_h = rand(steps, batch, state), rand(batch, state)
     xproj = torch.mm(x.reshape(-1, inputs), w_ih.t()).view(steps, batch, size)
     b = rand(size) if bias else None
     if cell == "lstm":
-        y, _, _, gates, cells = OPS.lstm_recurrence_fwd(xproj, b, w_hh, h0, c0, lengths, reverse,
-                                                        True)
-        return (grad_y, grad_h, rand(batch, hidden), x, w_ih, w_hh, h0, c0, lengths, y, gates,
-                cells, reverse, bias)
+        w_hr = rand(proj, hidden) * 0.3 if proj else None
+        if proj:
+            y, _, _, gates, cells = OPS.lstm_proj_recurrence_fwd(xproj, b, w_hh, w_hr, h0, c0,
+                                                                 lengths, reverse, True)
+        else:
+            y, _, _, gates, cells = OPS.lstm_recurrence_fwd(xproj, b, w_hh, h0, c0, lengths,
+                                                            reverse, True)
+        return (grad_y, grad_h, rand(batch, hidden), x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
+                gates, cells, reverse, bias)
     if cell == "gru":
         y, _, gates, hidden_n = OPS.gru_recurrence_fwd(xproj, b, w_hh, b, h0, lengths, reverse,
                                                        True)
@@ -58,16 +64,16 @@ def _problem(cell, steps, batch, inputs, hidden, lengths, reverse, bias, dtype=t
     return (grad_y, grad_h, x, w_ih, w_hh, h0, lengths, y, reverse, False, bias)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn", 0)])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_chunks_on_several_threads_match_one_pass_and_repeat_exactly(cell, reverse,
+def test_chunks_on_several_threads_match_one_pass_and_repeat_exactly(cell, proj, reverse,
                                                                       with_lengths):
     """37 steps of batch 3 make 8 chunks of 5 steps. One thread: the loop, then one product
     over all steps (the reference here). Two and four threads: overlapped chunks, summed in
     a fixed order, so every repetition gives the same bits."""
     lengths = torch.tensor([37, 12, 30]) if with_lengths else None
-    args = _problem(cell, 37, 3, 5, 9, lengths, reverse, bias=True)
+    args = _problem(cell, 37, 3, 5, 9, lengths, reverse, bias=True, proj=proj)
     op = getattr(OPS, f"{cell}_bptt")
     with threads(1):
         expected = op(*args)
@@ -88,7 +94,9 @@ def test_bptt_gradients_are_the_products_of_the_recurrence_backward(cell):
         grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, *states = getattr(
             OPS, f"{cell}_bptt")(*args)
     if cell == "lstm":
-        grad_y, grad_h, grad_c, x, w_ih, w_hh, h0, c0, _, y, gates, cells, _, _ = args
+        assert states.pop(0).shape == (0,)  # no projection, no w_hr gradient
+    if cell == "lstm":
+        grad_y, grad_h, grad_c, x, w_ih, w_hh, _, h0, c0, _, y, gates, cells, _, _ = args
         dgates, dh0, dc0 = OPS.lstm_recurrence_bwd(grad_y, grad_h, grad_c, w_hh, c0, lengths,
                                                    gates, cells, True)
         d_in = d_hid = dgates
@@ -112,13 +120,23 @@ def test_bptt_gradients_are_the_products_of_the_recurrence_backward(cell):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 3), ("gru", 0), ("rnn", 0)])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_opcheck_bptt_ops(cell, reverse, bias):
+def test_opcheck_bptt_ops(cell, proj, reverse, bias):
     args = _problem(cell, 6, 3, 4, 5, torch.tensor([6, 2, 5]), reverse, bias,
-                    dtype=torch.float32)
+                    dtype=torch.float32, proj=proj)
     torch.library.opcheck(getattr(OPS, f"{cell}_bptt").default, args)
+
+
+@pytest.mark.parametrize("save", [False, True])
+def test_opcheck_lstm_proj_recurrence_fwd(save):
+    xproj, w_hh, w_hr = torch.randn(5, 3, 32), torch.randn(32, 3), torch.randn(3, 8)
+    args = (xproj, torch.randn(32), w_hh, w_hr, torch.randn(3, 3), torch.randn(3, 8),
+            torch.tensor([5, 2, 4]), True, save)
+    torch.library.opcheck(OPS.lstm_proj_recurrence_fwd.default, args)
+    with pytest.raises(RuntimeError, match=r"fusedrnn cpu backend: w_hh should have shape \[32, 3\]"):
+        OPS.lstm_proj_recurrence_fwd(xproj, None, torch.randn(32, 8), w_hr, *args[4:])
 
 
 def test_bptt_without_bias_returns_empty_bias_gradients():
@@ -129,7 +147,7 @@ def test_bptt_without_bias_returns_empty_bias_gradients():
 @pytest.mark.parametrize("index, value, message", [
     (3, torch.randn(36, 2, 4, dtype=torch.float64), r"x should have shape \[37, 3, 4\]"),
     (4, torch.randn(36, 4, dtype=torch.float64), r"w_ih should have shape \[36, 5\]"),
-    (6, torch.randn(3, 8, dtype=torch.float64), r"h0 should have shape \[3, 9\]"),
+    (7, torch.randn(3, 8, dtype=torch.float64), r"h0 should have shape \[3, 9\]"),
     (3, torch.randn(37, 3, 5), "x has dtype Float, expected Double"),
 ])
 def test_bptt_bad_arguments_name_the_argument(index, value, message):

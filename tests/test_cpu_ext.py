@@ -30,6 +30,8 @@ CASES = [
     ("LSTM", {}, 33, 7, 3),
     ("LSTM", {"num_layers": 2, "bidirectional": True}, 17, 5, 4),
     ("LSTM", {}, 200, 4, 2),
+    ("LSTM", {"proj_size": 5}, 33, 7, 3),
+    ("LSTM", {"proj_size": 20, "num_layers": 2, "bidirectional": True}, 24, 9, 4),
     ("GRU", {}, 33, 7, 3),
     ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 17, 5, 4),
     ("GRU", {}, 220, 4, 2),
@@ -159,8 +161,6 @@ def test_bad_arguments_name_the_argument(name, value, message):
 
 
 def test_explicit_cpu_backend_refuses_what_it_cannot_run():
-    with pytest.raises(BackendUnavailableError, match="proj_size is not supported by the CPU kernels"):
-        fusedrnn.LSTM(4, 8, proj_size=3, backend="cpu")(torch.randn(3, 2, 4))
     with pytest.raises(BackendUnavailableError, match="dtype torch.bfloat16 is not one of float32, float64"):
         fusedrnn.GRU(4, 8, backend="cpu", dtype=torch.bfloat16)(torch.randn(3, 2, 4, dtype=torch.bfloat16))
 

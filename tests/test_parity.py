@@ -20,7 +20,7 @@ INPUT, HIDDEN, STEPS, BATCH = 5, 7, 6, 4
 
 def _configs():
     # (cell, extra arguments, the backends that run it on the CPU besides auto's choice)
-    cells = [("LSTM", {}, ("reference", "cpu")), ("LSTM", {"proj_size": 3}, ("reference",)),
+    cells = [("LSTM", {}, ("reference", "cpu")), ("LSTM", {"proj_size": 3}, ("reference", "cpu")),
              ("GRU", {}, ("reference", "cpu")),
              ("RNN", {"nonlinearity": "tanh"}, ("reference", "cpu")),
              ("RNN", {"nonlinearity": "relu"}, ("reference", "cpu"))]

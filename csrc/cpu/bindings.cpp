@@ -8,6 +8,7 @@
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::cpu::lstm_recurrence_fwd));
   m.impl("lstm_recurrence_bwd", TORCH_FN(fusedrnn::cpu::lstm_recurrence_bwd));
+  m.impl("lstm_proj_recurrence_fwd", TORCH_FN(fusedrnn::cpu::lstm_proj_recurrence_fwd));
   m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::cpu::gru_recurrence_fwd));
   m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::cpu::gru_recurrence_bwd));
   m.impl("rnn_recurrence_fwd", TORCH_FN(fusedrnn::cpu::rnn_recurrence_fwd));

@@ -65,11 +65,14 @@ void spin_until(const Pred& done) {
 // started from is `states[t]` (T,B,H) itself, or, with `shifted`, the output `states` of
 // the step before t in the forward's order, `h0` (B,H) for a row's first step (t = 0
 // forward; reverse: T-1, or lengths[b]-1; outputs past a row's length are zero, so those
-// terms vanish). `reverse` is the forward's direction; lengths may be null.
+// terms vanish). `reverse` is the forward's direction; lengths may be null. With an LSTM
+// projection, proj_grad (T,B,P) and proj_input (T,B,H), else undefined: the W_hr gradient
+// is proj_grad^T proj_input over all steps.
 struct GradSources {
   at::Tensor x, w_ih, dgates_in, dgates_hid, states, h0;
   bool shifted = false, reverse = false, has_bias = false;
   const int64_t* lengths = nullptr;
+  at::Tensor proj_grad, proj_input;
 };
 
 template <typename scalar_t>
@@ -85,7 +88,7 @@ class InputWeightGrads {
     batch_ = src_.dgates_in.size(1);
     gates_ = src_.dgates_in.size(2);
     inputs_ = src_.x.size(2);
-    hidden_ = src_.states.size(2);
+    state_size_ = src_.states.size(2);
     const int64_t wanted = std::max<int64_t>(1, (kChunkRows + batch_ - 1) / std::max<int64_t>(batch_, 1));
     chunk_steps_ = std::max<int64_t>(1, std::min(wanted, (steps_ + kMinChunks - 1) / kMinChunks));
     const int threads = std::min(at::get_num_threads(), kMaxThreads);
@@ -98,10 +101,13 @@ class InputWeightGrads {
     const auto options = src_.dgates_in.options();
     grad_x = at::empty_like(src_.x);
     acc_w_ih_ = at::empty({slots_, gates_, inputs_}, options);
-    acc_w_hh_ = at::empty({slots_, gates_, hidden_}, options);
+    acc_w_hh_ = at::empty({slots_, gates_, state_size_}, options);
     const bool shared = src_.dgates_hid.is_same(src_.dgates_in);
     acc_b_in_ = at::empty({slots_, src_.has_bias ? gates_ : 0}, options);
     acc_b_hid_ = at::empty({slots_, src_.has_bias && !shared ? gates_ : 0}, options);
+    if (src_.proj_grad.defined()) {
+      acc_w_hr_ = at::empty({slots_, src_.proj_grad.size(2), src_.proj_input.size(2)}, options);
+    }
     slot_next_ = std::make_unique<std::atomic<int64_t>[]>(slots_);
     for (int s = 0; s < slots_; ++s) slot_next_[s].store(s);
   }
@@ -144,7 +150,7 @@ class InputWeightGrads {
     if (overlapped_) finished_steps_.store(k + 1, std::memory_order_release);
   }
 
-  at::Tensor grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
+  at::Tensor grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr;
 
  private:
   // The steps [first, last) of chunk c: the backward processes steps from T-1 down (forward
@@ -187,12 +193,13 @@ class InputWeightGrads {
                    grad_x.data_ptr<scalar_t>() + first * batch_ * inputs_, inputs_);
   }
 
-  // acc (G, K) = beta * acc + dg[first:last]^T @ src[from : from + last - first], both with
-  // B rows per step.
+  // acc (N, K) = beta * acc + dg[first:last]^T @ src[from : from + last - first], dg
+  // (T,B,N) and src (T,B,K), K = width.
   void weight_product(scalar_t* acc, int64_t width, scalar_t beta, const at::Tensor& dg,
                       int64_t first, int64_t last, const at::Tensor& src, int64_t from) {
-    gemm<scalar_t>(false, true, width, gates_, (last - first) * batch_, step_ptr(src, from),
-                   width, step_ptr(dg, first), gates_, beta, acc, width);
+    const int64_t rows = dg.size(2);
+    gemm<scalar_t>(false, true, width, rows, (last - first) * batch_, step_ptr(src, from),
+                   width, step_ptr(dg, first), rows, beta, acc, width);
   }
 
   // acc (G) = beta * acc + the column sums of dg[first:last].
@@ -206,20 +213,25 @@ class InputWeightGrads {
   void accumulate(int slot, scalar_t beta, int64_t first, int64_t last) {
     weight_product(acc_w_ih_.data_ptr<scalar_t>() + slot * gates_ * inputs_, inputs_, beta,
                    src_.dgates_in, first, last, src_.x, first);
-    scalar_t* w_hh = acc_w_hh_.data_ptr<scalar_t>() + slot * gates_ * hidden_;
+    scalar_t* w_hh = acc_w_hh_.data_ptr<scalar_t>() + slot * gates_ * state_size_;
     if (!src_.shifted) {
-      weight_product(w_hh, hidden_, beta, src_.dgates_hid, first, last, src_.states, first);
+      weight_product(w_hh, state_size_, beta, src_.dgates_hid, first, last, src_.states, first);
     } else {
       // Steps whose previous state is an output: t >= 1 forward (from y[t - 1]), t <= T-2
       // reverse (from y[t + 1]); the rest is the h0 term of finish().
       const int64_t lo = src_.reverse ? first : std::max<int64_t>(first, 1);
       const int64_t hi = src_.reverse ? std::min(last, steps_ - 1) : last;
       if (lo < hi) {
-        weight_product(w_hh, hidden_, beta, src_.dgates_hid, lo, hi, src_.states,
+        weight_product(w_hh, state_size_, beta, src_.dgates_hid, lo, hi, src_.states,
                        src_.reverse ? lo + 1 : lo - 1);
       } else if (beta == scalar_t(0)) {
-        std::fill(w_hh, w_hh + gates_ * hidden_, scalar_t(0));
+        std::fill(w_hh, w_hh + gates_ * state_size_, scalar_t(0));
       }
+    }
+    if (acc_w_hr_.defined()) {
+      const int64_t size = acc_w_hr_.size(1) * acc_w_hr_.size(2);
+      weight_product(acc_w_hr_.data_ptr<scalar_t>() + slot * size, acc_w_hr_.size(2), beta,
+                     src_.proj_grad, first, last, src_.proj_input, first);
     }
     if (!src_.has_bias) return;
     bias_sum(acc_b_in_.data_ptr<scalar_t>() + slot * gates_, beta, src_.dgates_in, first, last);
@@ -231,13 +243,13 @@ class InputWeightGrads {
 
   void finish() {
     if (chunks_ == 0) {
-      acc_w_ih_.zero_();
-      acc_w_hh_.zero_();
-      acc_b_in_.zero_();
-      acc_b_hid_.zero_();
+      for (at::Tensor* acc : {&acc_w_ih_, &acc_w_hh_, &acc_b_in_, &acc_b_hid_, &acc_w_hr_}) {
+        if (acc->defined()) acc->zero_();
+      }
     }
     grad_w_ih = acc_w_ih_.sum(0);
     grad_w_hh = acc_w_hh_.sum(0);
+    grad_w_hr = acc_w_hr_.defined() ? acc_w_hr_.sum(0) : src_.x.new_empty({0});
     if (src_.shifted && chunks_ > 0) add_initial_state_term();
     if (!src_.has_bias) {
       grad_b_ih = src_.x.new_empty({0});  // two tensors: results may not alias
@@ -259,16 +271,16 @@ class InputWeightGrads {
       const scalar_t* row = step_ptr(src_.dgates_hid, t) + b * gates_;
       std::copy(row, row + gates_, out + b * gates_);
     }
-    gemm<scalar_t>(false, true, hidden_, gates_, batch_, src_.h0.data_ptr<scalar_t>(), hidden_,
-                   out, gates_, scalar_t(1), grad_w_hh.data_ptr<scalar_t>(), hidden_);
+    gemm<scalar_t>(false, true, state_size_, gates_, batch_, src_.h0.data_ptr<scalar_t>(), state_size_,
+                   out, gates_, scalar_t(1), grad_w_hh.data_ptr<scalar_t>(), state_size_);
   }
 
   GradSources src_;
-  int64_t steps_, batch_, gates_, inputs_, hidden_;
+  int64_t steps_, batch_, gates_, inputs_, state_size_;
   int64_t chunk_steps_ = 1, chunks_ = 0;
   bool overlapped_ = false;
   int team_ = 1, slots_ = 1;
-  at::Tensor acc_w_ih_, acc_w_hh_, acc_b_in_, acc_b_hid_;
+  at::Tensor acc_w_ih_, acc_w_hh_, acc_b_in_, acc_b_hid_, acc_w_hr_;
   std::unique_ptr<std::atomic<int64_t>[]> slot_next_;
   std::atomic<int64_t> next_chunk_{0};
   std::atomic<int64_t> finished_steps_{0};

@@ -22,6 +22,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recu
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
     bool reverse, bool save);
 
+// The same with a projection of the state to P features (proj_size): w_hh (4H,P), w_hr
+// (P,H), h0 (B,P); y (T,B,P) = (o * tanh(c)) @ w_hr^T, h_n (B,P). CPU only.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_proj_recurrence_fwd(
+    const at::Tensor& xproj, const std::optional<at::Tensor>& bias, const at::Tensor& w_hh,
+    const at::Tensor& w_hr, const at::Tensor& h0, const at::Tensor& c0,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool save);
+
 // grad_y (T,B,H), grad_h_n, grad_c_n (B,H), w_hh (4H,H), c0 (B,H), gates and cells as the
 // forward returned them. Returns dgates (T,B,4H) pre-activation gradients, grad_h0, grad_c0.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_recurrence_bwd(
@@ -65,12 +72,15 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih);
 // arguments: x (T,B,I) and w_ih (G,I) of the forward; h0 (B,H) (LSTM, RNN: with y, the states
 // each step started from); has_bias. Returns grad_x (T,B,I), grad_w_ih (G,I), grad_w_hh
 // (G,H), grad_b_ih, grad_b_hh (G, or (0,) without bias), then the initial states' gradients.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+// lstm_bptt takes w_hr (P,H) or undefined and returns grad_w_hr ((0,) without) before the
+// initial states' gradients.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
 lstm_bptt(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
           const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-          const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
-          const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells, bool reverse,
-          bool has_bias);
+          const std::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
+          const std::optional<at::Tensor>& lengths, const at::Tensor& y,
+          const at::Tensor& gates, const at::Tensor& cells, bool reverse, bool has_bias);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_bptt(
     const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& x,

@@ -18,6 +18,7 @@ class CpuBackend(RecurrenceBackend):
     auto_devices = ("cpu",)
     dtypes = (torch.float32, torch.float64)
     cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+    projection = True
 
     def input_projection(self, x, w_ih):
         """Into a workspace the extension's pool keeps for the next call."""
@@ -30,9 +31,8 @@ class CpuBackend(RecurrenceBackend):
         self.extension.load()
         ops = torch.ops.fusedrnn
         if cell == "lstm":
-            *grads, dh0, dc0 = ops.lstm_bptt(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, h0, c0,
-                                             lengths, y, ws_a, ws_b, reverse, has_bias)
-            return (*grads, common.empty(x), dh0, dc0)
+            return ops.lstm_bptt(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
+                                 y, ws_a, ws_b, reverse, has_bias)
         if cell == "gru":
             mask = common.active_mask(lengths, x.shape[0])
             h_prev = common.previous_states(y, h0, mask, reverse).contiguous()

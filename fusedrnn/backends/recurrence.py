@@ -46,19 +46,24 @@ SCHEMAS = {
                           "Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse) "
                           "-> (Tensor, Tensor, Tensor)",
 }
-# The ops with CPU kernels only: the Elman cells' recurrence; the CPU backend's whole
-# backward of one layer and direction, a recurrence backward above plus the products over
-# all steps (gradients of x, W_ih, W_hh, biases; (0,) tensors without bias), which the
-# kernels overlap with the time loop; and the input projection into a pooled workspace.
+# The ops with CPU kernels only: the Elman cells' recurrence; the LSTM's with a projection
+# (proj_size: w_hh (4H,P), w_hr (P,H), h0 (B,P), y = (o * tanh(c)) @ w_hr^T); the CPU
+# backend's whole backward of one layer and direction, a recurrence backward above plus the
+# products over all steps (gradients of x, W_ih, W_hh, biases and W_hr; (0,) tensors for
+# what does not exist), which the kernels overlap with the time loop; and the input
+# projection into a pooled workspace.
 CPU_SCHEMAS = {
     "rnn_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor h0, Tensor? lengths, "
                           "bool reverse, bool relu) -> (Tensor, Tensor)",
     "rnn_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor y, "
                           "Tensor? lengths, bool reverse, bool relu) -> (Tensor, Tensor)",
+    "lstm_proj_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor w_hr, "
+                                "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, bool save)"
+                                " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "lstm_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor w_ih, "
-                 "Tensor w_hh, Tensor h0, Tensor c0, Tensor? lengths, Tensor y, Tensor gates, "
-                 "Tensor cells, bool reverse, bool has_bias) "
-                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+                 "Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, Tensor y, "
+                 "Tensor gates, Tensor cells, bool reverse, bool has_bias) "
+                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "gru_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
                 "Tensor h_prev, Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse, "
                 "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -124,11 +129,21 @@ def _(x, w_ih):
     return x.new_empty(x.shape[0], x.shape[1], w_ih.shape[0])
 
 
+@torch.library.register_fake("fusedrnn::lstm_proj_recurrence_fwd")
+def _(xproj, bias, w_hh, w_hr, h0, c0, lengths, reverse, save):
+    steps, batch, _ = xproj.shape
+    hidden = w_hr.shape[1]
+    return (xproj.new_empty(steps, batch, w_hr.shape[0]), torch.empty_like(h0),
+            torch.empty_like(c0), _saved(save, *xproj.shape, like=xproj),
+            _saved(save, steps, batch, hidden, like=xproj))
+
+
 @torch.library.register_fake("fusedrnn::lstm_bptt")
-def _(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, lengths, y, gates, cells, reverse,
-      has_bias):
-    return (*_input_weight_grads(x, w_ih, w_hh, has_bias), torch.empty_like(grad_h_n),
-            torch.empty_like(grad_c_n))
+def _(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, cells,
+      reverse, has_bias):
+    grad_w_hr = x.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
+    return (*_input_weight_grads(x, w_ih, w_hh, has_bias), grad_w_hr,
+            torch.empty_like(grad_h_n), torch.empty_like(grad_c_n))
 
 
 @torch.library.register_fake("fusedrnn::gru_bptt")
@@ -149,6 +164,7 @@ class RecurrenceBackend(Backend):
     device_type = ""
     dtypes = ()
     cells = ()
+    projection = False  # kernels for the LSTM's proj_size
 
     def available(self):
         return Availability(*self.extension.status())
@@ -163,7 +179,7 @@ class RecurrenceBackend(Backend):
         if call is not None and call.cell not in self.cells:
             only = ", ".join(self.cells)
             return False, f"no {label} kernel for the {call.cell} cell (only {only})"
-        if call is not None and call.state != call.hidden:
+        if call is not None and call.state != call.hidden and not self.projection:
             return False, f"proj_size is not supported by the {label} kernels yet"
         return True, ""
 
@@ -181,6 +197,9 @@ class RecurrenceBackend(Backend):
             return y, h_n, common.empty(x), common.empty(x), common.empty(x)
         if cell == "lstm":
             bias = None if b_ih is None else b_ih + b_hh
+            if w_hr is not None:
+                return torch.ops.fusedrnn.lstm_proj_recurrence_fwd(xproj, bias, w_hh, w_hr, h0,
+                                                                   c0, lengths, reverse, save)
             return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, bias, w_hh, h0, c0, lengths,
                                                           reverse, save)
         y, h_n, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(
