@@ -2,7 +2,8 @@
 // hidden units that call it: no calls into libm for float, branch-free selects only.
 //
 // float: exp by Cody-Waite range reduction and a degree-5 polynomial (Cephes' expf, about
-// 1 ulp; the argument is reduced to |r| <= ln2 / 2), tanh from it, with an odd polynomial below |x| = 0.625 where 1 - 2/(e^2x + 1)
+// 1 ulp; the argument is reduced to |r| <= ln2 / 2); sigmoid and tanh from it, dividing by
+// Newton reciprocals; tanh by an odd polynomial below |x| = 0.625, where 1 - 2/(e^2x + 1)
 // would cancel. double keeps libm: it is the precision the oracle comparisons use.
 #pragma once
 
@@ -20,7 +21,15 @@ namespace fusedrnn::cpu {
 #define FUSEDRNN_SIMD_CLONES
 #endif
 
-inline float exp_fast(float x) {
+// The scalar helpers must inline into the loops that call them, or those loops stop
+// vectorising (GCC kept tanh out of line once it grew, and the LSTM step ran 4x slower).
+#if defined(__GNUC__) || defined(__clang__)
+#define FUSEDRNN_MATH inline __attribute__((always_inline))
+#else
+#define FUSEDRNN_MATH inline
+#endif
+
+FUSEDRNN_MATH float exp_fast(float x) {
   x = x < -86.0f ? -86.0f : x;  // e^-86: still a normal float; NaN passes both selects
   x = x > 88.3f ? 88.3f : x;
   // n = x / ln 2 rounded to the nearest integer: adding and removing 1.5 * 2^23 leaves no
@@ -41,16 +50,35 @@ inline float exp_fast(float x) {
   return p * scale;
 }
 
+// 1 / x for 1 <= x <= e^60 (the denominators below; near the top of the float range the
+// estimate fails): an estimate from the exponent bits, then three Newton steps
+// y <- y (2 - x y), each squaring the relative error: at most 5% first, 1.5e-7 at the end
+// (checked on 4 million values of the range). Seven multiply-adds vectorise into FMAs where
+// a vector division holds the divider for 8-16 cycles: the LSTM forward loop at batch 32,
+// hidden 256, 100 steps (five divisions per unit) took 7.8-8.6 ms against 9.0-9.8 with
+// divisions, and 11.9-12.1 against 13.4-13.5 with saturated gates, on the 2-core Xeon.
+FUSEDRNN_MATH float reciprocal(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  bits = 0x7EF311C3 - bits;
+  float y;
+  std::memcpy(&y, &bits, sizeof(y));
+  y = y * (2.0f - x * y);
+  y = y * (2.0f - x * y);
+  return y * (2.0f - x * y);
+}
+
 // Saturated arguments are kept away from subnormal results: one subnormal operand costs a
 // microcode assist of ~100 cycles on x86, and a saturated LSTM ran 27x slower for them.
 // sigmoid(x) < 9e-27 below -60 is returned as 0; tanh is evaluated at |x| <= 10, where
 // tanh(10) already rounds to 1 in float32.
-inline float sigmoid(float x) {
-  const float s = 1.0f / (1.0f + exp_fast(-x));
+FUSEDRNN_MATH float sigmoid(float x) {
+  const float bounded = x < -60.0f ? -60.0f : x;  // NaN passes
+  const float s = reciprocal(1.0f + exp_fast(-bounded));
   return x < -60.0f ? 0.0f : s;
 }
 
-inline float tanh(float x) {
+FUSEDRNN_MATH float tanh(float x) {
   float a = std::fabs(x);
   a = a > 10.0f ? 10.0f : a;  // NaN passes
   const float z = x * x;
@@ -60,19 +88,19 @@ inline float tanh(float x) {
   p = p * z + 1.33314422036e-1f;
   p = p * z - 3.33332819422e-1f;
   const float small = x + x * z * p;
-  const float large = std::copysign(1.0f - 2.0f / (exp_fast(2.0f * a) + 1.0f), x);
+  const float large = std::copysign(1.0f - 2.0f * reciprocal(exp_fast(2.0f * a) + 1.0f), x);
   return a < 0.625f ? small : large;
 }
 
 // A state or gradient about to be stored: float subnormals (|v| < 2^-126) become 0, so that
 // none reaches the next step's product (MKL's kernels slow down on them as well); NaN
 // passes. double values are stored as they are.
-inline float flush(float v) { return std::fabs(v) < 1.17549435e-38f && v != 0.0f ? 0.0f : v; }
+FUSEDRNN_MATH float flush(float v) { return std::fabs(v) < 1.17549435e-38f && v != 0.0f ? 0.0f : v; }
 
-inline double flush(double v) { return v; }
+FUSEDRNN_MATH double flush(double v) { return v; }
 
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+FUSEDRNN_MATH double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-inline double tanh(double x) { return std::tanh(x); }
+FUSEDRNN_MATH double tanh(double x) { return std::tanh(x); }
 
 }  // namespace fusedrnn::cpu
