@@ -115,6 +115,21 @@ inline RecurrenceSizes check_lstm_bwd(const at::Tensor& grad_y, const at::Tensor
   return sizes;
 }
 
+// As lead_sizes for the LSTM with a projection w_hr (P,H): lead (T,B,4H), w_hh (4H,P), both
+// checked with w_hr; the sizes' hidden is H.
+inline RecurrenceSizes projected_lead_sizes(const at::Tensor& lead, const char* lead_name,
+                                            const at::Tensor& w_hh, const at::Tensor& w_hr,
+                                            const std::optional<at::Tensor>& lengths,
+                                            c10::DeviceType device) {
+  check_tensor(lead, lead_name, lead, 3, device);
+  check_tensor(w_hr, "w_hr", lead, 2, device);
+  const int64_t steps = lead.size(0), batch = lead.size(1);
+  const int64_t state = w_hr.size(0), hidden = w_hr.size(1);
+  check_shape(lead, lead_name, {steps, batch, 4 * hidden}, device);
+  check_argument(w_hh, "w_hh", lead, {4 * hidden, state}, device);
+  return {steps, batch, hidden, checked_lengths(lengths, lead, batch, device)};
+}
+
 // The LSTM with a projection of the state to P = w_hr.size(0) features (proj_size), CPU
 // kernels only: xproj (T,B,4H), bias (4H) or undefined, w_hh (4H,P), w_hr (P,H), h0 (B,P),
 // c0 (B,H). The sizes' hidden is H.
@@ -124,16 +139,12 @@ inline RecurrenceSizes check_lstm_proj_fwd(const at::Tensor& xproj,
                                            const at::Tensor& h0, const at::Tensor& c0,
                                            const std::optional<at::Tensor>& lengths,
                                            c10::DeviceType device) {
-  check_tensor(xproj, "xproj", xproj, 3, device);
-  check_tensor(w_hr, "w_hr", xproj, 2, device);
-  const int64_t steps = xproj.size(0), batch = xproj.size(1);
-  const int64_t state = w_hr.size(0), hidden = w_hr.size(1);
-  check_shape(xproj, "xproj", {steps, batch, 4 * hidden}, device);
-  check_argument(w_hh, "w_hh", xproj, {4 * hidden, state}, device);
+  const RecurrenceSizes sizes = projected_lead_sizes(xproj, "xproj", w_hh, w_hr, lengths, device);
+  const int64_t batch = sizes.batch, hidden = sizes.hidden, state = w_hr.size(0);
   if (bias.has_value() && bias->defined()) check_argument(*bias, "bias", xproj, {4 * hidden}, device);
   check_argument(h0, "h0", xproj, {batch, state}, device);
   check_argument(c0, "c0", xproj, {batch, hidden}, device);
-  return {steps, batch, hidden, checked_lengths(lengths, xproj, batch, device)};
+  return sizes;
 }
 
 // Its backward: grad_y (T,B,P), grad_h_n (B,P), grad_c_n, c0 (B,H), w_hh (4H,P), w_hr (P,H),
@@ -144,18 +155,15 @@ inline RecurrenceSizes check_lstm_proj_bwd(const at::Tensor& grad_y, const at::T
                                            const std::optional<at::Tensor>& lengths,
                                            const at::Tensor& gates, const at::Tensor& cells,
                                            c10::DeviceType device) {
-  check_tensor(gates, "gates", gates, 3, device);
-  check_tensor(w_hr, "w_hr", gates, 2, device);
-  const int64_t steps = gates.size(0), batch = gates.size(1);
-  const int64_t state = w_hr.size(0), hidden = w_hr.size(1);
-  check_shape(gates, "gates", {steps, batch, 4 * hidden}, device);
-  check_argument(w_hh, "w_hh", gates, {4 * hidden, state}, device);
+  const RecurrenceSizes sizes = projected_lead_sizes(gates, "gates", w_hh, w_hr, lengths, device);
+  const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
+  const int64_t state = w_hr.size(0);
   check_argument(grad_y, "grad_y", gates, {steps, batch, state}, device);
   check_argument(cells, "cells", gates, {steps, batch, hidden}, device);
   check_argument(grad_h_n, "grad_h_n", gates, {batch, state}, device);
   check_argument(grad_c_n, "grad_c_n", gates, {batch, hidden}, device);
   check_argument(c0, "c0", gates, {batch, hidden}, device);
-  return {steps, batch, hidden, checked_lengths(lengths, gates, batch, device)};
+  return sizes;
 }
 
 // xproj (T,B,3H), b_ih (3H) or undefined, w_hh (3H,H), b_hh (3H) or undefined, h0 (B,H).

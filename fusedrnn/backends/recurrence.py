@@ -208,14 +208,11 @@ class RecurrenceBackend(Backend):
 
     def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
                  ws_a, ws_b, reverse, has_bias):
+        """The recurrence backward op, then the products over all steps here (LSTM and GRU;
+        the cpu backend overrides this with its ``*_bptt`` ops)."""
         self.extension.load()
         mask = common.active_mask(lengths, x.shape[0])
         h_prev = common.PreviousStates(y, h0, mask, reverse)
-        if cell.startswith("rnn"):
-            dpre, dh0 = torch.ops.fusedrnn.rnn_recurrence_bwd(grad_y, grad_hn, w_hh, y, lengths,
-                                                              reverse, cell == "rnn_relu")
-            grads = common.input_and_weight_grads(x, w_ih, dpre, dpre, h_prev, has_bias)
-            return grads + (common.empty(x), dh0, common.empty(x))
         if cell == "lstm":
             dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
                 grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b, reverse)
