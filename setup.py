@@ -117,7 +117,8 @@ def cuda_extension():
     mode = _mode()
     if mode == "0":
         return None
-    sources = _sources("csrc/*.cpp", "csrc/*.cu")
+    sources = _sources("csrc/*.cpp", "csrc/*.cu", "csrc/persistent/*.cpp",
+                       "csrc/persistent/*.cu")
     why_not = _why_not_cuda(sources)
     if why_not:
         if mode == "1":

@@ -8,7 +8,7 @@
 # under OUT_DIR, printing a short summary last. Without a GPU it says so and exits 0;
 # FUSEDRNN_GPU_CHECK_DRY=1 then runs every stage on the CPU instead (tiny bench grid, Triton
 # in its interpreter), to rehearse the script. Budget: under 9 minutes on one H200 (the
-# stage timeouts add up to 520 s).
+# stage timeouts add up to 540 s).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -40,22 +40,29 @@ arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability() 
 git rev-parse HEAD >"$out/commit.txt" 2>/dev/null || true
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 
-FUSEDRNN_CUDA_ARCHS=${arch/cpu/} stage install 150 $PY -m pip install --no-build-isolation --no-deps -e .
+FUSEDRNN_CUDA_ARCHS=${arch/cpu/} stage install 140 $PY -m pip install --no-build-isolation --no-deps -e .
 stage info 30 $PY -m fusedrnn.cli info
 # GPU tests: the Triton backend on CUDA tensors, the CUDA-only tests, the extension's tests.
-stage tests 150 $PY -m pytest tests/ -q -x -m "requires_cuda or requires_triton or requires_ext" \
+stage tests 140 $PY -m pytest tests/ -q -x -m "requires_cuda or requires_triton or requires_ext" \
   --junitxml="$out/tests.xml"
 if command -v compute-sanitizer >/dev/null && [ "$device" = cuda ]; then
-  stage memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
+  stage memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
   stage racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
+  stage synccheck 45 compute-sanitizer --tool synccheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
 else
   summary+=("sanitizer  skipped (no compute-sanitizer or no GPU)")
 fi
-stage bench 100 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --backend auto \
+if [ "$device" = cuda ]; then
+  stage barriers 15 $PY benchmarks/barrier_latency.py --out "$out/barriers.json"
+else
+  summary+=("barriers   skipped (no GPU)")
+fi
+stage bench 85 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --backend auto \
   --backend reference --repeats 10 --out "$out/bench" "${bench_extra[@]}"
 
 echo
 echo "== gpu_check summary ($(cat "$out/commit.txt" 2>/dev/null), $device $arch) =="
 printf '%s\n' "${summary[@]}"
 tail -n 1 "$out/tests.log" 2>/dev/null
+grep -E '^\| (grid|cluster) ' "$out/barriers.log" 2>/dev/null
 [ -f "$out/bench/results.md" ] && grep -E '^\| (lstm|gru) ' "$out/bench/results.md" | head -40

@@ -1,7 +1,9 @@
-"""A small forward and backward of every GPU backend, for ``compute-sanitizer`` (memcheck,
-racecheck) in the GPU check: ``compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py``.
+"""A small forward and backward of every GPU backend (the cuda backend with its persistent
+and its stepwise kernels), for ``compute-sanitizer`` (memcheck, racecheck, synccheck) in the
+GPU check: ``compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py``.
 Exits non-zero if a backend's result differs from the reference backend's."""
 
+import os
 import sys
 
 import torch
@@ -12,10 +14,12 @@ from fusedrnn import testing
 
 def main():
     failures = 0
-    for backend in ("cuda", "triton"):
+    runs = [("cuda", "persistent"), ("cuda", "stepwise"), ("triton", "auto")]
+    for backend, kernel in runs:
         if not fusedrnn.available_backends()[backend].available:
             print(f"{backend}: unavailable, skipped")
             continue
+        os.environ["FUSEDRNN_CUDA_KERNEL"] = kernel
         for cell in ("LSTM", "GRU"):
             reference = getattr(fusedrnn, cell)(8, 20, device="cuda", bidirectional=True)
             module = getattr(fusedrnn, cell)(8, 20, device="cuda", bidirectional=True,
@@ -27,7 +31,7 @@ def main():
             torch.cuda.synchronize()
             error = max(testing.relative_error(a, b) for a, b in
                         zip(got[0] + got[1], expected[0] + expected[1]) if a is not None)
-            print(f"{backend} {cell}: max relative error {error:.2e}")
+            print(f"{backend} ({kernel}) {cell}: max relative error {error:.2e}")
             failures += error > 1e-5
     return 1 if failures else 0
 

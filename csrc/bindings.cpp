@@ -1,9 +1,15 @@
 // fusedrnn._C: registers the CUDA kernels of the ops whose schemas fusedrnn defines in Python
-// (fusedrnn/backends/cuda.py), and is importable as a Python module.
+// (fusedrnn/backends/recurrence.py), and is importable as a Python module with two functions
+// for the planner of the persistent kernels (fusedrnn/backends/cuda_plan.py) and one for
+// benchmarks/barrier_latency.py.
 #include <Python.h>
 #include <torch/library.h>
 
+#include <exception>
+#include <string>
 #include <tuple>
+
+#include "persistent/slice_layout.h"
 
 namespace fusedrnn {
 using at::Tensor;
@@ -19,6 +25,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
 std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
     const Tensor&, const Tensor&, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, bool, bool, int64_t);
+std::tuple<Tensor, Tensor, Tensor> lstm_persistent_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool, int64_t);
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_persistent_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
+    const Tensor&, const std::optional<Tensor>&, bool, bool, int64_t);
+std::tuple<Tensor, Tensor, Tensor> gru_persistent_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+    const Tensor&, const Tensor&, bool, int64_t);
+int persistent_blocks_per_sm(const std::string&, at::ScalarType, int64_t, int);
+namespace persistent {
+double barrier_latency_us(const std::string&, int, int, int, int);
+}  // namespace persistent
 }  // namespace fusedrnn
 
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
@@ -26,10 +48,80 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("lstm_recurrence_bwd", TORCH_FN(fusedrnn::lstm_recurrence_bwd));
   m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::gru_recurrence_fwd));
   m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::gru_recurrence_bwd));
+  m.impl("lstm_persistent_fwd", TORCH_FN(fusedrnn::lstm_persistent_fwd));
+  m.impl("lstm_persistent_bwd", TORCH_FN(fusedrnn::lstm_persistent_bwd));
+  m.impl("gru_persistent_fwd", TORCH_FN(fusedrnn::gru_persistent_fwd));
+  m.impl("gru_persistent_bwd", TORCH_FN(fusedrnn::gru_persistent_bwd));
 }
+
+namespace {
+
+// persistent_smem_bytes(gates, units, hidden, itemsize, backward) -> int: the shared memory
+// of one block of a persistent kernel (persistent/slice_layout.h).
+PyObject* persistent_smem_bytes(PyObject*, PyObject* args) {
+  int gates = 0, units = 0, itemsize = 0, backward = 0;
+  long long hidden = 0;
+  if (!PyArg_ParseTuple(args, "iiLip", &gates, &units, &hidden, &itemsize, &backward)) {
+    return nullptr;
+  }
+  const auto layout =
+      fusedrnn::persistent::slice_layout(gates, units, hidden, itemsize, backward != 0);
+  return PyLong_FromLongLong(layout.bytes());
+}
+
+// persistent_blocks_per_sm(kernel, dtype, smem, device) -> int: how many blocks of the kernel
+// (lstm_fwd, lstm_bwd, gru_fwd, gru_bwd) for dtype (float32, float16, bfloat16) with smem
+// bytes of shared memory one multiprocessor of CUDA device `device` holds at once.
+PyObject* persistent_blocks_per_sm(PyObject*, PyObject* args) {
+  const char* kernel = nullptr;
+  const char* dtype = nullptr;
+  long long smem = 0;
+  int device = 0;
+  if (!PyArg_ParseTuple(args, "ssLi", &kernel, &dtype, &smem, &device)) return nullptr;
+  const std::string name(dtype);
+  if (name != "float32" && name != "float16" && name != "bfloat16") {
+    PyErr_SetString(PyExc_ValueError, "dtype must be float32, float16 or bfloat16");
+    return nullptr;
+  }
+  const at::ScalarType type = name == "float32"   ? at::kFloat
+                              : name == "float16" ? at::kHalf
+                                                  : at::kBFloat16;
+  try {
+    return PyLong_FromLong(fusedrnn::persistent_blocks_per_sm(kernel, type, smem, device));
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
+// barrier_latency_us(kind, blocks, cluster, iterations, repeats) -> float: microseconds per
+// grid ("grid") or cluster ("cluster") barrier on the current device
+// (persistent/barrier_bench.cu).
+PyObject* barrier_latency_us(PyObject*, PyObject* args) {
+  const char* kind = nullptr;
+  int blocks = 0, cluster = 0, iterations = 0, repeats = 0;
+  if (!PyArg_ParseTuple(args, "siiii", &kind, &blocks, &cluster, &iterations, &repeats)) {
+    return nullptr;
+  }
+  try {
+    return PyFloat_FromDouble(
+        fusedrnn::persistent::barrier_latency_us(kind, blocks, cluster, iterations, repeats));
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
+PyMethodDef methods[] = {
+    {"persistent_smem_bytes", persistent_smem_bytes, METH_VARARGS, nullptr},
+    {"persistent_blocks_per_sm", persistent_blocks_per_sm, METH_VARARGS, nullptr},
+    {"barrier_latency_us", barrier_latency_us, METH_VARARGS, nullptr},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
 
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fusedrnn CUDA kernels", -1,
-                               nullptr};
+                               methods};
   return PyModule_Create(&module);
 }

@@ -11,17 +11,8 @@
 #include "recurrence_args.h"
 
 namespace fusedrnn {
-namespace {
 
 using at::Tensor;
-
-// Rows whose step t is active, as a (B, 1) bool mask; every row when lengths is undefined.
-Tensor active_rows(const Tensor& lengths, int64_t t, const Tensor& like) {
-  if (!lengths.defined()) return at::ones({like.size(0), 1}, like.options().dtype(at::kBool));
-  return lengths.gt(t).unsqueeze(1);
-}
-
-}  // namespace
 
 // xproj (T,B,4H) = x W_ih^T; bias (4H) = b_ih + b_hh or undefined; w_hh (4H,H); h0, c0 (B,H).
 // Returns y (T,B,H), h_n, c_n (B,H), gates (T,B,4H) activated, cells (T,B,H).
@@ -75,10 +66,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
                   c_prev, dc, dgates.select(0, t), lengths, t, t_prev);
     at::mm_out(rec, dgates.select(0, t), w_hh);
   }
-  Tensor grad_h0 = rec;
-  if (steps > 0 && lengths.defined()) {
-    grad_h0 = at::where(active_rows(lengths, order.back(), rec), rec, dh_total.to(rec.dtype()));
-  }
+  const Tensor grad_h0 = steps > 0 ? lstm_grad_h0(rec, dh_total, lengths, order.back()) : rec;
   return {dgates, grad_h0, dc.to(gates.scalar_type())};
 }
 
@@ -138,12 +126,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
   }
   if (steps == 0) return {dgates_in, dgates_hid, rec};
   const int64_t last = order.back();
-  const Tensor z_last = gates.select(0, last).narrow(1, hidden, hidden).to(at::kFloat);
-  Tensor grad_h0 = rec.to(at::kFloat) + dh_total * z_last;
-  if (lengths.defined()) {
-    grad_h0 = at::where(active_rows(lengths, last, rec), grad_h0, dh_total);
-  }
-  return {dgates_in, dgates_hid, grad_h0.to(gates.scalar_type())};
+  return {dgates_in, dgates_hid, gru_grad_h0(rec, dh_total, gates.select(0, last), lengths, last)};
 }
 
 }  // namespace fusedrnn

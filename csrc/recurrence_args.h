@@ -229,4 +229,33 @@ inline void check_bptt_inputs(const at::Tensor& x, const at::Tensor& w_ih, const
   check_argument(w_ih, "w_ih", lead, {gates * sizes.hidden, x.size(2)}, device);
 }
 
+// Rows whose step t is active, as a (B, 1) bool mask; every row when lengths is undefined.
+inline at::Tensor active_rows(const at::Tensor& lengths, int64_t t, const at::Tensor& like) {
+  if (!lengths.defined()) return at::ones({like.size(0), 1}, like.options().dtype(at::kBool));
+  return lengths.gt(t).unsqueeze(1);
+}
+
+// The gradient of h0 of an LSTM backward whose time loop ended at step `last`: rec, the
+// gradient through that step's gates (dgates[last] @ W_hh), on rows where the step was
+// active, else dh_total (float32), the gradient carried past it.
+inline at::Tensor lstm_grad_h0(const at::Tensor& rec, const at::Tensor& dh_total,
+                               const at::Tensor& lengths, int64_t last) {
+  if (!lengths.defined()) return rec;
+  return at::where(active_rows(lengths, last, rec), rec, dh_total.to(rec.dtype()));
+}
+
+// The same for the GRU, whose h0 also reaches h_1 directly through z: gates_last is the
+// saved (B, 3H) gates of step `last`, rec = dgates_hid[last] @ W_hh.
+inline at::Tensor gru_grad_h0(const at::Tensor& rec, const at::Tensor& dh_total,
+                              const at::Tensor& gates_last, const at::Tensor& lengths,
+                              int64_t last) {
+  const int64_t hidden = rec.size(1);
+  const at::Tensor z_last = gates_last.narrow(1, hidden, hidden).to(at::kFloat);
+  at::Tensor grad_h0 = rec.to(at::kFloat) + dh_total * z_last;
+  if (lengths.defined()) {
+    grad_h0 = at::where(active_rows(lengths, last, rec), grad_h0, dh_total);
+  }
+  return grad_h0.to(rec.scalar_type());
+}
+
 }  // namespace fusedrnn

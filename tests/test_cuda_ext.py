@@ -1,8 +1,9 @@
 """The compiled extension and the ``cuda`` backend.
 
 Without a GPU (CI here): the extension builds, imports, registers a CUDA kernel for each of
-its ops, and the backend refuses CPU tensors with a clear reason. With a GPU: the backend against the
-reference backend at real sizes, by the same rules as the Triton backend.
+its ops, and the backend refuses CPU tensors with a clear reason. With a GPU: the backend,
+with its persistent and its stepwise kernels, against the reference backend at real sizes,
+by the same rules as the Triton backend.
 """
 
 import pytest
@@ -11,12 +12,21 @@ import torch
 import fusedrnn
 from fusedrnn import backends, testing
 from fusedrnn.backends import BackendUnavailableError, Call
-from fusedrnn.backends.recurrence import SCHEMAS
+from fusedrnn.backends import cuda_plan
+from fusedrnn.backends.recurrence import PERSISTENT_SCHEMAS, SCHEMAS
 
 pytestmark = pytest.mark.requires_ext
+KERNELS = ["persistent", "stepwise"]
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.fixture
+def kernel(request, monkeypatch):
+    """Forces the cuda backend's kernels (cuda_plan) to ``request.param``."""
+    monkeypatch.setenv(cuda_plan.ENV_VAR, request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS) + sorted(PERSISTENT_SCHEMAS))
 def test_extension_registers_a_cuda_kernel_for_each_op(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CUDA")
 
@@ -38,15 +48,20 @@ def test_backend_limits_are_reported():
 CASES = [
     ("LSTM", {}, 256, 64, 16),
     ("LSTM", {"num_layers": 2, "bidirectional": True}, 130, 33, 5),
+    ("LSTM", {}, 33, 1, 1),
+    ("LSTM", {"batch_first": True}, 768, 20, 40),
     ("GRU", {}, 256, 64, 16),
     ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 130, 33, 5),
+    ("GRU", {}, 33, 1, 1),
+    ("GRU", {"batch_first": True}, 768, 20, 40),
 ]
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
 @pytest.mark.parametrize("packed", [False, True])
-def test_matches_reference_on_gpu(cell, kwargs, hidden, steps, batch, packed):
+def test_matches_reference_on_gpu(kernel, cell, kwargs, hidden, steps, batch, packed):
     reference = getattr(fusedrnn, cell)(96, hidden, device="cuda", **kwargs)
     candidate = getattr(fusedrnn, cell)(96, hidden, device="cuda", backend="cuda", **kwargs)
     candidate.load_state_dict(reference.state_dict())
@@ -60,11 +75,23 @@ def test_matches_reference_on_gpu(cell, kwargs, hidden, steps, batch, packed):
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_low_precision_rule_on_gpu(cell, dtype):
+def test_low_precision_rule_on_gpu(kernel, cell, dtype):
+    check_low_precision_rule(cell, dtype, steps=40)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_persistent_error_does_not_grow_faster_than_the_reference(monkeypatch, cell):
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "persistent")
+    check_low_precision_rule(cell, torch.bfloat16, steps=4096)
+
+
+def check_low_precision_rule(cell, dtype, steps):
     oracle = getattr(fusedrnn, cell)(64, 128, dtype=torch.float64, device="cuda")
-    x64 = testing.make_packed(8, 40, 64, dtype=torch.float64, device="cuda")
+    x64 = testing.make_packed(8, steps, 64, dtype=torch.float64, device="cuda")
     oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
     x = x64._replace(data=x64.data.to(dtype))
     results = []
@@ -87,3 +114,29 @@ def test_opcheck_recurrence_ops_on_gpu():
     lengths = torch.tensor([5, 2, 4], device="cuda")
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
                           (xproj, None, w_hh, state, state, lengths, True, True))
+    torch.library.opcheck(torch.ops.fusedrnn.lstm_persistent_fwd.default,
+                          (xproj, None, w_hh, state, state, lengths, True, True, 4))
+    torch.library.opcheck(torch.ops.fusedrnn.gru_persistent_fwd.default,
+                          (xproj[..., :24], None, w_hh[:24], None, state, lengths, False, True, 8))
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_persistent_kernels_are_bitwise_repeatable(monkeypatch, cell):
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "persistent")
+    module = getattr(fusedrnn, cell)(64, 256, device="cuda", dtype=torch.bfloat16,
+                                     backend="cuda")
+    x = testing.make_packed(24, 50, 64, dtype=torch.bfloat16, device="cuda")
+    first = testing.outputs_and_grads(module, x)
+    for _ in range(3):
+        again = testing.outputs_and_grads(module, x)
+        for a, b in zip(first[0] + first[1], again[0] + again[1]):
+            assert a is None or torch.equal(a, b)
+
+
+@pytest.mark.requires_cuda
+def test_plan_of_this_gpu_is_reported():
+    plan = cuda_plan.plan_call("lstm", 768, torch.bfloat16, torch.cuda.current_device(), False)
+    assert plan.kernel in KERNELS and plan.reason
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert plan.kernel == "persistent", plan.reason

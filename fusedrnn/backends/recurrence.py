@@ -21,6 +21,9 @@ over all steps, returning the gradients of x, W_ih, W_hh and the biases, then of
 initial states: the cpu backend's backward, one op per layer and direction;
 ``fusedrnn::input_projection(x, w_ih)`` (CPU only) is its input projection.
 
+``fusedrnn::{lstm,gru}_persistent_{fwd,bwd}`` (CUDA kernels only) are the LSTM and GRU ops
+above with one more argument, ``units``: the cuda backend's persistent kernels (``cuda_plan``).
+
 ``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` the CUDA kernels of the
 LSTM and GRU ops (full contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
 reference backend's layout, so the backends are interchangeable; without ``save``
@@ -73,8 +76,14 @@ CPU_SCHEMAS = {
     "input_projection": "(Tensor x, Tensor w_ih) -> Tensor",
 }
 
+# The ops of the cuda backend's persistent kernels (CUDA kernels only): the four above with
+# one more argument, ``units``, the hidden units per block that ``cuda_plan`` chose.
+PERSISTENT_SCHEMAS = {name.replace("_recurrence_", "_persistent_"):
+                      schema.replace(") -> (", ", int units) -> (", 1)
+                      for name, schema in SCHEMAS.items()}
+
 _library = torch.library.Library("fusedrnn", "FRAGMENT")
-for _name, _schema in {**SCHEMAS, **CPU_SCHEMAS}.items():
+for _name, _schema in {**SCHEMAS, **CPU_SCHEMAS, **PERSISTENT_SCHEMAS}.items():
     _library.define(_name + _schema)
 
 
@@ -83,7 +92,7 @@ def _saved(save, *shape, like):
 
 
 @torch.library.register_fake("fusedrnn::lstm_recurrence_fwd")
-def _(xproj, bias, w_hh, h0, c0, lengths, reverse, save):
+def _lstm_recurrence_fwd_fake(xproj, bias, w_hh, h0, c0, lengths, reverse, save):
     steps, batch, _ = xproj.shape
     hidden = w_hh.shape[1]
     return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0), torch.empty_like(c0),
@@ -91,12 +100,13 @@ def _(xproj, bias, w_hh, h0, c0, lengths, reverse, save):
 
 
 @torch.library.register_fake("fusedrnn::lstm_recurrence_bwd")
-def _(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths, gates, cells, reverse):
+def _lstm_recurrence_bwd_fake(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths, gates, cells,
+                              reverse):
     return torch.empty_like(gates), torch.empty_like(grad_h_n), torch.empty_like(grad_c_n)
 
 
 @torch.library.register_fake("fusedrnn::gru_recurrence_fwd")
-def _(xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save):
+def _gru_recurrence_fwd_fake(xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save):
     steps, batch, _ = xproj.shape
     hidden = w_hh.shape[1]
     return (xproj.new_empty(steps, batch, hidden), torch.empty_like(h0),
@@ -104,8 +114,30 @@ def _(xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save):
 
 
 @torch.library.register_fake("fusedrnn::gru_recurrence_bwd")
-def _(grad_y, grad_h_n, w_hh, h_prev, lengths, gates, hidden_n, reverse):
+def _gru_recurrence_bwd_fake(grad_y, grad_h_n, w_hh, h_prev, lengths, gates, hidden_n, reverse):
     return torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(grad_h_n)
+
+
+def _register_persistent_fakes():
+    """The persistent ops' outputs are the recurrence ops': the same fakes, ``units`` dropped."""
+    fakes = {"lstm_persistent_fwd": _lstm_recurrence_fwd_fake,
+             "lstm_persistent_bwd": _lstm_recurrence_bwd_fake,
+             "gru_persistent_fwd": _gru_recurrence_fwd_fake,
+             "gru_persistent_bwd": _gru_recurrence_bwd_fake}
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"fusedrnn::{name}")(_without_units(fake))
+
+
+def _without_units(fake):
+    def persistent_fake(*args, **kwargs):
+        if kwargs.pop("units", None) is None:
+            args = args[:-1]
+        return fake(*args, **kwargs)
+
+    return persistent_fake
+
+
+_register_persistent_fakes()
 
 
 @torch.library.register_fake("fusedrnn::rnn_recurrence_fwd")
@@ -183,6 +215,13 @@ class RecurrenceBackend(Backend):
             return False, f"proj_size is not supported by the {label} kernels yet"
         return True, ""
 
+    def recurrence_op(self, cell, w_hh, backward):
+        """The op running the time loop of ``cell`` (``"lstm"``, ``"gru"``) and the extra
+        arguments it takes after the recurrence op's: ``fusedrnn::{cell}_recurrence_{fwd,bwd}``
+        here; the cuda backend may choose its persistent kernels instead."""
+        name = f"{cell}_recurrence_{'bwd' if backward else 'fwd'}"
+        return getattr(torch.ops.fusedrnn, name), ()
+
     def input_projection(self, x, w_ih):
         """``x @ w_ih^T`` for all steps, ``(T, B, G)``, the biases left to the time loop."""
         return common.input_projection(x, w_ih, None)
@@ -200,10 +239,10 @@ class RecurrenceBackend(Backend):
             if w_hr is not None:
                 return torch.ops.fusedrnn.lstm_proj_recurrence_fwd(xproj, bias, w_hh, w_hr, h0,
                                                                    c0, lengths, reverse, save)
-            return torch.ops.fusedrnn.lstm_recurrence_fwd(xproj, bias, w_hh, h0, c0, lengths,
-                                                          reverse, save)
-        y, h_n, gates, hidden_n = torch.ops.fusedrnn.gru_recurrence_fwd(
-            xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save)
+            op, extra = self.recurrence_op("lstm", w_hh, False)
+            return op(xproj, bias, w_hh, h0, c0, lengths, reverse, save, *extra)
+        op, extra = self.recurrence_op("gru", w_hh, False)
+        y, h_n, gates, hidden_n = op(xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save, *extra)
         return y, h_n, common.empty(x), gates, hidden_n
 
     def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
@@ -213,13 +252,14 @@ class RecurrenceBackend(Backend):
         self.extension.load()
         mask = common.active_mask(lengths, x.shape[0])
         h_prev = common.PreviousStates(y, h0, mask, reverse)
+        op, extra = self.recurrence_op(cell, w_hh, True)
         if cell == "lstm":
-            dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
-                grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b, reverse)
+            dgates, dh0, dc0 = op(grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b,
+                                  reverse, *extra)
             grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
             return grads + (common.empty(x), dh0, dc0)
         h_prev = h_prev.tensor().contiguous()  # the GRU step kernel reads it
-        dgates_in, dgates_hid, dh0 = torch.ops.fusedrnn.gru_recurrence_bwd(
-            grad_y, grad_hn, w_hh, h_prev, lengths, ws_a, ws_b, reverse)
+        dgates_in, dgates_hid, dh0 = op(grad_y, grad_hn, w_hh, h_prev, lengths, ws_a, ws_b,
+                                        reverse, *extra)
         grads = common.input_and_weight_grads(x, w_ih, dgates_in, dgates_hid, h_prev, has_bias)
         return grads + (common.empty(x), dh0, common.empty(x))

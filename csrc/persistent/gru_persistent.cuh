@@ -1,0 +1,137 @@
+// GRU persistent kernels: the structure of lstm_persistent.cuh for gates r, z, n:
+//   r, z = sigmoid(xg + hg);  n = tanh(xg_n + r * hg_n);  h' = n + z * (h - n),
+// hg = h @ W_hh^T + b_hh; the same saved tensors and masking as the step kernels
+// (gru_kernels.cuh).
+#pragma once
+
+#include "cell_math.cuh"
+#include "persistent/params.h"
+#include "persistent/slice_products.cuh"
+
+namespace fusedrnn {
+namespace persistent {
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdParams<T> p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), false);
+  T* a = reinterpret_cast<T*>(smem);
+  float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
+  const int H = p.hidden, U = p.units, u0 = blockIdx.x * U;
+  const int mine = min(U, H - u0);
+  const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
+  load_slice(s, a, [&](int r, int c) -> T {
+    const int gate = r / U, u = u0 + r % U;
+    return (u < H && c < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + u) * H + c] : T(0.0f);
+  });
+  __syncthreads();
+  for (int step = 0; step < p.steps; ++step) {
+    const int64_t t = p.reverse ? p.steps - 1 - step : step;
+    const T* h_cur = p.h_buf + static_cast<int64_t>(step % 2) * b16 * h16;
+    T* h_next = p.h_buf + static_cast<int64_t>((step + 1) % 2) * b16 * h16;
+    for (int b0 = 0; b0 < p.batch; b0 += kTile) {
+      slice_products(s, a, h_cur + static_cast<int64_t>(b0) * h16, h16, scratch);
+      __syncthreads();
+      for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
+        const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
+        if (b >= p.batch) continue;
+        const int64_t row = t * p.batch + b;
+        float xg[3], hg[3];
+        for (int k = 0; k < 3; ++k) {
+          xg[k] = static_cast<float>(p.xproj[row * 3 * H + k * H + u]) +
+                  (p.b_ih ? static_cast<float>(p.b_ih[k * H + u]) : 0.0f);
+          hg[k] = product(s, scratch, k * U + j, n) +
+                  (p.b_hh ? static_cast<float>(p.b_hh[k * H + u]) : 0.0f);
+        }
+        const float r = sigmoid(xg[0] + hg[0]), z = sigmoid(xg[1] + hg[1]);
+        const float nn = tanhf(xg[2] + r * hg[2]);
+        const int64_t hb = static_cast<int64_t>(b) * h16 + u;
+        const float hp = h_cur[hb];
+        const float h = nn + z * (hp - nn);
+        const bool active = active_at(p.lengths, b, t);
+        if (p.gates) {
+          T* gt = p.gates + row * 3 * H + u;
+          gt[0] = r; gt[H] = z; gt[2 * H] = nn;
+        }
+        if (p.hidden_n) p.hidden_n[row * H + u] = hg[2];
+        p.y[row * H + u] = active ? h : 0.0f;
+        h_next[hb] = active ? T(h) : h_cur[hb];
+      }
+      __syncthreads();
+    }
+    grid_sync();
+  }
+#else
+  __trap();
+#endif
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdParams<T> p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), true);
+  T* a = reinterpret_cast<T*>(smem);
+  float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
+  const int H = p.hidden, U = p.units, u0 = blockIdx.x * U;
+  const int mine = min(U, H - u0);
+  const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
+  const int ld = 3 * h16;
+  load_slice(s, a, [&](int r, int c) -> T {
+    const int gate = c / h16, v = c % h16, u = u0 + r;
+    return (u < H && v < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + v) * H + u] : T(0.0f);
+  });
+  __syncthreads();
+  int64_t t_prev = -1;
+  for (int step = 0; step < p.steps; ++step) {
+    const int64_t t = p.reverse ? step : p.steps - 1 - step;
+    const T* dg_cur = p.dg_buf + static_cast<int64_t>(step % 2) * b16 * ld;
+    T* dg_next = p.dg_buf + static_cast<int64_t>((step + 1) % 2) * b16 * ld;
+    for (int b0 = 0; b0 < p.batch; b0 += kTile) {
+      if (step > 0) slice_products(s, a, dg_cur + static_cast<int64_t>(b0) * ld, ld, scratch);
+      __syncthreads();
+      for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
+        const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
+        if (b >= p.batch) continue;
+        const int64_t at = static_cast<int64_t>(b) * H + u, row = t * p.batch + b;
+        const bool active = active_at(p.lengths, b, t);
+        float carry;
+        if (step == 0) {
+          carry = static_cast<float>(p.grad_h_n[at]);
+        } else if (active_at(p.lengths, b, t_prev)) {
+          const float z_prev = p.gates[(t_prev * p.batch + b) * 3 * H + H + u];
+          carry = static_cast<float>(T(product(s, scratch, j, n))) + p.dh_buf[at] * z_prev;
+        } else {
+          carry = p.dh_buf[at];
+        }
+        const float dh = carry + (active ? static_cast<float>(p.grad_y[row * H + u]) : 0.0f);
+        p.dh_buf[at] = dh;
+        T* din = p.dgates_in + row * 3 * H + u;
+        T* dhid = p.dgates_hid + row * 3 * H + u;
+        T* dx = dg_next + static_cast<int64_t>(b) * ld + u;
+        if (!active) {
+          for (int k = 0; k < 3; ++k) din[k * H] = dhid[k * H] = dx[k * h16] = T(0.0f);
+          continue;
+        }
+        const T* g = p.gates + row * 3 * H + u;
+        const float r = g[0], z = g[H], nn = g[2 * H];
+        const float d_n = dh * (1.0f - z) * (1.0f - nn * nn);
+        const float d_z = dh * (static_cast<float>(p.h_prev[row * H + u]) - nn) * z * (1.0f - z);
+        const float d_r = d_n * static_cast<float>(p.hidden_n[row * H + u]) * r * (1.0f - r);
+        din[0] = d_r; din[H] = d_z; din[2 * H] = d_n;
+        const float hid[3] = {d_r, d_z, d_n * r};
+        for (int k = 0; k < 3; ++k) dhid[k * H] = dx[k * h16] = T(hid[k]);
+      }
+      __syncthreads();
+    }
+    t_prev = t;
+    grid_sync();
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace persistent
+}  // namespace fusedrnn

@@ -1,0 +1,143 @@
+// LSTM persistent kernels: one cooperative launch runs every step of one layer and direction;
+// each block keeps its slice of W_hh in shared memory (slice_layout.h) and the blocks meet
+// at one grid barrier per step, exchanging the new state through global memory. Gates i, f,
+// g, o; the same saved tensors and masking as the step kernels (lstm_kernels.cuh).
+#pragma once
+
+#include "cell_math.cuh"
+#include "persistent/params.h"
+#include "persistent/slice_products.cuh"
+
+namespace fusedrnn {
+namespace persistent {
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFwdParams<T> p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), false);
+  T* a = reinterpret_cast<T*>(smem);
+  float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
+  const int H = p.hidden, U = p.units, u0 = blockIdx.x * U;
+  const int mine = min(U, H - u0);
+  const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
+  load_slice(s, a, [&](int r, int c) -> T {
+    const int gate = r / U, u = u0 + r % U;
+    return (u < H && c < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + u) * H + c] : T(0.0f);
+  });
+  __syncthreads();
+  for (int step = 0; step < p.steps; ++step) {
+    const int64_t t = p.reverse ? p.steps - 1 - step : step;
+    const T* h_cur = p.h_buf + static_cast<int64_t>(step % 2) * b16 * h16;
+    T* h_next = p.h_buf + static_cast<int64_t>((step + 1) % 2) * b16 * h16;
+    for (int b0 = 0; b0 < p.batch; b0 += kTile) {
+      slice_products(s, a, h_cur + static_cast<int64_t>(b0) * h16, h16, scratch);
+      __syncthreads();
+      for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
+        const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
+        if (b >= p.batch) continue;
+        const int64_t row = t * p.batch + b;
+        float pre[4];
+        for (int k = 0; k < 4; ++k) {
+          pre[k] = product(s, scratch, k * U + j, n) +
+                   static_cast<float>(p.xproj[row * 4 * H + k * H + u]) +
+                   (p.bias ? static_cast<float>(p.bias[k * H + u]) : 0.0f);
+        }
+        const float i = sigmoid(pre[0]), f = sigmoid(pre[1]);
+        const float g = tanhf(pre[2]), o = sigmoid(pre[3]);
+        const int64_t at = static_cast<int64_t>(b) * H + u;
+        const float c_prev = p.c_buf[at];
+        const float c = f * c_prev + i * g;
+        const float h = o * tanhf(c);
+        const bool active = active_at(p.lengths, b, t);
+        const int64_t hb = static_cast<int64_t>(b) * h16 + u;
+        if (p.gates) {
+          T* gt = p.gates + row * 4 * H + u;
+          gt[0] = i; gt[H] = f; gt[2 * H] = g; gt[3 * H] = o;
+        }
+        if (p.cells) p.cells[row * H + u] = active ? c : c_prev;
+        p.y[row * H + u] = active ? h : 0.0f;
+        h_next[hb] = active ? T(h) : h_cur[hb];
+        if (active) p.c_buf[at] = c;
+      }
+      __syncthreads();  // the partial products are read before the next tile overwrites them
+    }
+    grid_sync();
+  }
+#else
+  __trap();  // built for an architecture without these tensor-core shapes; never launched
+#endif
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBwdParams<T> p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), true);
+  T* a = reinterpret_cast<T*>(smem);
+  float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
+  const int H = p.hidden, U = p.units, u0 = blockIdx.x * U;
+  const int mine = min(U, H - u0);
+  const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
+  const int ld = 4 * h16;
+  load_slice(s, a, [&](int r, int c) -> T {
+    const int gate = c / h16, v = c % h16, u = u0 + r;
+    return (u < H && v < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + v) * H + u] : T(0.0f);
+  });
+  __syncthreads();
+  int64_t t_prev = -1;
+  for (int step = 0; step < p.steps; ++step) {
+    const int64_t t = p.reverse ? step : p.steps - 1 - step;  // the forward's order, reversed
+    const int64_t before = p.reverse ? t + 1 : t - 1;         // the step the forward ran before
+    const T* dg_cur = p.dg_buf + static_cast<int64_t>(step % 2) * b16 * ld;
+    T* dg_next = p.dg_buf + static_cast<int64_t>((step + 1) % 2) * b16 * ld;
+    for (int b0 = 0; b0 < p.batch; b0 += kTile) {
+      if (step > 0) slice_products(s, a, dg_cur + static_cast<int64_t>(b0) * ld, ld, scratch);
+      __syncthreads();
+      for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
+        const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
+        if (b >= p.batch) continue;
+        const int64_t at = static_cast<int64_t>(b) * H + u, row = t * p.batch + b;
+        const bool active = active_at(p.lengths, b, t);
+        // The gradient of h from the step processed before (in backward order); an
+        // inactive step passes it through unchanged.
+        float carry;
+        if (step == 0) {
+          carry = static_cast<float>(p.grad_h_n[at]);
+        } else if (active_at(p.lengths, b, t_prev)) {
+          carry = static_cast<float>(T(product(s, scratch, j, n)));
+        } else {
+          carry = p.dh_buf[at];
+        }
+        const float dh = carry + (active ? static_cast<float>(p.grad_y[row * H + u]) : 0.0f);
+        p.dh_buf[at] = dh;
+        T* dg = p.dgates + row * 4 * H + u;
+        T* dx = dg_next + static_cast<int64_t>(b) * ld + u;
+        if (!active) {
+          for (int k = 0; k < 4; ++k) dg[k * H] = dx[k * h16] = T(0.0f);
+          continue;
+        }
+        const T* g = p.gates + row * 4 * H + u;
+        const float i = g[0], f = g[H], gg = g[2 * H], o = g[3 * H];
+        const float c_prev = (before >= 0 && before < p.steps)
+                                 ? static_cast<float>(p.cells[(before * p.batch + b) * H + u])
+                                 : static_cast<float>(p.c0[at]);
+        const float tc = tanhf(static_cast<float>(p.cells[row * H + u]));
+        const float dc = p.dc_buf[at] + dh * o * (1.0f - tc * tc);
+        const float d[4] = {dc * gg * i * (1.0f - i), dc * c_prev * f * (1.0f - f),
+                            dc * i * (1.0f - gg * gg), dh * tc * o * (1.0f - o)};
+        for (int k = 0; k < 4; ++k) dg[k * H] = dx[k * h16] = T(d[k]);
+        p.dc_buf[at] = dc * f;
+      }
+      __syncthreads();
+    }
+    t_prev = t;
+    grid_sync();
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace persistent
+}  // namespace fusedrnn

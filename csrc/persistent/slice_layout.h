@@ -1,0 +1,75 @@
+// The shared-memory layout of the persistent kernels (host and device).
+//
+// A persistent kernel splits the hidden units over the blocks of one cooperative grid: block
+// q owns units [q * units, q * units + units) and keeps, for the whole sequence, the slice
+// of W_hh those units need in shared memory as the row-major matrix A of its per-step
+// product A @ B (tensor cores, float32 accumulation):
+//
+//   forward   A: (gates * units) x H rows of W_hh, row k * units + j = W_hh[k * H + u0 + j]
+//             B: the previous state h (H x 16 batch rows), read from the exchange buffer
+//   backward  A: units x (gates * H) columns of W_hh, A[j][k * H16 + v] = W_hh[k * H + v][u0 + j]
+//             B: the previous step's gate gradients (gates * H16 x 16 batch rows)
+//
+// The rows of A are padded to a multiple of 16 (the tile of the product), its columns to a
+// multiple of 16 per gate block (H16), and each row by 8 more elements (bank spread and the
+// 32-byte alignment of the tiles). After A come the per-warp partial products: 16 x 16
+// float32 tiles, `groups` per 16-row tile of A (the warps split the columns of A in
+// `groups` ranges when there are fewer row tiles than warps).
+//
+// fusedrnn/backends/cuda_plan.py asks this layout for its byte count (through
+// fusedrnn._C.persistent_smem_bytes) to decide whether a call fits on chip.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FUSEDRNN_HOST_DEVICE __host__ __device__
+#else
+#define FUSEDRNN_HOST_DEVICE
+#endif
+
+namespace fusedrnn {
+namespace persistent {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTile = 16;        // rows and batch columns of one product tile
+constexpr int kRowPad = 8;       // extra elements per row of A
+constexpr int kBackwardUnits = 16;  // units per block of the backward kernels
+
+FUSEDRNN_HOST_DEVICE inline int round_up(int64_t value, int multiple) {
+  return static_cast<int>((value + multiple - 1) / multiple * multiple);
+}
+
+struct SliceLayout {
+  int rows;      // rows of A holding weights
+  int rows_pad;  // rows of A, a multiple of kTile
+  int cols;      // columns of A (the K of the product), a multiple of kTile
+  int lda;       // elements per row of A in shared memory
+  int m_tiles;   // rows_pad / kTile
+  int groups;    // column ranges the warps split K in
+  int64_t a_bytes;
+  int64_t scratch_bytes;
+
+  FUSEDRNN_HOST_DEVICE int64_t bytes() const { return a_bytes + scratch_bytes; }
+};
+
+// gates: 4 (LSTM) or 3 (GRU); units: hidden units per block; itemsize: bytes per element of
+// the weights (4, or 2 for float16 / bfloat16).
+FUSEDRNN_HOST_DEVICE inline SliceLayout slice_layout(int gates, int units, int64_t hidden,
+                                                     int itemsize, bool backward) {
+  SliceLayout s{};
+  const int h16 = round_up(hidden, kTile);
+  s.rows = backward ? units : gates * units;
+  s.rows_pad = round_up(s.rows, kTile);
+  s.cols = backward ? gates * h16 : h16;
+  s.lda = s.cols + kRowPad;
+  s.m_tiles = s.rows_pad / kTile;
+  s.groups = s.m_tiles >= kWarps ? 1 : kWarps / s.m_tiles;
+  s.a_bytes = static_cast<int64_t>(s.rows_pad) * s.lda * itemsize;
+  s.scratch_bytes = static_cast<int64_t>(s.m_tiles) * s.groups * kTile * kTile * 4;
+  return s;
+}
+
+}  // namespace persistent
+}  // namespace fusedrnn

@@ -1,0 +1,151 @@
+"""The cuda backend's choice between its persistent and stepwise kernels (host side: runs on
+the CPU with a described device; the shared-memory layout is the extension's own)."""
+
+import pytest
+import torch
+
+from fusedrnn import _extension
+from fusedrnn.backends import cuda_plan, get
+from fusedrnn.backends.cuda_plan import Device
+
+pytestmark = pytest.mark.requires_ext
+
+H200 = Device("NVIDIA H200", (9, 0), 132, 227 * 1024)
+SMEM_PER_SM = 228 * 1024
+
+
+def smem_bytes(*args):
+    return _extension.CUDA.load().persistent_smem_bytes(*args)
+
+
+def by_shared_memory(kernel, dtype, smem):
+    """Blocks per multiprocessor as shared memory alone allows (1 KiB reserved per block)."""
+    return SMEM_PER_SM // (smem + 1024)
+
+
+def choose(cell="lstm", hidden=768, dtype="bfloat16", device=H200, backward=False,
+           blocks_per_sm=by_shared_memory):
+    itemsize = 4 if dtype == "float32" else 2
+    return cuda_plan.choose(cell, hidden, dtype, itemsize, device, backward, smem_bytes,
+                            blocks_per_sm)
+
+
+@pytest.fixture(autouse=True)
+def auto_kernel(monkeypatch):
+    monkeypatch.delenv(cuda_plan.ENV_VAR, raising=False)
+
+
+def test_layout_bytes_follow_the_slice():
+    # forward LSTM, 8 units of H 768 in bf16: 32 rows of (768 + 8) elements, then
+    # 2 row tiles x 4 column groups of 16 x 16 float32 partial products
+    assert smem_bytes(4, 8, 768, 2, False) == 32 * 776 * 2 + 2 * 4 * 256 * 4
+    # backward GRU, 16 units of H 33 in float32: 16 rows of (3 * 48 + 8), 1 tile x 8 groups
+    assert smem_bytes(3, 16, 33, 4, True) == 16 * 152 * 4 + 8 * 256 * 4
+    assert smem_bytes(4, 8, 768, 4, False) > smem_bytes(4, 8, 768, 2, False)
+    assert smem_bytes(4, 16, 768, 2, False) > smem_bytes(4, 8, 768, 2, False)
+
+
+@pytest.mark.parametrize("hidden", [1, 33, 128, 131, 768, 1024, 4096])
+def test_forward_blocks_fit_one_per_multiprocessor(hidden):
+    units = cuda_plan.forward_units(hidden, 132)
+    assert units % 4 == 0 and units >= 4
+    assert -(-hidden // units) <= 132
+    assert units == 4 or -(-hidden // (units - 4)) > 132  # no smaller multiple of 4 would do
+
+
+def test_flashrnn_shape_runs_persistent_both_ways():
+    forward = choose()
+    assert forward.kernel == "persistent"
+    assert (forward.units, forward.blocks) == (8, 96)
+    assert "96 blocks of 8 units" in forward.reason and "grid barrier" in forward.reason
+    backward = choose(backward=True)
+    assert backward.kernel == "persistent"
+    assert (backward.units, backward.blocks) == (16, 48)
+
+
+def test_slice_over_the_shared_memory_falls_back_with_the_sizes():
+    # float32 backward at H 1024: 16 columns x 4096 gate rows x 4 bytes alone are 256 KiB
+    plan = choose(hidden=1024, dtype="float32", backward=True)
+    assert plan.kernel == "stepwise"
+    assert "backward slice of W_hh" in plan.reason and "over the 227 KiB" in plan.reason
+    assert choose(hidden=1024, dtype="float32").kernel == "persistent"
+    assert choose(hidden=1024, dtype="bfloat16", backward=True).kernel == "persistent"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_h200_runs_persistent_up_to_hidden_1024(cell, dtype):
+    """The README's claim: everything but the float32 LSTM backward above hidden 864."""
+    for hidden in (1, 33, 128, 256, 512, 768, 864, 880, 1024):
+        for backward in (False, True):
+            plan = choose(cell, hidden, dtype, backward=backward)
+            expected = ("stepwise" if (cell, dtype, backward) == ("lstm", "float32", True)
+                        and hidden > 864 else "persistent")
+            assert plan.kernel == expected, (hidden, backward, plan.reason)
+
+
+def test_grid_that_cannot_be_resident_falls_back():
+    plan = choose(blocks_per_sm=lambda kernel, dtype, smem: 0)
+    assert plan.kernel == "stepwise"
+    assert "cannot be resident at once (0 per multiprocessor x 132)" in plan.reason
+    # more blocks than multiprocessors need two per multiprocessor
+    small = Device("small", (8, 0), 10, 100 * 1024)
+    assert choose(hidden=320, device=small, backward=True,
+                  blocks_per_sm=lambda kernel, dtype, smem: 1).kernel == "stepwise"
+    assert choose(hidden=320, device=small, backward=True,
+                  blocks_per_sm=lambda kernel, dtype, smem: 2).kernel == "persistent"
+
+
+def test_occupancy_is_asked_for_the_right_kernel():
+    asked = []
+    choose(cell="gru", backward=True,
+           blocks_per_sm=lambda kernel, dtype, smem: asked.append((kernel, dtype, smem)) or 1)
+    assert asked == [("gru_bwd", "bfloat16", smem_bytes(3, 16, 768, 2, True))]
+
+
+def test_old_gpus_run_stepwise():
+    plan = choose(device=Device("Tesla T4", (7, 5), 40, 64 * 1024))
+    assert plan.kernel == "stepwise" and "compute capability 8.0 or newer" in plan.reason
+
+
+def test_environment_forces_a_kernel(monkeypatch):
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "stepwise")
+    assert choose().kernel == "stepwise"
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "persistent")
+    assert choose().kernel == "persistent"
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CUDA_KERNEL=persistent cannot run"):
+        choose(hidden=1024, dtype="float32", backward=True)
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "fastest")
+    with pytest.raises(ValueError, match="FUSEDRNN_CUDA_KERNEL must be"):
+        choose()
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_backend_runs_the_planned_op(monkeypatch, cell, backward):
+    stage = "bwd" if backward else "fwd"
+    w_hh = torch.empty(4 * 64 if cell == "lstm" else 3 * 64, 64)
+    plans = {"persistent": cuda_plan.Plan("persistent", "test", units=16),
+             "stepwise": cuda_plan.Plan("stepwise", "test")}
+    backend = get("cuda")
+    for kernel, plan in plans.items():
+        monkeypatch.setattr(cuda_plan, "plan_call", lambda *args, plan=plan: plan)
+        op, extra = backend.recurrence_op(cell, w_hh, backward)
+        expected = "persistent" if kernel == "persistent" else "recurrence"
+        assert op is getattr(torch.ops.fusedrnn, f"{cell}_{expected}_{stage}")
+        assert extra == ((16,) if kernel == "persistent" else ())
+
+
+def test_persistent_ops_have_the_recurrence_ops_fake_shapes():
+    meta = dict(device="meta")
+    xproj, w_hh = torch.empty(5, 3, 32, **meta), torch.empty(32, 8, **meta)
+    state = torch.empty(3, 8, **meta)
+    ops = torch.ops.fusedrnn
+    args = (xproj, None, w_hh, state, state, None, False, True)
+    expected = [t.shape for t in ops.lstm_recurrence_fwd(*args)]
+    assert [t.shape for t in ops.lstm_persistent_fwd(*args, 4)] == expected
+    assert [t.shape for t in ops.lstm_persistent_fwd(*args, units=4)] == expected
+    y, _, _, gates, cells = ops.lstm_recurrence_fwd(*args)
+    bwd = (y, state, state, w_hh, state, None, gates, cells, False)
+    assert ([t.shape for t in ops.lstm_persistent_bwd(*bwd, 16)]
+            == [t.shape for t in ops.lstm_recurrence_bwd(*bwd)])
