@@ -19,6 +19,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
 std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const Tensor&, const std::optional<Tensor>&, bool, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
     const Tensor&, const std::optional<Tensor>&, bool, bool);
@@ -46,6 +52,8 @@ double barrier_latency_us(const std::string&, int, int, int, int);
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::lstm_recurrence_fwd));
   m.impl("lstm_recurrence_bwd", TORCH_FN(fusedrnn::lstm_recurrence_bwd));
+  m.impl("lstm_proj_recurrence_fwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_fwd));
+  m.impl("lstm_proj_recurrence_bwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_bwd));
   m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::gru_recurrence_fwd));
   m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::gru_recurrence_bwd));
   m.impl("lstm_persistent_fwd", TORCH_FN(fusedrnn::lstm_persistent_fwd));

@@ -42,4 +42,27 @@ void gru_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Ten
                   const at::Tensor& dgates_in, const at::Tensor& dgates_hid,
                   const at::Tensor& lengths, int64_t t, int64_t t_prev);
 
+// The LSTM with a projection (proj_size P; lstm_proj_kernels.cuh). gates, c_prev, cell as
+// lstm_fwd_step; r (B,H) out: o * tanh(c), which the loop projects into y[t].
+void lstm_proj_fwd_step(const at::Tensor& gates, const at::Tensor& c_prev,
+                        const at::Tensor& cell, const at::Tensor& r, const at::Tensor& lengths,
+                        int64_t t);
+
+// y (B,P) in: the projected state of step t, out: zero on inactive rows; h_prev (B,P) read;
+// h_next (B,P) out: y on active rows, h_prev held on the others.
+void hold_state_step(const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
+                     const at::Tensor& lengths, int64_t t);
+
+// grad_y, rec, dh_total (B,P) as lstm_bwd_step; dh_step (B,P) out: the gradient of the
+// projected state of step t, zero on inactive rows (the loop computes dr = dh_step @ W_hr).
+void proj_dh_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                  const at::Tensor& dh_step, const at::Tensor& lengths, int64_t t,
+                  int64_t t_prev);
+
+// dr (B,H) read: the gradient of o * tanh(c); gates, cell, c_prev, dc, dgates as
+// lstm_bwd_step (dc unchanged and dgates zero on inactive rows).
+void lstm_proj_bwd_step(const at::Tensor& dr, const at::Tensor& gates, const at::Tensor& cell,
+                        const at::Tensor& c_prev, const at::Tensor& dc, const at::Tensor& dgates,
+                        const at::Tensor& lengths, int64_t t);
+
 }  // namespace fusedrnn

@@ -1,6 +1,7 @@
 // The step kernels for at::Half: one translation unit per dtype, so they build in parallel.
 #include "gru_kernels.cuh"
 #include "lstm_kernels.cuh"
+#include "lstm_proj_kernels.cuh"
 #include "typed_launchers.h"
 
 namespace fusedrnn {

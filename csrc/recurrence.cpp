@@ -70,6 +70,72 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
   return {dgates, grad_h0, dc.to(gates.scalar_type())};
 }
 
+// The LSTM with a projection (proj_size P): xproj (T,B,4H), bias (4H) or undefined,
+// w_hh (4H,P), w_hr (P,H), h0 (B,P), c0 (B,H). Returns y (T,B,P), h_n (B,P), c_n (B,H), gates
+// (T,B,4H) activated, cells (T,B,H). Per step two products: the gates' and the projection.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_fwd(
+    const Tensor& xproj_in, const std::optional<Tensor>& bias, const Tensor& w_hh,
+    const Tensor& w_hr, const Tensor& h0, const Tensor& c0,
+    const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
+  const auto [steps, batch, hidden, lengths] =
+      check_lstm_proj_fwd(xproj_in, bias, w_hh, w_hr, h0, c0, lengths_opt, at::kCUDA);
+  c10::cuda::CUDAGuard guard(xproj_in.device());
+  const Tensor xproj = (bias.has_value() && bias->defined()) ? xproj_in + *bias : xproj_in;
+
+  Tensor gates = at::empty_like(xproj);
+  Tensor cells = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor y = at::empty({steps, batch, w_hr.size(0)}, xproj.options());
+  Tensor r = at::empty({batch, hidden}, xproj.options());
+  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  const Tensor w_t = w_hh.t(), w_hr_t = w_hr.t();
+  Tensor c_prev = c0;
+  for (int64_t t : time_order(steps, reverse)) {
+    Tensor g = gates.select(0, t), y_t = y.select(0, t);
+    at::addmm_out(g, xproj.select(0, t), h_cur, w_t);
+    lstm_proj_fwd_step(g, c_prev, cells.select(0, t), r, lengths, t);
+    at::mm_out(y_t, r, w_hr_t);
+    hold_state_step(y_t, h_cur, h_next, lengths, t);
+    c_prev = cells.select(0, t);
+    std::swap(h_cur, h_next);
+  }
+  if (!save) return {y, h_cur, c_prev.clone(), xproj.new_empty({0}), xproj.new_empty({0})};
+  return {y, h_cur, c_prev.clone(), gates, cells};
+}
+
+// Its backward: grad_y (T,B,P), grad_h_n (B,P), grad_c_n (B,H), w_hh (4H,P), w_hr (P,H),
+// c0 (B,H), gates and cells as saved. Returns dgates (T,B,4H), dh_steps (T,B,P) (the
+// gradient of each step's projected state, zero past a row's end: the gradient of W_hr is
+// dh_steps^T @ (o * tanh(c)) over all steps), grad_h0 (B,P), grad_c0 (B,H).
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_bwd(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
+    const Tensor& w_hr, const Tensor& c0, const std::optional<Tensor>& lengths_opt,
+    const Tensor& gates, const Tensor& cells, bool reverse) {
+  const auto [steps, batch, hidden, lengths] = check_lstm_proj_bwd(
+      grad_y, grad_h_n, grad_c_n, w_hh, w_hr, c0, lengths_opt, gates, cells, at::kCUDA);
+  c10::cuda::CUDAGuard guard(gates.device());
+
+  Tensor dgates = at::empty_like(gates);
+  Tensor dh_steps = at::empty_like(grad_y);
+  Tensor dh_total = at::empty({batch, w_hr.size(0)}, gates.options().dtype(at::kFloat));
+  Tensor dr = at::empty({batch, hidden}, gates.options());
+  Tensor dc = grad_c_n.to(at::kFloat).clone();
+  Tensor rec = grad_h_n.clone();
+  const auto order = time_order(steps, !reverse);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t t = order[k];
+    const int64_t t_prev = k == 0 ? -1 : order[k - 1];
+    const int64_t before = reverse ? t + 1 : t - 1;
+    const Tensor c_prev = (before >= 0 && before < steps) ? cells.select(0, before) : c0;
+    Tensor dh_t = dh_steps.select(0, t), dg = dgates.select(0, t);
+    proj_dh_step(grad_y.select(0, t), rec, dh_total, dh_t, lengths, t, t_prev);
+    at::mm_out(dr, dh_t, w_hr);
+    lstm_proj_bwd_step(dr, gates.select(0, t), cells.select(0, t), c_prev, dc, dg, lengths, t);
+    at::mm_out(rec, dg, w_hh);
+  }
+  const Tensor grad_h0 = steps > 0 ? lstm_grad_h0(rec, dh_total, lengths, order.back()) : rec;
+  return {dgates, dh_steps, grad_h0, dc.to(gates.scalar_type())};
+}
+
 // xproj (T,B,3H) = x W_ih^T; b_ih, b_hh (3H) or undefined; w_hh (3H,H); h0 (B,H).
 // Returns y (T,B,H), h_n (B,H), gates (T,B,3H) activated r,z,n, hidden_n (T,B,H).
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(

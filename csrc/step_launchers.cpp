@@ -42,4 +42,35 @@ void gru_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Ten
   });
 }
 
+void lstm_proj_fwd_step(const at::Tensor& gates, const at::Tensor& c_prev,
+                        const at::Tensor& cell, const at::Tensor& r, const at::Tensor& lengths,
+                        int64_t t) {
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_proj_fwd_step", [&] {
+    lstm_proj_fwd_step_typed<scalar_t>(gates, c_prev, cell, r, lengths, t);
+  });
+}
+
+void hold_state_step(const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
+                     const at::Tensor& lengths, int64_t t) {
+  FUSEDRNN_DISPATCH(y.scalar_type(), "hold_state_step", [&] {
+    hold_state_step_typed<scalar_t>(y, h_prev, h_next, lengths, t);
+  });
+}
+
+void proj_dh_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                  const at::Tensor& dh_step, const at::Tensor& lengths, int64_t t,
+                  int64_t t_prev) {
+  FUSEDRNN_DISPATCH(rec.scalar_type(), "proj_dh_step", [&] {
+    proj_dh_step_typed<scalar_t>(grad_y, rec, dh_total, dh_step, lengths, t, t_prev);
+  });
+}
+
+void lstm_proj_bwd_step(const at::Tensor& dr, const at::Tensor& gates, const at::Tensor& cell,
+                        const at::Tensor& c_prev, const at::Tensor& dc, const at::Tensor& dgates,
+                        const at::Tensor& lengths, int64_t t) {
+  FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_proj_bwd_step", [&] {
+    lstm_proj_bwd_step_typed<scalar_t>(dr, gates, cell, c_prev, dc, dgates, lengths, t);
+  });
+}
+
 }  // namespace fusedrnn

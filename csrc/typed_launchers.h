@@ -37,6 +37,24 @@ void gru_bwd_step_typed(const at::Tensor& grad_y, const at::Tensor& rec,
     const at::Tensor& hidden_n, const at::Tensor& h_prev, const at::Tensor& dgates_in,
     const at::Tensor& dgates_hid, const at::Tensor& lengths, int64_t t, int64_t t_prev);
 
+template <typename scalar_t>
+void lstm_proj_fwd_step_typed(const at::Tensor& gates, const at::Tensor& c_prev,
+    const at::Tensor& cell, const at::Tensor& r, const at::Tensor& lengths, int64_t t);
+
+template <typename scalar_t>
+void hold_state_step_typed(const at::Tensor& y, const at::Tensor& h_prev,
+    const at::Tensor& h_next, const at::Tensor& lengths, int64_t t);
+
+template <typename scalar_t>
+void proj_dh_step_typed(const at::Tensor& grad_y, const at::Tensor& rec,
+    const at::Tensor& dh_total, const at::Tensor& dh_step, const at::Tensor& lengths, int64_t t,
+    int64_t t_prev);
+
+template <typename scalar_t>
+void lstm_proj_bwd_step_typed(const at::Tensor& dr, const at::Tensor& gates,
+    const at::Tensor& cell, const at::Tensor& c_prev, const at::Tensor& dc,
+    const at::Tensor& dgates, const at::Tensor& lengths, int64_t t);
+
 // Instantiates the typed launchers for the dtype T (once, in kernels_<dtype>.cu).
 using TensorRef = const at::Tensor&;
 #define FUSEDRNN_INSTANTIATE_STEP_LAUNCHERS(T) \
@@ -47,6 +65,13 @@ using TensorRef = const at::Tensor&;
   template void gru_fwd_step_typed<T>(TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, \
       TensorRef, TensorRef, int64_t); \
   template void gru_bwd_step_typed<T>(TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, \
-      TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, int64_t, int64_t);
+      TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, int64_t, int64_t); \
+  template void lstm_proj_fwd_step_typed<T>(TensorRef, TensorRef, TensorRef, TensorRef, \
+      TensorRef, int64_t); \
+  template void hold_state_step_typed<T>(TensorRef, TensorRef, TensorRef, TensorRef, int64_t); \
+  template void proj_dh_step_typed<T>(TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, \
+      int64_t, int64_t); \
+  template void lstm_proj_bwd_step_typed<T>(TensorRef, TensorRef, TensorRef, TensorRef, \
+      TensorRef, TensorRef, TensorRef, int64_t);
 
 }  // namespace fusedrnn

@@ -13,7 +13,7 @@ import fusedrnn
 from fusedrnn import backends, testing
 from fusedrnn.backends import BackendUnavailableError, Call
 from fusedrnn.backends import cuda_plan
-from fusedrnn.backends.recurrence import PERSISTENT_SCHEMAS, SCHEMAS
+from fusedrnn.backends.recurrence import CUDA_SCHEMAS, SCHEMAS
 
 pytestmark = pytest.mark.requires_ext
 KERNELS = ["persistent", "stepwise"]
@@ -26,7 +26,7 @@ def kernel(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS) + sorted(PERSISTENT_SCHEMAS))
+@pytest.mark.parametrize("name", sorted(SCHEMAS) + sorted(CUDA_SCHEMAS))
 def test_extension_registers_a_cuda_kernel_for_each_op(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CUDA")
 
@@ -41,7 +41,7 @@ def test_backend_limits_are_reported():
     backend = backends.get("cuda")
     cuda = torch.device("cuda")
     assert "no CUDA kernel for the rnn_tanh cell" in backend.supports(cuda, torch.float32, Call("rnn_tanh", 8, 8))[1]
-    assert "proj_size" in backend.supports(cuda, torch.float32, Call("lstm", 8, 4))[1]
+    assert backend.supports(cuda, torch.float32, Call("lstm", 8, 4)) == (True, "")
     assert "torch.float64 is not one of" in backend.supports(cuda, torch.float64)[1]
 
 
@@ -50,6 +50,8 @@ CASES = [
     ("LSTM", {"num_layers": 2, "bidirectional": True}, 130, 33, 5),
     ("LSTM", {}, 33, 1, 1),
     ("LSTM", {"batch_first": True}, 768, 20, 40),
+    ("LSTM", {"proj_size": 24, "num_layers": 2, "bidirectional": True}, 64, 17, 6),
+    ("LSTM", {"proj_size": 1}, 33, 5, 3),
     ("GRU", {}, 256, 64, 16),
     ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 130, 33, 5),
     ("GRU", {}, 33, 1, 1),
@@ -117,7 +119,8 @@ def test_opcheck_recurrence_ops_on_gpu():
     torch.library.opcheck(torch.ops.fusedrnn.lstm_persistent_fwd.default,
                           (xproj, None, w_hh, state, state, lengths, True, True, 4))
     torch.library.opcheck(torch.ops.fusedrnn.gru_persistent_fwd.default,
-                          (xproj[..., :24], None, w_hh[:24], None, state, lengths, False, True, 8))
+                          (xproj[..., :24].contiguous(), None, w_hh[:24], None, state, lengths,
+                           False, True, 8))
 
 
 @pytest.mark.requires_cuda

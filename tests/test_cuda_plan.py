@@ -96,6 +96,15 @@ def test_grid_that_cannot_be_resident_falls_back():
                   blocks_per_sm=lambda kernel, dtype, smem: 2).kernel == "persistent"
 
 
+def test_kernels_built_for_older_gpus_only_fall_back():
+    plan = choose(blocks_per_sm=lambda kernel, dtype, smem: -1)
+    assert plan.kernel == "stepwise" and "FUSEDRNN_CUDA_ARCHS" in plan.reason
+
+
+def test_no_hidden_unit_runs_stepwise():
+    assert choose(hidden=0).kernel == "stepwise"
+
+
 def test_occupancy_is_asked_for_the_right_kernel():
     asked = []
     choose(cell="gru", backward=True,

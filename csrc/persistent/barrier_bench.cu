@@ -75,6 +75,10 @@ double barrier_latency_us(const std::string& kind, int blocks, int cluster, int 
     C10_CUDA_CHECK(cudaGetDevice(&device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     TORCH_CHECK(major >= 9, "cluster barriers need compute capability 9.0 or newer");
+    cudaFuncAttributes attributes;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, cluster_barrier_kernel));
+    TORCH_CHECK(attributes.ptxVersion >= 90, "the extension was built without sm_90 code "
+                "(FUSEDRNN_CUDA_ARCHS), so its cluster barrier kernel is empty");
     TORCH_CHECK(cluster > 0 && blocks % cluster == 0, "blocks (", blocks,
                 ") must be a multiple of the cluster size (", cluster, ")");
     if (cluster > 8) {

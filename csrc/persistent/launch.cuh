@@ -13,8 +13,13 @@
 namespace fusedrnn {
 namespace persistent {
 
+// -1 when the kernel holds no code for compute capability 8.0+ (a build for older
+// architectures only, whose kernels are __trap() stubs), else the occupancy.
 template <typename KernelFn>
 int blocks_per_sm_of(KernelFn kernel, int64_t smem) {
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (attributes.ptxVersion < 80) return -1;
   int device = 0, limit = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -34,6 +39,8 @@ void launch_cooperative(KernelFn kernel, const Params& params, int blocks, int64
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int per_sm = blocks_per_sm_of(kernel, smem);
+  TORCH_CHECK(per_sm >= 0, "fusedrnn cuda backend: the ", name, " kernel was not built for "
+              "compute capability 8.0 or newer (see FUSEDRNN_CUDA_ARCHS)");
   TORCH_CHECK(static_cast<int64_t>(per_sm) * sms >= blocks, "fusedrnn cuda backend: the ",
               name, " kernel needs ", blocks, " blocks of ", smem,
               " bytes of shared memory resident at once, but this GPU holds ", per_sm * sms,

@@ -90,7 +90,8 @@ template <typename T> void launch(const GruFwdParams<T>& p, int blocks, int64_t 
 template <typename T> void launch(const GruBwdParams<T>& p, int blocks, int64_t smem);
 
 // How many blocks of `kernel` with `smem` bytes of shared memory fit on one multiprocessor
-// of the current device (0 when the shared memory exceeds its limit).
+// of the current device (0 when the shared memory exceeds its limit; -1 when the extension
+// holds no code of the kernel for compute capability 8.0+).
 template <typename T> int blocks_per_sm(Kernel kernel, int64_t smem);
 
 }  // namespace persistent

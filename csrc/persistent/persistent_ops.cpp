@@ -17,7 +17,7 @@ namespace fusedrnn {
 
 using at::Tensor;
 
-// The stepwise ops of csrc/recurrence.cpp, which run the calls with no step or no row.
+// The stepwise ops of csrc/recurrence.cpp, which run the calls with no step, row or unit.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
     const std::optional<Tensor>&, bool, bool);
@@ -74,9 +74,12 @@ Tensor exchange_buffer(int64_t batch, int64_t width, const Tensor& like, const T
   return buf;
 }
 
+// The state in slot `slot` of an exchange buffer, as a tensor of its own.
 Tensor slot_state(const Tensor& buf, int64_t slot, int64_t batch, int64_t hidden) {
-  return buf.select(0, slot).narrow(0, 0, batch).narrow(1, 0, hidden).contiguous();
+  return buf.select(0, slot).narrow(0, 0, batch).narrow(1, 0, hidden).clone();
 }
+
+Tensor float_copy(const Tensor& t) { return t.to(at::kFloat, false, /*copy=*/true); }
 
 }  // namespace
 
@@ -85,14 +88,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
     const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_opt, bool reverse,
     bool save, int64_t units) {
   const RecurrenceSizes sizes = check_lstm_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, at::kCUDA);
-  if (sizes.steps == 0 || sizes.batch == 0) {
+  if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return lstm_recurrence_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, reverse, save);
   }
   c10::cuda::CUDAGuard guard(xproj.device());
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Geometry geo = geometry(units, hidden, 4, xproj, false);
   Tensor h_buf = exchange_buffer(batch, round_up(hidden, kTile), xproj, h0);
-  Tensor c_buf = c0.to(at::kFloat).clone();
+  Tensor c_buf = float_copy(c0);
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor gates = save ? at::empty_like(xproj) : xproj.new_empty({0});
   Tensor cells = save ? at::empty({steps, batch, hidden}, xproj.options()) : xproj.new_empty({0});
@@ -116,7 +119,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_persistent_bwd(
     const Tensor& cells, bool reverse, int64_t units) {
   const RecurrenceSizes sizes = check_lstm_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt,
                                                gates, cells, at::kCUDA);
-  if (sizes.steps == 0 || sizes.batch == 0) {
+  if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates, cells,
                                reverse);
   }
@@ -126,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_persistent_bwd(
   Tensor dgates = at::empty_like(gates);
   Tensor dg_buf = exchange_buffer(batch, 4 * round_up(hidden, kTile), gates, Tensor());
   Tensor dh_buf = at::empty({batch, hidden}, gates.options().dtype(at::kFloat));
-  Tensor dc_buf = grad_c_n.to(at::kFloat).clone();
+  Tensor dc_buf = float_copy(grad_c_n);
   const Tensor lengths = sizes.lengths;
   FUSEDRNN_DISPATCH(gates.scalar_type(), "lstm_persistent_bwd", [&] {
     using T = scalar_t;
@@ -148,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_persistent_fwd(
     const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths_opt, bool reverse, bool save, int64_t units) {
   const RecurrenceSizes sizes = check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, at::kCUDA);
-  if (sizes.steps == 0 || sizes.batch == 0) {
+  if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return gru_recurrence_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, reverse, save);
   }
   c10::cuda::CUDAGuard guard(xproj.device());
@@ -178,7 +181,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_persistent_bwd(
     bool reverse, int64_t units) {
   const RecurrenceSizes sizes = check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates,
                                               hidden_n, at::kCUDA);
-  if (sizes.steps == 0 || sizes.batch == 0) {
+  if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return gru_recurrence_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n,
                               reverse);
   }

@@ -66,7 +66,8 @@ __device__ __forceinline__ void mma_step_f32(AccumulatorTf32& acc, const float* 
 }
 
 // One warp's share: the product of row tile `mt` of A over K steps [k_begin, k_end), stored
-// to the 16 x 16 row-major float tile `out`.
+// to the 16 x 16 float tile `out` column-major (consecutive rows, which consecutive threads
+// read in product(), in consecutive banks).
 template <typename scalar_t>
 __device__ void warp_product(const scalar_t* a, int lda, int mt, int k_begin, int k_end,
                              const scalar_t* b, int ldb, float* out) {
@@ -76,12 +77,12 @@ __device__ void warp_product(const scalar_t* a, int lda, int mt, int k_begin, in
     AccumulatorTf32 acc;
     wmma::fill_fragment(acc, 0.0f);
     for (int k = k_begin; k < k_end; ++k) mma_step_f32(acc, a_rows + k * kK, lda, b + k * kK, ldb);
-    wmma::store_matrix_sync(out, acc, kTile, wmma::mem_row_major);
+    wmma::store_matrix_sync(out, acc, kTile, wmma::mem_col_major);
   } else {
     Accumulator acc;
     wmma::fill_fragment(acc, 0.0f);
     for (int k = k_begin; k < k_end; ++k) mma_step(acc, a_rows + k * kK, lda, b + k * kK, ldb);
-    wmma::store_matrix_sync(out, acc, kTile, wmma::mem_row_major);
+    wmma::store_matrix_sync(out, acc, kTile, wmma::mem_col_major);
   }
 }
 
@@ -103,7 +104,7 @@ __device__ void slice_products(const SliceLayout& s, const scalar_t* a, const sc
 // Element (row, n) of the block's product: the sum of its column groups' partial tiles.
 __device__ __forceinline__ float product(const SliceLayout& s, const float* scratch, int row,
                                          int n) {
-  const int mt = row / kTile, offset = (row % kTile) * kTile + n;
+  const int mt = row / kTile, offset = n * kTile + row % kTile;
   float sum = 0.0f;
   for (int group = 0; group < s.groups; ++group) {
     sum += scratch[(group * s.m_tiles + mt) * kTile * kTile + offset];

@@ -143,3 +143,11 @@ def input_and_weight_grads(x, w_ih, dgates_input, dgates_hidden, h_prev, has_bia
     grad_b_ih = flat_in.sum(0)
     grad_b_hh = grad_b_ih.clone() if dgates_hidden is dgates_input else flat_hid.sum(0)
     return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+
+
+def projection_weight_grad(dh_steps, gates, cells):
+    """The gradient of the LSTM's projection ``W_hr`` ``(P, H)``, one product over all steps:
+    ``dh_steps^T @ (o * tanh(c))``, ``dh_steps`` ``(T, B, P)`` the gradient of each step's
+    projected state (zero past a row's end), ``gates`` and ``cells`` as saved."""
+    o = gates[:, :, 3 * cells.shape[2]:]
+    return torch.mm(flat(dh_steps).t(), flat(o * torch.tanh(cells)))

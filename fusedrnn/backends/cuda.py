@@ -18,6 +18,7 @@ class CudaBackend(RecurrenceBackend):
     auto_devices = ("cuda",)
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     cells = ("lstm", "gru")
+    projection = True
 
     def recurrence_op(self, cell, w_hh, backward):
         plan = cuda_plan.plan_call(cell, w_hh.shape[1], w_hh.dtype, w_hh.device.index, backward)

@@ -78,7 +78,8 @@ def choose(cell, hidden, dtype_name, itemsize, device, backward, smem_bytes, blo
     """The :class:`Plan` of one call of ``cell`` (``"lstm"``/``"gru"``) with ``hidden`` units
     in ``dtype_name`` (``itemsize`` bytes) on ``device`` (:class:`Device`), forward or
     backward. ``smem_bytes(gates, units, hidden, itemsize, backward)`` and
-    ``blocks_per_sm(kernel, dtype_name, smem)`` answer for the extension and the device."""
+    ``blocks_per_sm(kernel, dtype_name, smem)`` (-1: no kernel code for this device's
+    architecture) answer for the extension and the device."""
     forced = forced_kernel()
     if forced == "stepwise":
         return Plan("stepwise", f"stepwise kernels: {ENV_VAR}=stepwise")
@@ -87,7 +88,9 @@ def choose(cell, hidden, dtype_name, itemsize, device, backward, smem_bytes, blo
     smem = smem_bytes(GATES[cell], units, hidden, itemsize, backward)
     stage = "backward" if backward else "forward"
     why_not = None
-    if device.capability < MIN_CAPABILITY:
+    if hidden == 0:
+        why_not = "no hidden unit to split over blocks"
+    elif device.capability < MIN_CAPABILITY:
         why_not = ("the persistent kernels need compute capability %d.%d or newer, %s has %d.%d"
                    % (*MIN_CAPABILITY, device.name, *device.capability))
     elif smem > device.smem_per_block:
@@ -96,7 +99,10 @@ def choose(cell, hidden, dtype_name, itemsize, device, backward, smem_bytes, blo
                    f"{device.smem_per_block / 1024:.0f} KiB of {device.name}")
     else:
         per_sm = blocks_per_sm(f"{cell}_{'bwd' if backward else 'fwd'}", dtype_name, smem)
-        if per_sm * device.multiprocessors < blocks:
+        if per_sm < 0:
+            why_not = ("the extension holds no persistent kernel code for compute capability "
+                       "8.0+ (built with FUSEDRNN_CUDA_ARCHS for older GPUs only)")
+        elif per_sm * device.multiprocessors < blocks:
             why_not = (f"the {stage} grid of {blocks} blocks cannot be resident at once "
                        f"({per_sm} per multiprocessor x {device.multiprocessors})")
     if why_not is not None:

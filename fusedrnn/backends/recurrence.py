@@ -21,6 +21,12 @@ over all steps, returning the gradients of x, W_ih, W_hh and the biases, then of
 initial states: the cpu backend's backward, one op per layer and direction;
 ``fusedrnn::input_projection(x, w_ih)`` (CPU only) is its input projection.
 
+``fusedrnn::lstm_proj_recurrence_fwd(xproj, bias?, w_hh (4H,P), w_hr (P,H), h0 (B,P), c0,
+lengths?, reverse, save)`` is the LSTM with a projection (proj_size P); its backward is
+``fusedrnn::lstm_proj_recurrence_bwd(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, c0, lengths?,
+gates, cells, reverse) -> (dgates, dh_steps, grad_h0, grad_c0)`` on CUDA (CUDA kernels only)
+and part of ``lstm_bptt`` on the CPU.
+
 ``fusedrnn::{lstm,gru}_persistent_{fwd,bwd}`` (CUDA kernels only) are the LSTM and GRU ops
 above with one more argument, ``units``: the cuda backend's persistent kernels (``cuda_plan``).
 
@@ -48,9 +54,13 @@ SCHEMAS = {
     "gru_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor h_prev, "
                           "Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse) "
                           "-> (Tensor, Tensor, Tensor)",
+    # the LSTM with a projection (proj_size: w_hh (4H,P), w_hr (P,H), h0 (B,P),
+    # y = (o * tanh(c)) @ w_hr^T)
+    "lstm_proj_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor w_hr, "
+                                "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, bool save)"
+                                " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 }
-# The ops with CPU kernels only: the Elman cells' recurrence; the LSTM's with a projection
-# (proj_size: w_hh (4H,P), w_hr (P,H), h0 (B,P), y = (o * tanh(c)) @ w_hr^T); the CPU
+# The ops with CPU kernels only: the Elman cells' recurrence; the CPU
 # backend's whole backward of one layer and direction, a recurrence backward above plus the
 # products over all steps (gradients of x, W_ih, W_hh, biases and W_hr; (0,) tensors for
 # what does not exist), which the kernels overlap with the time loop; and the input
@@ -60,9 +70,6 @@ CPU_SCHEMAS = {
                           "bool reverse, bool relu) -> (Tensor, Tensor)",
     "rnn_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor y, "
                           "Tensor? lengths, bool reverse, bool relu) -> (Tensor, Tensor)",
-    "lstm_proj_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor w_hr, "
-                                "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, bool save)"
-                                " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "lstm_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor w_ih, "
                  "Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, Tensor y, "
                  "Tensor gates, Tensor cells, bool reverse, bool has_bias) "
@@ -76,14 +83,25 @@ CPU_SCHEMAS = {
     "input_projection": "(Tensor x, Tensor w_ih) -> Tensor",
 }
 
-# The ops of the cuda backend's persistent kernels (CUDA kernels only): the four above with
+# The ops with CUDA kernels only: the backward of the projected LSTM, returning dgates, the
+# gradient of each step's projected state (zero past a row's end; the gradient of W_hr is
+# its product with o * tanh(c) over all steps), grad_h0 and grad_c0 (the cpu backend's is in
+# lstm_bptt); and the cuda backend's persistent kernels, the LSTM and GRU recurrence ops with
 # one more argument, ``units``, the hidden units per block that ``cuda_plan`` chose.
 PERSISTENT_SCHEMAS = {name.replace("_recurrence_", "_persistent_"):
-                      schema.replace(") -> (", ", int units) -> (", 1)
-                      for name, schema in SCHEMAS.items()}
+                      SCHEMAS[name].replace(") -> (", ", int units) -> (", 1)
+                      for name in ("lstm_recurrence_fwd", "lstm_recurrence_bwd",
+                                   "gru_recurrence_fwd", "gru_recurrence_bwd")}
+CUDA_SCHEMAS = {
+    "lstm_proj_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, "
+                                "Tensor w_hh, Tensor w_hr, Tensor c0, Tensor? lengths, "
+                                "Tensor gates, Tensor cells, bool reverse) "
+                                "-> (Tensor, Tensor, Tensor, Tensor)",
+    **PERSISTENT_SCHEMAS,
+}
 
 _library = torch.library.Library("fusedrnn", "FRAGMENT")
-for _name, _schema in {**SCHEMAS, **CPU_SCHEMAS, **PERSISTENT_SCHEMAS}.items():
+for _name, _schema in {**SCHEMAS, **CPU_SCHEMAS, **CUDA_SCHEMAS}.items():
     _library.define(_name + _schema)
 
 
@@ -170,6 +188,12 @@ def _(xproj, bias, w_hh, w_hr, h0, c0, lengths, reverse, save):
             _saved(save, steps, batch, hidden, like=xproj))
 
 
+@torch.library.register_fake("fusedrnn::lstm_proj_recurrence_bwd")
+def _(grad_y, grad_h_n, grad_c_n, w_hh, w_hr, c0, lengths, gates, cells, reverse):
+    return (torch.empty_like(gates), torch.empty_like(grad_y), torch.empty_like(grad_h_n),
+            torch.empty_like(grad_c_n))
+
+
 @torch.library.register_fake("fusedrnn::lstm_bptt")
 def _(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, cells,
       reverse, has_bias):
@@ -252,6 +276,11 @@ class RecurrenceBackend(Backend):
         self.extension.load()
         mask = common.active_mask(lengths, x.shape[0])
         h_prev = common.PreviousStates(y, h0, mask, reverse)
+        if cell == "lstm" and w_hr is not None:
+            dgates, dh_steps, dh0, dc0 = torch.ops.fusedrnn.lstm_proj_recurrence_bwd(
+                grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, lengths, ws_a, ws_b, reverse)
+            grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
+            return grads + (common.projection_weight_grad(dh_steps, ws_a, ws_b), dh0, dc0)
         op, extra = self.recurrence_op(cell, w_hh, True)
         if cell == "lstm":
             dgates, dh0, dc0 = op(grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b,
