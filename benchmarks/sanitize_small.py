@@ -1,8 +1,11 @@
 """A small forward and backward of every GPU backend (the cuda backend with its persistent
 and its stepwise kernels), for ``compute-sanitizer`` (memcheck, racecheck, synccheck) in the
 GPU check: ``compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py``.
-Exits non-zero if a backend's result differs from the reference backend's."""
+``--runs cuda:persistent`` runs only those; with ``FUSEDRNN_CUDA_KERNEL=stepwise`` set, the
+persistent kernels are left out. Exits non-zero if a backend's result differs from the
+reference backend's."""
 
+import argparse
 import os
 import sys
 
@@ -12,9 +15,17 @@ import fusedrnn
 from fusedrnn import testing
 
 
-def main():
+RUNS = ("cuda:persistent", "cuda:stepwise", "triton:auto")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help=f"comma-separated backend:kernel pairs out of {', '.join(RUNS)}")
+    runs = [run.split(":") for run in parser.parse_args(argv).runs.split(",")]
+    if os.environ.get("FUSEDRNN_CUDA_KERNEL") == "stepwise":
+        runs = [run for run in runs if run != ["cuda", "persistent"]]
     failures = 0
-    runs = [("cuda", "persistent"), ("cuda", "stepwise"), ("triton", "auto")]
     for backend, kernel in runs:
         if not fusedrnn.available_backends()[backend].available:
             print(f"{backend}: unavailable, skipped")
