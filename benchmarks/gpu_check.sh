@@ -44,12 +44,18 @@ FUSEDRNN_CUDA_ARCHS=${arch/cpu/} stage install 130 $PY -m pip install --no-build
 stage info 30 $PY -m fusedrnn.cli info
 test_flags=(--maxfail=25)
 $PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=60)
-# The persistent CUDA kernels first, on small shapes: if they fail or hang, every stage
-# after this one runs the stepwise kernels, so that one call still measures the rest.
-if [ "$device" = cuda ] && ! stage persistent 30 $PY benchmarks/sanitize_small.py --runs cuda:persistent; then
-  export FUSEDRNN_CUDA_KERNEL=stepwise
-  test_flags+=(-k "not persistent")
-  summary+=("           persistent kernels failed: the stages below ran the stepwise ones")
+# The persistent CUDA kernels first, on small shapes: if a design fails or hangs, every
+# stage after these runs without it, so that one call still measures the rest.
+if [ "$device" = cuda ]; then
+  if ! stage grid 15 $PY benchmarks/sanitize_small.py --runs cuda:grid; then
+    export FUSEDRNN_CUDA_KERNEL=stepwise
+    test_flags+=(-k "not persistent")
+    summary+=("           grid kernels failed: the stages below ran the stepwise ones")
+  elif ! stage cluster 15 $PY benchmarks/sanitize_small.py --runs cuda:cluster; then
+    export FUSEDRNN_CUDA_KERNEL=grid
+    test_flags+=(-k "not persistent_cluster")
+    summary+=("           cluster kernels failed: the stages below ran the grid ones")
+  fi
 fi
 # GPU tests: the Triton backend on CUDA tensors, the CUDA-only tests, the extension's tests.
 stage tests 130 $PY -m pytest tests/ -q "${test_flags[@]}" \

@@ -1,8 +1,8 @@
 """A small forward and backward of every GPU backend (the cuda backend with its persistent
-and its stepwise kernels), for ``compute-sanitizer`` (memcheck, racecheck, synccheck) in the
+kernels of both designs and its stepwise kernels), for ``compute-sanitizer`` (memcheck, racecheck, synccheck) in the
 GPU check: ``compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py``.
-``--runs cuda:persistent`` runs only those; with ``FUSEDRNN_CUDA_KERNEL=stepwise`` set, the
-persistent kernels are left out. Exits non-zero if a backend's result differs from the
+``--runs cuda:grid`` runs only those; with ``FUSEDRNN_CUDA_KERNEL=stepwise`` (``grid``) set,
+the persistent kernels (the cluster ones) are left out. Exits non-zero if a backend's result differs from the
 reference backend's."""
 
 import argparse
@@ -15,7 +15,9 @@ import fusedrnn
 from fusedrnn import testing
 
 
-RUNS = ("cuda:persistent", "cuda:stepwise", "triton:auto")
+RUNS = ("cuda:cluster", "cuda:grid", "cuda:stepwise", "triton:auto")
+# What FUSEDRNN_CUDA_KERNEL, when set, leaves out.
+LEFT_OUT = {"stepwise": ("cluster", "grid"), "grid": ("cluster",)}
 
 
 def main(argv=None):
@@ -23,12 +25,15 @@ def main(argv=None):
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"comma-separated backend:kernel pairs out of {', '.join(RUNS)}")
     runs = [run.split(":") for run in parser.parse_args(argv).runs.split(",")]
-    if os.environ.get("FUSEDRNN_CUDA_KERNEL") == "stepwise":
-        runs = [run for run in runs if run != ["cuda", "persistent"]]
+    left_out = LEFT_OUT.get(os.environ.get("FUSEDRNN_CUDA_KERNEL", ""), ())
+    runs = [run for run in runs if not (run[0] == "cuda" and run[1] in left_out)]
     failures = 0
     for backend, kernel in runs:
         if not fusedrnn.available_backends()[backend].available:
             print(f"{backend}: unavailable, skipped")
+            continue
+        if kernel == "cluster" and torch.cuda.get_device_capability() < (9, 0):
+            print("cuda (cluster): needs compute capability 9.0, skipped")
             continue
         os.environ["FUSEDRNN_CUDA_KERNEL"] = kernel
         for cell in ("LSTM", "GRU"):

@@ -1,7 +1,7 @@
 // fusedrnn._C: registers the CUDA kernels of the ops whose schemas fusedrnn defines in Python
-// (fusedrnn/backends/recurrence.py), and is importable as a Python module with two functions
-// for the planner of the persistent kernels (fusedrnn/backends/cuda_plan.py) and one for
-// benchmarks/barrier_latency.py.
+// (fusedrnn/backends/recurrence.py), and is importable as a Python module with three
+// functions for the planner of the persistent kernels (fusedrnn/backends/cuda_plan.py) and
+// one for benchmarks/barrier_latency.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -33,17 +33,17 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     const Tensor&, const Tensor&, bool);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
     const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, bool, bool, int64_t);
+    const std::optional<Tensor>&, bool, bool, int64_t, bool);
 std::tuple<Tensor, Tensor, Tensor> lstm_persistent_bwd(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool, int64_t);
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool, int64_t, bool);
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_persistent_fwd(
     const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const std::optional<Tensor>&, bool, bool, int64_t);
+    const Tensor&, const std::optional<Tensor>&, bool, bool, int64_t, bool);
 std::tuple<Tensor, Tensor, Tensor> gru_persistent_bwd(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const Tensor&, bool, int64_t);
-int persistent_blocks_per_sm(const std::string&, at::ScalarType, int64_t, int);
+    const Tensor&, const Tensor&, bool, int64_t, bool);
+int persistent_occupancy(const std::string&, at::ScalarType, int64_t, int, int);
 namespace persistent {
 double barrier_latency_us(const std::string&, int, int, int, int);
 }  // namespace persistent
@@ -77,29 +77,56 @@ PyObject* persistent_smem_bytes(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(layout.bytes());
 }
 
+bool parse_dtype(const char* dtype, at::ScalarType* type) {
+  const std::string name(dtype);
+  if (name != "float32" && name != "float16" && name != "bfloat16") {
+    PyErr_SetString(PyExc_ValueError, "dtype must be float32, float16 or bfloat16");
+    return false;
+  }
+  *type = name == "float32" ? at::kFloat : name == "float16" ? at::kHalf : at::kBFloat16;
+  return true;
+}
+
+PyObject* occupancy(const char* kernel, const char* dtype, long long smem, int cluster,
+                    int device) {
+  at::ScalarType type;
+  if (!parse_dtype(dtype, &type)) return nullptr;
+  try {
+    return PyLong_FromLong(fusedrnn::persistent_occupancy(kernel, type, smem, cluster, device));
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
 // persistent_blocks_per_sm(kernel, dtype, smem, device) -> int: how many blocks of the kernel
 // (lstm_fwd, lstm_bwd, gru_fwd, gru_bwd) for dtype (float32, float16, bfloat16) with smem
-// bytes of shared memory one multiprocessor of CUDA device `device` holds at once.
+// bytes of shared memory one multiprocessor of CUDA device `device` holds at once (-1: no
+// code of it for compute capability 8.0+).
 PyObject* persistent_blocks_per_sm(PyObject*, PyObject* args) {
   const char* kernel = nullptr;
   const char* dtype = nullptr;
   long long smem = 0;
   int device = 0;
   if (!PyArg_ParseTuple(args, "ssLi", &kernel, &dtype, &smem, &device)) return nullptr;
-  const std::string name(dtype);
-  if (name != "float32" && name != "float16" && name != "bfloat16") {
-    PyErr_SetString(PyExc_ValueError, "dtype must be float32, float16 or bfloat16");
+  return occupancy(kernel, dtype, smem, 0, device);
+}
+
+// persistent_max_clusters(kernel, dtype, smem, cluster, device) -> int: how many clusters of
+// `cluster` such blocks the device holds at once (0: it cannot place one; -1: no sm_90 code).
+PyObject* persistent_max_clusters(PyObject*, PyObject* args) {
+  const char* kernel = nullptr;
+  const char* dtype = nullptr;
+  long long smem = 0;
+  int cluster = 0, device = 0;
+  if (!PyArg_ParseTuple(args, "ssLii", &kernel, &dtype, &smem, &cluster, &device)) {
     return nullptr;
   }
-  const at::ScalarType type = name == "float32"   ? at::kFloat
-                              : name == "float16" ? at::kHalf
-                                                  : at::kBFloat16;
-  try {
-    return PyLong_FromLong(fusedrnn::persistent_blocks_per_sm(kernel, type, smem, device));
-  } catch (const std::exception& error) {
-    PyErr_SetString(PyExc_RuntimeError, error.what());
+  if (cluster < 1) {
+    PyErr_SetString(PyExc_ValueError, "cluster must be at least 1");
     return nullptr;
   }
+  return occupancy(kernel, dtype, smem, cluster, device);
 }
 
 // barrier_latency_us(kind, blocks, cluster, iterations, repeats) -> float: microseconds per
@@ -123,6 +150,7 @@ PyObject* barrier_latency_us(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"persistent_smem_bytes", persistent_smem_bytes, METH_VARARGS, nullptr},
     {"persistent_blocks_per_sm", persistent_blocks_per_sm, METH_VARARGS, nullptr},
+    {"persistent_max_clusters", persistent_max_clusters, METH_VARARGS, nullptr},
     {"barrier_latency_us", barrier_latency_us, METH_VARARGS, nullptr},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -16,12 +16,17 @@ from fusedrnn.backends import cuda_plan
 from fusedrnn.backends.recurrence import CUDA_SCHEMAS, SCHEMAS
 
 pytestmark = pytest.mark.requires_ext
-KERNELS = ["persistent", "stepwise"]
+# The cuda backend's kernels, forced through cuda_plan's environment variable; the ids name
+# the persistent designs "persistent_*" so that one -k expression can leave them all out.
+KERNELS = [pytest.param("cluster", id="persistent_cluster"),
+           pytest.param("grid", id="persistent_grid"), "stepwise"]
 
 
 @pytest.fixture
 def kernel(request, monkeypatch):
     """Forces the cuda backend's kernels (cuda_plan) to ``request.param``."""
+    if request.param == "cluster" and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("thread-block clusters need compute capability 9.0")
     monkeypatch.setenv(cuda_plan.ENV_VAR, request.param)
     return request.param
 
@@ -85,9 +90,9 @@ def test_low_precision_rule_on_gpu(kernel, cell, dtype):
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("kernel", KERNELS[:2], indirect=True)
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_persistent_error_does_not_grow_faster_than_the_reference(monkeypatch, cell):
-    monkeypatch.setenv(cuda_plan.ENV_VAR, "persistent")
+def test_persistent_error_does_not_grow_faster_than_the_reference(kernel, cell):
     check_low_precision_rule(cell, torch.bfloat16, steps=4096)
 
 
@@ -117,16 +122,17 @@ def test_opcheck_recurrence_ops_on_gpu():
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
                           (xproj, None, w_hh, state, state, lengths, True, True))
     torch.library.opcheck(torch.ops.fusedrnn.lstm_persistent_fwd.default,
-                          (xproj, None, w_hh, state, state, lengths, True, True, 4))
-    torch.library.opcheck(torch.ops.fusedrnn.gru_persistent_fwd.default,
-                          (xproj[..., :24].contiguous(), None, w_hh[:24], None, state, lengths,
-                           False, True, 8))
+                          (xproj, None, w_hh, state, state, lengths, True, True, 4, False))
+    for cluster in [False, True][:1 + (torch.cuda.get_device_capability() >= (9, 0))]:
+        torch.library.opcheck(torch.ops.fusedrnn.gru_persistent_fwd.default,
+                              (xproj[..., :24].contiguous(), None, w_hh[:24], None, state,
+                               lengths, False, True, 8, cluster))
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("kernel", KERNELS[:2], indirect=True)
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_persistent_kernels_are_bitwise_repeatable(monkeypatch, cell):
-    monkeypatch.setenv(cuda_plan.ENV_VAR, "persistent")
+def test_persistent_kernels_are_bitwise_repeatable(kernel, cell):
     module = getattr(fusedrnn, cell)(64, 256, device="cuda", dtype=torch.bfloat16,
                                      backend="cuda")
     x = testing.make_packed(24, 50, 64, dtype=torch.bfloat16, device="cuda")

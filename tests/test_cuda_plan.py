@@ -23,11 +23,15 @@ def by_shared_memory(kernel, dtype, smem):
     return SMEM_PER_SM // (smem + 1024)
 
 
+def any_cluster(kernel, dtype, smem, cluster):
+    return 4
+
+
 def choose(cell="lstm", hidden=768, dtype="bfloat16", device=H200, backward=False,
-           blocks_per_sm=by_shared_memory):
+           blocks_per_sm=by_shared_memory, max_clusters=any_cluster):
     itemsize = 4 if dtype == "float32" else 2
-    return cuda_plan.choose(cell, hidden, dtype, itemsize, device, backward, smem_bytes,
-                            blocks_per_sm)
+    occupancy = cuda_plan.Occupancy(smem_bytes, blocks_per_sm, max_clusters)
+    return cuda_plan.choose(cell, hidden, dtype, itemsize, device, backward, occupancy)
 
 
 @pytest.fixture(autouse=True)
@@ -55,12 +59,43 @@ def test_forward_blocks_fit_one_per_multiprocessor(hidden):
 
 def test_flashrnn_shape_runs_persistent_both_ways():
     forward = choose()
-    assert forward.kernel == "persistent"
+    assert forward.kernel == "persistent" and not forward.cluster
     assert (forward.units, forward.blocks) == (8, 96)
-    assert "96 blocks of 8 units" in forward.reason and "grid barrier" in forward.reason
+    assert "grid of 96 blocks of 8 units" in forward.reason and "grid barrier" in forward.reason
     backward = choose(backward=True)
-    assert backward.kernel == "persistent"
+    assert backward.kernel == "persistent" and not backward.cluster
     assert (backward.units, backward.blocks) == (16, 48)
+
+
+@pytest.mark.parametrize("cell, hidden, units, blocks", [
+    ("lstm", 20, 32, 1), ("lstm", 256, 32, 8), ("lstm", 512, 32, 16), ("gru", 512, 40, 13)])
+def test_hopper_runs_what_fits_one_cluster_in_clusters(cell, hidden, units, blocks):
+    plan = choose(cell, hidden)
+    assert plan.kernel == "persistent" and plan.cluster
+    assert (plan.units, plan.blocks) == (units, blocks)
+    assert f"a cluster of {blocks} blocks per 16 batch rows" in plan.reason
+    backward = choose(cell, 256, backward=True)
+    assert backward.cluster and (backward.units, backward.blocks) == (16, 16)
+    assert not choose(cell, 272, backward=True).cluster  # 17 blocks of 16
+
+
+@pytest.mark.parametrize("dtype, forward_limit", [("bfloat16", 640), ("float32", 416)])
+def test_h200_cluster_range_is_the_readmes(dtype, forward_limit):
+    """The README's claim: the LSTM forward in clusters up to hidden 640 in 16-bit types (416
+    in float32), the backward up to 256."""
+    for hidden in range(1, forward_limit + 50):
+        assert choose("lstm", hidden, dtype).cluster == (hidden <= forward_limit), hidden
+    for hidden in range(1, 300):
+        assert choose("lstm", hidden, dtype, backward=True).cluster == (hidden <= 256), hidden
+
+
+def test_cluster_needs_hopper_and_a_placeable_cluster():
+    ampere = Device("NVIDIA A100", (8, 0), 108, 163 * 1024)
+    plan = choose(hidden=256, device=ampere)
+    assert plan.kernel == "persistent" and not plan.cluster
+    assert not choose(hidden=256, max_clusters=lambda *args: 0).cluster
+    # float32 at hidden 512: 128 rows of 520 floats per block exceed the shared memory
+    assert not choose(hidden=512, dtype="float32").cluster
 
 
 def test_slice_over_the_shared_memory_falls_back_with_the_sizes():
@@ -87,7 +122,9 @@ def test_h200_runs_persistent_up_to_hidden_1024(cell, dtype):
 def test_grid_that_cannot_be_resident_falls_back():
     plan = choose(blocks_per_sm=lambda kernel, dtype, smem: 0)
     assert plan.kernel == "stepwise"
-    assert "cannot be resident at once (0 per multiprocessor x 132)" in plan.reason
+    assert "cluster: the forward slice of W_hh for 48 of 768 units needs" in plan.reason
+    assert "grid: the forward grid of 96 blocks cannot be resident at once" in plan.reason
+    assert "(0 per multiprocessor x 132)" in plan.reason
     # more blocks than multiprocessors need two per multiprocessor
     small = Device("small", (8, 0), 10, 100 * 1024)
     assert choose(hidden=320, device=small, backward=True,
@@ -97,8 +134,10 @@ def test_grid_that_cannot_be_resident_falls_back():
 
 
 def test_kernels_built_for_older_gpus_only_fall_back():
-    plan = choose(blocks_per_sm=lambda kernel, dtype, smem: -1)
-    assert plan.kernel == "stepwise" and "FUSEDRNN_CUDA_ARCHS" in plan.reason
+    plan = choose(hidden=256, blocks_per_sm=lambda *args: -1, max_clusters=lambda *args: -1)
+    assert plan.kernel == "stepwise"
+    assert "cluster: the extension holds no sm_90 code" in plan.reason
+    assert "grid: the extension holds no code for compute capability 8.0+" in plan.reason
 
 
 def test_no_hidden_unit_runs_stepwise():
@@ -110,6 +149,10 @@ def test_occupancy_is_asked_for_the_right_kernel():
     choose(cell="gru", backward=True,
            blocks_per_sm=lambda kernel, dtype, smem: asked.append((kernel, dtype, smem)) or 1)
     assert asked == [("gru_bwd", "bfloat16", smem_bytes(3, 16, 768, 2, True))]
+    placed = []
+    choose(cell="gru", hidden=256, backward=True,
+           max_clusters=lambda *args: placed.append(args) or 1)
+    assert placed == [("gru_bwd", "bfloat16", smem_bytes(3, 16, 256, 2, True), 16)]
 
 
 def test_old_gpus_run_stepwise():
@@ -124,8 +167,14 @@ def test_environment_forces_a_kernel(monkeypatch):
     assert choose().kernel == "persistent"
     with pytest.raises(RuntimeError, match="FUSEDRNN_CUDA_KERNEL=persistent cannot run"):
         choose(hidden=1024, dtype="float32", backward=True)
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "grid")
+    assert not choose(hidden=256).cluster
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "cluster")
+    assert choose(hidden=256).cluster
+    with pytest.raises(RuntimeError, match="FUSEDRNN_CUDA_KERNEL=cluster cannot run"):
+        choose(hidden=768)
     monkeypatch.setenv(cuda_plan.ENV_VAR, "fastest")
-    with pytest.raises(ValueError, match="FUSEDRNN_CUDA_KERNEL must be"):
+    with pytest.raises(ValueError, match="FUSEDRNN_CUDA_KERNEL must be one of"):
         choose()
 
 
@@ -134,7 +183,7 @@ def test_environment_forces_a_kernel(monkeypatch):
 def test_backend_runs_the_planned_op(monkeypatch, cell, backward):
     stage = "bwd" if backward else "fwd"
     w_hh = torch.empty(4 * 64 if cell == "lstm" else 3 * 64, 64)
-    plans = {"persistent": cuda_plan.Plan("persistent", "test", units=16),
+    plans = {"persistent": cuda_plan.Plan("persistent", "test", units=16, cluster=True),
              "stepwise": cuda_plan.Plan("stepwise", "test")}
     backend = get("cuda")
     for kernel, plan in plans.items():
@@ -142,7 +191,7 @@ def test_backend_runs_the_planned_op(monkeypatch, cell, backward):
         op, extra = backend.recurrence_op(cell, w_hh, backward)
         expected = "persistent" if kernel == "persistent" else "recurrence"
         assert op is getattr(torch.ops.fusedrnn, f"{cell}_{expected}_{stage}")
-        assert extra == ((16,) if kernel == "persistent" else ())
+        assert extra == ((16, True) if kernel == "persistent" else ())
 
 
 def test_persistent_ops_have_the_recurrence_ops_fake_shapes():
@@ -152,9 +201,9 @@ def test_persistent_ops_have_the_recurrence_ops_fake_shapes():
     ops = torch.ops.fusedrnn
     args = (xproj, None, w_hh, state, state, None, False, True)
     expected = [t.shape for t in ops.lstm_recurrence_fwd(*args)]
-    assert [t.shape for t in ops.lstm_persistent_fwd(*args, 4)] == expected
-    assert [t.shape for t in ops.lstm_persistent_fwd(*args, units=4)] == expected
+    assert [t.shape for t in ops.lstm_persistent_fwd(*args, 4, False)] == expected
+    assert [t.shape for t in ops.lstm_persistent_fwd(*args, units=4, cluster=True)] == expected
     y, _, _, gates, cells = ops.lstm_recurrence_fwd(*args)
     bwd = (y, state, state, w_hh, state, None, gates, cells, False)
-    assert ([t.shape for t in ops.lstm_persistent_bwd(*bwd, 16)]
+    assert ([t.shape for t in ops.lstm_persistent_bwd(*bwd, 16, True)]
             == [t.shape for t in ops.lstm_recurrence_bwd(*bwd)])

@@ -18,7 +18,9 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
   const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), false);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
-  const int H = p.hidden, U = p.units, u0 = blockIdx.x * U;
+  const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
+  const int b_begin = blockIdx.x / p.groups.slices * p.groups.group_rows;
+  const int b_end = min(p.batch, b_begin + p.groups.group_rows);
   const int mine = min(U, H - u0);
   const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
   load_slice(s, a, [&](int r, int c) -> T {
@@ -30,12 +32,12 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
     const int64_t t = p.reverse ? p.steps - 1 - step : step;
     const T* h_cur = p.h_buf + static_cast<int64_t>(step % 2) * b16 * h16;
     T* h_next = p.h_buf + static_cast<int64_t>((step + 1) % 2) * b16 * h16;
-    for (int b0 = 0; b0 < p.batch; b0 += kTile) {
+    for (int b0 = b_begin; b0 < b_end; b0 += kTile) {
       slice_products(s, a, h_cur + static_cast<int64_t>(b0) * h16, h16, scratch);
       __syncthreads();
       for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
         const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
-        if (b >= p.batch) continue;
+        if (b >= b_end) continue;
         const int64_t row = t * p.batch + b;
         float xg[3], hg[3];
         for (int k = 0; k < 3; ++k) {
@@ -60,7 +62,7 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
       }
       __syncthreads();
     }
-    grid_sync();
+    step_sync(p.groups.cluster);
   }
 #else
   __trap();
@@ -74,7 +76,9 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
   const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), true);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
-  const int H = p.hidden, U = p.units, u0 = blockIdx.x * U;
+  const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
+  const int b_begin = blockIdx.x / p.groups.slices * p.groups.group_rows;
+  const int b_end = min(p.batch, b_begin + p.groups.group_rows);
   const int mine = min(U, H - u0);
   const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
   const int ld = 3 * h16;
@@ -88,12 +92,12 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
     const int64_t t = p.reverse ? step : p.steps - 1 - step;
     const T* dg_cur = p.dg_buf + static_cast<int64_t>(step % 2) * b16 * ld;
     T* dg_next = p.dg_buf + static_cast<int64_t>((step + 1) % 2) * b16 * ld;
-    for (int b0 = 0; b0 < p.batch; b0 += kTile) {
+    for (int b0 = b_begin; b0 < b_end; b0 += kTile) {
       if (step > 0) slice_products(s, a, dg_cur + static_cast<int64_t>(b0) * ld, ld, scratch);
       __syncthreads();
       for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
         const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
-        if (b >= p.batch) continue;
+        if (b >= b_end) continue;
         const int64_t at = static_cast<int64_t>(b) * H + u, row = t * p.batch + b;
         const bool active = active_at(p.lengths, b, t);
         float carry;
@@ -126,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
       __syncthreads();
     }
     t_prev = t;
-    grid_sync();
+    step_sync(p.groups.cluster);
   }
 #else
   __trap();

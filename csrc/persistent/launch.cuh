@@ -1,6 +1,7 @@
-// The typed launchers of params.h: one cooperative launch per call after checking that the
-// grid can be resident at once (a cooperative grid that cannot would fail to launch; a
-// grid barrier across blocks that are not all resident would never return).
+// The typed launchers of params.h: one launch per call, cooperative (grid barrier) or in
+// thread-block clusters (cluster barrier), after checking that the barrier can work (a
+// cooperative grid that cannot be resident at once would fail to launch; a barrier across
+// blocks that are not all resident would never return).
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -32,9 +33,63 @@ int blocks_per_sm_of(KernelFn kernel, int64_t smem) {
   return per_sm;
 }
 
+// -1 when the kernel holds no sm_90 code, else how many clusters of `cluster` blocks with
+// `smem` bytes each the current device holds at once (0 for a size it cannot place).
+template <typename KernelFn>
+int max_clusters_of(KernelFn kernel, int64_t smem, int cluster) {
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (attributes.ptxVersion < 90) return -1;
+  if (blocks_per_sm_of(kernel, smem) <= 0) return 0;  // also raises the shared-memory limit
+  if (cluster > 8) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(cluster);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = cluster;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();  // a cluster size the device cannot place: clear the error
+    return 0;
+  }
+  return clusters;
+}
+
+// One launch of a persistent kernel: cooperative (one group, grid barrier) or in clusters of
+// `slices` blocks (cluster barrier), after checking that the barrier can work.
 template <typename KernelFn, typename Params>
-void launch_cooperative(KernelFn kernel, const Params& params, int blocks, int64_t smem,
-                        const char* name) {
+void launch_persistent(KernelFn kernel, const Params& params, int blocks, int64_t smem,
+                       const char* name) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (params.groups.cluster) {
+    const int clusters = max_clusters_of(kernel, smem, params.groups.slices);
+    TORCH_CHECK(clusters >= 1, "fusedrnn cuda backend: the ", name, " kernel cannot run in "
+                "clusters of ", params.groups.slices, " blocks of ", smem, " bytes of shared "
+                "memory on this GPU", clusters < 0 ? " (the extension holds no sm_90 code)" : "");
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = static_cast<size_t>(smem);
+    config.stream = stream;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = params.groups.slices;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+    return;
+  }
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -49,38 +104,49 @@ void launch_cooperative(KernelFn kernel, const Params& params, int blocks, int64
   void* args[] = {&copy};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(blocks),
                                              dim3(kThreads), args, static_cast<size_t>(smem),
-                                             at::cuda::getCurrentCUDAStream()));
+                                             stream));
 }
 
 template <typename T>
 void launch(const LstmFwdParams<T>& p, int blocks, int64_t smem) {
-  launch_cooperative(lstm_fwd_persistent_kernel<T>, p, blocks, smem, "persistent LSTM forward");
+  launch_persistent(lstm_fwd_persistent_kernel<T>, p, blocks, smem, "persistent LSTM forward");
 }
 
 template <typename T>
 void launch(const LstmBwdParams<T>& p, int blocks, int64_t smem) {
-  launch_cooperative(lstm_bwd_persistent_kernel<T>, p, blocks, smem, "persistent LSTM backward");
+  launch_persistent(lstm_bwd_persistent_kernel<T>, p, blocks, smem, "persistent LSTM backward");
 }
 
 template <typename T>
 void launch(const GruFwdParams<T>& p, int blocks, int64_t smem) {
-  launch_cooperative(gru_fwd_persistent_kernel<T>, p, blocks, smem, "persistent GRU forward");
+  launch_persistent(gru_fwd_persistent_kernel<T>, p, blocks, smem, "persistent GRU forward");
 }
 
 template <typename T>
 void launch(const GruBwdParams<T>& p, int blocks, int64_t smem) {
-  launch_cooperative(gru_bwd_persistent_kernel<T>, p, blocks, smem, "persistent GRU backward");
+  launch_persistent(gru_bwd_persistent_kernel<T>, p, blocks, smem, "persistent GRU backward");
+}
+
+// fn(kernel) for the kernel function `kernel` names, instantiated for T.
+template <typename T, typename Fn>
+int with_kernel(Kernel kernel, Fn fn) {
+  switch (kernel) {
+    case Kernel::kLstmFwd: return fn(lstm_fwd_persistent_kernel<T>);
+    case Kernel::kLstmBwd: return fn(lstm_bwd_persistent_kernel<T>);
+    case Kernel::kGruFwd: return fn(gru_fwd_persistent_kernel<T>);
+    case Kernel::kGruBwd: return fn(gru_bwd_persistent_kernel<T>);
+  }
+  return 0;
 }
 
 template <typename T>
 int blocks_per_sm(Kernel kernel, int64_t smem) {
-  switch (kernel) {
-    case Kernel::kLstmFwd: return blocks_per_sm_of(lstm_fwd_persistent_kernel<T>, smem);
-    case Kernel::kLstmBwd: return blocks_per_sm_of(lstm_bwd_persistent_kernel<T>, smem);
-    case Kernel::kGruFwd: return blocks_per_sm_of(gru_fwd_persistent_kernel<T>, smem);
-    case Kernel::kGruBwd: return blocks_per_sm_of(gru_bwd_persistent_kernel<T>, smem);
-  }
-  return 0;
+  return with_kernel<T>(kernel, [&](auto fn) { return blocks_per_sm_of(fn, smem); });
+}
+
+template <typename T>
+int max_clusters(Kernel kernel, int64_t smem, int cluster) {
+  return with_kernel<T>(kernel, [&](auto fn) { return max_clusters_of(fn, smem, cluster); });
 }
 
 // Instantiates the launchers for the dtype T (once, in persistent_<dtype>.cu).
@@ -89,7 +155,8 @@ int blocks_per_sm(Kernel kernel, int64_t smem) {
   template void launch<T>(const LstmBwdParams<T>&, int, int64_t);           \
   template void launch<T>(const GruFwdParams<T>&, int, int64_t);            \
   template void launch<T>(const GruBwdParams<T>&, int, int64_t);            \
-  template int blocks_per_sm<T>(Kernel, int64_t);
+  template int blocks_per_sm<T>(Kernel, int64_t);                           \
+  template int max_clusters<T>(Kernel, int64_t, int);
 
 }  // namespace persistent
 }  // namespace fusedrnn

@@ -8,6 +8,17 @@
 namespace fusedrnn {
 namespace persistent {
 
+// How the blocks share the work: `slices` blocks per group, block q of a group owning hidden
+// units [q * units, q * units + units); group g owns batch rows [g * group_rows, ...) (a
+// multiple of 16). A group's blocks meet at one barrier per step: with one group, the whole
+// grid's (a cooperative launch); on Hopper, with one thread-block cluster per group, their
+// cluster's (the groups never wait for each other).
+struct Groups {
+  int slices;
+  int group_rows;
+  bool cluster;
+};
+
 // Shapes: T steps, B batch, H hidden, B16 / H16 rounded up to 16. Every pointer is to
 // contiguous device memory of the input dtype T unless marked float32; "scratch" buffers
 // are owned by the launch and live only during it.
@@ -25,6 +36,7 @@ struct LstmFwdParams {
                            //   slot T % 2 holds h_n on exit
   float* c_buf;            // (B, H) float32 in/out: c0 on entry, c_n on exit
   int steps, batch, hidden, units;
+  Groups groups;
   bool reverse;
 };
 
@@ -43,6 +55,7 @@ struct LstmBwdParams {
   float* dh_buf;           // (B, H) float32 out: the gradient of h at the last step processed
   float* dc_buf;           // (B, H) float32 in/out: grad_c_n on entry, grad_c0 on exit
   int steps, batch, hidden, units;
+  Groups groups;
   bool reverse;
 };
 
@@ -59,6 +72,7 @@ struct GruFwdParams {
   T* hidden_n;             // (T, B, H) out: hg_n (with b_hh); null: not saved
   T* h_buf;                // (2, B16, H16) scratch, in/out as in LstmFwdParams
   int steps, batch, hidden, units;
+  Groups groups;
   bool reverse;
 };
 
@@ -77,13 +91,15 @@ struct GruBwdParams {
                            //   s % 2 (the dgates_hid of step s - 1, gate k at column k * H16)
   float* dh_buf;           // (B, H) float32 out: the gradient of h at the last step processed
   int steps, batch, hidden, units;
+  Groups groups;
   bool reverse;
 };
 
 enum class Kernel { kLstmFwd, kLstmBwd, kGruFwd, kGruBwd };
 
-// Each launcher checks that `blocks` blocks of `smem` bytes can be resident together (else
-// it raises, never launches) and starts one cooperative launch on the current stream.
+// Each launcher checks that its barrier can work (a cooperative grid whose blocks can all be
+// resident together, or a cluster the device can place; else it raises, never launches)
+// and starts one launch of `blocks` blocks with `smem` bytes each on the current stream.
 template <typename T> void launch(const LstmFwdParams<T>& p, int blocks, int64_t smem);
 template <typename T> void launch(const LstmBwdParams<T>& p, int blocks, int64_t smem);
 template <typename T> void launch(const GruFwdParams<T>& p, int blocks, int64_t smem);
@@ -93,6 +109,10 @@ template <typename T> void launch(const GruBwdParams<T>& p, int blocks, int64_t 
 // of the current device (0 when the shared memory exceeds its limit; -1 when the extension
 // holds no code of the kernel for compute capability 8.0+).
 template <typename T> int blocks_per_sm(Kernel kernel, int64_t smem);
+
+// How many clusters of `cluster` blocks of `kernel` with `smem` bytes each the current device
+// can hold at once (0: none; -1 when the extension holds no sm_90 code of the kernel).
+template <typename T> int max_clusters(Kernel kernel, int64_t smem, int cluster);
 
 }  // namespace persistent
 }  // namespace fusedrnn

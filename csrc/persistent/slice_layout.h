@@ -36,6 +36,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;        // rows and batch columns of one product tile
 constexpr int kRowPad = 8;       // extra elements per row of A
 constexpr int kBackwardUnits = 16;  // units per block of the backward kernels
+constexpr int kMaxCluster = 16;     // blocks per thread-block cluster (Hopper, non-portable)
 
 FUSEDRNN_HOST_DEVICE inline int round_up(int64_t value, int multiple) {
   return static_cast<int>((value + multiple - 1) / multiple * multiple);

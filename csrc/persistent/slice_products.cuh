@@ -128,7 +128,18 @@ __device__ __forceinline__ bool active_at(const int64_t* lengths, int b, int64_t
   return lengths == nullptr || t < lengths[b];
 }
 
-__device__ __forceinline__ void grid_sync() { cooperative_groups::this_grid().sync(); }
+// The once-per-step barrier of a block's group (params.h, Groups): its thread-block cluster's
+// or the whole cooperative grid's. Both order the global-memory writes before it (the
+// exchanged state) before the reads after it.
+__device__ __forceinline__ void step_sync(bool cluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cluster) {
+    cooperative_groups::this_cluster().sync();
+    return;
+  }
+#endif
+  cooperative_groups::this_grid().sync();
+}
 
 }  // namespace persistent
 }  // namespace fusedrnn

@@ -25,4 +25,4 @@ class CudaBackend(RecurrenceBackend):
         if plan.kernel == "stepwise":
             return super().recurrence_op(cell, w_hh, backward)
         name = f"{cell}_persistent_{'bwd' if backward else 'fwd'}"
-        return getattr(torch.ops.fusedrnn, name), (plan.units,)
+        return getattr(torch.ops.fusedrnn, name), (plan.units, plan.cluster)

@@ -1,19 +1,24 @@
 """Which CUDA kernels run a call of the ``cuda`` backend, and why.
 
-``persistent`` (``csrc/persistent/``): one cooperative launch per layer and direction; the
-hidden units are split over the blocks of the grid, each block keeps the slice of ``W_hh``
-its units need in shared memory for every step, and the blocks meet at one grid barrier per
-step. Chosen when that slice fits the device's shared memory per block and every block of
-the grid can be resident at once (a grid barrier over blocks that are not would never
-return). Otherwise ``stepwise`` (``csrc/recurrence.cpp``: per step one cuBLAS product and
-one fused pointwise kernel), with the reason, logged once per reason.
-``FUSEDRNN_CUDA_KERNEL=persistent|stepwise|auto`` forces one; a forced persistent kernel
-that cannot run raises.
+``persistent`` (``csrc/persistent/``): one launch per layer and direction; the hidden units
+are split over blocks, each block keeps the slice of ``W_hh`` its units need in shared
+memory for every step, and the blocks meet at one barrier per step. Two designs:
 
-Forward blocks hold ``units`` units (a multiple of 4, as many blocks as the device has
-multiprocessors at most); backward blocks hold 16 (their slice is 16 columns of ``W_hh``).
-The shared-memory layout is the extension's (``csrc/persistent/slice_layout.h``), asked
-through ``fusedrnn._C.persistent_smem_bytes``.
+- ``cluster`` (Hopper, compute capability 9.0+): one thread-block cluster of at most 16
+  blocks per batch tile of 16 rows holds all of ``W_hh``; the per-step barrier is the
+  cluster's, and the clusters never wait for each other. Forward blocks aim at 128 rows of
+  ``W_hh`` (one 16-row product tile per warp).
+- ``grid`` (compute capability 8.0+): one cooperative grid, at most one block per
+  multiprocessor, for every batch row; the per-step barrier is grid-wide, so every block
+  must be resident at once (a barrier over blocks that are not would never return).
+
+Backward blocks hold 16 units (16 columns of ``W_hh``). The first design whose slice fits
+the device's shared memory per block and whose blocks the device can place wins; otherwise
+``stepwise`` (``csrc/recurrence.cpp``: per step one cuBLAS product and one fused pointwise
+kernel), with the reason, logged once per reason.
+``FUSEDRNN_CUDA_KERNEL=auto|persistent|cluster|grid|stepwise`` forces a choice; a forced
+persistent design that cannot run raises. The shared-memory layout is the extension's
+(``csrc/persistent/slice_layout.h``), asked through ``fusedrnn._C.persistent_smem_bytes``.
 """
 
 import functools
@@ -24,9 +29,12 @@ from dataclasses import dataclass
 logger = logging.getLogger("fusedrnn")
 
 ENV_VAR = "FUSEDRNN_CUDA_KERNEL"
+CHOICES = ("auto", "persistent", "cluster", "grid", "stepwise")
 GATES = {"lstm": 4, "gru": 3}
 BACKWARD_UNITS = 16
-MIN_CAPABILITY = (8, 0)
+MAX_CLUSTER = 16
+CLUSTER_ROWS = 128
+MIN_CAPABILITY = {"grid": (8, 0), "cluster": (9, 0)}
 _logged = set()
 
 
@@ -43,13 +51,26 @@ class Device:
 @dataclass(frozen=True)
 class Plan:
     """The kernels (``"persistent"`` or ``"stepwise"``) of one call, why, and the geometry
-    of a persistent launch."""
+    of a persistent launch: units per block, blocks per group (the cluster or the grid),
+    shared memory per block, and whether the groups are clusters."""
 
     kernel: str
     reason: str
     units: int = 0
     blocks: int = 0
     smem: int = 0
+    cluster: bool = False
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """The extension's answers for one device: ``smem_bytes(gates, units, hidden, itemsize,
+    backward)``, ``blocks_per_sm(kernel, dtype_name, smem)`` and ``max_clusters(kernel,
+    dtype_name, smem, cluster)`` (-1 from either: no kernel code for the architecture)."""
+
+    smem_bytes: object
+    blocks_per_sm: object
+    max_clusters: object
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,57 +82,95 @@ def device_info(index):
     return Device(props.name, (props.major, props.minor), props.multi_processor_count, optin)
 
 
+def round4(value):
+    return max(4, -(-value // 4) * 4)
+
+
 def forward_units(hidden, multiprocessors):
-    """Units per forward block: a multiple of 4, few enough blocks for one per multiprocessor."""
-    per_block = -(-hidden // multiprocessors)
-    return max(4, -(-per_block // 4) * 4)
+    """Units per forward block of a grid: few enough blocks for one per multiprocessor."""
+    return round4(-(-hidden // multiprocessors))
+
+
+def cluster_units(cell, hidden):
+    """Units per forward block of a cluster: at most 128 rows of ``W_hh`` per block, unless
+    16 blocks need more."""
+    return max(CLUSTER_ROWS // GATES[cell] // 4 * 4, round4(-(-hidden // MAX_CLUSTER)))
 
 
 def forced_kernel():
     forced = os.environ.get(ENV_VAR, "").strip() or "auto"
-    if forced not in ("auto", "persistent", "stepwise"):
-        raise ValueError(f"{ENV_VAR} must be persistent, stepwise or auto, got {forced!r}")
+    if forced not in CHOICES:
+        raise ValueError(f"{ENV_VAR} must be one of {', '.join(CHOICES)}, got {forced!r}")
     return forced
 
 
-def choose(cell, hidden, dtype_name, itemsize, device, backward, smem_bytes, blocks_per_sm):
+def choose(cell, hidden, dtype_name, itemsize, device, backward, occupancy):
     """The :class:`Plan` of one call of ``cell`` (``"lstm"``/``"gru"``) with ``hidden`` units
     in ``dtype_name`` (``itemsize`` bytes) on ``device`` (:class:`Device`), forward or
-    backward. ``smem_bytes(gates, units, hidden, itemsize, backward)`` and
-    ``blocks_per_sm(kernel, dtype_name, smem)`` (-1: no kernel code for this device's
-    architecture) answer for the extension and the device."""
+    backward, asking ``occupancy`` (:class:`Occupancy`)."""
     forced = forced_kernel()
     if forced == "stepwise":
         return Plan("stepwise", f"stepwise kernels: {ENV_VAR}=stepwise")
-    units = BACKWARD_UNITS if backward else forward_units(hidden, device.multiprocessors)
-    blocks = -(-hidden // units)
-    smem = smem_bytes(GATES[cell], units, hidden, itemsize, backward)
+    designs = [d for d in ("cluster", "grid") if forced in ("auto", "persistent", d)]
+    why_not = []
+    for design in designs:
+        plan = _try(design, cell, hidden, dtype_name, itemsize, device, backward, occupancy)
+        if plan.kernel == "persistent":
+            return plan
+        why_not.append(plan.reason)
+    if forced != "auto":
+        raise RuntimeError(f"{ENV_VAR}={forced} cannot run this call: {'; '.join(why_not)}")
+    return Plan("stepwise", "stepwise kernels: " + "; ".join(why_not))
+
+
+def _try(design, cell, hidden, dtype_name, itemsize, device, backward, occupancy):
+    """The persistent plan of ``design``, or a stepwise one whose reason says why not."""
     stage = "backward" if backward else "forward"
-    why_not = None
-    if hidden == 0:
-        why_not = "no hidden unit to split over blocks"
-    elif device.capability < MIN_CAPABILITY:
-        why_not = ("the persistent kernels need compute capability %d.%d or newer, %s has %d.%d"
-                   % (*MIN_CAPABILITY, device.name, *device.capability))
-    elif smem > device.smem_per_block:
-        why_not = (f"the {stage} slice of W_hh for {units} of {hidden} units needs "
-                   f"{smem / 1024:.0f} KiB of shared memory per block, over the "
-                   f"{device.smem_per_block / 1024:.0f} KiB of {device.name}")
+    if backward:
+        units = BACKWARD_UNITS
+    elif design == "cluster":
+        units = cluster_units(cell, hidden)
     else:
-        per_sm = blocks_per_sm(f"{cell}_{'bwd' if backward else 'fwd'}", dtype_name, smem)
+        units = forward_units(hidden, device.multiprocessors)
+    blocks = -(-hidden // units)
+    smem = occupancy.smem_bytes(GATES[cell], units, hidden, itemsize, backward)
+    kernel = f"{cell}_{'bwd' if backward else 'fwd'}"
+    needed = MIN_CAPABILITY[design]
+
+    def no(why):
+        return Plan("stepwise", f"{design}: {why}")
+
+    if hidden == 0:
+        return no("no hidden unit to split over blocks")
+    if device.capability < needed:
+        return no("needs compute capability %d.%d or newer, %s has %d.%d"
+                  % (*needed, device.name, *device.capability))
+    if design == "cluster" and blocks > MAX_CLUSTER:
+        return no(f"{blocks} blocks of {units} units, more than a cluster of {MAX_CLUSTER}")
+    if smem > device.smem_per_block:
+        return no(f"the {stage} slice of W_hh for {units} of {hidden} units needs "
+                  f"{smem / 1024:.0f} KiB of shared memory per block, over the "
+                  f"{device.smem_per_block / 1024:.0f} KiB of {device.name}")
+    if design == "cluster":
+        placed = occupancy.max_clusters(kernel, dtype_name, smem, blocks)
+        if placed < 0:
+            return no("the extension holds no sm_90 code (FUSEDRNN_CUDA_ARCHS)")
+        if placed == 0:
+            return no(f"the GPU cannot place a cluster of {blocks} blocks of "
+                      f"{smem / 1024:.0f} KiB")
+        barrier = f"a cluster of {blocks} blocks per 16 batch rows"
+    else:
+        per_sm = occupancy.blocks_per_sm(kernel, dtype_name, smem)
         if per_sm < 0:
-            why_not = ("the extension holds no persistent kernel code for compute capability "
-                       "8.0+ (built with FUSEDRNN_CUDA_ARCHS for older GPUs only)")
-        elif per_sm * device.multiprocessors < blocks:
-            why_not = (f"the {stage} grid of {blocks} blocks cannot be resident at once "
-                       f"({per_sm} per multiprocessor x {device.multiprocessors})")
-    if why_not is not None:
-        if forced == "persistent":
-            raise RuntimeError(f"{ENV_VAR}=persistent cannot run this call: {why_not}")
-        return Plan("stepwise", f"stepwise kernels: {why_not}")
-    reason = (f"persistent {stage} kernel: W_hh over {blocks} blocks of {units} units, "
-              f"{smem / 1024:.0f} KiB of shared memory each, one grid barrier per step")
-    return Plan("persistent", reason, units, blocks, smem)
+            return no("the extension holds no code for compute capability 8.0+ "
+                      "(FUSEDRNN_CUDA_ARCHS)")
+        if per_sm * device.multiprocessors < blocks:
+            return no(f"the {stage} grid of {blocks} blocks cannot be resident at once "
+                      f"({per_sm} per multiprocessor x {device.multiprocessors})")
+        barrier = f"a grid of {blocks} blocks"
+    reason = (f"persistent {stage} kernel ({design}): W_hh over {barrier} of {units} units, "
+              f"{smem / 1024:.0f} KiB of shared memory each, one {design} barrier per step")
+    return Plan("persistent", reason, units, blocks, smem, design == "cluster")
 
 
 def plan_call(cell, hidden, dtype, device_index, backward):
@@ -121,19 +180,21 @@ def plan_call(cell, hidden, dtype, device_index, backward):
     ext = _extension.CUDA.load()
     dtype_name = str(dtype).replace("torch.", "")
     itemsize = 2 if dtype_name in ("float16", "bfloat16") else 4
-
-    def blocks_per_sm(kernel, name, smem):
-        return _blocks_per_sm(ext, kernel, name, smem, device_index)
-
+    occupancy = Occupancy(
+        ext.persistent_smem_bytes,
+        lambda kernel, name, smem: _ask(ext.persistent_blocks_per_sm, kernel, name, smem,
+                                        device_index),
+        lambda kernel, name, smem, cluster: _ask(ext.persistent_max_clusters, kernel, name,
+                                                 smem, cluster, device_index))
     plan = choose(cell, hidden, dtype_name, itemsize, device_info(device_index), backward,
-                  ext.persistent_smem_bytes, blocks_per_sm)
+                  occupancy)
     _log_once(cell, plan)
     return plan
 
 
 @functools.lru_cache(maxsize=None)
-def _blocks_per_sm(ext, kernel, dtype_name, smem, device_index):
-    return ext.persistent_blocks_per_sm(kernel, dtype_name, smem, device_index)
+def _ask(query, *args):
+    return query(*args)
 
 
 def _log_once(cell, plan):

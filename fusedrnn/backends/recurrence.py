@@ -28,7 +28,8 @@ gates, cells, reverse) -> (dgates, dh_steps, grad_h0, grad_c0)`` on CUDA (CUDA k
 and part of ``lstm_bptt`` on the CPU.
 
 ``fusedrnn::{lstm,gru}_persistent_{fwd,bwd}`` (CUDA kernels only) are the LSTM and GRU ops
-above with one more argument, ``units``: the cuda backend's persistent kernels (``cuda_plan``).
+above with two more arguments, ``units`` and ``cluster``: the cuda backend's persistent
+kernels (``cuda_plan``).
 
 ``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` the CUDA kernels of the
 LSTM and GRU ops (full contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
@@ -87,9 +88,10 @@ CPU_SCHEMAS = {
 # gradient of each step's projected state (zero past a row's end; the gradient of W_hr is
 # its product with o * tanh(c) over all steps), grad_h0 and grad_c0 (the cpu backend's is in
 # lstm_bptt); and the cuda backend's persistent kernels, the LSTM and GRU recurrence ops with
-# one more argument, ``units``, the hidden units per block that ``cuda_plan`` chose.
+# two more arguments, as ``cuda_plan`` chose: ``units``, the hidden units per block, and
+# ``cluster``, whether the blocks meet in thread-block clusters or across the grid.
 PERSISTENT_SCHEMAS = {name.replace("_recurrence_", "_persistent_"):
-                      SCHEMAS[name].replace(") -> (", ", int units) -> (", 1)
+                      SCHEMAS[name].replace(") -> (", ", int units, bool cluster) -> (", 1)
                       for name in ("lstm_recurrence_fwd", "lstm_recurrence_bwd",
                                    "gru_recurrence_fwd", "gru_recurrence_bwd")}
 CUDA_SCHEMAS = {
@@ -137,7 +139,8 @@ def _gru_recurrence_bwd_fake(grad_y, grad_h_n, w_hh, h_prev, lengths, gates, hid
 
 
 def _register_persistent_fakes():
-    """The persistent ops' outputs are the recurrence ops': the same fakes, ``units`` dropped."""
+    """The persistent ops' outputs are the recurrence ops': the same fakes, ``units`` and
+    ``cluster`` dropped."""
     fakes = {"lstm_persistent_fwd": _lstm_recurrence_fwd_fake,
              "lstm_persistent_bwd": _lstm_recurrence_bwd_fake,
              "gru_persistent_fwd": _gru_recurrence_fwd_fake,
@@ -148,9 +151,8 @@ def _register_persistent_fakes():
 
 def _without_units(fake):
     def persistent_fake(*args, **kwargs):
-        if kwargs.pop("units", None) is None:
-            args = args[:-1]
-        return fake(*args, **kwargs)
+        named = [kwargs.pop(name) for name in ("units", "cluster") if name in kwargs]
+        return fake(*args[:len(args) - (2 - len(named))], **kwargs)
 
     return persistent_fake
 
