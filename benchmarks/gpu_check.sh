@@ -47,11 +47,11 @@ $PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=60)
 # The persistent CUDA kernels first, on small shapes: if a design fails or hangs, every
 # stage after these runs without it, so that one call still measures the rest.
 if [ "$device" = cuda ]; then
-  if ! stage grid 15 $PY benchmarks/sanitize_small.py --runs cuda:grid; then
+  if ! stage grid 20 $PY benchmarks/sanitize_small.py --runs cuda:grid; then
     export FUSEDRNN_CUDA_KERNEL=stepwise
     test_flags+=(-k "not persistent")
     summary+=("           grid kernels failed: the stages below ran the stepwise ones")
-  elif ! stage cluster 15 $PY benchmarks/sanitize_small.py --runs cuda:cluster; then
+  elif ! stage cluster 20 $PY benchmarks/sanitize_small.py --runs cuda:cluster; then
     export FUSEDRNN_CUDA_KERNEL=grid
     test_flags+=(-k "not persistent_cluster")
     summary+=("           cluster kernels failed: the stages below ran the grid ones")
@@ -72,8 +72,8 @@ if [ "$device" = cuda ]; then
 else
   summary+=("barriers   skipped (no GPU)")
 fi
-stage bench 90 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --backend auto \
-  --backend triton --backend reference --repeats 10 --out "$out/bench" "${bench_extra[@]}"
+stage bench 80 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --backend auto \
+  --backend cuda:stepwise --backend triton --backend reference --repeats 10 --out "$out/bench" "${bench_extra[@]}"
 
 echo
 echo "== gpu_check summary ($(cat "$out/commit.txt" 2>/dev/null), $device $arch) =="

@@ -32,6 +32,9 @@ MODE_FLOP_FACTORS = {"inference": 1, "training_forward": 1, "backward": 2, "trai
 MODES = tuple(MODE_FLOP_FACTORS)
 DEFAULT_MODES = ("inference", "training")
 CELLS = {"lstm": modules.LSTM, "gru": modules.GRU, "rnn": modules.RNN}
+# Backends whose kernel a provider may force, ``--backend cuda:stepwise``: the variable the
+# backend reads it from (fusedrnn/backends/cuda_plan.py, triton/plan.py).
+KERNEL_ENV = {"cuda": "FUSEDRNN_CUDA_KERNEL", "triton": "FUSEDRNN_TRITON_KERNEL"}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TORCH_LABEL = "torch.nn"
@@ -186,6 +189,43 @@ class Provider:
     input: object = None
     status: str = "ok"
     message: str = ""
+    env: dict = None  # environment variables set around its calls (a forced kernel)
+
+
+def split_backend(name):
+    """``"cuda:stepwise"`` -> ``("cuda", {"FUSEDRNN_CUDA_KERNEL": "stepwise"})``; a plain name
+    -> ``(name, {})``. ValueError for a kernel on a backend that has no such choice."""
+    backend, _, kernel = name.partition(":")
+    if not kernel:
+        return backend, {}
+    if backend not in KERNEL_ENV:
+        raise ValueError(f"backend {backend!r} has no kernel choice (only "
+                         f"{', '.join(KERNEL_ENV)}), got {name!r}")
+    return backend, {KERNEL_ENV[backend]: kernel}
+
+
+def with_env(call_and_setup, env):
+    """``(call, setup)`` that run with ``env`` set in ``os.environ``, restored after each."""
+    if not env:
+        return call_and_setup
+
+    def wrapped(function):
+        def run():
+            saved = {key: os.environ.get(key) for key in env}
+            os.environ.update(env)
+            try:
+                return function()
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+
+        return None if function is None else run
+
+    call, setup = call_and_setup
+    return wrapped(call), wrapped(setup)
 
 
 def short_error(error, limit=80):
@@ -243,15 +283,16 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
         except Exception as error:  # noqa: BLE001 - reported in the table
             providers.append(Provider(TORCH_LABEL, status="error", message=short_error(error)))
     for name in backend_names:
-        provider = Provider(provider_label(name), backend=name)
-        why_not = backend_unavailable_reason(name, device, dtype)
+        backend, env = split_backend(name)
+        provider = Provider(provider_label(name), backend=name, env=env)
+        why_not = backend_unavailable_reason(backend, device, dtype)
         if why_not:
             provider.status, provider.message = "unavailable", why_not
             providers.append(provider)
             continue
-        provider.resolved = backends.select(name, device, dtype).name
+        provider.resolved = backends.select(backend, device, dtype).name
         module = copy.deepcopy(base)
-        module.backend = name
+        module.backend = backend
         provider.module, provider.input = module, _copy_input(x)
         providers.append(provider)
     return providers
@@ -336,7 +377,8 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
     TFLOP/s and peak memory."""
     device = torch.device(device)
     providers = build_providers(case, backend_names, device, dtype, seed)
-    calls = {i: make_call(p, mode) for i, p in enumerate(providers) if p.status == "ok"}
+    calls = {i: with_env(make_call(p, mode), p.env) for i, p in enumerate(providers)
+             if p.status == "ok"}
     times = time_interleaved(calls, device, warmup, repeats)
     inputs = [p.input for p in providers if p.status == "ok"]
     flops = gemm_flops(case, mode, input_tokens(inputs[0]) if inputs else None)

@@ -87,7 +87,8 @@ def _print_section(title, rows):
 def add_bench_arguments(parser):
     parser.add_argument("--device", help="device to run on (default: cuda if available, else cpu)")
     parser.add_argument("--backend", action="append", metavar="NAME",
-                        help="fusedrnn backend to time, repeatable (default: auto)")
+                        help="fusedrnn backend to time, repeatable (default: auto); "
+                             "cuda:KERNEL or triton:KERNEL forces the backend's kernel choice")
     parser.add_argument("--cell", default="lstm",
                         help="comma-separated cells among lstm,gru,rnn (default: lstm)")
     parser.add_argument("--mode", default="inference,training",
@@ -120,7 +121,11 @@ def run_bench(args):
     backend_names = list(dict.fromkeys(args.backend or [backends.AUTO]))
     known = backends.names()
     for name in backend_names:
-        if name != backends.AUTO and name not in known:
+        try:
+            base, _ = bench.split_backend(name)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if base != backends.AUTO and base not in known:
             raise UsageError(f"unknown backend {name!r}; known backends: "
                              f"{', '.join(known)} or 'auto'")
     dtype = bench.DTYPES[args.dtype]

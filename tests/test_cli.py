@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import re
 
 import pytest
@@ -191,6 +192,28 @@ def test_unknown_backend_exits_nonzero_naming_it(capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert "nosuch" in err and "reference" in err
+
+
+def test_backend_kernel_choices_are_parsed_and_checked(capsys):
+    assert bench.split_backend("cuda:stepwise") == ("cuda", {"FUSEDRNN_CUDA_KERNEL": "stepwise"})
+    assert bench.split_backend("reference") == ("reference", {})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--backend", "reference:fast"])
+    assert exit_info.value.code != 0
+    assert "backend 'reference' has no kernel choice" in capsys.readouterr().err
+    [provider] = bench.build_providers(bench.default_grid("cpu", quick=True)[0],
+                                       ["cuda:stepwise"], torch_nn=False)
+    assert provider.label == "fusedrnn [cuda:stepwise]" and provider.status == "unavailable"
+
+
+def test_forced_kernels_are_set_only_around_the_provider_calls(monkeypatch):
+    monkeypatch.delenv("FUSEDRNN_CUDA_KERNEL", raising=False)
+    seen = []
+    call, setup = bench.with_env((lambda: seen.append(os.environ.get("FUSEDRNN_CUDA_KERNEL")),
+                                  None), {"FUSEDRNN_CUDA_KERNEL": "grid"})
+    call()
+    assert setup is None and seen == ["grid"]
+    assert "FUSEDRNN_CUDA_KERNEL" not in os.environ
 
 
 @pytest.mark.parametrize("argv", [["--cell", "lstm,xyz"], ["--mode", "fast"],

@@ -2,8 +2,8 @@
 // (schemas in fusedrnn/backends/recurrence.py), with the contracts of the recurrence ops of
 // csrc/recurrence.cpp plus `units`, the hidden units per block, and `cluster`, whether the
 // blocks meet in thread-block clusters (one per batch tile) or across the whole grid, as
-// fusedrnn's planner chose (fusedrnn/backends/cuda_plan.py). Each allocates the launch's exchange buffers,
-// runs one cooperative launch (persistent/params.h) and finishes what is left on the host.
+// fusedrnn's planner chose (fusedrnn/backends/cuda_plan.py). Each allocates the launch's
+// exchange buffers, runs one launch (persistent/params.h) and finishes the rest on the host.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 

@@ -146,10 +146,10 @@ def _register_persistent_fakes():
              "gru_persistent_fwd": _gru_recurrence_fwd_fake,
              "gru_persistent_bwd": _gru_recurrence_bwd_fake}
     for name, fake in fakes.items():
-        torch.library.register_fake(f"fusedrnn::{name}")(_without_units(fake))
+        torch.library.register_fake(f"fusedrnn::{name}")(_without_plan_args(fake))
 
 
-def _without_units(fake):
+def _without_plan_args(fake):
     def persistent_fake(*args, **kwargs):
         named = [kwargs.pop(name) for name in ("units", "cluster") if name in kwargs]
         return fake(*args[:len(args) - (2 - len(named))], **kwargs)
