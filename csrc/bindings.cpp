@@ -64,16 +64,17 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
 
 namespace {
 
-// persistent_smem_bytes(gates, units, hidden, itemsize, backward) -> int: the shared memory
-// of one block of a persistent kernel (persistent/slice_layout.h).
+// persistent_smem_bytes(gates, units, hidden, itemsize, backward, cluster) -> int: the
+// shared memory of one block of a persistent kernel (persistent/slice_layout.h).
 PyObject* persistent_smem_bytes(PyObject*, PyObject* args) {
-  int gates = 0, units = 0, itemsize = 0, backward = 0;
+  int gates = 0, units = 0, itemsize = 0, backward = 0, cluster = 0;
   long long hidden = 0;
-  if (!PyArg_ParseTuple(args, "iiLip", &gates, &units, &hidden, &itemsize, &backward)) {
+  if (!PyArg_ParseTuple(args, "iiLipp", &gates, &units, &hidden, &itemsize, &backward,
+                        &cluster)) {
     return nullptr;
   }
-  const auto layout =
-      fusedrnn::persistent::slice_layout(gates, units, hidden, itemsize, backward != 0);
+  const auto layout = fusedrnn::persistent::slice_layout(gates, units, hidden, itemsize,
+                                                         backward != 0, cluster != 0);
   return PyLong_FromLongLong(layout.bytes());
 }
 

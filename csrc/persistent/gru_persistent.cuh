@@ -5,6 +5,7 @@
 #pragma once
 
 #include "cell_math.cuh"
+#include "persistent/cluster_exchange.cuh"
 #include "persistent/params.h"
 #include "persistent/slice_products.cuh"
 
@@ -15,7 +16,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
-  const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), false);
+  const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), false,
+                                      p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
   const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
@@ -27,13 +29,33 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
     const int gate = r / U, u = u0 + r % U;
     return (u < H && c < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + u) * H + c] : T(0.0f);
   });
+  const bool cluster = p.groups.cluster;
+  const auto ex = ClusterExchange<T>::in(s, smem);
+  auto locate = [&](int c, int& owner, int& offset) {  // h[c] is unit c % U of block c / U
+    if (c < H) owner = c / U, offset = c % U;
+  };
+  if (cluster) {  // slot 0 takes this block's part of h0 before anyone gathers it
+    ex.clear_slots();
+    __syncthreads();
+    for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
+      const int n = item / mine, j = item % mine, b = b_begin + n;
+      if (b < b_end) ex.slot(0)[n * U + j] = p.h_buf[static_cast<int64_t>(b) * h16 + u0 + j];
+    }
+    step_sync(true);
+  }
   __syncthreads();
   for (int step = 0; step < p.steps; ++step) {
     const int64_t t = p.reverse ? p.steps - 1 - step : step;
     const T* h_cur = p.h_buf + static_cast<int64_t>(step % 2) * b16 * h16;
     T* h_next = p.h_buf + static_cast<int64_t>((step + 1) % 2) * b16 * h16;
     for (int b0 = b_begin; b0 < b_end; b0 += kTile) {
-      slice_products(s, a, h_cur + static_cast<int64_t>(b0) * h16, h16, scratch);
+      if (cluster) {  // one batch tile per cluster
+        ex.gather(step, s.cols, locate);
+        __syncthreads();
+        slice_products(s, a, ex.tile, ex.ldb, scratch);
+      } else {
+        slice_products(s, a, h_cur + static_cast<int64_t>(b0) * h16, h16, scratch);
+      }
       __syncthreads();
       for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
         const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
@@ -58,7 +80,9 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
         }
         if (p.hidden_n) p.hidden_n[row * H + u] = hg[2];
         p.y[row * H + u] = active ? h : 0.0f;
-        h_next[hb] = active ? T(h) : h_cur[hb];
+        const T h_out = active ? T(h) : h_cur[hb];
+        h_next[hb] = h_out;
+        if (cluster) ex.slot(step + 1)[n * U + j] = h_out;
       }
       __syncthreads();
     }
@@ -73,7 +97,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
-  const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), true);
+  const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), true,
+                                      p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
   const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
@@ -86,6 +111,13 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
     const int gate = c / h16, v = c % h16, u = u0 + r;
     return (u < H && v < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + v) * H + u] : T(0.0f);
   });
+  const bool cluster = p.groups.cluster;
+  const auto ex = ClusterExchange<T>::in(s, smem);
+  auto locate = [&](int c, int& owner, int& offset) {  // gate c / h16 of unit v = c % h16
+    const int gate = c / h16, v = c % h16;
+    if (v < H) owner = v / U, offset = gate * U + v % U;
+  };
+  if (cluster) ex.clear_slots();
   __syncthreads();
   int64_t t_prev = -1;
   for (int step = 0; step < p.steps; ++step) {
@@ -93,7 +125,13 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
     const T* dg_cur = p.dg_buf + static_cast<int64_t>(step % 2) * b16 * ld;
     T* dg_next = p.dg_buf + static_cast<int64_t>((step + 1) % 2) * b16 * ld;
     for (int b0 = b_begin; b0 < b_end; b0 += kTile) {
-      if (step > 0) slice_products(s, a, dg_cur + static_cast<int64_t>(b0) * ld, ld, scratch);
+      if (step > 0 && cluster) {  // one batch tile per cluster
+        ex.gather(step, s.cols, locate);
+        __syncthreads();
+        slice_products(s, a, ex.tile, ex.ldb, scratch);
+      } else if (step > 0) {
+        slice_products(s, a, dg_cur + static_cast<int64_t>(b0) * ld, ld, scratch);
+      }
       __syncthreads();
       for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
         const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
@@ -115,7 +153,10 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
         T* dhid = p.dgates_hid + row * 3 * H + u;
         T* dx = dg_next + static_cast<int64_t>(b) * ld + u;
         if (!active) {
-          for (int k = 0; k < 3; ++k) din[k * H] = dhid[k * H] = dx[k * h16] = T(0.0f);
+          for (int k = 0; k < 3; ++k) {
+            din[k * H] = dhid[k * H] = dx[k * h16] = T(0.0f);
+            if (cluster) ex.slot(step + 1)[n * ex.width + k * U + j] = T(0.0f);
+          }
           continue;
         }
         const T* g = p.gates + row * 3 * H + u;
@@ -125,7 +166,10 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
         const float d_r = d_n * static_cast<float>(p.hidden_n[row * H + u]) * r * (1.0f - r);
         din[0] = d_r; din[H] = d_z; din[2 * H] = d_n;
         const float hid[3] = {d_r, d_z, d_n * r};
-        for (int k = 0; k < 3; ++k) dhid[k * H] = dx[k * h16] = T(hid[k]);
+        for (int k = 0; k < 3; ++k) {
+          dhid[k * H] = dx[k * h16] = T(hid[k]);
+          if (cluster) ex.slot(step + 1)[n * ex.width + k * U + j] = T(hid[k]);
+        }
       }
       __syncthreads();
     }

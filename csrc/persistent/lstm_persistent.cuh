@@ -5,6 +5,7 @@
 #pragma once
 
 #include "cell_math.cuh"
+#include "persistent/cluster_exchange.cuh"
 #include "persistent/params.h"
 #include "persistent/slice_products.cuh"
 
@@ -15,7 +16,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
-  const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), false);
+  const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), false,
+                                      p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
   const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
@@ -27,13 +29,33 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFw
     const int gate = r / U, u = u0 + r % U;
     return (u < H && c < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + u) * H + c] : T(0.0f);
   });
+  const bool cluster = p.groups.cluster;
+  const auto ex = ClusterExchange<T>::in(s, smem);
+  auto locate = [&](int c, int& owner, int& offset) {  // h[c] is unit c % U of block c / U
+    if (c < H) owner = c / U, offset = c % U;
+  };
+  if (cluster) {  // slot 0 takes this block's part of h0 before anyone gathers it
+    ex.clear_slots();
+    __syncthreads();
+    for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
+      const int n = item / mine, j = item % mine, b = b_begin + n;
+      if (b < b_end) ex.slot(0)[n * U + j] = p.h_buf[static_cast<int64_t>(b) * h16 + u0 + j];
+    }
+    step_sync(true);
+  }
   __syncthreads();
   for (int step = 0; step < p.steps; ++step) {
     const int64_t t = p.reverse ? p.steps - 1 - step : step;
     const T* h_cur = p.h_buf + static_cast<int64_t>(step % 2) * b16 * h16;
     T* h_next = p.h_buf + static_cast<int64_t>((step + 1) % 2) * b16 * h16;
     for (int b0 = b_begin; b0 < b_end; b0 += kTile) {
-      slice_products(s, a, h_cur + static_cast<int64_t>(b0) * h16, h16, scratch);
+      if (cluster) {  // one batch tile per cluster
+        ex.gather(step, s.cols, locate);
+        __syncthreads();
+        slice_products(s, a, ex.tile, ex.ldb, scratch);
+      } else {
+        slice_products(s, a, h_cur + static_cast<int64_t>(b0) * h16, h16, scratch);
+      }
       __syncthreads();
       for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
         const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
@@ -59,7 +81,9 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFw
         }
         if (p.cells) p.cells[row * H + u] = active ? c : c_prev;
         p.y[row * H + u] = active ? h : 0.0f;
-        h_next[hb] = active ? T(h) : h_cur[hb];
+        const T h_out = active ? T(h) : h_cur[hb];
+        h_next[hb] = h_out;
+        if (cluster) ex.slot(step + 1)[n * U + j] = h_out;
         if (active) p.c_buf[at] = c;
       }
       __syncthreads();  // the partial products are read before the next tile overwrites them
@@ -75,7 +99,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
-  const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), true);
+  const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), true,
+                                      p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
   const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
@@ -88,6 +113,13 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBw
     const int gate = c / h16, v = c % h16, u = u0 + r;
     return (u < H && v < H) ? p.w_hh[(static_cast<int64_t>(gate) * H + v) * H + u] : T(0.0f);
   });
+  const bool cluster = p.groups.cluster;
+  const auto ex = ClusterExchange<T>::in(s, smem);
+  auto locate = [&](int c, int& owner, int& offset) {  // gate c / h16 of unit v = c % h16
+    const int gate = c / h16, v = c % h16;
+    if (v < H) owner = v / U, offset = gate * U + v % U;
+  };
+  if (cluster) ex.clear_slots();
   __syncthreads();
   int64_t t_prev = -1;
   for (int step = 0; step < p.steps; ++step) {
@@ -96,7 +128,13 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBw
     const T* dg_cur = p.dg_buf + static_cast<int64_t>(step % 2) * b16 * ld;
     T* dg_next = p.dg_buf + static_cast<int64_t>((step + 1) % 2) * b16 * ld;
     for (int b0 = b_begin; b0 < b_end; b0 += kTile) {
-      if (step > 0) slice_products(s, a, dg_cur + static_cast<int64_t>(b0) * ld, ld, scratch);
+      if (step > 0 && cluster) {  // one batch tile per cluster
+        ex.gather(step, s.cols, locate);
+        __syncthreads();
+        slice_products(s, a, ex.tile, ex.ldb, scratch);
+      } else if (step > 0) {
+        slice_products(s, a, dg_cur + static_cast<int64_t>(b0) * ld, ld, scratch);
+      }
       __syncthreads();
       for (int item = threadIdx.x; item < kTile * mine; item += kThreads) {
         const int n = item / mine, j = item % mine, b = b0 + n, u = u0 + j;
@@ -118,7 +156,10 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBw
         T* dg = p.dgates + row * 4 * H + u;
         T* dx = dg_next + static_cast<int64_t>(b) * ld + u;
         if (!active) {
-          for (int k = 0; k < 4; ++k) dg[k * H] = dx[k * h16] = T(0.0f);
+          for (int k = 0; k < 4; ++k) {
+            dg[k * H] = dx[k * h16] = T(0.0f);
+            if (cluster) ex.slot(step + 1)[n * ex.width + k * U + j] = T(0.0f);
+          }
           continue;
         }
         const T* g = p.gates + row * 4 * H + u;
@@ -130,7 +171,10 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBw
         const float dc = p.dc_buf[at] + dh * o * (1.0f - tc * tc);
         const float d[4] = {dc * gg * i * (1.0f - i), dc * c_prev * f * (1.0f - f),
                             dc * i * (1.0f - gg * gg), dh * tc * o * (1.0f - o)};
-        for (int k = 0; k < 4; ++k) dg[k * H] = dx[k * h16] = T(d[k]);
+        for (int k = 0; k < 4; ++k) {
+          dg[k * H] = dx[k * h16] = T(d[k]);
+          if (cluster) ex.slot(step + 1)[n * ex.width + k * U + j] = T(d[k]);
+        }
         p.dc_buf[at] = dc * f;
       }
       __syncthreads();

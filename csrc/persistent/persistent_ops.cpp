@@ -73,7 +73,8 @@ Geometry geometry(int64_t units, bool cluster, int64_t batch, int64_t hidden, in
   const int rows = cluster ? kTile : round_up(batch, kTile);
   const int groups = static_cast<int>((batch + rows - 1) / rows);
   const auto layout = persistent::slice_layout(gates, static_cast<int>(units), hidden,
-                                               static_cast<int>(like.element_size()), backward);
+                                               static_cast<int>(like.element_size()), backward,
+                                               cluster);
   return {slices * groups, layout.bytes(), {slices, rows, cluster}};
 }
 

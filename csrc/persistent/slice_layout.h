@@ -14,7 +14,8 @@
 // multiple of 16 per gate block (H16), and each row by 8 more elements (bank spread and the
 // 32-byte alignment of the tiles). After A come the per-warp partial products: 16 x 16
 // float32 tiles, `groups` per 16-row tile of A (the warps split the columns of A in
-// `groups` ranges when there are fewer row tiles than warps).
+// `groups` ranges when there are fewer row tiles than warps). The cluster design adds the
+// gathered B tile and two exchange slots (cluster_exchange.cuh).
 //
 // fusedrnn/backends/cuda_plan.py asks this layout for its byte count (through
 // fusedrnn._C.persistent_smem_bytes) to decide whether a call fits on chip.
@@ -51,14 +52,22 @@ struct SliceLayout {
   int groups;    // column ranges the warps split K in
   int64_t a_bytes;
   int64_t scratch_bytes;
+  // The cluster design only (cluster_exchange.cuh): the B tile gathered each step, 16 rows
+  // of ldb elements, then two slots of 16 rows of `width` elements, the block's own part.
+  int ldb, width;
+  int64_t tile_bytes, slot_bytes;
 
-  FUSEDRNN_HOST_DEVICE int64_t bytes() const { return a_bytes + scratch_bytes; }
+  FUSEDRNN_HOST_DEVICE int64_t bytes() const {
+    return a_bytes + scratch_bytes + tile_bytes + 2 * slot_bytes;
+  }
 };
 
 // gates: 4 (LSTM) or 3 (GRU); units: hidden units per block; itemsize: bytes per element of
-// the weights (4, or 2 for float16 / bfloat16).
+// the weights (4, or 2 for float16 / bfloat16); cluster: the blocks exchange through
+// distributed shared memory (the tile and the slots), else through global memory.
 FUSEDRNN_HOST_DEVICE inline SliceLayout slice_layout(int gates, int units, int64_t hidden,
-                                                     int itemsize, bool backward) {
+                                                     int itemsize, bool backward,
+                                                     bool cluster) {
   SliceLayout s{};
   const int h16 = round_up(hidden, kTile);
   s.rows = backward ? units : gates * units;
@@ -69,6 +78,12 @@ FUSEDRNN_HOST_DEVICE inline SliceLayout slice_layout(int gates, int units, int64
   s.groups = s.m_tiles >= kWarps ? 1 : kWarps / s.m_tiles;
   s.a_bytes = static_cast<int64_t>(s.rows_pad) * s.lda * itemsize;
   s.scratch_bytes = static_cast<int64_t>(s.m_tiles) * s.groups * kTile * kTile * 4;
+  if (cluster) {
+    s.ldb = s.cols + kRowPad;
+    s.width = backward ? gates * units : units;
+    s.tile_bytes = static_cast<int64_t>(kTile) * s.ldb * itemsize;
+    s.slot_bytes = round_up(static_cast<int64_t>(kTile) * s.width * itemsize, 128);
+  }
   return s;
 }
 

@@ -5,8 +5,9 @@ are split over blocks, each block keeps the slice of ``W_hh`` its units need in 
 memory for every step, and the blocks meet at one barrier per step. Two designs:
 
 - ``cluster`` (Hopper, compute capability 9.0+): one thread-block cluster of at most 16
-  blocks per batch tile of 16 rows holds all of ``W_hh``; the per-step barrier is the
-  cluster's, and the clusters never wait for each other. Forward blocks aim at 128 rows of
+  blocks per batch tile of 16 rows holds all of ``W_hh``; the new state moves through
+  distributed shared memory, the per-step barrier is the cluster's, and the clusters never
+  wait for each other. Forward blocks aim at 128 rows of
   ``W_hh`` (one 16-row product tile per warp).
 - ``grid`` (compute capability 8.0+): one cooperative grid, at most one block per
   multiprocessor, for every batch row; the per-step barrier is grid-wide, so every block
@@ -65,7 +66,7 @@ class Plan:
 @dataclass(frozen=True)
 class Occupancy:
     """The extension's answers for one device: ``smem_bytes(gates, units, hidden, itemsize,
-    backward)``, ``blocks_per_sm(kernel, dtype_name, smem)`` and ``max_clusters(kernel,
+    backward, cluster)``, ``blocks_per_sm(kernel, dtype_name, smem)`` and ``max_clusters(kernel,
     dtype_name, smem, cluster)`` (-1 from either: no kernel code for the architecture)."""
 
     smem_bytes: object
@@ -133,7 +134,8 @@ def _try(design, cell, hidden, dtype_name, itemsize, device, backward, occupancy
     else:
         units = forward_units(hidden, device.multiprocessors)
     blocks = -(-hidden // units)
-    smem = occupancy.smem_bytes(GATES[cell], units, hidden, itemsize, backward)
+    smem = occupancy.smem_bytes(GATES[cell], units, hidden, itemsize, backward,
+                                design == "cluster")
     kernel = f"{cell}_{'bwd' if backward else 'fwd'}"
     needed = MIN_CAPABILITY[design]
 
