@@ -24,18 +24,16 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from . import __version__, backends, modules, testing
-from .bench_timing import (addmm_seconds, is_noisy, launch_latency_seconds, peak_memory_bytes,
-                           summarize, time_interleaved)
+from .bench_floors import GATES, MODE_FLOP_FACTORS, persistent_floor_terms, step_floor_seconds
+from .bench_timing import is_noisy, peak_memory_bytes, summarize, time_interleaved
 
-# mode: how many forwards' worth of GEMM FLOPs it does (see gemm_flops)
-MODE_FLOP_FACTORS = {"inference": 1, "training_forward": 1, "backward": 2, "training": 3}
+# the modes; MODE_FLOP_FACTORS: how many forwards' worth of GEMM FLOPs each does (gemm_flops)
 MODES = tuple(MODE_FLOP_FACTORS)
 DEFAULT_MODES = ("inference", "training")
 CELLS = {"lstm": modules.LSTM, "gru": modules.GRU, "rnn": modules.RNN}
 # Backends whose kernel a provider may force, ``--backend cuda:stepwise``: the variable the
 # backend reads it from (fusedrnn/backends/cuda_plan.py, triton/plan.py).
 KERNEL_ENV = {"cuda": "FUSEDRNN_CUDA_KERNEL", "triton": "FUSEDRNN_TRITON_KERNEL"}
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TORCH_LABEL = "torch.nn"
 GRID_SIZES = ("quick", "default", "full")
@@ -150,24 +148,6 @@ def input_tokens(x):
     if isinstance(x, PackedSequence):
         return int(x.data.shape[0])
     return int(x.shape[0] * x.shape[1])
-
-
-def step_floor_seconds(case, device="cpu", dtype=torch.float32):
-    """The per-step floor of ``case``: the least one time step can take in an implementation
-    that works step by step, ``layers x directions x unit``, where the unit is
-
-    * CUDA: one kernel launch, the per-launch time of back-to-back tiny kernels
-      (:func:`~fusedrnn.bench_timing.launch_latency_seconds`, measured once per run);
-    * CPU: the median time of one ``addmm`` of the step's recurrent product,
-      ``(B x P) @ (P x G)`` plus bias (:func:`~fusedrnn.bench_timing.addmm_seconds`).
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        unit = launch_latency_seconds(device)
-    else:
-        unit = addmm_seconds(case.batch, case.proj_size or case.hidden_size,
-                             GATES[case.cell] * case.hidden_size, device, dtype)
-    return case.num_layers * (2 if case.bidirectional else 1) * unit
 
 
 # ---------------------------------------------------------------- providers
@@ -404,6 +384,7 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
     return {"case": case.label, **asdict(case), "mode": mode, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
             "flops": flops, "floor_us_per_step": step_floor_seconds(case, device, dtype) * 1e6,
+            "persistent_floor_us": persistent_floor_terms(case, mode, device, dtype),
             "providers": entries}
 
 

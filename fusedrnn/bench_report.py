@@ -26,6 +26,11 @@ FLOPS_NOTE = ("TFLOP/s = GEMM FLOPs / median: forward 2*T*B*G*(I+P) per layer an
 MEMORY_NOTE = ("peak_memory_bytes (JSON) = bytes allocated by one call above what was allocated "
                "before it: torch.cuda.max_memory_allocated on CUDA, the profiler's allocation "
                "records on the CPU")
+PERSISTENT_NOTE = ("persistent floor (CUDA) = per layer and direction, the larger of the step's "
+                   "recurrent product over the measured matrix rate and the measured latency "
+                   "of the cheaper barrier (grid, or a 16-block cluster on Hopper); weights = "
+                   "W_hh bytes over the measured copy bandwidth, for comparison "
+                   "(fusedrnn/bench_floors.py); us per step, summed over layers and directions")
 NOISY_NOTE = (f"! = noisy: IQR above {NOISY_FRACTION:.0%} of the median (a busy or throttled "
               "machine?); rerun before trusting that ratio")
 PLOTS = {"batch": "speedup_vs_batch.png", "hidden_size": "speedup_vs_hidden.png"}
@@ -154,6 +159,23 @@ def write_plots(results, out_dir):
 # ---------------------------------------------------------------- files
 
 
+def persistent_floor_lines(results):
+    """A markdown section of the persistent floor terms (CUDA results only), else ``[]``."""
+    rows = [r for r in results if r.get("persistent_floor_us")]
+    if not rows:
+        return []
+    lines = ["## Per-step floor of a persistent kernel", "", PERSISTENT_NOTE, "",
+             "| cell | shape | mode | flops us | barrier us | floor us | weights us |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for result in rows:
+        terms = result["persistent_floor_us"]
+        cells = [_us(terms[key]) if key in terms else "n/a"
+                 for key in ("flops", "barrier", "floor", "weights")]
+        lines.append(f"| {result['cell']} | {result['case']} | {result['mode']} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_reports(results, env, out_dir, settings=None):
     """Write ``results.json``, ``results.md`` and the plots into ``out_dir``.
 
@@ -171,6 +193,7 @@ def write_reports(results, env, out_dir, settings=None):
     if settings:
         lines += ["", "## Settings", ""] + [f"- {k}: {v}" for k, v in settings.items()]
     lines += ["", "## Results", "", format_table(results, markdown=True)]
+    lines += persistent_floor_lines(results)
     if plot_paths:
         lines += ["## Speedup plots", ""]
         lines += [f"![{path.stem}]({path.name})\n" for path in plot_paths]

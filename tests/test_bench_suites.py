@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import bench, bench_timing
+from fusedrnn import bench, bench_floors, bench_report, bench_timing
 from fusedrnn.backends import Call
 from fusedrnn.cli import main
 
@@ -166,6 +166,34 @@ def test_gemm_flops_match_a_hand_count():
     # LSTM with projection P=3: recurrent product 20x3, plus the projection 5 -> 3.
     assert bench.gemm_flops(bench.Case("lstm", 2, 3, 4, 5, proj_size=3)) == 1680 + 180
     assert bench.gemm_flops(bench.Case("rnn", 1, 1, 1, 1)) == 2 * 1 * 1 * (1 + 1)
+
+
+def test_persistent_floor_terms_from_the_ceilings():
+    # LSTM B16 H768 bf16: the step's product is 2 * 16 * 3072 * 768 = 75.5 MFLOP; W_hh
+    # 3072 x 768 x 2 bytes = 4.7 MB
+    case = bench.Case("lstm", 16, 1024, 768, 768)
+    ceilings = {"flop_per_s": 1e15, "bytes_per_s": 4e12, "barrier_s": 1e-6}
+    terms = bench_floors.floor_terms(case, "inference", 2, ceilings)
+    assert terms["flops"] == pytest.approx(2 * 16 * 3072 * 768 / 1e15 * 1e6)
+    assert terms["weights"] == pytest.approx(3072 * 768 * 2 / 4e12 * 1e6)
+    assert terms["barrier"] == pytest.approx(1.0) and terms["floor"] == pytest.approx(1.0)
+    four = bench.Case("lstm", 16, 1024, 768, 768, num_layers=2, bidirectional=True)
+    training = bench_floors.floor_terms(four, "training", 2, ceilings)
+    assert training["flops"] == pytest.approx(4 * 3 * terms["flops"])
+    assert training["barrier"] == pytest.approx(4.0)
+    no_barrier = bench_floors.floor_terms(case, "inference", 2, {**ceilings, "barrier_s": None})
+    assert "barrier" not in no_barrier and "floor" not in no_barrier
+    assert bench_floors.persistent_floor_terms(case, "inference", "cpu", torch.float32) is None
+
+
+def test_persistent_floor_section_only_for_cuda_results():
+    result = {"cell": "lstm", "case": "B16 T1024 I768 H768", "mode": "training",
+              "persistent_floor_us": {"flops": 0.23, "barrier": 1.5, "floor": 1.5,
+                                      "weights": 1.18}}
+    lines = bench_report.persistent_floor_lines([result, {**result, "persistent_floor_us": None}])
+    assert lines[0] == "## Per-step floor of a persistent kernel"
+    assert lines[-2] == "| lstm | B16 T1024 I768 H768 | training | 0.23 | 1.50 | 1.50 | 1.18 |"
+    assert bench_report.persistent_floor_lines([{**result, "persistent_floor_us": None}]) == []
 
 
 def test_step_floor_scales_with_layers_and_directions():

@@ -46,7 +46,7 @@ def test_layout_bytes_follow_the_slice():
     # backward GRU, 16 units of H 33 in float32: 16 rows of (3 * 48 + 8), 1 tile x 8 groups
     assert smem_bytes(3, 16, 33, 4, True, False) == 16 * 152 * 4 + 8 * 256 * 4
     # in a cluster, plus the gathered B tile (16 x (48 + 8)) and two slots of 16 rows of
-    # its 32 units, each rounded up to 128 bytes
+    # its 32 units
     assert (smem_bytes(4, 32, 48, 2, False, True) - smem_bytes(4, 32, 48, 2, False, False)
             == 16 * 56 * 2 + 2 * 16 * 32 * 2)
     assert smem_bytes(4, 8, 768, 4, False, False) > smem_bytes(4, 8, 768, 2, False, False)

@@ -1,7 +1,9 @@
-// LSTM persistent kernels: one cooperative launch runs every step of one layer and direction;
-// each block keeps its slice of W_hh in shared memory (slice_layout.h) and the blocks meet
-// at one grid barrier per step, exchanging the new state through global memory. Gates i, f,
-// g, o; the same saved tensors and masking as the step kernels (lstm_kernels.cuh).
+// LSTM persistent kernels: one launch runs every step of one layer and direction; each block
+// keeps its slice of W_hh in shared memory (slice_layout.h) and the blocks of a group meet at
+// one barrier per step (params.h, Groups): a cooperative grid exchanging the new state
+// through global memory, or a Hopper cluster exchanging it through distributed shared memory
+// (cluster_exchange.cuh). Gates i, f, g, o; the same saved tensors and masking as the step
+// kernels (lstm_kernels.cuh).
 #pragma once
 
 #include "cell_math.cuh"

@@ -1,12 +1,13 @@
 // The shared-memory layout of the persistent kernels (host and device).
 //
-// A persistent kernel splits the hidden units over the blocks of one cooperative grid: block
-// q owns units [q * units, q * units + units) and keeps, for the whole sequence, the slice
+// A persistent kernel splits the hidden units over the blocks of a group (a cooperative grid
+// or a thread-block cluster, params.h): block q owns units [q * units, q * units + units) and keeps, for the whole sequence, the slice
 // of W_hh those units need in shared memory as the row-major matrix A of its per-step
 // product A @ B (tensor cores, float32 accumulation):
 //
 //   forward   A: (gates * units) x H rows of W_hh, row k * units + j = W_hh[k * H + u0 + j]
 //             B: the previous state h (H x 16 batch rows), read from the exchange buffer
+//                (global memory) or the block's gathered tile (cluster design)
 //   backward  A: units x (gates * H) columns of W_hh, A[j][k * H16 + v] = W_hh[k * H + v][u0 + j]
 //             B: the previous step's gate gradients (gates * H16 x 16 batch rows)
 //
@@ -53,7 +54,8 @@ struct SliceLayout {
   int64_t a_bytes;
   int64_t scratch_bytes;
   // The cluster design only (cluster_exchange.cuh): the B tile gathered each step, 16 rows
-  // of ldb elements, then two slots of 16 rows of `width` elements, the block's own part.
+  // of ldb elements, then two slots of 16 rows of `width` elements, the block's own part
+  // (slot_bytes each, back to back).
   int ldb, width;
   int64_t tile_bytes, slot_bytes;
 
@@ -82,7 +84,7 @@ FUSEDRNN_HOST_DEVICE inline SliceLayout slice_layout(int gates, int units, int64
     s.ldb = s.cols + kRowPad;
     s.width = backward ? gates * units : units;
     s.tile_bytes = static_cast<int64_t>(kTile) * s.ldb * itemsize;
-    s.slot_bytes = round_up(static_cast<int64_t>(kTile) * s.width * itemsize, 128);
+    s.slot_bytes = static_cast<int64_t>(kTile) * s.width * itemsize;
   }
   return s;
 }

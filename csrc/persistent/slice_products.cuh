@@ -87,7 +87,8 @@ __device__ void warp_product(const scalar_t* a, int lda, int mt, int k_begin, in
 }
 
 // The block's product A @ B for 16 batch columns: A the weight slice in shared memory, B
-// column n at b + n * ldb (global memory, written by every block in the previous step). The
+// column n at b + n * ldb (the exchange buffer in global memory, or the cluster design's
+// gathered tile in shared memory, written by every block in the previous step). The
 // partial tiles go to `scratch`; read them with `product()` after a __syncthreads().
 template <typename scalar_t>
 __device__ void slice_products(const SliceLayout& s, const scalar_t* a, const scalar_t* b,

@@ -1,0 +1,112 @@
+"""The per-step floors of ``fusedrnn bench``.
+
+:func:`step_floor_seconds`: the floor of an implementation that works step by step.
+
+:func:`persistent_floor_terms`: the floor of a persistent kernel on CUDA, term by term. A
+persistent kernel (the cuda backend's, ``csrc/persistent/``) runs each layer and direction
+as one launch whose steps cost at least the larger of
+
+* ``flops``: the step's recurrent product, ``2 x B x G x P`` (x 3 when the mode also runs
+  the backward), over the device's measured matrix rate in the dtype;
+* ``barrier``: the one barrier per step, the measured latency of a grid barrier over one
+  block per multiprocessor, or of a 16-block cluster barrier on Hopper (the smaller);
+
+and, for comparison, ``weights``: the bytes of ``W_hh`` over the measured copy bandwidth,
+what a kernel that reads its weights from device memory every step cannot beat. Terms are
+microseconds per step summed over layers and directions; the ceilings are measured once per
+process, device and dtype (``benchmarks/barrier_latency.py`` measures the barriers alone).
+"""
+
+import functools
+import statistics
+
+import torch
+
+from .bench_timing import _indexed, addmm_seconds, launch_latency_seconds, time_call
+
+MATMUL_SIZE = 8192  # square product timed for the matrix rate
+COPY_ELEMENTS = 2**28  # float32 elements copied for the bandwidth (1 GiB)
+BARRIER_ITERATIONS = 2000
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# GEMM work of each mode in units of one forward (the backward is two products per forward one)
+MODE_FLOP_FACTORS = {"inference": 1, "training_forward": 1, "backward": 2, "training": 3}
+
+
+def step_floor_seconds(case, device="cpu", dtype=torch.float32):
+    """The per-step floor of ``case``: the least one time step can take in an implementation
+    that works step by step, ``layers x directions x unit``, where the unit is
+
+    * CUDA: one kernel launch, the per-launch time of back-to-back tiny kernels
+      (:func:`~fusedrnn.bench_timing.launch_latency_seconds`, measured once per run);
+    * CPU: the median time of one ``addmm`` of the step's recurrent product,
+      ``(B x P) @ (P x G)`` plus bias (:func:`~fusedrnn.bench_timing.addmm_seconds`).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        unit = launch_latency_seconds(device)
+    else:
+        unit = addmm_seconds(case.batch, case.proj_size or case.hidden_size,
+                             GATES[case.cell] * case.hidden_size, device, dtype)
+    return case.num_layers * (2 if case.bidirectional else 1) * unit
+
+
+def floor_terms(case, mode, itemsize, ceilings):
+    """The terms (us per step) of ``case`` in ``mode`` with ``itemsize``-byte elements, from
+    ``ceilings``: ``{"flop_per_s", "bytes_per_s", "barrier_s"}`` (``barrier_s`` may be None:
+    no persistent barrier measured)."""
+    state = case.proj_size or case.hidden_size
+    rows = GATES[case.cell] * case.hidden_size
+    launches = case.num_layers * (2 if case.bidirectional else 1)
+    step_flops = 2 * case.batch * rows * state * MODE_FLOP_FACTORS[mode]
+    terms = {"flops": launches * step_flops / ceilings["flop_per_s"] * 1e6,
+             "weights": launches * rows * state * itemsize / ceilings["bytes_per_s"] * 1e6}
+    barrier = ceilings.get("barrier_s")
+    if barrier is not None:
+        terms["barrier"] = launches * barrier * 1e6
+        terms["floor"] = max(terms["flops"], terms["barrier"])
+    return terms
+
+
+def persistent_floor_terms(case, mode, device, dtype):
+    """:func:`floor_terms` with the ceilings measured on CUDA ``device``; None on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return floor_terms(case, mode, itemsize, device_ceilings(_indexed(device), dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def device_ceilings(device, dtype):
+    """The measured matrix rate in ``dtype``, copy bandwidth and per-step barrier latency."""
+    left = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).to(dtype)
+    right = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).to(dtype)
+    seconds = statistics.median(time_call(lambda: torch.mm(left, right), device, 2, 5))
+    source = torch.randn(COPY_ELEMENTS, device=device)
+    target = torch.empty_like(source)
+    copy_s = statistics.median(time_call(lambda: target.copy_(source), device, 2, 5))
+    return {"flop_per_s": 2 * MATMUL_SIZE**3 / seconds,
+            "bytes_per_s": 2 * source.numel() * source.element_size() / copy_s,
+            "barrier_s": _barrier_seconds(device)}
+
+
+def _barrier_seconds(device):
+    """The cheaper of a grid barrier (one block per multiprocessor) and, on Hopper, a
+    16-block cluster barrier, in seconds; None without the CUDA extension."""
+    from . import _extension
+
+    try:
+        ext = _extension.CUDA.load()
+    except ImportError:
+        return None
+    props = torch.cuda.get_device_properties(device)
+    with torch.cuda.device(device):
+        latencies = [ext.barrier_latency_us("grid", props.multi_processor_count, 1,
+                                            BARRIER_ITERATIONS, 3)]
+        if props.major >= 9:
+            try:
+                latencies.append(ext.barrier_latency_us(
+                    "cluster", props.multi_processor_count // 16 * 16, 16, BARRIER_ITERATIONS, 3))
+            except RuntimeError:  # no sm_90 code, or a cluster of 16 the device cannot place
+                pass
+    return min(latencies) / 1e6
