@@ -8,7 +8,7 @@
 # under OUT_DIR, printing a short summary last. Without a GPU it says so and exits 0;
 # FUSEDRNN_GPU_CHECK_DRY=1 then runs every stage on the CPU instead (tiny bench grid, Triton
 # in its interpreter), to rehearse the script. Budget: under 9 minutes on one H200 (the
-# stage timeouts add up to 540 s; a failing persistent kernel does not stop the rest).
+# stage timeouts add up to 535 s; a failing persistent kernel does not stop the rest).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -57,13 +57,18 @@ if [ "$device" = cuda ]; then
     summary+=("           cluster kernels failed: the stages below ran the grid ones")
   fi
 fi
-# GPU tests: the Triton backend on CUDA tensors, the CUDA-only tests, the extension's tests.
-stage tests 130 $PY -m pytest tests/ -q "${test_flags[@]}" \
-  -m "requires_cuda or requires_triton or requires_ext" --junitxml="$out/tests.xml"
+# GPU tests: the cuda backend's (tests/test_cuda_*.py), then every other test that needs
+# CUDA, Triton or the extension (the Triton backend on CUDA tensors), each stage with its own
+# time limit so that one running long does not cost the other its results.
+gpu_marks="requires_cuda or requires_triton or requires_ext"
+stage tests_cuda 55 $PY -m pytest tests/test_cuda_ext.py tests/test_cuda_plan.py -q \
+  "${test_flags[@]}" -m "$gpu_marks" --junitxml="$out/tests_cuda.xml"
+stage tests 85 $PY -m pytest tests/ -q "${test_flags[@]}" -m "$gpu_marks" \
+  --ignore=tests/test_cuda_ext.py --ignore=tests/test_cuda_plan.py --junitxml="$out/tests.xml"
 if command -v compute-sanitizer >/dev/null && [ "$device" = cuda ]; then
-  stage memcheck 40 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
-  stage racecheck 40 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
-  stage synccheck 35 compute-sanitizer --tool synccheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
+  stage memcheck 35 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
+  stage racecheck 35 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
+  stage synccheck 30 compute-sanitizer --tool synccheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
 else
   summary+=("sanitizer  skipped (no compute-sanitizer or no GPU)")
 fi
@@ -78,6 +83,6 @@ stage bench 80 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --back
 echo
 echo "== gpu_check summary ($(cat "$out/commit.txt" 2>/dev/null), $device $arch) =="
 printf '%s\n' "${summary[@]}"
-tail -n 1 "$out/tests.log" 2>/dev/null
+tail -n 1 "$out/tests_cuda.log" "$out/tests.log" 2>/dev/null
 grep -E '^\| (grid|cluster) ' "$out/barriers.log" 2>/dev/null
 [ -f "$out/bench/results.md" ] && grep -E '^\| (lstm|gru) ' "$out/bench/results.md" | head -40
