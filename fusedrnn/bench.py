@@ -25,15 +25,13 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import __version__, backends, modules, testing
 from .bench_floors import GATES, MODE_FLOP_FACTORS, persistent_floor_terms, step_floor_seconds
+from .bench_kernels import cuda_kernels, split_backend, with_env
 from .bench_timing import is_noisy, peak_memory_bytes, summarize, time_interleaved
 
 # the modes; MODE_FLOP_FACTORS: how many forwards' worth of GEMM FLOPs each does (gemm_flops)
 MODES = tuple(MODE_FLOP_FACTORS)
 DEFAULT_MODES = ("inference", "training")
 CELLS = {"lstm": modules.LSTM, "gru": modules.GRU, "rnn": modules.RNN}
-# Backends whose kernel a provider may force, ``--backend cuda:stepwise``: the variable the
-# backend reads it from (fusedrnn/backends/cuda_plan.py, triton/plan.py).
-KERNEL_ENV = {"cuda": "FUSEDRNN_CUDA_KERNEL", "triton": "FUSEDRNN_TRITON_KERNEL"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TORCH_LABEL = "torch.nn"
 GRID_SIZES = ("quick", "default", "full")
@@ -170,42 +168,7 @@ class Provider:
     status: str = "ok"
     message: str = ""
     env: dict = None  # environment variables set around its calls (a forced kernel)
-
-
-def split_backend(name):
-    """``"cuda:stepwise"`` -> ``("cuda", {"FUSEDRNN_CUDA_KERNEL": "stepwise"})``; a plain name
-    -> ``(name, {})``. ValueError for a kernel on a backend that has no such choice."""
-    backend, _, kernel = name.partition(":")
-    if not kernel:
-        return backend, {}
-    if backend not in KERNEL_ENV:
-        raise ValueError(f"backend {backend!r} has no kernel choice (only "
-                         f"{', '.join(KERNEL_ENV)}), got {name!r}")
-    return backend, {KERNEL_ENV[backend]: kernel}
-
-
-def with_env(call_and_setup, env):
-    """``(call, setup)`` that run with ``env`` set in ``os.environ``, restored after each."""
-    if not env:
-        return call_and_setup
-
-    def wrapped(function):
-        def run():
-            saved = {key: os.environ.get(key) for key in env}
-            os.environ.update(env)
-            try:
-                return function()
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-
-        return None if function is None else run
-
-    call, setup = call_and_setup
-    return wrapped(call), wrapped(setup)
+    kernels: str = ""  # the cuda backend's kernels for this case (cuda_kernels)
 
 
 def short_error(error, limit=80):
@@ -271,6 +234,8 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
             providers.append(provider)
             continue
         provider.resolved = backends.select(backend, device, dtype).name
+        if provider.resolved == "cuda":
+            provider.kernels = cuda_kernels(case, device, dtype, env)
         module = copy.deepcopy(base)
         module.backend = backend
         provider.module, provider.input = module, _copy_input(x)
@@ -365,7 +330,8 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
     entries = []
     for index, provider in enumerate(providers):
         entry = {"provider": provider.label, "backend": provider.backend,
-                 "resolved_backend": provider.resolved, "status": provider.status,
+                 "resolved_backend": provider.resolved, "kernels": provider.kernels,
+                 "status": provider.status,
                  "message": provider.message}
         measured = times.get(index)
         if isinstance(measured, Exception):

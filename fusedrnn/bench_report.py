@@ -45,11 +45,14 @@ def _us(microseconds):
     return f"{microseconds:.1f}" if microseconds >= 10 else f"{microseconds:.2f}"
 
 
-def provider_title(entry):
-    """A provider's name, with the backend ``auto`` resolved to: ``fusedrnn (auto: reference)``."""
+def provider_title(entry, kernels=True):
+    """A provider's name, with the backend ``auto`` resolved to, ``fusedrnn (auto: reference)``,
+    and (``kernels``) the cuda backend's kernels: ``fusedrnn (auto: cuda, grid)``."""
+    detail = entry.get("kernels") if kernels else ""
     if entry["resolved_backend"] and entry["backend"] == backends.AUTO:
-        return f"{entry['provider']} (auto: {entry['resolved_backend']})"
-    return entry["provider"]
+        resolved = entry["resolved_backend"] + (f", {detail}" if detail else "")
+        return f"{entry['provider']} (auto: {resolved})"
+    return entry["provider"] + (f" ({detail})" if detail else "")
 
 
 def table_rows(results):
@@ -113,7 +116,7 @@ def speedup_series(results, key):
     for result in results:
         for entry in result["providers"]:
             if entry.get("ratio"):
-                name = (result["cell"], result["mode"], provider_title(entry))
+                name = (result["cell"], result["mode"], provider_title(entry, kernels=False))
                 series.setdefault(name, []).append((result[key], 1.0 / entry["ratio"]))
     return {name: sorted(points) for name, points in series.items()}
 

@@ -206,6 +206,30 @@ def test_backend_kernel_choices_are_parsed_and_checked(capsys):
     assert provider.label == "fusedrnn [cuda:stepwise]" and provider.status == "unavailable"
 
 
+def test_cuda_kernels_name_the_planners_choice_under_the_providers_environment(monkeypatch):
+    from fusedrnn.backends import cuda_plan
+
+    seen = []
+
+    def plan_call(cell, hidden, dtype, index, backward):
+        seen.append(os.environ.get("FUSEDRNN_CUDA_KERNEL"))
+        if backward:
+            return cuda_plan.Plan("stepwise", "test")
+        return cuda_plan.Plan("persistent", "test", units=8, cluster=True)
+
+    monkeypatch.setattr(cuda_plan, "plan_call", plan_call)
+    case = bench.Case("lstm", 16, 10, 8, 64)
+    env = {"FUSEDRNN_CUDA_KERNEL": "persistent"}
+    assert bench.cuda_kernels(case, "cuda:0", torch.bfloat16, env) == "fwd cluster, bwd stepwise"
+    assert seen == ["persistent", "persistent"]
+    assert bench.cuda_kernels(bench.Case("lstm", 16, 10, 8, 64, proj_size=4), "cuda:0",
+                              torch.bfloat16, {}) == "stepwise"
+    entry = {"provider": "fusedrnn", "backend": "auto", "resolved_backend": "cuda",
+             "kernels": "grid"}
+    assert bench_report.provider_title(entry) == "fusedrnn (auto: cuda, grid)"
+    assert bench_report.provider_title(entry, kernels=False) == "fusedrnn (auto: cuda)"
+
+
 def test_forced_kernels_are_set_only_around_the_provider_calls(monkeypatch):
     monkeypatch.delenv("FUSEDRNN_CUDA_KERNEL", raising=False)
     seen = []

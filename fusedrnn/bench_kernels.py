@@ -1,0 +1,74 @@
+"""The kernel variants of benchmark providers: ``--backend cuda:stepwise`` forces a backend's
+kernel choice around that provider's calls only (through the environment variable the
+backend reads per call), and :func:`cuda_kernels` names what the cuda backend's planner
+runs for a case, for the reports.
+"""
+
+import contextlib
+import os
+
+import torch
+
+# Backends whose kernel a provider may force, ``--backend cuda:stepwise``: the variable the
+# backend reads it from (fusedrnn/backends/cuda_plan.py, triton/plan.py).
+KERNEL_ENV = {"cuda": "FUSEDRNN_CUDA_KERNEL", "triton": "FUSEDRNN_TRITON_KERNEL"}
+
+
+def split_backend(name):
+    """``"cuda:stepwise"`` -> ``("cuda", {"FUSEDRNN_CUDA_KERNEL": "stepwise"})``; a plain name
+    -> ``(name, {})``. ValueError for a kernel on a backend that has no such choice."""
+    backend, _, kernel = name.partition(":")
+    if not kernel:
+        return backend, {}
+    if backend not in KERNEL_ENV:
+        raise ValueError(f"backend {backend!r} has no kernel choice (only "
+                         f"{', '.join(KERNEL_ENV)}), got {name!r}")
+    return backend, {KERNEL_ENV[backend]: kernel}
+
+
+@contextlib.contextmanager
+def environment(env):
+    """``env`` set in ``os.environ`` inside the block, the previous values restored after."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def with_env(call_and_setup, env):
+    """``(call, setup)`` that run with ``env`` set in ``os.environ``, restored after each."""
+    if not env:
+        return call_and_setup
+
+    def wrapped(function):
+        def run():
+            with environment(env):
+                return function()
+
+        return None if function is None else run
+
+    call, setup = call_and_setup
+    return wrapped(call), wrapped(setup)
+
+
+def cuda_kernels(case, device, dtype, env):
+    """Which kernels the cuda backend runs ``case`` with under ``env`` (its planner's choice):
+    ``grid``, ``cluster`` or ``stepwise``, or ``fwd X, bwd Y`` when the two differ."""
+    if case.cell not in ("lstm", "gru") or case.proj_size:
+        return "stepwise"
+    from .backends import cuda_plan
+
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with environment(env):
+        plans = [cuda_plan.plan_call(case.cell, case.hidden_size, dtype, index, backward)
+                 for backward in (False, True)]
+    names = [("cluster" if plan.cluster else "grid") if plan.kernel == "persistent"
+             else "stepwise" for plan in plans]
+    return names[0] if names[0] == names[1] else f"fwd {names[0]}, bwd {names[1]}"
