@@ -9,45 +9,9 @@
 #include <string>
 #include <tuple>
 
+#include "cuda_ops.h"
 #include "persistent/slice_layout.h"
 
-namespace fusedrnn {
-using at::Tensor;
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, bool, bool);
-std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_fwd(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const std::optional<Tensor>&, bool, bool);
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_bwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const std::optional<Tensor>&, bool, bool);
-std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const Tensor&, bool);
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, bool, bool, int64_t, bool);
-std::tuple<Tensor, Tensor, Tensor> lstm_persistent_bwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool, int64_t, bool);
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_persistent_fwd(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const std::optional<Tensor>&, bool, bool, int64_t, bool);
-std::tuple<Tensor, Tensor, Tensor> gru_persistent_bwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const Tensor&, bool, int64_t, bool);
-int persistent_occupancy(const std::string&, at::ScalarType, int64_t, int, int);
-namespace persistent {
-double barrier_latency_us(const std::string&, int, int, int, int);
-}  // namespace persistent
-}  // namespace fusedrnn
 
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::lstm_recurrence_fwd));

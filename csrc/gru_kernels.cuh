@@ -1,5 +1,5 @@
-// GRU fused pointwise step kernels: one thread per (row b, hidden unit j). Gates r, z, n:
-//   r, z = sigmoid(xg + hg);  n = tanh(xg_n + r * hg_n);  h' = n + z * (h - n).
+// GRU fused pointwise step kernels: one thread per (row b, hidden unit j); the cell's math
+// in gru_cell.cuh.
 // Kernel templates and their typed launchers; instantiated once per dtype in
 // kernels_<dtype>.cu, dispatched on the dtype in step_launchers.cpp (kernels.h).
 #pragma once
@@ -7,7 +7,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
-#include "cell_math.cuh"
+#include "gru_cell.cuh"
 
 namespace fusedrnn {
 
@@ -24,16 +24,14 @@ __global__ void gru_fwd_step_kernel(scalar_t* __restrict__ gates,
   const int64_t b = idx / hidden, j = idx % hidden;
   scalar_t* g = gates + b * 3 * hidden;
   const scalar_t* hg = hidden_gates + b * 3 * hidden;
-  const float r = sigmoid(static_cast<float>(g[j]) + static_cast<float>(hg[j]));
-  const float z = sigmoid(static_cast<float>(g[hidden + j]) + static_cast<float>(hg[hidden + j]));
   const float hn = hg[2 * hidden + j];
-  const float n = tanhf(static_cast<float>(g[2 * hidden + j]) + r * hn);
-  const float hp = h_prev[idx];
-  const float h = n + z * (hp - n);
+  const GruGates a = gru_activate(g[j], g[hidden + j], g[2 * hidden + j], hg[j],
+                                  hg[hidden + j], hn);
+  const float h = gru_state(a, h_prev[idx]);
   const bool active = is_active(lengths, b, t);
-  g[j] = r;
-  g[hidden + j] = z;
-  g[2 * hidden + j] = n;
+  g[j] = a.r;
+  g[hidden + j] = a.z;
+  g[2 * hidden + j] = a.n;
   hidden_n[idx] = hn;
   y[idx] = active ? h : 0.0f;
   h_next[idx] = active ? static_cast<scalar_t>(h) : h_prev[idx];
@@ -74,16 +72,14 @@ __global__ void gru_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
     return;
   }
   const scalar_t* g = gates + b * 3 * hidden;
-  const float r = g[j], z = g[hidden + j], n = g[2 * hidden + j];
-  const float d_n = dh * (1.0f - z) * (1.0f - n * n);
-  const float d_z = dh * (static_cast<float>(h_prev[idx]) - n) * z * (1.0f - z);
-  const float d_r = d_n * static_cast<float>(hidden_n[idx]) * r * (1.0f - r);
-  din[j] = d_r;
-  din[hidden + j] = d_z;
-  din[2 * hidden + j] = d_n;
-  dhid[j] = d_r;
-  dhid[hidden + j] = d_z;
-  dhid[2 * hidden + j] = d_n * r;
+  const GruGates a{g[j], g[hidden + j], g[2 * hidden + j]};
+  const GruGrads d = gru_backward(a, h_prev[idx], hidden_n[idx], dh);
+  din[j] = d.d_r;
+  din[hidden + j] = d.d_z;
+  din[2 * hidden + j] = d.d_n;
+  dhid[j] = d.d_r;
+  dhid[hidden + j] = d.d_z;
+  dhid[2 * hidden + j] = d.d_n * a.r;
 }
 
 template <typename scalar_t>

@@ -11,7 +11,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
-#include "cell_math.cuh"
+#include "lstm_cell.cuh"
 
 namespace fusedrnn {
 
@@ -25,18 +25,15 @@ __global__ void lstm_proj_fwd_step_kernel(scalar_t* __restrict__ gates,
   if (idx >= batch * hidden) return;
   const int64_t b = idx / hidden, j = idx % hidden;
   scalar_t* g = gates + b * 4 * hidden;
-  const float i = sigmoid(static_cast<float>(g[j]));
-  const float f = sigmoid(static_cast<float>(g[hidden + j]));
-  const float gg = tanhf(static_cast<float>(g[2 * hidden + j]));
-  const float o = sigmoid(static_cast<float>(g[3 * hidden + j]));
+  const LstmGates a = lstm_activate(g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
   const float cp = static_cast<float>(c_prev[idx]);
-  const float c = f * cp + i * gg;
-  g[j] = i;
-  g[hidden + j] = f;
-  g[2 * hidden + j] = gg;
-  g[3 * hidden + j] = o;
+  const float c = lstm_cell_state(a, cp);
+  g[j] = a.i;
+  g[hidden + j] = a.f;
+  g[2 * hidden + j] = a.g;
+  g[3 * hidden + j] = a.o;
   cell[idx] = is_active(lengths, b, t) ? c : cp;
-  r[idx] = o * tanhf(c);  // projected and masked by the next two stages
+  r[idx] = a.o * tanhf(c);  // projected and masked by the next two stages
 }
 
 template <typename scalar_t>
@@ -89,15 +86,13 @@ __global__ void lstm_proj_bwd_step_kernel(const scalar_t* __restrict__ dr,
     return;
   }
   const scalar_t* g = gates + b * 4 * hidden;
-  const float i = g[j], f = g[hidden + j], gg = g[2 * hidden + j], o = g[3 * hidden + j];
-  const float d = dr[idx];
-  const float tc = tanhf(static_cast<float>(cell[idx]));
-  const float dcv = dc[idx] + d * o * (1.0f - tc * tc);
-  dg[j] = dcv * gg * i * (1.0f - i);
-  dg[hidden + j] = dcv * static_cast<float>(c_prev[idx]) * f * (1.0f - f);
-  dg[2 * hidden + j] = dcv * i * (1.0f - gg * gg);
-  dg[3 * hidden + j] = d * tc * o * (1.0f - o);
-  dc[idx] = dcv * f;
+  const LstmGates a{g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]};
+  const LstmGrads d = lstm_backward(a, c_prev[idx], cell[idx], dr[idx], dc[idx]);
+  dg[j] = d.d_i;
+  dg[hidden + j] = d.d_f;
+  dg[2 * hidden + j] = d.d_g;
+  dg[3 * hidden + j] = d.d_o;
+  dc[idx] = d.dc_prev;
 }
 
 template <typename scalar_t>

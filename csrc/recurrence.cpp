@@ -7,6 +7,7 @@
 
 #include <tuple>
 
+#include "cuda_ops.h"
 #include "kernels.h"
 #include "recurrence_args.h"
 

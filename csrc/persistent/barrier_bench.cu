@@ -9,6 +9,7 @@
 
 #include <string>
 
+#include "persistent/cluster_exchange.cuh"
 #include "persistent/slice_layout.h"
 
 namespace fusedrnn {
@@ -37,17 +38,8 @@ float time_launch(const std::string& kind, int blocks, int cluster, int iteratio
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(grid_barrier_kernel),
                                                dim3(blocks), dim3(kThreads), args, 0, stream));
   } else {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(blocks);
-    config.blockDim = dim3(kThreads);
-    config.stream = stream;
     cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = cluster;
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
+    const cudaLaunchConfig_t config = cluster_config(blocks, cluster, 0, stream, &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, cluster_barrier_kernel, iterations));
   }
   C10_CUDA_CHECK(cudaEventRecord(stop, stream));

@@ -5,15 +5,36 @@
 // step's product the block gathers the whole vector from the slots of every block of the
 // cluster into its B tile (16 rows x ldb, row n = batch row n). The step's one cluster
 // barrier orders every slot write before the next step's gathers, and every gather of a
-// slot before that slot is written again two steps later.
+// slot before that slot is written again two steps later. Also the launch configuration of
+// a clustered grid (cluster_config).
 #pragma once
 
 #include <cooperative_groups.h>
+#include <cuda_runtime.h>
 
 #include "persistent/slice_layout.h"
 
 namespace fusedrnn {
 namespace persistent {
+
+// The launch configuration of `blocks` blocks of kThreads threads in 1-D clusters of
+// `cluster` blocks, `smem` bytes of dynamic shared memory each, on `stream`; `attribute`
+// receives the cluster dimension and must outlive the configuration.
+inline cudaLaunchConfig_t cluster_config(int blocks, int cluster, int64_t smem,
+                                         cudaStream_t stream, cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.stream = stream;
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = cluster;
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
 
 template <typename T>
 struct ClusterExchange {

@@ -1,10 +1,9 @@
-// GRU persistent kernels: the structure of lstm_persistent.cuh for gates r, z, n:
-//   r, z = sigmoid(xg + hg);  n = tanh(xg_n + r * hg_n);  h' = n + z * (h - n),
-// hg = h @ W_hh^T + b_hh; the same saved tensors and masking as the step kernels
+// GRU persistent kernels: the structure of lstm_persistent.cuh for gates r, z, n (the cell's
+// math in gru_cell.cuh); the same saved tensors and masking as the step kernels
 // (gru_kernels.cuh).
 #pragma once
 
-#include "cell_math.cuh"
+#include "gru_cell.cuh"
 #include "persistent/cluster_exchange.cuh"
 #include "persistent/params.h"
 #include "persistent/slice_products.cuh"
@@ -20,10 +19,9 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
-  const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
-  const int b_begin = blockIdx.x / p.groups.slices * p.groups.group_rows;
-  const int b_end = min(p.batch, b_begin + p.groups.group_rows);
-  const int mine = min(U, H - u0);
+  const int H = p.hidden, U = p.units;
+  const BlockPart part = block_part(p.groups, U, H, p.batch);
+  const int u0 = part.u0, mine = part.mine, b_begin = part.b_begin, b_end = part.b_end;
   const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
   load_slice(s, a, [&](int r, int c) -> T {
     const int gate = r / U, u = u0 + r % U;
@@ -68,15 +66,13 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
           hg[k] = product(s, scratch, k * U + j, n) +
                   (p.b_hh ? static_cast<float>(p.b_hh[k * H + u]) : 0.0f);
         }
-        const float r = sigmoid(xg[0] + hg[0]), z = sigmoid(xg[1] + hg[1]);
-        const float nn = tanhf(xg[2] + r * hg[2]);
+        const GruGates act = gru_activate(xg[0], xg[1], xg[2], hg[0], hg[1], hg[2]);
         const int64_t hb = static_cast<int64_t>(b) * h16 + u;
-        const float hp = h_cur[hb];
-        const float h = nn + z * (hp - nn);
+        const float h = gru_state(act, h_cur[hb]);
         const bool active = active_at(p.lengths, b, t);
         if (p.gates) {
           T* gt = p.gates + row * 3 * H + u;
-          gt[0] = r; gt[H] = z; gt[2 * H] = nn;
+          gt[0] = act.r; gt[H] = act.z; gt[2 * H] = act.n;
         }
         if (p.hidden_n) p.hidden_n[row * H + u] = hg[2];
         p.y[row * H + u] = active ? h : 0.0f;
@@ -101,10 +97,9 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
-  const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
-  const int b_begin = blockIdx.x / p.groups.slices * p.groups.group_rows;
-  const int b_end = min(p.batch, b_begin + p.groups.group_rows);
-  const int mine = min(U, H - u0);
+  const int H = p.hidden, U = p.units;
+  const BlockPart part = block_part(p.groups, U, H, p.batch);
+  const int u0 = part.u0, mine = part.mine, b_begin = part.b_begin, b_end = part.b_end;
   const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
   const int ld = 3 * h16;
   load_slice(s, a, [&](int r, int c) -> T {
@@ -160,12 +155,10 @@ __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdP
           continue;
         }
         const T* g = p.gates + row * 3 * H + u;
-        const float r = g[0], z = g[H], nn = g[2 * H];
-        const float d_n = dh * (1.0f - z) * (1.0f - nn * nn);
-        const float d_z = dh * (static_cast<float>(p.h_prev[row * H + u]) - nn) * z * (1.0f - z);
-        const float d_r = d_n * static_cast<float>(p.hidden_n[row * H + u]) * r * (1.0f - r);
-        din[0] = d_r; din[H] = d_z; din[2 * H] = d_n;
-        const float hid[3] = {d_r, d_z, d_n * r};
+        const GruGates act{g[0], g[H], g[2 * H]};
+        const GruGrads d = gru_backward(act, p.h_prev[row * H + u], p.hidden_n[row * H + u], dh);
+        din[0] = d.d_r; din[H] = d.d_z; din[2 * H] = d.d_n;
+        const float hid[3] = {d.d_r, d.d_z, d.d_n * act.r};
         for (int k = 0; k < 3; ++k) {
           dhid[k * H] = dx[k * h16] = T(hid[k]);
           if (cluster) ex.slot(step + 1)[n * ex.width + k * U + j] = T(hid[k]);

@@ -44,17 +44,8 @@ int max_clusters_of(KernelFn kernel, int64_t smem, int cluster) {
   if (cluster > 8) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(cluster);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
   cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = cluster;
-  attribute.val.clusterDim.y = 1;
-  attribute.val.clusterDim.z = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  const cudaLaunchConfig_t config = cluster_config(cluster, cluster, smem, nullptr, &attribute);
   int clusters = 0;
   if (cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config) !=
       cudaSuccess) {
@@ -75,18 +66,9 @@ void launch_persistent(KernelFn kernel, const Params& params, int blocks, int64_
     TORCH_CHECK(clusters >= 1, "fusedrnn cuda backend: the ", name, " kernel cannot run in "
                 "clusters of ", params.groups.slices, " blocks of ", smem, " bytes of shared "
                 "memory on this GPU", clusters < 0 ? " (the extension holds no sm_90 code)" : "");
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(blocks);
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = static_cast<size_t>(smem);
-    config.stream = stream;
     cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = params.groups.slices;
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
+    const cudaLaunchConfig_t config =
+        cluster_config(blocks, params.groups.slices, smem, stream, &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
     return;
   }

@@ -6,7 +6,7 @@
 // kernels (lstm_kernels.cuh).
 #pragma once
 
-#include "cell_math.cuh"
+#include "lstm_cell.cuh"
 #include "persistent/cluster_exchange.cuh"
 #include "persistent/params.h"
 #include "persistent/slice_products.cuh"
@@ -22,10 +22,9 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFw
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
-  const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
-  const int b_begin = blockIdx.x / p.groups.slices * p.groups.group_rows;
-  const int b_end = min(p.batch, b_begin + p.groups.group_rows);
-  const int mine = min(U, H - u0);
+  const int H = p.hidden, U = p.units;
+  const BlockPart part = block_part(p.groups, U, H, p.batch);
+  const int u0 = part.u0, mine = part.mine, b_begin = part.b_begin, b_end = part.b_end;
   const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
   load_slice(s, a, [&](int r, int c) -> T {
     const int gate = r / U, u = u0 + r % U;
@@ -69,17 +68,16 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFw
                    static_cast<float>(p.xproj[row * 4 * H + k * H + u]) +
                    (p.bias ? static_cast<float>(p.bias[k * H + u]) : 0.0f);
         }
-        const float i = sigmoid(pre[0]), f = sigmoid(pre[1]);
-        const float g = tanhf(pre[2]), o = sigmoid(pre[3]);
+        const LstmGates act = lstm_activate(pre[0], pre[1], pre[2], pre[3]);
         const int64_t at = static_cast<int64_t>(b) * H + u;
         const float c_prev = p.c_buf[at];
-        const float c = f * c_prev + i * g;
-        const float h = o * tanhf(c);
+        const float c = lstm_cell_state(act, c_prev);
+        const float h = act.o * tanhf(c);
         const bool active = active_at(p.lengths, b, t);
         const int64_t hb = static_cast<int64_t>(b) * h16 + u;
         if (p.gates) {
           T* gt = p.gates + row * 4 * H + u;
-          gt[0] = i; gt[H] = f; gt[2 * H] = g; gt[3 * H] = o;
+          gt[0] = act.i; gt[H] = act.f; gt[2 * H] = act.g; gt[3 * H] = act.o;
         }
         if (p.cells) p.cells[row * H + u] = active ? c : c_prev;
         p.y[row * H + u] = active ? h : 0.0f;
@@ -105,10 +103,9 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBw
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + s.a_bytes);
-  const int H = p.hidden, U = p.units, u0 = (blockIdx.x % p.groups.slices) * U;
-  const int b_begin = blockIdx.x / p.groups.slices * p.groups.group_rows;
-  const int b_end = min(p.batch, b_begin + p.groups.group_rows);
-  const int mine = min(U, H - u0);
+  const int H = p.hidden, U = p.units;
+  const BlockPart part = block_part(p.groups, U, H, p.batch);
+  const int u0 = part.u0, mine = part.mine, b_begin = part.b_begin, b_end = part.b_end;
   const int h16 = round_up(H, kTile), b16 = round_up(p.batch, kTile);
   const int ld = 4 * h16;
   load_slice(s, a, [&](int r, int c) -> T {
@@ -165,19 +162,18 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBw
           continue;
         }
         const T* g = p.gates + row * 4 * H + u;
-        const float i = g[0], f = g[H], gg = g[2 * H], o = g[3 * H];
+        const LstmGates act{g[0], g[H], g[2 * H], g[3 * H]};
         const float c_prev = (before >= 0 && before < p.steps)
                                  ? static_cast<float>(p.cells[(before * p.batch + b) * H + u])
                                  : static_cast<float>(p.c0[at]);
-        const float tc = tanhf(static_cast<float>(p.cells[row * H + u]));
-        const float dc = p.dc_buf[at] + dh * o * (1.0f - tc * tc);
-        const float d[4] = {dc * gg * i * (1.0f - i), dc * c_prev * f * (1.0f - f),
-                            dc * i * (1.0f - gg * gg), dh * tc * o * (1.0f - o)};
+        const LstmGrads grads = lstm_backward(act, c_prev, p.cells[row * H + u], dh,
+                                              p.dc_buf[at]);
+        const float d[4] = {grads.d_i, grads.d_f, grads.d_g, grads.d_o};
         for (int k = 0; k < 4; ++k) {
           dg[k * H] = dx[k * h16] = T(d[k]);
           if (cluster) ex.slot(step + 1)[n * ex.width + k * U + j] = T(d[k]);
         }
-        p.dc_buf[at] = dc * f;
+        p.dc_buf[at] = grads.dc_prev;
       }
       __syncthreads();
     }

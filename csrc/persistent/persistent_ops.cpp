@@ -9,6 +9,7 @@
 
 #include <tuple>
 
+#include "cuda_ops.h"
 #include "persistent/params.h"
 #include "persistent/slice_layout.h"
 #include "recurrence_args.h"
@@ -17,20 +18,6 @@
 namespace fusedrnn {
 
 using at::Tensor;
-
-// The stepwise ops of csrc/recurrence.cpp, which run the calls with no step, row or unit.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, bool, bool);
-std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
-    const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const std::optional<Tensor>&, bool, bool);
-std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-    const Tensor&, const Tensor&, bool);
 
 namespace {
 

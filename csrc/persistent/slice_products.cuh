@@ -13,6 +13,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "persistent/params.h"
 #include "persistent/slice_layout.h"
 
 namespace fusedrnn {
@@ -122,6 +123,20 @@ __device__ void load_slice(const SliceLayout& s, scalar_t* a, Weight weight) {
     const int r = static_cast<int>(idx / s.lda), c = static_cast<int>(idx % s.lda);
     a[idx] = (r < s.rows && c < s.cols) ? weight(r, c) : scalar_t(0.0f);
   }
+}
+
+// The work of this block (params.h, Groups): hidden units [u0, u0 + mine) of its slice and
+// batch rows [b_begin, b_end) of its group. Blocks of one group are consecutive (a 1-D
+// cluster is formed of consecutive blocks).
+struct BlockPart {
+  int u0, mine, b_begin, b_end;
+};
+
+__device__ __forceinline__ BlockPart block_part(const Groups& groups, int units, int hidden,
+                                                int batch) {
+  const int u0 = static_cast<int>(blockIdx.x) % groups.slices * units;
+  const int b_begin = static_cast<int>(blockIdx.x) / groups.slices * groups.group_rows;
+  return {u0, min(units, hidden - u0), b_begin, min(batch, b_begin + groups.group_rows)};
 }
 
 // Step t of row b is active while t < lengths[b]; every step is when lengths is null.

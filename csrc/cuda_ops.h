@@ -1,0 +1,53 @@
+// The CUDA op functions of fusedrnn._C, registered by bindings.cpp: the stepwise recurrence
+// ops (recurrence.cpp), the persistent ones (persistent/persistent_ops.cpp, which falls back
+// on the stepwise ones for calls with no step, row or unit), and the host functions behind
+// the module's Python methods. Contracts: fusedrnn/backends/recurrence.py and the files
+// named.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace fusedrnn {
+
+using at::Tensor;
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, bool, bool);
+std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const Tensor&, const std::optional<Tensor>&, bool, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
+    const Tensor&, const std::optional<Tensor>&, bool, bool);
+std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+    const Tensor&, const Tensor&, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, bool, bool, int64_t, bool);
+std::tuple<Tensor, Tensor, Tensor> lstm_persistent_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, bool, int64_t, bool);
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_persistent_fwd(
+    const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&,
+    const Tensor&, const std::optional<Tensor>&, bool, bool, int64_t, bool);
+std::tuple<Tensor, Tensor, Tensor> gru_persistent_bwd(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+    const Tensor&, const Tensor&, bool, int64_t, bool);
+int persistent_occupancy(const std::string&, at::ScalarType, int64_t, int, int);
+namespace persistent {
+double barrier_latency_us(const std::string&, int, int, int, int);
+}  // namespace persistent
+
+}  // namespace fusedrnn
