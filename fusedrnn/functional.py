@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import backends, ops
+from . import backends, ops, ops_bidirectional
 
 __all__ = ["lstm", "gru", "rnn"]
 
@@ -73,7 +73,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
         x, batched = _batched_time_major(name, input, batch_first)
         lengths = None
     _check_input(name, x, input_size, weights[0])
-    steps, batch = x.shape[0], x.shape[1]
+    batch = x.shape[1]
 
     state_shapes = [(num_layers * directions, batch, state_size)]
     if cell == "lstm":
@@ -88,24 +88,33 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     x, states, weights = _autocast(x, states, weights)
     call = backends.Call(cell, hidden, state_size)
     choice = backends.select(backend, x.device, x.dtype, call)
-    op = backends.get(choice.name).forward_op(cell, x.device, call) or ops.FORWARD[cell]
+    own_op = backends.get(choice.name).forward_op(cell, x.device, call)
+    op = own_op or ops.FORWARD[cell]
+    # Both directions of a layer in one op (and one autograd node), so that a backend can
+    # run them at the same time; a backend's own op runs one direction per call.
+    pair_op = ops_bidirectional.FORWARD[cell] if directions == 2 and own_op is None else None
     # Workspaces for the backward only where autograd records the calls.
     save = torch.is_grad_enabled() and any(t.requires_grad for t in [x, *states, *weights])
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
-        outputs = []
+        own = []  # per direction: w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0
         for direction in range(directions):
             index = layer * directions + direction
             w = weights[index * per_direction:(index + 1) * per_direction]
             b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
             w_hr = w[-1] if proj_size > 0 else None
             c0 = states[1][index] if cell == "lstm" else None
-            y, h, c, _, _ = op(layer_input, w[0], w[1], b_ih, b_hh, w_hr, states[0][index], c0,
-                               lengths, direction == 1, save, choice.name)
-            outputs.append(y)
-            h_n.append(h)
-            c_n.append(c)
+            own.append((w[0], w[1], b_ih, b_hh, w_hr, states[0][index], c0))
+        if pair_op is not None:
+            results = pair_op(layer_input, *own[0], *own[1], lengths, save, choice.name)
+            results = [results[:5], results[5:]]
+        else:
+            results = [op(layer_input, *own[d], lengths, d == 1, save, choice.name)
+                       for d in range(directions)]
+        outputs = [y for y, _, _, _, _ in results]
+        h_n += [h for _, h, _, _, _ in results]
+        c_n += [c for _, _, c, _, _ in results]
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 2)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, True)

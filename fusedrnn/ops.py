@@ -3,7 +3,8 @@
 Ops: ``fusedrnn::{cell}_fwd`` and ``fusedrnn::{cell}_bwd`` for cell in
 ``lstm, gru, rnn_tanh, rnn_relu``. Each runs one layer in one direction over a padded,
 time-major sequence; layers, directions, dropout and packing live above, in
-``functional.py``. The schemas are defined here in Python, so they exist without any
+``functional.py`` (a bidirectional layer calls the two-direction ops of
+``ops_bidirectional.py``, built on these schemas). The schemas are defined here in Python, so they exist without any
 compiled extension; a backend only adds an implementation, picked by the ``backend``
 argument (a string, so ``torch.compile`` sees a constant).
 
@@ -35,7 +36,7 @@ def _contiguous(*tensors):
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
-def _fake_forward(cell):
+def fake_forward(cell):
     def fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend):
         steps, batch = x.shape[0], x.shape[1]
         hidden = w_ih.shape[0] // GATES[cell]
@@ -92,13 +93,13 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
     backward_op = maker(f"fusedrnn::{cell}_bwd{suffix}", backward, mutates_args=(),
                         schema=BACKWARD_SCHEMA)
     if maker is torch.library.custom_op:
-        forward_op.register_fake(_fake_forward(cell))
-        backward_op.register_fake(_fake_backward)
+        forward_op.register_fake(fake_forward(cell))
+        backward_op.register_fake(fake_backward)
     register_autograd(forward_op, backward_op)
     return forward_op, backward_op
 
 
-def _fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
+def fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
                    ws_b, reverse, has_bias, backend):
     bias_grad = w_ih.new_empty(w_ih.shape[0]) if has_bias else w_ih.new_empty(0)
     return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh), bias_grad,
@@ -106,11 +107,14 @@ def _fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, leng
             _like_or_empty(c0, x))
 
 
+NOT_SAVED = ("fusedrnn: this forward ran with save=False, so it kept nothing to differentiate; "
+             "call it with save=True when autograd records it")
+
+
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend = inputs
     if not save:
-        raise RuntimeError("fusedrnn: this forward ran with save=False, so it kept nothing to "
-                           "differentiate; call it with save=True when autograd records it")
+        raise RuntimeError(NOT_SAVED)
     y, _, _, ws_a, ws_b = output
     ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
@@ -125,21 +129,34 @@ def register_autograd(forward_op, backward_op):
 
     def autograd_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws_a, _grad_ws_b):
         x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
-        grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-        grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
-        if c0 is None:
-            grad_c_n = None
-        elif grad_c_n is None:
-            grad_c_n = torch.zeros_like(c0)
-        grads = backward_op(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
-                            ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
-        g_x, g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr, g_h0, g_c0 = grads
-        if not ctx.has_bias:
-            g_b_ih = g_b_hh = None
-        return (g_x, g_w_ih, g_w_hh, g_b_ih, g_b_hh, None if w_hr is None else g_w_hr, g_h0,
-                None if c0 is None else g_c0, None, None, None, None)
+        grad_y, grad_h_n, grad_c_n = output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0)
+        g_x, *grads = backward_op(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0,
+                                  lengths, y, ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
+        return (g_x, *parameter_grads(grads, ctx.has_bias, w_hr, c0), None, None, None, None)
 
     forward_op.register_autograd(autograd_backward, setup_context=_setup_context)
+
+
+def output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0):
+    """The gradients of one direction's ``y, h_n, c_n`` for its backward op: zeros where
+    autograd passed None (the output was unused), None for the GRU's and RNN's ``c_n``."""
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
+    if c0 is None:
+        grad_c_n = None
+    elif grad_c_n is None:
+        grad_c_n = torch.zeros_like(c0)
+    return grad_y, grad_h_n, grad_c_n
+
+
+def parameter_grads(grads, has_bias, w_hr, c0):
+    """A backward op's gradients of ``w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0`` as autograd
+    takes them: None for the inputs that were None."""
+    g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr, g_h0, g_c0 = grads
+    if not has_bias:
+        g_b_ih = g_b_hh = None
+    return (g_w_ih, g_w_hh, g_b_ih, g_b_hh, None if w_hr is None else g_w_hr, g_h0,
+            None if c0 is None else g_c0)
 
 
 def _dispatching_pair(cell):

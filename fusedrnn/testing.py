@@ -10,6 +10,8 @@ Error rules:
   :func:`assert_within_low_precision_rule`.
 """
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -49,6 +51,17 @@ def torch_twin(module, dtype=None, device=None):
     twin.load_state_dict(module.state_dict())
     twin.train(module.training)
     return twin
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """Run the block with ``torch.set_num_threads(count)``, the previous count restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def make_sequence(batch, steps, input_size, *, batch_first=False, dtype=torch.float32,

@@ -3,28 +3,17 @@ steps computed in chunks on other threads while the time loop runs
 (csrc/cpu/input_weight_grads.h), against the same products over all steps at once, for
 every thread count and chunking, and through ``opcheck``."""
 
-import contextlib
-
 import pytest
 import torch
 
 from fusedrnn.backends import common
+from fusedrnn.testing import torch_threads as threads
 from fusedrnn.backends.recurrence import CPU_SCHEMAS
 
 pytestmark = pytest.mark.requires_cpu_ext
 
 OPS = torch.ops.fusedrnn
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
-@contextlib.contextmanager
-def threads(count):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CPU_SCHEMAS if n.endswith("_bptt")))

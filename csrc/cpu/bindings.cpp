@@ -1,6 +1,9 @@
 // fusedrnn._cpu: registers the CPU kernels of the recurrence ops whose schemas fusedrnn
-// defines in Python (fusedrnn/backends/recurrence.py), and is importable as a Python module.
+// defines in Python (fusedrnn/backends/recurrence.py), and is importable as a Python module
+// with one function, run_pair (fusedrnn/backends/thread_split.py).
+#include <ATen/ThreadLocalState.h>
 #include <Python.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include "recurrence_cpu.h"
@@ -19,8 +22,83 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("input_projection", TORCH_FN(fusedrnn::cpu::input_projection));
 }
 
+// MKL's per-thread thread count (weak: absent from a torch without MKL).
+extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
+
+namespace {
+
+// One callable's outcome: its result, or the exception it raised.
+struct Outcome {
+  PyObject* result = nullptr;
+  PyObject *type = nullptr, *value = nullptr, *traceback = nullptr;
+};
+
+// fn() on the calling OpenMP thread, under `state` (the caller's ATen thread-local state:
+// grad mode, the dispatch keys a custom op's implementation runs below, the profiler's
+// recording), on this thread alone: parallel regions inside it are nested and run on one
+// thread, torch.get_num_threads() says 1 (this team member's own setting, gone with the
+// team), and MKL is told so too.
+void call_alone(PyObject* fn, const at::ThreadLocalState& state, Outcome& out) {
+  at::ThreadLocalStateGuard guard(state);
+  omp_set_num_threads(1);
+  const int mkl_before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+  const PyGILState_STATE gil = PyGILState_Ensure();
+  out.result = PyObject_CallObject(fn, nullptr);
+  if (out.result == nullptr) PyErr_Fetch(&out.type, &out.value, &out.traceback);
+  PyGILState_Release(gil);
+  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_before);
+}
+
+// run_pair(first, second) -> (first(), second()): the two callables at the same time, on two
+// threads of one OpenMP team of the caller's (torch's own threads: a separate thread would
+// compete with them, as they spin for a while after each parallel region), each on its
+// thread alone; one after the other where OpenMP gives one thread. The first exception
+// raised is raised here, after both have finished.
+PyObject* run_pair(PyObject*, PyObject* args) {
+  PyObject *first = nullptr, *second = nullptr;
+  if (!PyArg_ParseTuple(args, "OO:run_pair", &first, &second)) return nullptr;
+  const at::ThreadLocalState state;
+  Outcome outcomes[2];
+  Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads(2)
+  {
+    if (omp_get_num_threads() == 1) {
+      call_alone(first, state, outcomes[0]);
+      call_alone(second, state, outcomes[1]);
+    } else {
+      const int me = omp_get_thread_num();
+      call_alone(me == 0 ? first : second, state, outcomes[me]);
+    }
+  }
+  Py_END_ALLOW_THREADS
+  PyObject* raised = nullptr;
+  for (Outcome& out : outcomes) {
+    if (out.result == nullptr && raised == nullptr) {
+      PyErr_Restore(out.type, out.value, out.traceback);
+      raised = out.type;
+    } else {
+      Py_XDECREF(out.type);
+      Py_XDECREF(out.value);
+      Py_XDECREF(out.traceback);
+    }
+  }
+  if (raised != nullptr) {
+    Py_XDECREF(outcomes[0].result);
+    Py_XDECREF(outcomes[1].result);
+    return nullptr;
+  }
+  return Py_BuildValue("(NN)", outcomes[0].result, outcomes[1].result);
+}
+
+PyMethodDef methods[] = {
+    {"run_pair", run_pair, METH_VARARGS,
+     "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 extern "C" PyObject* PyInit__cpu(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu", "fusedrnn CPU kernels", -1,
-                               nullptr};
+                               methods};
   return PyModule_Create(&module);
 }

@@ -76,6 +76,16 @@ class Backend:
     def backward(self, cell, *args):
         raise NotImplementedError
 
+    def forward_directions(self, cell, first, second):
+        """Both directions of a bidirectional layer: ``forward(cell, *first)`` (the forward
+        direction's arguments) and ``forward(cell, *second)`` (the reverse direction's).
+        One after the other here; a backend may run them at the same time."""
+        return self.forward(cell, *first), self.forward(cell, *second)
+
+    def backward_directions(self, cell, first, second):
+        """The backward of both directions of a layer, as :meth:`forward_directions`."""
+        return self.backward(cell, *first), self.backward(cell, *second)
+
     def forward_op(self, cell, device, call):
         """An op of this backend's own to call instead of the dispatching ``fusedrnn::{cell}_fwd``
         (same schema and autograd), or None."""

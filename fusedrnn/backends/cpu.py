@@ -6,7 +6,7 @@ Python's dispatch for every operation of every step."""
 import torch
 
 from .. import _extension
-from . import common
+from . import common, thread_split
 from .recurrence import RecurrenceBackend
 
 
@@ -19,6 +19,15 @@ class CpuBackend(RecurrenceBackend):
     dtypes = (torch.float32, torch.float64)
     cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
     projection = True
+
+    def forward_directions(self, cell, first, second):
+        """The two directions at the same time, each on half of the threads (thread_split)."""
+        return thread_split.run_both(lambda: self.forward(cell, *first),
+                                     lambda: self.forward(cell, *second))
+
+    def backward_directions(self, cell, first, second):
+        return thread_split.run_both(lambda: self.backward(cell, *first),
+                                     lambda: self.backward(cell, *second))
 
     def input_projection(self, x, w_ih):
         """Into a workspace the extension's pool keeps for the next call."""

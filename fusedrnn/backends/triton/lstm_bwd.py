@@ -32,7 +32,7 @@ float32 in place. ``grad_y_t``, ``gates_t``, ``cells_t``, ``c_prev``, ``dgates_t
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, load_transposed, matmul, store_gates4, store_tile, tanh
+from .cell_math import load_tile, matmul, store_gates4, store_tile, tanh
 
 
 @triton.jit(do_not_specialize=["steps"])
