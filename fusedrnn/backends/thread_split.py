@@ -3,12 +3,12 @@
 The cpu backend runs the two directions of a bidirectional layer this way. At the batch
 sizes RNNs are trained with, a direction's time loop is bound by the latency of its steps, not
 by arithmetic: a second thread shortens it little, while the other direction, which does not
-depend on it, can use that thread whole. Measured on the 2-core AVX-512 Xeon, the two
-directions of one layer one after the other on two threads against at the same time on one
-thread each (float32, ms, median of 30): LSTM B16 T64 I100 H128 forward 2.85 vs 2.15,
-backward 4.0 vs 3.65; B8 T200 I64 H128 forward 4.4 vs 3.0, backward 4.8 vs 4.6; B64 T50 I256
-H512 forward 68.7 vs 67.7, backward 136.7 vs 133.9; GRU B16 T64 I100 H128 forward 2.3 vs 1.6,
-backward 3.4 vs 3.1.
+depend on it, can use that thread whole. Measured on the 2-core AVX-512 Xeon with
+``fusedrnn bench`` (same day, the commit before against this one, two runs each), the
+two-layer bidirectional shape B16 T64 I100 H128, ratio to torch.nn (inference, training): LSTM
+1.04-1.07, 0.88-0.89 before, 0.85-0.87, 0.82-0.84 after; GRU 0.62-0.63, 0.34-0.35 before,
+0.46-0.48, 0.31 after; RNN 0.79, 0.42-0.43 before, 0.52-0.53, 0.36 after (the LSTM's time:
+7.4 to 6.1 ms inference, 19.9 to 18.7 ms training). The one-direction shapes did not move.
 
 The pieces run on two threads of an OpenMP team of torch's (``fusedrnn._cpu.run_pair``), not
 on a thread of Python's: after each parallel region torch's OpenMP threads spin for a while
