@@ -108,11 +108,8 @@ def test_each_direction_equals_the_one_direction_op(cell, proj, bias, lengths, b
     with testing.torch_threads(2):
         got, got_grads = _outputs_and_grads(pair, args)
         want, want_grads = _outputs_and_grads(one_at_a_time, args)
-    for actual, expected in zip(got + list(got_grads), want + list(want_grads)):
-        if expected is None:
-            assert actual is None
-        else:
-            testing.assert_close_relative(actual, expected, 1e-12)
+    testing.assert_close_relative(got, want, 1e-12, "outputs")
+    testing.assert_close_relative(got_grads, want_grads, 1e-12, "gradients")
 
 
 @pytest.mark.requires_cpu_ext
@@ -208,7 +205,6 @@ def test_bidirectional_modules_with_directions_at_once_match_torch(cell, kwargs)
         got, got_grads = testing.outputs_and_grads(module, packed, hx)
         again, again_grads = testing.outputs_and_grads(module, packed, hx)
     want, want_grads = testing.outputs_and_grads(twin, packed, hx)
-    for actual, repeat, expected in zip(got + got_grads, again + again_grads,
-                                        want + want_grads):
-        testing.assert_close_relative(actual, expected, 1e-10)
+    testing.assert_close_relative(got + got_grads, want + want_grads, 1e-10)
+    for actual, repeat in zip(got + got_grads, again + again_grads):
         assert torch.equal(actual, repeat)

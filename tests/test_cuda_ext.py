@@ -157,6 +157,25 @@ def test_persistent_kernels_are_bitwise_repeatable(kernel, cell):
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_bidirectional_layers_on_a_callers_stream_match_the_default_stream(kernel, cell):
+    """The two directions go on the caller's stream and a side stream (cuda_streams): from a
+    stream of the caller's own, outputs and gradients stay those of the default stream."""
+    module = getattr(fusedrnn, cell)(64, 256, num_layers=2, bidirectional=True, device="cuda",
+                                     backend="cuda")
+    x = testing.make_packed(16, 40, 64, device="cuda")
+    want, want_grads = testing.outputs_and_grads(module, x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got, got_grads = testing.outputs_and_grads(module, x)
+    torch.cuda.synchronize()
+    testing.assert_close_relative(got, want, 1e-6, "outputs")
+    testing.assert_close_relative(got_grads, want_grads, 1e-6, "gradients")
+
+
+@pytest.mark.requires_cuda
 def test_plan_of_this_gpu_is_reported():
     plan = cuda_plan.plan_call("lstm", 768, torch.bfloat16, torch.cuda.current_device(), False)
     assert plan.kernel in ("persistent", "stepwise") and plan.reason

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fusedrnn import _extension
-from fusedrnn.backends import cuda_plan, get
+from fusedrnn.backends import cuda_plan, cuda_streams, get
 from fusedrnn.backends.cuda_plan import Device
 
 pytestmark = pytest.mark.requires_ext
@@ -211,3 +211,16 @@ def test_persistent_ops_have_the_recurrence_ops_fake_shapes():
     bwd = (y, state, state, w_hh, state, None, gates, cells, False)
     assert ([t.shape for t in ops.lstm_persistent_bwd(*bwd, 16, True)]
             == [t.shape for t in ops.lstm_recurrence_bwd(*bwd)])
+
+
+@pytest.mark.parametrize("hidden, backward, design", [
+    (512, False, "cluster"), (768, False, "grid"), (256, True, "cluster"), (512, True, "grid")])
+def test_directions_share_the_gpu_on_two_streams_except_on_the_grid(hidden, backward, design):
+    plan = choose(hidden=hidden, backward=backward)
+    assert plan.kernel == "persistent" and plan.cluster == (design == "cluster")
+    assert cuda_streams.overlaps(plan) == (design == "cluster")
+
+
+def test_stepwise_directions_go_on_two_streams(monkeypatch):
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "stepwise")
+    assert cuda_streams.overlaps(choose())
