@@ -53,8 +53,9 @@ def fake_forward(cell):
     return fake
 
 
-def _like_or_empty(t, like):
-    return like.new_empty(0) if t is None else torch.empty_like(t)
+def _contiguous_like(t, like=None):
+    """A contiguous tensor of ``t``'s shape, or an empty ``(0,)`` one like ``like`` for None."""
+    return like.new_empty(0) if t is None else t.new_empty(t.shape)
 
 
 FORWARD_SCHEMA = (
@@ -101,10 +102,12 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
 
 def fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
                    ws_b, reverse, has_bias, backend):
-    bias_grad = w_ih.new_empty(w_ih.shape[0]) if has_bias else w_ih.new_empty(0)
-    return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh), bias_grad,
-            torch.empty_like(bias_grad), _like_or_empty(w_hr, x), torch.empty_like(h0),
-            _like_or_empty(c0, x))
+    """Contiguous gradients, as the backends return them (``empty_like`` would copy the
+    strides of a transposed ``batch_first`` input, and inductor checks them)."""
+    bias_grad = w_ih.new_empty(w_ih.shape[0] if has_bias else 0)
+    return (_contiguous_like(x), _contiguous_like(w_ih), _contiguous_like(w_hh), bias_grad,
+            _contiguous_like(bias_grad), _contiguous_like(w_hr, x), _contiguous_like(h0),
+            _contiguous_like(c0, x))
 
 
 NOT_SAVED = ("fusedrnn: this forward ran with save=False, so it kept nothing to differentiate; "

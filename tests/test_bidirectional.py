@@ -78,6 +78,27 @@ def test_opcheck(cell, proj, bias, lengths, backend):
                               [*grads, plain[0], plain[15], bias, backend])
 
 
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
+def test_fake_backward_has_the_real_strides_for_a_transposed_input(cell, proj):
+    """The backends return contiguous gradients; so must the fake kernel, or inductor's
+    stride checks fail (a ``batch_first`` input reaches the ops transposed)."""
+    args = _pair_args(cell, "reference", proj=proj, requires_grad=False)
+    args[0] = args[0].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not args[0].is_contiguous()
+    out = ops_bidirectional.FORWARD[cell](*args)
+    grads = []
+    for direction in range(2):
+        y, h_n, c_n, ws_a, ws_b = out[5 * direction:][:5]
+        w_ih, w_hh, _, _, w_hr, h0, c0 = args[1 + 7 * direction:][:7]
+        grads += [torch.randn_like(y), torch.randn_like(h_n),
+                  torch.randn_like(c_n) if cell == "lstm" else None,
+                  w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
+    backward_args = [*grads, args[0], args[15], True, "reference"]
+    real = ops_bidirectional.BACKWARD[cell](*backward_args)
+    fake = ops_bidirectional._fake_backward(*backward_args)
+    assert [(t.shape, t.stride()) for t in fake] == [(t.shape, t.stride()) for t in real]
+
+
 def _outputs_and_grads(run, args):
     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     outputs = [o for o in run(args) if o.numel() > 0]
@@ -163,13 +184,22 @@ def test_run_both_raises_the_first_exception_after_both_pieces_finished(failing)
 
 @pytest.mark.requires_cpu_ext
 def test_pieces_run_under_the_callers_grad_mode_on_one_thread_each():
+    """From a new thread (so OpenMP's threads are new too: ATen sets up a thread's count on
+    its first use, which must not undo the pieces' one thread)."""
     def piece():
         return torch.is_grad_enabled(), torch.get_num_threads()
 
-    with testing.torch_threads(2):
-        with torch.no_grad():
-            assert thread_split.run_both(piece, piece) == ((False, 1), (False, 1))
-        assert thread_split.run_both(piece, piece) == ((True, 1), (True, 1))
+    def check():
+        with testing.torch_threads(2):
+            with torch.no_grad():
+                seen.append(thread_split.run_both(piece, piece))
+            seen.append(thread_split.run_both(piece, piece))
+
+    seen = []
+    thread = threading.Thread(target=check)
+    thread.start()
+    thread.join()
+    assert seen == [((False, 1), (False, 1)), ((True, 1), (True, 1))]
 
 
 @pytest.mark.requires_cpu_ext

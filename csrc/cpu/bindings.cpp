@@ -1,6 +1,7 @@
 // fusedrnn._cpu: registers the CPU kernels of the recurrence ops whose schemas fusedrnn
 // defines in Python (fusedrnn/backends/recurrence.py), and is importable as a Python module
 // with one function, run_pair (fusedrnn/backends/thread_split.py).
+#include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <Python.h>
 #include <omp.h>
@@ -40,6 +41,9 @@ struct Outcome {
 // team), and MKL is told so too.
 void call_alone(PyObject* fn, const at::ThreadLocalState& state, Outcome& out) {
   at::ThreadLocalStateGuard guard(state);
+  // ATen sets a thread's counts on its first use of them (to torch.set_num_threads's value):
+  // that first, so that it cannot undo the 1 below.
+  (void)at::get_num_threads();
   omp_set_num_threads(1);
   const int mkl_before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
   const PyGILState_STATE gil = PyGILState_Ensure();
@@ -53,7 +57,9 @@ void call_alone(PyObject* fn, const at::ThreadLocalState& state, Outcome& out) {
 // threads of one OpenMP team of the caller's (torch's own threads: a separate thread would
 // compete with them, as they spin for a while after each parallel region), each on its
 // thread alone; one after the other where OpenMP gives one thread. The first exception
-// raised is raised here, after both have finished.
+// raised is raised here, after both have finished. The second runs under a Python thread
+// state made for the call (threading.local values, sys.settrace and debuggers do not
+// follow it there).
 PyObject* run_pair(PyObject*, PyObject* args) {
   PyObject *first = nullptr, *second = nullptr;
   if (!PyArg_ParseTuple(args, "OO:run_pair", &first, &second)) return nullptr;

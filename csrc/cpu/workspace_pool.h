@@ -40,6 +40,7 @@ class WorkspacePool final : public c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
     const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
     void* data = nullptr;
+    Totals totals;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(size);
@@ -53,8 +54,9 @@ class WorkspacePool final : public c10::Allocator {
                     "fusedrnn cpu backend: out of memory allocating ", size, " bytes");
       }
       in_use_ += size;
+      totals = {in_use_, in_use_ + cached_};
     }
-    report(data, static_cast<int64_t>(size));
+    report(data, static_cast<int64_t>(size), totals);
     return {data, new Block{data, size}, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -71,7 +73,8 @@ class WorkspacePool final : public c10::Allocator {
   static void release(void* context) {
     auto* block = static_cast<Block*>(context);
     WorkspacePool& pool = get();
-    pool.report(block->data, -static_cast<int64_t>(block->size));
+    void* const data = block->data;
+    Totals totals;
     {
       std::lock_guard<std::mutex> lock(pool.mutex_);
       pool.in_use_ -= block->size;
@@ -80,14 +83,21 @@ class WorkspacePool final : public c10::Allocator {
         pool.cached_ += block->size;
         block->data = nullptr;
       }
+      totals = {pool.in_use_, pool.in_use_ + pool.cached_};
     }
+    pool.report(data, -static_cast<int64_t>(block->size), totals);
     std::free(block->data);
     delete block;
   }
 
-  void report(void* data, int64_t delta) {
+  // The pool's bytes in use and held (in use + cached), read under the lock.
+  struct Totals {
+    size_t in_use = 0, held = 0;
+  };
+
+  static void report(void* data, int64_t delta, const Totals& totals) {
     if (c10::memoryProfilingEnabled()) {
-      c10::reportMemoryUsageToProfiler(data, delta, in_use_, in_use_ + cached_,
+      c10::reportMemoryUsageToProfiler(data, delta, totals.in_use, totals.held,
                                        c10::Device(c10::DeviceType::CPU));
     }
   }

@@ -5,11 +5,16 @@ At the batch sizes RNNs are trained with one direction leaves most of the GPU id
 persistent cluster kernel of batch 16 occupies one cluster of at most 16 multiprocessors
 of an H200's 132, and a stepwise step's product and cell kernel a handful. The forward
 direction runs on the caller's stream; the reverse direction on a side stream of the same
-device (one per device, made on first use), which first waits for the caller's stream (so
-that its inputs are ready) and which the caller's stream waits for before anything after
-the layer. The reverse direction's results are allocated on the side stream and used on the
-caller's afterwards: ``record_stream`` tells the caching allocator, so their memory is not
-reused before that use is done. The same fork and join works inside CUDA graph capture.
+device, which first waits for the caller's stream (so that its inputs are ready) and which
+the caller's stream waits for before anything after the layer, also when a direction
+raises. Side streams are per thread, device and priority (made on first use, with the
+caller's stream's priority), so two threads never wait for each other's work and a CUDA
+graph capture on one thread cannot take in another's kernels. The reverse direction's
+results are allocated on the side stream and used on the caller's afterwards:
+``record_stream`` tells the caching allocator, so their memory is not reused before that
+use is done. That costs memory: the side stream's blocks stay in its own pool, and under
+graph capture blocks freed during the capture after ``record_stream`` are not reused before
+it ends.
 
 Not for the persistent grid design: each of its cooperative launches takes one block on
 every multiprocessor it needs and waits at grid-wide barriers, so two of them gain nothing
@@ -19,9 +24,11 @@ Not yet measured on a GPU (no session has had one): the GPU check's bidirectiona
 test it for correctness; the benchmark grid's bidirectional shapes show what it gains.
 """
 
+import threading
+
 import torch
 
-_side_streams = {}
+_local = threading.local()
 
 
 def overlaps(plan):
@@ -30,24 +37,31 @@ def overlaps(plan):
     return plan.kernel != "persistent" or plan.cluster
 
 
-def side_stream(device):
-    """This process's side stream on ``device`` (a CUDA ``torch.device``)."""
+def side_stream(device, priority=0):
+    """The calling thread's side stream on ``device`` (a CUDA ``torch.device``) with
+    ``priority``."""
+    streams = getattr(_local, "streams", None)
+    if streams is None:
+        streams = _local.streams = {}
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _side_streams:
-        _side_streams[index] = torch.cuda.Stream(device=index)
-    return _side_streams[index]
+    key = (index, priority)
+    if key not in streams:
+        streams[key] = torch.cuda.Stream(device=index, priority=priority)
+    return streams[key]
 
 
 def run_both(device, first, second):
     """``(first(), second())``: ``first`` on the current stream of ``device``, ``second`` on
-    the side stream, joined before returning (as seen from the current stream)."""
+    a side stream, joined before returning (as seen from the current stream)."""
     current = torch.cuda.current_stream(device)
-    side = side_stream(device)
+    side = side_stream(device, current.priority)
     side.wait_stream(current)
-    first_results = first()
-    with torch.cuda.stream(side):
-        second_results = second()
-    current.wait_stream(side)
+    try:
+        first_results = first()
+        with torch.cuda.stream(side):
+            second_results = second()
+    finally:
+        current.wait_stream(side)
     for tensor in second_results:
         if tensor.is_cuda:
             tensor.record_stream(current)
