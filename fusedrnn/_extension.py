@@ -7,8 +7,6 @@ import time: :meth:`Extension.load` imports a module on first use and, when it i
 raises an ImportError that says how to build it.
 """
 
-import importlib
-
 BUILD_COMMAND = "pip install --no-build-isolation -e ."
 CUDA_BUILD_COMMAND = "FUSEDRNN_BUILD_CUDA=1 " + BUILD_COMMAND
 
@@ -16,17 +14,18 @@ CUDA_BUILD_COMMAND = "FUSEDRNN_BUILD_CUDA=1 " + BUILD_COMMAND
 class Extension:
     """One optional compiled module, imported on first use."""
 
-    def __init__(self, module, what, build_command):
+    def __init__(self, module, what, build_command, importer):
         self.module = module
         self.what = what
         self.build_command = build_command
+        self._importer = importer
         self._state = {}
 
     def load(self):
         """The module, or ImportError with the command that builds it."""
         if "module" not in self._state:
             try:
-                self._state["module"] = importlib.import_module(self.module)
+                self._state["module"] = self._importer()
             except ImportError as error:
                 self._state["error"] = error
                 self._state["module"] = None
@@ -44,6 +43,19 @@ class Extension:
         return True, ""
 
 
-CPU = Extension("fusedrnn._cpu", "the CPU extension", BUILD_COMMAND)
-CUDA = Extension("fusedrnn._C", "the CUDA extension", CUDA_BUILD_COMMAND)
+# Import statements, not importlib: torch.compile traces an import statement (it imports
+# then and there) but refuses importlib's functions, and the first call of a compiled
+# fusedrnn module may be the one that loads an extension.
+def _import_cpu():
+    from . import _cpu
+    return _cpu
+
+
+def _import_cuda():
+    from . import _C
+    return _C
+
+
+CPU = Extension("fusedrnn._cpu", "the CPU extension", BUILD_COMMAND, _import_cpu)
+CUDA = Extension("fusedrnn._C", "the CUDA extension", CUDA_BUILD_COMMAND, _import_cuda)
 EXTENSIONS = (CPU, CUDA)

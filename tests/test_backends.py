@@ -104,12 +104,13 @@ def test_import_does_not_load_the_extension_or_triton():
 def test_missing_extension_fails_lazily_with_the_build_command(monkeypatch, which):
     from fusedrnn import _extension
 
-    def missing(name):
-        raise ImportError(f"No module named {name!r}")
-
     extension = getattr(_extension, which)
+
+    def missing():
+        raise ImportError(f"No module named {extension.module!r}")
+
     monkeypatch.setattr(extension, "_state", {})
-    monkeypatch.setattr(_extension.importlib, "import_module", missing)
+    monkeypatch.setattr(extension, "_importer", missing)
     ok, why = extension.status()
     assert not ok and extension.build_command in why and extension.module in why
     with pytest.raises(ImportError, match="pip install --no-build-isolation"):

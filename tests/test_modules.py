@@ -1,5 +1,8 @@
 """Module behaviour beyond numerics: state_dict both ways, attributes, init, dropout."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -103,7 +106,9 @@ def test_dropout_warning_like_torch():
         fusedrnn.LSTM(3, 4, dropout=0.5)
 
 
-def test_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compile_fullgraph_matches_eager(compiler):
+    """Forward and backward; inductor also checks the strides the fake kernels promise."""
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
@@ -119,17 +124,30 @@ def test_compile_fullgraph_matches_eager():
 
     torch._dynamo.reset()
     model = Model()
-    x = torch.randn(3, 7, 4)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 7, 4, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
     out = compiled(x)
     ref = model(x)
     assert torch.allclose(out, ref, atol=1e-6)
-    out.sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    ref.sum().backward()
-    for g, p in zip(grads, model.parameters()):
-        assert torch.allclose(g, p.grad, atol=1e-5)
+    leaves = [x, *model.parameters()]
+    grads = torch.autograd.grad(out.sum(), leaves)
+    expected = torch.autograd.grad(ref.sum(), leaves)
+    for g, e in zip(grads, expected):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.requires_cpu_ext
+def test_compile_loads_the_extension_on_the_first_call():
+    """A fresh process whose first call of a fusedrnn module is a compiled one: loading the
+    CPU extension happens while torch.compile traces, which it must be able to."""
+    code = ("import sys, torch, fusedrnn\n"
+            "model = fusedrnn.LSTM(4, 6, bidirectional=True)\n"
+            "assert 'fusedrnn._cpu' not in sys.modules\n"
+            "out, _ = torch.compile(model, fullgraph=True, backend='eager')(torch.randn(5, 2, 4))\n"
+            "assert 'fusedrnn._cpu' in sys.modules and out.shape == (5, 2, 12)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_compile_with_inductor_and_packed_free_path():
