@@ -11,12 +11,19 @@ from torch.profiler import ProfilerActivity, profile
 
 import fusedrnn
 from fusedrnn import ops, ops_bidirectional, testing
-from fusedrnn.backends import thread_split
+from fusedrnn.backends import cpu, thread_split
 
 DT = torch.float64
 CELLS = list(ops.GATES)
 MODULES = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU, "rnn": fusedrnn.RNN}
 BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)]
+WORK = thread_split.MIN_WORK  # enough multiply-adds per piece to run two pieces at once
+
+
+@pytest.fixture(autouse=True)
+def pairs_of_any_size(monkeypatch):
+    """The cpu backend runs the directions of these small layers at once too."""
+    monkeypatch.setattr(thread_split, "MIN_WORK", 0)
 
 
 def _direction(cell, gen, *, inputs, hidden, batch, proj, bias, requires_grad):
@@ -146,8 +153,8 @@ def test_run_both_runs_the_pieces_at_the_same_time_on_two_threads():
         return threading.get_ident()
 
     with testing.torch_threads(2):
-        assert thread_split.concurrent()
-        (waited, first_thread), second_thread = thread_split.run_both(first, second)
+        assert thread_split.concurrent(WORK)
+        (waited, first_thread), second_thread = thread_split.run_both(first, second, WORK)
         assert waited
         assert first_thread == threading.get_ident() != second_thread
         assert torch.get_num_threads() == 2
@@ -156,10 +163,25 @@ def test_run_both_runs_the_pieces_at_the_same_time_on_two_threads():
 def test_run_both_with_one_thread_runs_one_piece_after_the_other():
     started = threading.Event()
     with testing.torch_threads(1):
-        assert not thread_split.concurrent()
+        assert not thread_split.concurrent(WORK)
         (waited, _), _ = thread_split.run_both(lambda: (started.wait(timeout=0.05), 0),
-                                               started.set)
+                                               started.set, WORK)
     assert not waited and started.is_set()
+
+
+def test_small_pieces_and_other_thread_counts_run_one_after_the_other(monkeypatch):
+    monkeypatch.setattr(thread_split, "MIN_WORK", 1 << 23)
+    assert thread_split.concurrent(1 << 23, threads=2)
+    assert not thread_split.concurrent((1 << 23) - 1, threads=2)
+    assert not thread_split.concurrent(1 << 30, threads=1)
+    assert not thread_split.concurrent(1 << 30, threads=4)
+
+
+def test_cpu_backend_counts_a_directions_forward_products():
+    x = torch.zeros(7, 3, 5)
+    lstm = (torch.zeros(4 * 6, 5), torch.zeros(4 * 6, 2), torch.zeros(2, 6))
+    assert cpu._products(x, *lstm) == 7 * 3 * (24 * 5 + 24 * 2 + 2 * 6)
+    assert cpu._products(x, *lstm[:2], None) == 7 * 3 * (24 * 5 + 24 * 2)
 
 
 @pytest.mark.requires_cpu_ext
@@ -177,7 +199,7 @@ def test_run_both_raises_the_first_exception_after_both_pieces_finished(failing)
         return run
 
     with testing.torch_threads(2), pytest.raises(ValueError) as raised:
-        thread_split.run_both(piece("first"), piece("second"))
+        thread_split.run_both(piece("first"), piece("second"), WORK)
     assert sorted(finished) == ["first", "second"]
     assert str(raised.value) == ("second failed" if failing == "second" else "first failed")
 
@@ -192,8 +214,8 @@ def test_pieces_run_under_the_callers_grad_mode_on_one_thread_each():
     def check():
         with testing.torch_threads(2):
             with torch.no_grad():
-                seen.append(thread_split.run_both(piece, piece))
-            seen.append(thread_split.run_both(piece, piece))
+                seen.append(thread_split.run_both(piece, piece, WORK))
+            seen.append(thread_split.run_both(piece, piece, WORK))
 
     seen = []
     thread = threading.Thread(target=check)

@@ -176,6 +176,20 @@ def test_bidirectional_layers_on_a_callers_stream_match_the_default_stream(kerne
 
 
 @pytest.mark.requires_cuda
+def test_compile_fullgraph_on_gpu_matches_eager():
+    """The backend choice, the plan and the two-direction op under torch.compile on CUDA."""
+    module = fusedrnn.LSTM(32, 64, num_layers=2, bidirectional=True, device="cuda",
+                           backend="cuda")
+    x = torch.randn(10, 4, 32, device="cuda", requires_grad=True)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    got, want = compiled(x)[0], module(x)[0]
+    testing.assert_close_relative([got], [want], 1e-6, "outputs")
+    leaves = [x, *module.parameters()]
+    testing.assert_close_relative(torch.autograd.grad(got.sum(), leaves),
+                                  torch.autograd.grad(want.sum(), leaves), 1e-6, "gradients")
+
+
+@pytest.mark.requires_cuda
 def test_plan_of_this_gpu_is_reported():
     plan = cuda_plan.plan_call("lstm", 768, torch.bfloat16, torch.cuda.current_device(), False)
     assert plan.kernel in ("persistent", "stepwise") and plan.reason

@@ -18,7 +18,13 @@ caller's ATen thread-local state (grad mode, dispatch keys, the profiler's recor
 
 Only with exactly two threads (``torch.get_num_threads()``): that is the split measured.
 With more, each direction alone would give up the threads its products use; untried, so
-there the directions run one after the other, each on every thread.
+there the directions run one after the other, each on every thread. And only from
+``MIN_WORK`` multiply-adds per piece: starting the pair costs tens of microseconds (an empty
+pair 34 us). Measured, one bidirectional LSTM layer, inference and training, ms, one after
+the other against at once (multiply-adds of a direction's forward products): B1 T100 I32
+H64 (2.5M) 0.35, 1.11 against 0.39, 1.17; B2 T100 I64 H64 (6.6M) 0.48, 1.40 against 0.48,
+1.46; B4 T100 I32 H64 (9.8M) 0.67, 1.74 against 0.63, 1.74; B8 T100 I64 H64 (26M) 1.21, 2.88
+against 0.94, 2.50; B4 T200 I64 H128 (79M) 2.49, 6.18 against 1.94, 4.99.
 """
 
 import torch
@@ -26,14 +32,18 @@ import torch
 from .. import _extension
 
 
-def concurrent(threads=None):
-    """Whether :func:`run_both` runs its pieces at the same time with ``threads`` threads
-    (default: the calling thread's ``torch.get_num_threads()``)."""
-    return (torch.get_num_threads() if threads is None else threads) == 2
+MIN_WORK = 1 << 23
 
 
-def run_both(first, second):
-    """``(first(), second())``, at the same time when :func:`concurrent`."""
-    if not concurrent():
+def concurrent(work, threads=None):
+    """Whether :func:`run_both` runs two pieces of ``work`` multiply-adds each at the same
+    time with ``threads`` threads (default: the calling thread's ``torch.get_num_threads()``)."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return threads == 2 and work >= MIN_WORK
+
+
+def run_both(first, second, work):
+    """``(first(), second())``, at the same time when :func:`concurrent` for ``work``."""
+    if not concurrent(work):
         return first(), second()
     return _extension.CPU.load().run_pair(first, second)
