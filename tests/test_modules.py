@@ -150,6 +150,21 @@ def test_compile_loads_the_extension_on_the_first_call():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_compile_with_packed_input_breaks_the_graph_around_the_packing():
+    """A PackedSequence's padded shape depends on its lengths' values: fullgraph cannot
+    trace it, a plain torch.compile graph-breaks there and matches eager."""
+    torch._dynamo.reset()
+    model = fusedrnn.LSTM(5, 6, num_layers=2, bidirectional=True, batch_first=True)
+    compiled = torch.compile(model, backend="aot_eager")
+    for seed, (batch, steps) in enumerate([(4, 7), (3, 9)]):
+        x = testing.make_packed(batch, steps, 5, generator=torch.Generator().manual_seed(seed))
+        got, got_grads = testing.outputs_and_grads(compiled, x)
+        want, want_grads = testing.outputs_and_grads(model, x)
+        testing.assert_close_relative(got + got_grads, want + want_grads, 1e-6)
+    with pytest.raises(torch._dynamo.exc.TorchDynamoException):
+        torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+
+
 def test_compile_with_inductor_and_packed_free_path():
     torch._dynamo.reset()
     model = fusedrnn.GRU(4, 6, num_layers=2)
