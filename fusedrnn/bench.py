@@ -68,7 +68,8 @@ class Case:
 CPU_SHAPES = [(32, 100, 128, 256, {}), (8, 200, 64, 128, {}), (64, 50, 256, 512, {}),
               (16, 64, 100, 128, {"num_layers": 2, "bidirectional": True}), (1, 300, 32, 64, {})]
 ANCHOR_SHAPES = [(16, 1024, 768, 768, {}), (64, 100, 512, 512, {})]
-GPU_SHAPES = [(b, 256, h, h, {}) for b in (16, 64) for h in (256, 768)] + ANCHOR_SHAPES
+GPU_SHAPES = ([(b, 256, h, h, {}) for b in (16, 64) for h in (256, 768)]
+              + [(16, 128, 256, 256, {"bidirectional": True})] + ANCHOR_SHAPES)
 QUICK_SHAPES = [(4, 12, 8, 16, {}), (2, 6, 8, 8, {"num_layers": 2, "bidirectional": True})]
 FULL_SHAPES = [(b, t, h, h, {"num_layers": layers, "bidirectional": bi})
                for layers in (1, 2) for bi in (False, True) for b in (1, 8, 16, 64, 256)
@@ -78,8 +79,9 @@ FULL_SHAPES = [(b, t, h, h, {"num_layers": layers, "bidirectional": bi})
 def grid(device, size="default", cells=("lstm",), packed=False):
     """The :class:`Case` list of grid ``size`` (quick, default, full) for ``device``.
 
-    quick: tiny shapes (seconds). default: the CPU shapes, or on CUDA the GPU shapes with
-    the anchors (B16 T1024 H768 and B64 T100 H512). full: batch {1, 8, 16, 64, 256} x hidden
+    quick: tiny shapes (seconds). default: the CPU shapes, or on CUDA the GPU shapes (one
+    bidirectional, whose directions share the GPU) with the anchors (B16 T1024 H768 and B64
+    T100 H512). full: batch {1, 8, 16, 64, 256} x hidden
     {128, 256, 512, 768, 1024} x time {128, 1024} x layers {1, 2} x {uni, bidirectional},
     input size = hidden, plus the anchors. ``packed`` adds packed-input copies of the first
     shape (quick, CPU default) or of the anchors (CUDA default, full).

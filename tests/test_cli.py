@@ -401,9 +401,10 @@ def test_default_grids():
         (1, 300, 32, 64)]
     assert cpu[3].num_layers == 2 and cpu[3].bidirectional
     gpu = bench.default_grid("cuda")
-    assert len(gpu) == 6 and all(c.input_size == c.hidden_size for c in gpu)
+    assert len(gpu) == 7 and all(c.input_size == c.hidden_size for c in gpu)
     shapes = {(c.batch, c.steps, c.hidden_size) for c in gpu}
     assert {(16, 1024, 768), (64, 100, 512)} <= shapes  # the anchors
+    assert [(c.batch, c.hidden_size) for c in gpu if c.bidirectional] == [(16, 256)]
     assert len(bench.default_grid("cpu", quick=True, cells=("lstm", "gru"))) == 2 * len(
         bench.default_grid("cpu", quick=True))
     assert not any(c.packed for c in cpu + gpu)
