@@ -2,6 +2,7 @@
 both directions of a layer at once (``backends/thread_split.py``, ``run_pair`` in
 ``csrc/cpu/bindings.cpp``)."""
 
+import contextlib
 import threading
 import time
 
@@ -11,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fusedrnn
 from fusedrnn import ops, ops_bidirectional, testing
-from fusedrnn.backends import cpu, thread_split
+from fusedrnn.backends import cpu, cuda_streams, thread_split
 
 DT = torch.float64
 CELLS = list(ops.GATES)
@@ -260,3 +261,68 @@ def test_bidirectional_modules_with_directions_at_once_match_torch(cell, kwargs)
     testing.assert_close_relative(got + got_grads, want + want_grads, 1e-10)
     for actual, repeat in zip(got + got_grads, again + again_grads):
         assert torch.equal(actual, repeat)
+
+
+class _FakeStream:
+    def __init__(self, name, log, priority=0):
+        self.name, self.log, self.priority = name, log, priority
+
+    def wait_stream(self, other):
+        self.log.append(f"{self.name} waits for {other.name}")
+
+
+class _FakeCudaTensor:
+    is_cuda = True
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def record_stream(self, stream):
+        self.log.append(f"{self.name} used on {stream.name}")
+
+
+@pytest.fixture
+def fake_cuda_streams(monkeypatch):
+    """torch.cuda's streams replaced by fakes that log what cuda_streams asks of them."""
+    log = []
+    current = _FakeStream("current", log, priority=-1)
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        log.append(f"enter {stream.name}")
+        yield
+        log.append(f"leave {stream.name}")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    monkeypatch.setattr(torch.cuda, "Stream",
+                        lambda device, priority: _FakeStream(f"side{device}", log, priority))
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(cuda_streams._local, "streams", {}, raising=False)
+    return log
+
+
+def test_cuda_streams_fork_and_join_around_the_reverse_direction(fake_cuda_streams):
+    log = fake_cuda_streams
+    x = _FakeCudaTensor("x", log)
+
+    def direction(name):
+        def run():
+            log.append(f"run {name}")
+            return (_FakeCudaTensor(f"{name} result", log),)
+        return run
+
+    first, second = cuda_streams.run_both(torch.device("cuda", 1), direction("forward"),
+                                          direction("reverse"), (x, None, True))
+    assert log == ["side1 waits for current", "x used on side1", "run forward",
+                   "enter side1", "run reverse", "leave side1", "current waits for side1",
+                   "reverse result used on current"]
+    assert cuda_streams.side_stream(torch.device("cuda", 1), -1).priority == -1
+
+
+def test_cuda_streams_join_when_the_reverse_direction_raises(fake_cuda_streams):
+    def fails():
+        raise ValueError("reverse failed")
+
+    with pytest.raises(ValueError, match="reverse failed"):
+        cuda_streams.run_both(torch.device("cuda", 0), lambda: (), fails)
+    assert fake_cuda_streams[-1] == "current waits for side0"

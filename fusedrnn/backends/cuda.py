@@ -33,14 +33,14 @@ class CudaBackend(RecurrenceBackend):
         if not self._overlap(cell, w_hh, w_hr, backward=False):
             return super().forward_directions(cell, first, second)
         return cuda_streams.run_both(x.device, lambda: self.forward(cell, *first),
-                                     lambda: self.forward(cell, *second))
+                                     lambda: self.forward(cell, *second), second)
 
     def backward_directions(self, cell, first, second):
         x, w_hh, w_hr = first[3], first[5], first[6]
         if not self._overlap(cell, w_hh, w_hr, backward=True):
             return super().backward_directions(cell, first, second)
         return cuda_streams.run_both(x.device, lambda: self.backward(cell, *first),
-                                     lambda: self.backward(cell, *second))
+                                     lambda: self.backward(cell, *second), second)
 
     def _overlap(self, cell, w_hh, w_hr, backward):
         """Whether the two directions go on two streams: not on the persistent grid design

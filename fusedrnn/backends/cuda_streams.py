@@ -10,9 +10,9 @@ the caller's stream waits for before anything after the layer, also when a direc
 raises. Side streams are per thread, device and priority (made on first use, with the
 caller's stream's priority), so two threads never wait for each other's work and a CUDA
 graph capture on one thread cannot take in another's kernels. The reverse direction's
-results are allocated on the side stream and used on the caller's afterwards:
-``record_stream`` tells the caching allocator, so their memory is not reused before that
-use is done. That costs memory: the side stream's blocks stay in its own pool, and under
+results are allocated on the side stream and used on the caller's afterwards, and its
+inputs come from other streams: ``record_stream`` tells the caching allocator of both, so
+no memory is reused before those uses are done. That costs memory: the side stream's blocks stay in its own pool, and under
 graph capture blocks freed during the capture after ``record_stream`` are not reused before
 it ends.
 
@@ -50,12 +50,17 @@ def side_stream(device, priority=0):
     return streams[key]
 
 
-def run_both(device, first, second):
+def run_both(device, first, second, second_inputs=()):
     """``(first(), second())``: ``first`` on the current stream of ``device``, ``second`` on
-    a side stream, joined before returning (as seen from the current stream)."""
+    a side stream, joined before returning (as seen from the current stream).
+    ``second_inputs``: the tensors ``second`` reads, which the allocator is told of too (a
+    backward's saved tensors may come from another thread's side stream)."""
     current = torch.cuda.current_stream(device)
     side = side_stream(device, current.priority)
     side.wait_stream(current)
+    for tensor in second_inputs:  # tensors, None and flags
+        if getattr(tensor, "is_cuda", False):
+            tensor.record_stream(side)
     try:
         first_results = first()
         with torch.cuda.stream(side):
