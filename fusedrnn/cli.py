@@ -46,6 +46,7 @@ def run_info(args):
 
     import fusedrnn
     from fusedrnn import _extension, bench
+    from fusedrnn.backends import thread_split
 
     env = bench.environment()
     cuda = env["cuda"] or "none (CPU-only torch build)"
@@ -66,6 +67,7 @@ def run_info(args):
     backend_rows = [(name, "available" if status.available else f"unavailable: {status.reason}")
                     for name, status in fusedrnn.available_backends().items()]
     _print_section("backends (auto tries them in this order)", backend_rows)
+    _print_section("cpu backend", [("bidirectional layers", thread_split.describe())])
     rows = []
     for extension in _extension.EXTENSIONS:
         available, reason = extension.status()

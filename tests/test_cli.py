@@ -90,6 +90,15 @@ def test_info_lists_versions_devices_backends_and_extensions(capsys):
     assert "fusedrnn._C" in out and "fusedrnn._cpu" in out
 
 
+@pytest.mark.parametrize("threads, says", [(2, "both directions at once"),
+                                            (1, "one direction after the other on 1 thread")])
+def test_info_says_how_the_cpu_backend_runs_bidirectional_layers(capsys, threads, says):
+    with testing.torch_threads(threads):
+        assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^\s+bidirectional layers\s+{says}", out, re.MULTILINE), out
+
+
 def test_info_reports_an_unavailable_backend_with_its_reason(capsys, fake_backends):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

@@ -42,6 +42,15 @@ def concurrent(work, threads=None):
     return threads == 2 and work >= MIN_WORK
 
 
+def describe(threads=None):
+    """What the cpu backend does with a bidirectional layer's directions, in words."""
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads == 2:
+        return (f"both directions at once, one thread each, from {MIN_WORK:,} multiply-adds "
+                "per direction (one after the other below)")
+    return f"one direction after the other on {threads} thread(s) (at once only with 2)"
+
+
 def run_both(first, second, work):
     """``(first(), second())``, at the same time when :func:`concurrent` for ``work``."""
     if not concurrent(work):
