@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from . import __version__, backends, modules, testing
+from . import __version__, backends, bench_report, modules, testing
 from .bench_floors import GATES, MODE_FLOP_FACTORS, persistent_floor_terms, step_floor_seconds
 from .bench_kernels import cuda_kernels, split_backend, with_env
 from .bench_timing import is_noisy, peak_memory_bytes, summarize, time_interleaved
@@ -359,9 +359,13 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
 def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device="cpu",
              dtype=torch.float32, warmup=3, repeats=10, seed=0, progress=None):
     """:func:`measure_case` over ``cases`` x ``modes``; ``progress`` is a stream for
-    ``[i/n] case mode`` lines (``None``: silent). Returns the list of result dicts."""
+    ``[i/n] case mode`` lines, each followed by that case's table rows as soon as it is
+    measured, so that a run cut short still leaves what it measured (``None``: silent).
+    Returns the list of result dicts."""
     results = []
     total = len(cases) * len(modes)
+    if progress is not None:
+        print("    " + " | ".join(bench_report.COLUMNS[3:]), file=progress)
     for case in cases:
         for mode in modes:
             if progress is not None:
@@ -369,6 +373,10 @@ def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device=
                       flush=True)
             results.append(measure_case(case, mode, backend_names, device, dtype, warmup,
                                         repeats, seed))
+            if progress is not None:
+                for row in bench_report.table_rows(results[-1:]):
+                    print("    " + " | ".join(cell.strip() for cell in row[3:]),
+                          file=progress, flush=True)
     return results
 
 

@@ -132,6 +132,11 @@ def test_quick_bench_prints_numeric_rows_for_both_providers(quick_run):
     for note in ("lower is better", "floor us = ", "TFLOP/s = GEMM FLOPs"):
         assert note in stdout
     assert re.search(r"^\[1/\d+\] lstm B\d+ T\d+", stderr, re.MULTILINE), stderr
+    # each case's rows follow its progress line at once: a run cut short keeps them
+    progress = stderr[stderr.index("[1/"):stderr.index("[2/")]
+    assert re.search(r"^    torch\.nn \| \d+\.\d+ \|", progress, re.MULTILINE), progress
+    assert re.search(r"^    fusedrnn \(auto: \w+\) \| \d+\.\d+ \| .* \| \d+\.\d\d \|", progress,
+                     re.MULTILINE), progress
 
 
 def test_quick_bench_writes_json_with_every_measurement(quick_run):
