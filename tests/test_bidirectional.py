@@ -57,6 +57,20 @@ def _variants():
     yield pytest.param("lstm", 2, True, True, id="lstm-proj")
 
 
+def _backward_args(cell, forward_args, bias, backend):
+    """The pair backward op's arguments after a forward with ``forward_args`` (no autograd),
+    with random output gradients."""
+    out = ops_bidirectional.FORWARD[cell](*forward_args)
+    args = []
+    for direction in range(2):
+        y, h_n, c_n, ws_a, ws_b = out[5 * direction:][:5]
+        w_ih, w_hh, _, _, w_hr, h0, c0 = forward_args[1 + 7 * direction:][:7]
+        args += [torch.randn_like(y), torch.randn_like(h_n),
+                 torch.randn_like(c_n) if cell == "lstm" else None,
+                 w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
+    return [*args, forward_args[0], forward_args[15], bias, backend]
+
+
 def test_schemas_take_each_direction_once_x_and_lengths_once_and_no_reverse_flag():
     names = [a.rsplit(" ", 1)[1] for a in
              ops_bidirectional.FORWARD_SCHEMA[1:].split(") -> (")[0].split(", ")]
@@ -74,16 +88,8 @@ def test_opcheck(cell, proj, bias, lengths, backend):
         torch.library.opcheck(ops_bidirectional.FORWARD[cell], args)
         plain = _pair_args(cell, backend, proj=proj, bias=bias, lengths=lengths,
                            requires_grad=False)
-        out = ops_bidirectional.FORWARD[cell](*plain)
-        grads = []
-        for direction in range(2):
-            y, h_n, c_n, ws_a, ws_b = out[5 * direction:][:5]
-            w_ih, w_hh, _, _, w_hr, h0, c0 = plain[1 + 7 * direction:][:7]
-            grads += [torch.randn_like(y), torch.randn_like(h_n),
-                      torch.randn_like(c_n) if cell == "lstm" else None,
-                      w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
         torch.library.opcheck(ops_bidirectional.BACKWARD[cell],
-                              [*grads, plain[0], plain[15], bias, backend])
+                              _backward_args(cell, plain, bias, backend))
 
 
 @pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 2), ("gru", 0), ("rnn_tanh", 0)])
@@ -93,15 +99,7 @@ def test_fake_backward_has_the_real_strides_for_a_transposed_input(cell, proj):
     args = _pair_args(cell, "reference", proj=proj, requires_grad=False)
     args[0] = args[0].transpose(0, 1).contiguous().transpose(0, 1)
     assert not args[0].is_contiguous()
-    out = ops_bidirectional.FORWARD[cell](*args)
-    grads = []
-    for direction in range(2):
-        y, h_n, c_n, ws_a, ws_b = out[5 * direction:][:5]
-        w_ih, w_hh, _, _, w_hr, h0, c0 = args[1 + 7 * direction:][:7]
-        grads += [torch.randn_like(y), torch.randn_like(h_n),
-                  torch.randn_like(c_n) if cell == "lstm" else None,
-                  w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
-    backward_args = [*grads, args[0], args[15], True, "reference"]
+    backward_args = _backward_args(cell, args, True, "reference")
     real = ops_bidirectional.BACKWARD[cell](*backward_args)
     fake = ops_bidirectional._fake_backward(*backward_args)
     assert [(t.shape, t.stride()) for t in fake] == [(t.shape, t.stride()) for t in real]
