@@ -27,10 +27,22 @@ def kernel(request, monkeypatch):
     return request.param
 
 
+# Module classes as test ids: "RNN-relu" is fusedrnn.RNN(..., nonlinearity="relu").
+MODULES = ["LSTM", "GRU", "RNN-tanh", "RNN-relu"]
+# The op-level cell names.
+CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+
+
+def _module(cell, *args, **kwargs):
+    name, _, nonlinearity = cell.partition("-")
+    if nonlinearity:
+        kwargs["nonlinearity"] = nonlinearity
+    return getattr(fusedrnn, name)(*args, device=DEVICE, **kwargs)
+
+
 def _pair(cell, input_size, hidden, dtype=torch.float32, **kwargs):
-    reference = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, device=DEVICE, **kwargs)
-    triton_module = getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype, device=DEVICE,
-                                            backend="triton", **kwargs)
+    reference = _module(cell, input_size, hidden, dtype=dtype, **kwargs)
+    triton_module = _module(cell, input_size, hidden, dtype=dtype, backend="triton", **kwargs)
     triton_module.load_state_dict(reference.state_dict())
     return reference, triton_module
 
@@ -52,7 +64,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", MODULES)
 @pytest.mark.parametrize("name, kwargs, hidden, steps, batch", CASES, ids=[c[0] for c in CASES])
 def test_padded_input_matches_reference(kernel, cell, name, kwargs, hidden, steps, batch):
     reference, candidate = _pair(cell, 6, hidden, **kwargs)
@@ -61,7 +73,7 @@ def test_padded_input_matches_reference(kernel, cell, name, kwargs, hidden, step
     _compare(reference, candidate, x)
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", MODULES)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_packed_lengths_and_initial_states_match_reference(kernel, cell, bidirectional):
     reference, candidate = _pair(cell, 5, 21, num_layers=2, bidirectional=bidirectional)
@@ -70,7 +82,7 @@ def test_packed_lengths_and_initial_states_match_reference(kernel, cell, bidirec
     _compare(reference, candidate, packed, hx)
 
 
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", MODULES)
 def test_unbatched_input_matches_reference(kernel, cell):
     reference, candidate = _pair(cell, 4, 12)
     _compare(reference, candidate, torch.randn(5, 4, device=DEVICE))
@@ -83,21 +95,18 @@ def test_projection_matches_reference(monkeypatch):
              testing.make_state(reference, 5))
 
 
-def test_cells_run_on_triton():
-    reference = fusedrnn.LSTMCell(5, 19, device=DEVICE)
-    candidate = fusedrnn.LSTMCell(5, 19, device=DEVICE, backend="triton")
-    candidate.load_state_dict(reference.state_dict())
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell-tanh", "RNNCell-relu"])
+def test_cells_run_on_triton(cell):
+    reference, candidate = _pair(cell, 5, 19)
     _compare(reference, candidate, torch.randn(3, 5, device=DEVICE),
              testing.make_state(reference, 3))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_low_precision_within_twice_the_references_error(kernel, cell, dtype):
-    oracle = getattr(fusedrnn, cell)(8, 24, dtype=torch.float64, device=DEVICE)
-    x64 = testing.make_packed(6, 8, 8, dtype=torch.float64, device=DEVICE)
+def _check_low_precision(cell, dtype, oracle, x64):
+    """The rule of the module docstring for ``cell`` in ``dtype``, against ``oracle`` (a
+    float64 module) run on the packed ``x64``."""
     oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
-    reference, candidate = _pair(cell, 8, 24, dtype=dtype)
+    reference, candidate = _pair(cell, x64.data.shape[-1], oracle.hidden_size, dtype=dtype)
     reference.load_state_dict(oracle.state_dict())
     candidate.load_state_dict(oracle.state_dict())
     x = x64._replace(data=x64.data.to(dtype))
@@ -109,7 +118,37 @@ def test_low_precision_within_twice_the_references_error(kernel, cell, dtype):
                                              testing.GRADIENT_FACTOR, "gradients")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN-tanh"])
+def test_low_precision_within_twice_the_references_error(kernel, cell, dtype):
+    oracle = _module(cell, 8, 24, dtype=torch.float64)
+    _check_low_precision(cell, dtype, oracle,
+                         testing.make_packed(6, 8, 8, dtype=torch.float64, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_relu_away_from_its_kink(kernel, dtype):
+    """ReLU's derivative jumps at 0: a pre-activation within rounding of 0 takes either
+    side in a low precision, in any backend, and moves the gradients by O(1). The rule holds
+    where no pre-activation comes near 0: biases of +-2 and small weights keep every one at
+    least 1 away (checked from the weights' norms), with dead and live units both present."""
+    oracle = _module("RNN-relu", 8, 24, dtype=torch.float64)
+    x64 = testing.make_packed(6, 8, 8, dtype=torch.float64, device=DEVICE)
+    x64 = x64._replace(data=x64.data.clamp(-1, 1))
+    with torch.no_grad():
+        oracle.weight_ih_l0.uniform_(-0.05, 0.05)
+        oracle.weight_hh_l0.uniform_(-0.008, 0.008)
+        oracle.bias_ih_l0.copy_(2 * torch.randint(0, 2, (24,), device=DEVICE) - 1).mul_(2)
+        oracle.bias_hh_l0.zero_()
+        largest_h = 3.0  # relu(pre) with |pre - bias| <= 1
+        reach = (oracle.weight_ih_l0.abs().sum(1) * x64.data.abs().max()
+                 + oracle.weight_hh_l0.abs().sum(1) * largest_h)
+    assert reach.max() <= 1.0
+    assert (oracle.bias_ih_l0 > 0).any() and (oracle.bias_ih_l0 < 0).any()
+    _check_low_precision("RNN-relu", dtype, oracle, x64)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_opcheck_with_the_triton_backend(cell):
     steps, batch, hidden = 3, 2, 16
     gates = ops.GATES[cell] * hidden
@@ -120,9 +159,10 @@ def test_opcheck_with_the_triton_backend(cell):
     torch.library.opcheck(ops.FORWARD[cell], args)
 
 
-def test_rnn_cell_has_no_triton_kernel():
-    with pytest.raises(BackendUnavailableError, match="no Triton kernel for the rnn_tanh cell"):
-        fusedrnn.RNN(4, 8, backend="triton", device=DEVICE)(torch.randn(3, 2, 4, device=DEVICE))
+def test_an_explicit_request_the_kernels_cannot_run_raises_with_the_reason():
+    module = fusedrnn.LSTM(4, 300, proj_size=8, backend="triton", device=DEVICE)
+    with pytest.raises(BackendUnavailableError, match="proj_size needs the persistent kernel"):
+        module(torch.randn(2, 1, 4, device=DEVICE))
 
 
 def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
@@ -151,7 +191,7 @@ def test_triton_reports_available():
     assert fusedrnn.available_backends()["triton"].available
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell):
     """The ``triton_op`` versions (what torch.compile traces on a GPU) run eagerly here."""
     from fusedrnn.backends.triton import traceable
@@ -182,9 +222,10 @@ def test_compile_fullgraph_with_triton_on_gpu():
     assert torch.allclose(eager, compiled, atol=1e-5)
 
 
-def test_compile_fullgraph_with_triton_backend_matches_eager():
+@pytest.mark.parametrize("cell", ["GRU", "RNN-relu"])
+def test_compile_fullgraph_with_triton_backend_matches_eager(cell):
     torch._dynamo.reset()
-    module = fusedrnn.GRU(6, 16, num_layers=2, backend="triton", device=DEVICE)
+    module = _module(cell, 6, 16, num_layers=2, backend="triton")
     x = torch.randn(5, 3, 6, device=DEVICE)
     eager_out, eager_h = module(x)
     out, h = torch.compile(module, fullgraph=True, backend="aot_eager")(x)

@@ -1,4 +1,4 @@
-"""The ``triton`` backend: fused LSTM and GRU kernels written in Triton.
+"""The ``triton`` backend: fused LSTM, GRU and Elman RNN kernels written in Triton.
 
 Runs on CUDA tensors, and on CPU tensors under the Triton interpreter
 (``TRITON_INTERPRET=1``, slow: for tests). Importing this package does not import Triton;
@@ -17,12 +17,23 @@ from . import plan, traceable
 
 logger = logging.getLogger("fusedrnn")
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 def interpreter_enabled():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def launchers(cell):
+    """``(forward, backward)`` of ``cell``: the launchers of its kernels, with the reference
+    backend's contract. The first call imports Triton."""
+    from . import gru, lstm, rnn
+
+    if cell in rnn.LAUNCHERS:
+        return rnn.LAUNCHERS[cell]
+    module = {"lstm": lstm, "gru": gru}[cell]
+    return module.forward, module.backward
 
 
 class TritonBackend(Backend):
@@ -51,15 +62,11 @@ class TritonBackend(Backend):
         return True, ""
 
     def forward(self, cell, *args):
-        from . import gru, lstm
-
         *args, save = args
-        return common.keep_saved({"lstm": lstm.forward, "gru": gru.forward}[cell](*args), save)
+        return common.keep_saved(launchers(cell)[0](*args), save)
 
     def backward(self, cell, *args):
-        from . import gru, lstm
-
-        return {"lstm": lstm.backward, "gru": gru.backward}[cell](*args)
+        return launchers(cell)[1](*args)
 
     def forward_op(self, cell, device, call):
         """The ``triton_op`` of ``cell`` for CUDA tensors on the persistent plan (see

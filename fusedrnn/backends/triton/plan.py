@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 logger = logging.getLogger("fusedrnn")
 
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 PERSISTENT_LIMIT = 4 * 64 * 64
 BLOCK_B = 16
 STEP_BLOCK_H = 32

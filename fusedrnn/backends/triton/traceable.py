@@ -1,10 +1,11 @@
 """The Triton kernels as ``torch.library.triton_op``s, which ``torch.compile`` traces into.
 
-``fusedrnn::{lstm,gru}_{fwd,bwd}_triton`` have the shared schemas of ``fusedrnn/ops.py`` and
-the same autograd formula; their bodies are the launchers of ``lstm.py``/``gru.py`` (input
-projection, ``wrap_triton`` launches, weight-gradient products). Only the persistent plan
-goes through them: its single launch traces well, while the per-step plan's Python time
-loop would unroll into the graph, so that plan stays behind the opaque dispatching op.
+``fusedrnn::{cell}_{fwd,bwd}_triton`` have the shared schemas of ``fusedrnn/ops.py`` and
+the same autograd formula; their bodies are the launchers of ``lstm.py``, ``gru.py`` and
+``rnn.py`` (input projection, ``wrap_triton`` launches, weight-gradient products). Only the
+persistent plan goes through them: its single launch traces well, while the per-step plan's
+Python time loop would unroll into the graph, so that plan stays behind the opaque
+dispatching op.
 
 Dynamo cannot trace the import that defines these ops, so they are defined on the first
 eager call (:func:`pair`); under ``torch.compile`` :func:`defined` returns them only if an
@@ -22,15 +23,15 @@ _PAIRS = {}
 def pair(cell):
     """``(forward_op, backward_op)`` of ``cell``, defined on first use (eagerly)."""
     if cell not in _PAIRS:
-        from . import gru, lstm
+        from . import launchers
 
-        module = {"lstm": lstm, "gru": gru}[cell]
+        forward, backward = launchers(cell)
 
         def launch_forward(*args):  # the last two arguments: save, the backend name
-            return common.keep_saved(module.forward(*args[:-2]), args[-2])
+            return common.keep_saved(forward(*args[:-2]), args[-2])
 
         def launch_backward(*args):
-            return module.backward(*args[:-1])
+            return backward(*args[:-1])
 
         _PAIRS[cell] = ops.define_pair(cell, "_triton", launch_forward, launch_backward,
                                        maker=torch.library.triton_op)
