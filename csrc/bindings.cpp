@@ -20,6 +20,8 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("lstm_proj_recurrence_bwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_bwd));
   m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::gru_recurrence_fwd));
   m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::gru_recurrence_bwd));
+  m.impl("rnn_recurrence_fwd", TORCH_FN(fusedrnn::rnn_recurrence_fwd));
+  m.impl("rnn_recurrence_bwd", TORCH_FN(fusedrnn::rnn_recurrence_bwd));
   m.impl("lstm_persistent_fwd", TORCH_FN(fusedrnn::lstm_persistent_fwd));
   m.impl("lstm_persistent_bwd", TORCH_FN(fusedrnn::lstm_persistent_bwd));
   m.impl("gru_persistent_fwd", TORCH_FN(fusedrnn::gru_persistent_fwd));

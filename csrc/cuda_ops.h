@@ -33,6 +33,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
 std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
     const Tensor&, const Tensor&, bool);
+std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor&, const std::optional<Tensor>&,
+                                              const Tensor&, const Tensor&,
+                                              const std::optional<Tensor>&, bool, bool);
+std::tuple<Tensor, Tensor> rnn_recurrence_bwd(const Tensor&, const Tensor&, const Tensor&,
+                                              const Tensor&, const std::optional<Tensor>&, bool,
+                                              bool);
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
     const Tensor&, const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
     const std::optional<Tensor>&, bool, bool, int64_t, bool);

@@ -1,6 +1,6 @@
 // Launchers of the fused pointwise step kernels (one per cell and direction of time).
 //
-// Shapes: B batch, H hidden, G = 4H (LSTM) or 3H (GRU). Every tensor is a contiguous CUDA
+// Shapes: B batch, H hidden, G = 4H (LSTM), 3H (GRU) or H (RNN). Every tensor is a contiguous CUDA
 // tensor of the input dtype unless marked float32; "in/out" ones are updated in place, the
 // others are read only or written only as stated. lengths is int64 (B,) or undefined, and
 // step t of row b is active while t < lengths[b]. Launches go to the current stream.
@@ -64,5 +64,17 @@ void proj_dh_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Ten
 void lstm_proj_bwd_step(const at::Tensor& dr, const at::Tensor& gates, const at::Tensor& cell,
                         const at::Tensor& c_prev, const at::Tensor& dc, const at::Tensor& dgates,
                         const at::Tensor& lengths, int64_t t);
+
+// The Elman RNN (rnn_kernels.cuh; relu: relu, else tanh). y (B,H) in: the pre-activation
+// x W_ih^T + b + h_prev W_hh^T, out: h, zero on inactive rows; h_prev (B,H) read; h_next
+// (B,H) out: h, held on inactive rows.
+void rnn_fwd_step(const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
+                  const at::Tensor& lengths, int64_t t, bool relu);
+
+// grad_y, rec, dh_total as lstm_bwd_step; y (B,H) read: the forward's output of step t;
+// dpre (B,H) out: the gradient of the pre-activation, zero on inactive rows.
+void rnn_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                  const at::Tensor& y, const at::Tensor& dpre, const at::Tensor& lengths,
+                  int64_t t, int64_t t_prev, bool relu);
 
 }  // namespace fusedrnn

@@ -2,6 +2,7 @@
 #include "gru_kernels.cuh"
 #include "lstm_kernels.cuh"
 #include "lstm_proj_kernels.cuh"
+#include "rnn_kernels.cuh"
 #include "typed_launchers.h"
 
 namespace fusedrnn {

@@ -196,4 +196,54 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
   return {dgates_in, dgates_hid, gru_grad_h0(rec, dh_total, gates.select(0, last), lengths, last)};
 }
 
+// The Elman RNN (relu: relu, else tanh): xproj (T,B,H) = x W_ih^T; bias (H) = b_ih + b_hh or
+// undefined; w_hh (H,H); h0 (B,H). Returns y (T,B,H), h_n (B,H). Each step's product goes
+// straight into y[t], which the step kernel activates in place.
+std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj_in,
+                                              const std::optional<Tensor>& bias,
+                                              const Tensor& w_hh, const Tensor& h0,
+                                              const std::optional<Tensor>& lengths_opt,
+                                              bool reverse, bool relu) {
+  const auto [steps, batch, hidden, lengths] =
+      check_rnn_fwd(xproj_in, bias, w_hh, h0, lengths_opt, at::kCUDA);
+  c10::cuda::CUDAGuard guard(xproj_in.device());
+  const Tensor xproj = (bias.has_value() && bias->defined()) ? xproj_in + *bias : xproj_in;
+
+  Tensor y = at::empty_like(xproj);
+  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  const Tensor w_t = w_hh.t();
+  for (int64_t t : time_order(steps, reverse)) {
+    Tensor y_t = y.select(0, t);
+    at::addmm_out(y_t, xproj.select(0, t), h_cur, w_t);
+    rnn_fwd_step(y_t, h_cur, h_next, lengths, t, relu);
+    std::swap(h_cur, h_next);
+  }
+  return {y, h_cur};
+}
+
+// grad_y, y (T,B,H), grad_h_n (B,H), w_hh (H,H). Returns dpre (T,B,H), the gradients of the
+// pre-activations (zero past a row's end), and grad_h0 (B,H).
+std::tuple<Tensor, Tensor> rnn_recurrence_bwd(const Tensor& grad_y, const Tensor& grad_h_n,
+                                              const Tensor& w_hh, const Tensor& y,
+                                              const std::optional<Tensor>& lengths_opt,
+                                              bool reverse, bool relu) {
+  const auto [steps, batch, hidden, lengths] =
+      check_rnn_bwd(grad_y, grad_h_n, w_hh, y, lengths_opt, at::kCUDA);
+  c10::cuda::CUDAGuard guard(y.device());
+
+  Tensor dpre = at::empty_like(y);
+  Tensor dh_total = at::empty({batch, hidden}, y.options().dtype(at::kFloat));
+  Tensor rec = grad_h_n.clone();
+  const auto order = time_order(steps, !reverse);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t t = order[k];
+    const int64_t t_prev = k == 0 ? -1 : order[k - 1];
+    rnn_bwd_step(grad_y.select(0, t), rec, dh_total, y.select(0, t), dpre.select(0, t), lengths,
+                 t, t_prev, relu);
+    at::mm_out(rec, dpre.select(0, t), w_hh);
+  }
+  const Tensor grad_h0 = steps > 0 ? lstm_grad_h0(rec, dh_total, lengths, order.back()) : rec;
+  return {dpre, grad_h0};
+}
+
 }  // namespace fusedrnn

@@ -1,4 +1,4 @@
-// Argument checks of the ops fusedrnn::{lstm,gru}_recurrence_{fwd,bwd}, shared by their CUDA
+// Argument checks of the ops fusedrnn::{lstm,gru,rnn}_recurrence_{fwd,bwd}, shared by their CUDA
 // (csrc/recurrence.cpp) and CPU (csrc/cpu/) kernels, and the helpers of their time loops.
 // Each check names the argument and the backend ("fusedrnn cuda backend" / "... cpu ...").
 #pragma once

@@ -73,4 +73,19 @@ void lstm_proj_bwd_step(const at::Tensor& dr, const at::Tensor& gates, const at:
   });
 }
 
+void rnn_fwd_step(const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
+                  const at::Tensor& lengths, int64_t t, bool relu) {
+  FUSEDRNN_DISPATCH(y.scalar_type(), "rnn_fwd_step", [&] {
+    rnn_fwd_step_typed<scalar_t>(y, h_prev, h_next, lengths, t, relu);
+  });
+}
+
+void rnn_bwd_step(const at::Tensor& grad_y, const at::Tensor& rec, const at::Tensor& dh_total,
+                  const at::Tensor& y, const at::Tensor& dpre, const at::Tensor& lengths,
+                  int64_t t, int64_t t_prev, bool relu) {
+  FUSEDRNN_DISPATCH(y.scalar_type(), "rnn_bwd_step", [&] {
+    rnn_bwd_step_typed<scalar_t>(grad_y, rec, dh_total, y, dpre, lengths, t, t_prev, relu);
+  });
+}
+
 }  // namespace fusedrnn

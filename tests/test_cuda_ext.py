@@ -45,7 +45,8 @@ def test_backend_is_available_but_refuses_cpu_calls():
 def test_backend_limits_are_reported():
     backend = backends.get("cuda")
     cuda = torch.device("cuda")
-    assert "no CUDA kernel for the rnn_tanh cell" in backend.supports(cuda, torch.float32, Call("rnn_tanh", 8, 8))[1]
+    assert "no CUDA kernel for the elman cell" in backend.supports(cuda, torch.float32, Call("elman", 8, 8))[1]
+    assert backend.supports(cuda, torch.float32, Call("rnn_relu", 8, 8)) == (True, "")
     assert backend.supports(cuda, torch.float32, Call("lstm", 8, 4)) == (True, "")
     assert "torch.float64 is not one of" in backend.supports(cuda, torch.float64)[1]
 
@@ -81,12 +82,42 @@ def test_matches_reference_on_gpu(kernel, cell, kwargs, hidden, steps, batch, pa
     testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
 
 
+RNN_CASES = [
+    ({"nonlinearity": "tanh"}, 256, 64, 16),
+    ({"nonlinearity": "relu", "num_layers": 2, "bidirectional": True}, 130, 33, 5),
+    ({"nonlinearity": "tanh", "batch_first": True, "bias": False}, 768, 20, 40),
+]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("kwargs, hidden, steps, batch", RNN_CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_rnn_matches_reference_on_gpu(kwargs, hidden, steps, batch, packed):
+    """The Elman cells have stepwise kernels only, whatever FUSEDRNN_CUDA_KERNEL says."""
+    reference = fusedrnn.RNN(96, hidden, device="cuda", **kwargs)
+    candidate = fusedrnn.RNN(96, hidden, device="cuda", backend="cuda", **kwargs)
+    candidate.load_state_dict(reference.state_dict())
+    x = (testing.make_packed(batch, steps, 96, device="cuda") if packed
+         else testing.make_sequence(batch, steps, 96, device="cuda"))
+    hx = testing.make_state(reference, batch)
+    out_ref, grads_ref = testing.outputs_and_grads(reference, x, hx)
+    out, grads = testing.outputs_and_grads(candidate, x, hx)
+    testing.assert_close_relative(out, out_ref, 1e-5, "outputs")
+    testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
+
+
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_low_precision_rule_on_gpu(kernel, cell, dtype):
     check_low_precision_rule(cell, dtype, steps=40)
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rnn_tanh_low_precision_rule_on_gpu(dtype):
+    check_low_precision_rule("RNN", dtype, steps=40)
 
 
 @pytest.mark.requires_cuda
@@ -128,6 +159,13 @@ def test_opcheck_recurrence_ops_on_gpu():
     xproj, w_hh, state, lengths = opcheck_inputs()
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
                           (xproj, None, w_hh, state, state, lengths, True, True))
+    w_rnn = torch.randn(8, 8, device="cuda")
+    y, _ = torch.ops.fusedrnn.rnn_recurrence_fwd(xproj[..., :8], None, w_rnn, state, lengths,
+                                                 False, True)
+    torch.library.opcheck(torch.ops.fusedrnn.rnn_recurrence_fwd.default,
+                          (xproj[..., :8].contiguous(), None, w_rnn, state, lengths, False, True))
+    torch.library.opcheck(torch.ops.fusedrnn.rnn_recurrence_bwd.default,
+                          (torch.randn_like(y), state, w_rnn, y, lengths, True, False))
 
 
 @pytest.mark.requires_cuda

@@ -18,10 +18,11 @@ class CudaBackend(RecurrenceBackend):
     device_type = "cuda"
     auto_devices = ("cuda",)
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
-    cells = ("lstm", "gru")
+    cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
     projection = True
 
     def recurrence_op(self, cell, w_hh, backward):
+        """The persistent op where ``cuda_plan`` chooses it (LSTM, GRU), else the stepwise."""
         plan = cuda_plan.plan_call(cell, w_hh.shape[1], w_hh.dtype, w_hh.device.index, backward)
         if plan.kernel == "stepwise":
             return super().recurrence_op(cell, w_hh, backward)
@@ -44,8 +45,8 @@ class CudaBackend(RecurrenceBackend):
 
     def _overlap(self, cell, w_hh, w_hr, backward):
         """Whether the two directions go on two streams: not on the persistent grid design
-        (``cuda_streams.overlaps``); the projected LSTM always runs stepwise."""
-        if w_hr is not None:
+        (``cuda_streams.overlaps``); the projected LSTM and the RNN always run stepwise."""
+        if w_hr is not None or cell.startswith("rnn"):
             return True
         self.extension.load()
         return cuda_streams.overlaps(cuda_plan.plan_call(cell, w_hh.shape[1], w_hh.dtype,

@@ -14,7 +14,7 @@ h_prev (T,B,H), lengths?, gates, hidden_n, reverse) -> (dgates_in, dgates_hid, g
 
 ``fusedrnn::rnn_recurrence_fwd(xproj (T,B,H), bias (H)?, w_hh (H,H), h0, lengths?, reverse,
 relu) -> (y, h_n)`` and ``fusedrnn::rnn_recurrence_bwd(grad_y, grad_h_n, w_hh, y, lengths?,
-reverse, relu) -> (dpre, grad_h0)`` (the Elman cells; CPU kernels only).
+reverse, relu) -> (dpre, grad_h0)`` (the Elman cells).
 
 ``fusedrnn::{lstm,gru,rnn}_bptt`` (CPU kernels only) are a backward above plus the products
 over all steps, returning the gradients of x, W_ih, W_hh and the biases, then of the
@@ -31,8 +31,8 @@ and part of ``lstm_bptt`` on the CPU.
 above with two more arguments, ``units`` and ``cluster``: the cuda backend's persistent
 kernels (``cuda_plan``).
 
-``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` the CUDA kernels of the
-LSTM and GRU ops (full contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
+``fusedrnn._cpu`` registers their CPU kernels and ``fusedrnn._C`` their CUDA kernels (full
+contracts in ``csrc/cpu/recurrence_cpu.h`` and ``csrc/kernels.h``). Saved tensors have the
 reference backend's layout, so the backends are interchangeable; without ``save``
 (nothing will be differentiated) they are empty ``(0,)`` tensors.
 """
@@ -60,17 +60,17 @@ SCHEMAS = {
     "lstm_proj_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor w_hr, "
                                 "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, bool save)"
                                 " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "rnn_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor h0, Tensor? lengths, "
+                          "bool reverse, bool relu) -> (Tensor, Tensor)",
+    "rnn_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor y, "
+                          "Tensor? lengths, bool reverse, bool relu) -> (Tensor, Tensor)",
 }
-# The ops with CPU kernels only: the Elman cells' recurrence; the CPU
+# The ops with CPU kernels only: the CPU
 # backend's whole backward of one layer and direction, a recurrence backward above plus the
 # products over all steps (gradients of x, W_ih, W_hh, biases and W_hr; (0,) tensors for
 # what does not exist), which the kernels overlap with the time loop; and the input
 # projection into a pooled workspace.
 CPU_SCHEMAS = {
-    "rnn_recurrence_fwd": "(Tensor xproj, Tensor? bias, Tensor w_hh, Tensor h0, Tensor? lengths, "
-                          "bool reverse, bool relu) -> (Tensor, Tensor)",
-    "rnn_recurrence_bwd": "(Tensor grad_y, Tensor grad_h_n, Tensor w_hh, Tensor y, "
-                          "Tensor? lengths, bool reverse, bool relu) -> (Tensor, Tensor)",
     "lstm_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, Tensor w_ih, "
                  "Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, Tensor y, "
                  "Tensor gates, Tensor cells, bool reverse, bool has_bias) "
@@ -273,11 +273,16 @@ class RecurrenceBackend(Backend):
 
     def backward(self, cell, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y,
                  ws_a, ws_b, reverse, has_bias):
-        """The recurrence backward op, then the products over all steps here (LSTM and GRU;
-        the cpu backend overrides this with its ``*_bptt`` ops)."""
+        """The recurrence backward op, then the products over all steps here (the cpu
+        backend overrides this with its ``*_bptt`` ops)."""
         self.extension.load()
         mask = common.active_mask(lengths, x.shape[0])
         h_prev = common.PreviousStates(y, h0, mask, reverse)
+        if cell.startswith("rnn"):
+            dpre, dh0 = torch.ops.fusedrnn.rnn_recurrence_bwd(grad_y, grad_hn, w_hh, y, lengths,
+                                                              reverse, cell == "rnn_relu")
+            grads = common.input_and_weight_grads(x, w_ih, dpre, dpre, h_prev, has_bias)
+            return grads + (common.empty(x), dh0, common.empty(x))
         if cell == "lstm" and w_hr is not None:
             dgates, dh_steps, dh0, dc0 = torch.ops.fusedrnn.lstm_proj_recurrence_bwd(
                 grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, lengths, ws_a, ws_b, reverse)
