@@ -148,6 +148,15 @@ def test_low_precision_relu_away_from_its_kink(kernel, dtype):
     _check_low_precision("RNN-relu", dtype, oracle, x64)
 
 
+@pytest.mark.parametrize("cell", MODULES)
+def test_nan_input_gives_nan_where_the_reference_does(kernel, cell):
+    reference, candidate = _pair(cell, 3, 8)
+    x = torch.randn(4, 2, 3, device=DEVICE)
+    x[1, 0, 0] = float("nan")
+    out, expected = candidate(x)[0], reference(x)[0]
+    assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_opcheck_with_the_triton_backend(cell):
     steps, batch, hidden = 3, 2, 16

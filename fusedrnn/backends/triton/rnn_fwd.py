@@ -30,7 +30,7 @@ from .cell_math import load_tile, load_transposed, matmul, store_tile, tanh
 @triton.jit
 def activate(pre, RELU: tl.constexpr):
     if RELU:
-        return tl.maximum(pre, 0.0)
+        return tl.where(pre < 0.0, 0.0, pre)  # NaN passes, as in torch.relu
     return tanh(pre)
 
 
