@@ -57,6 +57,7 @@ def weights_per_direction(bias, proj_size):
 def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirectional,
          batch_first, proj_size, backend):
     name = _MODE_NAMES[cell]
+    _refuse_forward_mode(name)
     weights = list(weights)
     directions = 2 if bidirectional else 1
     per_direction = weights_per_direction(bias, proj_size)
@@ -72,20 +73,21 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     else:
         x, batched = _batched_time_major(name, input, batch_first)
         lengths = None
-    _check_input(name, x, input_size, weights[0])
+    autocast_dtype = _autocast_dtype(cell, x.device.type)
+    _check_input(name, x, input_size, weights[0], autocast_dtype)
     batch = x.shape[1]
 
     state_shapes = [(num_layers * directions, batch, state_size)]
     if cell == "lstm":
         state_shapes.append((num_layers * directions, batch, hidden))
-    states = _initial_states(name, hx, state_shapes, batched, x)
+    states = _initial_states(name, hx, state_shapes, batched, x, autocast_dtype)
     if packed:
         states = [s.index_select(1, input.sorted_indices) if input.sorted_indices is not None
                   else s for s in states]
     _check_weights(name, weights, num_layers, directions, per_direction, gates, hidden,
                    state_size, input_size, bias, x)
 
-    x, states, weights = _autocast(x, states, weights)
+    x, states, weights = _autocast(name, x, states, weights, autocast_dtype)
     call = backends.Call(cell, hidden, state_size)
     choice = backends.select(backend, x.device, x.dtype, call)
     own_op = backends.get(choice.name).forward_op(cell, x.device, call)
@@ -93,8 +95,10 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     # Both directions of a layer in one op (and one autograd node), so that a backend can
     # run them at the same time; a backend's own op runs one direction per call.
     pair_op = ops_bidirectional.FORWARD[cell] if directions == 2 and own_op is None else None
-    # Workspaces for the backward only where autograd records the calls.
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in [x, *states, *weights])
+    # Workspaces for the backward only where autograd records the calls; a torch.jit.trace
+    # keeps the flag as a constant, so a trace always saves them (it may later train).
+    save = torch.jit.is_tracing() or (
+        torch.is_grad_enabled() and any(t.requires_grad for t in [x, *states, *weights]))
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
@@ -125,12 +129,11 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
         output = _repack(output, lengths, input)
         if input.unsorted_indices is not None:
             finals = [f.index_select(1, input.unsorted_indices) for f in finals]
-    else:
-        if batch_first:
-            output = output.transpose(0, 1)
-        if not batched:
-            output = output.squeeze(1)
-            finals = [f.squeeze(1) for f in finals]
+    elif not batched:  # (T, I) in, (T, D*H) out, batch_first or not, as torch.nn
+        output = output.squeeze(1)
+        finals = [f.squeeze(1) for f in finals]
+    elif batch_first:
+        output = output.transpose(0, 1)
     return output, (tuple(finals) if cell == "lstm" else finals[0])
 
 
@@ -191,7 +194,7 @@ def _check_config(name, weights, num_layers, directions, per_direction, dropout,
                          f"direction; got {len(weights)}")
 
 
-def _check_input(name, x, input_size, weight):
+def _check_input(name, x, input_size, weight, autocast_dtype):
     if x.shape[-1] != input_size:
         raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, "
                            f"got {x.shape[-1]}")
@@ -202,13 +205,13 @@ def _check_input(name, x, input_size, weight):
     if x.device != weight.device:
         raise ValueError(f"{name}: input is on {x.device} but the weights are on {weight.device}; "
                          "move one of them")
-    if x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
+    if x.dtype != weight.dtype and autocast_dtype is None:
         raise ValueError(f"{name}: input dtype ({x.dtype}) does not match weight dtype "
                          f"({weight.dtype}). Convert input: input.to({weight.dtype}), or convert "
                          f"model: model.to({x.dtype})")
 
 
-def _initial_states(name, hx, shapes, batched, x):
+def _initial_states(name, hx, shapes, batched, x, autocast_dtype):
     """``hx`` (or zeros) as a list of batched ``(L*D, B, S)`` tensors, checked against ``shapes``."""
     if hx is None:
         return [x.new_zeros(shape) for shape in shapes]
@@ -233,8 +236,8 @@ def _initial_states(name, hx, shapes, batched, x):
             raise RuntimeError(f"Expected {label} size {shown}, got {got}")
         if state.device != x.device:
             raise ValueError(f"{name}: {label} is on {state.device} but input is on {x.device}")
-        if state.dtype != x.dtype and not _autocast_enabled(x.device.type):
-            raise ValueError(f"{name}: {label} dtype ({state.dtype}) does not match input dtype "
+        if state.dtype != x.dtype and autocast_dtype is None:
+            raise RuntimeError(f"{name}: {label} dtype ({state.dtype}) does not match input dtype "
                              f"({x.dtype})")
         states.append(state)
     return states
@@ -261,16 +264,48 @@ def _check_weights(name, weights, num_layers, directions, per_direction, gates, 
                              f"every weight must be {weights[0].dtype} on {x.device}")
 
 
-def _autocast_enabled(device_type):
-    return torch.is_autocast_enabled(device_type)
+def _refuse_forward_mode(name):
+    """torch.func.jvp (and jacfwd, hessian, linearize, built on it) would see zero tangents
+    come out of the custom ops, which define a backward only: refuse it by name.
+    (``torch.autograd.forward_ad``'s dual tensors already raise in the op; Dynamo cannot
+    read the transform stack, so under torch.compile this check is skipped.)"""
+    if torch.compiler.is_compiling():
+        return
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    if any(level.key() == torch._C._functorch.TransformType.Jvp for level in stack):
+        raise NotImplementedError(
+            f"{name}: forward-mode AD (torch.func.jvp, jacfwd, hessian, linearize) is not "
+            "supported: fusedrnn's ops have a backward only. Use reverse mode (.backward(), "
+            f"torch.autograd.grad, torch.func.vjp) or torch.nn.{name}")
 
 
-def _autocast(x, states, weights):
-    """Under autocast, run in the autocast dtype like ``torch.nn`` does."""
-    device_type = x.device.type
-    if not _autocast_enabled(device_type):
+# The cells torch.nn runs in their own dtype under autocast on a device type: on the CPU,
+# nn.GRU is on no autocast list (nn.LSTM runs mkldnn_rnn_layer and nn.RNN its matrix
+# products, which autocast lowers); on CUDA, cuDNN's RNN op is lowered for every cell.
+_AUTOCAST_EXEMPT = {"cpu": ("gru",)}
+
+
+def _autocast_dtype(cell, device_type):
+    """The dtype autocast runs ``cell`` in on ``device_type`` as torch.nn does, or None."""
+    if not torch.amp.is_autocast_available(device_type):
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    if cell in _AUTOCAST_EXEMPT.get(device_type, ()):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _autocast(name, x, states, weights, dtype):
+    """Under autocast, the floating tensors but float64 ones in ``dtype``, as autocast casts
+    the arguments of the ops it lowers; the results must then agree."""
+    if dtype is None:
         return x, states, weights
-    dtype = torch.get_autocast_dtype(device_type)
-    with torch.autocast(device_type, enabled=False):
-        cast = [t.to(dtype) for t in [x] + states + weights]
+    with torch.autocast(x.device.type, enabled=False):
+        cast = [t if t.dtype == torch.float64 else t.to(dtype) for t in [x] + states + weights]
+    kinds = {t.dtype for t in cast}
+    if len(kinds) > 1:
+        raise ValueError(f"{name}: under autocast to {dtype}, float64 tensors stay float64 and "
+                         f"the others become {dtype}; got a mix ({sorted(map(str, kinds))}): "
+                         "make the input, states and weights all float64 or none")
     return cast[0], cast[1:1 + len(states)], cast[1 + len(states):]

@@ -27,7 +27,8 @@ class RNNBase(nn.Module):
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  device=None, dtype=None, *, backend="auto"):
         super().__init__()
-        _check_arguments(mode, hidden_size, num_layers, dropout, proj_size)
+        _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         proj_size)
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
                           "non-zero dropout expects num_layers greater than 1, but got "
@@ -107,15 +108,22 @@ class RNNBase(nn.Module):
                     batch_first=self.batch_first, backend=self.backend)
 
 
-def _check_arguments(mode, hidden_size, num_layers, dropout, proj_size):
+def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                     proj_size):
+    """torch.nn's checks (torch 2.14's, stricter than older ones on bool and int types)."""
     if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
             or not 0 <= dropout <= 1):
         raise ValueError("dropout should be a number in range [0, 1] representing the "
                          "probability of an element being zeroed")
-    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
-                        ("proj_size", proj_size)):
+    for name, value in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers), ("proj_size", proj_size)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
     if hidden_size <= 0:
         raise ValueError("hidden_size must be greater than zero")
     if num_layers <= 0:
@@ -172,5 +180,8 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
-        return functional.rnn(input, hx, self._flat_weights, nonlinearity=self.nonlinearity,
+        # The cell is fixed at construction (self.mode), as torch.nn's, whatever
+        # self.nonlinearity is set to later.
+        nonlinearity = self.mode.removeprefix("RNN_").lower()
+        return functional.rnn(input, hx, self._flat_weights, nonlinearity=nonlinearity,
                               **self._run_kwargs())

@@ -97,6 +97,7 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
         forward_op.register_fake(fake_forward(cell))
         backward_op.register_fake(fake_backward)
     register_autograd(forward_op, backward_op)
+    refuse_double_backward(backward_op)
     return forward_op, backward_op
 
 
@@ -138,6 +139,26 @@ def register_autograd(forward_op, backward_op):
         return (g_x, *parameter_grads(grads, ctx.has_bias, w_hr, c0), None, None, None, None)
 
     forward_op.register_autograd(autograd_backward, setup_context=_setup_context)
+
+
+DOUBLE_BACKWARD = (
+    "fusedrnn: a gradient of fusedrnn's gradients (double backward: create_graph=True, then "
+    "differentiating the gradients, as gradient penalties and torch.autograd.gradgradcheck "
+    "do) is not supported: the hand-written backward ops have no backward of their own. Use "
+    "torch.nn's module for that part of the model.")
+
+
+def refuse_double_backward(backward_op):
+    """Give ``backward_op`` an autograd formula that raises :data:`DOUBLE_BACKWARD`, so that
+    differentiating its results says why instead of torch's "no autograd formula"."""
+
+    def nothing_to_save(ctx, inputs, output):
+        pass
+
+    def no_second_derivative(ctx, *grads):
+        raise NotImplementedError(DOUBLE_BACKWARD)
+
+    backward_op.register_autograd(no_second_derivative, setup_context=nothing_to_save)
 
 
 def output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0):

@@ -104,6 +104,7 @@ def _define(cell):
     forward_op.register_fake(_fake_forward(cell))
     backward_op.register_fake(_fake_backward)
     forward_op.register_autograd(_autograd_backward(backward_op), setup_context=_setup_context)
+    ops.refuse_double_backward(backward_op)
     return forward_op, backward_op
 
 

@@ -32,6 +32,9 @@ CASES = [
     ("LSTM", lambda m: m(torch.randn(3, 4), (torch.randn(1, 2, 6), torch.randn(1, 2, 6))),
      r"unbatched 2-D input, hx\[0\] \(h_0\) should also be 2-D"),
     ("LSTM", lambda m: m(torch.randn(3, 2, 4, dtype=torch.float64)), r"input dtype \(torch.float64\) does not match weight dtype"),
+    ("LSTM", lambda m: m(torch.randn(3, 2, 4), (torch.randn(1, 2, 6, dtype=torch.float64),
+                                                torch.randn(1, 2, 6))),
+     r"hx\[0\] \(h_0\) dtype \(torch.float64\) does not match"),
 ]
 
 
@@ -39,12 +42,6 @@ CASES = [
 def test_same_exception_type_as_torch_and_a_clear_message(name, call, match):
     ours, theirs = _both(name, 4, 6)
     _raises_like_torch(ours, theirs, call, match)
-
-
-def test_state_dtype_mismatch_names_the_state():
-    with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\) dtype \(torch.float64\) does not match"):
-        fusedrnn.LSTM(4, 6)(torch.randn(3, 2, 4), (torch.randn(1, 2, 6, dtype=torch.float64),
-                                                   torch.randn(1, 2, 6)))
 
 
 def test_hx_must_be_a_pair_for_lstm():
@@ -94,6 +91,19 @@ def test_constructor_arguments_like_torch(kwargs, error, match):
         nn.LSTM(4, 6, **kwargs)
     with pytest.raises(error, match=match):
         fusedrnn.LSTM(4, 6, **kwargs)
+
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    ((0, 6), {}, ValueError, "input_size must be greater than zero"),
+    ((-1, 6), {}, ValueError, "input_size must be greater than zero"),
+    ((4.0, 6), {}, TypeError, "input_size should be of type int, got: float"),
+    ((4, 6), dict(bias=0), TypeError, "bias should be of type bool, got: int"),
+    ((4, 6), dict(batch_first=1), TypeError, "batch_first should be of type bool, got: int"),
+])
+def test_constructor_checks_of_recent_torch(args, kwargs, error, match):
+    """torch 2.14's checks (older torch accepts some of these and fails later, or never)."""
+    with pytest.raises(error, match=match):
+        fusedrnn.GRU(*args, **kwargs)
 
 
 def test_gru_refuses_proj_size():

@@ -61,6 +61,28 @@ def test_rnn_positional_nonlinearity_like_torch():
     assert fusedrnn.RNN(3, 4, 2, "relu").nonlinearity == nn.RNN(3, 4, 2, "relu").nonlinearity
 
 
+def test_rnn_cell_is_fixed_at_construction_like_torch():
+    ours = fusedrnn.RNN(4, 8)
+    theirs = testing.torch_twin(ours)
+    ours.nonlinearity = theirs.nonlinearity = "relu"
+    x = torch.randn(3, 2, 4)
+    testing.assert_close_relative([ours(x)[0]], [theirs(x)[0]], 1e-5, "tanh output")
+    assert ours(x)[0].min() < 0
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_meta_tensors_give_torchs_shapes(name):
+    ours = getattr(fusedrnn, name)(4, 8, num_layers=2, bidirectional=True, device="meta")
+    theirs = getattr(nn, name)(4, 8, num_layers=2, bidirectional=True, device="meta")
+    x = torch.randn(5, 3, 4, device="meta")
+    out, state = ours(x)
+    ref, ref_state = theirs(x)
+    assert out.device.type == "meta" and out.shape == ref.shape
+    states = state if isinstance(state, tuple) else (state,)
+    ref_states = ref_state if isinstance(ref_state, tuple) else (ref_state,)
+    assert [s.shape for s in states] == [s.shape for s in ref_states]
+
+
 def test_to_dtype_and_module_device_moves_keep_working():
     module = fusedrnn.LSTM(3, 4).double()
     out, _ = module(torch.randn(2, 1, 3, dtype=torch.float64))

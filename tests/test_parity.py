@@ -24,11 +24,12 @@ def _configs():
              ("GRU", {}, ("reference", "cpu")),
              ("RNN", {"nonlinearity": "tanh"}, ("reference", "cpu")),
              ("RNN", {"nonlinearity": "relu"}, ("reference", "cpu"))]
-    forms = ["batched", "batch_first", "unbatched", "packed", "packed_sorted"]
+    forms = ["batched", "batch_first", "unbatched", "unbatched_batch_first", "packed",
+             "packed_sorted"]
     for (cell, extra, names), layers, bidirectional, bias, form, with_hx in itertools.product(
             cells, (1, 2), (False, True), (True, False), forms, (False, True)):
         kwargs = dict(extra, num_layers=layers, bidirectional=bidirectional, bias=bias,
-                      batch_first=form == "batch_first")
+                      batch_first=form.endswith("batch_first"))
         name = "-".join([cell, *(f"{k}={v}" for k, v in extra.items()), f"L{layers}",
                          "bi" if bidirectional else "uni", "bias" if bias else "nobias", form,
                          "hx" if with_hx else "nohx"])
@@ -42,7 +43,7 @@ def _input(module, form, generator):
     if form.startswith("packed"):
         return testing.make_packed(BATCH, STEPS, INPUT, dtype=DT, generator=generator,
                                    enforce_sorted=form == "packed_sorted")
-    if form == "unbatched":
+    if form.startswith("unbatched"):  # (T, I) whether batch_first or not
         return torch.randn(STEPS, INPUT, dtype=DT, generator=generator)
     return testing.make_sequence(BATCH, STEPS, INPUT, batch_first=form == "batch_first",
                                  dtype=DT, generator=generator)
@@ -56,7 +57,7 @@ def test_module_matches_torch(cell, kwargs, form, with_hx):
     x = _input(ours, form, generator)
     hx = None
     if with_hx:
-        hx = testing.make_state(ours, BATCH, generator=generator, batched=form != "unbatched")
+        hx = testing.make_state(ours, BATCH, generator=generator, batched=not form.startswith("unbatched"))
     out_ours, grads_ours = testing.outputs_and_grads(ours, x, hx)
     out_theirs, grads_theirs = testing.outputs_and_grads(theirs, x, hx)
     testing.assert_close_relative(out_ours, out_theirs, BOUND, "outputs")
@@ -151,11 +152,16 @@ def test_low_precision_error_is_torchs_order(cell, dtype):
                                              testing.GRADIENT_FACTOR, "gradients")
 
 
-def test_autocast_runs_in_the_autocast_dtype_like_torch():
-    module = fusedrnn.LSTM(16, 32)
-    x = testing.make_sequence(4, 10, 16)
+@pytest.mark.parametrize("cell, lowered", [("LSTM", True), ("GRU", False), ("RNN", True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_autocast_runs_in_the_dtype_torch_runs_in(cell, lowered, dtype):
+    """On the CPU autocast lowers nn.LSTM (mkldnn_rnn_layer) and nn.RNN (its products) to
+    bfloat16, not nn.GRU; float64 tensors it never casts."""
+    module = getattr(fusedrnn, cell)(16, 32, dtype=dtype)
+    x = testing.make_sequence(4, 10, 16, dtype=dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, (h, c) = module(x)
-        ref, (rh, rc) = testing.torch_twin(module)(x)
-    assert out.dtype == ref.dtype == torch.bfloat16
+        out, h = module(x)
+        ref, rh = testing.torch_twin(module)(x)
+    expected = torch.bfloat16 if lowered and dtype == torch.float32 else dtype
+    assert out.dtype == ref.dtype == expected
     assert testing.relative_error(out, ref) < 0.05

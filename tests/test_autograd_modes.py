@@ -1,0 +1,66 @@
+"""Differentiation beyond one reverse pass: what works, and what is refused by name rather
+than answered wrongly (forward-mode AD would otherwise see zero tangents)."""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import ops, testing
+
+CELLS = ["LSTM", "GRU", "RNN"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
+def test_forward_mode_ad_is_refused_by_name(cell, transform):
+    module = getattr(fusedrnn, cell)(3, 5, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    run = lambda t: module(t)[0]  # noqa: E731
+    with pytest.raises(NotImplementedError, match=f"{cell}: forward-mode AD"):
+        if transform == "jvp":
+            torch.func.jvp(run, (x,), (torch.randn_like(x),))
+        else:
+            torch.func.jacfwd(run)(x)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_double_backward_is_refused_by_name(cell, bidirectional):
+    module = getattr(fusedrnn, cell)(3, 5, bidirectional=bidirectional)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    grad_x, = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        grad_x.pow(2).sum().backward()
+    assert "torch.nn" in ops.DOUBLE_BACKWARD
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_first_order_gradients_with_create_graph_match_torch(cell):
+    module = getattr(fusedrnn, cell)(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64)
+    twin = testing.torch_twin(module)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    ours, = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
+    theirs, = torch.autograd.grad(twin(x)[0].pow(2).sum(), x)
+    testing.assert_close_relative([ours], [theirs], 1e-10, "grad x")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_vmap_over_a_batch_of_sequences_matches_a_loop(cell):
+    module = getattr(fusedrnn, cell)(3, 5, dtype=torch.float64)
+    xs = torch.randn(4, 6, 2, 3, dtype=torch.float64)
+    mapped = torch.func.vmap(lambda t: module(t)[0])(xs)
+    looped = torch.stack([module(t)[0] for t in xs])
+    testing.assert_close_relative([mapped], [looped], 1e-12, "vmap")
+
+
+def test_a_trace_taken_under_no_grad_still_trains():
+    """torch.jit.trace keeps the op's save flag as a constant: a trace always saves."""
+    module = fusedrnn.GRU(3, 8)
+    x = torch.randn(5, 4, 3)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, (x,))
+    traced(x)[0].sum().backward()
+    traced_grad = module.weight_hh_l0.grad.clone()
+    module.zero_grad()
+    module(x)[0].sum().backward()
+    testing.assert_close_relative([traced_grad], [module.weight_hh_l0.grad], 1e-6, "grad W_hh")
