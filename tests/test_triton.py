@@ -157,6 +157,21 @@ def test_nan_input_gives_nan_where_the_reference_does(kernel, cell):
     assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()
 
 
+def test_relu_state_overflowing_to_inf_stays_inf_without_nan(kernel):
+    """An unbounded ReLU state: padding units of a kernel's tiles must not turn inf * 0
+    into a NaN that the next step's product spreads to every unit."""
+    reference, candidate = _pair("RNN-relu", 3, 5)
+    with torch.no_grad():
+        for module in (reference, candidate):
+            for weight in module.parameters():
+                weight.abs_()
+    x = torch.rand(4, 2, 3, device=DEVICE)
+    x[0, 0, 0] = float("inf")
+    out, expected = candidate(x)[0], reference(x)[0]
+    assert expected[:, 0].isinf().all() and not expected.isnan().any()
+    assert torch.equal(out.isinf(), expected.isinf()) and not out.isnan().any()
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_opcheck_with_the_triton_backend(cell):
     steps, batch, hidden = 3, 2, 16

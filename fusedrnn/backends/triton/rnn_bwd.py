@@ -52,7 +52,8 @@ def rnn_bwd_persistent_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     hcols = tl.arange(0, BLOCK_H)
     row_ok, h_ok = rows < batch, hcols < hidden
-    w = load_tile(w_hh, hcols, hcols, hidden, h_ok, h_ok)  # [j, k] = W_hh[j, k]
+    w = tl.load(w_hh + hcols[:, None] * hidden + hcols[None, :],  # [j, k] = W_hh[j, k]
+                mask=h_ok[:, None] & h_ok[None, :], other=0.0)
     dh_carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
     if HAS_LENGTHS:
         length = tl.load(lengths + rows, mask=row_ok, other=0)
@@ -61,6 +62,7 @@ def rnn_bwd_persistent_kernel(
         at = t * batch + rows
         dh = dh_carry + load_tile(grad_y, at, hcols, hidden, row_ok, h_ok)
         d = dh * derivative(load_tile(y, at, hcols, hidden, row_ok, h_ok), RELU)
+        d = tl.where(h_ok[None, :], d, 0.0)  # padding units: as in the forward
         if HAS_LENGTHS:
             active = (t < length)[:, None]
             d = tl.where(active, d, 0.0)

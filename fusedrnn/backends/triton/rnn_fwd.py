@@ -53,6 +53,8 @@ def rnn_fwd_persistent_kernel(
         at = t * batch + rows
         h_new = activate(load_tile(xproj, at, hcols, hidden, row_ok, h_ok) + matmul(h, w, IEEE),
                          RELU)
+        # Padding units stay 0: relu(inf * 0) = NaN there would reach every unit next step.
+        h_new = tl.where(h_ok[None, :], h_new, 0.0)
         if HAS_LENGTHS:
             active = (t < length)[:, None]
             out = tl.where(active, h_new, 0.0)
