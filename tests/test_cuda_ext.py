@@ -107,6 +107,18 @@ def test_rnn_matches_reference_on_gpu(kwargs, hidden, steps, batch, packed):
 
 
 @pytest.mark.requires_cuda
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_nan_input_gives_nan_where_the_reference_does(nonlinearity):
+    reference = fusedrnn.RNN(3, 8, nonlinearity=nonlinearity, device="cuda")
+    candidate = fusedrnn.RNN(3, 8, nonlinearity=nonlinearity, device="cuda", backend="cuda")
+    candidate.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 2, 3, device="cuda")
+    x[1, 0, 0] = float("nan")
+    out, expected = candidate(x)[0], reference(x)[0]
+    assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()
+
+
+@pytest.mark.requires_cuda
 @pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -159,13 +171,12 @@ def test_opcheck_recurrence_ops_on_gpu():
     xproj, w_hh, state, lengths = opcheck_inputs()
     torch.library.opcheck(torch.ops.fusedrnn.lstm_recurrence_fwd.default,
                           (xproj, None, w_hh, state, state, lengths, True, True))
-    w_rnn = torch.randn(8, 8, device="cuda")
-    y, _ = torch.ops.fusedrnn.rnn_recurrence_fwd(xproj[..., :8], None, w_rnn, state, lengths,
-                                                 False, True)
-    torch.library.opcheck(torch.ops.fusedrnn.rnn_recurrence_fwd.default,
-                          (xproj[..., :8].contiguous(), None, w_rnn, state, lengths, False, True))
+    w_rnn, xproj_rnn = torch.randn(8, 8, device="cuda"), xproj[..., :8].contiguous()
+    rnn_args = (xproj_rnn, None, w_rnn, state, lengths, True, True)  # reverse, relu
+    y, _ = torch.ops.fusedrnn.rnn_recurrence_fwd(*rnn_args)
+    torch.library.opcheck(torch.ops.fusedrnn.rnn_recurrence_fwd.default, rnn_args)
     torch.library.opcheck(torch.ops.fusedrnn.rnn_recurrence_bwd.default,
-                          (torch.randn_like(y), state, w_rnn, y, lengths, True, False))
+                          (torch.randn_like(y), state, w_rnn, y, lengths, True, True))
 
 
 @pytest.mark.requires_cuda
@@ -195,8 +206,12 @@ def test_persistent_kernels_are_bitwise_repeatable(kernel, cell):
 
 
 @pytest.mark.requires_cuda
-@pytest.mark.parametrize("kernel", KERNELS, indirect=True)
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell, kernel", [
+    pytest.param(cell, kernel, id=f"{cell}-{name}") for cell in ("LSTM", "GRU")
+    for kernel, name in (("cluster", "persistent_cluster"), ("grid", "persistent_grid"),
+                         ("stepwise", "stepwise"))] + [pytest.param("RNN", "stepwise",
+                                                                    id="RNN-stepwise")],
+    indirect=["kernel"])
 def test_bidirectional_layers_on_a_callers_stream_match_the_default_stream(kernel, cell):
     """The two directions go on the caller's stream and a side stream (cuda_streams): from a
     stream of the caller's own, outputs and gradients stay those of the default stream."""
