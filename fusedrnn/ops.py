@@ -26,6 +26,7 @@ autograd formula.
 import torch
 
 from . import backends
+from .backends.reference import differentiable
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 # Cells whose forward saves gates and a second per-step tensor for the backward.
@@ -96,8 +97,7 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
     if maker is torch.library.custom_op:
         forward_op.register_fake(fake_forward(cell))
         backward_op.register_fake(fake_backward)
-    register_autograd(forward_op, backward_op)
-    refuse_double_backward(backward_op)
+    register_autograd(cell, forward_op, backward_op)
     return forward_op, backward_op
 
 
@@ -120,7 +120,7 @@ def _setup_context(ctx, inputs, output):
     if not save:
         raise RuntimeError(NOT_SAVED)
     y, _, _, ws_a, ws_b = output
-    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
+    ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
     ctx.mark_non_differentiable(ws_a, ws_b)
     # Gradients of unused outputs arrive as None instead of zero-filled tensors the size of
@@ -128,37 +128,25 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def register_autograd(forward_op, backward_op):
-    """Make ``backward_op`` (the hand-written BPTT) the autograd formula of ``forward_op``."""
+def register_autograd(cell, forward_op, backward_op):
+    """Make ``backward_op`` (the hand-written BPTT) the autograd formula of ``forward_op``;
+    where the gradients must be differentiable themselves (``create_graph=True``), the
+    forward is recomputed from differentiable ops and differentiated instead
+    (``backends/reference/differentiable.py``)."""
 
     def autograd_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws_a, _grad_ws_b):
-        x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
+        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return (*differentiable.gradients(cell, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0),
+                                              lengths, ctx.reverse,
+                                              (grad_y, grad_h_n, grad_c_n)),
+                    None, None, None, None)
         grad_y, grad_h_n, grad_c_n = output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0)
         g_x, *grads = backward_op(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0,
                                   lengths, y, ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
         return (g_x, *parameter_grads(grads, ctx.has_bias, w_hr, c0), None, None, None, None)
 
     forward_op.register_autograd(autograd_backward, setup_context=_setup_context)
-
-
-DOUBLE_BACKWARD = (
-    "fusedrnn: a gradient of fusedrnn's gradients (double backward: create_graph=True, then "
-    "differentiating the gradients, as gradient penalties and torch.autograd.gradgradcheck "
-    "do) is not supported: the hand-written backward ops have no backward of their own. Use "
-    "torch.nn's module for that part of the model.")
-
-
-def refuse_double_backward(backward_op):
-    """Give ``backward_op`` an autograd formula that raises :data:`DOUBLE_BACKWARD`, so that
-    differentiating its results says why instead of torch's "no autograd formula"."""
-
-    def nothing_to_save(ctx, inputs, output):
-        pass
-
-    def no_second_derivative(ctx, *grads):
-        raise NotImplementedError(DOUBLE_BACKWARD)
-
-    backward_op.register_autograd(no_second_derivative, setup_context=nothing_to_save)
 
 
 def output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0):

@@ -22,6 +22,7 @@ after the other.
 import torch
 
 from . import backends, ops
+from .backends.reference import differentiable
 
 _FORWARD_LEADING, _FORWARD_TRAILING = ("x",), ("lengths", "save", "backend")
 _BACKWARD_LEADING, _BACKWARD_TRAILING = (), ("x", "lengths", "has_bias", "backend")
@@ -103,8 +104,8 @@ def _define(cell):
                                           mutates_args=(), schema=BACKWARD_SCHEMA)
     forward_op.register_fake(_fake_forward(cell))
     backward_op.register_fake(_fake_backward)
-    forward_op.register_autograd(_autograd_backward(backward_op), setup_context=_setup_context)
-    ops.refuse_double_backward(backward_op)
+    forward_op.register_autograd(_autograd_backward(cell, backward_op),
+                                 setup_context=_setup_context)
     return forward_op, backward_op
 
 
@@ -129,7 +130,7 @@ def _fake_backward(*args):
 
 
 # What the backward keeps of each direction, in this order.
-_SAVED = 8
+_SAVED = 10
 
 
 def _setup_context(ctx, inputs, output):
@@ -138,21 +139,23 @@ def _setup_context(ctx, inputs, output):
         raise RuntimeError(ops.NOT_SAVED)
     saved = [x, lengths]
     for own, results in ((first, output[:5]), (second, output[5:])):
-        w_ih, w_hh, _, _, w_hr, h0, c0 = own
+        w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = own
         y, _, _, ws_a, ws_b = results
-        saved += [w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
+        saved += [w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, ws_a, ws_b]
     ctx.save_for_backward(*saved)
     ctx.backend, ctx.has_bias = backend, first[2] is not None
     ctx.mark_non_differentiable(*output[3:5], *output[8:10])
     ctx.set_materialize_grads(False)
 
 
-def _autograd_backward(backward_op):
+def _autograd_backward(cell, backward_op):
     def autograd_backward(ctx, *grads):
         x, lengths, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: see ops.register_autograd
+            return _differentiable_gradients(cell, x, lengths, saved, grads)
         args, own = [], []
         for direction in range(2):
-            w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b = saved[_SAVED * direction:][:_SAVED]
+            w_ih, w_hh, _, _, w_hr, h0, c0, y, ws_a, ws_b = saved[_SAVED * direction:][:_SAVED]
             outputs = ops.output_grads(*grads[5 * direction:][:3], y, h0, c0)
             args += [*outputs, w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
             own.append((w_hr, c0))
@@ -161,6 +164,19 @@ def _autograd_backward(backward_op):
                 *ops.parameter_grads(rest[7:], ctx.has_bias, *own[1]), None, None, None)
 
     return autograd_backward
+
+
+def _differentiable_gradients(cell, x, lengths, saved, grads):
+    """Both directions' gradients from ``differentiable.gradients``, ``grad_x`` summed."""
+    results = []
+    for direction in range(2):
+        w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = saved[_SAVED * direction:][:7]
+        results.append(differentiable.gradients(
+            cell, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), lengths, direction == 1,
+            grads[5 * direction:][:3]))
+    grad_xs = [r[0] for r in results if r[0] is not None]
+    grad_x = sum(grad_xs) if grad_xs else None
+    return (grad_x, *results[0][1:], *results[1][1:], None, None, None)
 
 
 FORWARD = {}

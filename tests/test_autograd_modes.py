@@ -1,11 +1,11 @@
-"""Differentiation beyond one reverse pass: what works, and what is refused by name rather
-than answered wrongly (forward-mode AD would otherwise see zero tangents)."""
+"""Differentiation beyond one reverse pass: gradients of gradients, vmap, traces, and
+forward-mode AD refused by name rather than answered wrongly (it would see zero tangents)."""
 
 import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import ops, testing
+from fusedrnn import testing
 
 CELLS = ["LSTM", "GRU", "RNN"]
 
@@ -23,15 +23,43 @@ def test_forward_mode_ad_is_refused_by_name(cell, transform):
             torch.func.jacfwd(run)(x)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_double_backward_is_refused_by_name(cell, bidirectional):
-    module = getattr(fusedrnn, cell)(3, 5, bidirectional=bidirectional)
-    x = torch.randn(4, 2, 3, requires_grad=True)
-    grad_x, = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
-    with pytest.raises(NotImplementedError, match="double backward"):
-        grad_x.pow(2).sum().backward()
-    assert "torch.nn" in ops.DOUBLE_BACKWARD
+DOUBLE_BACKWARD_CASES = [
+    ("LSTM", {}), ("LSTM", {"proj_size": 3, "bidirectional": True}), ("GRU", {"bias": False}),
+    ("GRU", {"num_layers": 2, "bidirectional": True}), ("RNN", {"nonlinearity": "tanh"}),
+    ("RNN", {"nonlinearity": "relu", "bidirectional": True}),
+]
+
+
+@pytest.mark.parametrize("cell, kwargs", DOUBLE_BACKWARD_CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradient_penalty_matches_torch(cell, kwargs, packed):
+    """A gradient of the gradients (create_graph=True, then backward through them), as a
+    gradient penalty takes it: the parameters' and the input's gradients equal torch's."""
+    module = getattr(fusedrnn, cell)(3, 5, dtype=torch.float64, **kwargs)
+    twin = testing.torch_twin(module)
+    generator = torch.Generator().manual_seed(3)
+    if packed:
+        x = testing.make_packed(4, 6, 3, dtype=torch.float64, generator=generator)
+        leaf = x.data.detach().requires_grad_()
+        x = x._replace(data=leaf)
+    else:
+        leaf = x = torch.randn(6, 4, 3, dtype=torch.float64, generator=generator,
+                               requires_grad=True)
+    results = []
+    for model in (module, twin):
+        out = model(x)[0]
+        out = out.data if packed else out
+        grad_x, = torch.autograd.grad(out.pow(2).sum(), leaf, create_graph=True)
+        penalty = grad_x.pow(2).sum() + out.sum()
+        results.append(torch.autograd.grad(penalty, [leaf, *model.parameters()]))
+    testing.assert_close_relative(results[0], results[1], 1e-10, "second-order gradients")
+
+
+def test_gradgradcheck():
+    module = fusedrnn.GRU(2, 3, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: module(a, b)[0], (x, h0))
 
 
 @pytest.mark.parametrize("cell", CELLS)

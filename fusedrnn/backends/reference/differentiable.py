@@ -1,0 +1,67 @@
+"""One layer and direction from differentiable PyTorch ops, step by step: the path a
+gradient of fusedrnn's gradients takes (double backward: ``create_graph=True``), since the
+backends' hand-written backward ops have no backward of their own. The ops' autograd
+formulas recompute the forward here and differentiate it, only when the graph of the
+gradients is wanted.
+
+Same contract as the reference forward (``__init__.py``): ``y`` zero past a sequence's end,
+the states held there. GRU and RNN steps are torch's own cells; the LSTM's is written out,
+for ``proj_size`` (``torch.lstm_cell`` takes no projection).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from ..common import time_order
+
+
+def _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr):
+    gates = F.linear(x_t, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return (h if w_hr is None else F.linear(h, w_hr)), c
+
+
+def _cell_step(cell_function):
+    def step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr):
+        return cell_function(x_t, h, w_ih, w_hh, b_ih, b_hh), c
+
+    return step
+
+
+STEPS = {"lstm": _lstm_step, "gru": _cell_step(torch.gru_cell),
+         "rnn_tanh": _cell_step(torch.rnn_tanh_cell), "rnn_relu": _cell_step(torch.rnn_relu_cell)}
+
+
+def forward(cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
+    """``(y, h_n, c_n)`` of one layer and direction (``c_n`` None but for the LSTM)."""
+    step = STEPS[cell]
+    h, c = h0, c0
+    outputs = [None] * x.shape[0]
+    for t in time_order(x.shape[0], reverse):
+        h_new, c_new = step(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
+        if lengths is None:
+            h, c, outputs[t] = h_new, c_new, h_new
+            continue
+        active = (t < lengths).unsqueeze(1)
+        outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+        h = torch.where(active, h_new, h)
+        c = None if c is None else torch.where(active, c_new, c)
+    return torch.stack(outputs), h, c
+
+
+def gradients(cell, inputs, lengths, reverse, grad_outputs):
+    """The gradients of ``inputs`` = ``(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)`` given those
+    of ``(y, h_n, c_n)`` (None: unused), as differentiable functions of both; None for an
+    input that is None or needs no gradient."""
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        outputs = forward(cell, *inputs[:8], lengths, reverse)
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o is not None and g is not None]
+    if not pairs or not wanted:
+        return (None,) * len(inputs)
+    found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                create_graph=True, allow_unused=True)
+    by_input = {id(t): torch.zeros_like(t) if g is None else g for t, g in zip(wanted, found)}
+    return tuple(None if t is None else by_input.get(id(t)) for t in inputs)
