@@ -83,6 +83,32 @@ def test_meta_tensors_give_torchs_shapes(name):
     assert [s.shape for s in states] == [s.shape for s in ref_states]
 
 
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_torch_export_with_dynamic_batch_and_time(name, backend):
+    module = getattr(fusedrnn, name)(4, 8, num_layers=2, bidirectional=True, batch_first=True,
+                                     backend=backend)
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("time")}
+    program = torch.export.export(module, (torch.randn(2, 7, 4),), dynamic_shapes=(dims,))
+    x = torch.randn(5, 11, 4)
+    out, state = program.module()(x)
+    expected, expected_state = module(x)
+    testing.assert_close_relative([out], [expected], 1e-6, "output")
+    assert out.shape == (5, 11, 16)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_torch_export_of_cells_with_dynamic_batch(name):
+    module = getattr(fusedrnn, name)(4, 8)
+    program = torch.export.export(module, (torch.randn(3, 4),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    x = torch.randn(5, 4)
+    got, expected = program.module()(x), module(x)
+    got, expected = (list(r) if isinstance(r, tuple) else [r] for r in (got, expected))
+    testing.assert_close_relative(got, expected, 1e-6, "cell output")
+
+
 def test_to_dtype_and_module_device_moves_keep_working():
     module = fusedrnn.LSTM(3, 4).double()
     out, _ = module(torch.randn(2, 1, 3, dtype=torch.float64))
