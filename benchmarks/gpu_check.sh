@@ -42,7 +42,9 @@ nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 
 FUSEDRNN_CUDA_ARCHS=${arch/cpu/} stage install 130 $PY -m pip install --no-build-isolation --no-deps -e .
 stage info 30 $PY -m fusedrnn.cli info
-test_flags=(--maxfail=25)
+# -v: each test's result is in the log as soon as it finishes, so a stage cut short by its
+# time limit still says what passed and what failed; --durations: where the time went.
+test_flags=(--maxfail=25 -v --durations=15 -p no:cacheprovider)
 $PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=60)
 # The persistent CUDA kernels first, on small shapes: if a design fails or hangs, every
 # stage after these runs without it, so that one call still measures the rest.
@@ -61,9 +63,9 @@ fi
 # CUDA, Triton or the extension (the Triton backend on CUDA tensors), each stage with its own
 # time limit so that one running long does not cost the other its results.
 gpu_marks="requires_cuda or requires_triton or requires_ext"
-stage tests_cuda 55 $PY -m pytest tests/test_cuda_ext.py tests/test_cuda_plan.py -q \
+stage tests_cuda 55 $PY -m pytest tests/test_cuda_ext.py tests/test_cuda_plan.py \
   "${test_flags[@]}" -m "$gpu_marks" --junitxml="$out/tests_cuda.xml"
-stage tests 85 $PY -m pytest tests/ -q "${test_flags[@]}" -m "$gpu_marks" \
+stage tests 85 $PY -m pytest tests/ "${test_flags[@]}" -m "$gpu_marks" \
   --ignore=tests/test_cuda_ext.py --ignore=tests/test_cuda_plan.py --junitxml="$out/tests.xml"
 if command -v compute-sanitizer >/dev/null && [ "$device" = cuda ]; then
   stage memcheck 35 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
@@ -84,5 +86,6 @@ echo
 echo "== gpu_check summary ($(cat "$out/commit.txt" 2>/dev/null), $device $arch) =="
 printf '%s\n' "${summary[@]}"
 tail -n 1 "$out/tests_cuda.log" "$out/tests.log" 2>/dev/null
+grep -h -E '^(FAILED|ERROR) ' "$out/tests_cuda.log" "$out/tests.log" 2>/dev/null | head -20
 grep -E '^\| (grid|cluster) ' "$out/barriers.log" 2>/dev/null
 [ -f "$out/bench/results.md" ] && grep -E '^\| (lstm|gru) ' "$out/bench/results.md" | head -40
