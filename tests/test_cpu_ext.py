@@ -161,8 +161,80 @@ def test_bad_arguments_name_the_argument(name, value, message):
 
 
 def test_explicit_cpu_backend_refuses_what_it_cannot_run():
-    with pytest.raises(BackendUnavailableError, match="dtype torch.bfloat16 is not one of float32, float64"):
-        fusedrnn.GRU(4, 8, backend="cpu", dtype=torch.bfloat16)(torch.randn(3, 2, 4, dtype=torch.bfloat16))
+    with pytest.raises(BackendUnavailableError, match="need CPU tensors, got meta"):
+        fusedrnn.GRU(4, 8, backend="cpu", device="meta")(torch.randn(3, 2, 4, device="meta"))
+
+
+LOW_PRECISION_CASES = [("LSTM", {}), ("LSTM", {"proj_size": 7}), ("GRU", {}),
+                       ("RNN", {"nonlinearity": "tanh"})]
+
+
+def _bf16_kernel(monkeypatch):
+    """The LSTM's bfloat16 kernel at every size (it needs MKL's bfloat16 product)."""
+    from fusedrnn import _extension
+    from fusedrnn.backends import cpu
+
+    if not _extension.CPU.load().has_bf16_gemm():
+        pytest.skip("this torch's MKL has no bfloat16 product (cblas_gemm_bf16bf16f32)")
+    monkeypatch.setattr(cpu, "BF16_KERNEL_FROM", 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell, kwargs", LOW_PRECISION_CASES)
+def test_16_bit_floats_within_the_low_precision_rule(cell, kwargs, dtype):
+    """bfloat16 and float16 run the float32 kernels: their error against float64 at most 2x
+    (outputs) and 3x (gradients) the reference backend's in that dtype."""
+    _check_low_precision(cell, kwargs, dtype)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bias": False, "batch_first": True}])
+def test_lstm_bfloat16_kernel_within_the_low_precision_rule(monkeypatch, kwargs):
+    """The LSTM's own bfloat16 forward (products in bfloat16 on MKL, the cell in float32),
+    with lengths and both directions; its backward widens to float32."""
+    _bf16_kernel(monkeypatch)
+    calls = []
+    monkeypatch.setattr(torch.ops.fusedrnn, "lstm_recurrence_fwd",
+                        _recording(torch.ops.fusedrnn.lstm_recurrence_fwd, calls))
+    _check_low_precision("LSTM", kwargs, torch.bfloat16)
+    assert torch.bfloat16 in calls and torch.float32 not in calls  # never widened
+
+
+def _recording(op, calls):
+    def record(xproj, *args):
+        calls.append(xproj.dtype)
+        return op(xproj, *args)
+
+    return record
+
+
+def test_lstm_bfloat16_kernel_passes_nan_and_takes_an_empty_batch(monkeypatch):
+    _bf16_kernel(monkeypatch)
+    module = fusedrnn.LSTM(4, 8, dtype=torch.bfloat16)
+    assert module(torch.randn(3, 0, 4, dtype=torch.bfloat16))[0].shape == (3, 0, 8)
+    x = torch.randn(3, 2, 4, dtype=torch.bfloat16)
+    x[1, 0, 0] = float("nan")
+    out = module(x)[0]
+    assert out[1:, 0].isnan().all() and not out[:, 1].isnan().any()
+
+
+def _check_low_precision(cell, kwargs, dtype):
+    oracle = getattr(fusedrnn, cell)(8, 24, num_layers=2, bidirectional=True,
+                                     dtype=torch.float64, **kwargs)
+    x64 = testing.make_packed(6, 8, 8, dtype=torch.float64)
+    oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
+    x = x64._replace(data=x64.data.to(dtype))
+    results = []
+    for backend in ("reference", "cpu"):
+        module = getattr(fusedrnn, cell)(8, 24, num_layers=2, bidirectional=True, dtype=dtype,
+                                         backend=backend, **kwargs)
+        module.load_state_dict(oracle.state_dict())
+        results.append(testing.outputs_and_grads(module, x))
+    (ref_out, ref_grads), (out, grads) = results
+    assert all(t.dtype == dtype for t in out + [g for g in grads if g is not None])
+    testing.assert_within_low_precision_rule(out, ref_out, oracle_out, testing.OUTPUT_FACTOR,
+                                             "outputs")
+    testing.assert_within_low_precision_rule(grads, ref_grads, oracle_grads,
+                                             testing.GRADIENT_FACTOR, "gradients")
 
 
 def test_compiled_module_matches_eager():

@@ -41,7 +41,7 @@ def _module(cell, *args, **kwargs):
 
 
 def _pair(cell, input_size, hidden, dtype=torch.float32, **kwargs):
-    reference = _module(cell, input_size, hidden, dtype=dtype, **kwargs)
+    reference = _module(cell, input_size, hidden, dtype=dtype, backend="reference", **kwargs)
     triton_module = _module(cell, input_size, hidden, dtype=dtype, backend="triton", **kwargs)
     triton_module.load_state_dict(reference.state_dict())
     return reference, triton_module

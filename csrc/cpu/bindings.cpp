@@ -96,9 +96,16 @@ PyObject* run_pair(PyObject*, PyObject* args) {
   return Py_BuildValue("(NN)", outcomes[0].result, outcomes[1].result);
 }
 
+// has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here.
+PyObject* has_bf16_gemm(PyObject*, PyObject*) {
+  return PyBool_FromLong(fusedrnn::cpu::has_bf16_gemm() ? 1 : 0);
+}
+
 PyMethodDef methods[] = {
     {"run_pair", run_pair, METH_VARARGS,
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
+    {"has_bf16_gemm", has_bf16_gemm, METH_NOARGS,
+     "has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

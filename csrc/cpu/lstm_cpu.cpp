@@ -179,6 +179,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths, bool reverse,
     bool save) {
   const auto sizes = check_lstm_fwd(xproj, bias, w_hh, h0, c0, lengths, at::kCPU);
+  if (xproj.scalar_type() == at::kBFloat16) {
+    return lstm_forward_bf16(xproj, bias_or_zeros(bias, 4 * sizes.hidden, xproj), w_hh, h0, c0,
+                             lengths_ptr(sizes.lengths), reverse, save);
+  }
   return lstm_forward(xproj, bias_or_zeros(bias, 4 * sizes.hidden, xproj), w_hh, Tensor(), h0,
                       c0, lengths_ptr(sizes.lengths), reverse, save);
 }

@@ -1,5 +1,6 @@
 // The CPU kernels of the ops fusedrnn::{lstm,gru,rnn}_recurrence_{fwd,bwd}, whose schemas are
-// defined in Python (fusedrnn/backends/recurrence.py). float32 and float64; every tensor
+// defined in Python (fusedrnn/backends/recurrence.py). float32 and float64 (and bfloat16 for
+// the LSTM's forward without projection, where MKL has a bfloat16 product); every tensor
 // contiguous and on the CPU, of one dtype, except lengths: int64 (B,) or undefined (all
 // steps active), step t of row b active while t < lengths[b]. Inactive steps leave the state
 // unchanged and output zeros. Nothing is aliased: every result is a fresh tensor, and no
@@ -21,6 +22,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recu
     const at::Tensor& xproj, const std::optional<at::Tensor>& bias, const at::Tensor& w_hh,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
     bool reverse, bool save);
+
+// Its bfloat16 kernel (lstm_bf16_cpu.cpp), which lstm_recurrence_fwd runs for bfloat16
+// tensors; bias (4H) defined, lengths null or (B,). has_bf16_gemm(): whether torch's MKL has
+// the bfloat16 product it needs (and FUSEDRNN_CPU_GEMM is auto).
+bool has_bf16_gemm();
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_bf16(
+    const at::Tensor& xproj, const at::Tensor& bias, const at::Tensor& w_hh,
+    const at::Tensor& h0, const at::Tensor& c0, const int64_t* lengths, bool reverse,
+    bool save);
 
 // The same with a projection of the state to P features (proj_size): w_hh (4H,P), w_hr
 // (P,H), h0 (B,P); y (T,B,P) = (o * tanh(c)) @ w_hr^T, h_n (B,P). CPU only.
