@@ -88,7 +88,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
                    state_size, input_size, bias, x)
 
     x, states, weights = _autocast(name, x, states, weights, autocast_dtype)
-    call = backends.Call(cell, hidden, state_size)
+    call = backends.Call(cell, hidden, state_size, batch)
     choice = backends.select(backend, x.device, x.dtype, call)
     own_op = backends.get(choice.name).forward_op(cell, x.device, call)
     op = own_op or ops.FORWARD[cell]

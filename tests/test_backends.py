@@ -43,6 +43,18 @@ def test_cpu_auto_selects_the_cpu_kernels_where_they_run(monkeypatch):
     assert fusedrnn.select_backend(None, cpu, torch.float16, Call("lstm", 8, 4)).name == "cpu"
 
 
+@pytest.mark.requires_cpu_ext
+def test_cpu_auto_leaves_large_16_bit_calls_to_the_reference_backend(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    cpu = torch.device("cpu")
+    large, small = Call("lstm", 512, 512, batch=64), Call("gru", 256, 256, batch=32)
+    choice = fusedrnn.select_backend(None, cpu, torch.bfloat16, large)
+    assert choice.name == "reference" and "cpu skipped (passed over: bfloat16 at" in choice.reason
+    assert fusedrnn.select_backend(None, cpu, torch.float16, small).name == "cpu"
+    assert fusedrnn.select_backend(None, cpu, torch.float32, large).name == "cpu"
+    assert fusedrnn.select_backend("cpu", cpu, torch.bfloat16, large).name == "cpu"
+
+
 def test_cpu_auto_falls_back_to_reference_without_the_extension(monkeypatch):
     from fusedrnn import _extension
 

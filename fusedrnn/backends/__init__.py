@@ -39,11 +39,13 @@ class Availability:
 @dataclass(frozen=True)
 class Call:
     """What a backend may need to know about one layer-direction call beyond device and
-    dtype: the cell, the hidden size H and the state size P (``proj_size`` or H)."""
+    dtype: the cell, the hidden size H, the state size P (``proj_size`` or H) and, when
+    known, the batch size."""
 
     cell: str
     hidden: int
     state: int
+    batch: int = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ class Backend:
         """Whether this backend can run a call on ``device`` in ``dtype`` (and, when given,
         of the :class:`Call` ``call``): ``(ok, reason)``."""
         return True, ""
+
+    def auto_declines(self, device, dtype, call=None):
+        """Whether ``auto`` should pass over this backend for a call it can run, because a
+        later one is measured faster there: ``(declines, reason)``."""
+        return False, ""
 
     def forward(self, cell, *args):
         raise NotImplementedError
@@ -165,6 +172,9 @@ def select(backend, device, dtype, call=None):
         if devices is not None and device.type not in devices:
             continue
         ok, why = _can_run(_REGISTRY[candidate], device, dtype, call)
+        if ok:
+            ok, why = _REGISTRY[candidate].auto_declines(device, dtype, call)
+            ok, why = not ok, f"passed over: {why}" if ok else why
         if ok:
             reason = "auto: " + ("; ".join(skipped) if skipped else f"first choice on {device.type}")
             _log_fallback_once(candidate, skipped)

@@ -22,6 +22,11 @@ from .recurrence import RecurrenceBackend
 
 
 BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x 4H x H)
+# From this many multiply-adds per step (batch x G x H), auto leaves 16-bit calls to the
+# reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
+# hidden 512 it trained 1.5-1.8x faster than the widened kernels here, while up to batch 32,
+# hidden 256 these were as fast or faster (benchmarks/results/cpu-2core-bfloat16).
+NARROW_AUTO_UNTIL = 2**24
 
 
 class CpuBackend(RecurrenceBackend):
@@ -33,6 +38,17 @@ class CpuBackend(RecurrenceBackend):
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
     cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
     projection = True
+
+    def auto_declines(self, device, dtype, call=None):
+        from ..ops import GATES  # not at import: ops imports the backends
+
+        if dtype not in (torch.bfloat16, torch.float16) or call is None or call.batch is None:
+            return False, ""
+        products = call.batch * GATES[call.cell] * call.hidden * call.state
+        if products < NARROW_AUTO_UNTIL:
+            return False, ""
+        return True, (f"{str(dtype).replace('torch.', '')} at {products} multiply-adds per step "
+                      "(2^24 or more) runs faster as the reference backend's 16-bit products")
 
     def forward(self, cell, *args):
         narrow = _narrow_dtype(args[0])
