@@ -235,7 +235,9 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
             provider.status, provider.message = "unavailable", why_not
             providers.append(provider)
             continue
-        provider.resolved = backends.select(backend, device, dtype).name
+        call = backends.Call(case.cell, case.hidden_size, case.proj_size or case.hidden_size,
+                             case.batch)
+        provider.resolved = backends.select(backend, device, dtype, call).name
         if provider.resolved == "cuda":
             provider.kernels = cuda_kernels(case, device, dtype, env)
         module = copy.deepcopy(base)

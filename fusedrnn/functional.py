@@ -276,7 +276,7 @@ def _refuse_forward_mode(name):
         raise NotImplementedError(
             f"{name}: forward-mode AD (torch.func.jvp, jacfwd, hessian, linearize) is not "
             "supported: fusedrnn's ops have a backward only. Use reverse mode (.backward(), "
-            f"torch.autograd.grad, torch.func.vjp) or torch.nn.{name}")
+            f"torch.autograd.grad) or torch.nn.{name}")
 
 
 # The cells torch.nn runs in their own dtype under autocast on a device type: on the CPU,

@@ -85,16 +85,18 @@ def _one_direction_backward(own, x, lengths, reverse, has_bias):
 def _define(cell):
     def forward(*args):
         x, first, second, lengths, save, backend = _split_forward(_contiguous(args))
-        results = backends.get(backend).forward_directions(
-            cell, _one_direction_forward(x, first, lengths, False, save),
-            _one_direction_forward(x, second, lengths, True, save))
+        with ops.without_autocast(x.device):
+            results = backends.get(backend).forward_directions(
+                cell, _one_direction_forward(x, first, lengths, False, save),
+                _one_direction_forward(x, second, lengths, True, save))
         return (*results[0], *results[1])
 
     def backward(*args):
         first, second, x, lengths, has_bias, backend = _split_backward(_contiguous(args))
-        results = backends.get(backend).backward_directions(
-            cell, _one_direction_backward(first, x, lengths, False, has_bias),
-            _one_direction_backward(second, x, lengths, True, has_bias))
+        with ops.without_autocast(x.device):
+            results = backends.get(backend).backward_directions(
+                cell, _one_direction_backward(first, x, lengths, False, has_bias),
+                _one_direction_backward(second, x, lengths, True, has_bias))
         grad_x = results[0][0].add_(results[1][0])
         return (grad_x, *results[0][1:], *results[1][1:])
 

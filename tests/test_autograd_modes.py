@@ -55,6 +55,35 @@ def test_gradient_penalty_matches_torch(cell, kwargs, packed):
     testing.assert_close_relative(results[0], results[1], 1e-10, "second-order gradients")
 
 
+def test_create_graph_gradient_of_a_tensor_given_twice_counts_each_slot_once():
+    """``b_ih is b_hh``: each slot's gradient once, with and without create_graph."""
+    module = fusedrnn.GRU(3, 4, dtype=torch.float64)
+    bias = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    weights = [module.weight_ih_l0, module.weight_hh_l0, bias, bias]
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    grads = []
+    for create_graph in (False, True):
+        out, _ = fusedrnn.functional.gru(x, None, weights)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), bias, create_graph=create_graph)[0])
+    testing.assert_close_relative([grads[1]], [grads[0]], 1e-10, "tied bias gradient")
+
+
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+def test_create_graph_under_autocast_matches_the_plain_backward(backend):
+    """Under CPU autocast the GRU keeps its dtype (as nn.GRU): neither its op nor the
+    recomputed graph of a create_graph backward may be lowered inside."""
+    module = fusedrnn.GRU(3, 8, backend=backend)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    grads = []
+    for create_graph in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = module(x)
+            assert out.dtype == torch.float32
+            grads.append(torch.autograd.grad(out.pow(2).sum(), x, create_graph=create_graph)[0])
+    testing.assert_close_relative([grads[1]], [grads[0]], 1e-5, "grad x")
+
+
 def test_gradgradcheck():
     module = fusedrnn.GRU(2, 3, bidirectional=True, dtype=torch.float64)
     x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)

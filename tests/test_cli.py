@@ -220,6 +220,17 @@ def test_backend_kernel_choices_are_parsed_and_checked(capsys):
     assert provider.label == "fusedrnn [cuda:stepwise]" and provider.status == "unavailable"
 
 
+@pytest.mark.requires_cpu_ext
+def test_bench_names_the_backend_auto_picks_for_the_case_size():
+    """16-bit calls of 2^24+ multiply-adds per step go to the reference backend: the table
+    must say so, not the backend auto picks for a call of unknown size."""
+    large = bench.Case("gru", 64, 2, 8, 512)
+    small = bench.Case("gru", 4, 2, 8, 16)
+    [big] = bench.build_providers(large, dtype=torch.bfloat16, torch_nn=False)
+    [little] = bench.build_providers(small, dtype=torch.bfloat16, torch_nn=False)
+    assert (big.resolved, little.resolved) == ("reference", "cpu")
+
+
 def test_cuda_kernels_name_the_planners_choice_under_the_providers_environment(monkeypatch):
     from fusedrnn.backends import cuda_plan
 

@@ -98,6 +98,15 @@ def test_torch_export_with_dynamic_batch_and_time(name, backend):
     assert out.shape == (5, 11, 16)
 
 
+def test_torch_export_in_bfloat16_with_dynamic_batch():
+    """auto's size-dependent choice for 16-bit calls must not guard a symbolic batch."""
+    module = fusedrnn.GRU(4, 8, dtype=torch.bfloat16)
+    program = torch.export.export(module, (torch.randn(3, 2, 4, dtype=torch.bfloat16),),
+                                  dynamic_shapes=({1: torch.export.Dim("batch")},))
+    x = torch.randn(3, 5, 4, dtype=torch.bfloat16)
+    testing.assert_close_relative([program.module()(x)[0]], [module(x)[0]], 1e-2, "output")
+
+
 @pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_torch_export_of_cells_with_dynamic_batch(name):
     module = getattr(fusedrnn, name)(4, 8)

@@ -154,12 +154,14 @@ def test_low_precision_error_is_torchs_order(cell, dtype, backend):
                                              testing.GRADIENT_FACTOR, "gradients")
 
 
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
 @pytest.mark.parametrize("cell, lowered", [("LSTM", True), ("GRU", False), ("RNN", True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_autocast_runs_in_the_dtype_torch_runs_in(cell, lowered, dtype):
+def test_autocast_runs_in_the_dtype_torch_runs_in(cell, lowered, dtype, backend):
     """On the CPU autocast lowers nn.LSTM (mkldnn_rnn_layer) and nn.RNN (its products) to
     bfloat16, not nn.GRU; float64 tensors it never casts."""
-    module = getattr(fusedrnn, cell)(16, 32, dtype=dtype)
+    module = getattr(fusedrnn, cell)(16, 32, dtype=dtype, backend=backend)
     x = testing.make_sequence(4, 10, 16, dtype=dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, h = module(x)

@@ -42,13 +42,15 @@ class CpuBackend(RecurrenceBackend):
     def auto_declines(self, device, dtype, call=None):
         from ..ops import GATES  # not at import: ops imports the backends
 
-        if dtype not in (torch.bfloat16, torch.float16) or call is None or call.batch is None:
+        # A symbolic batch (torch.export with a dynamic batch) would put a guard on it: the
+        # choice is then made for every batch, as if small.
+        if (dtype not in (torch.bfloat16, torch.float16) or call is None
+                or type(call.batch) is not int):
             return False, ""
-        products = call.batch * GATES[call.cell] * call.hidden * call.state
-        if products < NARROW_AUTO_UNTIL:
+        if call.batch * GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
-        return True, (f"{str(dtype).replace('torch.', '')} at {products} multiply-adds per step "
-                      "(2^24 or more) runs faster as the reference backend's 16-bit products")
+        return True, (f"{str(dtype).replace('torch.', '')} at 2^24 or more multiply-adds per "
+                      "step runs faster as the reference backend's 16-bit products")
 
     def forward(self, cell, *args):
         narrow = _narrow_dtype(args[0])

@@ -9,6 +9,8 @@ the states held there. GRU and RNN steps are torch's own cells; the LSTM's is wr
 for ``proj_size`` (``torch.lstm_cell`` takes no projection).
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -54,14 +56,22 @@ def forward(cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
 def gradients(cell, inputs, lengths, reverse, grad_outputs):
     """The gradients of ``inputs`` = ``(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0)`` given those
     of ``(y, h_n, c_n)`` (None: unused), as differentiable functions of both; None for an
-    input that is None or needs no gradient."""
-    wanted = [t for t in inputs if t is not None and t.requires_grad]
-    with torch.enable_grad():
-        outputs = forward(cell, *inputs[:8], lengths, reverse)
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o is not None and g is not None]
-    if not pairs or not wanted:
-        return (None,) * len(inputs)
-    found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
-                                create_graph=True, allow_unused=True)
-    by_input = {id(t): torch.zeros_like(t) if g is None else g for t, g in zip(wanted, found)}
-    return tuple(None if t is None else by_input.get(id(t)) for t in inputs)
+    input that is None or needs no gradient. Each argument slot is differentiated through an
+    alias of its own, so that one tensor passed twice (``b_ih is b_hh``) gets each slot's
+    gradient once, as the op's other inputs would; autocast is off, as in the op's body."""
+    device = inputs[0].device
+    autocast_off = (torch.autocast(device.type, enabled=False)
+                    if torch.amp.is_autocast_available(device.type) else contextlib.nullcontext())
+    with torch.enable_grad(), autocast_off:
+        aliases = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
+        wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+        outputs = forward(cell, *aliases[:8], lengths, reverse)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o is not None and g is not None]
+        if not pairs or not wanted:
+            return (None,) * len(inputs)
+        found = torch.autograd.grad([o for o, _ in pairs], [aliases[i] for i in wanted],
+                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+    result = [None] * len(inputs)
+    for i, grad in zip(wanted, found):
+        result[i] = torch.zeros_like(inputs[i]) if grad is None else grad
+    return tuple(result)
