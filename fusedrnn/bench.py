@@ -203,8 +203,9 @@ def _copy_input(x):
 
 
 def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=torch.float32,
-                    seed=0, torch_nn=True):
-    """``[torch.nn provider] + one fusedrnn provider per backend`` for ``case``, same weights.
+                    seed=0, torch_nn=True, mode=None):
+    """``[torch.nn provider] + one fusedrnn provider per backend`` for ``case``, same weights
+    (``mode``, when given, for the backend ``auto`` picks: it may differ with training).
 
     The fusedrnn module is built first from ``seed`` and its torch.nn twin copies its
     weights; each provider gets its own copy of one random input (:func:`make_input`). A
@@ -236,7 +237,7 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
             providers.append(provider)
             continue
         call = backends.Call(case.cell, case.hidden_size, case.proj_size or case.hidden_size,
-                             case.batch)
+                             case.batch, None if mode is None else mode != "inference")
         provider.resolved = backends.select(backend, device, dtype, call).name
         if provider.resolved == "cuda":
             provider.kernels = cuda_kernels(case, device, dtype, env)
@@ -325,7 +326,7 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
     case's GEMM FLOPs and per-step floor, and per provider the timings, ratio to torch.nn,
     TFLOP/s and peak memory."""
     device = torch.device(device)
-    providers = build_providers(case, backend_names, device, dtype, seed)
+    providers = build_providers(case, backend_names, device, dtype, seed, mode=mode)
     calls = {i: with_env(make_call(p, mode), p.env) for i, p in enumerate(providers)
              if p.status == "ok"}
     times = time_interleaved(calls, device, warmup, repeats)

@@ -88,17 +88,17 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
                    state_size, input_size, bias, x)
 
     x, states, weights = _autocast(name, x, states, weights, autocast_dtype)
-    call = backends.Call(cell, hidden, state_size, batch)
+    # Workspaces for the backward only where autograd records the calls; a torch.jit.trace
+    # keeps the flag as a constant, so a trace always saves them (it may later train).
+    save = torch.jit.is_tracing() or (
+        torch.is_grad_enabled() and any(t.requires_grad for t in [x, *states, *weights]))
+    call = backends.Call(cell, hidden, state_size, batch, training=save)
     choice = backends.select(backend, x.device, x.dtype, call)
     own_op = backends.get(choice.name).forward_op(cell, x.device, call)
     op = own_op or ops.FORWARD[cell]
     # Both directions of a layer in one op (and one autograd node), so that a backend can
     # run them at the same time; a backend's own op runs one direction per call.
     pair_op = ops_bidirectional.FORWARD[cell] if directions == 2 and own_op is None else None
-    # Workspaces for the backward only where autograd records the calls; a torch.jit.trace
-    # keeps the flag as a constant, so a trace always saves them (it may later train).
-    save = torch.jit.is_tracing() or (
-        torch.is_grad_enabled() and any(t.requires_grad for t in [x, *states, *weights]))
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import backends
+from fusedrnn import _extension, backends
 from fusedrnn.backends import Availability, Backend, BackendUnavailableError, Call
 
 
@@ -53,6 +53,13 @@ def test_cpu_auto_leaves_large_16_bit_calls_to_the_reference_backend(monkeypatch
     assert fusedrnn.select_backend(None, cpu, torch.float16, small).name == "cpu"
     assert fusedrnn.select_backend(None, cpu, torch.float32, large).name == "cpu"
     assert fusedrnn.select_backend("cpu", cpu, torch.bfloat16, large).name == "cpu"
+    # The LSTM's bfloat16 forward kernel stays ahead in inference; not in training.
+    inference, training = (Call("lstm", 512, 512, batch=64, training=t) for t in (False, True))
+    if _extension.CPU.load().has_bf16_gemm():
+        assert fusedrnn.select_backend(None, cpu, torch.bfloat16, inference).name == "cpu"
+    assert fusedrnn.select_backend(None, cpu, torch.bfloat16, training).name == "reference"
+    gru = Call("gru", 512, 512, batch=64, training=False)
+    assert fusedrnn.select_backend(None, cpu, torch.bfloat16, gru).name == "reference"
 
 
 def test_cpu_auto_falls_back_to_reference_without_the_extension(monkeypatch):

@@ -226,9 +226,10 @@ def test_bench_names_the_backend_auto_picks_for_the_case_size():
     must say so, not the backend auto picks for a call of unknown size."""
     large = bench.Case("gru", 64, 2, 8, 512)
     small = bench.Case("gru", 4, 2, 8, 16)
-    [big] = bench.build_providers(large, dtype=torch.bfloat16, torch_nn=False)
-    [little] = bench.build_providers(small, dtype=torch.bfloat16, torch_nn=False)
-    assert (big.resolved, little.resolved) == ("reference", "cpu")
+    for mode in ("inference", "training"):
+        [big] = bench.build_providers(large, dtype=torch.bfloat16, torch_nn=False, mode=mode)
+        [little] = bench.build_providers(small, dtype=torch.bfloat16, torch_nn=False, mode=mode)
+        assert (big.resolved, little.resolved) == ("reference", "cpu")
 
 
 def test_cuda_kernels_name_the_planners_choice_under_the_providers_environment(monkeypatch):

@@ -40,12 +40,13 @@ class Availability:
 class Call:
     """What a backend may need to know about one layer-direction call beyond device and
     dtype: the cell, the hidden size H, the state size P (``proj_size`` or H) and, when
-    known, the batch size."""
+    known, the batch size and whether a backward will follow (``training``)."""
 
     cell: str
     hidden: int
     state: int
     batch: int = None
+    training: bool = None
 
 
 @dataclass(frozen=True)

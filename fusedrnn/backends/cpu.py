@@ -24,8 +24,10 @@ from .recurrence import RecurrenceBackend
 BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x 4H x H)
 # From this many multiply-adds per step (batch x G x H), auto leaves 16-bit calls to the
 # reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
-# hidden 512 it trained 1.5-1.8x faster than the widened kernels here, while up to batch 32,
-# hidden 256 these were as fast or faster (benchmarks/results/cpu-2core-bfloat16).
+# hidden 512 it trained 1.5-1.8x faster than the widened kernels here and ran the GRU and
+# RNN forward 1.6x faster, while up to batch 32, hidden 256 these were as fast or faster; the
+# LSTM's bfloat16 forward kernel stays ahead in inference (1.93 against 2.32 x torch.nn's
+# time at batch 64, hidden 512: benchmarks/results/cpu-2core-bfloat16).
 NARROW_AUTO_UNTIL = 2**24
 
 
@@ -49,19 +51,24 @@ class CpuBackend(RecurrenceBackend):
             return False, ""
         if call.batch * GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
+        if call.training is False and self._bf16_kernel(call.cell, dtype, call.batch,
+                                                        call.hidden, call.state):
+            return False, ""
         return True, (f"{str(dtype).replace('torch.', '')} at 2^24 or more multiply-adds per "
                       "step runs faster as the reference backend's 16-bit products")
 
     def forward(self, cell, *args):
         narrow = _narrow_dtype(args[0])
-        if narrow is None or self._bf16_kernel(cell, *args[:6]):
+        x, w_hh = args[0], args[2]  # w_hh (G, P): G = 4H for the LSTM
+        if narrow is None or self._bf16_kernel(cell, narrow, x.shape[1], w_hh.shape[0] // 4,
+                                               w_hh.shape[1]):
             return super().forward(cell, *args)
         return _rounded(super().forward(cell, *_widened(args)), narrow)
 
-    def _bf16_kernel(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr):
-        """Whether this forward runs the LSTM's bfloat16 kernel (else it is widened)."""
-        return (cell == "lstm" and w_hr is None and x.dtype == torch.bfloat16
-                and x.shape[1] * w_hh.numel() >= BF16_KERNEL_FROM
+    def _bf16_kernel(self, cell, dtype, batch, hidden, state):
+        """Whether a forward runs the LSTM's bfloat16 kernel (else it is widened)."""
+        return (cell == "lstm" and state == hidden and dtype == torch.bfloat16
+                and batch * 4 * hidden * hidden >= BF16_KERNEL_FROM
                 and self.extension.load().has_bf16_gemm())
 
     def backward(self, cell, *args):
