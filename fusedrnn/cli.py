@@ -46,7 +46,7 @@ def run_info(args):
 
     import fusedrnn
     from fusedrnn import _extension, bench
-    from fusedrnn.backends import thread_split
+    from fusedrnn.backends import cpu as cpu_backend, thread_split
 
     env = bench.environment()
     cuda = env["cuda"] or "none (CPU-only torch build)"
@@ -67,7 +67,8 @@ def run_info(args):
     backend_rows = [(name, "available" if status.available else f"unavailable: {status.reason}")
                     for name, status in fusedrnn.available_backends().items()]
     _print_section("backends (auto tries them in this order)", backend_rows)
-    _print_section("cpu backend", [("bidirectional layers", thread_split.describe())])
+    _print_section("cpu backend", [("bidirectional layers", thread_split.describe()),
+                                   ("bfloat16, float16", cpu_backend.describe_16_bit())])
     rows = []
     for extension in _extension.EXTENSIONS:
         available, reason = extension.status()

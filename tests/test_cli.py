@@ -99,6 +99,15 @@ def test_info_says_how_the_cpu_backend_runs_bidirectional_layers(capsys, threads
     assert re.search(rf"^\s+bidirectional layers\s+{says}", out, re.MULTILINE), out
 
 
+@pytest.mark.requires_cpu_ext
+def test_info_says_how_the_cpu_backend_runs_16_bit_calls(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+bfloat16, float16\s+the float32 kernels on widened inputs; the "
+                     r"LSTM's bfloat16 forward kernel: (from 4,194,304|not here)", out,
+                     re.MULTILINE), out
+
+
 def test_info_reports_an_unavailable_backend_with_its_reason(capsys, fake_backends):
     assert main(["info"]) == 0
     out = capsys.readouterr().out

@@ -115,6 +115,17 @@ class CpuBackend(RecurrenceBackend):
         return (*grads, common.empty(x), dh0, common.empty(x))
 
 
+def describe_16_bit():
+    """How the cpu backend runs bfloat16 and float16 calls here, in words."""
+    kernel = "not here (widened: torch's MKL lacks cblas_gemm_bf16bf16f32)"
+    status = _extension.CPU.status()
+    if status[0] and _extension.CPU.load().has_bf16_gemm():
+        kernel = f"from {BF16_KERNEL_FROM:,} multiply-adds per step"
+    return (f"the float32 kernels on widened inputs; the LSTM's bfloat16 forward kernel: "
+            f"{kernel}; auto leaves calls of {NARROW_AUTO_UNTIL:,}+ multiply-adds per step to "
+            "the reference backend (but the LSTM's bfloat16 inference)")
+
+
 def _narrow_dtype(tensor):
     """``tensor``'s dtype if it is a 16-bit float, else None."""
     return tensor.dtype if tensor.dtype in (torch.bfloat16, torch.float16) else None
