@@ -57,7 +57,6 @@ def weights_per_direction(bias, proj_size):
 def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirectional,
          batch_first, proj_size, backend):
     name = _MODE_NAMES[cell]
-    _refuse_forward_mode(name)
     weights = list(weights)
     directions = 2 if bidirectional else 1
     per_direction = weights_per_direction(bias, proj_size)
@@ -87,6 +86,9 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     _check_weights(name, weights, num_layers, directions, per_direction, gates, hidden,
                    state_size, input_size, bias, x)
 
+    given = [input.data if packed else input, *(() if hx is None else _as_tuple(hx))]
+    # The caller's own tensors: every tensor made here under a transform is a wrapped one.
+    _refuse_forward_mode(name, given + weights)
     x, states, weights = _autocast(name, x, states, weights, autocast_dtype)
     # Workspaces for the backward only where autograd records the calls; a torch.jit.trace
     # keeps the flag as a constant, so a trace always saves them (it may later train).
@@ -264,15 +266,24 @@ def _check_weights(name, weights, num_layers, directions, per_direction, gates, 
                              f"every weight must be {weights[0].dtype} on {x.device}")
 
 
-def _refuse_forward_mode(name):
+def _as_tuple(hx):
+    return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+
+
+def _refuse_forward_mode(name, tensors):
     """torch.func.jvp (and jacfwd, hessian, linearize, built on it) would see zero tangents
-    come out of the custom ops, which define a backward only: refuse it by name.
-    (``torch.autograd.forward_ad``'s dual tensors already raise in the op; Dynamo cannot
-    read the transform stack, so under torch.compile this check is skipped.)"""
+    come out of the custom ops, which define a backward only: refuse it by name where one of
+    ``tensors`` (input, states, weights) is a transform's tensor; a call on plain tensors is a
+    constant to the transform and runs. (``torch.autograd.forward_ad``'s dual tensors already
+    raise in the op; Dynamo cannot read the transform stack, so under torch.compile this
+    check is skipped.)"""
     if torch.compiler.is_compiling():
         return
     stack = torch._C._functorch.get_interpreter_stack() or []
-    if any(level.key() == torch._C._functorch.TransformType.Jvp for level in stack):
+    if not any(level.key() == torch._C._functorch.TransformType.Jvp for level in stack):
+        return
+    if any(isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
+           for t in tensors):
         raise NotImplementedError(
             f"{name}: forward-mode AD (torch.func.jvp, jacfwd, hessian, linearize) is not "
             "supported: fusedrnn's ops have a backward only. Use reverse mode (.backward(), "

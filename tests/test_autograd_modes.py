@@ -10,6 +10,18 @@ from fusedrnn import testing
 CELLS = ["LSTM", "GRU", "RNN"]
 
 
+def test_a_call_on_constants_inside_jvp_runs():
+    """Under torch.func.jvp, a layer whose input and weights do not depend on the primals is
+    a constant: it runs, and the tangent is the rest of the function's."""
+    module = fusedrnn.GRU(3, 5, dtype=torch.float64)
+    constant = torch.randn(4, 2, 3, dtype=torch.float64)
+    expected = module(constant)[0].sum()
+    t = torch.randn(3, dtype=torch.float64)
+    value, tangent = torch.func.jvp(lambda p: 2 * p + module(constant)[0].sum(), (t,),
+                                    (torch.ones_like(t),))
+    assert torch.allclose(value, 2 * t + expected) and torch.equal(tangent, 2 * torch.ones_like(t))
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
 def test_forward_mode_ad_is_refused_by_name(cell, transform):
