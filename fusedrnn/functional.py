@@ -91,9 +91,10 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     _refuse_forward_mode(name, given + weights)
     x, states, weights = _autocast(name, x, states, weights, autocast_dtype)
     # Workspaces for the backward only where autograd records the calls; a torch.jit.trace
-    # keeps the flag as a constant, so a trace always saves them (it may later train).
-    save = torch.jit.is_tracing() or (
-        torch.is_grad_enabled() and any(t.requires_grad for t in [x, *states, *weights]))
+    # keeps the flag as a constant, so a trace saves them whatever the grad mode it was taken
+    # in, if anything requires a gradient (it may later train).
+    save = ((torch.is_grad_enabled() or torch.jit.is_tracing())
+            and any(t.requires_grad for t in [x, *states, *weights]))
     call = backends.Call(cell, hidden, state_size, batch, training=save)
     choice = backends.select(backend, x.device, x.dtype, call)
     own_op = backends.get(choice.name).forward_op(cell, x.device, call)
