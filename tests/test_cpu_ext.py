@@ -218,23 +218,12 @@ def test_lstm_bfloat16_kernel_passes_nan_and_takes_an_empty_batch(monkeypatch):
 
 
 def _check_low_precision(cell, kwargs, dtype):
-    oracle = getattr(fusedrnn, cell)(8, 24, num_layers=2, bidirectional=True,
-                                     dtype=torch.float64, **kwargs)
-    x64 = testing.make_packed(6, 8, 8, dtype=torch.float64)
-    oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
-    x = x64._replace(data=x64.data.to(dtype))
-    results = []
-    for backend in ("reference", "cpu"):
-        module = getattr(fusedrnn, cell)(8, 24, num_layers=2, bidirectional=True, dtype=dtype,
-                                         backend=backend, **kwargs)
-        module.load_state_dict(oracle.state_dict())
-        results.append(testing.outputs_and_grads(module, x))
-    (ref_out, ref_grads), (out, grads) = results
+    make = lambda **more: getattr(fusedrnn, cell)(8, 24, num_layers=2,  # noqa: E731
+                                                  bidirectional=True, **kwargs, **more)
+    out, grads = testing.assert_low_precision_rule(
+        make(dtype=torch.float64), make(dtype=dtype, backend="reference"),
+        make(dtype=dtype, backend="cpu"), testing.make_packed(6, 8, 8, dtype=torch.float64))
     assert all(t.dtype == dtype for t in out + [g for g in grads if g is not None])
-    testing.assert_within_low_precision_rule(out, ref_out, oracle_out, testing.OUTPUT_FACTOR,
-                                             "outputs")
-    testing.assert_within_low_precision_rule(grads, ref_grads, oracle_grads,
-                                             testing.GRADIENT_FACTOR, "gradients")
 
 
 def test_compiled_module_matches_eager():

@@ -70,8 +70,14 @@ CASES = [
 @pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 def test_matches_reference_on_gpu(kernel, cell, kwargs, hidden, steps, batch, packed):
-    reference = getattr(fusedrnn, cell)(96, hidden, device="cuda", **kwargs)
-    candidate = getattr(fusedrnn, cell)(96, hidden, device="cuda", backend="cuda", **kwargs)
+    _compare_with_reference(getattr(fusedrnn, cell), kwargs, hidden, steps, batch, packed)
+
+
+def _compare_with_reference(module_class, kwargs, hidden, steps, batch, packed):
+    """The cuda backend against the reference on the GPU, float32: outputs, final states
+    and every gradient within 1e-5 relative error, with initial states."""
+    reference = module_class(96, hidden, device="cuda", **kwargs)
+    candidate = module_class(96, hidden, device="cuda", backend="cuda", **kwargs)
     candidate.load_state_dict(reference.state_dict())
     x = (testing.make_packed(batch, steps, 96, device="cuda") if packed
          else testing.make_sequence(batch, steps, 96, device="cuda"))
@@ -94,16 +100,7 @@ RNN_CASES = [
 @pytest.mark.parametrize("packed", [False, True])
 def test_rnn_matches_reference_on_gpu(kwargs, hidden, steps, batch, packed):
     """The Elman cells have stepwise kernels only, whatever FUSEDRNN_CUDA_KERNEL says."""
-    reference = fusedrnn.RNN(96, hidden, device="cuda", **kwargs)
-    candidate = fusedrnn.RNN(96, hidden, device="cuda", backend="cuda", **kwargs)
-    candidate.load_state_dict(reference.state_dict())
-    x = (testing.make_packed(batch, steps, 96, device="cuda") if packed
-         else testing.make_sequence(batch, steps, 96, device="cuda"))
-    hx = testing.make_state(reference, batch)
-    out_ref, grads_ref = testing.outputs_and_grads(reference, x, hx)
-    out, grads = testing.outputs_and_grads(candidate, x, hx)
-    testing.assert_close_relative(out, out_ref, 1e-5, "outputs")
-    testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
+    _compare_with_reference(fusedrnn.RNN, kwargs, hidden, steps, batch, packed)
 
 
 @pytest.mark.requires_cuda
@@ -142,20 +139,11 @@ def test_persistent_error_does_not_grow_faster_than_the_reference(kernel, cell):
 
 
 def check_low_precision_rule(cell, dtype, steps):
-    oracle = getattr(fusedrnn, cell)(64, 128, dtype=torch.float64, device="cuda")
-    x64 = testing.make_packed(8, steps, 64, dtype=torch.float64, device="cuda")
-    oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
-    x = x64._replace(data=x64.data.to(dtype))
-    results = []
-    for backend in ("reference", "cuda"):
-        module = getattr(fusedrnn, cell)(64, 128, dtype=dtype, device="cuda", backend=backend)
-        module.load_state_dict(oracle.state_dict())
-        results.append(testing.outputs_and_grads(module, x))
-    (ref_out, ref_grads), (out, grads) = results
-    testing.assert_within_low_precision_rule(out, ref_out, oracle_out, testing.OUTPUT_FACTOR,
-                                             "outputs")
-    testing.assert_within_low_precision_rule(grads, ref_grads, oracle_grads,
-                                             testing.GRADIENT_FACTOR, "gradients")
+    make = lambda **more: getattr(fusedrnn, cell)(64, 128, device="cuda", **more)  # noqa: E731
+    testing.assert_low_precision_rule(
+        make(dtype=torch.float64), make(dtype=dtype, backend="reference"),
+        make(dtype=dtype, backend="cuda"),
+        testing.make_packed(8, steps, 64, dtype=torch.float64, device="cuda"))
 
 
 def opcheck_inputs():

@@ -105,17 +105,8 @@ def test_cells_run_on_triton(cell):
 def _check_low_precision(cell, dtype, oracle, x64):
     """The rule of the module docstring for ``cell`` in ``dtype``, against ``oracle`` (a
     float64 module) run on the packed ``x64``."""
-    oracle_out, oracle_grads = testing.outputs_and_grads(oracle, x64)
-    reference, candidate = _pair(cell, x64.data.shape[-1], oracle.hidden_size, dtype=dtype)
-    reference.load_state_dict(oracle.state_dict())
-    candidate.load_state_dict(oracle.state_dict())
-    x = x64._replace(data=x64.data.to(dtype))
-    ref_out, ref_grads = testing.outputs_and_grads(reference, x)
-    out, grads = testing.outputs_and_grads(candidate, x)
-    testing.assert_within_low_precision_rule(out, ref_out, oracle_out, testing.OUTPUT_FACTOR,
-                                             "outputs")
-    testing.assert_within_low_precision_rule(grads, ref_grads, oracle_grads,
-                                             testing.GRADIENT_FACTOR, "gradients")
+    testing.assert_low_precision_rule(
+        oracle, *_pair(cell, x64.data.shape[-1], oracle.hidden_size, dtype=dtype), x64)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
