@@ -23,11 +23,10 @@ functional layer passes ``save`` only when autograd records the call). The backw
 autograd formula.
 """
 
-import contextlib
-
 import torch
 
 from . import backends
+from .backends import common
 from .backends.reference import differentiable
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -83,7 +82,7 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
     """
 
     def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend):
-        with without_autocast(x.device):
+        with common.without_autocast(x.device):
             return forward_impl(*_contiguous(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths),
                                 reverse, save, backend)
 
@@ -91,7 +90,7 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
                  ws_b, reverse, has_bias, backend):
         tensors = _contiguous(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths,
                               y, ws_a, ws_b)
-        with without_autocast(x.device):
+        with common.without_autocast(x.device):
             return backward_impl(*tensors, reverse, has_bias, backend)
 
     forward_op = maker(f"fusedrnn::{cell}_fwd{suffix}", forward, mutates_args=(),
@@ -103,14 +102,6 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
         backward_op.register_fake(fake_backward)
     register_autograd(cell, forward_op, backward_op)
     return forward_op, backward_op
-
-
-def without_autocast(device):
-    """Autocast off for an op's body: ``functional`` has chosen the call's dtype already (as
-    torch.nn's under autocast), and a backend's own ops must not be lowered again inside."""
-    if not torch.amp.is_autocast_available(device.type):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, enabled=False)
 
 
 def fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,

@@ -22,6 +22,7 @@ after the other.
 import torch
 
 from . import backends, ops
+from .backends import common
 from .backends.reference import differentiable
 
 _FORWARD_LEADING, _FORWARD_TRAILING = ("x",), ("lengths", "save", "backend")
@@ -85,7 +86,7 @@ def _one_direction_backward(own, x, lengths, reverse, has_bias):
 def _define(cell):
     def forward(*args):
         x, first, second, lengths, save, backend = _split_forward(_contiguous(args))
-        with ops.without_autocast(x.device):
+        with common.without_autocast(x.device):
             results = backends.get(backend).forward_directions(
                 cell, _one_direction_forward(x, first, lengths, False, save),
                 _one_direction_forward(x, second, lengths, True, save))
@@ -93,7 +94,7 @@ def _define(cell):
 
     def backward(*args):
         first, second, x, lengths, has_bias, backend = _split_backward(_contiguous(args))
-        with ops.without_autocast(x.device):
+        with common.without_autocast(x.device):
             results = backends.get(backend).backward_directions(
                 cell, _one_direction_backward(first, x, lengths, False, has_bias),
                 _one_direction_backward(second, x, lengths, True, has_bias))

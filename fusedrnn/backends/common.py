@@ -1,6 +1,18 @@
 """Pieces every backend shares: masks, time order, the all-steps products and gradients."""
 
+import contextlib
+
 import torch
+
+
+def without_autocast(device):
+    """Autocast off, where it is on, for an op's body and the recompute of a create_graph
+    backward: ``functional`` has chosen the call's dtype already (as torch.nn's under
+    autocast), and a backend's own ops must not be lowered again inside."""
+    if (not torch.amp.is_autocast_available(device.type)
+            or not torch.is_autocast_enabled(device.type)):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def empty(like):

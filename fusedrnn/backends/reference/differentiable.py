@@ -9,12 +9,10 @@ the states held there. GRU and RNN steps are torch's own cells; the LSTM's is wr
 for ``proj_size`` (``torch.lstm_cell`` takes no projection).
 """
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-from ..common import time_order
+from ..common import time_order, without_autocast
 
 
 def _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr):
@@ -59,10 +57,7 @@ def gradients(cell, inputs, lengths, reverse, grad_outputs):
     input that is None or needs no gradient. Each argument slot is differentiated through an
     alias of its own, so that one tensor passed twice (``b_ih is b_hh``) gets each slot's
     gradient once, as the op's other inputs would; autocast is off, as in the op's body."""
-    device = inputs[0].device
-    autocast_off = (torch.autocast(device.type, enabled=False)
-                    if torch.amp.is_autocast_available(device.type) else contextlib.nullcontext())
-    with torch.enable_grad(), autocast_off:
+    with torch.enable_grad(), without_autocast(inputs[0].device):
         aliases = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
         wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
         outputs = forward(cell, *aliases[:8], lengths, reverse)
