@@ -5,13 +5,18 @@ import contextlib
 import torch
 
 
+_NOTHING = contextlib.nullcontext()
+
+
 def without_autocast(device):
     """Autocast off, where it is on, for an op's body and the recompute of a create_graph
     backward: ``functional`` has chosen the call's dtype already (as torch.nn's under
-    autocast), and a backend's own ops must not be lowered again inside."""
-    if (not torch.amp.is_autocast_available(device.type)
+    autocast), and a backend's own ops must not be lowered again inside. Without autocast
+    (the usual case) one C call: this runs for every op call."""
+    if (not torch._C._is_any_autocast_enabled()
+            or not torch.amp.is_autocast_available(device.type)
             or not torch.is_autocast_enabled(device.type)):
-        return contextlib.nullcontext()
+        return _NOTHING
     return torch.autocast(device.type, enabled=False)
 
 

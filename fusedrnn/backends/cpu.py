@@ -59,9 +59,10 @@ class CpuBackend(RecurrenceBackend):
 
     def forward(self, cell, *args):
         narrow = _narrow_dtype(args[0])
+        if narrow is None:
+            return super().forward(cell, *args)
         x, w_hh = args[0], args[2]  # w_hh (G, P): G = 4H for the LSTM
-        if narrow is None or self._bf16_kernel(cell, narrow, x.shape[1], w_hh.shape[0] // 4,
-                                               w_hh.shape[1]):
+        if self._bf16_kernel(cell, narrow, x.shape[1], w_hh.shape[0] // 4, w_hh.shape[1]):
             return super().forward(cell, *args)
         return _rounded(super().forward(cell, *_widened(args)), narrow)
 
