@@ -32,6 +32,8 @@ from .bench_timing import is_noisy, peak_memory_bytes, summarize, time_interleav
 MODES = tuple(MODE_FLOP_FACTORS)
 DEFAULT_MODES = ("inference", "training")
 CELLS = {"lstm": modules.LSTM, "gru": modules.GRU, "rnn": modules.RNN}
+# The ops' name of each cell (the benchmarked RNN is nn.RNN's default, tanh).
+OP_CELLS = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_tanh"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TORCH_LABEL = "torch.nn"
 GRID_SIZES = ("quick", "default", "full")
@@ -236,8 +238,9 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
             provider.status, provider.message = "unavailable", why_not
             providers.append(provider)
             continue
-        call = backends.Call(case.cell, case.hidden_size, case.proj_size or case.hidden_size,
-                             case.batch, None if mode is None else mode != "inference")
+        call = backends.Call(OP_CELLS[case.cell], case.hidden_size,
+                             case.proj_size or case.hidden_size, case.batch,
+                             None if mode is None else mode != "inference")
         provider.resolved = backends.select(backend, device, dtype, call).name
         if provider.resolved == "cuda":
             provider.kernels = cuda_kernels(case, device, dtype, env)

@@ -233,12 +233,14 @@ def test_backend_kernel_choices_are_parsed_and_checked(capsys):
 def test_bench_names_the_backend_auto_picks_for_the_case_size():
     """16-bit calls of 2^24+ multiply-adds per step go to the reference backend: the table
     must say so, not the backend auto picks for a call of unknown size."""
-    large = bench.Case("gru", 64, 2, 8, 512)
-    small = bench.Case("gru", 4, 2, 8, 16)
-    for mode in ("inference", "training"):
-        [big] = bench.build_providers(large, dtype=torch.bfloat16, torch_nn=False, mode=mode)
-        [little] = bench.build_providers(small, dtype=torch.bfloat16, torch_nn=False, mode=mode)
-        assert (big.resolved, little.resolved) == ("reference", "cpu")
+    for cell in ("gru", "rnn"):
+        large = bench.Case(cell, 64, 2, 8, 1024)
+        small = bench.Case(cell, 4, 2, 8, 16)
+        for mode in ("inference", "training"):
+            for dtype, big_one in ((torch.bfloat16, "reference"), (torch.float32, "cpu")):
+                [big] = bench.build_providers(large, dtype=dtype, torch_nn=False, mode=mode)
+                [little] = bench.build_providers(small, dtype=dtype, torch_nn=False, mode=mode)
+                assert (big.resolved, little.resolved) == (big_one, "cpu"), (cell, mode, dtype)
 
 
 def test_cuda_kernels_name_the_planners_choice_under_the_providers_environment(monkeypatch):
