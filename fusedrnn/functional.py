@@ -12,7 +12,8 @@ each direction, ``w_ih, w_hh`` then ``b_ih, b_hh`` when ``bias`` then ``w_hr`` w
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.autograd import forward_ad
+from torch.nn.utils.rnn import PackedSequence
 
 from . import backends, ops, ops_bidirectional
 
@@ -68,7 +69,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
 
     packed = isinstance(input, PackedSequence)
     if packed:
-        (x, lengths), batched = _unpack(input), True
+        (x, lengths, positions), batched = _unpack(input), True
     else:
         x, batched = _batched_time_major(name, input, batch_first)
         lengths = None
@@ -88,14 +89,14 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
 
     given = [input.data if packed else input, *(() if hx is None else _as_tuple(hx))]
     # The caller's own tensors: every tensor made here under a transform is a wrapped one.
-    _refuse_forward_mode(name, given + weights)
+    transform = _differentiating_transform(given + weights)
     x, states, weights = _autocast(name, x, states, weights, autocast_dtype)
     # Workspaces for the backward only where autograd records the calls; a torch.jit.trace
     # keeps the flag as a constant, so a trace saves them whatever the grad mode it was taken
     # in, if anything requires a gradient (it may later train).
     save = ((torch.is_grad_enabled() or torch.jit.is_tracing())
             and any(t.requires_grad for t in [x, *states, *weights]))
-    call = backends.Call(cell, hidden, state_size, batch, training=save)
+    call = backends.Call(cell, hidden, state_size, batch, training=save, transform=transform)
     choice = backends.select(backend, x.device, x.dtype, call)
     own_op = backends.get(choice.name).forward_op(cell, x.device, call)
     op = own_op or ops.FORWARD[cell]
@@ -129,7 +130,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     finals = [torch.stack(h_n, 0)] + ([torch.stack(c_n, 0)] if cell == "lstm" else [])
     output = layer_input
     if packed:
-        output = _repack(output, lengths, input)
+        output = _repack(output, positions, input)
         if input.unsorted_indices is not None:
             finals = [f.index_select(1, input.unsorted_indices) for f in finals]
     elif not batched:  # (T, I) in, (T, D*H) out, batch_first or not, as torch.nn
@@ -155,28 +156,47 @@ def _batched_time_major(name, input, batch_first):
 
 
 def _unpack(packed):
-    """A ``PackedSequence`` as padded ``(T, B, I)`` data in its sorted order plus lengths.
+    """A ``PackedSequence`` as padded ``(T, B, I)`` data in its sorted order, the lengths
+    and the packed rows' positions in the padded ``(T * B)`` rows (see :func:`_repack`).
 
-    Lengths are ``None`` when every sequence is full, so the ops skip masking.
+    Lengths and positions are ``None`` when every sequence is full, so the ops skip
+    masking. One ``index_copy`` pads (torch's ``pad_packed_sequence`` copies once per time
+    step and does not run under torch.func's transforms).
     """
     batch_sizes = packed.batch_sizes
     if batch_sizes.numel() == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    if bool((batch_sizes <= 0).any()) or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+    if int(batch_sizes[-1]) <= 0 or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
         raise ValueError("input: PackedSequence.batch_sizes must be positive and non-increasing "
                          f"(a zero-length sequence cannot be packed), got {batch_sizes.tolist()}")
-    sorted_view = PackedSequence(packed.data, batch_sizes, None, None)
-    padded, lengths = pad_packed_sequence(sorted_view)
-    if int(lengths[-1]) == padded.shape[0]:
-        return padded, None
-    return padded, lengths.to(device=padded.device, dtype=torch.int64)
+    data = packed.data
+    if not isinstance(data, torch.Tensor) or data.dim() != 2:
+        got = f"{data.dim()}" if isinstance(data, torch.Tensor) else type(data).__name__
+        raise RuntimeError(f"input: a PackedSequence's data must have 2 dimensions, got {got}")
+    steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+    if int(batch_sizes[-1]) == batch:
+        if data.shape[0] != steps * batch:
+            raise ValueError(f"input: a PackedSequence's data has {data.shape[0]} rows but its "
+                             f"batch_sizes add up to {steps * batch}")
+        return data.reshape(steps, batch, data.shape[1]), None, None
+    # Packed rows are time-major: step t holds rows 0..batch_sizes[t]-1 of the sorted batch,
+    # so the true entries of this (T, B) mask, in row-major order, are the packed rows.
+    present = torch.arange(batch) < batch_sizes.unsqueeze(1)
+    positions = present.view(-1).nonzero().view(-1)
+    if data.shape[0] != positions.numel():
+        raise ValueError(f"input: a PackedSequence's data has {data.shape[0]} rows but its "
+                         f"batch_sizes add up to {positions.numel()}")
+    positions = positions.to(data.device)
+    padded = data.new_zeros(steps * batch, data.shape[1]).index_copy(0, positions, data)
+    return (padded.view(steps, batch, data.shape[1]),
+            present.sum(0).to(device=data.device), positions)
 
 
-def _repack(output, lengths, like):
-    if lengths is None:
-        data = output.reshape(-1, output.shape[2])
-    else:
-        data = pack_padded_sequence(output, lengths.cpu(), enforce_sorted=True).data
+def _repack(output, positions, like):
+    """``output`` ``(T, B, F)`` packed like ``like``: its rows at ``positions`` (all, in
+    order, where None)."""
+    rows = output.reshape(-1, output.shape[2])
+    data = rows if positions is None else rows.index_select(0, positions)
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
@@ -271,24 +291,29 @@ def _as_tuple(hx):
     return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
 
 
-def _refuse_forward_mode(name, tensors):
-    """torch.func.jvp (and jacfwd, hessian, linearize, built on it) would see zero tangents
-    come out of the custom ops, which define a backward only: refuse it by name where one of
-    ``tensors`` (input, states, weights) is a transform's tensor; a call on plain tensors is a
-    constant to the transform and runs. (``torch.autograd.forward_ad``'s dual tensors already
-    raise in the op; Dynamo cannot read the transform stack, so under torch.compile this
-    check is skipped.)"""
+def _differentiating_transform(tensors):
+    """The transform that differentiates a call whose caller tensors (input, states,
+    weights) are ``tensors``, by name, or None: ``torch.func.grad`` (and ``vjp``, ``jacrev``)
+    or ``jvp`` (``jacfwd``, ``hessian``) where one of them is that transform's tensor, or
+    ``torch.autograd.forward_ad`` where one is a dual tensor. Custom ops' autograd formulas
+    have no rules for these (torch.func raises; forward-mode AD would see zero tangents),
+    so such calls run from differentiable torch ops. A layer on constants inside a
+    transform is a constant there and runs as usual. Dynamo cannot read the transform stack:
+    under torch.compile this is None."""
     if torch.compiler.is_compiling():
-        return
-    stack = torch._C._functorch.get_interpreter_stack() or []
-    if not any(level.key() == torch._C._functorch.TransformType.Jvp for level in stack):
-        return
-    if any(isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
-           for t in tensors):
-        raise NotImplementedError(
-            f"{name}: forward-mode AD (torch.func.jvp, jacfwd, hessian, linearize) is not "
-            "supported: fusedrnn's ops have a backward only. Use reverse mode (.backward(), "
-            f"torch.autograd.grad) or torch.nn.{name}")
+        return None
+    kinds = {level.key() for level in torch._C._functorch.get_interpreter_stack() or ()}
+    transform = torch._C._functorch.TransformType
+    name = ("torch.func.jvp" if transform.Jvp in kinds
+            else "torch.func.grad" if transform.Grad in kinds else None)
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    if name and any(isinstance(t, torch.Tensor) and wrapped(t) for t in tensors):
+        return name
+    if forward_ad._current_level >= 0 and any(
+            isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
+            for t in tensors):
+        return "torch.autograd.forward_ad"
+    return None
 
 
 # The cells torch.nn runs in their own dtype under autocast on a device type: on the CPU,

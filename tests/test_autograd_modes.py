@@ -1,8 +1,10 @@
-"""Differentiation beyond one reverse pass: gradients of gradients, vmap, traces, and
-forward-mode AD refused by name rather than answered wrongly (it would see zero tangents)."""
+"""Differentiation beyond one reverse pass: torch.func's transforms (grad, vjp, jacrev,
+jvp, jacfwd, hessian, per-sample gradients), forward-mode AD, gradients of gradients, vmap
+and traces."""
 
 import pytest
 import torch
+from torch.autograd import forward_ad
 
 import fusedrnn
 from fusedrnn import testing
@@ -22,17 +24,136 @@ def test_a_call_on_constants_inside_jvp_runs():
     assert torch.allclose(value, 2 * t + expected) and torch.equal(tangent, 2 * torch.ones_like(t))
 
 
+TRANSFORM_CASES = [
+    ("LSTM", {}), ("LSTM", {"proj_size": 2, "bidirectional": True}),
+    ("GRU", {"num_layers": 2}), ("GRU", {"bias": False, "batch_first": True}),
+    ("RNN", {"nonlinearity": "tanh", "bidirectional": True}), ("RNN", {"nonlinearity": "relu"}),
+]
+
+
+def _transform_setup(cell, kwargs, seed=5):
+    module = getattr(fusedrnn, cell)(3, 4, dtype=torch.float64, **kwargs)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 3, dtype=torch.float64, generator=generator)  # (T or B, B or T, I)
+    return module, testing.torch_twin(module), x, torch.randn(x.shape, dtype=torch.float64,
+                                                                 generator=generator)
+
+
+def _output(model, params=None):
+    """The function of the input each transform takes: the model's output sequence."""
+    if params is None:
+        return lambda t: model(t)[0]
+    return lambda p, t: torch.func.functional_call(model, p, (t,))[0]
+
+
+@pytest.mark.parametrize("cell, kwargs", TRANSFORM_CASES)
+def test_torch_func_grad_of_the_parameters_matches_torch(cell, kwargs):
+    module, twin, x, _ = _transform_setup(cell, kwargs)
+    grads = []
+    for model in (module, twin):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        loss = lambda p, t: _output(model, p)(p, t).pow(2).sum()  # noqa: E731
+        grads.append(torch.func.grad(loss)(params, x))
+    assert grads[0].keys() == grads[1].keys()
+    testing.assert_close_relative(list(grads[0].values()), list(grads[1].values()), 1e-10,
+                                  "torch.func.grad")
+
+
+@pytest.mark.parametrize("cell, kwargs", TRANSFORM_CASES)
+def test_reverse_and_forward_jacobians_match_torch(cell, kwargs):
+    """jacrev and vjp (reverse mode), jacfwd, jvp and forward_ad's dual tensors (forward
+    mode) against the Jacobian torch.func.jacrev takes of torch.nn (whose own forward mode
+    fails for the LSTM on the CPU: mkldnn_rnn_layer has none)."""
+    module, twin, x, v = _transform_setup(cell, kwargs)
+    jacobian = torch.func.jacrev(_output(twin))(x)
+    out_shape = jacobian.shape[:jacobian.dim() - x.dim()]
+    expected_jvp = (jacobian.reshape(out_shape.numel(), -1) @ v.reshape(-1)).reshape(out_shape)
+    run = _output(module)
+    _, pullback = torch.func.vjp(run, x)
+    cotangent = torch.randn(out_shape, dtype=torch.float64)
+    expected_vjp = (cotangent.reshape(1, -1) @ jacobian.reshape(out_shape.numel(), -1))
+    with forward_ad.dual_level():
+        dual = forward_ad.unpack_dual(run(forward_ad.make_dual(x, v))).tangent
+    found = {"jacrev": torch.func.jacrev(run)(x), "jacfwd": torch.func.jacfwd(run)(x),
+             "jvp": torch.func.jvp(run, (x,), (v,))[1], "forward_ad": dual,
+             "vjp": pullback(cotangent)[0].reshape(1, -1)}
+    expected = {"jacrev": jacobian, "jacfwd": jacobian, "jvp": expected_jvp,
+                "forward_ad": expected_jvp, "vjp": expected_vjp}
+    for name, value in found.items():
+        testing.assert_close_relative([value], [expected[name]], 1e-10, name)
+
+
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
-def test_forward_mode_ad_is_refused_by_name(cell, transform):
-    module = getattr(fusedrnn, cell)(3, 5, dtype=torch.float64)
-    x = torch.randn(4, 2, 3, dtype=torch.float64)
-    run = lambda t: module(t)[0]  # noqa: E731
-    with pytest.raises(NotImplementedError, match=f"{cell}: forward-mode AD"):
-        if transform == "jvp":
-            torch.func.jvp(run, (x,), (torch.randn_like(x),))
-        else:
-            torch.func.jacfwd(run)(x)
+def test_hessian_is_symmetric_and_matches_reverse_over_reverse(cell):
+    """torch.func.hessian (forward over reverse) equals jacrev(jacrev) (reverse over
+    reverse) of a scalar function of the initial state."""
+    module = getattr(fusedrnn, cell)(2, 3, dtype=torch.float64)
+    x = torch.randn(4, 1, 2, dtype=torch.float64)
+    h0 = torch.randn(1, 1, 3, dtype=torch.float64)
+
+    def energy(h):
+        state = (h, torch.zeros_like(h)) if cell == "LSTM" else h
+        return module(x, state)[0].pow(3).sum()
+
+    hessian = torch.func.hessian(energy)(h0).reshape(3, 3)
+    reverse = torch.func.jacrev(torch.func.jacrev(energy))(h0).reshape(3, 3)
+    testing.assert_close_relative([hessian], [reverse], 1e-10, "hessian")
+    testing.assert_close_relative([hessian], [hessian.T], 1e-10, "symmetry")
+
+
+@pytest.mark.parametrize("cell, kwargs", TRANSFORM_CASES[::2])
+def test_per_sample_gradients_match_a_loop_over_torch(cell, kwargs):
+    """vmap(grad(...)) over the examples of a batch, as differential privacy takes them."""
+    module, twin, x, _ = _transform_setup(cell, kwargs)
+    batch_dim = 0 if kwargs.get("batch_first") else 1
+    params = {k: v.detach() for k, v in module.named_parameters()}
+
+    def loss(p, sample):
+        out = torch.func.functional_call(module, p, (sample.unsqueeze(batch_dim),))[0]
+        return out.pow(2).sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, batch_dim))(params, x)
+    for index in range(x.shape[batch_dim]):
+        twin.zero_grad()
+        twin(x.select(batch_dim, index).unsqueeze(batch_dim))[0].pow(2).sum().backward()
+        testing.assert_close_relative(
+            [per_sample[name][index] for name, _ in twin.named_parameters()],
+            [p.grad for p in twin.parameters()], 1e-10, f"sample {index}")
+
+
+def test_grad_of_packed_input_matches_torch():
+    """Packed input under torch.func.grad (where torch.nn.LSTM fails: its packed path reads
+    the data pointer of the transform's tensor) against torch.nn's plain autograd."""
+    module = fusedrnn.LSTM(3, 4, bidirectional=True, dtype=torch.float64)
+    twin = testing.torch_twin(module)
+    packed = testing.make_packed(4, 5, 3, dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(2))
+    ours = torch.func.grad(lambda d: module(packed._replace(data=d))[0].data.pow(2).sum())(
+        packed.data)
+    data = packed.data.detach().requires_grad_()
+    theirs, = torch.autograd.grad(twin(packed._replace(data=data))[0].data.pow(2).sum(), data)
+    testing.assert_close_relative([ours], [theirs], 1e-10, "grad of packed data")
+
+
+@pytest.mark.requires_cpu_ext
+def test_an_explicit_fused_backend_under_a_transform_says_why_it_cannot_run():
+    module = fusedrnn.GRU(3, 4, backend="cpu")
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(fusedrnn.BackendUnavailableError, match="torch.func.grad"):
+        torch.func.grad(lambda t: module(t)[0].sum())(x)
+    with pytest.raises(fusedrnn.BackendUnavailableError, match="torch.func.jvp"):
+        torch.func.jvp(lambda t: module(t)[0], (x,), (x,))
+
+
+@pytest.mark.requires_cpu_ext
+def test_auto_under_a_transform_passes_over_the_fused_backends_and_says_why():
+    call = fusedrnn.backends.Call("lstm", 4, 4, 2, training=False, transform="torch.func.grad")
+    choice = fusedrnn.backends.select("auto", torch.device("cpu"), torch.float32, call)
+    assert choice.name == "reference"
+    assert "cpu skipped (the call runs under torch.func.grad" in choice.reason
+    plain = fusedrnn.backends.select("auto", torch.device("cpu"), torch.float32,
+                                     fusedrnn.backends.Call("lstm", 4, 4, 2, training=False))
+    assert plain.name == "cpu"
 
 
 DOUBLE_BACKWARD_CASES = [

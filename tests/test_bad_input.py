@@ -61,6 +61,19 @@ def test_packed_input_with_growing_batch_sizes_is_refused():
         fusedrnn.GRU(4, 6)(packed)
 
 
+@pytest.mark.parametrize("rows, batch_sizes", [(5, [2, 2]), (3, [2, 2]), (3, [2, 1, 1])])
+def test_packed_data_that_batch_sizes_do_not_add_up_to_is_refused(rows, batch_sizes):
+    packed = PackedSequence(torch.randn(rows, 4), torch.tensor(batch_sizes))
+    with pytest.raises(ValueError, match=rf"data has {rows} rows but its batch_sizes add up"):
+        fusedrnn.LSTM(4, 6)(packed)
+
+
+def test_packed_data_must_be_two_dimensional():
+    packed = PackedSequence(torch.randn(3, 1, 4), torch.tensor([2, 1]))
+    with pytest.raises(RuntimeError, match=r"data must have 2 dimensions, got 3"):
+        fusedrnn.RNN(4, 6)(packed)
+
+
 def test_non_tensor_input():
     with pytest.raises(TypeError, match=r"input must be a Tensor or a PackedSequence"):
         fusedrnn.LSTM(4, 6)([1.0, 2.0])

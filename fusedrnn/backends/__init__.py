@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from . import common, reference
+from .reference import differentiable
 
 logger = logging.getLogger("fusedrnn")
 
@@ -40,13 +41,16 @@ class Availability:
 class Call:
     """What a backend may need to know about one layer-direction call beyond device and
     dtype: the cell, the hidden size H, the state size P (``proj_size`` or H) and, when
-    known, the batch size and whether a backward will follow (``training``)."""
+    known, the batch size, whether a backward will follow (``training``) and the
+    differentiating transform the call runs under (``transform``: ``torch.func.grad`` and
+    the like, or forward-mode AD; None for plain autograd)."""
 
     cell: str
     hidden: int
     state: int
     batch: int = None
     training: bool = None
+    transform: str = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ class Backend:
     name = ""
     priority = 0
     auto_devices = None  # the device types auto considers this backend for; None: all
+    # Whether calls under torch.func's differentiating transforms (Call.transform) run here:
+    # they need a layer built from differentiable torch ops (forward_op's business).
+    runs_under_transforms = False
 
     def available(self):
         """Whether this backend can run at all here: :class:`Availability`."""
@@ -103,6 +110,7 @@ class Backend:
 class ReferenceBackend(Backend):
     name = "reference"
     priority = 0
+    runs_under_transforms = True
 
     def supports(self, device, dtype, call=None):
         if not dtype.is_floating_point:
@@ -115,6 +123,11 @@ class ReferenceBackend(Backend):
 
     def backward(self, cell, *args):
         return reference.BACKWARD[cell](*args)
+
+    def forward_op(self, cell, device, call):
+        if call is not None and call.transform is not None:
+            return differentiable.layer_op(cell)
+        return None
 
 
 _REGISTRY = {}
@@ -155,6 +168,10 @@ def _can_run(backend, device, dtype, call):
     status = backend.available()
     if not status.available:
         return False, status.reason
+    if call is not None and call.transform is not None and not backend.runs_under_transforms:
+        return False, (f"the call runs under {call.transform}, which cannot differentiate its "
+                       "fused ops (custom ops' backward formulas have no torch.func rules); "
+                       "the reference backend runs such calls from differentiable torch ops")
     return backend.supports(device, dtype, call)
 
 

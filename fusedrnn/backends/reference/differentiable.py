@@ -1,8 +1,13 @@
-"""One layer and direction from differentiable PyTorch ops, step by step: the path a
-gradient of fusedrnn's gradients takes (double backward: ``create_graph=True``), since the
-backends' hand-written backward ops have no backward of their own. The ops' autograd
-formulas recompute the forward here and differentiate it, only when the graph of the
-gradients is wanted.
+"""One layer and direction from differentiable PyTorch ops, step by step, for what the
+backends' hand-written backward ops cannot do:
+
+- a gradient of fusedrnn's gradients (double backward: ``create_graph=True``): the ops'
+  autograd formulas recompute the forward here and differentiate it, only when the graph
+  of the gradients is wanted;
+- a layer under ``torch.func``'s differentiating transforms (``grad``, ``vjp``, ``jacrev``,
+  ``jvp``, ``jacfwd``, ``hessian``) or ``torch.autograd.forward_ad``: custom ops' autograd
+  formulas have no rules for those, so the reference backend runs the layer here instead
+  of through the ops (:func:`layer_op`), and the transforms differentiate torch's ops.
 
 Same contract as the reference forward (``__init__.py``): ``y`` zero past a sequence's end,
 the states held there. GRU and RNN steps are torch's own cells; the LSTM's is written out,
@@ -49,6 +54,20 @@ def forward(cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
         h = torch.where(active, h_new, h)
         c = None if c is None else torch.where(active, c_new, c)
     return torch.stack(outputs), h, c
+
+
+def layer_op(cell):
+    """A function with ``fusedrnn::{cell}_fwd``'s signature and results that runs
+    :func:`forward` (no workspaces: autograd or the transform differentiates its ops)."""
+
+    def run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend):
+        with without_autocast(x.device):
+            y, h_n, c_n = forward(cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
+                                  reverse)
+        empty = x.new_empty(0)
+        return y, h_n, empty if c_n is None else c_n, empty, empty
+
+    return run
 
 
 def gradients(cell, inputs, lengths, reverse, grad_outputs):
