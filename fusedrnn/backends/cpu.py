@@ -10,9 +10,9 @@ rounded back to the call's dtype once. That is at least as accurate as computing
 (no projection) has a kernel of its own where torch's MKL has a bfloat16 product
 (``csrc/cpu/lstm_bf16_cpu.cpp``: the products in bfloat16, the cell in float32), used from
 :data:`BF16_KERNEL_FROM` multiply-adds per step: below, MKL's bfloat16 product costs more
-than widening (measured on the 2-core AMX Xeon, ms per forward against torch.nn's 3.8 /
-9.1: 9.5 against 11.4 widened at batch 32 / hidden 256, 17.8 against 38 at 64 / 512; but
-4.8 against 2.5 at 8 / 128)."""
+than widening (measured on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 against 9.9
+widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps,
+6.3 against 6.1 at 16 / 256; but 3.1 against 2.5 at 8 / 128 / 200 steps)."""
 
 import torch
 
@@ -26,7 +26,7 @@ BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x 4H x H)
 # reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
 # hidden 512 it trained 1.5-1.8x faster than the widened kernels here and ran the GRU and
 # RNN forward 1.6x faster, while up to batch 32, hidden 256 these were as fast or faster; the
-# LSTM's bfloat16 forward kernel stays ahead in inference (1.93 against 2.32 x torch.nn's
+# LSTM's bfloat16 forward kernel stays ahead in inference (1.64 against 2.40 x torch.nn's
 # time at batch 64, hidden 512: benchmarks/results/cpu-2core-bfloat16).
 NARROW_AUTO_UNTIL = 2**24
 
