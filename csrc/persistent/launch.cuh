@@ -25,8 +25,10 @@ int blocks_per_sm_of(KernelFn kernel, int64_t smem) {
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   if (smem > limit) return 0;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  // The kernel's limit is raised to the device's, not to this call's size: the attribute
+  // belongs to the kernel, so a call's own size set here could be lowered by another host
+  // thread's smaller call between this and the launch, which would then fail.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
                                                                static_cast<size_t>(smem)));
