@@ -10,6 +10,8 @@ each direction, ``w_ih, w_hh`` then ``b_ih, b_hh`` when ``bias`` then ``w_hr`` w
 ``proj_size > 0``.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
@@ -103,6 +105,9 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     # Both directions of a layer in one op (and one autograd node), so that a backend can
     # run them at the same time; a backend's own op runs one direction per call.
     pair_op = ops_bidirectional.FORWARD[cell] if directions == 2 and own_op is None else None
+    if not save and transform is None and not torch.compiler.is_compiling():
+        op = ops.below_autograd(op)
+        pair_op = pair_op and ops.below_autograd(pair_op)
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):
@@ -268,23 +273,41 @@ def _initial_states(name, hx, shapes, batched, x, autocast_dtype):
 
 def _check_weights(name, weights, num_layers, directions, per_direction, gates, hidden,
                    state_size, input_size, bias, x):
-    for index, weight in enumerate(weights):
+    config = (num_layers, directions, per_direction, gates, hidden, state_size, input_size, bias)
+    try:
+        expected = _weight_shapes(*config)
+    except TypeError:  # a symbolic size (torch.export of dynamic weights) has no hash
+        expected = _weight_shapes.__wrapped__(*config)
+    dtype, device = weights[0].dtype, x.device
+    if all(w.shape == shape and w.dtype == dtype and w.device == device
+           for w, shape in zip(weights, expected)):
+        return
+    for index, (weight, shape) in enumerate(zip(weights, expected)):
+        if weight.shape != shape:
+            raise ValueError(f"{name}: weights[{index}] should have shape {shape}, "
+                             f"got {tuple(weight.shape)}")
+        if weight.device != device or weight.dtype != dtype:
+            raise ValueError(f"{name}: weights[{index}] is {weight.dtype} on {weight.device}; "
+                             f"every weight must be {dtype} on {device}")
+
+
+@functools.lru_cache(maxsize=256)
+def _weight_shapes(num_layers, directions, per_direction, gates, hidden, state_size, input_size,
+                   bias):
+    """The shape of every weight, in torch's ``_flat_weights`` order."""
+    shapes = []
+    for index in range(num_layers * directions * per_direction):
         slot = index % per_direction
         layer = index // (per_direction * directions)
         if slot == 0:
-            expected = (gates * hidden, input_size if layer == 0 else state_size * directions)
+            shapes.append((gates * hidden, input_size if layer == 0 else state_size * directions))
         elif slot == 1:
-            expected = (gates * hidden, state_size)
+            shapes.append((gates * hidden, state_size))
         elif bias and slot in (2, 3):
-            expected = (gates * hidden,)
+            shapes.append((gates * hidden,))
         else:
-            expected = (state_size, hidden)
-        if tuple(weight.shape) != expected:
-            raise ValueError(f"{name}: weights[{index}] should have shape {expected}, "
-                             f"got {tuple(weight.shape)}")
-        if weight.device != x.device or weight.dtype != weights[0].dtype:
-            raise ValueError(f"{name}: weights[{index}] is {weight.dtype} on {weight.device}; "
-                             f"every weight must be {weights[0].dtype} on {x.device}")
+            shapes.append((state_size, hidden))
+    return tuple(shapes)
 
 
 def _as_tuple(hx):
