@@ -100,7 +100,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
             and any(t.requires_grad for t in [x, *states, *weights]))
     call = backends.Call(cell, hidden, state_size, batch, training=save, transform=transform)
     choice = backends.select(backend, x.device, x.dtype, call)
-    own_op = backends.get(choice.name).forward_op(cell, x.device, call)
+    own_op = backends.get(choice.name).forward_op(cell, x.device, x.dtype, call)
     op = own_op or ops.FORWARD[cell]
     # Both directions of a layer in one op (and one autograd node), so that a backend can
     # run them at the same time; a backend's own op runs one direction per call.

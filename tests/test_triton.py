@@ -184,16 +184,30 @@ def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
     from fusedrnn.backends.triton import plan
 
     monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
-    assert plan.choose("lstm", 64, 64).kernel == "persistent"
-    assert plan.choose("lstm", 768, 768).kernel == "step"
-    assert "fits one program" in plan.choose("gru", 33, 33).reason
-    big_proj = plan.choose("lstm", 1024, 256)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert plan.choose("lstm", 64, 64, bf16).kernel == "persistent"
+    assert plan.choose("lstm", 768, 768, bf16).kernel == "step"
+    assert "fit one program" in plan.choose("gru", 33, 33, fp32).reason
+    # float32 holds fewer elements without spilling: the LSTM's 4x64x64 tiles go per step.
+    assert plan.choose("lstm", 64, 64, fp32).kernel == "step"
+    assert plan.choose("gru", 64, 64, fp32).kernel == "persistent"
+    assert plan.choose("rnn_tanh", 128, 128, fp32).kernel == "step"
+    assert plan.choose("rnn_tanh", 128, 128, bf16).kernel == "persistent"
+    # W_hr counts too: 4x64x32 + 32x64 fits, 4x128x32 + 32x128 is over the 16-bit limit;
+    # projected hidden tiles stop at 64 (4x128x16 + 16x128 spilled).
+    assert plan.choose("lstm", 64, 32, bf16).kernel == "persistent"
+    assert plan.choose("lstm", 128, 32, bf16).kernel is None
+    assert plan.choose("lstm", 128, 16, fp32).kernel is None
+    assert plan.choose("lstm", 16, 16, bf16).num_warps == 4
+    assert plan.choose("lstm", 64, 64, bf16).num_warps == 8
+    assert plan.choose("lstm", 768, 768, bf16).num_warps == plan.STEP_NUM_WARPS
+    big_proj = plan.choose("lstm", 1024, 256, bf16)
     assert big_proj.kernel is None and "proj_size" in big_proj.reason
     ok, why = backends.get("triton").supports(torch.device("cpu"), torch.float32,
                                               Call("lstm", 1024, 256))
     assert not ok and "proj_size" in why
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "sideways")
-    assert "must be persistent, step or auto" in plan.choose("lstm", 8, 8).reason
+    assert "must be persistent, step or auto" in plan.choose("lstm", 8, 8, bf16).reason
 
 
 def test_auto_never_picks_triton_on_cpu():

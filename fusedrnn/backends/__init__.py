@@ -101,7 +101,7 @@ class Backend:
         """The backward of both directions of a layer, as :meth:`forward_directions`."""
         return self.backward(cell, *first), self.backward(cell, *second)
 
-    def forward_op(self, cell, device, call):
+    def forward_op(self, cell, device, dtype, call):
         """An op of this backend's own to call instead of the dispatching ``fusedrnn::{cell}_fwd``
         (same schema and autograd), or None."""
         return None
@@ -124,7 +124,7 @@ class ReferenceBackend(Backend):
     def backward(self, cell, *args):
         return reference.BACKWARD[cell](*args)
 
-    def forward_op(self, cell, device, call):
+    def forward_op(self, cell, device, dtype, call):
         if call is not None and call.transform is not None:
             return differentiable.layer_op(cell)
         return None

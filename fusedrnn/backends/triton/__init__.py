@@ -56,7 +56,7 @@ class TritonBackend(Backend):
         if call is not None:
             if call.cell not in CELLS:
                 return False, f"no Triton kernel for the {call.cell} cell (only {', '.join(CELLS)})"
-            variant = plan.choose(call.cell, call.hidden, call.state)
+            variant = plan.choose(call.cell, call.hidden, call.state, dtype)
             if variant.kernel is None:
                 return False, variant.reason
         return True, ""
@@ -68,12 +68,12 @@ class TritonBackend(Backend):
     def backward(self, cell, *args):
         return launchers(cell)[1](*args)
 
-    def forward_op(self, cell, device, call):
+    def forward_op(self, cell, device, dtype, call):
         """The ``triton_op`` of ``cell`` for CUDA tensors on the persistent plan (see
         ``traceable.py``), else None: the dispatching op runs the launchers directly."""
         if device.type != "cuda" or cell not in CELLS:
             return None
-        if plan.choose(cell, call.hidden, call.state).kernel != "persistent":
+        if plan.choose(cell, call.hidden, call.state, dtype).kernel != "persistent":
             return None
         pair = traceable.defined(cell) if torch.compiler.is_compiling() else traceable.pair(cell)
         return None if pair is None else pair[0]

@@ -10,8 +10,8 @@ from .gru_bwd import gru_bwd_persistent_kernel, gru_bwd_step_kernel
 from .gru_fwd import gru_fwd_persistent_kernel, gru_fwd_step_kernel
 
 
-def _variant(hidden):
-    variant = plan.choose("gru", hidden, hidden)
+def _variant(hidden, dtype):
+    variant = plan.choose("gru", hidden, hidden, dtype)
     plan.log_once("gru", variant)
     return variant
 
@@ -29,9 +29,9 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     h_n = torch.empty_like(h0)
     if batch == 0:
         return y, h_n, common.empty(x), gates, hidden_n
-    variant = _variant(hidden)
+    variant = _variant(hidden, x.dtype)
     b_hn = b_hh[2 * hidden :] if b_hh is not None else h0
-    flags, lens = plan.launch_flags(x, lengths, h0)
+    flags, lens = plan.launch_flags(x, lengths, h0, variant)
     flags["HAS_BIAS"] = b_hh is not None
     if variant.kernel == "persistent":
         wrap_triton(gru_fwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
@@ -61,8 +61,8 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         dgates_in.zero_()
         dgates_hid.zero_()
     else:
-        variant = _variant(hidden)
-        flags, lens = plan.launch_flags(x, lengths, h0)
+        variant = _variant(hidden, x.dtype)
+        flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "persistent":
             wrap_triton(gru_bwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
                 grad_y, grad_hn, w_hh, h0, lens, y, gates, hidden_n, dgates_in, dgates_hid, dh0,

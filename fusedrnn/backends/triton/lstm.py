@@ -11,8 +11,8 @@ from .lstm_bwd import lstm_bwd_persistent_kernel, lstm_bwd_step_kernel
 from .lstm_fwd import lstm_fwd_persistent_kernel, lstm_fwd_step_kernel
 
 
-def _variant(hidden, state):
-    variant = plan.choose("lstm", hidden, state)
+def _variant(hidden, state, dtype):
+    variant = plan.choose("lstm", hidden, state, dtype)
     plan.log_once("lstm", variant)
     return variant
 
@@ -27,8 +27,8 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     h_n, c_n = torch.empty_like(h0), torch.empty_like(c0)
     if batch == 0:
         return y, h_n, c_n, gates, cells
-    variant = _variant(hidden, state)
-    flags, lens = plan.launch_flags(x, lengths, h0)
+    variant = _variant(hidden, state, x.dtype)
+    flags, lens = plan.launch_flags(x, lengths, h0, variant)
     if variant.kernel == "persistent":
         grid = (triton.cdiv(batch, plan.BLOCK_B),)
         wrap_triton(lstm_fwd_persistent_kernel)[grid](
@@ -59,8 +59,8 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
     if batch == 0:
         dgates.zero_()
     else:
-        variant = _variant(hidden, state)
-        flags, lens = plan.launch_flags(x, lengths, h0)
+        variant = _variant(hidden, state, x.dtype)
+        flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "persistent":
             grid = (triton.cdiv(batch, plan.BLOCK_B),)
             wrap_triton(lstm_bwd_persistent_kernel)[grid](

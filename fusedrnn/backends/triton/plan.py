@@ -1,10 +1,20 @@
-"""Which Triton kernel runs a call, and with which tile sizes.
+"""Which Triton kernel runs a call, with which tile sizes and how many warps.
 
 ``persistent``: one launch for the whole sequence, each program holding all of ``W_hh``
-(gates x H x P) in registers; chosen while that block is at most ``PERSISTENT_LIMIT``
-elements (tiles round H and P up to powers of two, at least 16). ``step``: one launch per
-time step over tiles of the hidden units, for larger sizes (no projection).
-``FUSEDRNN_TRITON_KERNEL=persistent|step`` forces one (the tests use it to cover both).
+(gates x H x P) and ``W_hr`` (P x H) in registers; chosen while those tiles (H and P
+rounded up to powers of two, at least 16) hold at most ``PERSISTENT_LIMIT`` elements for
+the dtype. ``step``: one launch per time step over tiles of the hidden units, for larger
+sizes (no projection). ``FUSEDRNN_TRITON_KERNEL=persistent|step`` forces one (the tests use
+it to cover both).
+
+The limits and warp counts are what the kernels compile to for sm_90 without register
+spills (Triton 3.8 and the ptxas of its wheel; ``tests/test_triton_compile.py`` compiles
+every kernel at the largest tiles allowed here and checks): at 8 warps, 16-bit operands up
+to 16384 elements (LSTM 4x64x64) and float32 (IEEE products on the FMA units) up to 12288
+(GRU 3x64x64; the LSTM's 4x64x64 spilled 20 bytes a thread, the RNN's 128x128 7.5 KB). At
+4 warps the float32 GRU's 3x64x64 spilled 10 KB a thread, the RNN's 64x64 556 bytes and the
+LSTM's step kernel 48 bytes: 4 warps only up to 2048 elements. With a projection, hidden
+tiles stop at 64 (bfloat16 4x128x16 + 16x128 spilled 16 KB a thread, within the limit).
 """
 
 import logging
@@ -14,22 +24,27 @@ from dataclasses import dataclass
 logger = logging.getLogger("fusedrnn")
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-PERSISTENT_LIMIT = 4 * 64 * 64
+PERSISTENT_LIMIT = {"16-bit": 4 * 64 * 64, "float32": 3 * 64 * 64}
+PERSISTENT_FEW_WARPS_UNTIL = 2048  # elements held: up to here 4 warps, above 8
+PROJECTED_BLOCK_H_LIMIT = 64
 BLOCK_B = 16
 STEP_BLOCK_H = 32
 STEP_BLOCK_K = 32
+STEP_NUM_WARPS = 8
 ENV_VAR = "FUSEDRNN_TRITON_KERNEL"
 _logged = set()
 
 
 @dataclass(frozen=True)
 class Variant:
-    """The kernel (``"persistent"``, ``"step"``, or None when none can run) and why."""
+    """The kernel (``"persistent"``, ``"step"``, or None when none can run), why, and its
+    tiles and warps."""
 
     kernel: str
     reason: str
     block_h: int = 0
     block_p: int = 0
+    num_warps: int = 4
 
 
 def tile(size):
@@ -37,22 +52,36 @@ def tile(size):
     return max(16, 1 << max(0, size - 1).bit_length())
 
 
-def choose(cell, hidden, state):
+def precision(dtype):
+    """The ``PERSISTENT_LIMIT`` key of a torch dtype (or its name)."""
+    return "float32" if str(dtype).replace("torch.", "") == "float32" else "16-bit"
+
+
+def held_elements(cell, block_h, block_p, projected):
+    """Elements of the weight tiles a persistent program holds: ``W_hh`` and ``W_hr``."""
+    return GATES[cell] * block_h * block_p + (block_h * block_p if projected else 0)
+
+
+def choose(cell, hidden, state, dtype):
     block_h, block_p = tile(hidden), tile(state)
-    weights = GATES[cell] * block_h * block_p
+    has_proj = state != hidden
+    held = held_elements(cell, block_h, block_p, has_proj)
+    limit = PERSISTENT_LIMIT[precision(dtype)]
+    shape = f"{GATES[cell]}x{block_h}x{block_p}" + (f" + {block_p}x{block_h}" if has_proj else "")
     forced = os.environ.get(ENV_VAR, "").strip()
     if forced not in ("", "auto", "persistent", "step"):
         return Variant(None, f"{ENV_VAR} must be persistent, step or auto, got {forced!r}")
-    has_proj = state != hidden
-    if forced == "persistent" or (forced != "step" and weights <= PERSISTENT_LIMIT):
-        why = "forced" if forced else f"W_hh tile {GATES[cell]}x{block_h}x{block_p} fits one program"
-        return Variant("persistent", f"persistent kernel: {why}", block_h, block_p)
+    fits = held <= limit and (not has_proj or block_h <= PROJECTED_BLOCK_H_LIMIT)
+    if forced == "persistent" or (forced != "step" and fits):
+        why = "forced" if forced else f"weight tiles {shape} fit one program"
+        warps = 4 if held <= PERSISTENT_FEW_WARPS_UNTIL else 8
+        return Variant("persistent", f"persistent kernel: {why}", block_h, block_p, warps)
     if has_proj:
-        return Variant(None, f"proj_size needs the persistent kernel, and W_hh tile "
-                             f"{GATES[cell]}x{block_h}x{block_p} exceeds its {PERSISTENT_LIMIT} "
-                             "elements")
-    why = "forced" if forced else f"W_hh tile {GATES[cell]}x{block_h}x{block_p} is over {PERSISTENT_LIMIT}"
-    return Variant("step", f"one launch per step: {why}", block_h, block_p)
+        return Variant(None, f"proj_size needs the persistent kernel, and weight tiles {shape} "
+                             f"exceed its {limit} elements in {precision(dtype)} or its "
+                             f"hidden tile of {PROJECTED_BLOCK_H_LIMIT}")
+    why = "forced" if forced else f"weight tiles {shape} are over {limit} elements in {precision(dtype)}"
+    return Variant("step", f"one launch per step: {why}", block_h, block_p, STEP_NUM_WARPS)
 
 
 def log_once(cell, variant):
@@ -76,8 +105,10 @@ def full_precision_dot(dtype):
     return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
 
 
-def launch_flags(x, lengths, placeholder):
-    """The flags every kernel takes (``HAS_LENGTHS``, ``IEEE``) and the tensor to pass as
-    ``lengths``: the lengths, or ``placeholder`` (never read) when there are none."""
-    flags = dict(HAS_LENGTHS=lengths is not None, IEEE=full_precision_dot(x.dtype))
+def launch_flags(x, lengths, placeholder, variant):
+    """The flags every launch of ``variant``'s kernels takes (``HAS_LENGTHS``, ``IEEE``, and
+    ``num_warps``) and the tensor to pass as ``lengths``: the lengths, or ``placeholder``
+    (never read) when there are none."""
+    flags = dict(HAS_LENGTHS=lengths is not None, IEEE=full_precision_dot(x.dtype),
+                 num_warps=variant.num_warps)
     return flags, lengths if lengths is not None else placeholder

@@ -13,8 +13,8 @@ from .rnn_bwd import rnn_bwd_persistent_kernel, rnn_bwd_step_kernel
 from .rnn_fwd import rnn_fwd_persistent_kernel, rnn_fwd_step_kernel
 
 
-def _variant(cell, hidden):
-    variant = plan.choose(cell, hidden, hidden)
+def _variant(cell, hidden, dtype):
+    variant = plan.choose(cell, hidden, hidden, dtype)
     plan.log_once(cell, variant)
     return variant
 
@@ -27,8 +27,8 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, relu):
     h_n = torch.empty_like(h0)
     if batch == 0:
         return y, h_n, common.empty(x), common.empty(x), common.empty(x)
-    variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden)
-    flags, lens = plan.launch_flags(x, lengths, h0)
+    variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x.dtype)
+    flags, lens = plan.launch_flags(x, lengths, h0, variant)
     if variant.kernel == "persistent":
         wrap_triton(rnn_fwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
             xproj, w_hh, h0, lens, y, h_n, steps, batch, hidden, REVERSE=reverse, RELU=relu,
@@ -54,8 +54,8 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
     if batch == 0:
         dpre.zero_()
     else:
-        variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden)
-        flags, lens = plan.launch_flags(x, lengths, h0)
+        variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x.dtype)
+        flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "persistent":
             wrap_triton(rnn_bwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
                 grad_y, grad_hn, w_hh, lens, y, dpre, dh0, steps, batch, hidden,

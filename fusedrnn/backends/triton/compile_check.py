@@ -1,0 +1,129 @@
+"""The Triton kernels compiled for a GPU without one: shared memory, registers and spills.
+
+``python -m fusedrnn.backends.triton.compile_check [--arch 90]`` compiles every kernel at
+the tiles and warps the plan (``plan.py``) gives its largest calls, for sm_90 (the H200) by
+default, and prints one JSON line per kernel: what the interpreter cannot tell, as ptxas
+reports it (the ptxas of Triton's wheel). ``tests/test_triton_compile.py`` runs it and
+checks for spills and shared memory. It needs Triton's real compiler, so it runs with
+``TRITON_INTERPRET`` unset (under the interpreter the kernels are not compilable objects).
+"""
+
+import argparse
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+
+import torch
+
+from . import plan
+
+DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
+# Arguments by name (the kernels' docstrings): sizes and step indices, int64 lengths, and
+# the float32 state buffers of the step kernels; every other pointer has the call's dtype.
+INTEGERS = {"steps", "batch", "hidden", "state", "t", "t_prev", "first"}
+FLOAT32_BUFFERS = {"h_cur", "h_next", "c_state", "dh_cur", "dh_next", "dc_state"}
+CELLS = ("lstm", "gru", "rnn_tanh")
+# A configuration the plan avoids because it spilled (3x64x64 float32 tiles at 4 warps):
+# compiled as a control, so that a check that saw no spills anywhere can be trusted.
+CONTROL = dict(cell="gru", stage="fwd", design="persistent", dtype="float32",
+               constants=dict(BLOCK_H=64), num_warps=4)
+
+
+def _largest_persistent(cell, dtype, projected, num_warps=None):
+    """Every ``(H, P)`` tile pair of the most weight elements the plan runs persistently (at
+    ``num_warps`` warps, when given)."""
+    sizes = [16 << i for i in range(6)]
+    fits = [(h, p) for h in sizes for p in sizes
+            if (p < h if projected else p == h)
+            and plan.choose(cell, h, p, dtype).kernel == "persistent"
+            and num_warps in (None, plan.choose(cell, h, p, dtype).num_warps)]
+    most = max((plan.held_elements(cell, h, p, projected) for h, p in fits), default=None)
+    return [(h, p) for h, p in fits if plan.held_elements(cell, h, p, projected) == most]
+
+
+def cases():
+    """Every kernel at the plan's largest tiles (for the persistent kernels also the largest
+    it runs at 4 warps), per dtype: dicts of ``cell``, ``stage``, ``design``, ``dtype`` (a
+    name), ``constants`` (tiles) and ``num_warps``."""
+    found = []
+    for cell in CELLS:
+        for stage in ("fwd", "bwd"):
+            for dtype, name in ((d, str(d).replace("torch.", "")) for d in DTYPES):
+                for projected in ((False, True) if cell == "lstm" else (False,)):
+                    tiles = set(_largest_persistent(cell, dtype, projected)
+                                + _largest_persistent(cell, dtype, projected, num_warps=4))
+                    for hidden, state in sorted(tiles):
+                        variant = plan.choose(cell, hidden, state, dtype)
+                        found.append(dict(cell=cell, stage=stage, design="persistent",
+                                          dtype=name, num_warps=variant.num_warps,
+                                          constants=dict(BLOCK_H=variant.block_h,
+                                                         BLOCK_P=variant.block_p,
+                                                         HAS_PROJ=projected)))
+                found.append(dict(cell=cell, stage=stage, design="step", dtype=name,
+                                  constants=dict(BLOCK_H=plan.STEP_BLOCK_H,
+                                                 BLOCK_K=plan.STEP_BLOCK_K),
+                                  num_warps=plan.STEP_NUM_WARPS))
+    return found
+
+
+def _kernel(case):
+    import importlib
+
+    family = case["cell"].split("_")[0]
+    module = importlib.import_module(f"{__package__}.{family}_{case['stage']}")
+    return getattr(module, f"{family}_{case['stage']}_{case['design']}_kernel")
+
+
+def compile_case(case, arch):
+    """``case`` with ``shared`` (bytes), ``registers`` and ``spilled`` (bytes of spill
+    stores and loads a thread) of its kernel compiled for ``sm_{arch}``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = _kernel(case)
+    dtype = getattr(torch, case["dtype"])
+    values = dict(dict(REVERSE=True, HAS_LENGTHS=True, HAS_BIAS=True, RELU=True,
+                       HAS_PROJ=False, IEEE=dtype == torch.float32, BLOCK_B=plan.BLOCK_B),
+                  **case["constants"])
+    signature, constants = {}, {}
+    for name in inspect.signature(kernel.fn).parameters:
+        if name in values:
+            signature[name], constants[name] = "constexpr", values[name]
+        elif name in INTEGERS:
+            signature[name] = "i32"
+        elif name == "lengths":
+            signature[name] = "*i64"
+        else:
+            signature[name] = "*fp32" if name in FLOAT32_BUFFERS else "*" + DTYPES[dtype]
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": case["num_warps"]})
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    report = subprocess.run([ptxas, f"--gpu-name={gpu}", "-v", "-", "-o", os.devnull],
+                            input=compiled.asm["ptx"], capture_output=True, text=True)
+    if report.returncode != 0:
+        raise RuntimeError(f"ptxas failed on {case}: {report.stderr}")
+    registers = int(re.search(r"Used (\d+) registers", report.stderr).group(1))
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report.stderr)
+    return dict(case, shared=compiled.metadata.shared, registers=registers,
+                spilled=int(spills.group(1)) + int(spills.group(2)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter's kernels do not compile")
+    for case in cases() + [dict(CONTROL, control=True)]:
+        print(json.dumps(compile_case(case, args.arch)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
