@@ -6,11 +6,15 @@ with its persistent and its stepwise kernels, against the reference backend at r
 by the same rules as the Triton backend.
 """
 
+import os
+import re
+import subprocess
+
 import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import backends, testing
+from fusedrnn import _extension, backends, testing
 from fusedrnn.backends import BackendUnavailableError, Call
 from fusedrnn.backends import cuda_plan
 from fusedrnn.backends.recurrence import CUDA_SCHEMAS, SCHEMAS
@@ -236,3 +240,23 @@ def test_plan_of_this_gpu_is_reported():
     assert plan.kernel in ("persistent", "stepwise") and plan.reason
     if torch.cuda.get_device_capability() >= (8, 0):
         assert plan.kernel == "persistent", plan.reason
+
+
+def test_no_cuda_kernel_spills_to_local_memory():
+    """Every kernel of the built extension, for every architecture it holds code for, keeps
+    its values in registers: no stack and no local memory (ptxas spills there), as
+    ``cuobjdump -res-usage`` reports them (Triton's wheel brings cuobjdump)."""
+    triton = pytest.importorskip("triton")
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "cuobjdump")
+    if not os.path.exists(tool):
+        pytest.skip("no cuobjdump in Triton's wheel here")
+    library = _extension.CUDA.load().__file__
+    report = subprocess.run([tool, "-res-usage", library], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    usage = re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)",
+                       report.stdout)
+    assert len(usage) >= 40, report.stdout[:2000]  # the kernels were found and parsed
+    spilling = [(name, stack, local) for name, _, stack, local in usage
+                if int(stack) or int(local)]
+    assert not spilling, spilling
