@@ -24,11 +24,15 @@ int blocks_per_sm_of(KernelFn kernel, int64_t smem) {
   int device = 0, limit = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (smem > limit) return 0;
-  // The kernel's limit is raised to the device's, not to this call's size: the attribute
+  // Dynamic shared memory may take what the kernel's static shared memory leaves of the
+  // device's per-block limit (a larger attribute is an invalid value).
+  const int dynamic_limit = limit - static_cast<int>(attributes.sharedSizeBytes);
+  if (smem > dynamic_limit) return 0;
+  // The kernel's limit is raised to all of that, not to this call's size: the attribute
   // belongs to the kernel, so a call's own size set here could be lowered by another host
   // thread's smaller call between this and the launch, which would then fail.
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      dynamic_limit));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
                                                                static_cast<size_t>(smem)));

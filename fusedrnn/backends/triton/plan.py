@@ -2,19 +2,19 @@
 
 ``persistent``: one launch for the whole sequence, each program holding all of ``W_hh``
 (gates x H x P) and ``W_hr`` (P x H) in registers; chosen while those tiles (H and P
-rounded up to powers of two, at least 16) hold at most ``PERSISTENT_LIMIT`` elements for
-the dtype. ``step``: one launch per time step over tiles of the hidden units, for larger
-sizes (no projection). ``FUSEDRNN_TRITON_KERNEL=persistent|step`` forces one (the tests use
-it to cover both).
+rounded up to powers of two, at least 16) hold at most ``PERSISTENT_LIMIT`` elements, no
+tile wider than 64 in float32 or with a projection. ``step``: one launch per time step over
+tiles of the hidden units, for larger sizes (no projection).
+``FUSEDRNN_TRITON_KERNEL=persistent|step`` forces one (the tests use it to cover both).
 
-The limits and warp counts are what the kernels compile to for sm_90 without register
-spills (Triton 3.8 and the ptxas of its wheel; ``tests/test_triton_compile.py`` compiles
-every kernel at the largest tiles allowed here and checks): at 8 warps, 16-bit operands up
-to 16384 elements (LSTM 4x64x64) and float32 (IEEE products on the FMA units) up to 12288
-(GRU 3x64x64; the LSTM's 4x64x64 spilled 20 bytes a thread, the RNN's 128x128 7.5 KB). At
-4 warps the float32 GRU's 3x64x64 spilled 10 KB a thread, the RNN's 64x64 556 bytes and the
-LSTM's step kernel 48 bytes: 4 warps only up to 2048 elements. With a projection, hidden
-tiles stop at 64 (bfloat16 4x128x16 + 16x128 spilled 16 KB a thread, within the limit).
+The limits and warp counts are where the kernels compile for sm_90 without register
+spills (Triton 3.8 and the ptxas of its wheel; ``compile_check.py`` compiles every kernel
+at the largest tiles allowed here and ``tests/test_triton_compile.py`` checks it): at 8
+warps, 16384 elements (LSTM 4x64x64, RNN 128x128) spill at most 20 bytes a thread, but the
+float32 RNN's 128x128 (IEEE products on the FMA units) spilled 7.5 KB and the projected
+bfloat16 LSTM's 4x128x16 + 16x128 16 KB. At 4 warps the float32 GRU's 3x64x64 spilled 10 KB
+a thread, the RNN's 64x64 556 bytes and the LSTM's step kernel 48 bytes: 4 warps only up to
+2048 elements.
 """
 
 import logging
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 logger = logging.getLogger("fusedrnn")
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-PERSISTENT_LIMIT = {"16-bit": 4 * 64 * 64, "float32": 3 * 64 * 64}
+PERSISTENT_LIMIT = 4 * 64 * 64  # weight elements one persistent program holds
+WIDE_TILE_LIMIT = 64  # the widest tile in float32, and the widest hidden tile with W_hr
 PERSISTENT_FEW_WARPS_UNTIL = 2048  # elements held: up to here 4 warps, above 8
-PROJECTED_BLOCK_H_LIMIT = 64
 BLOCK_B = 16
 STEP_BLOCK_H = 32
 STEP_BLOCK_K = 32
@@ -52,9 +52,8 @@ def tile(size):
     return max(16, 1 << max(0, size - 1).bit_length())
 
 
-def precision(dtype):
-    """The ``PERSISTENT_LIMIT`` key of a torch dtype (or its name)."""
-    return "float32" if str(dtype).replace("torch.", "") == "float32" else "16-bit"
+def _is_float32(dtype):
+    return str(dtype).replace("torch.", "") == "float32"
 
 
 def held_elements(cell, block_h, block_p, projected):
@@ -66,21 +65,25 @@ def choose(cell, hidden, state, dtype):
     block_h, block_p = tile(hidden), tile(state)
     has_proj = state != hidden
     held = held_elements(cell, block_h, block_p, has_proj)
-    limit = PERSISTENT_LIMIT[precision(dtype)]
     shape = f"{GATES[cell]}x{block_h}x{block_p}" + (f" + {block_p}x{block_h}" if has_proj else "")
     forced = os.environ.get(ENV_VAR, "").strip()
     if forced not in ("", "auto", "persistent", "step"):
         return Variant(None, f"{ENV_VAR} must be persistent, step or auto, got {forced!r}")
-    fits = held <= limit and (not has_proj or block_h <= PROJECTED_BLOCK_H_LIMIT)
-    if forced == "persistent" or (forced != "step" and fits):
+    wide = max(block_h, block_p) if _is_float32(dtype) else block_h if has_proj else 0
+    if held > PERSISTENT_LIMIT:
+        over = f"weight tiles {shape} are over {PERSISTENT_LIMIT} elements"
+    elif wide > WIDE_TILE_LIMIT:
+        over = (f"weight tiles {shape} are wider than {WIDE_TILE_LIMIT} "
+                f"{'in float32' if _is_float32(dtype) else 'with a projection'}")
+    else:
+        over = None
+    if forced == "persistent" or (forced != "step" and over is None):
         why = "forced" if forced else f"weight tiles {shape} fit one program"
         warps = 4 if held <= PERSISTENT_FEW_WARPS_UNTIL else 8
         return Variant("persistent", f"persistent kernel: {why}", block_h, block_p, warps)
     if has_proj:
-        return Variant(None, f"proj_size needs the persistent kernel, and weight tiles {shape} "
-                             f"exceed its {limit} elements in {precision(dtype)} or its "
-                             f"hidden tile of {PROJECTED_BLOCK_H_LIMIT}")
-    why = "forced" if forced else f"weight tiles {shape} are over {limit} elements in {precision(dtype)}"
+        return Variant(None, f"proj_size needs the persistent kernel, and {over}")
+    why = "forced" if forced else over
     return Variant("step", f"one launch per step: {why}", block_h, block_p, STEP_NUM_WARPS)
 
 
