@@ -2,6 +2,8 @@
 jvp, jacfwd, hessian, per-sample gradients), forward-mode AD, gradients of gradients, vmap
 and traces."""
 
+import warnings
+
 import pytest
 import torch
 from torch.autograd import forward_ad
@@ -234,13 +236,47 @@ def test_first_order_gradients_with_create_graph_match_torch(cell):
     testing.assert_close_relative([ours], [theirs], 1e-10, "grad x")
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_vmap_over_a_batch_of_sequences_matches_a_loop(cell):
-    module = getattr(fusedrnn, cell)(3, 5, dtype=torch.float64)
+VMAP_CASES = [(cell, kwargs) for cell in CELLS
+              for kwargs in ({}, {"num_layers": 2, "bidirectional": True})]
+
+
+@pytest.mark.parametrize("cell, kwargs", VMAP_CASES)
+def test_vmap_over_sequences_is_one_call_and_matches_a_loop(cell, kwargs):
+    """The vmapped dimension joins the batch (ops_vmap.py): one op call per layer, no
+    functorch fallback (whose warning would fail here), results equal to a loop's, and so
+    are the gradients of a loss taken through vmap."""
+    module = getattr(fusedrnn, cell)(3, 5, dtype=torch.float64, **kwargs)
     xs = torch.randn(4, 6, 2, 3, dtype=torch.float64)
-    mapped = torch.func.vmap(lambda t: module(t)[0])(xs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mapped = torch.func.vmap(lambda t: module(t)[0])(xs)
     looped = torch.stack([module(t)[0] for t in xs])
     testing.assert_close_relative([mapped], [looped], 1e-12, "vmap")
+    grads = [torch.autograd.grad(out.pow(2).sum(), list(module.parameters()))
+             for out in (mapped, looped)]
+    testing.assert_close_relative(list(grads[0]), list(grads[1]), 1e-12, "grads through vmap")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_vmap_over_initial_states_with_a_shared_input(cell):
+    module = getattr(fusedrnn, cell)(3, 5, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    states = torch.randn(4, 1, 2, 5, dtype=torch.float64)
+    run = (lambda h: module(x, (h, torch.zeros_like(h)))[0]) if cell == "LSTM" else (
+        lambda h: module(x, h)[0])
+    testing.assert_close_relative([torch.func.vmap(run)(states)],
+                                  [torch.stack([run(h) for h in states])], 1e-12, "vmap hx")
+
+
+def test_vmap_over_an_ensemble_of_weights_matches_each_model():
+    models = [fusedrnn.GRU(3, 5, dtype=torch.float64) for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(models)
+    base = fusedrnn.GRU(3, 5, dtype=torch.float64, device="meta")
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    ensemble = torch.func.vmap(
+        lambda p, b: torch.func.functional_call(base, (p, b), (x,))[0])(params, buffers)
+    testing.assert_close_relative([ensemble], [torch.stack([m(x)[0] for m in models])], 1e-12,
+                                  "ensemble")
 
 
 def test_a_trace_taken_under_no_grad_still_trains():
