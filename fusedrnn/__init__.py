@@ -4,12 +4,14 @@ Importing fusedrnn registers the ``fusedrnn::*`` operators and the pure-PyTorch 
 it never builds, imports or queries a GPU, Triton or the compiled extension.
 """
 
-from . import functional, ops, ops_vmap  # noqa: F401 (ops_vmap registers the vmap rules)
+from . import functional, ops, ops_vmap
 from .backends import BackendUnavailableError, available_backends, select as select_backend
 from .cells import GRUCell, LSTMCell, RNNCell
 from .modules import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
+
+ops_vmap.register()
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "functional", "ops",

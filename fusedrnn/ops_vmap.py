@@ -83,6 +83,7 @@ def _per_slice(op, size, in_dims, args):
 
 
 def register():
+    """Register the rules (once, from ``fusedrnn/__init__.py``)."""
     one = list(_OUTPUT_BATCH_AT)
     for cell in ops.GATES:
         torch.library.register_vmap(ops.FORWARD[cell],
@@ -90,6 +91,3 @@ def register():
         pair = ops_bidirectional.FORWARD[cell]
         torch.library.register_vmap(pair, _rule(pair, ops_bidirectional.FORWARD_SCHEMA,
                                                 one + one))
-
-
-register()
