@@ -97,7 +97,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     # keeps the flag as a constant, so a trace saves them whatever the grad mode it was taken
     # in, if anything requires a gradient (it may later train).
     save = ((torch.is_grad_enabled() or torch.jit.is_tracing())
-            and any(t.requires_grad for t in [x, *states, *weights]))
+            and any(map(_requires_grad, [x, *states, *weights])))
     call = backends.Call(cell, hidden, state_size, batch, training=save, transform=transform)
     choice = backends.select(backend, x.device, x.dtype, call)
     own_op = backends.get(choice.name).forward_op(cell, x.device, x.dtype, call)
@@ -274,8 +274,10 @@ def _initial_states(name, hx, shapes, batched, x, autocast_dtype):
 def _check_weights(name, weights, num_layers, directions, per_direction, gates, hidden,
                    state_size, input_size, bias, x):
     config = (num_layers, directions, per_direction, gates, hidden, state_size, input_size, bias)
+    # Dynamo warns about lru_cache (and guards the shapes itself).
+    shapes = _weight_shapes.__wrapped__ if torch.compiler.is_compiling() else _weight_shapes
     try:
-        expected = _weight_shapes(*config)
+        expected = shapes(*config)
     except TypeError:  # a symbolic size (torch.export of dynamic weights) has no hash
         expected = _weight_shapes.__wrapped__(*config)
     dtype, device = weights[0].dtype, x.device
@@ -312,6 +314,21 @@ def _weight_shapes(num_layers, directions, per_direction, gates, hidden, state_s
 
 def _as_tuple(hx):
     return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+
+
+def _requires_grad(tensor):
+    """Whether autograd records ``tensor``'s use: under vmap a mapped tensor says False
+    even where the tensor it maps over requires a gradient, so look beneath the wrappers."""
+    if tensor.requires_grad:
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    functorch = torch._C._functorch
+    while functorch.is_batchedtensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+        if tensor.requires_grad:
+            return True
+    return False
 
 
 def _differentiating_transform(tensors):

@@ -279,6 +279,32 @@ def test_vmap_over_an_ensemble_of_weights_matches_each_model():
                                   "ensemble")
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_through_vmap_of_a_frozen_layer_reach_the_input(cell):
+    """Under vmap a mapped tensor reports requires_grad False even where it wraps one that
+    requires it: the layer must still record autograd (it once ran below it, silently)."""
+    module = getattr(fusedrnn, cell)(3, 4, dtype=torch.float64).requires_grad_(False)
+    twin = testing.torch_twin(module)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    ours, = torch.autograd.grad(torch.func.vmap(lambda t: module(t)[0])(x).pow(2).sum(), x)
+    theirs, = torch.autograd.grad(sum(twin(t)[0].pow(2).sum() for t in x), x)
+    testing.assert_close_relative([ours], [theirs], 1e-12, "grad x through vmap")
+
+
+def test_training_an_ensemble_through_vmap_matches_each_model():
+    models = [fusedrnn.LSTM(3, 4, dtype=torch.float64) for _ in range(2)]
+    params, buffers = torch.func.stack_module_state(models)
+    base = fusedrnn.LSTM(3, 4, dtype=torch.float64, device="meta")
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    out = torch.func.vmap(lambda p, b: torch.func.functional_call(base, (p, b), (x,))[0])(
+        params, buffers)
+    ours = torch.autograd.grad(out.pow(2).sum(), list(params.values()))
+    for index, model in enumerate(models):
+        theirs = torch.autograd.grad(model(x)[0].pow(2).sum(), list(model.parameters()))
+        testing.assert_close_relative([g[index] for g in ours], list(theirs), 1e-12,
+                                      f"ensemble member {index}")
+
+
 def test_a_trace_taken_under_no_grad_still_trains():
     """torch.jit.trace keeps the op's save flag as a constant: a trace always saves."""
     module = fusedrnn.GRU(3, 8)

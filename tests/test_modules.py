@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -194,6 +195,17 @@ def test_compile_fullgraph_matches_eager(compiler):
 
 
 @pytest.mark.requires_cpu_ext
+def test_compile_warns_about_nothing_in_fusedrnn():
+    """Dynamo warns about what it cannot trace well (an lru_cache-wrapped helper once)."""
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.compile(fusedrnn.LSTM(3, 4), backend="eager", fullgraph=True)(torch.randn(5, 2, 3))
+    ours = [str(w.message) for w in caught if "fusedrnn" in str(w.message)
+            or "fusedrnn" in str(w.filename)]
+    assert not ours, ours
+
+
 def test_compile_loads_the_extension_on_the_first_call():
     """A fresh process whose first call of a fusedrnn module is a compiled one: loading the
     CPU extension happens while torch.compile traces, which it must be able to."""
