@@ -12,7 +12,9 @@ rounded back to the call's dtype once. That is at least as accurate as computing
 :data:`BF16_KERNEL_FROM` multiply-adds per step: below, MKL's bfloat16 product costs more
 than widening (measured on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 against 9.9
 widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps,
-6.3 against 6.1 at 16 / 256; but 3.1 against 2.5 at 8 / 128 / 200 steps)."""
+6.3 against 6.1 at 16 / 256; but 3.1 against 2.5 at 8 / 128 / 200 steps). Its backward,
+from the same size, runs the time loop widened and the products over all steps in bfloat16
+(:meth:`CpuBackend._lstm_backward_bf16`)."""
 
 import torch
 
@@ -26,8 +28,9 @@ BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x 4H x H)
 # reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
 # hidden 512 it trained 1.5-1.8x faster than the widened kernels here and ran the GRU and
 # RNN forward 1.6x faster, while up to batch 32, hidden 256 these were as fast or faster; the
-# LSTM's bfloat16 forward kernel stays ahead in inference (1.64 against 2.40 x torch.nn's
-# time at batch 64, hidden 512: benchmarks/results/cpu-2core-bfloat16).
+# LSTM's bfloat16 kernels stay ahead (inference 1.64 against 2.40 x torch.nn's time at batch
+# 64, hidden 512: benchmarks/results/cpu-2core-bfloat16; training, with the backward's
+# products in bfloat16: 71 against 83 ms there).
 NARROW_AUTO_UNTIL = 2**24
 
 
@@ -51,8 +54,7 @@ class CpuBackend(RecurrenceBackend):
             return False, ""
         if call.batch * GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
-        if call.training is False and self._bf16_kernel(call.cell, dtype, call.batch,
-                                                        call.hidden, call.state):
+        if self._bf16_kernel(call.cell, dtype, call.batch, call.hidden, call.state):
             return False, ""
         return True, (f"{str(dtype).replace('torch.', '')} at 2^24 or more multiply-adds per "
                       "step runs faster as the reference backend's 16-bit products")
@@ -76,7 +78,26 @@ class CpuBackend(RecurrenceBackend):
         narrow = _narrow_dtype(args[0])
         if narrow is None:
             return self._backward(cell, *args)
+        x, w_hh, w_hr = args[3], args[5], args[6]
+        if w_hr is None and self._bf16_kernel(cell, narrow, x.shape[1], w_hh.shape[0] // 4,
+                                              w_hh.shape[1]):
+            return self._lstm_backward_bf16(*args)
         return _rounded(self._backward(cell, *_widened(args)), narrow)
+
+    def _lstm_backward_bf16(self, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0,
+                            lengths, y, ws_a, ws_b, reverse, has_bias):
+        """Where the bfloat16 forward kernel runs: the time loop on widened tensors (float32,
+        as the forward's cell), then the products over all steps (gradients of the input,
+        the weights and the biases) in bfloat16 on oneDNN, as the reference backend takes
+        them. On the 2-core AMX Xeon: 14.4 against 31.9 ms widened at batch 32 / hidden 256 /
+        100 steps, 49 against 76 at 64 / 512 / 50 steps."""
+        wide = _widened([grad_y, grad_hn, grad_cn, w_hh, c0, ws_a, ws_b])
+        dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
+            *wide[:5], lengths, *wide[5:], reverse)
+        dgates = dgates.to(x.dtype)
+        h_prev = common.previous_states(y, h0, common.active_mask(lengths, x.shape[0]), reverse)
+        grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
+        return grads + (common.empty(x), dh0.to(x.dtype), dc0.to(x.dtype))
 
     def forward_directions(self, cell, first, second):
         """The two directions at the same time, one thread each, where that pays
@@ -124,7 +145,7 @@ def describe_16_bit():
         kernel = f"from {BF16_KERNEL_FROM:,} multiply-adds per step"
     return (f"the float32 kernels on widened inputs; the LSTM's bfloat16 forward kernel: "
             f"{kernel}; auto leaves calls of {NARROW_AUTO_UNTIL:,}+ multiply-adds per step to "
-            "the reference backend (but the LSTM's bfloat16 inference)")
+            "the reference backend (but the LSTM's, where its bfloat16 kernels run)")
 
 
 def _narrow_dtype(tensor):
