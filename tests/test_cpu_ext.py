@@ -190,8 +190,8 @@ def test_16_bit_floats_within_the_low_precision_rule(cell, kwargs, dtype):
 @pytest.mark.parametrize("kwargs", [{}, {"bias": False, "batch_first": True}])
 def test_lstm_bfloat16_kernel_within_the_low_precision_rule(monkeypatch, kwargs):
     """The LSTM's own bfloat16 forward (products in bfloat16 on MKL, the cell in float32),
-    with lengths and both directions; its backward: the time loop widened to float32, the
-    products over all steps in bfloat16."""
+    with lengths and both directions, and its backward (the same, mirrored; the products
+    over all steps in bfloat16)."""
     _bf16_kernel(monkeypatch)
     calls, backward_calls = [], []
     monkeypatch.setattr(torch.ops.fusedrnn, "lstm_recurrence_fwd",
@@ -200,7 +200,7 @@ def test_lstm_bfloat16_kernel_within_the_low_precision_rule(monkeypatch, kwargs)
                         _recording(torch.ops.fusedrnn.lstm_recurrence_bwd, backward_calls))
     _check_low_precision("LSTM", kwargs, torch.bfloat16)
     assert torch.bfloat16 in calls and torch.float32 not in calls  # never widened
-    assert backward_calls and set(backward_calls) == {torch.float32}
+    assert backward_calls and set(backward_calls) == {torch.bfloat16}
 
 
 def _recording(op, calls):

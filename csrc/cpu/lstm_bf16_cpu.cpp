@@ -4,7 +4,9 @@
 // row that applies the cell in float32. c is carried in float32; h is rounded to bfloat16
 // once per step, as the next product's operand. Measured on the 2-core Xeon (AMX), us per
 // product, batch x hidden: 30 vs 77 for float32 at 32 x 256, 125 vs 576 at 64 x 512.
-// Saved tensors have the float32 kernel's layout, in bfloat16; the backward widens them.
+// Saved tensors have the float32 kernel's layout, in bfloat16. The backward's time loop
+// (lstm_backward_bf16) mirrors it: per step one product dgates @ W_hh with bfloat16 operands
+// and float32 results, the cell's backward in float32.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -15,6 +17,7 @@
 #include "../recurrence_args.h"
 #include "blas.h"
 #include "cpu_math.h"
+#include "lstm_rows.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
 
@@ -156,6 +159,73 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     std::swap(c_a, c_b);
   }
   return {y, h_a, c_a.to(at::kBFloat16), gates, cells};  // gates, cells: (0,) without save
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
+    const Tensor& c0, const int64_t* lengths, const Tensor& gates, const Tensor& cells,
+    bool reverse) {
+  TORCH_CHECK(has_bf16_gemm(), "fusedrnn cpu backend: the bfloat16 LSTM backward needs MKL's "
+              "cblas_gemm_bf16bf16f32, which this torch does not export (or FUSEDRNN_CPU_GEMM "
+              "is not auto); the cpu backend's Python side widens to float32 instead");
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  const auto f32 = grad_y.options().dtype(at::kFloat);
+  Tensor dgates = at::empty(gates.sizes(), gates.options());
+  Tensor dh = grad_h_n.to(at::kFloat).contiguous().clone();
+  Tensor dc = grad_c_n.to(at::kFloat).contiguous().clone();
+  Tensor rec = at::empty({batch, hidden}, f32);  // the processed step's dgates @ W_hh
+  // Per row, float32: gates (4H), c, c_prev (H each) widened, and the row's dgates (4H).
+  Tensor scratch = at::empty({batch, 10 * hidden}, f32);
+  const int m = static_cast<int>(batch), n = static_cast<int>(hidden);
+  const int k = static_cast<int>(4 * hidden);
+  const uint16_t* w = bits<const uint16_t>(w_hh);
+  const int64_t state = batch * hidden;
+  const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
+  // The gradient reaching h from the step processed before (the later one in the forward's
+  // order): rec = its dgates (B, 4H) @ W_hh (4H, H), for the rows where it was active.
+  const auto take_recurrent = [&](int64_t later) {
+    cblas_gemm_bf16bf16f32(kRowMajor, kNoTrans, kNoTrans, m, n, k, 1.0f,
+                           bits<const uint16_t>(dgates) + 4 * state * later, k, w, n, 0.0f,
+                           rec.data_ptr<float>(), n);
+    for (int64_t b = 0; b < batch; ++b) {
+      if (is_active(lengths, b, later)) {
+        std::copy(rec.data_ptr<float>() + b * hidden, rec.data_ptr<float>() + (b + 1) * hidden,
+                  dh.data_ptr<float>() + b * hidden);
+      }
+    }
+  };
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(hidden, 1));
+  for (size_t step = 0; step < order.size(); ++step) {
+    const int64_t t = order[step];
+    if (step > 0) take_recurrent(order[step - 1]);
+    const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
+    const uint16_t* c_prev = (before >= 0 && before < steps)
+        ? bits<const uint16_t>(cells) + state * before : bits<const uint16_t>(c0);
+    at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t row = b * hidden;
+        uint16_t* dgp = bits<uint16_t>(dgates) + 4 * (state * t + row);
+        if (!is_active(lengths, b, t)) {  // an inactive step passes dh and dc through
+          std::fill(dgp, dgp + 4 * hidden, uint16_t{0});
+          continue;
+        }
+        float* g = scratch.data_ptr<float>() + b * scratch.size(1);
+        float* c = g + 4 * hidden;
+        float* cp = c + hidden;
+        float* dg = cp + hidden;
+        float* dhp = dh.data_ptr<float>() + row;
+        widen_row(bits<const uint16_t>(gates) + 4 * (state * t + row), g, 4 * hidden);
+        widen_row(bits<const uint16_t>(cells) + state * t + row, c, hidden);
+        widen_row(c_prev + row, cp, hidden);
+        widen_row(bits<const uint16_t>(grad_y) + state * t + row, dg, hidden);
+        add_row<float>(dhp, dg, hidden);  // dh += grad_y[t]
+        lstm_bwd_row<float>(dhp, dc.data_ptr<float>() + row, g, c, cp, dg, hidden, hidden);
+        narrow_row(dg, dgp, 4 * hidden);
+      }
+    });
+  }
+  if (!order.empty()) take_recurrent(order.back());  // the gradient of h0
+  return {dgates, dh.to(at::kBFloat16), dc.to(at::kBFloat16)};
 }
 
 }  // namespace fusedrnn::cpu

@@ -12,6 +12,7 @@
 #include "blas.h"
 #include "cpu_math.h"
 #include "input_weight_grads.h"
+#include "lstm_rows.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
 #include "unit_split.h"
@@ -46,30 +47,6 @@ FUSEDRNN_SIMD_CLONES void lstm_fwd_row(const scalar_t* __restrict__ xg,
     g[3 * xs + j] = o;
     cell[j] = c;
     y[j] = h_next[j] = flush(o * tanh(c));
-  }
-}
-
-// One row of the backward step, for n hidden units. dh (n) read: the gradient reaching h;
-// dc (n) in/out: the gradient of the cell state, carried to the previous step; gate k (i, f,
-// g, o) of the units at gates + k * gs (read, as saved) and dgates + k * gs (written:
-// pre-activation gradients); cell, c_prev (n) read.
-template <typename scalar_t>
-FUSEDRNN_SIMD_CLONES void lstm_bwd_row(const scalar_t* __restrict__ dh,
-                                       scalar_t* __restrict__ dc,
-                                       const scalar_t* __restrict__ gates,
-                                       const scalar_t* __restrict__ cell,
-                                       const scalar_t* __restrict__ c_prev,
-                                       scalar_t* __restrict__ dgates, int64_t gs, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const scalar_t i = gates[j], f = gates[gs + j], gg = gates[2 * gs + j],
-                   o = gates[3 * gs + j];
-    const scalar_t tc = tanh(cell[j]);
-    const scalar_t dcv = dc[j] + dh[j] * o * (1 - tc * tc);
-    dgates[j] = flush(dcv * gg * i * (1 - i));
-    dgates[gs + j] = flush(dcv * c_prev[j] * f * (1 - f));
-    dgates[2 * gs + j] = flush(dcv * i * (1 - gg * gg));
-    dgates[3 * gs + j] = flush(dh[j] * tc * o * (1 - o));
-    dc[j] = flush(dcv * f);
   }
 }
 
@@ -356,6 +333,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
     const Tensor& cells, bool reverse) {
   const auto sizes = check_lstm_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates,
                                     cells, at::kCPU);
+  if (gates.scalar_type() == at::kBFloat16) {
+    return lstm_backward_bf16(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_ptr(sizes.lengths),
+                              gates, cells, reverse);
+  }
   Tensor dgates = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dc = grad_c_n.clone();
   Tensor dh = grad_h_n.clone();

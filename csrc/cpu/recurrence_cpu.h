@@ -31,6 +31,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
     const at::Tensor& xproj, const at::Tensor& bias, const at::Tensor& w_hh,
     const at::Tensor& h0, const at::Tensor& c0, const int64_t* lengths, bool reverse,
     bool save);
+// The backward time loop of that kernel, which lstm_recurrence_bwd runs for bfloat16 tensors:
+// returns dgates (T,B,4H), dh0, dc0 (B,H), in bfloat16.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_backward_bf16(
+    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& w_hh, const at::Tensor& c0, const int64_t* lengths,
+    const at::Tensor& gates, const at::Tensor& cells, bool reverse);
 
 // The same with a projection of the state to P features (proj_size): w_hh (4H,P), w_hr
 // (P,H), h0 (B,P); y (T,B,P) = (o * tanh(c)) @ w_hr^T, h_n (B,P). CPU only.

@@ -86,18 +86,17 @@ class CpuBackend(RecurrenceBackend):
 
     def _lstm_backward_bf16(self, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0,
                             lengths, y, ws_a, ws_b, reverse, has_bias):
-        """Where the bfloat16 forward kernel runs: the time loop on widened tensors (float32,
-        as the forward's cell), then the products over all steps (gradients of the input,
-        the weights and the biases) in bfloat16 on oneDNN, as the reference backend takes
-        them. On the 2-core AMX Xeon: 14.4 against 31.9 ms widened at batch 32 / hidden 256 /
-        100 steps, 49 against 76 at 64 / 512 / 50 steps."""
-        wide = _widened([grad_y, grad_hn, grad_cn, w_hh, c0, ws_a, ws_b])
+        """Where the bfloat16 forward kernel runs: its mirror for the time loop (per step the
+        product in bfloat16 on MKL, the cell's backward in float32), then the products over
+        all steps (gradients of the input, the weights and the biases) in bfloat16 on oneDNN,
+        as the reference backend takes them. On the 2-core AMX Xeon, ms per backward at
+        batch 32 / hidden 256 / 100 steps: 31.9 widened, 14.4 with these products after a
+        widened time loop; at 64 / 512 / 50 steps: 76 and 49."""
         dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
-            *wide[:5], lengths, *wide[5:], reverse)
-        dgates = dgates.to(x.dtype)
+            grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b, reverse)
         h_prev = common.previous_states(y, h0, common.active_mask(lengths, x.shape[0]), reverse)
         grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
-        return grads + (common.empty(x), dh0.to(x.dtype), dc0.to(x.dtype))
+        return grads + (common.empty(x), dh0, dc0)
 
     def forward_directions(self, cell, first, second):
         """The two directions at the same time, one thread each, where that pays

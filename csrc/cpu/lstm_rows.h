@@ -1,0 +1,35 @@
+// The LSTM cell's backward on one row, shared by the float32/float64 time loops
+// (lstm_cpu.cpp) and the bfloat16 one (lstm_bf16_cpu.cpp, in float32).
+#pragma once
+
+#include <cstdint>
+
+#include "cpu_math.h"
+
+namespace fusedrnn::cpu {
+
+// One row of the backward step, for n hidden units. dh (n) read: the gradient reaching h;
+// dc (n) in/out: the gradient of the cell state, carried to the previous step; gate k (i, f,
+// g, o) of the units at gates + k * gs (read, as saved) and dgates + k * gs (written:
+// pre-activation gradients); cell, c_prev (n) read.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void lstm_bwd_row(const scalar_t* __restrict__ dh,
+                                       scalar_t* __restrict__ dc,
+                                       const scalar_t* __restrict__ gates,
+                                       const scalar_t* __restrict__ cell,
+                                       const scalar_t* __restrict__ c_prev,
+                                       scalar_t* __restrict__ dgates, int64_t gs, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t i = gates[j], f = gates[gs + j], gg = gates[2 * gs + j],
+                   o = gates[3 * gs + j];
+    const scalar_t tc = tanh(cell[j]);
+    const scalar_t dcv = dc[j] + dh[j] * o * (1 - tc * tc);
+    dgates[j] = flush(dcv * gg * i * (1 - i));
+    dgates[gs + j] = flush(dcv * c_prev[j] * f * (1 - f));
+    dgates[2 * gs + j] = flush(dcv * i * (1 - gg * gg));
+    dgates[3 * gs + j] = flush(dh[j] * tc * o * (1 - o));
+    dc[j] = flush(dcv * f);
+  }
+}
+
+}  // namespace fusedrnn::cpu
