@@ -13,8 +13,8 @@ rounded back to the call's dtype once. That is at least as accurate as computing
 than widening (measured on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 against 9.9
 widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps,
 6.3 against 6.1 at 16 / 256; but 3.1 against 2.5 at 8 / 128 / 200 steps). Its backward,
-from the same size, runs the time loop widened and the products over all steps in bfloat16
-(:meth:`CpuBackend._lstm_backward_bf16`)."""
+from the same size, is the mirror (``lstm_backward_bf16``), then the products over all steps
+in bfloat16 (:meth:`CpuBackend._lstm_backward_bf16`)."""
 
 import torch
 
@@ -28,9 +28,9 @@ BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x 4H x H)
 # reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
 # hidden 512 it trained 1.5-1.8x faster than the widened kernels here and ran the GRU and
 # RNN forward 1.6x faster, while up to batch 32, hidden 256 these were as fast or faster; the
-# LSTM's bfloat16 kernels stay ahead (inference 1.64 against 2.40 x torch.nn's time at batch
-# 64, hidden 512: benchmarks/results/cpu-2core-bfloat16; training, with the backward's
-# products in bfloat16: 71 against 83 ms there).
+# LSTM's bfloat16 kernels stay ahead (inference 1.56 against 2.49 x torch.nn's time at batch
+# 64, hidden 512, benchmarks/results/cpu-2core-bfloat16 at e12bd00; training 0.81 against
+# 1.40).
 NARROW_AUTO_UNTIL = 2**24
 
 
@@ -142,7 +142,7 @@ def describe_16_bit():
     status = _extension.CPU.status()
     if status[0] and _extension.CPU.load().has_bf16_gemm():
         kernel = f"from {BF16_KERNEL_FROM:,} multiply-adds per step"
-    return (f"the float32 kernels on widened inputs; the LSTM's bfloat16 forward kernel: "
+    return (f"the float32 kernels on widened inputs; the LSTM's bfloat16 kernels: "
             f"{kernel}; auto leaves calls of {NARROW_AUTO_UNTIL:,}+ multiply-adds per step to "
             "the reference backend (but the LSTM's, where its bfloat16 kernels run)")
 
