@@ -1,5 +1,5 @@
-// The LSTM forward for bfloat16 tensors (no projection), where MKL's bfloat16 GEMM is there:
-// per step one product h @ W_hh^T with bfloat16 operands and float32 results
+// The LSTM time loops for bfloat16 tensors (no projection), where MKL has a bfloat16 GEMM:
+// forward, per step one product h @ W_hh^T with bfloat16 operands and float32 results
 // (cblas_gemm_bf16bf16f32, on AMX or AVX512-BF16 where the CPU has them), then one pass per
 // row that applies the cell in float32. c is carried in float32; h is rounded to bfloat16
 // once per step, as the next product's operand. Measured on the 2-core Xeon (AMX), us per
