@@ -46,16 +46,20 @@ stage info 30 $PY -m fusedrnn.cli info
 # time limit still says what passed and what failed; --durations: where the time went.
 test_flags=(--maxfail=25 -v --durations=15 -p no:cacheprovider)
 $PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=60)
+select_flags=()  # which tests: -k expressions the stages below add
+# The Triton tests compile a kernel for each configuration they launch, one at a time: the
+# tests stage runs them in this many processes at once (benchmarks/pytest_shards.py).
+shards=$([ "$device" = cuda ] && echo 6 || echo 2)
 # The persistent CUDA kernels first, on small shapes: if a design fails or hangs, every
 # stage after these runs without it, so that one call still measures the rest.
 if [ "$device" = cuda ]; then
   if ! stage grid 20 $PY benchmarks/sanitize_small.py --runs cuda:grid; then
     export FUSEDRNN_CUDA_KERNEL=stepwise
-    test_flags+=(-k "not persistent")
+    select_flags+=(-k "not persistent")
     summary+=("           grid kernels failed: the stages below ran the stepwise ones")
   elif ! stage cluster 20 $PY benchmarks/sanitize_small.py --runs cuda:cluster; then
     export FUSEDRNN_CUDA_KERNEL=grid
-    test_flags+=(-k "not persistent_cluster")
+    select_flags+=(-k "not persistent_cluster")
     summary+=("           cluster kernels failed: the stages below ran the grid ones")
   fi
 fi
@@ -64,9 +68,10 @@ fi
 # time limit so that one running long does not cost the other its results.
 gpu_marks="requires_cuda or requires_triton or requires_ext"
 stage tests_cuda 55 $PY -m pytest tests/test_cuda_ext.py tests/test_cuda_plan.py \
-  "${test_flags[@]}" -m "$gpu_marks" --junitxml="$out/tests_cuda.xml"
-stage tests 85 $PY -m pytest tests/ "${test_flags[@]}" -m "$gpu_marks" \
-  --ignore=tests/test_cuda_ext.py --ignore=tests/test_cuda_plan.py --junitxml="$out/tests.xml"
+  "${test_flags[@]}" "${select_flags[@]}" -m "$gpu_marks" --junitxml="$out/tests_cuda.xml"
+stage tests 85 $PY benchmarks/pytest_shards.py $shards "$out/tests" "${test_flags[@]}" -- \
+  tests/ "${select_flags[@]}" -m "$gpu_marks" --ignore=tests/test_cuda_ext.py \
+  --ignore=tests/test_cuda_plan.py
 if command -v compute-sanitizer >/dev/null && [ "$device" = cuda ]; then
   stage memcheck 35 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
   stage racecheck 35 compute-sanitizer --tool racecheck --error-exitcode 1 $PY benchmarks/sanitize_small.py
@@ -85,7 +90,8 @@ stage bench 80 $PY -m fusedrnn.cli bench --device $device --cell lstm,gru --back
 echo
 echo "== gpu_check summary ($(cat "$out/commit.txt" 2>/dev/null), $device $arch) =="
 printf '%s\n' "${summary[@]}"
-tail -n 1 "$out/tests_cuda.log" "$out/tests.log" 2>/dev/null
+tail -n 1 "$out/tests_cuda.log" 2>/dev/null
+grep -h -E '^shard ' "$out/tests.log" 2>/dev/null
 grep -h -E '^(FAILED|ERROR) ' "$out/tests_cuda.log" "$out/tests.log" 2>/dev/null | head -20
 grep -E '^\| (grid|cluster) ' "$out/barriers.log" 2>/dev/null
 [ -f "$out/bench/results.md" ] && grep -E '^\| (lstm|gru) ' "$out/bench/results.md" | head -40
