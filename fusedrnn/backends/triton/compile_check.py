@@ -20,7 +20,7 @@ import torch
 
 from . import plan
 
-DTYPES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
+DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Arguments by name (the kernels' docstrings): sizes and step indices, int64 lengths, and
 # the float32 state buffers of the step kernels; every other pointer has the call's dtype.
 INTEGERS = {"steps", "batch", "hidden", "state", "t", "t_prev", "first"}
