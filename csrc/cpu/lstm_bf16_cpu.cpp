@@ -35,37 +35,9 @@ using at::Tensor;
 
 constexpr int kRowMajor = 101;
 
-// One row of the step in float32, n hidden units, as if active (hold_bf16_row undoes it on an
-// inactive row). xw (4n: x W_ih^T, widened from bfloat16), hg (4n: h W_hh^T) and bias (4n)
-// read, gate k (i, f, g, o) at k * n; c_prev (n) read; c_out and h (n) written: c and h;
-// with kSave, gates (4n) written: the activated gates, for the backward. The bfloat16
-// conversions are loops of their own (widen_row, narrow_row): in this loop a 16-bit load or
-// store halved the vector width GCC chose and the row took 7.5 ns per unit instead of 3.9.
-// kSave is a template flag and "active" is not an argument: a test in the loop kept GCC from
-// vectorising it (50 ns per unit).
-template <bool kSave>
-FUSEDRNN_SIMD_CLONES void lstm_cell_row(const float* __restrict__ xw,
-                                        const float* __restrict__ hg,
-                                        const float* __restrict__ bias,
-                                        const float* __restrict__ c_prev,
-                                        float* __restrict__ c_out, float* __restrict__ h,
-                                        float* __restrict__ gates, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float i = sigmoid(xw[j] + hg[j] + bias[j]);
-    const float f = sigmoid(xw[n + j] + hg[n + j] + bias[n + j]);
-    const float g = tanh(xw[2 * n + j] + hg[2 * n + j] + bias[2 * n + j]);
-    const float o = sigmoid(xw[3 * n + j] + hg[3 * n + j] + bias[3 * n + j]);
-    const float c = flush(f * c_prev[j] + i * g);
-    c_out[j] = c;
-    h[j] = flush(o * tanh(c));
-    if constexpr (kSave) {
-      gates[j] = i;
-      gates[n + j] = f;
-      gates[2 * n + j] = g;
-      gates[3 * n + j] = o;
-    }
-  }
-}
+// The bfloat16 conversions of a row are loops of their own (widen_row, narrow_row) around
+// the float32 cell (lstm_fwd_row): in the cell's loop a 16-bit load or store halved the
+// vector width GCC chose, and the row took 7.5 ns per unit instead of 3.9.
 
 // out (n, float32) = in (n, bfloat16).
 FUSEDRNN_SIMD_CLONES void widen_row(const uint16_t* __restrict__ in, float* __restrict__ out,
@@ -112,8 +84,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   Tensor gates = save ? at::empty({steps, batch, 4 * hidden}, bf16) : at::empty({0}, bf16);
   Tensor cells = save ? at::empty({steps, batch, hidden}, bf16) : at::empty({0}, bf16);
   Tensor products = at::empty({batch, 4 * hidden}, bf16.dtype(at::kFloat));
-  // Per row, float32: the widened x projection (4H), h (H) and, with save, the gates (4H).
-  Tensor scratch = at::empty({batch, (save ? 9 : 5) * hidden}, bf16.dtype(at::kFloat));
+  // Per row, float32: the widened x projection (4H), the gates (4H), h twice (the cell
+  // writes the output and the next state apart).
+  Tensor scratch = at::empty({batch, 10 * hidden}, bf16.dtype(at::kFloat));
   Tensor bias_f = bias.to(at::kFloat).contiguous();
   Tensor c_a = c0.to(at::kFloat).contiguous().clone(), c_b = at::empty_like(c_a);
   Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h, c of the step before and this one
@@ -139,11 +112,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
         float* c_out = c_b.data_ptr<float>() + row;
         uint16_t* cell = save ? cp + row : nullptr;
         float* xw = scratch.data_ptr<float>() + b * scratch.size(1);
-        float* h = xw + 4 * hidden;
-        float* g = save ? h + hidden : nullptr;
+        float* g = xw + 4 * hidden;
+        float* h = g + 4 * hidden;
         widen_row(xp + 4 * row, xw, 4 * hidden);
-        const auto cell_row = save ? lstm_cell_row<true> : lstm_cell_row<false>;
-        cell_row(xw, hg + 4 * row, bias_f.data_ptr<float>(), c_prev, c_out, h, g, hidden);
+        lstm_fwd_row<float>(xw, hg + 4 * row, bias_f.data_ptr<float>(), g, hidden, hidden, c_prev,
+                            c_out, h, h + hidden, hidden);
         narrow_row(h, h_nxt + row, hidden);
         std::copy(h_nxt + row, h_nxt + row + hidden, yp + row);
         if (save) {

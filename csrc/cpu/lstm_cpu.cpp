@@ -23,33 +23,6 @@ namespace {
 
 using at::Tensor;
 
-// One row of the forward step, for n hidden units: gate k (i, f, g, o) of the units is at
-// xg + k * xs (x W_ih^T, read), hg + k * hs (h W_hh^T, read), bias + k * xs (b_ih + b_hh,
-// read) and g + k * xs (written: activated). c_prev (n) read; cell, y, h_next (n) written:
-// c, h, h.
-template <typename scalar_t>
-FUSEDRNN_SIMD_CLONES void lstm_fwd_row(const scalar_t* __restrict__ xg,
-                                       const scalar_t* __restrict__ hg,
-                                       const scalar_t* __restrict__ bias,
-                                       scalar_t* __restrict__ g, int64_t xs, int64_t hs,
-                                       const scalar_t* __restrict__ c_prev,
-                                       scalar_t* __restrict__ cell, scalar_t* __restrict__ y,
-                                       scalar_t* __restrict__ h_next, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const scalar_t i = sigmoid(xg[j] + hg[j] + bias[j]);
-    const scalar_t f = sigmoid(xg[xs + j] + hg[hs + j] + bias[xs + j]);
-    const scalar_t gg = tanh(xg[2 * xs + j] + hg[2 * hs + j] + bias[2 * xs + j]);
-    const scalar_t o = sigmoid(xg[3 * xs + j] + hg[3 * hs + j] + bias[3 * xs + j]);
-    const scalar_t c = flush(f * c_prev[j] + i * gg);
-    g[j] = i;
-    g[xs + j] = f;
-    g[2 * xs + j] = gg;
-    g[3 * xs + j] = o;
-    cell[j] = c;
-    y[j] = h_next[j] = flush(o * tanh(c));
-  }
-}
-
 // r (n) = o (n) * tanh(cell (n)): the LSTM's output before its projection.
 template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void lstm_output_row(const scalar_t* __restrict__ o,

@@ -1,5 +1,5 @@
-// The LSTM cell's backward on one row, shared by the float32/float64 time loops
-// (lstm_cpu.cpp) and the bfloat16 one (lstm_bf16_cpu.cpp, in float32).
+// The LSTM cell on one row, forward and backward, shared by the float32/float64 time loops
+// (lstm_cpu.cpp) and the bfloat16 ones (lstm_bf16_cpu.cpp, in float32).
 #pragma once
 
 #include <cstdint>
@@ -7,6 +7,33 @@
 #include "cpu_math.h"
 
 namespace fusedrnn::cpu {
+
+// One row of the forward step, for n hidden units: gate k (i, f, g, o) of the units is at
+// xg + k * xs (x W_ih^T, read), hg + k * hs (h W_hh^T, read), bias + k * xs (b_ih + b_hh,
+// read) and g + k * xs (written: activated). c_prev (n) read; cell, y, h_next (n) written:
+// c, h, h.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void lstm_fwd_row(const scalar_t* __restrict__ xg,
+                                       const scalar_t* __restrict__ hg,
+                                       const scalar_t* __restrict__ bias,
+                                       scalar_t* __restrict__ g, int64_t xs, int64_t hs,
+                                       const scalar_t* __restrict__ c_prev,
+                                       scalar_t* __restrict__ cell, scalar_t* __restrict__ y,
+                                       scalar_t* __restrict__ h_next, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t i = sigmoid(xg[j] + hg[j] + bias[j]);
+    const scalar_t f = sigmoid(xg[xs + j] + hg[hs + j] + bias[xs + j]);
+    const scalar_t gg = tanh(xg[2 * xs + j] + hg[2 * hs + j] + bias[2 * xs + j]);
+    const scalar_t o = sigmoid(xg[3 * xs + j] + hg[3 * hs + j] + bias[3 * xs + j]);
+    const scalar_t c = flush(f * c_prev[j] + i * gg);
+    g[j] = i;
+    g[xs + j] = f;
+    g[2 * xs + j] = gg;
+    g[3 * xs + j] = o;
+    cell[j] = c;
+    y[j] = h_next[j] = flush(o * tanh(c));
+  }
+}
 
 // One row of the backward step, for n hidden units. dh (n) read: the gradient reaching h;
 // dc (n) in/out: the gradient of the cell state, carried to the previous step; gate k (i, f,
