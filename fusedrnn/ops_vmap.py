@@ -23,10 +23,6 @@ _BATCHED_AT = {"x": 1, "h0": 0, "c0": 0, "lengths": 0, "h0_rev": 0, "c0_rev": 0}
 _OUTPUT_BATCH_AT = {"y": 1, "h_n": 0, "c_n": 0, "ws_a": None, "ws_b": None}
 
 
-def _argument_names(schema):
-    return [a.rsplit(" ", 1)[1] for a in schema[1:schema.index(") -> (")].split(", ")]
-
-
 def _fold(tensor, dim, batch_at, size):
     """``tensor`` (vmapped at ``dim``, or None: shared) with the vmapped dimension merged into
     its batch dimension ``batch_at``, vmapped index major."""
@@ -45,14 +41,11 @@ def _unfold(tensor, batch_at, size):
 
 def _rule(op, schema, outputs):
     """The vmap rule of ``op``; ``outputs``: the output names, per direction."""
-    names = _argument_names(schema)
+    names = [name for _, name in ops_bidirectional._arguments(schema)]
 
     def rule(info, in_dims, *args):
         batched = dict(zip(names, in_dims))
-        weights_mapped = any(d is not None for n, d in batched.items()
-                             if n not in _BATCHED_AT and isinstance(args[names.index(n)],
-                                                                    torch.Tensor))
-        if weights_mapped:
+        if any(d is not None for n, d in batched.items() if n not in _BATCHED_AT):
             return _per_slice(op, info.batch_size, in_dims, args)
         folded = [arg if name not in _BATCHED_AT or arg is None
                   else _fold(arg, batched[name], _BATCHED_AT[name], info.batch_size)
