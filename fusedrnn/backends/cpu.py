@@ -14,7 +14,8 @@ than widening (measured on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 a
 widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps,
 6.3 against 6.1 at 16 / 256; but 3.1 against 2.5 at 8 / 128 / 200 steps). Its backward,
 from the same size, is the mirror (``lstm_backward_bf16``), then the products over all steps
-in bfloat16 (:meth:`CpuBackend._lstm_backward_bf16`)."""
+in bfloat16 (module training at batch 32 / hidden 256: 0.73 x torch.nn's time, against 1.39 at 9eeedc3,
+widened: benchmarks/results/cpu-2core-bfloat16)."""
 
 import torch
 
@@ -81,22 +82,11 @@ class CpuBackend(RecurrenceBackend):
         x, w_hh, w_hr = args[3], args[5], args[6]
         if w_hr is None and self._bf16_kernel(cell, narrow, x.shape[1], w_hh.shape[0] // 4,
                                               w_hh.shape[1]):
-            return self._lstm_backward_bf16(*args)
+            # The recurrence op's bfloat16 kernel (lstm_backward_bf16, the forward kernel's
+            # mirror), then the products over all steps in bfloat16 on oneDNN, as the
+            # reference backend takes them: the generic backward of recurrence.py.
+            return super().backward(cell, *args)
         return _rounded(self._backward(cell, *_widened(args)), narrow)
-
-    def _lstm_backward_bf16(self, grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0,
-                            lengths, y, ws_a, ws_b, reverse, has_bias):
-        """Where the bfloat16 forward kernel runs: its mirror for the time loop (per step the
-        product in bfloat16 on MKL, the cell's backward in float32), then the products over
-        all steps (gradients of the input, the weights and the biases) in bfloat16 on oneDNN,
-        as the reference backend takes them. On the 2-core AMX Xeon, ms per backward at
-        batch 32 / hidden 256 / 100 steps: 31.9 widened, 14.4 with these products after a
-        widened time loop; at 64 / 512 / 50 steps: 76 and 49."""
-        dgates, dh0, dc0 = torch.ops.fusedrnn.lstm_recurrence_bwd(
-            grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b, reverse)
-        h_prev = common.previous_states(y, h0, common.active_mask(lengths, x.shape[0]), reverse)
-        grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
-        return grads + (common.empty(x), dh0, dc0)
 
     def forward_directions(self, cell, first, second):
         """The two directions at the same time, one thread each, where that pays
