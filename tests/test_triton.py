@@ -3,8 +3,9 @@ the CPU in Triton's interpreter (small shapes).
 
 float32: outputs, final states and every gradient within 1e-5 relative error. bfloat16 and
 float16: the error against a float64 oracle at most 2x (outputs) / 3x (gradients) that of
-the reference backend run in the same dtype. Both kernels (persistent, one launch per step)
-are covered by forcing them with ``FUSEDRNN_TRITON_KERNEL``.
+the reference backend run in the same dtype. Every kernel (persistent, cooperative, one
+launch per step) is covered by forcing it with ``FUSEDRNN_TRITON_KERNEL``; the cooperative
+kernels' hidden units are split over programs (8 units each) at every size here but 8.
 """
 
 import pytest
@@ -17,7 +18,7 @@ from fusedrnn.backends import BackendUnavailableError, Call
 pytestmark = pytest.mark.requires_triton
 
 BOUND = 1e-5
-KERNELS = ["persistent", "step"]
+KERNELS = ["persistent", "cooperative", "step"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -61,6 +62,7 @@ CASES = [
     ("two layers, bidirectional", {"num_layers": 2, "bidirectional": True}, 20, 6, 4),
     ("no bias, batch_first", {"bias": False, "batch_first": True}, 16, 6, 3),
     ("more rows than one tile", {}, 16, 4, 19),
+    ("one program owns every unit", {}, 8, 4, 3),
 ]
 
 
@@ -186,12 +188,14 @@ def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
     monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
     bf16, fp32 = torch.bfloat16, torch.float32
     assert plan.choose("lstm", 64, 64, bf16).kernel == "persistent"
-    assert plan.choose("lstm", 768, 768, bf16).kernel == "step"
+    assert plan.choose("lstm", 768, 768, bf16).kernel == "cooperative"
+    assert plan.choose("lstm", 4096, 4096, bf16).kernel == "step"
     assert "fit one program" in plan.choose("gru", 33, 33, fp32).reason
-    # float32 tiles stop at 64 wide (the RNN's 128x128 spilled); the LSTM's 4x64x64 fits.
+    # float32 tiles stop at 64 wide (the RNN's 128x128 spilled: it splits over programs);
+    # the LSTM's 4x64x64 fits.
     assert plan.choose("lstm", 64, 64, fp32).kernel == "persistent"
     assert plan.choose("gru", 64, 64, fp32).kernel == "persistent"
-    assert plan.choose("rnn_tanh", 128, 128, fp32).kernel == "step"
+    assert plan.choose("rnn_tanh", 128, 128, fp32).kernel == "cooperative"
     assert plan.choose("rnn_tanh", 128, 128, bf16).kernel == "persistent"
     # W_hr counts too: 4x64x32 + 32x64 fits, 4x128x32 + 32x128 is over the limit; projected
     # hidden tiles stop at 64 (4x128x16 + 16x128 spilled in bfloat16).
@@ -200,14 +204,52 @@ def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
     assert plan.choose("lstm", 128, 16, bf16).kernel is None
     assert plan.choose("lstm", 16, 16, bf16).num_warps == 4
     assert plan.choose("lstm", 64, 64, bf16).num_warps == 8
-    assert plan.choose("lstm", 768, 768, bf16).num_warps == plan.STEP_NUM_WARPS
+    assert plan.choose("lstm", 4096, 4096, bf16).num_warps == plan.STEP_NUM_WARPS
     big_proj = plan.choose("lstm", 1024, 256, bf16)
     assert big_proj.kernel is None and "proj_size" in big_proj.reason
     ok, why = backends.get("triton").supports(torch.device("cpu"), torch.float32,
                                               Call("lstm", 1024, 256))
     assert not ok and "proj_size" in why
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "sideways")
-    assert "must be persistent, step or auto" in plan.choose("lstm", 8, 8, bf16).reason
+    assert "must be persistent, cooperative, step or auto" in plan.choose("lstm", 8, 8, bf16).reason
+
+
+def test_plan_splits_the_hidden_units_over_resident_programs(monkeypatch):
+    """Cooperative: 8 units a program, more where there would be more programs than can be
+    resident (one per multiprocessor: 132 on the H200), and only while a program's slice of
+    W_hh fits its limit; forced, the limit does not count but residency does."""
+    from fusedrnn.backends.triton import plan
+
+    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    lstm = plan.choose("lstm", 768, 768, bf16, resident=132)
+    assert (lstm.kernel, lstm.block_h, lstm.block_p, lstm.programs) == ("cooperative", 8, 1024, 96)
+    assert "96 programs" in lstm.reason and lstm.split_k == lstm.num_warps == 8
+    rnn = plan.choose("rnn_tanh", 2048, 2048, bf16, resident=132)
+    assert (rnn.kernel, rnn.block_h, rnn.programs) == ("cooperative", 16, 128)
+    assert plan.choose("lstm", 1024, 1024, bf16, resident=100).kernel == "step"  # 4x16x1024
+    over = plan.choose("lstm", 1024, 1024, fp32, resident=132)
+    assert over.kernel == "step" and "cooperative slices of 4x8x1024 are over" in over.reason
+    assert plan.choose("lstm", 256, 256, fp32).kernel == "cooperative"
+    assert plan.choose("lstm", 40, 20, bf16).kernel == "persistent"  # projected: never split
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "cooperative")
+    forced = plan.choose("lstm", 4096, 4096, bf16, resident=132)
+    assert (forced.kernel, forced.programs) == ("cooperative", 128) and "forced" in forced.reason
+    assert plan.choose("lstm", 33, 33, fp32).programs == 5
+    projected = plan.choose("lstm", 40, 20, bf16)
+    assert projected.kernel is None and "FUSEDRNN_TRITON_KERNEL is cooperative" in projected.reason
+
+
+def test_cooperative_launches_synchronise_on_a_gpu_or_with_one_program():
+    """The interpreter runs a launch's programs one after another: several programs there
+    take one launch per step, a single one (or any number on a GPU) one launch in all."""
+    from fusedrnn.backends.triton import cooperative, plan
+
+    one, five = (plan.Variant("cooperative", "", 8, 16, 4, n) for n in (1, 5))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert cooperative.synchronised(cpu, one) and not cooperative.synchronised(cpu, five)
+    assert cooperative.synchronised(cuda, five)
+    assert cooperative.resident_programs(cpu) is None
 
 
 def test_auto_never_picks_triton_on_cpu():
@@ -220,12 +262,14 @@ def test_triton_reports_available():
     assert fusedrnn.available_backends()["triton"].available
 
 
+@pytest.mark.parametrize("kernel_name", ["persistent", "cooperative"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell):
-    """The ``triton_op`` versions (what torch.compile traces on a GPU) run eagerly here."""
+def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell, kernel_name):
+    """The ``triton_op`` versions (what torch.compile traces on a GPU, for the kernels that
+    run a sequence in one launch there) run eagerly here."""
     from fusedrnn.backends.triton import traceable
 
-    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent")
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", kernel_name)
     forward_op, _ = traceable.pair(cell)
     hidden, gates = 12, ops.GATES[cell] * 12
     make = lambda *shape: torch.randn(*shape, device=DEVICE, requires_grad=True)  # noqa: E731

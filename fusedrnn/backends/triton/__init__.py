@@ -13,7 +13,7 @@ import os
 import torch
 
 from .. import Availability, Backend, common
-from . import plan, traceable
+from . import cooperative, plan, traceable
 
 logger = logging.getLogger("fusedrnn")
 
@@ -69,11 +69,13 @@ class TritonBackend(Backend):
         return launchers(cell)[1](*args)
 
     def forward_op(self, cell, device, dtype, call):
-        """The ``triton_op`` of ``cell`` for CUDA tensors on the persistent plan (see
-        ``traceable.py``), else None: the dispatching op runs the launchers directly."""
+        """The ``triton_op`` of ``cell`` for CUDA tensors where one launch runs the sequence
+        (the persistent and cooperative plans; see ``traceable.py``), else None: the
+        dispatching op runs the launchers directly."""
         if device.type != "cuda" or cell not in CELLS:
             return None
-        if plan.choose(cell, call.hidden, call.state, dtype).kernel != "persistent":
+        resident = cooperative.resident_programs(device)
+        if plan.choose(cell, call.hidden, call.state, dtype, resident).kernel == "step":
             return None
         pair = traceable.defined(cell) if torch.compiler.is_compiling() else traceable.pair(cell)
         return None if pair is None else pair[0]

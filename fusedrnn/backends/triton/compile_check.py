@@ -23,9 +23,10 @@ from . import plan
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Arguments by name (the kernels' docstrings): sizes and step indices, int64 lengths, and
 # the float32 state buffers of the step kernels; every other pointer has the call's dtype.
-INTEGERS = {"steps", "batch", "hidden", "state", "t", "t_prev", "first"}
-FLOAT32_BUFFERS = {"h_cur", "h_next", "c_state", "dh_cur", "dh_next", "dc_state"}
+INTEGERS = {"steps", "batch", "hidden", "state", "t", "t_prev", "first", "s_begin", "s_end"}
+FLOAT32_BUFFERS = {"h_cur", "h_next", "c_state", "dh_cur", "dh_next", "dc_state", "dh_pair"}
 CELLS = ("lstm", "gru", "rnn_tanh")
+H200_MULTIPROCESSORS = 132  # the cooperative kernels' resident programs on the H200
 # A configuration the plan avoids because it spilled (3x64x64 float32 tiles at 4 warps):
 # compiled as a control, so that a check that saw no spills anywhere can be trusted.
 CONTROL = dict(cell="gru", stage="fwd", design="persistent", dtype="float32",
@@ -44,9 +45,19 @@ def _largest_persistent(cell, dtype, projected, num_warps=None):
     return [(h, p) for h, p in fits if plan.held_elements(cell, h, p, projected) == most]
 
 
+def _largest_cooperative(cell, dtype):
+    """The cooperative variants of the most weight elements a program holds, on the H200."""
+    found = {}
+    for hidden in [128 << i for i in range(7)] + [768]:
+        variant = plan.choose(cell, hidden, hidden, dtype, H200_MULTIPROCESSORS)
+        if variant.kernel == "cooperative":
+            found[plan.GATES[cell] * variant.block_h * variant.block_p] = variant
+    return found[max(found)]
+
+
 def cases():
     """Every kernel at the plan's largest tiles (for the persistent kernels also the largest
-    it runs at 4 warps), per dtype: dicts of ``cell``, ``stage``, ``design``, ``dtype`` (a
+    it runs at 4 warps; for the cooperative ones the largest slices on the H200), per dtype: dicts of ``cell``, ``stage``, ``design``, ``dtype`` (a
     name), ``constants`` (tiles) and ``num_warps``."""
     found = []
     for cell in CELLS:
@@ -62,6 +73,11 @@ def cases():
                                           constants=dict(BLOCK_H=variant.block_h,
                                                          BLOCK_P=variant.block_p,
                                                          HAS_PROJ=projected)))
+                variant = _largest_cooperative(cell, dtype)
+                found.append(dict(cell=cell, stage=stage, design="cooperative", dtype=name,
+                                  num_warps=variant.num_warps,
+                                  constants=dict(BLOCK_H=variant.block_h, BLOCK_K=variant.block_p,
+                                                 SPLIT_K=variant.split_k)))
                 found.append(dict(cell=cell, stage=stage, design="step", dtype=name,
                                   constants=dict(BLOCK_H=plan.STEP_BLOCK_H,
                                                  BLOCK_K=plan.STEP_BLOCK_K),
@@ -87,7 +103,8 @@ def compile_case(case, arch):
     kernel = _kernel(case)
     dtype = getattr(torch, case["dtype"])
     values = dict(dict(REVERSE=True, HAS_LENGTHS=True, HAS_BIAS=True, RELU=True,
-                       HAS_PROJ=False, IEEE=dtype == torch.float32, BLOCK_B=plan.BLOCK_B),
+                       HAS_PROJ=False, IEEE=dtype == torch.float32, BLOCK_B=plan.BLOCK_B,
+                       SYNC=True),
                   **case["constants"])
     signature, constants = {}, {}
     for name in inspect.signature(kernel.fn).parameters:
@@ -97,6 +114,8 @@ def compile_case(case, arch):
             signature[name] = "i32"
         elif name == "lengths":
             signature[name] = "*i64"
+        elif name == "counter":
+            signature[name] = "*i32"
         else:
             signature[name] = "*fp32" if name in FLOAT32_BUFFERS else "*" + DTYPES[dtype]
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),

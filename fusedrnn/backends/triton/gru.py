@@ -5,13 +5,13 @@ import triton
 from torch.library import wrap_triton
 
 from .. import common
-from . import plan
-from .gru_bwd import gru_bwd_persistent_kernel, gru_bwd_step_kernel
-from .gru_fwd import gru_fwd_persistent_kernel, gru_fwd_step_kernel
+from . import cooperative, plan
+from .gru_bwd import gru_bwd_cooperative_kernel, gru_bwd_persistent_kernel, gru_bwd_step_kernel
+from .gru_fwd import gru_fwd_cooperative_kernel, gru_fwd_persistent_kernel, gru_fwd_step_kernel
 
 
-def _variant(hidden, dtype):
-    variant = plan.choose("gru", hidden, hidden, dtype)
+def _variant(hidden, x):
+    variant = plan.choose("gru", hidden, hidden, x.dtype, cooperative.resident_programs(x.device))
     plan.log_once("gru", variant)
     return variant
 
@@ -29,10 +29,18 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     h_n = torch.empty_like(h0)
     if batch == 0:
         return y, h_n, common.empty(x), gates, hidden_n
-    variant = _variant(hidden, x.dtype)
+    variant = _variant(hidden, x)
     b_hn = b_hh[2 * hidden :] if b_hh is not None else h0
     flags, lens = plan.launch_flags(x, lengths, h0, variant)
     flags["HAS_BIAS"] = b_hh is not None
+    if variant.kernel == "cooperative":
+        h_pair, h_state = cooperative.state_pair(h0, flags), h0.float().clone()
+        cooperative.launch(gru_fwd_cooperative_kernel, variant, steps,
+                           (xproj, w_hh, b_hn, lens, y, gates, hidden_n, h_pair, h_state),
+                           (steps, batch, hidden), REVERSE=reverse, **cooperative.tiles(variant),
+                           **flags)
+        h_n.copy_(h_state)
+        return y, h_n, common.empty(x), gates, hidden_n
     if variant.kernel == "persistent":
         wrap_triton(gru_fwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
             xproj, w_hh, b_hn, h0, lens, y, gates, hidden_n, h_n, steps, batch, hidden,
@@ -61,9 +69,15 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         dgates_in.zero_()
         dgates_hid.zero_()
     else:
-        variant = _variant(hidden, x.dtype)
+        variant = _variant(hidden, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
-        if variant.kernel == "persistent":
+        if variant.kernel == "cooperative":
+            dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)
+            cooperative.launch(gru_bwd_cooperative_kernel, variant, steps + 1,
+                               (grad_y, grad_hn, w_hh, lens, h_prev, gates, hidden_n, dgates_in,
+                                dgates_hid, dh_pair, dh0), (steps, batch, hidden),
+                               REVERSE=reverse, **cooperative.tiles(variant), **flags)
+        elif variant.kernel == "persistent":
             wrap_triton(gru_bwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
                 grad_y, grad_hn, w_hh, h0, lens, y, gates, hidden_n, dgates_in, dgates_hid, dh0,
                 steps, batch, hidden, REVERSE=reverse, BLOCK_B=plan.BLOCK_B,

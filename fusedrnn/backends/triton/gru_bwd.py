@@ -22,12 +22,18 @@ dh0            (B, H)       x      output: gradient of the initial state
 The step kernel works on the ``(B, .)`` slices of one step and keeps the gradient of h in
 ``dh_cur``/``dh_next`` ``(B, H)`` float32 ping-pong scratch; the recurrent term it starts
 from is ``dgates_hid_prev @ W_hh + dh_cur * z_prev`` of the step processed before.
+``gru_bwd_cooperative_kernel``: the same per step for processing steps ``[s_begin, s_end)``
+of one launch (``s == steps``: the gradient of h0), program ``q`` owning hidden units ``q``
+with its columns of ``W_hh`` in registers, reading the whole ``dgates_hid`` of the step
+before, with ``dh_pair`` ``(2, B, H)`` float32 as the ping-pong (see ``lstm_bwd.py``).
 """
 
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, matmul, store_gates3, store_tile
+from .cell_math import (backward_times, batch_tile, carried_back, cooperative_tiles, end_of_step,
+                        load_tile, matmul, pair_slots, split_product, store_gates3, store_tile,
+                        weight_slice)
 
 
 @triton.jit
@@ -106,10 +112,6 @@ def gru_bwd_step_kernel(
     hcols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok, h_ok = rows < batch, hcols < hidden
     g_size = 3 * hidden
-    active = row_ok[:, None]
-    if HAS_LENGTHS:
-        length = tl.load(lengths + rows, mask=row_ok, other=0)
-        active = (t < length)[:, None]
     if first != 0:
         carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
     else:
@@ -121,12 +123,63 @@ def gru_bwd_step_kernel(
             d_k = load_tile(dgates_hid_prev, rows, kcols, g_size, row_ok, k_ok)
             carry += matmul(d_k, tl.load(w_hh + kcols[:, None] * hidden + hcols[None, :],
                                          mask=k_ok[:, None] & h_ok[None, :], other=0.0), IEEE)
-        if HAS_LENGTHS:
-            carry = tl.where((t_prev < length)[:, None], carry, dh_before)
+        carry = carried_back(carry, dh_before, t_prev, lengths, rows, row_ok, HAS_LENGTHS)
+    gru_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y_t, h_prev_t,
+                 gates_t, hidden_n_t, dgates_in_t, dgates_hid_t, dh_next, HAS_LENGTHS)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
+def gru_bwd_cooperative_kernel(
+    grad_y, grad_hn, w_hh, lengths, h_prev, gates, hidden_n, dgates_in, dgates_hid, dh_pair,
+    dh0, counter,
+    s_begin, s_end, steps, batch, hidden,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr, SYNC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    g_size = 3 * hidden
+    w_r = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, True)
+    w_z = weight_slice(w_hh, 1, hcols, ks, hidden, h_ok, k_ok, True)
+    w_n = weight_slice(w_hh, 2, hcols, ks, hidden, h_ok, k_ok, True)
+    for s in range(s_begin, s_end):
+        t, t_prev = backward_times(s, steps, REVERSE)
+        dh_cur, dh_next = pair_slots(dh_pair, s, batch, hidden)
+        prev = dgates_hid + t_prev * batch * g_size
+        for b0 in range(0, batch, BLOCK_B):
+            rows, row_ok = batch_tile(b0, batch, BLOCK_B)
+            if s == 0:
+                carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
+            else:
+                dh_before = load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok)
+                z_prev = load_tile(gates + t_prev * batch * g_size + hidden, rows, hcols, g_size,
+                                   row_ok, h_ok)
+                carry = (dh_before * z_prev
+                         + split_product(prev, rows, ks, g_size, row_ok, k_ok, w_r, IEEE)
+                         + split_product(prev + hidden, rows, ks, g_size, row_ok, k_ok, w_z, IEEE)
+                         + split_product(prev + 2 * hidden, rows, ks, g_size, row_ok, k_ok, w_n, IEEE))
+                carry = carried_back(carry, dh_before, t_prev, lengths, rows, row_ok, HAS_LENGTHS)
+            if s < steps:
+                at_h, at_g = t * batch * hidden, t * batch * g_size
+                gru_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y + at_h,
+                             h_prev + at_h, gates + at_g, hidden_n + at_h, dgates_in + at_g,
+                             dgates_hid + at_g, dh_next, HAS_LENGTHS)
+            else:
+                store_tile(dh0, carry, rows, hcols, hidden, row_ok, h_ok)
+        end_of_step(counter, s, s_begin, SYNC)
+
+
+@triton.jit
+def gru_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y_t, h_prev_t,
+                 gates_t, hidden_n_t, dgates_in_t, dgates_hid_t, dh_next, HAS_LENGTHS: tl.constexpr):
+    """One tile of step ``t`` from ``carry``, the gradient of h flowing back from the later
+    step: adds the output's gradient, writes the gradient of h to ``dh_next`` and the gate
+    gradients to ``dgates_in_t`` / ``dgates_hid_t``."""
+    active = row_ok[:, None]
     dh = carry + load_tile(grad_y_t, rows, hcols, hidden, row_ok, h_ok)
     if HAS_LENGTHS:
+        active = (t < tl.load(lengths + rows, mask=row_ok, other=0))[:, None]
         dh = tl.where(active, dh, carry)
     store_tile(dh_next, dh, rows, hcols, hidden, row_ok, h_ok)
     h_prev = load_tile(h_prev_t, rows, hcols, hidden, row_ok, h_ok)
     _gru_tile_grads(dh, h_prev, active, gates_t, hidden_n_t, dgates_in_t, dgates_hid_t, rows,
-                    hcols, g_size, hidden, row_ok, h_ok)
+                    hcols, 3 * hidden, hidden, row_ok, h_ok)

@@ -22,13 +22,19 @@ h_n            (B, H)       x      output: state after each sequence's last step
 =============  ===========  =====  ==========================================================
 
 The step kernel reads the previous state from ``h_cur`` and writes ``h_next`` (``(B, H)``
-float32 ping-pong scratch).
+float32 ping-pong scratch). ``gru_fwd_cooperative_kernel``: one launch for processing steps
+``[s_begin, s_end)``, program ``q`` owning hidden units ``q`` for every batch row with its
+rows of ``W_hh`` in registers (see ``lstm_fwd.py``); the whole state for the product comes
+from ``h_pair`` ``(2, B, H)`` (step ``s`` reads ``[s % 2]``, in the product's dtype), its own
+units' float32 state from ``h_state`` ``(B, H)``, updated in place.
 """
 
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, load_transposed, matmul, store_gates3, store_tile, tanh
+from .cell_math import (batch_tile, cooperative_tiles, end_of_step, gate_preactivation, load_split,
+                        load_tile, load_transposed, matmul, pair_slots, split_matmul, store_gates3,
+                        store_tile, tanh, weight_slice)
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -95,12 +101,57 @@ def gru_fwd_step_kernel(
         acc_r += matmul(h_k, load_transposed(w_hh, hcols, kcols, hidden, h_ok, k_ok), IEEE)
         acc_z += matmul(h_k, load_transposed(w_hh + hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
         hn += matmul(h_k, load_transposed(w_hh + 2 * hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
+    h = load_tile(h_cur, rows, hcols, hidden, row_ok, h_ok)
+    h_new = gru_fwd_cell(xproj, b_hn, acc_r, acc_z, hn, h, t, rows, hcols, at, row_ok, h_ok,
+                         hidden, lengths, y, gates, hidden_n, HAS_LENGTHS, HAS_BIAS)
+    store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
+def gru_fwd_cooperative_kernel(
+    xproj, w_hh, b_hn, lengths, y, gates, hidden_n, h_pair, h_state, counter,
+    s_begin, s_end, steps, batch, hidden,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr, SYNC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    g_size = 3 * hidden
+    w_r = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, False)
+    w_z = weight_slice(w_hh, 1, hcols, ks, hidden, h_ok, k_ok, False)
+    w_n = weight_slice(w_hh, 2, hcols, ks, hidden, h_ok, k_ok, False)
+    for s in range(s_begin, s_end):
+        t = steps - 1 - s if REVERSE else s
+        h_cur, h_next = pair_slots(h_pair, s, batch, hidden)
+        for b0 in range(0, batch, BLOCK_B):
+            rows, row_ok = batch_tile(b0, batch, BLOCK_B)
+            at = t * batch + rows
+            h_all = load_split(h_cur, rows, ks, hidden, row_ok, k_ok, ".cg")
+            acc_r = gate_preactivation(xproj, 0, h_all, w_r, at, hcols, g_size, hidden, row_ok,
+                                       h_ok, IEEE)
+            acc_z = gate_preactivation(xproj, 1, h_all, w_z, at, hcols, g_size, hidden, row_ok,
+                                       h_ok, IEEE)
+            hn = split_matmul(h_all, w_n, IEEE)
+            h = load_tile(h_state, rows, hcols, hidden, row_ok, h_ok)
+            h_new = gru_fwd_cell(xproj, b_hn, acc_r, acc_z, hn, h, t, rows, hcols, at, row_ok,
+                                 h_ok, hidden, lengths, y, gates, hidden_n, HAS_LENGTHS, HAS_BIAS)
+            store_tile(h_state, h_new, rows, hcols, hidden, row_ok, h_ok)
+            store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)
+        end_of_step(counter, s, s_begin, SYNC)
+
+
+@triton.jit
+def gru_fwd_cell(xproj, b_hn, acc_r, acc_z, hn, h, t, rows, hcols, at, row_ok, h_ok, hidden,
+                 lengths, y, gates, hidden_n, HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The cell on one tile of step ``t`` from the pre-activations of r and z, ``h W_hn^T``
+    (``hn``, before its bias) and the previous state ``h`` (float32): writes ``gates``,
+    ``hidden_n`` and ``y`` at rows ``at`` and returns the new state (held past the end)."""
+    g_size = 3 * hidden
     if HAS_BIAS:
         hn += tl.load(b_hn + hcols, mask=h_ok, other=0.0).to(tl.float32)[None, :]
     r = tl.sigmoid(acc_r)
     z = tl.sigmoid(acc_z)
     n = tanh(load_tile(xproj + 2 * hidden, at, hcols, g_size, row_ok, h_ok) + r * hn)
-    h = load_tile(h_cur, rows, hcols, hidden, row_ok, h_ok)
     h_new = n + z * (h - n)
     out = h_new
     if HAS_LENGTHS:
@@ -109,5 +160,5 @@ def gru_fwd_step_kernel(
         out = tl.where(active, out, 0.0)
     store_gates3(gates, r, z, n, at, hcols, g_size, hidden, row_ok, h_ok)
     store_tile(hidden_n, hn, at, hcols, hidden, row_ok, h_ok)
-    store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)
     store_tile(y, out, at, hcols, hidden, row_ok, h_ok)
+    return h_new

@@ -6,13 +6,15 @@ import triton
 from torch.library import wrap_triton
 
 from .. import common
-from . import plan
-from .lstm_bwd import lstm_bwd_persistent_kernel, lstm_bwd_step_kernel
-from .lstm_fwd import lstm_fwd_persistent_kernel, lstm_fwd_step_kernel
+from . import cooperative, plan
+from .lstm_bwd import (lstm_bwd_cooperative_kernel, lstm_bwd_persistent_kernel,
+                       lstm_bwd_step_kernel)
+from .lstm_fwd import (lstm_fwd_cooperative_kernel, lstm_fwd_persistent_kernel,
+                       lstm_fwd_step_kernel)
 
 
-def _variant(hidden, state, dtype):
-    variant = plan.choose("lstm", hidden, state, dtype)
+def _variant(hidden, state, x):
+    variant = plan.choose("lstm", hidden, state, x.dtype, cooperative.resident_programs(x.device))
     plan.log_once("lstm", variant)
     return variant
 
@@ -27,8 +29,18 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     h_n, c_n = torch.empty_like(h0), torch.empty_like(c0)
     if batch == 0:
         return y, h_n, c_n, gates, cells
-    variant = _variant(hidden, state, x.dtype)
+    variant = _variant(hidden, state, x)
     flags, lens = plan.launch_flags(x, lengths, h0, variant)
+    if variant.kernel == "cooperative":
+        h_pair = cooperative.state_pair(h0, flags)
+        c_state = c0.float().clone()
+        cooperative.launch(lstm_fwd_cooperative_kernel, variant, steps,
+                           (xproj, w_hh, lens, y, gates, cells, h_pair, c_state),
+                           (steps, batch, hidden), REVERSE=reverse, **cooperative.tiles(variant),
+                           **flags)
+        h_n.copy_(h_pair[steps % 2])
+        c_n.copy_(c_state)
+        return y, h_n, c_n, gates, cells
     if variant.kernel == "persistent":
         grid = (triton.cdiv(batch, plan.BLOCK_B),)
         wrap_triton(lstm_fwd_persistent_kernel)[grid](
@@ -59,9 +71,17 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
     if batch == 0:
         dgates.zero_()
     else:
-        variant = _variant(hidden, state, x.dtype)
+        variant = _variant(hidden, state, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
-        if variant.kernel == "persistent":
+        if variant.kernel == "cooperative":
+            dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)
+            dc_state = grad_cn.float().clone()
+            cooperative.launch(lstm_bwd_cooperative_kernel, variant, steps + 1,
+                               (grad_y, grad_hn, w_hh, c0, lens, gates, cells, dgates, dh_pair,
+                                dc_state, dh0), (steps, batch, hidden), REVERSE=reverse,
+                               **cooperative.tiles(variant), **flags)
+            dc0.copy_(dc_state)
+        elif variant.kernel == "persistent":
             grid = (triton.cdiv(batch, plan.BLOCK_B),)
             wrap_triton(lstm_bwd_persistent_kernel)[grid](
                 grad_y, grad_hn, grad_cn, w_hh, w_hr if w_hr is not None else w_hh, c0, lens,

@@ -32,7 +32,9 @@ float32 in place. ``grad_y_t``, ``gates_t``, ``cells_t``, ``c_prev``, ``dgates_t
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, matmul, store_gates4, store_tile, tanh
+from .cell_math import (backward_times, batch_tile, carried_back, cooperative_tiles, end_of_step,
+                        load_tile, matmul, pair_slots, split_product, store_gates4, store_tile,
+                        tanh, weight_slice)
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -119,9 +121,6 @@ def lstm_bwd_step_kernel(
     hcols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok, h_ok = rows < batch, hcols < hidden
     g_size = 4 * hidden
-    if HAS_LENGTHS:
-        length = tl.load(lengths + rows, mask=row_ok, other=0)
-        active = (t < length)[:, None]
     if first != 0:
         carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
     else:
@@ -132,11 +131,65 @@ def lstm_bwd_step_kernel(
             d_k = load_tile(dgates_prev, rows, kcols, g_size, row_ok, k_ok)
             carry += matmul(d_k, tl.load(w_hh + kcols[:, None] * hidden + hcols[None, :],
                                          mask=k_ok[:, None] & h_ok[None, :], other=0.0), IEEE)
-        if HAS_LENGTHS:
-            carry = tl.where((t_prev < length)[:, None], carry,
-                             load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok))
+        carry = carried_back(carry, load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok), t_prev,
+                             lengths, rows, row_ok, HAS_LENGTHS)
+    lstm_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y_t, gates_t,
+                  cells_t, c_prev, dgates_t, dh_next, dc_state, HAS_LENGTHS)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
+def lstm_bwd_cooperative_kernel(
+    grad_y, grad_hn, w_hh, c0, lengths, gates, cells, dgates, dh_pair, dc_state, dh0, counter,
+    s_begin, s_end, steps, batch, hidden,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr, SYNC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    g_size = 4 * hidden
+    w_i = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, True)
+    w_f = weight_slice(w_hh, 1, hcols, ks, hidden, h_ok, k_ok, True)
+    w_g = weight_slice(w_hh, 2, hcols, ks, hidden, h_ok, k_ok, True)
+    w_o = weight_slice(w_hh, 3, hcols, ks, hidden, h_ok, k_ok, True)
+    for s in range(s_begin, s_end):
+        t, t_prev = backward_times(s, steps, REVERSE)
+        dh_cur, dh_next = pair_slots(dh_pair, s, batch, hidden)
+        prev = dgates + t_prev * batch * g_size
+        for b0 in range(0, batch, BLOCK_B):
+            rows, row_ok = batch_tile(b0, batch, BLOCK_B)
+            if s == 0:
+                carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
+            else:
+                carry = (split_product(prev, rows, ks, g_size, row_ok, k_ok, w_i, IEEE)
+                         + split_product(prev + hidden, rows, ks, g_size, row_ok, k_ok, w_f, IEEE)
+                         + split_product(prev + 2 * hidden, rows, ks, g_size, row_ok, k_ok, w_g, IEEE)
+                         + split_product(prev + 3 * hidden, rows, ks, g_size, row_ok, k_ok, w_o, IEEE))
+                carry = carried_back(carry, load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok),
+                                     t_prev, lengths, rows, row_ok, HAS_LENGTHS)
+            if s < steps:
+                forward_prev = t + 1 if REVERSE else t - 1
+                if (forward_prev >= 0) & (forward_prev < steps):
+                    c_prev = cells + forward_prev * batch * hidden
+                else:
+                    c_prev = c0
+                lstm_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths,
+                              grad_y + t * batch * hidden, gates + t * batch * g_size,
+                              cells + t * batch * hidden, c_prev, dgates + t * batch * g_size,
+                              dh_next, dc_state, HAS_LENGTHS)
+            else:
+                store_tile(dh0, carry, rows, hcols, hidden, row_ok, h_ok)
+        end_of_step(counter, s, s_begin, SYNC)
+
+
+@triton.jit
+def lstm_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y_t, gates_t,
+                  cells_t, c_prev, dgates_t, dh_next, dc_state, HAS_LENGTHS: tl.constexpr):
+    """One tile of step ``t`` from ``carry``, the gradient of h flowing back from the later
+    step: adds the output's gradient, writes the gradient of h to ``dh_next``, the gate
+    gradients to ``dgates_t`` and the cell state's to ``dc_state`` (in place)."""
+    g_size = 4 * hidden
     dh = carry + load_tile(grad_y_t, rows, hcols, hidden, row_ok, h_ok)
     if HAS_LENGTHS:
+        active = (t < tl.load(lengths + rows, mask=row_ok, other=0))[:, None]
         dh = tl.where(active, dh, carry)
     store_tile(dh_next, dh, rows, hcols, hidden, row_ok, h_ok)
     i = load_tile(gates_t, rows, hcols, g_size, row_ok, h_ok)

@@ -5,9 +5,18 @@ rows ``[p * BLOCK_B, (p + 1) * BLOCK_B)`` and every hidden unit, keeps ``W_hh`` 
 ``W_hr``) in registers for all steps and loops over time inside the kernel, so no
 synchronisation between programs is needed. Used when the weights fit one program.
 
+``lstm_fwd_cooperative_kernel``: one launch for steps ``[s_begin, s_end)`` of the processing
+order; program ``q`` owns hidden units ``[q * BLOCK_H, ...)`` for every batch row, keeps its
+rows of ``W_hh`` in registers, and per step reads the whole previous state from ``h_pair``,
+writes its units of the next, and (``SYNC``) waits at a grid barrier on ``counter`` (int32,
+zero at launch) until every program has. Used when the weights do not fit one program but
+their slices fit the co-resident programs (no projection). Without ``SYNC`` the launch
+boundary is the barrier: one launch per step (how the interpreter, which runs programs one
+after another, runs it).
+
 ``lstm_fwd_step_kernel``: one launch per time step; program ``(p, q)`` owns batch rows
 ``p`` and hidden units ``[q * BLOCK_H, ...)``, reading the whole previous state. Used for
-hidden sizes whose weights do not fit one program (no projection).
+the remaining sizes (no projection).
 
 Tensors (contiguous, time-major; T steps, B batch, H hidden, P = proj or H, G = 4H):
 
@@ -26,14 +35,17 @@ h_n, c_n       (B, P), (B,H) x     output: states after each sequence's last ste
 =============  ===========  =====  ==========================================================
 
 The step kernel also takes ``h_cur`` / ``h_next`` ``(B, P)`` float32 ping-pong state
-buffers (scratch) and ``c_state`` ``(B, H)`` float32, updated in place (each program
+buffers (scratch; the cooperative kernel: both in ``h_pair`` ``(2, B, P)``, step ``s`` reading
+``h_pair[s % 2]``) and ``c_state`` ``(B, H)`` float32, updated in place (each program
 touches only its own tile). Accumulation and cell state are float32 throughout.
 """
 
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, load_transposed, matmul, store_gates4, store_tile, tanh
+from .cell_math import (batch_tile, cooperative_tiles, end_of_step, gate_preactivation, load_split,
+                        load_tile, load_transposed, matmul, pair_slots, store_gates4, store_tile,
+                        tanh, weight_slice)
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -116,6 +128,46 @@ def lstm_fwd_step_kernel(
         acc_f += matmul(h_k, load_transposed(w_hh + hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
         acc_g += matmul(h_k, load_transposed(w_hh + 2 * hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
         acc_o += matmul(h_k, load_transposed(w_hh + 3 * hidden * hidden, hcols, kcols, hidden, h_ok, k_ok), IEEE)
+    lstm_fwd_cell(acc_i, acc_f, acc_g, acc_o, t, rows, hcols, at, row_ok, h_ok, hidden, lengths,
+                  y, gates, cells, c_state, h_cur, h_next, HAS_LENGTHS)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
+def lstm_fwd_cooperative_kernel(
+    xproj, w_hh, lengths, y, gates, cells, h_pair, c_state, counter,
+    s_begin, s_end, steps, batch, hidden,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr, SYNC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    g_size = 4 * hidden
+    w_i = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, False)
+    w_f = weight_slice(w_hh, 1, hcols, ks, hidden, h_ok, k_ok, False)
+    w_g = weight_slice(w_hh, 2, hcols, ks, hidden, h_ok, k_ok, False)
+    w_o = weight_slice(w_hh, 3, hcols, ks, hidden, h_ok, k_ok, False)
+    for s in range(s_begin, s_end):
+        t = steps - 1 - s if REVERSE else s
+        h_cur, h_next = pair_slots(h_pair, s, batch, hidden)
+        for b0 in range(0, batch, BLOCK_B):
+            rows, row_ok = batch_tile(b0, batch, BLOCK_B)
+            at = t * batch + rows
+            h = load_split(h_cur, rows, ks, hidden, row_ok, k_ok, ".cg")
+            acc_i = gate_preactivation(xproj, 0, h, w_i, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
+            acc_f = gate_preactivation(xproj, 1, h, w_f, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
+            acc_g = gate_preactivation(xproj, 2, h, w_g, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
+            acc_o = gate_preactivation(xproj, 3, h, w_o, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
+            lstm_fwd_cell(acc_i, acc_f, acc_g, acc_o, t, rows, hcols, at, row_ok, h_ok, hidden,
+                          lengths, y, gates, cells, c_state, h_cur, h_next, HAS_LENGTHS)
+        end_of_step(counter, s, s_begin, SYNC)
+
+
+@triton.jit
+def lstm_fwd_cell(acc_i, acc_f, acc_g, acc_o, t, rows, hcols, at, row_ok, h_ok, hidden, lengths,
+                  y, gates, cells, c_state, h_cur, h_next, HAS_LENGTHS: tl.constexpr):
+    """The cell on one tile of step ``t`` from its gate pre-activations: reads the cell state
+    from ``c_state`` and (past a sequence's end) the state to hold from ``h_cur``; writes
+    ``gates``, ``cells``, ``y`` at rows ``at``, the new cell state in place and h to
+    ``h_next``."""
     i = tl.sigmoid(acc_i)
     f = tl.sigmoid(acc_f)
     g = tanh(acc_g)
@@ -129,7 +181,7 @@ def lstm_fwd_step_kernel(
         c_new = tl.where(active, c_new, c)
         h_new = tl.where(active, h_new, load_tile(h_cur, rows, hcols, hidden, row_ok, h_ok))
         out = tl.where(active, out, 0.0)
-    store_gates4(gates, i, f, g, o, at, hcols, g_size, hidden, row_ok, h_ok)
+    store_gates4(gates, i, f, g, o, at, hcols, 4 * hidden, hidden, row_ok, h_ok)
     store_tile(cells, c_new, at, hcols, hidden, row_ok, h_ok)
     store_tile(c_state, c_new, rows, hcols, hidden, row_ok, h_ok)
     store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)

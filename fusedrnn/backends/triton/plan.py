@@ -3,9 +3,15 @@
 ``persistent``: one launch for the whole sequence, each program holding all of ``W_hh``
 (gates x H x P) and ``W_hr`` (P x H) in registers; chosen while those tiles (H and P
 rounded up to powers of two, at least 16) hold at most ``PERSISTENT_LIMIT`` elements, no
-tile wider than 64 in float32 or with a projection. ``step``: one launch per time step over
-tiles of the hidden units, for larger sizes (no projection).
-``FUSEDRNN_TRITON_KERNEL=persistent|step`` forces one (the tests use it to cover both).
+tile wider than 64 in float32 or with a projection. ``cooperative``: one launch for the
+whole sequence, the hidden units split over programs (``COOPERATIVE_BLOCK_H`` units each, or
+more so that there are no more programs than can be resident at once: one per
+multiprocessor), each holding its slice of ``W_hh`` (gates x BLOCK_H x P) in registers and
+meeting the others at a grid barrier once per step; chosen while a slice holds at most
+``COOPERATIVE_LIMIT`` elements (no projection). ``step``: one launch per time step over
+tiles of the hidden units, for the rest (no projection).
+``FUSEDRNN_TRITON_KERNEL=persistent|cooperative|step`` forces one (the tests use it to
+cover all three; a forced cooperative kernel ignores the weight limit, never the residency).
 
 The limits and warp counts are where the kernels compile for sm_90 without register
 spills (Triton 3.8 and the ptxas of its wheel; ``compile_check.py`` compiles every kernel
@@ -27,6 +33,8 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 PERSISTENT_LIMIT = 4 * 64 * 64  # weight elements one persistent program holds
 WIDE_TILE_LIMIT = 64  # the widest tile in float32, and the widest hidden tile with W_hr
 PERSISTENT_FEW_WARPS_UNTIL = 2048  # elements held: up to here 4 warps, above 8
+COOPERATIVE_BLOCK_H = 8  # hidden units a cooperative program owns, at least
+COOPERATIVE_LIMIT = {"bfloat16": 4 * 8 * 1024, "float16": 4 * 8 * 1024, "float32": 4 * 8 * 256}
 BLOCK_B = 16
 STEP_BLOCK_H = 32
 STEP_BLOCK_K = 32
@@ -37,14 +45,16 @@ _logged = set()
 
 @dataclass(frozen=True)
 class Variant:
-    """The kernel (``"persistent"``, ``"step"``, or None when none can run), why, and its
-    tiles and warps."""
+    """The kernel (``"persistent"``, ``"cooperative"``, ``"step"``, or None when none can
+    run), why, its tiles and warps, and the cooperative kernel's number of programs."""
 
     kernel: str
     reason: str
     block_h: int = 0
     block_p: int = 0
     num_warps: int = 4
+    programs: int = 0
+    split_k: int = 1
 
 
 def tile(size):
@@ -61,14 +71,39 @@ def held_elements(cell, block_h, block_p, projected):
     return GATES[cell] * block_h * block_p + (block_h * block_p if projected else 0)
 
 
-def choose(cell, hidden, state, dtype):
+def _warps(held):
+    return 4 if held <= PERSISTENT_FEW_WARPS_UNTIL else 8
+
+
+def _cooperative(cell, hidden, state, dtype, resident, forced):
+    """The cooperative variant, or the reason it cannot run: the fewest units a program owns
+    (at least ``COOPERATIVE_BLOCK_H``) that keep the programs within ``resident``."""
+    block_h, block_k = COOPERATIVE_BLOCK_H, tile(state)
+    while resident is not None and -(-hidden // block_h) > resident:
+        block_h *= 2
+    programs = -(-hidden // block_h)
+    held = GATES[cell] * block_h * block_k
+    limit = COOPERATIVE_LIMIT[str(dtype).replace("torch.", "")]
+    if held > limit and not forced:
+        return None, f"slices of {GATES[cell]}x{block_h}x{block_k} are over {limit} elements"
+    why = "forced" if forced else f"{programs} programs hold {GATES[cell]}x{block_h}x{block_k}"
+    warps = _warps(held)
+    return Variant("cooperative", f"cooperative kernel: {why}, one grid barrier per step",
+                   block_h, block_k, warps, programs, min(warps, block_k // 16)), None
+
+
+def choose(cell, hidden, state, dtype, resident=None):
+    """The variant for a call: ``resident`` is how many programs can run at once (the GPU's
+    multiprocessors; None: no limit, the interpreter launching the cooperative kernel once
+    per step)."""
     block_h, block_p = tile(hidden), tile(state)
     has_proj = state != hidden
     held = held_elements(cell, block_h, block_p, has_proj)
     shape = f"{GATES[cell]}x{block_h}x{block_p}" + (f" + {block_p}x{block_h}" if has_proj else "")
     forced = os.environ.get(ENV_VAR, "").strip()
-    if forced not in ("", "auto", "persistent", "step"):
-        return Variant(None, f"{ENV_VAR} must be persistent, step or auto, got {forced!r}")
+    if forced not in ("", "auto", "persistent", "cooperative", "step"):
+        return Variant(None, f"{ENV_VAR} must be persistent, cooperative, step or auto, "
+                             f"got {forced!r}")
     wide = max(block_h, block_p) if _is_float32(dtype) else block_h if has_proj else 0
     if held > PERSISTENT_LIMIT:
         over = f"weight tiles {shape} are over {PERSISTENT_LIMIT} elements"
@@ -77,12 +112,19 @@ def choose(cell, hidden, state, dtype):
                 f"{'in float32' if _is_float32(dtype) else 'with a projection'}")
     else:
         over = None
-    if forced == "persistent" or (forced != "step" and over is None):
+    forced = "" if forced == "auto" else forced
+    if forced == "persistent" or (not forced and over is None):
         why = "forced" if forced else f"weight tiles {shape} fit one program"
-        warps = 4 if held <= PERSISTENT_FEW_WARPS_UNTIL else 8
-        return Variant("persistent", f"persistent kernel: {why}", block_h, block_p, warps)
+        return Variant("persistent", f"persistent kernel: {why}", block_h, block_p, _warps(held))
     if has_proj:
-        return Variant(None, f"proj_size needs the persistent kernel, and {over}")
+        why = over if over else f"{ENV_VAR} is {forced}"
+        return Variant(None, f"proj_size needs the persistent kernel, and {why}")
+    if forced in ("", "cooperative"):
+        cooperative, not_cooperative = _cooperative(cell, hidden, state, dtype, resident,
+                                                    forced == "cooperative")
+        if cooperative is not None:
+            return cooperative
+        over = f"{over}, and cooperative {not_cooperative}"
     why = "forced" if forced else over
     return Variant("step", f"one launch per step: {why}", block_h, block_p, STEP_NUM_WARPS)
 

@@ -8,13 +8,13 @@ import triton
 from torch.library import wrap_triton
 
 from .. import common
-from . import plan
-from .rnn_bwd import rnn_bwd_persistent_kernel, rnn_bwd_step_kernel
-from .rnn_fwd import rnn_fwd_persistent_kernel, rnn_fwd_step_kernel
+from . import cooperative, plan
+from .rnn_bwd import rnn_bwd_cooperative_kernel, rnn_bwd_persistent_kernel, rnn_bwd_step_kernel
+from .rnn_fwd import rnn_fwd_cooperative_kernel, rnn_fwd_persistent_kernel, rnn_fwd_step_kernel
 
 
-def _variant(cell, hidden, dtype):
-    variant = plan.choose(cell, hidden, hidden, dtype)
+def _variant(cell, hidden, x):
+    variant = plan.choose(cell, hidden, hidden, x.dtype, cooperative.resident_programs(x.device))
     plan.log_once(cell, variant)
     return variant
 
@@ -27,8 +27,15 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, relu):
     h_n = torch.empty_like(h0)
     if batch == 0:
         return y, h_n, common.empty(x), common.empty(x), common.empty(x)
-    variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x.dtype)
+    variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x)
     flags, lens = plan.launch_flags(x, lengths, h0, variant)
+    if variant.kernel == "cooperative":
+        h_pair = cooperative.state_pair(h0, flags)
+        cooperative.launch(rnn_fwd_cooperative_kernel, variant, steps, (xproj, w_hh, lens, y, h_pair),
+                           (steps, batch, hidden), REVERSE=reverse, RELU=relu,
+                           **cooperative.tiles(variant), **flags)
+        h_n.copy_(h_pair[steps % 2])
+        return y, h_n, common.empty(x), common.empty(x), common.empty(x)
     if variant.kernel == "persistent":
         wrap_triton(rnn_fwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
             xproj, w_hh, h0, lens, y, h_n, steps, batch, hidden, REVERSE=reverse, RELU=relu,
@@ -54,9 +61,15 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
     if batch == 0:
         dpre.zero_()
     else:
-        variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x.dtype)
+        variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
-        if variant.kernel == "persistent":
+        if variant.kernel == "cooperative":
+            dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)
+            cooperative.launch(rnn_bwd_cooperative_kernel, variant, steps + 1,
+                               (grad_y, grad_hn, w_hh, lens, y, dpre, dh_pair, dh0),
+                               (steps, batch, hidden), REVERSE=reverse, RELU=relu,
+                               **cooperative.tiles(variant), **flags)
+        elif variant.kernel == "persistent":
             wrap_triton(rnn_bwd_persistent_kernel)[(triton.cdiv(batch, plan.BLOCK_B),)](
                 grad_y, grad_hn, w_hh, lens, y, dpre, dh0, steps, batch, hidden,
                 REVERSE=reverse, RELU=relu, BLOCK_B=plan.BLOCK_B, BLOCK_H=variant.block_h,

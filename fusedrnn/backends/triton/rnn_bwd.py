@@ -25,13 +25,18 @@ dh0            (B, H)       x      output: gradient of the initial state
 hidden units ``q``; it first forms the gradient of its h tile from the previous launch's
 ``dpre_prev @ W_hh`` (a reduction over all H units), then its tile of ``dpre_t``. Scratch:
 ``dh_cur``/``dh_next`` ``(B, H)`` float32 ping-pong. ``grad_y_t``, ``y_t``, ``dpre_t`` and
-``dpre_prev`` are the ``(B, H)`` slices of the step.
+``dpre_prev`` are the ``(B, H)`` slices of the step. ``rnn_bwd_cooperative_kernel``: the same
+per step for processing steps ``[s_begin, s_end)`` of one launch (``s == steps``: the
+gradient of h0), program ``q`` owning hidden units ``q`` with its columns of ``W_hh`` in
+registers, reading the whole ``dpre`` of the step before; ``dh_pair`` ``(2, B, H)`` float32
+is the ping-pong (see ``lstm_bwd.py``).
 """
 
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, matmul, store_tile
+from .cell_math import (backward_times, batch_tile, carried_back, cooperative_tiles, end_of_step,
+                        load_tile, matmul, pair_slots, split_product, store_tile, weight_slice)
 
 
 @triton.jit
@@ -83,8 +88,6 @@ def rnn_bwd_step_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     hcols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     row_ok, h_ok = rows < batch, hcols < hidden
-    if HAS_LENGTHS:
-        length = tl.load(lengths + rows, mask=row_ok, other=0)
     if first != 0:
         carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
     else:
@@ -95,13 +98,52 @@ def rnn_bwd_step_kernel(
             carry += matmul(load_tile(dpre_prev, rows, kcols, hidden, row_ok, k_ok),
                             tl.load(w_hh + kcols[:, None] * hidden + hcols[None, :],
                                     mask=k_ok[:, None] & h_ok[None, :], other=0.0), IEEE)
-        if HAS_LENGTHS:
-            carry = tl.where((t_prev < length)[:, None], carry,
-                             load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok))
+        carry = carried_back(carry, load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok), t_prev,
+                             lengths, rows, row_ok, HAS_LENGTHS)
+    rnn_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y_t, y_t, dpre_t,
+                 dh_next, HAS_LENGTHS, RELU)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
+def rnn_bwd_cooperative_kernel(
+    grad_y, grad_hn, w_hh, lengths, y, dpre, dh_pair, dh0, counter,
+    s_begin, s_end, steps, batch, hidden,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+    SYNC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    w = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, True)
+    for s in range(s_begin, s_end):
+        t, t_prev = backward_times(s, steps, REVERSE)
+        dh_cur, dh_next = pair_slots(dh_pair, s, batch, hidden)
+        for b0 in range(0, batch, BLOCK_B):
+            rows, row_ok = batch_tile(b0, batch, BLOCK_B)
+            if s == 0:
+                carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)
+            else:
+                carry = split_product(dpre + t_prev * batch * hidden, rows, ks, hidden, row_ok,
+                                      k_ok, w, IEEE)
+                carry = carried_back(carry, load_tile(dh_cur, rows, hcols, hidden, row_ok, h_ok),
+                                     t_prev, lengths, rows, row_ok, HAS_LENGTHS)
+            if s < steps:
+                at = t * batch * hidden
+                rnn_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y + at,
+                             y + at, dpre + at, dh_next, HAS_LENGTHS, RELU)
+            else:
+                store_tile(dh0, carry, rows, hcols, hidden, row_ok, h_ok)
+        end_of_step(counter, s, s_begin, SYNC)
+
+
+@triton.jit
+def rnn_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y_t, y_t, dpre_t,
+                 dh_next, HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr):
+    """One tile of step ``t`` from ``carry``, the gradient of h flowing back from the later
+    step: writes the gradient of h to ``dh_next`` and the pre-activation's to ``dpre_t``."""
     dh = carry + load_tile(grad_y_t, rows, hcols, hidden, row_ok, h_ok)
     d = dh * derivative(load_tile(y_t, rows, hcols, hidden, row_ok, h_ok), RELU)
     if HAS_LENGTHS:
-        active = (t < length)[:, None]
+        active = (t < tl.load(lengths + rows, mask=row_ok, other=0))[:, None]
         dh = tl.where(active, dh, carry)
         d = tl.where(active, d, 0.0)
     store_tile(dh_next, dh, rows, hcols, hidden, row_ok, h_ok)

@@ -24,7 +24,8 @@ float32 ping-pong scratch). Accumulation is float32 throughout.
 import triton
 import triton.language as tl
 
-from .cell_math import load_tile, load_transposed, matmul, store_tile, tanh
+from .cell_math import (batch_tile, cooperative_tiles, end_of_step, load_tile, load_transposed,
+                        matmul, pair_slots, split_product, store_tile, tanh, weight_slice)
 
 
 @triton.jit
@@ -83,6 +84,38 @@ def rnn_fwd_step_kernel(
         k_ok = kcols < hidden
         h_k = load_tile(h_cur, rows, kcols, hidden, row_ok, k_ok)
         acc += matmul(h_k, load_transposed(w_hh, hcols, kcols, hidden, h_ok, k_ok), IEEE)
+    rnn_fwd_cell(acc, t, rows, hcols, at, row_ok, h_ok, hidden, lengths, y, h_cur, h_next,
+                 HAS_LENGTHS, RELU)
+
+
+@triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
+def rnn_fwd_cooperative_kernel(
+    xproj, w_hh, lengths, y, h_pair, counter,
+    s_begin, s_end, steps, batch, hidden,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+    SYNC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    w = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, False)
+    for s in range(s_begin, s_end):
+        t = steps - 1 - s if REVERSE else s
+        h_cur, h_next = pair_slots(h_pair, s, batch, hidden)
+        for b0 in range(0, batch, BLOCK_B):
+            rows, row_ok = batch_tile(b0, batch, BLOCK_B)
+            at = t * batch + rows
+            acc = (load_tile(xproj, at, hcols, hidden, row_ok, h_ok)
+                   + split_product(h_cur, rows, ks, hidden, row_ok, k_ok, w, IEEE))
+            rnn_fwd_cell(acc, t, rows, hcols, at, row_ok, h_ok, hidden, lengths, y, h_cur, h_next,
+                         HAS_LENGTHS, RELU)
+        end_of_step(counter, s, s_begin, SYNC)
+
+
+@triton.jit
+def rnn_fwd_cell(acc, t, rows, hcols, at, row_ok, h_ok, hidden, lengths, y, h_cur, h_next,
+                 HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr):
+    """The cell on one tile of step ``t`` from its pre-activation: writes ``y`` at rows ``at``
+    and the new state (past a sequence's end: the one in ``h_cur``) to ``h_next``."""
     h_new = activate(acc, RELU)
     out = h_new
     if HAS_LENGTHS:

@@ -3,9 +3,9 @@
 ``fusedrnn::{cell}_{fwd,bwd}_triton`` have the shared schemas of ``fusedrnn/ops.py`` and
 the same autograd formula; their bodies are the launchers of ``lstm.py``, ``gru.py`` and
 ``rnn.py`` (input projection, ``wrap_triton`` launches, weight-gradient products). Only the
-persistent plan goes through them: its single launch traces well, while the per-step plan's
-Python time loop would unroll into the graph, so that plan stays behind the opaque
-dispatching op.
+persistent and cooperative plans go through them: their single launch on a GPU traces
+well, while the per-step plan's Python time loop would unroll into the graph, so that plan
+stays behind the opaque dispatching op.
 
 Dynamo cannot trace the import that defines these ops, so they are defined on the first
 eager call (:func:`pair`); under ``torch.compile`` :func:`defined` returns them only if an

@@ -1,0 +1,65 @@
+"""Launching the cooperative kernels (``*_cooperative_kernel``: the hidden units split over
+programs that meet at a grid barrier once per step; see ``plan.py``).
+
+On a GPU the whole sequence is one launch of ``variant.programs`` programs, at most one per
+multiprocessor so that all are resident together and the barrier cannot wait on a program
+that has not started. Triton's interpreter runs a launch's programs one after another, so
+there the barrier could never be passed by more than one program: it launches once per step
+(the launch boundary is the barrier), except when one program owns every unit, which runs
+the single synchronised launch as a GPU does.
+"""
+
+import functools
+
+import torch
+from torch.library import wrap_triton
+
+from . import plan
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def resident_programs(device):
+    """How many cooperative programs can be resident at once on ``device``: one per
+    multiprocessor on a GPU; None (no limit) for the interpreter's CPU tensors."""
+    if device.type != "cuda":
+        return None
+    return _multiprocessors(device.index if device.index is not None else
+                            torch.cuda.current_device())
+
+
+def synchronised(device, variant):
+    """Whether the kernel runs all its steps in one launch, synchronising at its barrier."""
+    return device.type == "cuda" or variant.programs == 1
+
+
+def tiles(variant):
+    """The tile constants of ``variant``'s cooperative kernels."""
+    return dict(BLOCK_B=plan.BLOCK_B, BLOCK_H=variant.block_h, BLOCK_K=variant.block_p,
+                SPLIT_K=variant.split_k)
+
+
+def state_pair(h0, flags):
+    """``(2, B, H)``: the state every program reads whole each step, ``[0]`` holding ``h0``;
+    in the dtype ``matmul`` multiplies in (x's, float32 where ``IEEE``) so that a program
+    reads half the bytes in 16-bit (the cells keep their own float32 copies where they use
+    the state beyond the product)."""
+    pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32 if flags["IEEE"] else h0.dtype)
+    pair[0].copy_(h0)
+    return pair
+
+
+def launch(kernel, variant, iterations, tensors, sizes, **constants):
+    """Run ``kernel`` over processing steps ``[0, iterations)``: its arguments are
+    ``tensors``, then the barrier's counter, ``s_begin``, ``s_end``, then ``sizes``."""
+    device = tensors[0].device
+    counter = torch.zeros(1, dtype=torch.int32, device=device)
+    run = wrap_triton(kernel)[(variant.programs,)]
+    if synchronised(device, variant):
+        run(*tensors, counter, 0, iterations, *sizes, SYNC=True, **constants)
+        return
+    for s in range(iterations):
+        run(*tensors, counter, s, s + 1, *sizes, SYNC=False, **constants)
