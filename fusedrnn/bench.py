@@ -240,7 +240,7 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
             continue
         call = backends.Call(OP_CELLS[case.cell], case.hidden_size,
                              case.proj_size or case.hidden_size, case.batch,
-                             None if mode is None else mode != "inference")
+                             None if mode is None else mode != "inference", steps=case.steps)
         provider.resolved = backends.select(backend, device, dtype, call).name
         if provider.resolved == "cuda":
             provider.kernels = cuda_kernels(case, device, dtype, env)

@@ -98,7 +98,8 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     # in, if anything requires a gradient (it may later train).
     save = ((torch.is_grad_enabled() or torch.jit.is_tracing())
             and any(map(_requires_grad, [x, *states, *weights])))
-    call = backends.Call(cell, hidden, state_size, batch, training=save, transform=transform)
+    call = backends.Call(cell, hidden, state_size, batch, training=save, transform=transform,
+                         steps=x.shape[0])
     choice = backends.select(backend, x.device, x.dtype, call)
     own_op = backends.get(choice.name).forward_op(cell, x.device, x.dtype, call)
     op = own_op or ops.FORWARD[cell]

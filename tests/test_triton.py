@@ -252,6 +252,20 @@ def test_cooperative_launches_synchronise_on_a_gpu_or_with_one_program():
     assert cooperative.resident_programs(cpu) is None
 
 
+def test_sizes_past_32_bit_offsets_are_declined_with_the_reason():
+    """The kernels' offsets are int32: a call whose gates would have 2^31 elements or more
+    is declined (auto falls back, an explicit request raises with this reason), not run
+    with offsets that wrap; sizes unknown as plain ints (torch.compile) are not judged."""
+    triton_backend = backends.get("triton")
+    cpu = torch.device("cpu")
+    fits = Call("lstm", 1024, 1024, batch=512, steps=1023)  # 4 * 1024 * 512 * 1023 < 2^31
+    too_big = Call("lstm", 1024, 1024, batch=512, steps=1024)
+    assert triton_backend.supports(cpu, torch.float32, fits) == (True, "")
+    ok, why = triton_backend.supports(cpu, torch.float32, too_big)
+    assert not ok and "index in 32 bits" in why and "2147483648 elements" in why
+    assert triton_backend.supports(cpu, torch.float32, Call("lstm", 1024, 1024, batch=512))[0]
+
+
 def test_auto_never_picks_triton_on_cpu():
     for call in (Call("lstm", 8, 8), Call("rnn_tanh", 8, 8)):
         choice = backends.select(None, torch.device("cpu"), torch.float32, call)
@@ -283,6 +297,45 @@ def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell, kern
         grads = torch.autograd.grad(loss, [t for t in tensors if t is not None])
         results.append([y, h_n] + list(grads))
     testing.assert_close_relative(results[0], results[1], 1e-6, "triton_op vs dispatching op")
+
+
+# On a GPU, at sizes where the plan splits the hidden units over many programs (768: 96
+# cooperative programs of 8 units in 16-bit types; the step kernel in float32 unless forced).
+GPU_CASES = [
+    ("LSTM", {}, 256, 64, 16),
+    ("LSTM", {"batch_first": True}, 768, 20, 40),
+    ("GRU", {"num_layers": 2, "bidirectional": True}, 130, 33, 5),
+    ("GRU", {}, 768, 24, 16),
+    ("RNN-tanh", {}, 1024, 24, 8),
+]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("forced", ["auto", "cooperative", "step"])
+@pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", GPU_CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_real_sizes_match_reference_on_gpu(monkeypatch, forced, cell, kwargs, hidden, steps,
+                                           batch, packed):
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", forced)
+    reference, candidate = _pair(cell, 96, hidden, **kwargs)
+    x = (testing.make_packed(batch, steps, 96, device=DEVICE) if packed else
+         testing.make_sequence(batch, steps, 96, batch_first=kwargs.get("batch_first", False),
+                               device=DEVICE))
+    _compare(reference, candidate, x, testing.make_state(reference, batch))
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_cooperative_low_precision_rule_at_hidden_768_on_gpu(monkeypatch, cell, dtype):
+    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
+    from fusedrnn.backends.triton import cooperative, plan
+
+    resident = cooperative.resident_programs(torch.device(DEVICE))
+    assert plan.choose(cell.lower(), 768, 768, dtype, resident).kernel == "cooperative"
+    oracle = _module(cell, 64, 768, dtype=torch.float64)
+    _check_low_precision(cell, dtype, oracle,
+                         testing.make_packed(16, 40, 64, dtype=torch.float64, device=DEVICE))
 
 
 @pytest.mark.requires_cuda

@@ -41,9 +41,9 @@ class Availability:
 class Call:
     """What a backend may need to know about one layer-direction call beyond device and
     dtype: the cell, the hidden size H, the state size P (``proj_size`` or H) and, when
-    known, the batch size, whether a backward will follow (``training``) and the
+    known, the batch size, whether a backward will follow (``training``), the
     differentiating transform the call runs under (``transform``: ``torch.func.grad`` and
-    the like, or forward-mode AD; None for plain autograd)."""
+    the like, or forward-mode AD; None for plain autograd) and the number of steps."""
 
     cell: str
     hidden: int
@@ -51,6 +51,7 @@ class Call:
     batch: int = None
     training: bool = None
     transform: str = None
+    steps: int = None
 
 
 @dataclass(frozen=True)

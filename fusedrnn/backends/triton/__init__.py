@@ -19,6 +19,15 @@ logger = logging.getLogger("fusedrnn")
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = ("float32", "float16", "bfloat16")
+INDEX_LIMIT = 2**31  # the kernels' offsets are int32: no tensor may have more elements
+
+
+def _gate_elements(call):
+    """Elements of the call's largest tensor (its gates, steps x batch x gates x H), when
+    the steps and batch are known as plain ints (not symbolic sizes under torch.compile)."""
+    if type(call.steps) is not int or type(call.batch) is not int:
+        return None
+    return call.steps * call.batch * plan.GATES[call.cell] * call.hidden
 
 
 def interpreter_enabled():
@@ -59,6 +68,11 @@ class TritonBackend(Backend):
             variant = plan.choose(call.cell, call.hidden, call.state, dtype)
             if variant.kernel is None:
                 return False, variant.reason
+            gate_elements = _gate_elements(call)
+            if gate_elements is not None and gate_elements >= INDEX_LIMIT:
+                return False, (f"its kernels index in 32 bits, and the gates of {call.steps} steps "
+                               f"x batch {call.batch} x {plan.GATES[call.cell]}x{call.hidden} "
+                               f"are {gate_elements} elements")
         return True, ""
 
     def forward(self, cell, *args):
