@@ -8,7 +8,7 @@
 # under OUT_DIR, printing a short summary last. Without a GPU it says so and exits 0;
 # FUSEDRNN_GPU_CHECK_DRY=1 then runs every stage on the CPU instead (tiny bench grid, Triton
 # in its interpreter), to rehearse the script. Budget: under 9 minutes on one H200 (the
-# stage timeouts add up to 535 s; a failing persistent kernel does not stop the rest).
+# stage timeouts add up to 540 s; a failing persistent kernel does not stop the rest).
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 cd "$(dirname "$0")/.."
@@ -41,12 +41,12 @@ git rev-parse HEAD >"$out/commit.txt" 2>/dev/null || true
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 
 FUSEDRNN_CUDA_ARCHS=${arch/cpu/} stage install 130 $PY -m pip install --no-build-isolation --no-deps -e .
-stage info 30 $PY -m fusedrnn.cli info
+stage info 15 $PY -m fusedrnn.cli info
 # -v: each test's result is in the log as soon as it finishes, so a stage cut short by its
 # time limit still says what passed and what failed; --durations: where the time went.
 test_flags=(--maxfail=25 -v --durations=15 -p no:cacheprovider)
 $PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=60)
-select_flags=()  # which tests: -k expressions the stages below add
+deselect=()  # which tests the stages below leave out: -k expressions, joined by "and"
 # The Triton tests compile a kernel for each configuration they launch, one at a time: the
 # tests stage runs them in this many processes at once (benchmarks/pytest_shards.py).
 shards=$([ "$device" = cuda ] && echo 6 || echo 2)
@@ -55,13 +55,24 @@ shards=$([ "$device" = cuda ] && echo 6 || echo 2)
 if [ "$device" = cuda ]; then
   if ! stage grid 20 $PY benchmarks/sanitize_small.py --runs cuda:grid; then
     export FUSEDRNN_CUDA_KERNEL=stepwise
-    select_flags+=(-k "not persistent")
+    deselect+=("not persistent")
     summary+=("           grid kernels failed: the stages below ran the stepwise ones")
   elif ! stage cluster 20 $PY benchmarks/sanitize_small.py --runs cuda:cluster; then
     export FUSEDRNN_CUDA_KERNEL=grid
-    select_flags+=(-k "not persistent_cluster")
+    deselect+=("not persistent_cluster")
     summary+=("           cluster kernels failed: the stages below ran the grid ones")
   fi
+  # Triton's cooperative kernels meet at a grid barrier too (18 programs here).
+  if ! stage cooperative 20 $PY benchmarks/sanitize_small.py --runs triton:cooperative; then
+    export FUSEDRNN_TRITON_KERNEL=persistent,step
+    deselect+=("not cooperative")
+    summary+=("           Triton cooperative kernels failed: the stages below ran without them")
+  fi
+fi
+select_flags=()
+if [ ${#deselect[@]} -gt 0 ]; then
+  joined=$(printf ' and %s' "${deselect[@]}")
+  select_flags=(-k "${joined# and }")
 fi
 # GPU tests: the cuda backend's (tests/test_cuda_*.py), then every other test that needs
 # CUDA, Triton or the extension (the Triton backend on CUDA tensors), each stage with its own

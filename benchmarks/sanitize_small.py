@@ -1,9 +1,12 @@
 """A small forward and backward of every GPU backend (the cuda backend with its persistent
-kernels of both designs and its stepwise kernels), for ``compute-sanitizer`` (memcheck, racecheck, synccheck) in the
-GPU check: ``compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py``.
-``--runs cuda:grid`` runs only those; with ``FUSEDRNN_CUDA_KERNEL=stepwise`` (``grid``) set,
-the persistent kernels (the cluster ones) are left out. Exits non-zero if a backend's result differs from the
-reference backend's."""
+kernels of both designs and its stepwise kernels; the triton backend's cooperative kernels,
+18 programs at hidden 144, and its own choice), for ``compute-sanitizer`` (memcheck,
+racecheck, synccheck) in the GPU check: ``compute-sanitizer --tool memcheck python
+benchmarks/sanitize_small.py``. ``--runs cuda:grid`` runs only those; with
+``FUSEDRNN_CUDA_KERNEL=stepwise`` (``grid``) set, the persistent kernels (the cluster ones)
+are left out, and a ``FUSEDRNN_TRITON_KERNEL`` set without ``cooperative`` leaves those out
+(``triton:auto`` then chooses among what it allows). Exits non-zero if a backend's result
+differs from the reference backend's."""
 
 import argparse
 import os
@@ -13,11 +16,21 @@ import torch
 
 import fusedrnn
 from fusedrnn import testing
+from fusedrnn.bench_kernels import KERNEL_ENV
 
 
-RUNS = ("cuda:cluster", "cuda:grid", "cuda:stepwise", "triton:auto")
+RUNS = ("cuda:cluster", "cuda:grid", "cuda:stepwise", "triton:cooperative", "triton:auto")
 # What FUSEDRNN_CUDA_KERNEL, when set, leaves out.
 LEFT_OUT = {"stepwise": ("cluster", "grid"), "grid": ("cluster",)}
+
+
+def left_out(backend, kernel, settings):
+    """Whether the kernel-forcing variables as the caller set them (``settings``, by name)
+    leave ``backend``'s ``kernel`` out."""
+    setting = settings.get(KERNEL_ENV[backend], "")
+    if backend == "cuda":
+        return kernel in LEFT_OUT.get(setting, ())
+    return kernel != "auto" and setting not in ("", "auto") and kernel not in setting.split(",")
 
 
 def main(argv=None):
@@ -25,8 +38,8 @@ def main(argv=None):
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"comma-separated backend:kernel pairs out of {', '.join(RUNS)}")
     runs = [run.split(":") for run in parser.parse_args(argv).runs.split(",")]
-    left_out = LEFT_OUT.get(os.environ.get("FUSEDRNN_CUDA_KERNEL", ""), ())
-    runs = [run for run in runs if not (run[0] == "cuda" and run[1] in left_out)]
+    settings = {name: os.environ.get(name, "") for name in KERNEL_ENV.values()}
+    runs = [run for run in runs if not left_out(*run, settings)]
     failures = 0
     for backend, kernel in runs:
         if not fusedrnn.available_backends()[backend].available:
@@ -35,7 +48,8 @@ def main(argv=None):
         if kernel == "cluster" and torch.cuda.get_device_capability() < (9, 0):
             print("cuda (cluster): needs compute capability 9.0, skipped")
             continue
-        os.environ["FUSEDRNN_CUDA_KERNEL"] = kernel
+        env = KERNEL_ENV[backend]
+        os.environ[env] = settings[env] if kernel == "auto" else kernel
         for cell in ("LSTM", "GRU"):
             # hidden 144, batch 20: on Hopper two clusters per launch, the backward's of 9
             # blocks (past the portable cluster size of 8)

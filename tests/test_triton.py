@@ -211,7 +211,15 @@ def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
                                               Call("lstm", 1024, 256))
     assert not ok and "proj_size" in why
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "sideways")
-    assert "must be persistent, cooperative, step or auto" in plan.choose("lstm", 8, 8, bf16).reason
+    assert "must be auto, or one or more" in plan.choose("lstm", 8, 8, bf16).reason
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent, step")
+    assert plan.choose("lstm", 768, 768, bf16).kernel == "step"  # no cooperative kernel
+    assert plan.choose("lstm", 64, 64, bf16).kernel == "persistent"
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent,cooperative")
+    assert plan.choose("lstm", 768, 768, bf16).kernel == "cooperative"
+    none_left = plan.choose("lstm", 4096, 4096, bf16)
+    assert none_left.kernel is None and "FUSEDRNN_TRITON_KERNEL is persistent,cooperative" in \
+        none_left.reason
 
 
 def test_plan_splits_the_hidden_units_over_resident_programs(monkeypatch):
@@ -311,12 +319,15 @@ GPU_CASES = [
 
 
 @pytest.mark.requires_cuda
-@pytest.mark.parametrize("forced", ["auto", "cooperative", "step"])
+@pytest.mark.parametrize("forced", ["planned", "cooperative", "step"])
 @pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", GPU_CASES)
 @pytest.mark.parametrize("packed", [False, True])
 def test_real_sizes_match_reference_on_gpu(monkeypatch, forced, cell, kwargs, hidden, steps,
                                            batch, packed):
-    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", forced)
+    """``planned``: the plan's choice under the environment as it is (the GPU check takes
+    the cooperative kernels out with FUSEDRNN_TRITON_KERNEL=persistent,step if they fail)."""
+    if forced != "planned":
+        monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", forced)
     reference, candidate = _pair(cell, 96, hidden, **kwargs)
     x = (testing.make_packed(batch, steps, 96, device=DEVICE) if packed else
          testing.make_sequence(batch, steps, 96, batch_first=kwargs.get("batch_first", False),

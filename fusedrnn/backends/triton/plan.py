@@ -11,7 +11,9 @@ meeting the others at a grid barrier once per step; chosen while a slice holds a
 ``COOPERATIVE_LIMIT`` elements (no projection). ``step``: one launch per time step over
 tiles of the hidden units, for the rest (no projection).
 ``FUSEDRNN_TRITON_KERNEL=persistent|cooperative|step`` forces one (the tests use it to
-cover all three; a forced cooperative kernel ignores the weight limit, never the residency).
+cover all three; a forced cooperative kernel ignores the weight limit, never the residency);
+several, comma-separated, restrict the choice to them (``persistent,step``: no cooperative
+kernel, the GPU check's fallback if its grid barrier fails).
 
 The limits and warp counts are where the kernels compile for sm_90 without register
 spills (Triton 3.8 and the ptxas of its wheel; ``compile_check.py`` compiles every kernel
@@ -40,6 +42,7 @@ STEP_BLOCK_H = 32
 STEP_BLOCK_K = 32
 STEP_NUM_WARPS = 8
 ENV_VAR = "FUSEDRNN_TRITON_KERNEL"
+KERNELS = ("persistent", "cooperative", "step")  # in the order the plan prefers them
 _logged = set()
 
 
@@ -92,18 +95,31 @@ def _cooperative(cell, hidden, state, dtype, resident, forced):
                    block_h, block_k, warps, programs, min(warps, block_k // 16)), None
 
 
+def _allowed():
+    """The kernels ``FUSEDRNN_TRITON_KERNEL`` lets the plan choose among, whether that is
+    one forced kernel, and the setting; None for a setting it does not understand."""
+    raw = os.environ.get(ENV_VAR, "").strip()
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if names in ((), ("auto",)):
+        return KERNELS, False, raw
+    if any(name not in KERNELS for name in names):
+        return None
+    return names, len(names) == 1, raw
+
+
 def choose(cell, hidden, state, dtype, resident=None):
     """The variant for a call: ``resident`` is how many programs can run at once (the GPU's
     multiprocessors; None: no limit, the interpreter launching the cooperative kernel once
     per step)."""
+    allowed = _allowed()
+    if allowed is None:
+        return Variant(None, f"{ENV_VAR} must be auto, or one or more (comma-separated) of "
+                             f"{', '.join(KERNELS)}, got {os.environ.get(ENV_VAR)!r}")
+    kernels, forced, setting = allowed
     block_h, block_p = tile(hidden), tile(state)
     has_proj = state != hidden
     held = held_elements(cell, block_h, block_p, has_proj)
     shape = f"{GATES[cell]}x{block_h}x{block_p}" + (f" + {block_p}x{block_h}" if has_proj else "")
-    forced = os.environ.get(ENV_VAR, "").strip()
-    if forced not in ("", "auto", "persistent", "cooperative", "step"):
-        return Variant(None, f"{ENV_VAR} must be persistent, cooperative, step or auto, "
-                             f"got {forced!r}")
     wide = max(block_h, block_p) if _is_float32(dtype) else block_h if has_proj else 0
     if held > PERSISTENT_LIMIT:
         over = f"weight tiles {shape} are over {PERSISTENT_LIMIT} elements"
@@ -112,19 +128,19 @@ def choose(cell, hidden, state, dtype, resident=None):
                 f"{'in float32' if _is_float32(dtype) else 'with a projection'}")
     else:
         over = None
-    forced = "" if forced == "auto" else forced
-    if forced == "persistent" or (not forced and over is None):
+    if "persistent" in kernels and (forced or over is None):
         why = "forced" if forced else f"weight tiles {shape} fit one program"
         return Variant("persistent", f"persistent kernel: {why}", block_h, block_p, _warps(held))
+    over = over or f"{ENV_VAR} is {setting}"
     if has_proj:
-        why = over if over else f"{ENV_VAR} is {forced}"
-        return Variant(None, f"proj_size needs the persistent kernel, and {why}")
-    if forced in ("", "cooperative"):
-        cooperative, not_cooperative = _cooperative(cell, hidden, state, dtype, resident,
-                                                    forced == "cooperative")
+        return Variant(None, f"proj_size needs the persistent kernel, and {over}")
+    if "cooperative" in kernels:
+        cooperative, not_cooperative = _cooperative(cell, hidden, state, dtype, resident, forced)
         if cooperative is not None:
             return cooperative
         over = f"{over}, and cooperative {not_cooperative}"
+    if "step" not in kernels:
+        return Variant(None, f"{over}, and {ENV_VAR} is {setting}")
     why = "forced" if forced else over
     return Variant("step", f"one launch per step: {why}", block_h, block_p, STEP_NUM_WARPS)
 

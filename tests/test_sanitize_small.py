@@ -1,0 +1,30 @@
+"""benchmarks/sanitize_small.py, which the GPU check runs (alone per design first, then under
+compute-sanitizer): the kernel-forcing variables the check sets after a design failed leave
+that design out of every later run."""
+
+import importlib.util
+import pathlib
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "sanitize_small.py"
+_spec = importlib.util.spec_from_file_location("sanitize_small", SCRIPT)
+sanitize_small = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sanitize_small)
+
+
+def _kept(**settings):
+    return [run for run in sanitize_small.RUNS
+            if not sanitize_small.left_out(*run.split(":"), settings)]
+
+
+def test_nothing_is_left_out_by_default():
+    assert _kept() == list(sanitize_small.RUNS)
+    assert _kept(FUSEDRNN_TRITON_KERNEL="auto") == list(sanitize_small.RUNS)
+
+
+def test_a_failed_design_stays_out():
+    assert _kept(FUSEDRNN_CUDA_KERNEL="stepwise") == ["cuda:stepwise", "triton:cooperative",
+                                                      "triton:auto"]
+    assert "cuda:cluster" not in _kept(FUSEDRNN_CUDA_KERNEL="grid")
+    without = _kept(FUSEDRNN_TRITON_KERNEL="persistent,step")
+    assert "triton:cooperative" not in without and "triton:auto" in without
+    assert "triton:cooperative" in _kept(FUSEDRNN_TRITON_KERNEL="cooperative")
