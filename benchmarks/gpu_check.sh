@@ -49,7 +49,7 @@ $PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=60)
 deselect=()  # which tests the stages below leave out: -k expressions, joined by "and"
 # The Triton tests compile a kernel for each configuration they launch, one at a time: the
 # tests stage runs them in this many processes at once (benchmarks/pytest_shards.py).
-shards=$([ "$device" = cuda ] && echo 6 || echo 2)
+shards=$([ "$device" = cuda ] && echo 8 || echo 2)
 # The persistent CUDA kernels first, on small shapes: if a design fails or hangs, every
 # stage after these runs without it, so that one call still measures the rest.
 if [ "$device" = cuda ]; then

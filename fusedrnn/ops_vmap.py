@@ -75,12 +75,18 @@ def _per_slice(op, size, in_dims, args):
     return stacked, (0,) * len(stacked)
 
 
+def register_forward(op):
+    """Register the rule of a one-direction forward op (``ops.FORWARD_SCHEMA``): the
+    dispatching ops here, a backend's own ops (the Triton ``triton_op``s) where it defines
+    them."""
+    torch.library.register_vmap(op, _rule(op, ops.FORWARD_SCHEMA, list(_OUTPUT_BATCH_AT)))
+
+
 def register():
     """Register the rules (once, from ``fusedrnn/__init__.py``)."""
     one = list(_OUTPUT_BATCH_AT)
     for cell in ops.GATES:
-        torch.library.register_vmap(ops.FORWARD[cell],
-                                    _rule(ops.FORWARD[cell], ops.FORWARD_SCHEMA, one))
+        register_forward(ops.FORWARD[cell])
         pair = ops_bidirectional.FORWARD[cell]
         torch.library.register_vmap(pair, _rule(pair, ops_bidirectional.FORWARD_SCHEMA,
                                                 one + one))

@@ -23,8 +23,10 @@ def test_nothing_is_left_out_by_default():
 
 def test_a_failed_design_stays_out():
     assert _kept(FUSEDRNN_CUDA_KERNEL="stepwise") == ["cuda:stepwise", "triton:cooperative",
-                                                      "triton:auto"]
+                                                      "triton:step"]
     assert "cuda:cluster" not in _kept(FUSEDRNN_CUDA_KERNEL="grid")
     without = _kept(FUSEDRNN_TRITON_KERNEL="persistent,step")
-    assert "triton:cooperative" not in without and "triton:auto" in without
+    assert "triton:cooperative" not in without and "triton:step" in without
     assert "triton:cooperative" in _kept(FUSEDRNN_TRITON_KERNEL="cooperative")
+    settings = {"FUSEDRNN_TRITON_KERNEL": "persistent,step"}
+    assert not sanitize_small.left_out("triton", "auto", settings)  # auto: within the setting

@@ -349,6 +349,33 @@ def test_cooperative_low_precision_rule_at_hidden_768_on_gpu(monkeypatch, cell, 
                          testing.make_packed(16, 40, 64, dtype=torch.float64, device=DEVICE))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_vmap_over_the_triton_ops_is_one_call_and_matches_a_loop(monkeypatch, cell):
+    """The ``triton_op``s (what runs on a GPU for the persistent and cooperative plans) have
+    the dispatching ops' vmap rule: the mapped dimension joins the batch (no functorch
+    fallback, whose warning would fail here)."""
+    import warnings
+
+    from fusedrnn.backends.triton import traceable
+
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent")
+    forward_op, _ = traceable.pair(cell)
+    hidden, gates = 12, ops.GATES[cell] * 12
+    make = lambda *shape: torch.randn(*shape, device=DEVICE)  # noqa: E731
+    weights = [make(gates, 5), make(gates, hidden), make(gates), make(gates)]
+    xs = make(3, 4, 2, 5)
+
+    def run(x):
+        h0 = torch.zeros(2, hidden, device=DEVICE)
+        c0 = torch.zeros_like(h0) if cell == "lstm" else None
+        return forward_op(x, *weights, None, h0, c0, None, False, False, "triton")[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mapped = torch.func.vmap(run)(xs)
+    testing.assert_close_relative([mapped], [torch.stack([run(x) for x in xs])], 1e-6, "vmap")
+
+
 @pytest.mark.requires_cuda
 def test_compile_fullgraph_with_triton_on_gpu():
     torch._dynamo.reset()

@@ -14,7 +14,7 @@ eager call already did, and otherwise the dispatching op runs (correct, just opa
 
 import torch
 
-from ... import ops
+from ... import ops, ops_vmap
 from .. import common
 
 _PAIRS = {}
@@ -35,6 +35,7 @@ def pair(cell):
 
         _PAIRS[cell] = ops.define_pair(cell, "_triton", launch_forward, launch_backward,
                                        maker=torch.library.triton_op)
+        ops_vmap.register_forward(_PAIRS[cell][0])
     return _PAIRS[cell]
 
 
