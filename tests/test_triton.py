@@ -274,6 +274,58 @@ def test_sizes_past_32_bit_offsets_are_declined_with_the_reason():
     assert triton_backend.supports(cpu, torch.float32, Call("lstm", 1024, 1024, batch=512))[0]
 
 
+def test_launchers_raise_where_the_plan_on_the_device_has_no_kernel(monkeypatch):
+    """The launchers plan with the device's resident programs, as ``supports`` does: with
+    132 multiprocessors a bfloat16 RNN of hidden 4096 needs slices of 1x32x4096, over the
+    limit, so ``persistent,cooperative`` leaves it no kernel: both say so, neither runs the
+    step kernel. Sizes past the int32 offsets (a vmapped batch can grow there after
+    ``supports``) raise in the launchers too."""
+    from fusedrnn.backends.triton import cooperative, plan
+
+    monkeypatch.setattr(cooperative, "resident_programs", lambda device: 132)
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent,cooperative")
+    ok, why = backends.get("triton").supports(torch.device("cpu"), torch.bfloat16,
+                                              Call("rnn_tanh", 4096, 4096))
+    assert not ok and "1x32x4096 are over 32768" in why
+    x = torch.empty(3, 2, 4, dtype=torch.bfloat16)
+    with pytest.raises(BackendUnavailableError, match="1x32x4096 are over 32768"):
+        plan.variant_for("rnn_tanh", 4096, 4096, x)
+    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL")
+    huge = torch.empty(1024, 512, 4, device="meta")  # 1024 x 512 x 4 x 1024 gates = 2^31
+    with pytest.raises(BackendUnavailableError, match="index in 32 bits"):
+        plan.variant_for("lstm", 1024, 1024, huge)
+
+
+def test_a_refused_cooperative_launch_runs_one_launch_per_step(monkeypatch):
+    """Where the driver refuses a cooperative launch (its programs cannot all be resident),
+    the sequence runs one launch per step, unsynchronised, instead of a barrier that would
+    wait forever; other errors propagate."""
+    from fusedrnn.backends.triton import cooperative, plan
+
+    assert cooperative.launch_options(torch.device("cpu")) == {}
+    calls = []
+
+    def fake_wrap(kernel):
+        def run(*args, SYNC, **options):
+            calls.append((args[2], args[3], SYNC, options.get("launch_cooperative_grid")))
+            if SYNC:
+                raise RuntimeError(failure)
+        return {(5,): run}
+
+    monkeypatch.setattr(cooperative, "wrap_triton", fake_wrap)
+    monkeypatch.setattr(cooperative, "synchronised", lambda device, variant: True)
+    monkeypatch.setattr(cooperative, "launch_options",
+                        lambda device: {"launch_cooperative_grid": True})
+    variant = plan.Variant("cooperative", "", 8, 64, 4, 5)
+    failure = "Triton Error [CUDA]: too many blocks in cooperative launch"
+    cooperative.launch(None, variant, 3, (torch.zeros(1),), ())
+    assert calls == [(0, 3, True, True), (0, 1, False, None), (1, 2, False, None),
+                     (2, 3, False, None)]
+    failure = "Triton Error [CUDA]: an illegal memory access was encountered"
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        cooperative.launch(None, variant, 3, (torch.zeros(1),), ())
+
+
 def test_auto_never_picks_triton_on_cpu():
     for call in (Call("lstm", 8, 8), Call("rnn_tanh", 8, 8)):
         choice = backends.select(None, torch.device("cpu"), torch.float32, call)

@@ -19,15 +19,6 @@ logger = logging.getLogger("fusedrnn")
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = ("float32", "float16", "bfloat16")
-INDEX_LIMIT = 2**31  # the kernels' offsets are int32: no tensor may have more elements
-
-
-def _gate_elements(call):
-    """Elements of the call's largest tensor (its gates, steps x batch x gates x H), when
-    the steps and batch are known as plain ints (not symbolic sizes under torch.compile)."""
-    if type(call.steps) is not int or type(call.batch) is not int:
-        return None
-    return call.steps * call.batch * plan.GATES[call.cell] * call.hidden
 
 
 def interpreter_enabled():
@@ -65,14 +56,11 @@ class TritonBackend(Backend):
         if call is not None:
             if call.cell not in CELLS:
                 return False, f"no Triton kernel for the {call.cell} cell (only {', '.join(CELLS)})"
-            variant = plan.choose(call.cell, call.hidden, call.state, dtype)
-            if variant.kernel is None:
-                return False, variant.reason
-            gate_elements = _gate_elements(call)
-            if gate_elements is not None and gate_elements >= INDEX_LIMIT:
-                return False, (f"its kernels index in 32 bits, and the gates of {call.steps} steps "
-                               f"x batch {call.batch} x {plan.GATES[call.cell]}x{call.hidden} "
-                               f"are {gate_elements} elements")
+            resident = cooperative.resident_programs(device)
+            variant = plan.choose(call.cell, call.hidden, call.state, dtype, resident)
+            too_large = plan.index_limit_reason(call.cell, call.hidden, call.steps, call.batch)
+            if variant.kernel is None or too_large:
+                return False, too_large or variant.reason
         return True, ""
 
     def forward(self, cell, *args):
@@ -89,7 +77,8 @@ class TritonBackend(Backend):
         if device.type != "cuda" or cell not in CELLS:
             return None
         resident = cooperative.resident_programs(device)
-        if plan.choose(cell, call.hidden, call.state, dtype, resident).kernel == "step":
+        if plan.choose(cell, call.hidden, call.state, dtype, resident).kernel not in (
+                "persistent", "cooperative"):
             return None
         pair = traceable.defined(cell) if torch.compiler.is_compiling() else traceable.pair(cell)
         return None if pair is None else pair[0]

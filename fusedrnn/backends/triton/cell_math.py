@@ -13,7 +13,9 @@ def tanh(x):
 @triton.jit
 def load_tile(ptr, rows, cols, row_stride, row_ok, col_ok, CACHE: tl.constexpr = ""):
     """A ``(rows, cols)`` tile of a row-major matrix as float32, zero outside the masks.
-    ``CACHE=".cg"`` bypasses the L1 cache: for data other programs wrote in this launch."""
+    ``CACHE=".cg"`` asks to bypass the L1 cache, for data other programs wrote in this launch
+    (a hint the pipeliner's asynchronous copies drop: what makes those writes visible is the
+    acquire of ``grid_barrier``, not the hint)."""
     mask = row_ok[:, None] & col_ok[None, :]
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0,
                    cache_modifier=CACHE).to(tl.float32)
@@ -122,8 +124,8 @@ def pair_slots(pair, s, batch, hidden):
 
 @triton.jit
 def split_product(ptr, rows, ks, row_stride, row_ok, k_ok, w, IEEE: tl.constexpr):
-    """Rows ``rows`` of a matrix other programs wrote in this launch (read past L1) times a
-    ``weight_slice``."""
+    """Rows ``rows`` of a matrix other programs wrote in this launch times a
+    ``weight_slice`` (``.cg``: read past L1, where the compiler keeps the hint)."""
     return split_matmul(load_split(ptr, rows, ks, row_stride, row_ok, k_ok, ".cg"), w, IEEE)
 
 
@@ -137,10 +139,12 @@ def gate_preactivation(xproj, gate, h, w, at, hcols, g_size, hidden, row_ok, h_o
 
 
 @triton.jit
-def end_of_step(counter, s, s_begin, SYNC: tl.constexpr):
-    """With ``SYNC``, the grid barrier after step ``s`` of a launch that began at ``s_begin``."""
+def end_of_step(counter, s, s_begin, s_end, SYNC: tl.constexpr):
+    """With ``SYNC``, the grid barrier after step ``s`` of a launch over ``[s_begin, s_end)``
+    (none after its last step)."""
     if SYNC:
-        grid_barrier(counter, (s - s_begin + 1) * tl.num_programs(0))
+        if s + 1 < s_end:
+            grid_barrier(counter, (s - s_begin + 1) * tl.num_programs(0))
 
 
 @triton.jit

@@ -3,18 +3,25 @@ programs that meet at a grid barrier once per step; see ``plan.py``).
 
 On a GPU the whole sequence is one launch of ``variant.programs`` programs, at most one per
 multiprocessor so that all are resident together and the barrier cannot wait on a program
-that has not started. Triton's interpreter runs a launch's programs one after another, so
+that has not started. Where Triton can ask for it (``launch_cooperative_grid``, Triton 3.3
+on), the launch is a cooperative one: should the programs not all fit at once (other work
+holding multiprocessors), the driver refuses it instead of letting the barrier wait
+forever, and the sequence then runs one launch per step. Triton's interpreter runs a launch's programs one after another, so
 there the barrier could never be passed by more than one program: it launches once per step
 (the launch boundary is the barrier), except when one program owns every unit, which runs
 the single synchronised launch as a GPU does.
 """
 
+import dataclasses
 import functools
+import logging
 
 import torch
 from torch.library import wrap_triton
 
 from . import plan
+
+logger = logging.getLogger("fusedrnn")
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,6 +59,23 @@ def state_pair(h0, flags):
     return pair
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_launches_cooperatively():
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "launch_cooperative_grid" in {field.name for field in dataclasses.fields(CUDAOptions)}
+
+
+def launch_options(device):
+    """The launch options of a synchronised launch on ``device``: a cooperative launch on a
+    GPU where this Triton has it (not while torch.compile traces: its launcher is its own)."""
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return {}
+    return {"launch_cooperative_grid": True} if _triton_launches_cooperatively() else {}
+
+
 def launch(kernel, variant, iterations, tensors, sizes, **constants):
     """Run ``kernel`` over processing steps ``[0, iterations)``: its arguments are
     ``tensors``, then the barrier's counter, ``s_begin``, ``s_end``, then ``sizes``."""
@@ -59,7 +83,14 @@ def launch(kernel, variant, iterations, tensors, sizes, **constants):
     counter = torch.zeros(1, dtype=torch.int32, device=device)
     run = wrap_triton(kernel)[(variant.programs,)]
     if synchronised(device, variant):
-        run(*tensors, counter, 0, iterations, *sizes, SYNC=True, **constants)
-        return
+        options = launch_options(device)
+        try:
+            run(*tensors, counter, 0, iterations, *sizes, SYNC=True, **options, **constants)
+            return
+        except RuntimeError as error:  # the driver refused the cooperative launch
+            if not options or "cooperative" not in str(error).lower():
+                raise
+            logger.warning("fusedrnn triton: %d programs could not all be resident (%s); "
+                           "one launch per step instead", variant.programs, error)
     for s in range(iterations):
         run(*tensors, counter, s, s + 1, *sizes, SYNC=False, **constants)

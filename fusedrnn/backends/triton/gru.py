@@ -10,12 +10,6 @@ from .gru_bwd import gru_bwd_cooperative_kernel, gru_bwd_persistent_kernel, gru_
 from .gru_fwd import gru_fwd_cooperative_kernel, gru_fwd_persistent_kernel, gru_fwd_step_kernel
 
 
-def _variant(hidden, x):
-    variant = plan.choose("gru", hidden, hidden, x.dtype, cooperative.resident_programs(x.device))
-    plan.log_once("gru", variant)
-    return variant
-
-
 def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     steps, batch, _ = x.shape
     hidden = w_ih.shape[0] // 3
@@ -29,7 +23,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     h_n = torch.empty_like(h0)
     if batch == 0:
         return y, h_n, common.empty(x), gates, hidden_n
-    variant = _variant(hidden, x)
+    variant = plan.variant_for("gru", hidden, hidden, x)
     b_hn = b_hh[2 * hidden :] if b_hh is not None else h0
     flags, lens = plan.launch_flags(x, lengths, h0, variant)
     flags["HAS_BIAS"] = b_hh is not None
@@ -69,7 +63,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         dgates_in.zero_()
         dgates_hid.zero_()
     else:
-        variant = _variant(hidden, x)
+        variant = plan.variant_for("gru", hidden, hidden, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "cooperative":
             dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)

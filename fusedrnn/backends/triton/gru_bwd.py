@@ -165,7 +165,7 @@ def gru_bwd_cooperative_kernel(
                              dgates_hid + at_g, dh_next, HAS_LENGTHS)
             else:
                 store_tile(dh0, carry, rows, hcols, hidden, row_ok, h_ok)
-        end_of_step(counter, s, s_begin, SYNC)
+        end_of_step(counter, s, s_begin, s_end, SYNC)
 
 
 @triton.jit

@@ -137,7 +137,7 @@ def gru_fwd_cooperative_kernel(
                                  h_ok, hidden, lengths, y, gates, hidden_n, HAS_LENGTHS, HAS_BIAS)
             store_tile(h_state, h_new, rows, hcols, hidden, row_ok, h_ok)
             store_tile(h_next, h_new, rows, hcols, hidden, row_ok, h_ok)
-        end_of_step(counter, s, s_begin, SYNC)
+        end_of_step(counter, s, s_begin, s_end, SYNC)
 
 
 @triton.jit

@@ -13,12 +13,6 @@ from .lstm_fwd import (lstm_fwd_cooperative_kernel, lstm_fwd_persistent_kernel,
                        lstm_fwd_step_kernel)
 
 
-def _variant(hidden, state, x):
-    variant = plan.choose("lstm", hidden, state, x.dtype, cooperative.resident_programs(x.device))
-    plan.log_once("lstm", variant)
-    return variant
-
-
 def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     steps, batch, _ = x.shape
     hidden, state = w_ih.shape[0] // 4, h0.shape[1]
@@ -29,7 +23,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     h_n, c_n = torch.empty_like(h0), torch.empty_like(c0)
     if batch == 0:
         return y, h_n, c_n, gates, cells
-    variant = _variant(hidden, state, x)
+    variant = plan.variant_for("lstm", hidden, state, x)
     flags, lens = plan.launch_flags(x, lengths, h0, variant)
     if variant.kernel == "cooperative":
         h_pair = cooperative.state_pair(h0, flags)
@@ -71,7 +65,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
     if batch == 0:
         dgates.zero_()
     else:
-        variant = _variant(hidden, state, x)
+        variant = plan.variant_for("lstm", hidden, state, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "cooperative":
             dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)

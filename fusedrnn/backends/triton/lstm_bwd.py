@@ -177,7 +177,7 @@ def lstm_bwd_cooperative_kernel(
                               dh_next, dc_state, HAS_LENGTHS)
             else:
                 store_tile(dh0, carry, rows, hcols, hidden, row_ok, h_ok)
-        end_of_step(counter, s, s_begin, SYNC)
+        end_of_step(counter, s, s_begin, s_end, SYNC)
 
 
 @triton.jit

@@ -158,7 +158,7 @@ def lstm_fwd_cooperative_kernel(
             acc_o = gate_preactivation(xproj, 3, h, w_o, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
             lstm_fwd_cell(acc_i, acc_f, acc_g, acc_o, t, rows, hcols, at, row_ok, h_ok, hidden,
                           lengths, y, gates, cells, c_state, h_cur, h_next, HAS_LENGTHS)
-        end_of_step(counter, s, s_begin, SYNC)
+        end_of_step(counter, s, s_begin, s_end, SYNC)
 
 
 @triton.jit

@@ -11,7 +11,8 @@ meeting the others at a grid barrier once per step; chosen while a slice holds a
 ``COOPERATIVE_LIMIT`` elements (no projection). ``step``: one launch per time step over
 tiles of the hidden units, for the rest (no projection).
 ``FUSEDRNN_TRITON_KERNEL=persistent|cooperative|step`` forces one (the tests use it to
-cover all three; a forced cooperative kernel ignores the weight limit, never the residency);
+cover all three; a forced cooperative kernel ignores the weight limit, never the residency:
+well past the limit it spills registers, or fails to compile);
 several, comma-separated, restrict the choice to them (``persistent,step``: no cooperative
 kernel, the GPU check's fallback if its grid barrier fails).
 
@@ -41,6 +42,7 @@ BLOCK_B = 16
 STEP_BLOCK_H = 32
 STEP_BLOCK_K = 32
 STEP_NUM_WARPS = 8
+INDEX_LIMIT = 2**31  # the kernels' offsets are int32: no tensor may have more elements
 ENV_VAR = "FUSEDRNN_TRITON_KERNEL"
 KERNELS = ("persistent", "cooperative", "step")  # in the order the plan prefers them
 _logged = set()
@@ -143,6 +145,36 @@ def choose(cell, hidden, state, dtype, resident=None):
         return Variant(None, f"{over}, and {ENV_VAR} is {setting}")
     why = "forced" if forced else over
     return Variant("step", f"one launch per step: {why}", block_h, block_p, STEP_NUM_WARPS)
+
+
+def index_limit_reason(cell, hidden, steps, batch):
+    """Why a call of ``steps`` x ``batch`` rows is too large for the kernels' int32 offsets
+    (its gates, steps x batch x gates x H, reach 2^31 elements), or None. Sizes that are not
+    plain ints (symbolic under torch.compile) are not judged."""
+    if type(steps) is not int or type(batch) is not int:
+        return None
+    elements = steps * batch * GATES[cell] * hidden
+    if elements < INDEX_LIMIT:
+        return None
+    return (f"its kernels index in 32 bits, and the gates of {steps} steps x batch {batch} x "
+            f"{GATES[cell]}x{hidden} are {elements} elements")
+
+
+def variant_for(cell, hidden, state, x):
+    """The variant a launcher runs for input ``x`` (``(T, B, I)``), logged once; raises
+    ``BackendUnavailableError`` with the reason where no kernel can run it (a restricted
+    ``FUSEDRNN_TRITON_KERNEL``, or sizes past the int32 offsets, as a call under vmap whose
+    mapped dimension joined the batch can reach)."""
+    from .. import BackendUnavailableError
+    from . import cooperative
+
+    variant = choose(cell, hidden, state, x.dtype, cooperative.resident_programs(x.device))
+    too_large = index_limit_reason(cell, hidden, x.shape[0], x.shape[1])
+    if variant.kernel is None or too_large:
+        raise BackendUnavailableError(f"the triton backend cannot run this {cell} call: "
+                                      f"{too_large or variant.reason}")
+    log_once(cell, variant)
+    return variant
 
 
 def log_once(cell, variant):

@@ -13,12 +13,6 @@ from .rnn_bwd import rnn_bwd_cooperative_kernel, rnn_bwd_persistent_kernel, rnn_
 from .rnn_fwd import rnn_fwd_cooperative_kernel, rnn_fwd_persistent_kernel, rnn_fwd_step_kernel
 
 
-def _variant(cell, hidden, x):
-    variant = plan.choose(cell, hidden, hidden, x.dtype, cooperative.resident_programs(x.device))
-    plan.log_once(cell, variant)
-    return variant
-
-
 def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, relu):
     steps, batch, _ = x.shape
     hidden = w_ih.shape[0]
@@ -27,7 +21,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, relu):
     h_n = torch.empty_like(h0)
     if batch == 0:
         return y, h_n, common.empty(x), common.empty(x), common.empty(x)
-    variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x)
+    variant = plan.variant_for("rnn_relu" if relu else "rnn_tanh", hidden, hidden, x)
     flags, lens = plan.launch_flags(x, lengths, h0, variant)
     if variant.kernel == "cooperative":
         h_pair = cooperative.state_pair(h0, flags)
@@ -61,7 +55,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
     if batch == 0:
         dpre.zero_()
     else:
-        variant = _variant("rnn_relu" if relu else "rnn_tanh", hidden, x)
+        variant = plan.variant_for("rnn_relu" if relu else "rnn_tanh", hidden, hidden, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "cooperative":
             dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)

@@ -132,7 +132,7 @@ def rnn_bwd_cooperative_kernel(
                              y + at, dpre + at, dh_next, HAS_LENGTHS, RELU)
             else:
                 store_tile(dh0, carry, rows, hcols, hidden, row_ok, h_ok)
-        end_of_step(counter, s, s_begin, SYNC)
+        end_of_step(counter, s, s_begin, s_end, SYNC)
 
 
 @triton.jit

@@ -108,7 +108,7 @@ def rnn_fwd_cooperative_kernel(
                    + split_product(h_cur, rows, ks, hidden, row_ok, k_ok, w, IEEE))
             rnn_fwd_cell(acc, t, rows, hcols, at, row_ok, h_ok, hidden, lengths, y, h_cur, h_next,
                          HAS_LENGTHS, RELU)
-        end_of_step(counter, s, s_begin, SYNC)
+        end_of_step(counter, s, s_begin, s_end, SYNC)
 
 
 @triton.jit
