@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import __version__, backends, bench_report, modules, testing
 from .bench_floors import GATES, MODE_FLOP_FACTORS, persistent_floor_terms, step_floor_seconds
-from .bench_kernels import cuda_kernels, split_backend, with_env
+from .bench_kernels import cuda_kernels, split_backend, triton_kernels, with_env
 from .bench_timing import is_noisy, peak_memory_bytes, summarize, time_interleaved
 
 # the modes; MODE_FLOP_FACTORS: how many forwards' worth of GEMM FLOPs each does (gemm_flops)
@@ -244,6 +244,8 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
         provider.resolved = backends.select(backend, device, dtype, call).name
         if provider.resolved == "cuda":
             provider.kernels = cuda_kernels(case, device, dtype, env)
+        elif provider.resolved == "triton":
+            provider.kernels = triton_kernels(OP_CELLS[case.cell], case, device, dtype, env)
         module = copy.deepcopy(base)
         module.backend = backend
         provider.module, provider.input = module, _copy_input(x)

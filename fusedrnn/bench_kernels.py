@@ -1,7 +1,7 @@
 """The kernel variants of benchmark providers: ``--backend cuda:stepwise`` forces a backend's
 kernel choice around that provider's calls only (through the environment variable the
-backend reads per call), and :func:`cuda_kernels` names what the cuda backend's planner
-runs for a case, for the reports.
+backend reads per call), and :func:`cuda_kernels` / :func:`triton_kernels` name what the
+backends' planners run for a case, for the reports.
 """
 
 import contextlib
@@ -55,6 +55,20 @@ def with_env(call_and_setup, env):
 
     call, setup = call_and_setup
     return wrapped(call), wrapped(setup)
+
+
+def triton_kernels(cell, case, device, dtype, env):
+    """Which kernel the triton backend runs ``case`` (op-level ``cell``) with under ``env``:
+    ``persistent``, ``step`` or ``cooperative, N programs``."""
+    from .backends.triton import cooperative, plan
+
+    resident = cooperative.resident_programs(torch.device(device))
+    with environment(env):
+        variant = plan.choose(cell, case.hidden_size, case.proj_size or case.hidden_size, dtype,
+                              resident)
+    if variant.kernel == "cooperative":
+        return f"cooperative, {variant.programs} programs"
+    return variant.kernel or "none"
 
 
 def cuda_kernels(case, device, dtype, env):

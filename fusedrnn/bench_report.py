@@ -47,7 +47,7 @@ def _us(microseconds):
 
 def provider_title(entry, kernels=True):
     """A provider's name, with the backend ``auto`` resolved to, ``fusedrnn (auto: reference)``,
-    and (``kernels``) the cuda backend's kernels: ``fusedrnn (auto: cuda, grid)``."""
+    and (``kernels``) the kernels the cuda or triton backend ran: ``fusedrnn (auto: cuda, grid)``."""
     detail = entry.get("kernels") if kernels else ""
     if entry["resolved_backend"] and entry["backend"] == backends.AUTO:
         resolved = entry["resolved_backend"] + (f", {detail}" if detail else "")

@@ -203,3 +203,20 @@ def test_step_floor_scales_with_layers_and_directions():
     assert unit > 0
     assert bench.step_floor_seconds(one) == unit
     assert bench.step_floor_seconds(four) == 4 * unit
+
+
+def test_reports_name_the_triton_kernel_a_case_runs(monkeypatch):
+    """The triton provider's kernels in the reports: its plan's choice for the case, under
+    the provider's forced kernel when it has one (``triton:step``)."""
+    from fusedrnn.bench_kernels import triton_kernels
+
+    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
+    case = bench.Case("lstm", 16, 8, 8, 768)
+    assert triton_kernels("lstm", case, "cpu", torch.bfloat16, {}) == "cooperative, 96 programs"
+    assert triton_kernels("lstm", case, "cpu", torch.bfloat16,
+                          {"FUSEDRNN_TRITON_KERNEL": "step"}) == "step"
+    assert triton_kernels("gru", bench.Case("gru", 4, 8, 8, 32), "cpu", torch.float32,
+                          {}) == "persistent"
+    entry = {"provider": "fusedrnn [triton]", "backend": "triton", "resolved_backend": "triton",
+             "kernels": "cooperative, 96 programs"}
+    assert bench_report.provider_title(entry) == "fusedrnn [triton] (cooperative, 96 programs)"
