@@ -1,14 +1,17 @@
 """Latency of the barriers a persistent RNN kernel meets once per step, on the local GPU:
 the grid-wide barrier of a cooperative launch (what the cuda backend's persistent kernels
-use) at several grid sizes, and on Hopper the thread-block-cluster barrier at each cluster
-size. These are the synchronisation term of the per-step floor (issue: persistent CUDA).
+use) at several grid sizes, on Hopper the thread-block-cluster barrier at each cluster
+size, and the Triton backend's grid barrier (atomics; its cooperative kernels) where Triton
+is installed. These are the synchronisation term of the per-step floor.
 
     python benchmarks/barrier_latency.py [--out FILE.json]
 
 Needs a CUDA device and fusedrnn._C; prints a table and writes JSON with the device.
+The Triton rows are ``triton`` with the number of programs.
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -33,6 +36,12 @@ def measure(ext, iterations=2000, repeats=5):
                 print(f"cluster {cluster}: {error}", file=sys.stderr)
                 us = None
             rows.append(("cluster", blocks, cluster, us))
+    if importlib.util.find_spec("triton") is not None:
+        from fusedrnn.backends.triton import barrier_bench
+
+        for programs in sorted({8, 32, 96, sms}):
+            rows.append(("triton", programs, 1, barrier_bench.latency_us(programs, iterations,
+                                                                         repeats)))
     return props, rows
 
 

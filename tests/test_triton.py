@@ -326,6 +326,19 @@ def test_a_refused_cooperative_launch_runs_one_launch_per_step(monkeypatch):
         cooperative.launch(None, variant, 3, (torch.zeros(1),), ())
 
 
+def test_the_grid_barrier_counts_every_program_at_every_step():
+    """``grid_barrier`` alone (``barrier_bench``): after 50 barriers of P programs the
+    counter is 50 P, with no program left waiting. On a GPU with programs running at once
+    (8, and one per multiprocessor); the interpreter, which runs them one after another,
+    can only check a single program."""
+    from fusedrnn.backends.triton import barrier_bench, cooperative
+
+    resident = cooperative.resident_programs(torch.device(DEVICE))
+    for programs in [1] if resident is None else [1, 8, resident]:
+        counter = barrier_bench.run(programs, 50, DEVICE)
+        assert counter.item() == 50 * programs
+
+
 def test_auto_never_picks_triton_on_cpu():
     for call in (Call("lstm", 8, 8), Call("rnn_tanh", 8, 8)):
         choice = backends.select(None, torch.device("cpu"), torch.float32, call)
