@@ -326,7 +326,7 @@ def test_a_refused_cooperative_launch_runs_one_launch_per_step(monkeypatch):
         cooperative.launch(None, variant, 3, (torch.zeros(1),), ())
 
 
-def test_the_grid_barrier_counts_every_program_at_every_step():
+def test_the_cooperative_kernels_grid_barrier_counts_every_program_at_every_step():
     """``grid_barrier`` alone (``barrier_bench``): after 50 barriers of P programs the
     counter is 50 P, with no program left waiting. On a GPU with programs running at once
     (8, and one per multiprocessor); the interpreter, which runs them one after another,
