@@ -13,11 +13,19 @@ The Triton rows are ``triton`` with the number of programs.
 import argparse
 import importlib.util
 import json
+import os
 import sys
 
 import torch
 
 from fusedrnn import _extension
+
+
+def _triton_barrier_allowed():
+    """Not where FUSEDRNN_TRITON_KERNEL leaves the cooperative kernels out (the GPU check
+    does, once they failed)."""
+    setting = os.environ.get("FUSEDRNN_TRITON_KERNEL", "").strip()
+    return setting in ("", "auto") or "cooperative" in setting.split(",")
 
 
 def measure(ext, iterations=2000, repeats=5):
@@ -36,7 +44,7 @@ def measure(ext, iterations=2000, repeats=5):
                 print(f"cluster {cluster}: {error}", file=sys.stderr)
                 us = None
             rows.append(("cluster", blocks, cluster, us))
-    if importlib.util.find_spec("triton") is not None:
+    if importlib.util.find_spec("triton") is not None and _triton_barrier_allowed():
         from fusedrnn.backends.triton import barrier_bench
 
         for programs in sorted({8, 32, 96, sms}):
