@@ -67,7 +67,10 @@ def triton_kernels(cell, case, device, dtype, env):
         variant = plan.choose(cell, case.hidden_size, case.proj_size or case.hidden_size, dtype,
                               resident)
     if variant.kernel == "cooperative":
-        return f"cooperative, {variant.programs} programs"
+        groups, _ = cooperative.batch_groups(variant, case.batch, resident)
+        programs = f"{variant.programs} programs"
+        return f"cooperative, {programs}" if groups == 1 else \
+            f"cooperative, {groups} batch groups x {programs}"
     return variant.kernel or "none"
 
 

@@ -217,6 +217,8 @@ def test_reports_name_the_triton_kernel_a_case_runs(monkeypatch):
                           {"FUSEDRNN_TRITON_KERNEL": "step"}) == "step"
     assert triton_kernels("gru", bench.Case("gru", 4, 8, 8, 32), "cpu", torch.float32,
                           {}) == "persistent"
+    assert triton_kernels("lstm", bench.Case("lstm", 64, 8, 8, 256), "cpu", torch.bfloat16,
+                          {}) == "cooperative, 4 batch groups x 32 programs"
     entry = {"provider": "fusedrnn [triton]", "backend": "triton", "resolved_backend": "triton",
              "kernels": "cooperative, 96 programs"}
     assert bench_report.provider_title(entry) == "fusedrnn [triton] (cooperative, 96 programs)"

@@ -62,7 +62,7 @@ CASES = [
     ("two layers, bidirectional", {"num_layers": 2, "bidirectional": True}, 20, 6, 4),
     ("no bias, batch_first", {"bias": False, "batch_first": True}, 16, 6, 3),
     ("more rows than one tile", {}, 16, 4, 19),
-    ("one program owns every unit", {}, 8, 4, 3),
+    ("one program owns every unit, two batch groups", {}, 8, 4, 19),
 ]
 
 
@@ -310,7 +310,7 @@ def test_a_refused_cooperative_launch_runs_one_launch_per_step(monkeypatch):
             calls.append((args[2], args[3], SYNC, options.get("launch_cooperative_grid")))
             if SYNC:
                 raise RuntimeError(failure)
-        return {(5,): run}
+        return {(5, 1): run}
 
     monkeypatch.setattr(cooperative, "wrap_triton", fake_wrap)
     monkeypatch.setattr(cooperative, "synchronised", lambda device, variant: True)
@@ -318,12 +318,28 @@ def test_a_refused_cooperative_launch_runs_one_launch_per_step(monkeypatch):
                         lambda device: {"launch_cooperative_grid": True})
     variant = plan.Variant("cooperative", "", 8, 64, 4, 5)
     failure = "Triton Error [CUDA]: too many blocks in cooperative launch"
-    cooperative.launch(None, variant, 3, (torch.zeros(1),), ())
+    cooperative.launch(None, variant, 3, (torch.zeros(1),), (3, 4, 40))
     assert calls == [(0, 3, True, True), (0, 1, False, None), (1, 2, False, None),
                      (2, 3, False, None)]
     failure = "Triton Error [CUDA]: an illegal memory access was encountered"
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        cooperative.launch(None, variant, 3, (torch.zeros(1),), ())
+        cooperative.launch(None, variant, 3, (torch.zeros(1),), (3, 4, 40))
+
+
+def test_batch_groups_fill_the_multiprocessors_the_hidden_split_leaves():
+    """Programs per group times groups stays within the resident programs; a group is whole
+    batch tiles of 16 rows; the interpreter (no residency limit) takes a group per tile."""
+    from fusedrnn.backends.triton import cooperative, plan
+
+    def groups(programs, batch, resident):
+        return cooperative.batch_groups(plan.Variant("cooperative", "", 8, 64, 8, programs),
+                                        batch, resident)
+
+    assert groups(96, 64, 132) == (1, 64)  # B64 H768: no room for a second group
+    assert groups(32, 64, 132) == (4, 16)  # B64 H256: 128 programs, a tile each
+    assert groups(32, 256, 132) == (4, 64)
+    assert groups(16, 20, 132) == (2, 16)
+    assert groups(5, 19, None) == (2, 16)
 
 
 def test_the_cooperative_kernels_grid_barrier_counts_every_program_at_every_step():

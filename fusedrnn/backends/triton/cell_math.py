@@ -68,13 +68,15 @@ def split_matmul(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def cooperative_tiles(hidden, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+def cooperative_tiles(hidden, batch, group_rows, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                       SPLIT_K: tl.constexpr):
-    """A cooperative program's hidden units, the reduction's split indices
-    (``split_k_indices``), and their masks."""
+    """A cooperative program's hidden units (``program_id(0)``), the reduction's split
+    indices (``split_k_indices``), their masks, and the rows ``[b_first, b_last)`` of its
+    batch group (``program_id(1)``, ``group_rows`` rows each)."""
     hcols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     ks = split_k_indices(SPLIT_K, BLOCK_K // SPLIT_K)
-    return hcols, ks, hcols < hidden, ks < hidden
+    b_first = tl.program_id(1) * group_rows
+    return hcols, ks, hcols < hidden, ks < hidden, b_first, tl.minimum(b_first + group_rows, batch)
 
 
 @triton.jit
@@ -140,11 +142,12 @@ def gate_preactivation(xproj, gate, h, w, at, hcols, g_size, hidden, row_ok, h_o
 
 @triton.jit
 def end_of_step(counter, s, s_begin, s_end, SYNC: tl.constexpr):
-    """With ``SYNC``, the grid barrier after step ``s`` of a launch over ``[s_begin, s_end)``
+    """With ``SYNC``, the barrier of this program's batch group (its programs along axis 0,
+    on counter ``program_id(1)``) after step ``s`` of a launch over ``[s_begin, s_end)``
     (none after its last step)."""
     if SYNC:
         if s + 1 < s_end:
-            grid_barrier(counter, (s - s_begin + 1) * tl.num_programs(0))
+            grid_barrier(counter + tl.program_id(1), (s - s_begin + 1) * tl.num_programs(0))
 
 
 @triton.jit

@@ -23,7 +23,8 @@ from . import plan
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Arguments by name (the kernels' docstrings): sizes and step indices, int64 lengths, and
 # the float32 state buffers of the step kernels; every other pointer has the call's dtype.
-INTEGERS = {"steps", "batch", "hidden", "state", "t", "t_prev", "first", "s_begin", "s_end"}
+INTEGERS = {"steps", "batch", "hidden", "state", "t", "t_prev", "first", "s_begin", "s_end",
+            "group_rows"}
 FLOAT32_BUFFERS = {"h_cur", "h_next", "c_state", "dh_cur", "dh_next", "dc_state", "dh_pair"}
 CELLS = ("lstm", "gru", "rnn_tanh")
 H200_MULTIPROCESSORS = 132  # the cooperative kernels' resident programs on the H200

@@ -1,9 +1,10 @@
 """Launching the cooperative kernels (``*_cooperative_kernel``: the hidden units split over
 programs that meet at a grid barrier once per step; see ``plan.py``).
 
-On a GPU the whole sequence is one launch of ``variant.programs`` programs, at most one per
-multiprocessor so that all are resident together and the barrier cannot wait on a program
-that has not started. Where Triton can ask for it (``launch_cooperative_grid``, Triton 3.3
+On a GPU the whole sequence is one launch of ``variant.programs`` programs per batch group,
+at most one program per multiprocessor so that all are resident together and the barrier
+cannot wait on a program that has not started; where the multiprocessors allow, the batch
+tiles split into groups, each run by its own programs meeting at a barrier of their own. Where Triton can ask for it (``launch_cooperative_grid``, Triton 3.3
 on), the launch is a cooperative one: should the programs not all fit at once (other work
 holding multiprocessors), the driver refuses it instead of letting the barrier wait
 forever, and the sequence then runs one launch per step. Triton's interpreter runs a launch's programs one after another, so
@@ -76,12 +77,25 @@ def launch_options(device):
     return {"launch_cooperative_grid": True} if _triton_launches_cooperatively() else {}
 
 
+def batch_groups(variant, batch, resident):
+    """How many groups the batch rows split into, each run by ``variant.programs`` programs
+    meeting at a barrier of their own, and the rows of a group (a multiple of
+    ``plan.BLOCK_B``): as many groups as batch tiles while every program stays resident
+    (all of them under the interpreter, where ``resident`` is None)."""
+    tiles = -(-batch // plan.BLOCK_B)
+    groups = tiles if resident is None else max(1, min(tiles, resident // variant.programs))
+    return groups, -(-tiles // groups) * plan.BLOCK_B
+
+
 def launch(kernel, variant, iterations, tensors, sizes, **constants):
     """Run ``kernel`` over processing steps ``[0, iterations)``: its arguments are
-    ``tensors``, then the barrier's counter, ``s_begin``, ``s_end``, then ``sizes``."""
+    ``tensors``, then the barriers' counters, ``s_begin``, ``s_end``, then ``sizes``
+    (steps, batch, hidden) and the rows of a batch group."""
     device = tensors[0].device
-    counter = torch.zeros(1, dtype=torch.int32, device=device)
-    run = wrap_triton(kernel)[(variant.programs,)]
+    groups, group_rows = batch_groups(variant, sizes[1], resident_programs(device))
+    sizes = (*sizes, group_rows)
+    counter = torch.zeros(groups, dtype=torch.int32, device=device)
+    run = wrap_triton(kernel)[(variant.programs, groups)]
     if synchronised(device, variant):
         options = launch_options(device)
         try:

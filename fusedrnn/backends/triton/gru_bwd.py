@@ -132,11 +132,12 @@ def gru_bwd_step_kernel(
 def gru_bwd_cooperative_kernel(
     grad_y, grad_hn, w_hh, lengths, h_prev, gates, hidden_n, dgates_in, dgates_hid, dh_pair,
     dh0, counter,
-    s_begin, s_end, steps, batch, hidden,
+    s_begin, s_end, steps, batch, hidden, group_rows,
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr, SYNC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    hcols, ks, h_ok, k_ok, b_first, b_last = cooperative_tiles(hidden, batch, group_rows, BLOCK_H,
+                                                               BLOCK_K, SPLIT_K)
     g_size = 3 * hidden
     w_r = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, True)
     w_z = weight_slice(w_hh, 1, hcols, ks, hidden, h_ok, k_ok, True)
@@ -145,7 +146,7 @@ def gru_bwd_cooperative_kernel(
         t, t_prev = backward_times(s, steps, REVERSE)
         dh_cur, dh_next = pair_slots(dh_pair, s, batch, hidden)
         prev = dgates_hid + t_prev * batch * g_size
-        for b0 in range(0, batch, BLOCK_B):
+        for b0 in range(b_first, b_last, BLOCK_B):
             rows, row_ok = batch_tile(b0, batch, BLOCK_B)
             if s == 0:
                 carry = load_tile(grad_hn, rows, hcols, hidden, row_ok, h_ok)

@@ -135,11 +135,12 @@ def lstm_fwd_step_kernel(
 @triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
 def lstm_fwd_cooperative_kernel(
     xproj, w_hh, lengths, y, gates, cells, h_pair, c_state, counter,
-    s_begin, s_end, steps, batch, hidden,
+    s_begin, s_end, steps, batch, hidden, group_rows,
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, IEEE: tl.constexpr, SYNC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    hcols, ks, h_ok, k_ok, b_first, b_last = cooperative_tiles(hidden, batch, group_rows, BLOCK_H,
+                                                               BLOCK_K, SPLIT_K)
     g_size = 4 * hidden
     w_i = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, False)
     w_f = weight_slice(w_hh, 1, hcols, ks, hidden, h_ok, k_ok, False)
@@ -148,7 +149,7 @@ def lstm_fwd_cooperative_kernel(
     for s in range(s_begin, s_end):
         t = steps - 1 - s if REVERSE else s
         h_cur, h_next = pair_slots(h_pair, s, batch, hidden)
-        for b0 in range(0, batch, BLOCK_B):
+        for b0 in range(b_first, b_last, BLOCK_B):
             rows, row_ok = batch_tile(b0, batch, BLOCK_B)
             at = t * batch + rows
             h = load_split(h_cur, rows, ks, hidden, row_ok, k_ok, ".cg")

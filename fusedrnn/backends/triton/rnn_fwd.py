@@ -91,17 +91,18 @@ def rnn_fwd_step_kernel(
 @triton.jit(do_not_specialize=["s_begin", "s_end", "steps"])
 def rnn_fwd_cooperative_kernel(
     xproj, w_hh, lengths, y, h_pair, counter,
-    s_begin, s_end, steps, batch, hidden,
+    s_begin, s_end, steps, batch, hidden, group_rows,
     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
     SYNC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    hcols, ks, h_ok, k_ok = cooperative_tiles(hidden, BLOCK_H, BLOCK_K, SPLIT_K)
+    hcols, ks, h_ok, k_ok, b_first, b_last = cooperative_tiles(hidden, batch, group_rows, BLOCK_H,
+                                                               BLOCK_K, SPLIT_K)
     w = weight_slice(w_hh, 0, hcols, ks, hidden, h_ok, k_ok, False)
     for s in range(s_begin, s_end):
         t = steps - 1 - s if REVERSE else s
         h_cur, h_next = pair_slots(h_pair, s, batch, hidden)
-        for b0 in range(0, batch, BLOCK_B):
+        for b0 in range(b_first, b_last, BLOCK_B):
             rows, row_ok = batch_tile(b0, batch, BLOCK_B)
             at = t * batch + rows
             acc = (load_tile(xproj, at, hcols, hidden, row_ok, h_ok)
