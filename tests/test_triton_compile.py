@@ -29,8 +29,9 @@ CASES = compile_check.cases()
 def _name(case):
     tiles = "x".join(str(v) for k, v in case["constants"].items() if k.startswith("BLOCK"))
     proj = "-proj" if case["constants"].get("HAS_PROJ") else ""
+    aligned = "-aligned" if case.get("aligned") else ""
     return (f"{case['cell']}-{case['stage']}-{case['design']}-{case['dtype']}-{tiles}{proj}"
-            f"-w{case['num_warps']}")
+            f"-w{case['num_warps']}{aligned}")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ INTEGERS = {"steps", "batch", "hidden", "state", "t", "t_prev", "first", "s_begi
 FLOAT32_BUFFERS = {"h_cur", "h_next", "c_state", "dh_cur", "dh_next", "dc_state", "dh_pair"}
 CELLS = ("lstm", "gru", "rnn_tanh")
 H200_MULTIPROCESSORS = 132  # the cooperative kernels' resident programs on the H200
+# Sizes a launch specialises as divisible by 16 when they are (hidden 768 or 1024, batch 16).
+ALIGNED_SIZES = {"hidden", "batch", "group_rows"}
 # A configuration the plan avoids because it spilled (3x64x64 float32 tiles at 4 warps):
 # compiled as a control, so that a check that saw no spills anywhere can be trusted.
 CONTROL = dict(cell="gru", stage="fwd", design="persistent", dtype="float32",
@@ -58,7 +60,8 @@ def _largest_cooperative(cell, dtype):
 
 def cases():
     """Every kernel at the plan's largest tiles (for the persistent kernels also the largest
-    it runs at 4 warps; for the cooperative ones the largest slices on the H200), per dtype: dicts of ``cell``, ``stage``, ``design``, ``dtype`` (a
+    it runs at 4 warps; for the cooperative ones the largest slices on the H200, also
+    ``aligned``: as a launch specialises pointers and sizes divisible by 16), per dtype: dicts of ``cell``, ``stage``, ``design``, ``dtype`` (a
     name), ``constants`` (tiles) and ``num_warps``."""
     found = []
     for cell in CELLS:
@@ -75,10 +78,12 @@ def cases():
                                                          BLOCK_P=variant.block_p,
                                                          HAS_PROJ=projected)))
                 variant = _largest_cooperative(cell, dtype)
-                found.append(dict(cell=cell, stage=stage, design="cooperative", dtype=name,
-                                  num_warps=variant.num_warps,
-                                  constants=dict(BLOCK_H=variant.block_h, BLOCK_K=variant.block_p,
-                                                 SPLIT_K=variant.split_k)))
+                for aligned in (False, True):
+                    found.append(dict(cell=cell, stage=stage, design="cooperative", dtype=name,
+                                      num_warps=variant.num_warps, aligned=aligned,
+                                      constants=dict(BLOCK_H=variant.block_h,
+                                                     BLOCK_K=variant.block_p,
+                                                     SPLIT_K=variant.split_k)))
                 found.append(dict(cell=cell, stage=stage, design="step", dtype=name,
                                   constants=dict(BLOCK_H=plan.STEP_BLOCK_H,
                                                  BLOCK_K=plan.STEP_BLOCK_K),
@@ -107,11 +112,12 @@ def compile_case(case, arch):
                        HAS_PROJ=False, IEEE=dtype == torch.float32, BLOCK_B=plan.BLOCK_B,
                        SYNC=True),
                   **case["constants"])
-    signature, constants = {}, {}
-    for name in inspect.signature(kernel.fn).parameters:
+    signature, constants, attrs = {}, {}, {}
+    for index, name in enumerate(inspect.signature(kernel.fn).parameters):
         if name in values:
             signature[name], constants[name] = "constexpr", values[name]
-        elif name in INTEGERS:
+            continue
+        if name in INTEGERS:
             signature[name] = "i32"
         elif name == "lengths":
             signature[name] = "*i64"
@@ -119,7 +125,10 @@ def compile_case(case, arch):
             signature[name] = "*i32"
         else:
             signature[name] = "*fp32" if name in FLOAT32_BUFFERS else "*" + DTYPES[dtype]
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+        if case.get("aligned") and (signature[name].startswith("*") or name in ALIGNED_SIZES):
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
+                                        attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": case["num_warps"]})
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
