@@ -4,13 +4,16 @@ programs that meet at a grid barrier once per step; see ``plan.py``).
 On a GPU the whole sequence is one launch of ``variant.programs`` programs per batch group,
 at most one program per multiprocessor so that all are resident together and the barrier
 cannot wait on a program that has not started; where the multiprocessors allow, the batch
-tiles split into groups, each run by its own programs meeting at a barrier of their own. Where Triton can ask for it (``launch_cooperative_grid``, Triton 3.3
-on), the launch is a cooperative one: should the programs not all fit at once (other work
-holding multiprocessors), the driver refuses it instead of letting the barrier wait
-forever, and the sequence then runs one launch per step. Triton's interpreter runs a launch's programs one after another, so
-there the barrier could never be passed by more than one program: it launches once per step
-(the launch boundary is the barrier), except when one program owns every unit, which runs
-the single synchronised launch as a GPU does.
+tiles split into groups, each run by its own programs meeting at a barrier of their own.
+Where Triton can ask for it (``launch_cooperative_grid``; Triton 3.8 can), the launch is a
+cooperative one: should the programs not all fit at once (other work holding
+multiprocessors), the driver refuses it instead of letting the barrier wait forever, and
+the sequence then runs one launch per step.
+
+Triton's interpreter runs a launch's programs one after another, so there the barrier
+could never be passed by more than one program: it launches once per step (the launch
+boundary is the barrier), except when one program owns every unit, which runs the single
+synchronised launch as a GPU does.
 """
 
 import dataclasses
