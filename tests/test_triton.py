@@ -207,7 +207,7 @@ def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
     assert plan.choose("lstm", 4096, 4096, bf16).num_warps == plan.STEP_NUM_WARPS
     big_proj = plan.choose("lstm", 1024, 256, bf16)
     assert big_proj.kernel is None and "proj_size" in big_proj.reason
-    ok, why = backends.get("triton").supports(torch.device("cpu"), torch.float32,
+    ok, why = backends.get("triton").supports(torch.device(DEVICE), torch.float32,
                                               Call("lstm", 1024, 256))
     assert not ok and "proj_size" in why
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "sideways")
@@ -265,13 +265,13 @@ def test_sizes_past_32_bit_offsets_are_declined_with_the_reason():
     is declined (auto falls back, an explicit request raises with this reason), not run
     with offsets that wrap; sizes unknown as plain ints (torch.compile) are not judged."""
     triton_backend = backends.get("triton")
-    cpu = torch.device("cpu")
+    device = torch.device(DEVICE)
     fits = Call("lstm", 1024, 1024, batch=512, steps=1023)  # 4 * 1024 * 512 * 1023 < 2^31
     too_big = Call("lstm", 1024, 1024, batch=512, steps=1024)
-    assert triton_backend.supports(cpu, torch.float32, fits) == (True, "")
-    ok, why = triton_backend.supports(cpu, torch.float32, too_big)
+    assert triton_backend.supports(device, torch.float32, fits) == (True, "")
+    ok, why = triton_backend.supports(device, torch.float32, too_big)
     assert not ok and "index in 32 bits" in why and "2147483648 elements" in why
-    assert triton_backend.supports(cpu, torch.float32, Call("lstm", 1024, 1024, batch=512))[0]
+    assert triton_backend.supports(device, torch.float32, Call("lstm", 1024, 1024, batch=512))[0]
 
 
 def test_launchers_raise_where_the_plan_on_the_device_has_no_kernel(monkeypatch):
@@ -284,7 +284,7 @@ def test_launchers_raise_where_the_plan_on_the_device_has_no_kernel(monkeypatch)
 
     monkeypatch.setattr(cooperative, "resident_programs", lambda device: 132)
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "persistent,cooperative")
-    ok, why = backends.get("triton").supports(torch.device("cpu"), torch.bfloat16,
+    ok, why = backends.get("triton").supports(torch.device(DEVICE), torch.bfloat16,
                                               Call("rnn_tanh", 4096, 4096))
     assert not ok and "1x32x4096 are over 32768" in why
     x = torch.empty(3, 2, 4, dtype=torch.bfloat16)
