@@ -90,6 +90,12 @@ def batch_groups(variant, batch, resident):
     return groups, -(-tiles // groups) * plan.BLOCK_B
 
 
+def gradient_pair(h0):
+    """``(2, B, H)`` float32: the backward's ping-pong of each program's own gradient of h
+    (written before it is read)."""
+    return h0.new_empty((2,) + h0.shape, dtype=torch.float32)
+
+
 def launch(kernel, variant, iterations, tensors, sizes, **constants):
     """Run ``kernel`` over processing steps ``[0, iterations)``: its arguments are
     ``tensors``, then the barriers' counters, ``s_begin``, ``s_end``, then ``sizes``

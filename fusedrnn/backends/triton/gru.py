@@ -66,7 +66,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         variant = plan.variant_for("gru", hidden, hidden, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "cooperative":
-            dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)
+            dh_pair = cooperative.gradient_pair(h0)
             cooperative.launch(gru_bwd_cooperative_kernel, variant, steps + 1,
                                (grad_y, grad_hn, w_hh, lens, h_prev, gates, hidden_n, dgates_in,
                                 dgates_hid, dh_pair, dh0), (steps, batch, hidden),

@@ -58,7 +58,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
         variant = plan.variant_for("rnn_relu" if relu else "rnn_tanh", hidden, hidden, x)
         flags, lens = plan.launch_flags(x, lengths, h0, variant)
         if variant.kernel == "cooperative":
-            dh_pair = h0.new_empty((2,) + h0.shape, dtype=torch.float32)
+            dh_pair = cooperative.gradient_pair(h0)
             cooperative.launch(rnn_bwd_cooperative_kernel, variant, steps + 1,
                                (grad_y, grad_hn, w_hh, lens, y, dpre, dh_pair, dh0),
                                (steps, batch, hidden), REVERSE=reverse, RELU=relu,
