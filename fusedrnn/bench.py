@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from . import __version__, backends, bench_report, modules, testing
+from . import __version__, backends, bench_graphs, bench_report, modules, testing
 from .bench_floors import GATES, MODE_FLOP_FACTORS, persistent_floor_terms, step_floor_seconds
 from .bench_kernels import cuda_kernels, split_backend, triton_kernels, with_env
 from .bench_timing import is_noisy, peak_memory_bytes, summarize, time_interleaved
@@ -326,15 +326,21 @@ def make_call(provider, mode):
 
 
 def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype=torch.float32,
-                 warmup=3, repeats=10, seed=0):
+                 warmup=3, repeats=10, seed=0, cuda_graph=False):
     """Build the providers of ``case`` and time them in ``mode``: one result dict, with the
     case's GEMM FLOPs and per-step floor, and per provider the timings, ratio to torch.nn,
-    TFLOP/s and peak memory."""
+    TFLOP/s and peak memory. ``cuda_graph``: each provider's call captured once and its
+    replays timed (:mod:`fusedrnn.bench_graphs`); a provider that fails to capture is an
+    error."""
     device = torch.device(device)
     providers = build_providers(case, backend_names, device, dtype, seed, mode=mode)
     calls = {i: with_env(make_call(p, mode), p.env) for i, p in enumerate(providers)
              if p.status == "ok"}
-    times = time_interleaved(calls, device, warmup, repeats)
+    graphs = _capture_all(calls, device, mode) if cuda_graph else {}
+    calls = {i: call for i, call in calls.items() if not isinstance(graphs.get(i), Exception)}
+    times = time_interleaved({i: (graphs[i].replay, None) if graphs else call
+                              for i, call in calls.items()}, device, warmup, repeats)
+    times.update({i: error for i, error in graphs.items() if isinstance(error, Exception)})
     inputs = [p.input for p in providers if p.status == "ok"]
     flops = gemm_flops(case, mode, input_tokens(inputs[0]) if inputs else None)
     entries = []
@@ -351,7 +357,8 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
             entry["us_per_step"] = entry["median_s"] / case.steps * 1e6
             entry["tflops"] = flops / entry["median_s"] / 1e12
             entry["noisy"] = is_noisy(entry)
-            entry["peak_memory_bytes"] = peak_memory_bytes(*calls[index], device)
+            entry["peak_memory_bytes"] = (graphs[index].peak_memory_bytes if graphs
+                                          else peak_memory_bytes(*calls[index], device))
         entries.append(entry)
     reference = entries[0].get("median_s")
     for entry in entries[1:]:
@@ -359,17 +366,30 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
             entry["ratio"] = entry["median_s"] / reference
     return {"case": case.label, **asdict(case), "mode": mode, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
+            "cuda_graph": cuda_graph,
             "flops": flops, "floor_us_per_step": step_floor_seconds(case, device, dtype) * 1e6,
             "persistent_floor_us": persistent_floor_terms(case, mode, device, dtype),
             "providers": entries}
 
 
+def _capture_all(calls, device, mode):
+    """``{index: Graphed or the exception its capture raised}`` for ``{index: (call, setup)}``."""
+    bench_graphs.check_graphable(device, [mode])
+    graphs = {}
+    for index, (call, setup) in calls.items():
+        try:
+            graphs[index] = bench_graphs.capture(call, setup, device)
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            graphs[index] = error
+    return graphs
+
+
 def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device="cpu",
-             dtype=torch.float32, warmup=3, repeats=10, seed=0, progress=None):
+             dtype=torch.float32, warmup=3, repeats=10, seed=0, progress=None, cuda_graph=False):
     """:func:`measure_case` over ``cases`` x ``modes``; ``progress`` is a stream for
     ``[i/n] case mode`` lines, each followed by that case's table rows as soon as it is
-    measured, so that a run cut short still leaves what it measured (``None``: silent).
-    Returns the list of result dicts."""
+    measured, so that a run cut short still leaves what it measured (``None``: silent);
+    ``cuda_graph`` as in :func:`measure_case`. Returns the list of result dicts."""
     results = []
     total = len(cases) * len(modes)
     if progress is not None:
@@ -380,7 +400,7 @@ def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device=
                 print(f"[{len(results) + 1}/{total}] {case.label} {mode} ...", file=progress,
                       flush=True)
             results.append(measure_case(case, mode, backend_names, device, dtype, warmup,
-                                        repeats, seed))
+                                        repeats, seed, cuda_graph))
             if progress is not None:
                 for row in bench_report.table_rows(results[-1:]):
                     print("    " + " | ".join(cell.strip() for cell in row[3:]),

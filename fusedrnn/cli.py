@@ -108,6 +108,9 @@ def add_bench_arguments(parser):
                         help="give the LSTM cases proj_size P (those with hidden size <= P "
                              "are left out)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture each provider's call in a CUDA graph and time its "
+                             "replays (CUDA only; modes inference and training)")
     parser.add_argument("--out", metavar="DIR",
                         help="write results.json, results.md and PNG speedup plots here")
 
@@ -116,11 +119,16 @@ def run_bench(args):
     """Time fusedrnn against torch.nn over the default grid and print the table."""
     import torch
 
-    from fusedrnn import backends, bench, bench_report
+    from fusedrnn import backends, bench, bench_graphs, bench_report
 
     device = parse_device(args.device)
     cells = _choices(args.cell, bench.CELLS, "cell")
     modes = _choices(args.mode, bench.MODES, "mode")
+    if args.cuda_graph:
+        try:
+            bench_graphs.check_graphable(device, modes)
+        except ValueError as error:
+            raise UsageError(f"--cuda-graph: {error}") from None
     backend_names = list(dict.fromkeys(args.backend or [backends.AUTO]))
     known = backends.names()
     for name in backend_names:
@@ -142,16 +150,17 @@ def run_bench(args):
               "cores: other work may disturb the timings", file=sys.stderr)
     print(f"fusedrnn {env['fusedrnn']} vs torch {env['torch']} on {device} "
           f"({env['device_name']}; {env['torch_threads']} torch threads), {args.dtype}, "
-          f"warmup {warmup}, repeats {repeats}, interleaved, median")
+          f"warmup {warmup}, repeats {repeats}, interleaved, median"
+          + (", CUDA graph replays" if args.cuda_graph else ""))
     sys.stdout.flush()
     results = bench.run_grid(cases, modes, backend_names, device, dtype, warmup, repeats,
-                             args.seed, progress=sys.stderr)
+                             args.seed, progress=sys.stderr, cuda_graph=args.cuda_graph)
     print(bench_report.format_table(results), end="")
     if args.out:
         settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
                     "backends": backend_names, "quick": args.quick, "warmup": warmup,
                     "repeats": repeats, "seed": args.seed, "proj_size": args.proj_size,
-                    "torch_threads": torch.get_num_threads()}
+                    "cuda_graph": args.cuda_graph, "torch_threads": torch.get_num_threads()}
         paths, note = bench_report.write_reports(results, env, args.out, settings)
         print(f"wrote {', '.join(str(path) for path in paths)}")
         if note:

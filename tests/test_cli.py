@@ -7,12 +7,13 @@ import io
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import backends, bench, bench_report, bench_timing, testing
+from fusedrnn import backends, bench, bench_graphs, bench_report, bench_timing, testing
 from fusedrnn.backends import Availability, Backend, Call
 from fusedrnn.cli import main
 
@@ -275,6 +276,44 @@ def test_forced_kernels_are_set_only_around_the_provider_calls(monkeypatch):
     call()
     assert setup is None and seen == ["grid"]
     assert "FUSEDRNN_CUDA_KERNEL" not in os.environ
+
+
+def test_cuda_graph_option_needs_cuda_and_whole_call_modes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--device", "cpu", "--cuda-graph"])
+    assert exit_info.value.code == 2
+    assert "--cuda-graph: CUDA graphs need a CUDA device, got cpu" in capsys.readouterr().err
+    bench_graphs.check_graphable("cuda", ["inference", "training"])
+    with pytest.raises(ValueError, match="not backward, training_forward"):
+        bench_graphs.check_graphable("cuda", ["inference", "backward", "training_forward"])
+
+
+def test_graphed_timing_replays_each_capture_and_reports_a_failed_one(monkeypatch):
+    """The plumbing of ``--cuda-graph`` on the CPU, with the capture faked (a real one needs
+    CUDA: tests/test_cuda_graphs.py): the replays are timed, the capture's peak memory is
+    reported, a provider whose capture fails is an error row and the others still run."""
+    captured, replays = [], []
+
+    def capture(call, setup, device):
+        captured.append(call)
+        if len(captured) == 2:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        call()
+        return SimpleNamespace(replay=lambda: replays.append(len(captured)),
+                               peak_memory_bytes=1234)
+
+    monkeypatch.setattr(bench_graphs, "check_graphable", lambda device, modes: None)
+    monkeypatch.setattr(bench_graphs, "capture", capture)
+    case = bench.default_grid("cpu", quick=True)[0]
+    result = bench.measure_case(case, "inference", ["reference", "auto"], warmup=1, repeats=3,
+                                cuda_graph=True)
+    nn_entry, failed, graphed = result["providers"]
+    assert result["cuda_graph"] and len(captured) == 3
+    assert nn_entry["status"] == graphed["status"] == "ok"
+    assert nn_entry["peak_memory_bytes"] == graphed["peak_memory_bytes"] == 1234
+    assert len(nn_entry["times_s"]) == len(graphed["times_s"]) == 3 and "ratio" in graphed
+    assert len(replays) == 2 * (1 + 3)
+    assert failed["status"] == "error" and "not permitted when stream is capturing" in failed["message"]
 
 
 @pytest.mark.parametrize("argv", [["--cell", "lstm,xyz"], ["--mode", "fast"],
