@@ -11,14 +11,16 @@ def tanh(x):
 
 
 @triton.jit
-def load_tile(ptr, rows, cols, row_stride, row_ok, col_ok, CACHE: tl.constexpr = ""):
+def load_tile(ptr, rows, cols, row_stride, row_ok, col_ok, PAST_L1: tl.constexpr = False):
     """A ``(rows, cols)`` tile of a row-major matrix as float32, zero outside the masks.
-    ``CACHE=".cg"`` asks to bypass the L1 cache, for data other programs wrote in this launch
-    (a hint the pipeliner's asynchronous copies drop: what makes those writes visible is the
-    acquire of ``grid_barrier``, not the hint)."""
+    ``PAST_L1`` asks to bypass the L1 cache (``.cg``), for data other programs wrote in this
+    launch (a hint the pipeliner's asynchronous copies drop: what makes those writes visible
+    is the acquire of ``grid_barrier``, not the hint). A flag, not the modifier's string:
+    Triton before 3.8 makes a constexpr of a default value only if it is a number, a bool or
+    a dtype."""
     mask = row_ok[:, None] & col_ok[None, :]
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0,
-                   cache_modifier=CACHE).to(tl.float32)
+                   cache_modifier=".cg" if PAST_L1 else "").to(tl.float32)
 
 
 @triton.jit
@@ -51,13 +53,13 @@ def split_k_indices(SPLIT_K: tl.constexpr, BLOCK_KC: tl.constexpr):
 
 
 @triton.jit
-def load_split(ptr, rows, ks, row_stride, row_ok, k_ok, CACHE: tl.constexpr = ""):
+def load_split(ptr, rows, ks, row_stride, row_ok, k_ok, PAST_L1: tl.constexpr = False):
     """Rows ``rows`` of a row-major matrix at split columns ``ks`` (``split_k_indices``) as a
     ``(SPLIT_K, rows, BLOCK_KC)`` tile in the matrix's dtype (an operand of ``matmul``), zero
-    outside the masks."""
+    outside the masks; ``PAST_L1`` as in ``load_tile``."""
     mask = row_ok[None, :, None] & k_ok[:, None, :]
     return tl.load(ptr + rows[None, :, None] * row_stride + ks[:, None, :], mask=mask, other=0.0,
-                   cache_modifier=CACHE)
+                   cache_modifier=".cg" if PAST_L1 else "")
 
 
 @triton.jit
@@ -128,7 +130,7 @@ def pair_slots(pair, s, batch, hidden):
 def split_product(ptr, rows, ks, row_stride, row_ok, k_ok, w, IEEE: tl.constexpr):
     """Rows ``rows`` of a matrix other programs wrote in this launch times a
     ``weight_slice`` (``.cg``: read past L1, where the compiler keeps the hint)."""
-    return split_matmul(load_split(ptr, rows, ks, row_stride, row_ok, k_ok, ".cg"), w, IEEE)
+    return split_matmul(load_split(ptr, rows, ks, row_stride, row_ok, k_ok, True), w, IEEE)
 
 
 @triton.jit

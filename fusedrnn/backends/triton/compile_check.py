@@ -4,8 +4,10 @@
 the tiles and warps the plan (``plan.py``) gives its largest calls, for sm_90 (the H200) by
 default, and prints one JSON line per kernel: what the interpreter cannot tell, as ptxas
 reports it (the ptxas of Triton's wheel). ``tests/test_triton_compile.py`` runs it and
-checks for spills and shared memory. It needs Triton's real compiler, so it runs with
-``TRITON_INTERPRET`` unset (under the interpreter the kernels are not compilable objects).
+checks for spills and shared memory; ``--check`` makes it check them itself (exit status 1
+on a problem), which CI uses to compile the kernels with the Triton the GPU machine has
+(3.6.0; 3.8 here). It needs Triton's real compiler, so it runs with ``TRITON_INTERPRET``
+unset (under the interpreter the kernels are not compilable objects).
 """
 
 import argparse
@@ -34,6 +36,10 @@ ALIGNED_SIZES = {"hidden", "batch", "group_rows"}
 # compiled as a control, so that a check that saw no spills anywhere can be trusted.
 CONTROL = dict(cell="gru", stage="fwd", design="persistent", dtype="float32",
                constants=dict(BLOCK_H=64), num_warps=4)
+SHARED_PER_BLOCK = 227 * 1024  # the H200's (sm_90) opt-in shared memory per block
+# Bytes a thread spills and reloads that are a few scalars (Triton 3.8's float32 LSTM 4x64x64
+# tiles: 20 each way), against kilobytes where the weights spill (the control: 12 KB).
+SPILL_TOLERANCE = 64
 
 
 def _largest_persistent(cell, dtype, projected, num_warps=None):
@@ -143,15 +149,45 @@ def compile_case(case, arch):
                 spilled=int(spills.group(1)) + int(spills.group(2)))
 
 
+def problems(report, spill_tolerance=SPILL_TOLERANCE):
+    """What is wrong with one ``compile_case`` report: spills beyond ``spill_tolerance``
+    bytes or shared memory beyond the H200's; for the control, no spill at all (a check that
+    cannot see spills would pass anything)."""
+    if report.get("control"):
+        return [] if report["spilled"] > spill_tolerance else ["the control did not spill"]
+    found = []
+    if report["spilled"] > spill_tolerance:
+        found.append(f"{report['spilled']} bytes of register spills a thread "
+                     f"({report['registers']} registers)")
+    if report["shared"] > SHARED_PER_BLOCK:
+        found.append(f"{report['shared']} bytes of shared memory")
+    return found
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 if a kernel spills or exceeds shared memory")
+    parser.add_argument("--spill-tolerance", type=int, default=SPILL_TOLERANCE, metavar="BYTES",
+                        help=f"spill bytes a thread that --check accepts (default {SPILL_TOLERANCE})")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter's kernels do not compile")
+    import triton
+
+    failed = 0
     for case in cases() + [dict(CONTROL, control=True)]:
-        print(json.dumps(compile_case(case, args.arch)), flush=True)
-    return 0
+        report = compile_case(case, args.arch)
+        print(json.dumps(report), flush=True)
+        for problem in problems(report, args.spill_tolerance) if args.check else ():
+            print(f"compile_check: {report['cell']} {report['stage']} {report['design']} "
+                  f"{report['dtype']} {report['constants']}: {problem}", file=sys.stderr)
+            failed += 1
+    if args.check:
+        print(f"compile_check: Triton {triton.__version__}, sm_{args.arch}: "
+              f"{failed or 'no'} problems", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

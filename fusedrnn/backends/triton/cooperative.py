@@ -5,7 +5,7 @@ On a GPU the whole sequence is one launch of ``variant.programs`` programs per b
 at most one program per multiprocessor so that all are resident together and the barrier
 cannot wait on a program that has not started; where the multiprocessors allow, the batch
 tiles split into groups, each run by its own programs meeting at a barrier of their own.
-Where Triton can ask for it (``launch_cooperative_grid``; Triton 3.8 can), the launch is a
+Where Triton can ask for it (``launch_cooperative_grid``: 3.6 and 3.8 can), the launch is a
 cooperative one: should the programs not all fit at once (other work holding
 multiprocessors), the driver refuses it instead of letting the barrier wait forever, and
 the sequence then runs one launch per step.

@@ -127,7 +127,7 @@ def gru_fwd_cooperative_kernel(
         for b0 in range(b_first, b_last, BLOCK_B):
             rows, row_ok = batch_tile(b0, batch, BLOCK_B)
             at = t * batch + rows
-            h_all = load_split(h_cur, rows, ks, hidden, row_ok, k_ok, ".cg")
+            h_all = load_split(h_cur, rows, ks, hidden, row_ok, k_ok, True)
             acc_r = gate_preactivation(xproj, 0, h_all, w_r, at, hcols, g_size, hidden, row_ok,
                                        h_ok, IEEE)
             acc_z = gate_preactivation(xproj, 1, h_all, w_z, at, hcols, g_size, hidden, row_ok,

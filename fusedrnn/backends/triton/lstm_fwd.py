@@ -152,7 +152,7 @@ def lstm_fwd_cooperative_kernel(
         for b0 in range(b_first, b_last, BLOCK_B):
             rows, row_ok = batch_tile(b0, batch, BLOCK_B)
             at = t * batch + rows
-            h = load_split(h_cur, rows, ks, hidden, row_ok, k_ok, ".cg")
+            h = load_split(h_cur, rows, ks, hidden, row_ok, k_ok, True)
             acc_i = gate_preactivation(xproj, 0, h, w_i, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
             acc_f = gate_preactivation(xproj, 1, h, w_f, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
             acc_g = gate_preactivation(xproj, 2, h, w_g, at, hcols, g_size, hidden, row_ok, h_ok, IEEE)
