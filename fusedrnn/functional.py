@@ -365,7 +365,9 @@ _AUTOCAST_EXEMPT = {"cpu": ("gru",)}
 
 def _autocast_dtype(cell, device_type):
     """The dtype autocast runs ``cell`` in on ``device_type`` as torch.nn does, or None."""
-    if not torch.amp.is_autocast_available(device_type):
+    # Dynamo cannot trace is_autocast_available in torch 2.11 (fullgraph fails; 2.14 can);
+    # a traced call is on a device that it compiles for, which has autocast.
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
         return None
     if not torch.is_autocast_enabled(device_type):
         return None

@@ -17,6 +17,9 @@ from . import cooperative, plan, traceable
 
 logger = logging.getLogger("fusedrnn")
 
+# Whether Triton is installed, found once at import without importing it (Dynamo in torch
+# 2.11 cannot trace importlib's find_spec, and a compiled call may be the first to ask).
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -42,7 +45,7 @@ class TritonBackend(Backend):
     auto_devices = ("cuda",)  # on the CPU it runs only through the interpreter, for tests
 
     def available(self):
-        if importlib.util.find_spec("triton") is None:
+        if not TRITON_INSTALLED:
             return Availability(False, "Triton is not installed (pip install triton)")
         return Availability(True, "")
 
