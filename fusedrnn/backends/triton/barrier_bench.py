@@ -7,9 +7,9 @@ reports it beside the CUDA extension's grid and cluster barriers.
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import cooperative
+from .compat import wrap_triton
 from .cell_math import grid_barrier
 
 

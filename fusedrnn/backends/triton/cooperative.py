@@ -21,9 +21,9 @@ import functools
 import logging
 
 import torch
-from torch.library import wrap_triton
 
 from . import plan
+from .compat import wrap_triton
 
 logger = logging.getLogger("fusedrnn")
 

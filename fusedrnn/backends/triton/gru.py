@@ -2,10 +2,10 @@
 
 import torch
 import triton
-from torch.library import wrap_triton
 
 from .. import common
 from . import cooperative, plan
+from .compat import wrap_triton
 from .gru_bwd import gru_bwd_cooperative_kernel, gru_bwd_persistent_kernel, gru_bwd_step_kernel
 from .gru_fwd import gru_fwd_cooperative_kernel, gru_fwd_persistent_kernel, gru_fwd_step_kernel
 

@@ -3,10 +3,10 @@
 
 import torch
 import triton
-from torch.library import wrap_triton
 
 from .. import common
 from . import cooperative, plan
+from .compat import wrap_triton
 from .lstm_bwd import (lstm_bwd_cooperative_kernel, lstm_bwd_persistent_kernel,
                        lstm_bwd_step_kernel)
 from .lstm_fwd import (lstm_fwd_cooperative_kernel, lstm_fwd_persistent_kernel,

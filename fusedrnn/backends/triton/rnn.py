@@ -5,10 +5,10 @@ import functools
 
 import torch
 import triton
-from torch.library import wrap_triton
 
 from .. import common
 from . import cooperative, plan
+from .compat import wrap_triton
 from .rnn_bwd import rnn_bwd_cooperative_kernel, rnn_bwd_persistent_kernel, rnn_bwd_step_kernel
 from .rnn_fwd import rnn_fwd_cooperative_kernel, rnn_fwd_persistent_kernel, rnn_fwd_step_kernel
 
