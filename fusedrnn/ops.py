@@ -23,6 +23,8 @@ functional layer passes ``save`` only when autograd records the call). The backw
 autograd formula.
 """
 
+from typing import Optional, Tuple
+
 import torch
 
 from . import backends
@@ -74,6 +76,8 @@ def _contiguous_like(t, like=None):
     return like.new_empty(0) if t is None else t.new_empty(t.shape)
 
 
+Tensor = torch.Tensor
+MaybeTensor = Optional[torch.Tensor]
 FORWARD_SCHEMA = (
     "(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor h0, "
     "Tensor? c0, Tensor? lengths, bool reverse, bool save, str backend) "
@@ -95,13 +99,19 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
     fake kernels here) or ``torch.library.triton_op`` (traced through by it).
     """
 
-    def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend):
+    # The annotations spell the schemas out again: torch 2.11's triton_op ignores ``schema``
+    # and infers one from them (tests/test_ops.py checks that the two agree).
+    def forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: MaybeTensor, b_hh: MaybeTensor,
+                w_hr: MaybeTensor, h0: Tensor, c0: MaybeTensor, lengths: MaybeTensor,
+                reverse: bool, save: bool, backend: str) -> Tuple[(Tensor,) * 5]:
         with common.without_autocast(x.device):
             return forward_impl(*_contiguous(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths),
                                 reverse, save, backend)
 
-    def backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
-                 ws_b, reverse, has_bias, backend):
+    def backward(grad_y: Tensor, grad_h_n: Tensor, grad_c_n: MaybeTensor, x: Tensor,
+                 w_ih: Tensor, w_hh: Tensor, w_hr: MaybeTensor, h0: Tensor, c0: MaybeTensor,
+                 lengths: MaybeTensor, y: Tensor, ws_a: Tensor, ws_b: Tensor, reverse: bool,
+                 has_bias: bool, backend: str) -> Tuple[(Tensor,) * 8]:
         tensors = _contiguous(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths,
                               y, ws_a, ws_b)
         with common.without_autocast(x.device):

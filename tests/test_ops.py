@@ -105,6 +105,22 @@ def test_ops_exist_in_namespace():
         assert hasattr(torch.ops.fusedrnn, f"{cell}_bwd")
 
 
+def test_op_functions_annotations_give_the_schemas(monkeypatch):
+    """torch 2.11's ``triton_op`` ignores ``schema`` and infers one from the functions'
+    annotations: those must spell the same schemas."""
+    made = []
+
+    def maker(name, fn, mutates_args, schema):
+        made.append((fn, schema))
+        return name
+
+    monkeypatch.setattr(ops, "register_autograd", lambda *args: None)
+    ops.define_pair("lstm", "_annotations", None, None, maker=maker)
+    assert [schema for _, schema in made] == [ops.FORWARD_SCHEMA, ops.BACKWARD_SCHEMA]
+    for fn, schema in made:
+        assert torch.library.infer_schema(fn, mutates_args=()) == schema
+
+
 def test_backward_handles_expanded_output_gradients():
     """Autograd may hand the backward a stride-0 gradient (from ``y.sum()``)."""
     args = _op_args("lstm", lengths=True)
