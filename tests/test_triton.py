@@ -452,8 +452,8 @@ def test_vmap_over_the_triton_ops_is_one_call_and_matches_a_loop(monkeypatch, ce
         c0 = torch.zeros_like(h0) if cell == "lstm" else None
         return forward_op(x, *weights, None, h0, c0, None, False, False, "triton")[0]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings():  # only the fallback's warning: Triton 3.6's interpreter
+        warnings.filterwarnings("error", message=".*batching rule")  # warns for NumPy 2.3
         mapped = torch.func.vmap(run)(xs)
     testing.assert_close_relative([mapped], [torch.stack([run(x) for x in xs])], 1e-6, "vmap")
 
