@@ -37,9 +37,10 @@ ALIGNED_SIZES = {"hidden", "batch", "group_rows"}
 CONTROL = dict(cell="gru", stage="fwd", design="persistent", dtype="float32",
                constants=dict(BLOCK_H=64), num_warps=4)
 SHARED_PER_BLOCK = 227 * 1024  # the H200's (sm_90) opt-in shared memory per block
-# Bytes a thread spills and reloads that are a few scalars (Triton 3.8's float32 LSTM 4x64x64
-# tiles: 20 each way), against kilobytes where the weights spill (the control: 12 KB).
-SPILL_TOLERANCE = 64
+# Bytes a thread spills and reloads that are a few scalars (Triton 3.8: at most 32 at these
+# cases; 3.6: 128 in the LSTM backward's cooperative kernel at sizes not divisible by 16,
+# none where they are), against kilobytes where the weights spill (the control: 12 KB).
+SPILL_TOLERANCE = 128
 
 
 def _largest_persistent(cell, dtype, projected, num_warps=None):
@@ -149,14 +150,14 @@ def compile_case(case, arch):
                 spilled=int(spills.group(1)) + int(spills.group(2)))
 
 
-def problems(report, spill_tolerance=SPILL_TOLERANCE):
-    """What is wrong with one ``compile_case`` report: spills beyond ``spill_tolerance``
+def problems(report):
+    """What is wrong with one ``compile_case`` report: spills beyond ``SPILL_TOLERANCE``
     bytes or shared memory beyond the H200's; for the control, no spill at all (a check that
     cannot see spills would pass anything)."""
     if report.get("control"):
-        return [] if report["spilled"] > spill_tolerance else ["the control did not spill"]
+        return [] if report["spilled"] > SPILL_TOLERANCE else ["the control did not spill"]
     found = []
-    if report["spilled"] > spill_tolerance:
+    if report["spilled"] > SPILL_TOLERANCE:
         found.append(f"{report['spilled']} bytes of register spills a thread "
                      f"({report['registers']} registers)")
     if report["shared"] > SHARED_PER_BLOCK:
@@ -169,8 +170,6 @@ def main(argv=None):
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 if a kernel spills or exceeds shared memory")
-    parser.add_argument("--spill-tolerance", type=int, default=SPILL_TOLERANCE, metavar="BYTES",
-                        help=f"spill bytes a thread that --check accepts (default {SPILL_TOLERANCE})")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter's kernels do not compile")
@@ -180,7 +179,7 @@ def main(argv=None):
     for case in cases() + [dict(CONTROL, control=True)]:
         report = compile_case(case, args.arch)
         print(json.dumps(report), flush=True)
-        for problem in problems(report, args.spill_tolerance) if args.check else ():
+        for problem in problems(report) if args.check else ():
             print(f"compile_check: {report['cell']} {report['stage']} {report['design']} "
                   f"{report['dtype']} {report['constants']}: {problem}", file=sys.stderr)
             failed += 1
