@@ -18,6 +18,7 @@ against the torch already installed instead of downloading another one.
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,7 +83,19 @@ def _why_not_cuda(sources):
     home = _cuda_home()
     if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
         return "nvcc was not found on PATH and CUDA_HOME is not set"
+    nvcc = _nvcc_release(os.path.join(home, "bin", "nvcc"))
+    if nvcc and nvcc.split(".")[0] != torch.version.cuda.split(".")[0]:
+        return (f"nvcc in {home} is CUDA {nvcc}, torch {torch.__version__} was built with CUDA "
+                f"{torch.version.cuda}, and torch builds extensions only with the same major "
+                "version (set CUDA_HOME to such a toolkit)")
     return None
+
+
+def _nvcc_release(nvcc):
+    """``"13.0"`` from ``nvcc --version``, or None if it does not say."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else None
 
 
 def _optimisation():
