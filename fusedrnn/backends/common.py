@@ -4,6 +4,19 @@ import contextlib
 
 import torch
 
+# Dynamo before torch 2.11 (2.6 seen; 2.11 not) says a symbolic size's type is int, so
+# there every size it traces counts as symbolic.
+_DYNAMO_HIDES_SYMBOLIC_SIZES = tuple(map(int, torch.__version__.split(".")[:2])) < (2, 11)
+
+
+def concrete_size(size):
+    """Whether ``size`` is a plain int: not symbolic (torch.compile with dynamic shapes,
+    torch.export with a dynamic dimension), so that a choice made on its value puts no guard
+    on it."""
+    if _DYNAMO_HIDES_SYMBOLIC_SIZES and torch.compiler.is_compiling():
+        return False
+    return type(size) is int
+
 
 _NOTHING = contextlib.nullcontext()
 

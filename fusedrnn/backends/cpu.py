@@ -51,7 +51,7 @@ class CpuBackend(RecurrenceBackend):
         # A symbolic batch (torch.export with a dynamic batch) would put a guard on it: the
         # choice is then made for every batch, as if small.
         if (dtype not in (torch.bfloat16, torch.float16) or call is None
-                or type(call.batch) is not int):
+                or not common.concrete_size(call.batch)):
             return False, ""
         if call.batch * GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
