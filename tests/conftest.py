@@ -76,3 +76,12 @@ def nan_poisoned_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", _poisoned(torch.empty_like))
     monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(torch.Tensor.new_empty))
     yield
+
+
+@pytest.fixture
+def capable_triton(monkeypatch):
+    """The Triton plan as with a Triton that builds every kernel, whichever is installed:
+    for tests of the plan's logic, which launch nothing."""
+    from fusedrnn.backends.triton import plan
+
+    monkeypatch.setattr(plan, "cooperative_unsupported", lambda: None)

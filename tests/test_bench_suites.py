@@ -205,7 +205,7 @@ def test_step_floor_scales_with_layers_and_directions():
     assert bench.step_floor_seconds(four) == 4 * unit
 
 
-def test_reports_name_the_triton_kernel_a_case_runs(monkeypatch):
+def test_reports_name_the_triton_kernel_a_case_runs(monkeypatch, capable_triton):
     """The triton provider's kernels in the reports: its plan's choice for the case, under
     the provider's forced kernel when it has one (``triton:step``)."""
     from fusedrnn.bench_kernels import triton_kernels

@@ -22,8 +22,18 @@ KERNELS = ["persistent", "cooperative", "step"]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def skip_unless_built(kernel_name):
+    """Skip a test that runs ``kernel_name`` where the installed Triton cannot build it (the
+    cooperative kernels need Triton 3.4: ``plan.cooperative_unsupported``)."""
+    from fusedrnn.backends.triton import plan
+
+    if kernel_name == "cooperative" and plan.cooperative_unsupported():
+        pytest.skip(f"cooperative {plan.cooperative_unsupported()}")
+
+
 @pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch):
+    skip_unless_built(request.param)
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", request.param)
     return request.param
 
@@ -182,7 +192,7 @@ def test_an_explicit_request_the_kernels_cannot_run_raises_with_the_reason():
         module(torch.randn(2, 1, 4, device=DEVICE))
 
 
-def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
+def test_plan_picks_the_kernel_from_the_sizes(monkeypatch, capable_triton):
     from fusedrnn.backends.triton import plan
 
     monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
@@ -222,7 +232,27 @@ def test_plan_picks_the_kernel_from_the_sizes(monkeypatch):
         none_left.reason
 
 
-def test_plan_splits_the_hidden_units_over_resident_programs(monkeypatch):
+def test_cooperative_kernels_need_triton_3_4(monkeypatch):
+    """With a Triton that cannot build them, the plan passes the cooperative kernels over and
+    says why; forced, there is no kernel, with that reason."""
+    import triton
+
+    from fusedrnn.backends.triton import plan
+
+    monkeypatch.setattr(triton, "__version__", "3.3.1")
+    monkeypatch.setattr(plan, "cooperative_unsupported", plan.cooperative_unsupported.__wrapped__)
+    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
+    variant = plan.choose("lstm", 768, 768, torch.bfloat16, 132)
+    assert variant.kernel == "step"
+    assert "cooperative kernels need Triton 3.4 or newer (this is 3.3.1)" in variant.reason
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "cooperative")
+    forced = plan.choose("lstm", 768, 768, torch.bfloat16, 132)
+    assert forced.kernel is None and "need Triton 3.4" in forced.reason
+    monkeypatch.setattr(triton, "__version__", "3.4.0")
+    assert plan.choose("lstm", 768, 768, torch.bfloat16, 132).kernel == "cooperative"
+
+
+def test_plan_splits_the_hidden_units_over_resident_programs(monkeypatch, capable_triton):
     """Cooperative: 8 units a program, more where there would be more programs than can be
     resident (one per multiprocessor: 132 on the H200), and only while a program's slice of
     W_hh fits its limit; forced, the limit does not count but residency does."""
@@ -274,7 +304,7 @@ def test_sizes_past_32_bit_offsets_are_declined_with_the_reason():
     assert triton_backend.supports(device, torch.float32, Call("lstm", 1024, 1024, batch=512))[0]
 
 
-def test_launchers_raise_where_the_plan_on_the_device_has_no_kernel(monkeypatch):
+def test_launchers_raise_where_the_plan_on_the_device_has_no_kernel(monkeypatch, capable_triton):
     """The launchers plan with the device's resident programs, as ``supports`` does: with
     132 multiprocessors a bfloat16 RNN of hidden 4096 needs slices of 1x32x4096, over the
     limit, so ``persistent,cooperative`` leaves it no kernel: both say so, neither runs the
@@ -372,6 +402,7 @@ def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell, kern
     run a sequence in one launch there) run eagerly here."""
     from fusedrnn.backends.triton import traceable
 
+    skip_unless_built(kernel_name)
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", kernel_name)
     forward_op, _ = traceable.pair(cell)
     hidden, gates = 12, ops.GATES[cell] * 12

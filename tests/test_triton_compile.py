@@ -60,4 +60,5 @@ def test_the_cases_are_the_plans_largest(monkeypatch):
     """Planned without a forced kernel, the cases cover every kernel in every dtype."""
     monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
     kinds = {(c["cell"], c["stage"], c["design"], c["dtype"]) for c in compile_check.cases()}
-    assert len(kinds) == 3 * 2 * 3 * 3  # cells, stages, designs, dtypes
+    designs = 2 if compile_check.plan.cooperative_unsupported() else 3  # Triton 3.4 for those
+    assert len(kinds) == 3 * 2 * designs * 3  # cells, stages, designs, dtypes

@@ -84,8 +84,9 @@ def cases():
                                           constants=dict(BLOCK_H=variant.block_h,
                                                          BLOCK_P=variant.block_p,
                                                          HAS_PROJ=projected)))
-                variant = _largest_cooperative(cell, dtype)
-                for aligned in (False, True):
+                variant = (None if plan.cooperative_unsupported()
+                           else _largest_cooperative(cell, dtype))
+                for aligned in (False, True) if variant else ():
                     found.append(dict(cell=cell, stage=stage, design="cooperative", dtype=name,
                                       num_warps=variant.num_warps, aligned=aligned,
                                       constants=dict(BLOCK_H=variant.block_h,
@@ -106,6 +107,20 @@ def _kernel(case):
     return getattr(module, f"{family}_{case['stage']}_{case['design']}_kernel")
 
 
+def _source(ast_source, kernel, signature, constants, aligned):
+    """Triton's ``ASTSource`` of ``kernel`` with the arguments at indices ``aligned``
+    divisible by 16: from Triton 3.3 constexprs in the signature and attributes per index;
+    in 3.2 a signature without them and an ``AttrsDescriptor``."""
+    if "constexprs" in inspect.signature(ast_source).parameters:
+        attrs = {(index,): [["tt.divisibility", 16]] for index in aligned}
+        return ast_source(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    from triton.backends.compiler import AttrsDescriptor
+
+    return ast_source(fn=kernel, signature={k: v for k, v in signature.items() if v != "constexpr"},
+                      constants=constants,
+                      attrs=AttrsDescriptor.from_hints({index: 16 for index in aligned}))
+
+
 def compile_case(case, arch):
     """``case`` with ``shared`` (bytes), ``registers`` and ``spilled`` (bytes of spill
     stores and loads a thread) of its kernel compiled for ``sm_{arch}``."""
@@ -119,7 +134,7 @@ def compile_case(case, arch):
                        HAS_PROJ=False, IEEE=dtype == torch.float32, BLOCK_B=plan.BLOCK_B,
                        SYNC=True),
                   **case["constants"])
-    signature, constants, attrs = {}, {}, {}
+    signature, constants, aligned = {}, {}, []
     for index, name in enumerate(inspect.signature(kernel.fn).parameters):
         if name in values:
             signature[name], constants[name] = "constexpr", values[name]
@@ -133,9 +148,8 @@ def compile_case(case, arch):
         else:
             signature[name] = "*fp32" if name in FLOAT32_BUFFERS else "*" + DTYPES[dtype]
         if case.get("aligned") and (signature[name].startswith("*") or name in ALIGNED_SIZES):
-            attrs[(index,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
-                                        attrs=attrs),
+            aligned.append(index)
+    compiled = triton.compile(_source(ASTSource, kernel, signature, constants, aligned),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": case["num_warps"]})
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")

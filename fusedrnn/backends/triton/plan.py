@@ -26,9 +26,12 @@ a thread, the RNN's 64x64 556 bytes and the LSTM's step kernel 48 bytes: 4 warps
 2048 elements.
 """
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
+
+from .. import common
 
 logger = logging.getLogger("fusedrnn")
 
@@ -37,6 +40,7 @@ PERSISTENT_LIMIT = 4 * 64 * 64  # weight elements one persistent program holds
 WIDE_TILE_LIMIT = 64  # the widest tile in float32, and the widest hidden tile with W_hr
 PERSISTENT_FEW_WARPS_UNTIL = 2048  # elements held: up to here 4 warps, above 8
 COOPERATIVE_BLOCK_H = 8  # hidden units a cooperative program owns, at least
+COOPERATIVE_MIN_TRITON = (3, 4)  # the oldest Triton that compiles them (cooperative_unsupported)
 COOPERATIVE_LIMIT = {"bfloat16": 4 * 8 * 1024, "float16": 4 * 8 * 1024, "float32": 4 * 8 * 256}
 BLOCK_B = 16
 STEP_BLOCK_H = 32
@@ -80,9 +84,26 @@ def _warps(held):
     return 4 if held <= PERSISTENT_FEW_WARPS_UNTIL else 8
 
 
+@functools.lru_cache(maxsize=None)
+def cooperative_unsupported():
+    """Why this Triton cannot build the cooperative kernels, or None. Checked by compiling
+    them for sm_90 (``compile_check``): 3.4, 3.5, 3.6 and 3.8 do; 3.3 rejects the GRU
+    backward (a function with a return called inside the time loop) and 3.2 crashes on most
+    of them. Imports Triton."""
+    import triton
+
+    version = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    if version < COOPERATIVE_MIN_TRITON:
+        return (f"kernels need Triton {'.'.join(map(str, COOPERATIVE_MIN_TRITON))} or newer "
+                f"(this is {triton.__version__})")
+    return None
+
+
 def _cooperative(cell, hidden, state, dtype, resident, forced):
     """The cooperative variant, or the reason it cannot run: the fewest units a program owns
     (at least ``COOPERATIVE_BLOCK_H``) that keep the programs within ``resident``."""
+    if cooperative_unsupported():
+        return None, cooperative_unsupported()
     block_h, block_k = COOPERATIVE_BLOCK_H, tile(state)
     while resident is not None and -(-hidden // block_h) > resident:
         block_h *= 2
@@ -151,7 +172,7 @@ def index_limit_reason(cell, hidden, steps, batch):
     """Why a call of ``steps`` x ``batch`` rows is too large for the kernels' int32 offsets
     (its gates, steps x batch x gates x H, reach 2^31 elements), or None. Sizes that are not
     plain ints (symbolic under torch.compile) are not judged."""
-    if type(steps) is not int or type(batch) is not int:
+    if not (common.concrete_size(steps) and common.concrete_size(batch)):
         return None
     elements = steps * batch * GATES[cell] * hidden
     if elements < INDEX_LIMIT:
