@@ -84,6 +84,13 @@ def _warps(held):
     return 4 if held <= PERSISTENT_FEW_WARPS_UNTIL else 8
 
 
+def triton_version():
+    """The installed Triton's ``(major, minor)``. Imports Triton."""
+    import triton
+
+    return tuple(int(part) for part in triton.__version__.split(".")[:2])
+
+
 @functools.lru_cache(maxsize=None)
 def cooperative_unsupported():
     """Why this Triton cannot build the cooperative kernels, or None. Checked by compiling
@@ -92,8 +99,7 @@ def cooperative_unsupported():
     of them. Imports Triton."""
     import triton
 
-    version = tuple(int(part) for part in triton.__version__.split(".")[:2])
-    if version < COOPERATIVE_MIN_TRITON:
+    if triton_version() < COOPERATIVE_MIN_TRITON:
         return (f"kernels need Triton {'.'.join(map(str, COOPERATIVE_MIN_TRITON))} or newer "
                 f"(this is {triton.__version__})")
     return None
@@ -102,8 +108,9 @@ def cooperative_unsupported():
 def _cooperative(cell, hidden, state, dtype, resident, forced):
     """The cooperative variant, or the reason it cannot run: the fewest units a program owns
     (at least ``COOPERATIVE_BLOCK_H``) that keep the programs within ``resident``."""
-    if cooperative_unsupported():
-        return None, cooperative_unsupported()
+    unsupported = cooperative_unsupported()
+    if unsupported:
+        return None, unsupported
     block_h, block_k = COOPERATIVE_BLOCK_H, tile(state)
     while resident is not None and -(-hidden // block_h) > resident:
         block_h *= 2
