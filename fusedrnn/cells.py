@@ -89,8 +89,9 @@ class LSTMCell(RNNCellBase):
     def forward(self, input, hx=None):
         def run(sequence, states, batched):
             hx_seq = None if states is None else tuple(states)
-            _, (h, c) = functional.lstm(sequence, hx_seq, self._weights(), bias=self.bias,
-                                        backend=self.backend)
+            _, (h, c) = functional._run("lstm", sequence, hx_seq, self._weights(), self.bias,
+                                        1, 0.0, False, False, False, 0, self.backend,
+                                        step_cell=True)
             return _unstack(h, batched), _unstack(c, batched)
 
         if hx is not None and (isinstance(hx, torch.Tensor) or len(hx) != 2):

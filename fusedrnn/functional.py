@@ -58,7 +58,8 @@ def weights_per_direction(bias, proj_size):
 
 
 def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirectional,
-         batch_first, proj_size, backend):
+         batch_first, proj_size, backend, step_cell=False):
+    """``step_cell``: one step of ``torch.nn.LSTMCell`` (its autocast rule differs)."""
     name = _MODE_NAMES[cell]
     weights = list(weights)
     directions = 2 if bidirectional else 1
@@ -75,7 +76,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     else:
         x, batched = _batched_time_major(name, input, batch_first)
         lengths = None
-    autocast_dtype = _autocast_dtype(cell, x.device.type)
+    autocast_dtype, output_dtype = _autocast_dtypes(cell, x, hx, packed, proj_size, step_cell)
     _check_input(name, x, input_size, weights[0], autocast_dtype)
     batch = x.shape[1]
 
@@ -135,6 +136,8 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
 
     finals = [torch.stack(h_n, 0)] + ([torch.stack(c_n, 0)] if cell == "lstm" else [])
     output = layer_input
+    if output_dtype not in (None, output.dtype) and output.dtype != torch.float64:
+        output, finals[0] = output.to(output_dtype), finals[0].to(output_dtype)
     if packed:
         output = _repack(output, positions, input)
         if input.unsorted_indices is not None:
@@ -357,28 +360,37 @@ def _differentiating_transform(tensors):
     return None
 
 
-# The cells torch.nn runs in their own dtype under autocast on a device type: on the CPU,
-# nn.GRU is on no autocast list (nn.LSTM runs mkldnn_rnn_layer and nn.RNN its matrix
-# products, which autocast lowers); on CUDA, cuDNN's RNN op is lowered for every cell.
-_AUTOCAST_EXEMPT = {"cpu": ("gru",)}
+def _autocast_dtypes(cell, x, hx, packed, proj_size, step_cell):
+    """Under autocast, the dtypes torch.nn gives ``cell``: the dtype its call runs in and
+    that of ``output`` and ``h_n``; ``(None, None)`` outside autocast.
 
-
-def _autocast_dtype(cell, device_type):
-    """The dtype autocast runs ``cell`` in on ``device_type`` as torch.nn does, or None."""
+    Autocast lowers cuDNN's RNN op for every cell, and on the CPU ``mkldnn_rnn_layer``
+    (nn.LSTM on padded input without projection) and the products of nn.RNN: these run in
+    the autocast dtype. On its other CPU paths (nn.GRU, a packed or projected nn.LSTM,
+    nn.LSTMCell, nn.GRUCell) torch lowers only the products and the
+    states keep their dtype: h_0's, or the input's without ``hx``. There the call runs in
+    that dtype (the products too: as accurate, never less), and a projection's output and
+    ``h_n`` come out in the autocast dtype, as the products give them in torch.nn."""
+    device_type = x.device.type
     # Dynamo cannot trace is_autocast_available in torch 2.11 (fullgraph fails; 2.14 can);
     # a traced call is on a device that it compiles for, which has autocast.
     if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
-        return None
+        return None, None
     if not torch.is_autocast_enabled(device_type):
-        return None
-    if cell in _AUTOCAST_EXEMPT.get(device_type, ()):
-        return None
-    return torch.get_autocast_dtype(device_type)
+        return None, None
+    lowered = torch.get_autocast_dtype(device_type)
+    mkldnn = cell == "lstm" and not (packed or proj_size > 0 or step_cell)
+    if device_type != "cpu" or cell.startswith("rnn") or mkldnn:
+        return lowered, lowered
+    h_0 = hx[0] if cell == "lstm" and isinstance(hx, (tuple, list)) and hx else hx
+    state = h_0.dtype if isinstance(h_0, torch.Tensor) else x.dtype
+    return state, (lowered if proj_size > 0 else state)
 
 
 def _autocast(name, x, states, weights, dtype):
-    """Under autocast, the floating tensors but float64 ones in ``dtype``, as autocast casts
-    the arguments of the ops it lowers; the results must then agree."""
+    """Under autocast, the floating tensors but float64 ones in ``dtype`` (see
+    :func:`_autocast_dtypes`), as autocast casts the arguments of the ops it lowers; the
+    results must then agree."""
     if dtype is None:
         return x, states, weights
     with torch.autocast(x.device.type, enabled=False):

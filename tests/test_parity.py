@@ -147,18 +147,59 @@ def test_low_precision_error_is_torchs_order(cell, dtype, backend):
                                       testing.make_sequence(8, 12, 16, dtype=DT))
 
 
+def _autocast_cases():
+    # (module, its arguments, packed input): torch.nn's CPU paths under autocast
+    yield "LSTM", {}, False  # mkldnn_rnn_layer: lowered
+    yield "LSTM", {}, True  # the generic path: only the products lowered, states keep dtype
+    yield "LSTM", {"proj_size": 3}, False
+    yield "LSTM", {"proj_size": 3}, True
+    yield "GRU", {}, False
+    yield "GRU", {}, True
+    yield "RNN", {}, False  # its products: lowered
+    yield "RNN", {}, True
+    for cell in ("LSTMCell", "GRUCell", "RNNCell"):
+        yield cell, {}, False
+
+
 @pytest.mark.parametrize("backend", ["reference",
                                      pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
-@pytest.mark.parametrize("cell, lowered", [("LSTM", True), ("GRU", False), ("RNN", True)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_autocast_runs_in_the_dtype_torch_runs_in(cell, lowered, dtype, backend):
-    """On the CPU autocast lowers nn.LSTM (mkldnn_rnn_layer) and nn.RNN (its products) to
-    bfloat16, not nn.GRU; float64 tensors it never casts."""
-    module = getattr(fusedrnn, cell)(16, 32, dtype=dtype, backend=backend)
-    x = testing.make_sequence(4, 10, 16, dtype=dtype)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, h = module(x)
-        ref, rh = testing.torch_twin(module)(x)
-    expected = torch.bfloat16 if lowered and dtype == torch.float32 else dtype
-    assert out.dtype == ref.dtype == expected
-    assert testing.relative_error(out, ref) < 0.05
+@pytest.mark.parametrize("cell, extra, packed", [
+    pytest.param(*case, id="-".join([case[0], *(f"{k}={v}" for k, v in case[1].items()),
+                                     *(["packed"] if case[2] else [])]))
+    for case in _autocast_cases()])
+def test_autocast_gives_the_dtypes_torch_gives(cell, extra, packed, backend):
+    """Under CPU autocast, for every mix of weight, input and state dtypes (float32,
+    bfloat16), each output has torch.nn's dtype and agrees with torch.nn's values within
+    bfloat16's error; torch raises nowhere here, so neither may fusedrnn."""
+    f32, bf16 = torch.float32, torch.bfloat16
+    step = cell.endswith("Cell")
+    for weights, inputs, states in itertools.product((f32, bf16), (f32, bf16), (None, f32, bf16)):
+        module = getattr(fusedrnn, cell)(6, 8, **extra, backend=backend).to(weights)
+        twin = testing.torch_twin(module)
+        if step:
+            x = torch.randn(3, 6, dtype=inputs)
+        elif packed:
+            x = testing.make_packed(3, 5, 6, dtype=inputs)
+        else:
+            x = testing.make_sequence(3, 5, 6, dtype=inputs)
+        hx = None if states is None else testing.make_state(module, 3, dtype=states)
+        with torch.autocast("cpu", dtype=bf16):
+            got = testing.flatten_outputs(module(x, hx))
+            expected = testing.flatten_outputs(twin(x, hx))
+        case = f"weights {weights}, input {inputs}, states {states}"
+        assert [t.dtype for t in got] == [t.dtype for t in expected], case
+        for actual, reference in zip(got, expected):
+            assert testing.relative_error(actual, reference) < 0.05, case
+
+
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+def test_autocast_never_casts_float64(backend):
+    """torch's autocast leaves float64 tensors alone: so does every cell."""
+    for cell in ("LSTM", "GRU", "RNN"):
+        module = getattr(fusedrnn, cell)(16, 32, dtype=DT, backend=backend)
+        x = testing.make_sequence(4, 10, 16, dtype=DT)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = module(x)
+        assert out.dtype == DT
+        torch.testing.assert_close(out, testing.torch_twin(module)(x)[0], rtol=1e-10, atol=0)
