@@ -132,7 +132,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
         c_n += [c for _, _, c, _, _ in results]
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 2)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, True)
+            layer_input = _dropout(layer_input, dropout, positions if packed else None)
 
     finals = [torch.stack(h_n, 0)] + ([torch.stack(c_n, 0)] if cell == "lstm" else [])
     output = layer_input
@@ -207,6 +207,17 @@ def _repack(output, positions, like):
     rows = output.reshape(-1, output.shape[2])
     data = rows if positions is None else rows.index_select(0, positions)
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def _dropout(x, p, positions):
+    """Dropout between layers on ``x`` ``(T, B, F)``, drawing its mask as torch.nn does: over
+    the packed rows only where the input was packed (at ``positions``), so one seed gives
+    torch's masks."""
+    if positions is None:
+        return F.dropout(x, p, True)
+    rows = x.reshape(-1, x.shape[2])
+    dropped = F.dropout(rows.index_select(0, positions), p, True)
+    return rows.index_copy(0, positions, dropped).view_as(x)
 
 
 # ---------------------------------------------------------------- checks

@@ -125,19 +125,25 @@ def test_to_dtype_and_module_device_moves_keep_working():
     assert out.dtype == torch.float64
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
-def test_dropout_training_matches_torch_bit_for_bit(name):
+def test_dropout_training_matches_torch_bit_for_bit(name, packed):
     """torch's CPU kernels draw the between-layer dropout masks like F.dropout does, layer by
-    layer; fusedrnn does the same, so under one seed the results are identical."""
+    layer (over the packed rows for packed input); fusedrnn does the same, so under one seed
+    the results, gradients and the generator's state after the call are identical."""
     ours = getattr(fusedrnn, name)(5, 8, num_layers=3, dropout=0.4, dtype=torch.float64,
                                    bidirectional=True)
     theirs = testing.torch_twin(ours)
-    x = testing.make_sequence(4, 6, 5, dtype=torch.float64)
+    make = testing.make_packed if packed else testing.make_sequence
+    x = make(4, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     torch.manual_seed(11)
+    out, grads = testing.outputs_and_grads(ours, x)
+    after = torch.rand(1)
+    torch.manual_seed(11)
+    ref, ref_grads = testing.outputs_and_grads(theirs, x)
+    testing.assert_close_relative(out + grads, ref + ref_grads, 1e-10, "train-mode results")
+    assert torch.equal(after, torch.rand(1)), "a different number of random draws"
     out = testing.flatten_outputs(ours(x))
-    torch.manual_seed(11)
-    ref = testing.flatten_outputs(theirs(x))
-    testing.assert_close_relative(out, ref, 1e-10, "train-mode outputs")
     torch.manual_seed(12)
     again = testing.flatten_outputs(ours(x))
     assert testing.relative_error(again[0], out[0]) > 1e-3, "dropout masks did not change"
