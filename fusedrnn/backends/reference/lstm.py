@@ -26,26 +26,45 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     i_g, f_g, g_g, o_g = (part.unbind(0) for part in gates.chunk(4, 2))
     cell_steps, y_steps = cells.unbind(0), y.unbind(0)
     w_hh_t = w_hh.t()
+    low_precision = x.dtype in (torch.bfloat16, torch.float16)
     h, c = h0, c0
     for t in time_order(steps, reverse):
         gate_steps[t].addmm_(h, w_hh_t)
-        i_f[t].sigmoid_()
-        g_g[t].tanh_()
-        o_g[t].sigmoid_()
         c_t = cell_steps[t]
-        torch.mul(f_g[t], c, out=c_t)
-        c_t.addcmul_(i_g[t], g_g[t])
-        if mask is not None:
-            c_t.copy_(torch.where(mask[t], c_t, c))
-        torch.tanh(c_t, out=tanh_c)
-        if w_hr is None:
-            torch.mul(o_g[t], tanh_c, out=y_steps[t])
+        if low_precision:
+            r = _cell_in_float32(gate_steps[t], c, c_t, None if mask is None else mask[t])
         else:
-            torch.mul(o_g[t], tanh_c, out=r)
-            torch.mm(r, w_hr.t(), out=y_steps[t])
+            i_f[t].sigmoid_()
+            g_g[t].tanh_()
+            o_g[t].sigmoid_()
+            torch.mul(f_g[t], c, out=c_t)
+            c_t.addcmul_(i_g[t], g_g[t])
+            if mask is not None:
+                c_t.copy_(torch.where(mask[t], c_t, c))
+            torch.tanh(c_t, out=tanh_c)
+            torch.mul(o_g[t], tanh_c, out=y_steps[t] if w_hr is None else r)
+        if w_hr is not None:
+            torch.mm(r.to(x.dtype), w_hr.t(), out=y_steps[t])
+        elif low_precision:
+            y_steps[t].copy_(r)
         h = hold_forward(mask, t, y_steps[t], h, y_steps[t])
         c = c_t
     return y, h.clone(), c.clone(), gates, cells
+
+
+def _cell_in_float32(gates_t, c, c_t, mask_t):
+    """One step's cell in float32 for bfloat16 and float16 (as torch's CPU kernels and the
+    CUDA step kernel compute it): ``gates_t`` (pre-activations) becomes the activated gates
+    and ``c_t`` the new cell state, both rounded to their dtype; returns ``o * tanh(c)`` in
+    float32. In place, in low precision, every operation would round (2x torch's error)."""
+    i, f, g, o = gates_t.float().chunk(4, 1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c_new = torch.addcmul(f * c.float(), i, g)
+    if mask_t is not None:
+        c_new = torch.where(mask_t, c_new, c.float())
+    torch.cat([i, f, g, o], 1, out=gates_t)
+    c_t.copy_(c_new)
+    return o * torch.tanh(c_new)
 
 
 def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
