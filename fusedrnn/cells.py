@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from . import functional
+from . import functional, modules
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -52,6 +52,17 @@ class RNNCellBase(nn.Module):
         weights = [self.weight_ih, self.weight_hh]
         return weights + ([self.bias_ih, self.bias_hh] if self.bias else [])
 
+    def to_torch_nn(self):
+        """The ``torch.nn`` cell of this configuration, holding this cell's Parameter objects
+        themselves; ``torch.jit.script`` scripts it in this one's place."""
+        extra = {"nonlinearity": self.nonlinearity} if isinstance(self, RNNCell) else {}
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        return modules.torch_nn_twin(self, _TORCH_CLASSES[type(self).__name__], names,
+                                     self._weights(), bias=self.bias, **extra)
+
+    def __prepare_scriptable__(self):
+        return self.to_torch_nn()
+
     def _step(self, run, input, states, names):
         """Run one step: ``input`` ``(B, I)`` or ``(I,)``, ``states`` ``(B, H)``/``(H,)`` or None."""
         kind = type(self).__name__
@@ -60,8 +71,16 @@ class RNNCellBase(nn.Module):
             raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {got} instead")
         batched = input.dim() == 2
         batch = input.shape[0] if batched else 1
+        weight = self.weight_ih
+        if (input.dtype != weight.dtype and not torch.compiler.is_compiling()
+                and not torch._C._is_any_autocast_enabled()):
+            raise RuntimeError(f"{kind}: input dtype ({input.dtype}) does not match weight "
+                               f"dtype ({weight.dtype})")
         if states is not None:
             for name, state in zip(names, states):
+                if isinstance(state, torch.Tensor) and state.dim() not in (1, 2):
+                    raise ValueError(f"{kind}: Expected {name} to be 1D or 2D, got "
+                                     f"{state.dim()}D instead")
                 if not isinstance(state, torch.Tensor) or state.dim() != input.dim():
                     raise RuntimeError(f"{kind}: {name} must be {input.dim()}-D like input")
                 if batched and state.shape[0] != batch:
@@ -77,6 +96,9 @@ class RNNCellBase(nn.Module):
 
 def _unstack(state, batched):
     return state[0] if batched else state.view(-1)
+
+
+_TORCH_CLASSES = {"LSTMCell": nn.LSTMCell, "GRUCell": nn.GRUCell, "RNNCell": nn.RNNCell}
 
 
 class LSTMCell(RNNCellBase):

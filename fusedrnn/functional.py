@@ -246,8 +246,8 @@ def _check_input(name, x, input_size, weight, autocast_dtype):
     if not x.dtype.is_floating_point:
         raise ValueError(f"{name}: input must be a floating-point tensor, got {x.dtype}")
     if x.device != weight.device:
-        raise ValueError(f"{name}: input is on {x.device} but the weights are on {weight.device}; "
-                         "move one of them")
+        raise RuntimeError(f"{name}: input is on {x.device} but the weights are on "
+                           f"{weight.device}; move one of them")
     if x.dtype != weight.dtype and autocast_dtype is None:
         raise ValueError(f"{name}: input dtype ({x.dtype}) does not match weight dtype "
                          f"({weight.dtype}). Convert input: input.to({weight.dtype}), or convert "
@@ -278,7 +278,7 @@ def _initial_states(name, hx, shapes, batched, x, autocast_dtype):
             got = list(state.shape) if batched else [state.shape[0], state.shape[2]]
             raise RuntimeError(f"Expected {label} size {shown}, got {got}")
         if state.device != x.device:
-            raise ValueError(f"{name}: {label} is on {state.device} but input is on {x.device}")
+            raise RuntimeError(f"{name}: {label} is on {state.device} but input is on {x.device}")
         if state.dtype != x.dtype and autocast_dtype is None:
             raise RuntimeError(f"{name}: {label} dtype ({state.dtype}) does not match input dtype "
                              f"({x.dtype})")

@@ -18,6 +18,7 @@ from . import functional
 __all__ = ["LSTM", "GRU", "RNN"]
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_TORCH_CLASSES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
 
 
 class RNNBase(nn.Module):
@@ -73,13 +74,76 @@ class RNNBase(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
+    def _weight(self, name):
+        # An AttributeError raised in a property is lost to nn.Module.__getattr__, which then
+        # reports the property itself missing.
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise RuntimeError(f"{type(self).__name__}: weight {name} was deleted; set it "
+                               "again (a Parameter or a tensor) before calling") from None
+
     @property
     def _flat_weights(self):
-        return [getattr(self, name) for name in self._flat_weights_names]
+        return [self._weight(name) for name in self._flat_weights_names]
 
     @property
     def all_weights(self):
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
+        return [[self._weight(name) for name in names] for names in self._all_weights]
+
+    def to_torch_nn(self):
+        """The ``torch.nn`` module (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) of this configuration,
+        holding this module's Parameter objects themselves (training either trains both).
+
+        ``torch.jit.script`` scripts that module in this one's place (through
+        ``__prepare_scriptable__``): TorchScript cannot compile fusedrnn's Python layers."""
+        return torch_nn_twin(self, _TORCH_CLASSES[self.mode], self._flat_weights_names,
+                             self._flat_weights, num_layers=self.num_layers, bias=self.bias,
+                             batch_first=self.batch_first, dropout=self.dropout,
+                             bidirectional=self.bidirectional,
+                             **({"proj_size": self.proj_size} if self.mode == "LSTM" else {}),
+                             **({"nonlinearity": self.mode.removeprefix("RNN_").lower()}
+                                if self.mode.startswith("RNN") else {}))
+
+    def __prepare_scriptable__(self):
+        return self.to_torch_nn()
+
+    # torch.nn.RNNBase's checks, for subclasses written against torch's modules.
+
+    def check_input(self, input, batch_sizes):
+        weight = self._flat_weights[0]
+        if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(f"{type(self).__name__}: input dtype ({input.dtype}) does not match "
+                             f"weight dtype ({weight.dtype})")
+        expected_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError("input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {input.size(-1)}")
+
+    def get_expected_hidden_size(self, input, batch_sizes):
+        return self._expected_state_size(input, batch_sizes, self.proj_size or self.hidden_size)
+
+    def _expected_state_size(self, input, batch_sizes, size):
+        if batch_sizes is not None:
+            batch = int(batch_sizes[0])
+        else:
+            batch = input.size(0) if self.batch_first else input.size(1)
+        return (self.num_layers * (2 if self.bidirectional else 1), batch, size)
+
+    def check_hidden_size(self, hx, expected_hidden_size, msg="Expected hidden size {}, got {}"):
+        if hx.size() != expected_hidden_size:
+            raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(self, input, hidden, batch_sizes):
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+
+    def permute_hidden(self, hx, permutation):
+        if permutation is None:
+            return hx
+        return hx.index_select(1, permutation)
 
     def flatten_parameters(self):
         """Does nothing: fusedrnn needs no flat weight buffer. Kept so torch code runs unchanged."""
@@ -108,9 +172,26 @@ class RNNBase(nn.Module):
                     batch_first=self.batch_first, backend=self.backend)
 
 
+def torch_nn_twin(module, cls, names, weights, **kwargs):
+    """A ``cls`` (a torch.nn module) built like ``module`` and holding its Parameters
+    ``weights`` under ``names``; the twin's own weights are made on the meta device, never
+    filled."""
+    for name, weight in zip(names, weights):
+        if not isinstance(weight, nn.Parameter):
+            raise RuntimeError(f"{type(module).__name__}: {name} is not a Parameter (a "
+                               "parametrization, or a tensor set in its place); a torch.nn "
+                               "module cannot hold it")
+    twin = cls(module.input_size, module.hidden_size, **kwargs, device="meta",
+               dtype=weights[0].dtype)
+    for name, weight in zip(names, weights):
+        setattr(twin, name, weight)
+    return twin.train(module.training)
+
+
 def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                      proj_size):
-    """torch.nn's checks (torch 2.14's, stricter than older ones on bool and int types)."""
+    """torch.nn's checks (torch 2.14's, stricter than older ones on bool and int types; a
+    bool is an int there, as in Python)."""
     if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
             or not 0 <= dropout <= 1):
         raise ValueError("dropout should be a number in range [0, 1] representing the "
@@ -120,7 +201,7 @@ def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_firs
             raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers), ("proj_size", proj_size)):
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, int):
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
     if input_size <= 0:
         raise ValueError("input_size must be greater than zero")
@@ -136,6 +217,15 @@ def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_firs
         raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
+def _refuse_unknown(cls, kwargs):
+    """torch's GRU and RNN take ``**kwargs``: ``proj_size`` among them is a ValueError."""
+    if "proj_size" in kwargs:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if kwargs:
+        raise TypeError(f"{cls}.__init__() got an unexpected keyword argument "
+                        f"'{next(iter(kwargs))}'")
+
+
 class LSTM(RNNBase):
     """Drop-in ``torch.nn.LSTM``: ``forward(input, hx=None) -> (output, (h_n, c_n))``."""
 
@@ -149,12 +239,29 @@ class LSTM(RNNBase):
         return functional.lstm(input, hx, self._flat_weights, proj_size=self.proj_size,
                                **self._run_kwargs())
 
+    def get_expected_cell_size(self, input, batch_sizes):
+        return self._expected_state_size(input, batch_sizes, self.hidden_size)
+
+    def check_forward_args(self, input, hidden, batch_sizes):
+        self.check_input(input, batch_sizes)
+        self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes),
+                               "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes),
+                               "Expected hidden[1] size {}, got {}")
+
+    def permute_hidden(self, hx, permutation):
+        if permutation is None:
+            return hx
+        return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
+
 
 class GRU(RNNBase):
     """Drop-in ``torch.nn.GRU``: ``forward(input, hx=None) -> (output, h_n)``."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto"):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto",
+                 **kwargs):
+        _refuse_unknown("GRU", kwargs)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, 0, device, dtype, backend=backend)
 
@@ -170,7 +277,8 @@ class RNN(RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend="auto"):
+                 backend="auto", **kwargs):
+        _refuse_unknown("RNN", kwargs)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
                              "'relu'.")

@@ -11,46 +11,23 @@ Error rules:
 """
 
 import contextlib
+import copy
 
 import torch
-from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import cells as _cells
 from . import modules as _modules
 
-TORCH_TWINS = {
-    _modules.LSTM: nn.LSTM, _modules.GRU: nn.GRU, _modules.RNN: nn.RNN,
-    _cells.LSTMCell: nn.LSTMCell, _cells.GRUCell: nn.GRUCell, _cells.RNNCell: nn.RNNCell,
-}
 OUTPUT_FACTOR = 2.0
 GRADIENT_FACTOR = 3.0
-
-
-def module_kwargs(module):
-    """The constructor arguments of a fusedrnn module, for building its torch.nn twin."""
-    if isinstance(module, _cells.RNNCellBase):
-        kwargs = dict(bias=module.bias)
-    else:
-        kwargs = dict(num_layers=module.num_layers, bias=module.bias,
-                      batch_first=module.batch_first, dropout=module.dropout,
-                      bidirectional=module.bidirectional)
-        if isinstance(module, _modules.LSTM):
-            kwargs["proj_size"] = module.proj_size
-    if isinstance(module, (_modules.RNN, _cells.RNNCell)):
-        kwargs["nonlinearity"] = module.nonlinearity
-    return kwargs
 
 
 def torch_twin(module, dtype=None, device=None):
     """A ``torch.nn`` module with the same configuration and a copy of ``module``'s weights."""
     weight = next(module.parameters())
-    cls = TORCH_TWINS[type(module)]
-    twin = cls(module.input_size, module.hidden_size, **module_kwargs(module),
-               device=device or weight.device, dtype=dtype or weight.dtype)
-    twin.load_state_dict(module.state_dict())
-    twin.train(module.training)
-    return twin
+    twin = copy.deepcopy(module).to_torch_nn()
+    return twin.to(device=device or weight.device, dtype=dtype or weight.dtype)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,10 @@ CASES = [
     ("LSTM", lambda m: m(torch.randn(3, 2, 4), (torch.randn(1, 2, 6, dtype=torch.float64),
                                                 torch.randn(1, 2, 6))),
      r"hx\[0\] \(h_0\) dtype \(torch.float64\) does not match"),
+    ("GRU", lambda m: m.to("meta")(torch.randn(3, 2, 4)),
+     r"input is on cpu but the weights are on meta"),
+    ("GRU", lambda m: m(torch.randn(3, 2, 4), torch.randn(1, 2, 6, device="meta")),
+     r"hx is on meta but input is on cpu"),
 ]
 
 
@@ -119,9 +123,29 @@ def test_constructor_checks_of_recent_torch(args, kwargs, error, match):
         fusedrnn.GRU(*args, **kwargs)
 
 
-def test_gru_refuses_proj_size():
-    with pytest.raises(TypeError):
-        fusedrnn.GRU(4, 6, proj_size=2)
+@pytest.mark.parametrize("name", ["GRU", "RNN"])
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_gru_and_rnn_refuse_proj_size_like_torch(name, proj_size):
+    with pytest.raises(ValueError):
+        getattr(nn, name)(4, 6, proj_size=proj_size)
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        getattr(fusedrnn, name)(4, 6, proj_size=proj_size)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hidden'"):
+        getattr(fusedrnn, name)(4, 6, hidden=2)
+
+
+@pytest.mark.parametrize("args", [(4, 6, True), (True, 6), (4, True)])
+def test_bools_are_ints_as_in_torch(args):
+    """torch checks sizes with isinstance(value, int), which a bool passes."""
+    ours, theirs = _both("LSTM", *args)
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+
+
+def test_a_deleted_weight_is_named():
+    module = fusedrnn.GRU(4, 6)
+    del module.weight_hh_l0
+    with pytest.raises(RuntimeError, match="weight weight_hh_l0 was deleted"):
+        module(torch.randn(3, 2, 4))
 
 
 def test_unknown_nonlinearity():
@@ -132,6 +156,11 @@ def test_unknown_nonlinearity():
 @pytest.mark.parametrize("name, call, match", [
     ("LSTMCell", lambda m: m(torch.randn(2, 3, 4)), r"Expected input to be 1D or 2D, got 3D"),
     ("GRUCell", lambda m: m(torch.randn(3, 4), torch.randn(2, 6)), r"Input batch size 3 doesn't match hx batch size 2"),
+    ("GRUCell", lambda m: m(torch.randn(3, 4), torch.randn(1, 3, 6)), r"GRUCell: Expected hx to be 1D or 2D, got 3D"),
+    ("LSTMCell", lambda m: m(torch.randn(3, 4), (torch.randn(1, 3, 6),) * 2),
+     r"LSTMCell: Expected hx\[0\] to be 1D or 2D, got 3D"),
+    ("RNNCell", lambda m: m(torch.randn(3, 4, dtype=torch.float64)),
+     r"RNNCell: input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
 ])
 def test_cells_refuse_bad_input(name, call, match):
     ours, theirs = _both(name, 4, 6)

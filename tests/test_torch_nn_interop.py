@@ -1,0 +1,103 @@
+"""The way back to torch.nn: ``to_torch_nn``, ``torch.jit.script`` through it, and
+``nn.RNNBase``'s check methods for subclasses written against torch's modules."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+from fusedrnn import testing
+
+DT = torch.float64
+CONFIGS = [
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True)),
+    ("GRU", dict(num_layers=2, bias=False)),
+    ("RNN", dict(nonlinearity="relu", bidirectional=True)),
+    ("LSTMCell", {}),
+    ("GRUCell", dict(bias=False)),
+    ("RNNCell", dict(nonlinearity="relu")),
+]
+
+
+def _input(name, module):
+    if name.endswith("Cell"):
+        return torch.randn(3, 5, dtype=DT)
+    return testing.make_sequence(3, 4, 5, batch_first=module.batch_first, dtype=DT)
+
+
+class _Model(nn.Module):
+    """A model holding a recurrent module, as torch.jit.script sees it in user code."""
+
+    def __init__(self, recurrent):
+        super().__init__()
+        self.recurrent = recurrent
+
+    def forward(self, x):
+        out = self.recurrent(x)
+        return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("name, kwargs", CONFIGS)
+def test_to_torch_nn_holds_the_same_parameters(name, kwargs):
+    ours = getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT)
+    theirs = ours.to_torch_nn()
+    assert type(theirs) is getattr(nn, name)
+    assert list(theirs.state_dict()) == list(ours.state_dict())
+    assert all(a is b for a, b in zip(theirs.parameters(), ours.parameters(), strict=True))
+    x = _input(name, ours)
+    out, ref = testing.flatten_outputs(ours(x)), testing.flatten_outputs(theirs(x))
+    testing.assert_close_relative(out, ref, 1e-10, name)
+    ref[0].sum().backward()
+    assert all(p.grad is not None for p in ours.parameters())
+
+
+@pytest.mark.parametrize("name, kwargs", CONFIGS)
+def test_torch_jit_script_scripts_the_torch_nn_module(name, kwargs, tmp_path):
+    model = _Model(getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        scripted = torch.jit.script(model)
+    x = _input(name, model.recurrent)
+    expected = model(x)
+    testing.assert_close_relative([scripted(x)], [expected], 1e-10, "scripted")
+    scripted.save(tmp_path / "model.pt")
+    loaded = torch.jit.load(tmp_path / "model.pt")
+    testing.assert_close_relative([loaded(x)], [expected], 1e-10, "saved and loaded")
+
+
+def test_to_torch_nn_refuses_a_parametrized_weight():
+    module = fusedrnn.LSTM(5, 8)
+    nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")
+    with pytest.raises(RuntimeError, match="weight_hh_l0 is not a Parameter"):
+        module.to_torch_nn()
+
+
+@pytest.mark.parametrize("name, kwargs", CONFIGS[:3])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_rnnbase_check_methods_like_torch(name, kwargs, packed):
+    ours = getattr(fusedrnn, name)(5, 8, **kwargs)
+    theirs = getattr(nn, name)(5, 8, **kwargs)
+    if packed:
+        x = testing.make_packed(3, 4, 5)
+        x, batch_sizes = x.data, x.batch_sizes
+    else:
+        x, batch_sizes = testing.make_sequence(3, 4, 5, batch_first=ours.batch_first), None
+    size = ours.get_expected_hidden_size(x, batch_sizes)
+    assert size == theirs.get_expected_hidden_size(x, batch_sizes)
+    hx = testing.make_state(ours, size[1])
+    ours.check_forward_args(x, hx, batch_sizes)
+    theirs.check_forward_args(x, hx, batch_sizes)
+    permutation = torch.tensor([2, 0, 1])
+    testing.assert_close_relative(testing.flatten_outputs(ours.permute_hidden(hx, permutation)),
+                                  testing.flatten_outputs(theirs.permute_hidden(hx, permutation)),
+                                  0, "permute_hidden")
+    wrong = testing.make_state(ours, size[1] + 1)
+    with pytest.raises(RuntimeError) as torch_error:
+        theirs.check_forward_args(x, wrong, batch_sizes)
+    with pytest.raises(RuntimeError, match=str(torch_error.value).replace("[", r"\[")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        ours.check_forward_args(x, wrong, batch_sizes)
+    with pytest.raises(ValueError, match="does not match weight dtype"):
+        ours.check_input(x.double(), batch_sizes)
