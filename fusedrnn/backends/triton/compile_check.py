@@ -37,12 +37,13 @@ ALIGNED_SIZES = {"hidden", "batch", "group_rows"}
 CONTROL = dict(cell="gru", stage="fwd", design="persistent", dtype="float32",
                constants=dict(BLOCK_H=64), num_warps=4)
 SHARED_PER_BLOCK = 227 * 1024  # the H200's (sm_90) opt-in shared memory per block
-# Bytes a thread spills and reloads that are a few scalars, against kilobytes where the
-# weights spill (the control: 12 KB): from Triton 3.8 (at most 32 at these cases), and
-# before it (3.6: 128 in the LSTM backward's cooperative kernel at sizes not divisible by
-# 16, none where they are).
+# Bytes a thread spills and reloads that are scalars, against kilobytes where the weights
+# spill (the control: 12 KB): from Triton 3.8 (at most 56 at these cases: the float32 LSTM
+# forward's persistent kernel), and before it (3.6: 168 in the LSTM backward's cooperative
+# kernel at sizes not divisible by 16, none where they are; 128 before tanh's polynomial
+# near 0, cell_math.tanh, which costs 8 bytes in 3.8's worst case).
 SPILL_TOLERANCE = 64
-SPILL_TOLERANCE_BEFORE_3_8 = 128
+SPILL_TOLERANCE_BEFORE_3_8 = 192
 
 
 def spill_tolerance():
