@@ -23,7 +23,24 @@ def split_backend(name):
     if backend not in KERNEL_ENV:
         raise ValueError(f"backend {backend!r} has no kernel choice (only "
                          f"{', '.join(KERNEL_ENV)}), got {name!r}")
+    known = kernel_choices(backend)
+    parts = kernel.split(",") if backend == "triton" else [kernel]
+    if any(part.strip() not in known for part in parts):
+        raise ValueError(f"unknown {backend} kernel {kernel!r} in {name!r}; choose among "
+                         f"{', '.join(known)}")
     return backend, {KERNEL_ENV[backend]: kernel}
+
+
+def kernel_choices(backend):
+    """The kernel names ``backend`` accepts in its variable (the triton one takes several,
+    comma-separated)."""
+    if backend == "cuda":
+        from .backends import cuda_plan
+
+        return cuda_plan.CHOICES
+    from .backends.triton import plan
+
+    return ("auto",) + plan.KERNELS
 
 
 @contextlib.contextmanager

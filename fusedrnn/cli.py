@@ -18,7 +18,7 @@ from fusedrnn import profile
 from fusedrnn.apps import forecast, sentiment_cli, seq2seq
 
 __all__ = ["main", "COMMANDS", "Command", "UsageError", "parse_device", "positive_int",
-           "non_negative_int"]
+           "non_negative_int", "output_folder"]
 
 
 class UsageError(Exception):
@@ -143,6 +143,12 @@ def run_bench(args):
     repeats = args.repeats or (3 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     cases = bench.default_grid(device, quick=args.quick, cells=cells, proj_size=args.proj_size)
+    if not cases:
+        raise UsageError(f"--proj-size {args.proj_size} leaves no case of the "
+                         f"{'quick ' if args.quick else ''}grid (an LSTM case needs a hidden "
+                         "size above it)")
+    if args.out:
+        output_folder(args.out)
 
     env = bench.environment(device)
     if env["load_average"] and env["load_average"][0] > 0.5 * env["usable_cores"]:
@@ -183,6 +189,20 @@ def parse_device(requested):
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {requested}: only cpu and cuda are supported")
     return device
+
+
+def output_folder(path, flag="--out"):
+    """``path`` created if need be and checked writable before any work, as a ``Path``."""
+    from pathlib import Path
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: not writable")
+    return folder
 
 
 def _choices(text, allowed, what):
@@ -227,7 +247,8 @@ def build_parser():
     from fusedrnn import __version__
 
     parser = argparse.ArgumentParser(prog="fusedrnn", description="fused LSTM/GRU/RNN for "
-                                     "PyTorch: environment report and benchmarks")
+                                     "PyTorch: environment report, benchmarks, profiles and "
+                                     "the applications")
     parser.add_argument("--version", action="version", version=f"fusedrnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     subparsers = {}

@@ -66,20 +66,24 @@ def add_arguments(parser):
 
 
 def run(args):
-    """Profile the configuration of ``args``; exit status 1 if a provider failed."""
-    from fusedrnn.cli import UsageError, parse_device
+    """Profile the configuration of ``args``; exit status 1 if a provider failed or the
+    backend asked for cannot run."""
+    from fusedrnn.cli import UsageError, output_folder, parse_device
 
     device = parse_device(args.device)
     if args.backend != backends.AUTO and args.backend not in backends.names():
         raise UsageError(f"unknown backend {args.backend!r}; known backends: "
                          f"{', '.join(backends.names())} or 'auto'")
+    output_folder(args.out)
     case = bench.Case(args.cell, args.batch, args.steps, args.input_size, args.hidden_size,
                       args.layers, args.bidirectional)
     report = profile_case(case, args.mode, args.backend, device, bench.DTYPES[args.dtype],
                           args.out, top=args.top, seed=args.seed)
     print(summary_markdown(report))
     print(f"wrote {', '.join(report['files'])}")
-    failed = [e for e in report["providers"] if e["status"] == "error"]
+    # An explicitly requested backend that cannot run here fails the run too.
+    failed = [e for e in report["providers"] if e["status"] == "error"
+              or (e["status"] != "ok" and args.backend != backends.AUTO)]
     for entry in failed:
         print(f"error: {entry['provider']}: {entry['message']}", file=sys.stderr)
     return 1 if failed else 0

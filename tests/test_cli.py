@@ -230,6 +230,44 @@ def test_backend_kernel_choices_are_parsed_and_checked(capsys):
     assert provider.label == "fusedrnn [cuda:stepwise]" and provider.status == "unavailable"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--quick", "--backend", "cuda:fastest"], "unknown cuda kernel 'fastest'"),
+    (["bench", "--quick", "--backend", "triton:step,zz"], "unknown triton kernel 'step,zz'"),
+    (["bench", "--quick", "--proj-size", "32"], "--proj-size 32 leaves no case"),
+    (["bench", "--quick", "--out", "{file}/sub"], "--out {file}/sub:"),
+    (["profile", "--out", "{file}/sub"], "--out {file}/sub:"),
+    (["forecast", "--out", "{file}/sub"], "--out {file}/sub:"),
+    (["seq2seq", "--out", "{file}/sub"], "--out {file}/sub:"),
+    (["sentiment", "compare", "--out", "{file}/sub"], "--out {file}/sub:"),
+    (["forecast", "--backend", "nosuch"], "argument --backend: invalid choice: 'nosuch'"),
+    (["seq2seq", "--backend", "nosuch"], "argument --backend: invalid choice: 'nosuch'"),
+    (["sentiment", "train", "--backend", "nosuch"], "argument --backend: invalid choice"),
+    (["forecast", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["forecast", "--hidden-size", "-4"], "argument --hidden-size: must be at least 1"),
+    (["seq2seq", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+])
+def test_bad_arguments_are_usage_errors_before_any_work(argv, message, tmp_path, capsys):
+    """A one-line error naming the argument and exit status 2, not a traceback (an
+    unwritable --out was found only after the whole grid had run)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main([arg.format(file=blocker) for arg in argv])
+    assert exit_info.value.code == 2
+    assert message.format(file=blocker) in capsys.readouterr().err
+
+
+def test_profile_fails_when_the_backend_asked_for_cannot_run(tmp_path, capsys):
+    unavailable = next((name for name, status in fusedrnn.available_backends().items()
+                        if not status.available), None)
+    if unavailable is None:
+        pytest.skip("every backend can run here")
+    status = main(["profile", "--backend", unavailable, "--batch", "2", "--steps", "3",
+                   "--input-size", "4", "--hidden-size", "4", "--out", tmp_path])
+    assert status == 1
+    assert f"error: fusedrnn [{unavailable}]" in capsys.readouterr().err
+
+
 @pytest.mark.requires_cpu_ext
 def test_bench_names_the_backend_auto_picks_for_the_case_size():
     """16-bit calls of 2^24+ multiply-adds per step go to the reference backend: the table

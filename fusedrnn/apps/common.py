@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "usage_error", "usage_errors", "add_device_arguments",
+__all__ = ["CheckpointError", "usage_error", "usage_errors", "add_backend_argument",
+           "add_device_arguments",
            "device_from_args",
            "seed_everything", "default_device", "prepare_cpu", "progress",
            "save_checkpoint", "load_checkpoint", "binary_metrics", "markdown_table",
@@ -37,10 +38,21 @@ def usage_errors(*error_types):
         raise usage_error(str(error)) from error
 
 
+def add_backend_argument(parser):
+    """``--backend``: auto or a registered backend's name."""
+    from .. import backends
+
+    parser.add_argument("--backend", default=backends.AUTO,
+                        choices=[backends.AUTO, *backends.names()],
+                        help="fusedrnn backend (default: auto)")
+
+
 def add_device_arguments(parser):
     """``--device`` and ``--threads``, read back by :func:`device_from_args`."""
+    from ..cli import non_negative_int
+
     parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="CPU threads (default 0: torch's default; 1 is often faster on a "
                              "CPU busy with other work)")
 

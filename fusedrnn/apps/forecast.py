@@ -17,7 +17,6 @@ with ``--horizon`` points ahead, the model's forecasts fed back recursively. Wri
 import random
 import sys
 import time
-from pathlib import Path
 
 HELP = "forecast CO2 or sunspots with a stacked LSTM against naive baselines"
 DATASETS = {"co2": 12, "sunspots": 11}  # name: season length
@@ -27,21 +26,22 @@ __all__ = ["HELP", "add_arguments", "run", "load_series", "forecast_levels", "ba
 
 
 def add_arguments(parser):
-    from .common import add_device_arguments
+    from ..cli import positive_int
+    from .common import add_backend_argument, add_device_arguments
 
     parser.add_argument("--dataset", default="co2", choices=sorted(DATASETS))
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="last share of the series held out for testing (default: 0.2)")
-    parser.add_argument("--window", type=int, default=48,
+    parser.add_argument("--window", type=positive_int, default=48,
                         help="observed points each forecast reads (default: 48)")
-    parser.add_argument("--horizon", type=int, default=None,
+    parser.add_argument("--horizon", type=positive_int, default=None,
                         help="multi-step horizon (default: the season length)")
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--hidden-size", type=positive_int, default=64)
+    parser.add_argument("--num-layers", type=positive_int, default=2)
+    parser.add_argument("--epochs", type=positive_int, default=60)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--backend", default="auto", help="fusedrnn backend (default: auto)")
+    add_backend_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser)
     parser.add_argument("--out", default="runs/forecast",
@@ -144,9 +144,11 @@ def _train(model, inputs, targets, args, device):
 def run(args):
     """Train on the training period, forecast the test period, write the table and PNG."""
     from ..models import TimeSeriesRNN
+    from ..cli import output_folder
     from . import common
 
     device = common.device_from_args(args)
+    out = output_folder(args.out)
     common.seed_everything(args.seed)
     levels, season = load_series(args.dataset)
     horizon = args.horizon or season
@@ -177,8 +179,6 @@ def run(args):
     headers = ["method"] + [f"{label} {metric}" for label in results for metric in
                             ("RMSE", "MAE")]
     table = common.markdown_table(headers, rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "forecast.md").write_text(
         f"# {args.dataset}: forecasts of the last {len(levels) - split} points\n\n"
         f"Training points {split}, window {args.window}, horizon {horizon}, season {season}, "

@@ -24,7 +24,7 @@ OPTION_HELP = {
     "cell": "recurrent cell: lstm or gru",
     "bidirectional": "read reviews in both directions",
     "attention": "pool by additive attention over the outputs instead of the final states",
-    "backend": "fusedrnn backend: auto, reference, triton, cuda",
+    "backend": "fusedrnn backend",
     "tokenizer": "word (word level) or bpe (subwords)",
     "vocab_size": "vocabulary cap, special tokens included",
     "max_len": "tokens kept per review",
@@ -83,7 +83,15 @@ def _add_config_options(parser, skip=()):
                                 help=help_text)
         else:
             parser.add_argument(flag, type=type(field.default), default=None,
-                                choices=CHOICES.get(field.name), help=help_text)
+                                choices=_choices(field.name), help=help_text)
+
+
+def _choices(name):
+    if name == "backend":
+        from .. import backends
+
+        return [backends.AUTO, *backends.names()]
+    return CHOICES.get(name)
 
 
 def _add_common(parser, out_help=None):
@@ -117,6 +125,7 @@ def run(args):
     """Dispatch to the chosen action; returns the exit status."""
     action = {"train": _train, "evaluate": _evaluate, "predict": _predict,
               "compare": _compare}[args.action]
+    from ..cli import output_folder
     from .common import CheckpointError, usage_error, usage_errors
     from .distributed import launched_world_size
     from .imdb import DataNotFoundError
@@ -125,6 +134,8 @@ def run(args):
         raise usage_error(f"only 'sentiment train' runs under torchrun with several "
                           f"processes, not 'sentiment {args.action}'")
 
+    if args.action in ("train", "compare"):
+        output_folder(args.out)
     with usage_errors(CheckpointError, DataNotFoundError):
         return action(args)
 

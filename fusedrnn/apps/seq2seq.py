@@ -16,7 +16,6 @@ of one held-out example).
 import random
 import sys
 import time
-from pathlib import Path
 
 HELP = "train an attention encoder-decoder on a synthetic transduction task"
 PAD, BOS, EOS, FIRST_SYMBOL = 0, 1, 2, 3
@@ -26,24 +25,25 @@ __all__ = ["HELP", "add_arguments", "run", "SequenceTask", "exact_match"]
 
 
 def add_arguments(parser):
-    from .common import add_device_arguments
+    from ..cli import positive_int
+    from .common import add_backend_argument, add_device_arguments
 
     parser.add_argument("--task", default="reverse", choices=sorted(TASKS))
-    parser.add_argument("--symbols", type=int, default=10, help="alphabet size (default: 10)")
-    parser.add_argument("--min-len", type=int, default=4)
-    parser.add_argument("--max-len", type=int, default=16)
+    parser.add_argument("--symbols", type=positive_int, default=10, help="alphabet size (default: 10)")
+    parser.add_argument("--min-len", type=positive_int, default=4)
+    parser.add_argument("--max-len", type=positive_int, default=16)
     parser.add_argument("--cell", default="lstm", choices=("lstm", "gru"))
-    parser.add_argument("--embedding-dim", type=int, default=32)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3000, help="most training steps")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--embedding-dim", type=positive_int, default=32)
+    parser.add_argument("--hidden-size", type=positive_int, default=64)
+    parser.add_argument("--steps", type=positive_int, default=3000, help="most training steps")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--eval-size", type=int, default=1000,
+    parser.add_argument("--eval-every", type=positive_int, default=250)
+    parser.add_argument("--eval-size", type=positive_int, default=1000,
                         help="validation and held-out test strings, each (default: 1000)")
     parser.add_argument("--target", type=float, default=0.995,
                         help="stop once validation exact match reaches this (default: 0.995)")
-    parser.add_argument("--backend", default="auto", help="fusedrnn backend (default: auto)")
+    add_backend_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser)
     parser.add_argument("--out", default="runs/seq2seq",
@@ -113,9 +113,11 @@ def run(args):
     from torch import nn
 
     from ..models import EncoderDecoder
+    from ..cli import output_folder
     from . import common
 
     device = common.device_from_args(args)
+    out = output_folder(args.out)
     common.seed_everything(args.seed)
     try:
         task = SequenceTask(args.task, args.symbols, args.min_len, args.max_len)
@@ -152,8 +154,6 @@ def run(args):
     bar.close()
     seconds = time.perf_counter() - started
     test_accuracy = exact_match(model, task, test, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     _plot_attention(model, task, test[-1], device, out / "attention.png")
     rows = [[s, round(l, 4), a] for s, l, a in history]
     (out / "seq2seq.md").write_text(
