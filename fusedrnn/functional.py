@@ -107,9 +107,13 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     # Both directions of a layer in one op (and one autograd node), so that a backend can
     # run them at the same time; a backend's own op runs one direction per call.
     pair_op = ops_bidirectional.FORWARD[cell] if directions == 2 and own_op is None else None
-    if not save and transform is None and not torch.compiler.is_compiling():
-        op = ops.below_autograd(op)
-        pair_op = pair_op and ops.below_autograd(pair_op)
+    if transform is None and not torch.compiler.is_compiling():
+        if not save:
+            op = ops.below_autograd(op)
+            pair_op = pair_op and ops.below_autograd(pair_op)
+        elif not torch.jit.is_tracing() and not torch._C._functorch.get_interpreter_stack():
+            op = ops.eager_autograd(op)
+            pair_op = pair_op and ops.eager_autograd(pair_op)
     h_n, c_n = [], []
     layer_input = x
     for layer in range(num_layers):

@@ -50,6 +50,40 @@ def below_autograd(op):
     return call
 
 
+_EAGER = {}  # a forward op -> its autograd formula as an autograd.Function's apply
+
+
+def register_autograd_formula(forward_op, backward, setup_context):
+    """``forward_op.register_autograd(backward, setup_context=setup_context)``, and the same
+    formula as an ``autograd.Function`` for :func:`eager_autograd`."""
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+    class EagerAutograd(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            with torch._C._AutoDispatchBelowAutograd():
+                output = forward_op(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    _EAGER[forward_op] = EagerAutograd.apply
+
+
+def eager_autograd(op):
+    """``op`` with its autograd formula applied directly, for an eager call that autograd
+    records (not under torch.compile, a trace or a torch.func transform, which need the op
+    itself). The ops' own autograd layer, torch.library's, refills the defaulted arguments
+    of every recorded call first (``torch._library.utils.fill_defaults``, quadratic in the
+    schema's length): 28 us a call of a direction's op, 62 us of the two-direction op, on
+    the 2-core Xeon, where a training step of an LSTM at batch 1, hidden 32, 10 steps took
+    393 us to torch.nn's 344."""
+    return _EAGER.get(op, op)
+
+
 def _contiguous(*tensors):
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
@@ -173,7 +207,7 @@ def register_autograd(cell, forward_op, backward_op):
                                   lengths, y, ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
         return (g_x, *parameter_grads(grads, ctx.has_bias, w_hr, c0), None, None, None, None)
 
-    forward_op.register_autograd(autograd_backward, setup_context=_setup_context)
+    register_autograd_formula(forward_op, autograd_backward, _setup_context)
 
 
 def output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0):

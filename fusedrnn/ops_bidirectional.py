@@ -107,8 +107,8 @@ def _define(cell):
                                           mutates_args=(), schema=BACKWARD_SCHEMA)
     forward_op.register_fake(_fake_forward(cell))
     backward_op.register_fake(_fake_backward)
-    forward_op.register_autograd(_autograd_backward(cell, backward_op),
-                                 setup_context=_setup_context)
+    ops.register_autograd_formula(forward_op, _autograd_backward(cell, backward_op),
+                                  _setup_context)
     return forward_op, backward_op
 
 

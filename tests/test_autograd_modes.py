@@ -316,3 +316,45 @@ def test_a_trace_taken_under_no_grad_still_trains():
     module.zero_grad()
     module(x)[0].sum().backward()
     testing.assert_close_relative([traced_grad], [module.weight_hh_l0.grad], 1e-6, "grad W_hh")
+
+
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_eager_calls_apply_the_ops_autograd_formula_directly(backend, bidirectional,
+                                                              monkeypatch):
+    """Recorded eager calls skip torch.library's autograd layer (ops.eager_autograd) for the
+    same formula: results, gradients and gradients of gradients equal the layer's bit for
+    bit, and the graph holds the direct formula's node."""
+    module = fusedrnn.LSTM(5, 8, num_layers=2, bidirectional=bidirectional, backend=backend,
+                           dtype=torch.float64)
+    packed = testing.make_packed(3, 6, 5, dtype=torch.float64)
+
+    def run():
+        out = testing.outputs_and_grads(module, packed)
+        module.zero_grad()
+        y, _ = module(packed)
+        grads = torch.autograd.grad(y.data.square().sum(), list(module.parameters()),
+                                    create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        return out, torch.autograd.grad(penalty, module.weight_hh_l0), y.data.grad_fn
+
+    (out, grads), second, node = run()
+    monkeypatch.setattr(fusedrnn.ops, "eager_autograd", lambda op: op)
+    (out_lib, grads_lib), second_lib, node_lib = run()
+    for got, expected in zip(out + grads + list(second), out_lib + grads_lib + list(second_lib)):
+        assert torch.equal(got, expected)
+    names = [type(n).__name__ for n in _graph_nodes(node)]
+    library_names = [type(n).__name__ for n in _graph_nodes(node_lib)]
+    assert "EagerAutogradBackward" in names and "EagerAutogradBackward" not in library_names
+
+
+def _graph_nodes(node):
+    seen, stack = [], [node]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.append(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return seen
