@@ -57,14 +57,18 @@ def _cell_in_float32(gates_t, c, c_t, mask_t):
     CUDA step kernel compute it): ``gates_t`` (pre-activations) becomes the activated gates
     and ``c_t`` the new cell state, both rounded to their dtype; returns ``o * tanh(c)`` in
     float32. In place, in low precision, every operation would round (2x torch's error)."""
-    i, f, g, o = gates_t.float().chunk(4, 1)
-    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-    c_new = torch.addcmul(f * c.float(), i, g)
+    hidden = c.shape[1]
+    gates = gates_t.float()
+    gates[:, : 2 * hidden].sigmoid_()
+    gates[:, 2 * hidden : 3 * hidden].tanh_()
+    gates[:, 3 * hidden :].sigmoid_()
+    i, f, g, o = gates.chunk(4, 1)
+    c_new = torch.addcmul(f * c, i, g)  # float32: c is promoted
     if mask_t is not None:
-        c_new = torch.where(mask_t, c_new, c.float())
-    torch.cat([i, f, g, o], 1, out=gates_t)
+        c_new = torch.where(mask_t, c_new, c)
+    gates_t.copy_(gates)
     c_t.copy_(c_new)
-    return o * torch.tanh(c_new)
+    return c_new.tanh_().mul_(o)
 
 
 def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
