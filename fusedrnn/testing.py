@@ -27,6 +27,7 @@ def torch_twin(module, dtype=None, device=None):
     """A ``torch.nn`` module with the same configuration and a copy of ``module``'s weights."""
     weight = next(module.parameters())
     twin = copy.deepcopy(module).to_torch_nn()
+    twin.zero_grad(set_to_none=True)  # the copy's, not gradients of its own
     return twin.to(device=device or weight.device, dtype=dtype or weight.dtype)
 
 
