@@ -382,10 +382,10 @@ def _autocast_dtypes(cell, x, hx, packed, proj_size, step_cell):
     Autocast lowers cuDNN's RNN op for every cell, and on the CPU ``mkldnn_rnn_layer``
     (nn.LSTM on padded input without projection) and the products of nn.RNN: these run in
     the autocast dtype. On its other CPU paths (nn.GRU, a packed or projected nn.LSTM,
-    nn.LSTMCell, nn.GRUCell) torch lowers only the products and the
-    states keep their dtype: h_0's, or the input's without ``hx``. There the call runs in
-    that dtype (the products too: as accurate, never less), and a projection's output and
-    ``h_n`` come out in the autocast dtype, as the products give them in torch.nn."""
+    nn.LSTMCell, nn.GRUCell) torch lowers only the products and the states keep their
+    dtype: h_0's, or the input's without ``hx``. There the call runs in that dtype (the
+    products too: as accurate, never less), and a projection's output and ``h_n`` come out
+    in the autocast dtype, as the products give them in torch.nn."""
     device_type = x.device.type
     # Dynamo cannot trace is_autocast_available in torch 2.11 (fullgraph fails; 2.14 can);
     # a traced call is on a device that it compiles for, which has autocast.
