@@ -57,8 +57,8 @@ class RNNCellBase(nn.Module):
         themselves; ``torch.jit.script`` scripts it in this one's place."""
         extra = {"nonlinearity": self.nonlinearity} if isinstance(self, RNNCell) else {}
         names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
-        return modules.torch_nn_twin(self, _TORCH_CLASSES[type(self).__name__], names,
-                                     self._weights(), bias=self.bias, **extra)
+        return modules.torch_nn_twin(self, self._torch_class, names, self._weights(),
+                                     bias=self.bias, **extra)
 
     def __prepare_scriptable__(self):
         return self.to_torch_nn()
@@ -98,11 +98,10 @@ def _unstack(state, batched):
     return state[0] if batched else state.view(-1)
 
 
-_TORCH_CLASSES = {"LSTMCell": nn.LSTMCell, "GRUCell": nn.GRUCell, "RNNCell": nn.RNNCell}
-
-
 class LSTMCell(RNNCellBase):
     """Drop-in ``torch.nn.LSTMCell``: ``forward(input, hx=None) -> (h_1, c_1)``."""
+
+    _torch_class = nn.LSTMCell
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
@@ -124,6 +123,8 @@ class LSTMCell(RNNCellBase):
 class GRUCell(RNNCellBase):
     """Drop-in ``torch.nn.GRUCell``: ``forward(input, hx=None) -> h_1``."""
 
+    _torch_class = nn.GRUCell
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  backend="auto"):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
@@ -139,6 +140,8 @@ class GRUCell(RNNCellBase):
 
 class RNNCell(RNNCellBase):
     """Drop-in ``torch.nn.RNNCell``: ``forward(input, hx=None) -> h_1``."""
+
+    _torch_class = nn.RNNCell
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend="auto"):

@@ -18,7 +18,6 @@ from . import functional
 __all__ = ["LSTM", "GRU", "RNN"]
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-_TORCH_CLASSES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
 
 
 class RNNBase(nn.Module):
@@ -28,7 +27,7 @@ class RNNBase(nn.Module):
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  device=None, dtype=None, *, backend="auto"):
         super().__init__()
-        _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        _check_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          proj_size)
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
@@ -97,13 +96,13 @@ class RNNBase(nn.Module):
 
         ``torch.jit.script`` scripts that module in this one's place (through
         ``__prepare_scriptable__``): TorchScript cannot compile fusedrnn's Python layers."""
-        return torch_nn_twin(self, _TORCH_CLASSES[self.mode], self._flat_weights_names,
-                             self._flat_weights, num_layers=self.num_layers, bias=self.bias,
-                             batch_first=self.batch_first, dropout=self.dropout,
-                             bidirectional=self.bidirectional,
-                             **({"proj_size": self.proj_size} if self.mode == "LSTM" else {}),
-                             **({"nonlinearity": self.mode.removeprefix("RNN_").lower()}
-                                if self.mode.startswith("RNN") else {}))
+        return torch_nn_twin(self, self._torch_class, self._flat_weights_names,
+                             self._flat_weights, **self._torch_kwargs())
+
+    def _torch_kwargs(self):
+        """The torch.nn twin's constructor arguments but the sizes."""
+        return dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    dropout=self.dropout, bidirectional=self.bidirectional)
 
     def __prepare_scriptable__(self):
         return self.to_torch_nn()
@@ -188,8 +187,7 @@ def torch_nn_twin(module, cls, names, weights, **kwargs):
     return twin.train(module.training)
 
 
-def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                     proj_size):
+def _check_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size):
     """torch.nn's checks (torch 2.14's, stricter than older ones on bool and int types; a
     bool is an int there, as in Python)."""
     if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
@@ -213,8 +211,6 @@ def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_firs
         raise ValueError("proj_size should be a positive integer or zero to disable projections")
     if proj_size >= hidden_size:
         raise ValueError("proj_size has to be smaller than hidden_size")
-    if proj_size and mode != "LSTM":
-        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
 def _refuse_unknown(cls, kwargs):
@@ -229,6 +225,8 @@ def _refuse_unknown(cls, kwargs):
 class LSTM(RNNBase):
     """Drop-in ``torch.nn.LSTM``: ``forward(input, hx=None) -> (output, (h_n, c_n))``."""
 
+    _torch_class = nn.LSTM
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  backend="auto"):
@@ -238,6 +236,9 @@ class LSTM(RNNBase):
     def forward(self, input, hx=None):
         return functional.lstm(input, hx, self._flat_weights, proj_size=self.proj_size,
                                **self._run_kwargs())
+
+    def _torch_kwargs(self):
+        return dict(super()._torch_kwargs(), proj_size=self.proj_size)
 
     def get_expected_cell_size(self, input, batch_sizes):
         return self._expected_state_size(input, batch_sizes, self.hidden_size)
@@ -258,6 +259,8 @@ class LSTM(RNNBase):
 class GRU(RNNBase):
     """Drop-in ``torch.nn.GRU``: ``forward(input, hx=None) -> (output, h_n)``."""
 
+    _torch_class = nn.GRU
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto",
                  **kwargs):
@@ -275,6 +278,8 @@ class RNN(RNNBase):
     The fourth positional argument is ``nonlinearity``, as in torch.
     """
 
+    _torch_class = nn.RNN
+
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
                  backend="auto", **kwargs):
@@ -287,9 +292,15 @@ class RNN(RNNBase):
                          backend=backend)
         self.nonlinearity = nonlinearity
 
+    @property
+    def _cell_nonlinearity(self):
+        """The cell's, fixed at construction (self.mode) as torch.nn's, whatever
+        self.nonlinearity is set to later."""
+        return self.mode.removeprefix("RNN_").lower()
+
     def forward(self, input, hx=None):
-        # The cell is fixed at construction (self.mode), as torch.nn's, whatever
-        # self.nonlinearity is set to later.
-        nonlinearity = self.mode.removeprefix("RNN_").lower()
-        return functional.rnn(input, hx, self._flat_weights, nonlinearity=nonlinearity,
-                              **self._run_kwargs())
+        return functional.rnn(input, hx, self._flat_weights,
+                              nonlinearity=self._cell_nonlinearity, **self._run_kwargs())
+
+    def _torch_kwargs(self):
+        return dict(super()._torch_kwargs(), nonlinearity=self._cell_nonlinearity)

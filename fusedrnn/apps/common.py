@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "usage_error", "usage_errors", "add_backend_argument",
-           "add_device_arguments",
+__all__ = ["CheckpointError", "usage_error", "usage_errors", "backend_choices",
+           "add_backend_argument", "add_device_arguments",
            "device_from_args",
            "seed_everything", "default_device", "prepare_cpu", "progress",
            "save_checkpoint", "load_checkpoint", "binary_metrics", "markdown_table",
@@ -38,12 +38,16 @@ def usage_errors(*error_types):
         raise usage_error(str(error)) from error
 
 
-def add_backend_argument(parser):
-    """``--backend``: auto or a registered backend's name."""
+def backend_choices():
+    """What ``--backend`` accepts: auto or a registered backend's name."""
     from .. import backends
 
-    parser.add_argument("--backend", default=backends.AUTO,
-                        choices=[backends.AUTO, *backends.names()],
+    return [backends.AUTO, *backends.names()]
+
+
+def add_backend_argument(parser):
+    """``--backend``, one of :func:`backend_choices`."""
+    parser.add_argument("--backend", default="auto", choices=backend_choices(),
                         help="fusedrnn backend (default: auto)")
 
 

@@ -88,9 +88,9 @@ def _add_config_options(parser, skip=()):
 
 def _choices(name):
     if name == "backend":
-        from .. import backends
+        from .common import backend_choices
 
-        return [backends.AUTO, *backends.names()]
+        return backend_choices()
     return CHOICES.get(name)
 
 
