@@ -286,10 +286,11 @@ print("checked")
 """
 
 
-@pytest.mark.parametrize("mode", ["unpacked", "aten"])
+@pytest.mark.parametrize("mode", ["brgemm", "mkl", "unpacked", "aten"])
 def test_every_product_path_matches_the_reference(mode):
-    """FUSEDRNN_CPU_GEMM=unpacked and =aten (the path of a torch without BLAS symbols); the
-    default path (packed for these sizes) is what every other test runs."""
+    """Each FUSEDRNN_CPU_GEMM path: brgemm (oneDNN's kernel, auto's float32 choice on
+    non-Intel x86), mkl (MKL, packed at these sizes: auto's choice elsewhere), unpacked and
+    aten (the path of a torch without BLAS symbols); every other test runs auto's choice."""
     env = dict(os.environ, FUSEDRNN_CPU_GEMM=mode)
     run = subprocess.run([sys.executable, "-c", GEMM_MODE_CHECK], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -301,7 +302,8 @@ def test_unknown_product_path_is_refused():
     script = "import torch, fusedrnn; fusedrnn.LSTM(3, 4, backend='cpu')(torch.randn(2, 1, 3))"
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=300)
-    assert run.returncode != 0 and "FUSEDRNN_CPU_GEMM must be auto, unpacked or aten" in run.stderr
+    assert run.returncode != 0
+    assert "FUSEDRNN_CPU_GEMM must be auto, brgemm, mkl, unpacked or aten" in run.stderr
 
 
 def test_workspaces_are_reused_and_never_shared():

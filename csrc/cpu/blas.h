@@ -2,6 +2,7 @@
 // recurrent weights, straight into the BLAS that torch is linked with: one ATen call costs
 // microseconds of dispatch, which at batch 1 is more than the product itself.
 //
+// float32 products run on oneDNN's brgemm where it is the faster one (brgemm.h). Otherwise:
 // torch's x86 wheels export MKL's Fortran sgemm_/dgemm_ and its packed-GEMM API, declared
 // weak here so that a torch without them still loads this library (the product then goes
 // through ATen). Measured on a 2-core AVX-512 Xeon (us per product, batch x hidden, LSTM
@@ -11,12 +12,15 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+
+#include "brgemm.h"
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -36,22 +40,43 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 namespace fusedrnn::cpu {
 
 // FUSEDRNN_CPU_GEMM picks how the products run: "auto" (default: as described above),
-// "unpacked" (never MKL's packed form) or "aten" (every product through ATen, as where
-// torch exports no BLAS); the tests run each. Read once.
+// "brgemm" (float32 products on brgemm on any CPU), "mkl" (never brgemm), "unpacked" (neither
+// brgemm nor MKL's packed form) or "aten" (every product through ATen, as where torch exports
+// no BLAS); the tests run each. Read once.
 inline const std::string& gemm_mode() {
   static const std::string mode = [] {
     const char* value = std::getenv("FUSEDRNN_CPU_GEMM");
     return std::string(value == nullptr || *value == '\0' ? "auto" : value);
   }();
-  TORCH_CHECK(mode == "auto" || mode == "unpacked" || mode == "aten",
-              "FUSEDRNN_CPU_GEMM must be auto, unpacked or aten, got '", mode, "'");
+  TORCH_CHECK(mode == "auto" || mode == "brgemm" || mode == "mkl" || mode == "unpacked" ||
+                  mode == "aten",
+              "FUSEDRNN_CPU_GEMM must be auto, brgemm, mkl, unpacked or aten, got '", mode, "'");
   return mode;
+}
+
+// Whether the recurrent products of scalar_t run on brgemm.
+template <typename scalar_t>
+bool uses_brgemm() {
+  if (!std::is_same_v<scalar_t, float>) return false;
+  if (gemm_mode() == "brgemm") {
+    TORCH_CHECK(kTorchHasBrgemm, "FUSEDRNN_CPU_GEMM=brgemm: this torch's ATen has no float32 "
+                "at::native::cpublas::brgemm");
+    return true;
+  }
+  return gemm_mode() == "auto" && brgemm_preferred();
+}
+
+inline bool uses_brgemm(at::ScalarType dtype) {
+  return dtype == at::kFloat && uses_brgemm<float>();
 }
 
 // MKL's CBLAS enum values.
 constexpr int kColMajor = 102, kNoTrans = 111, kTrans = 112, kPacked = 151, kAMatrix = 161;
 // Packing pays from weights of about 4 x 181 x 181 elements on (see the figures above).
 constexpr int64_t kPackFrom = 131072;
+// A brgemm product outside a parallel region runs on torch's threads, each on a block of
+// the output's columns, from this many multiply-adds on (as UnitSplit splits a step).
+constexpr int64_t kThreadedFrom = 1 << 18;
 
 inline void blas_gemm(int m, int n, int k, const float* a, int lda, const float* b, int ldb,
                       float* c, int ldc) {
@@ -106,7 +131,8 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const sca
 // Row-major out (B, m) is column-major out^T (m, B) = op(w)^T a^T, one gemm("N", "N") on
 // w's data read as the column-major (m, k) matrix: w itself when not transposing, else a
 // transposed copy or MKL's packed form, made once here (apply() allocates nothing, so it
-// may run inside an OpenMP parallel region).
+// may run inside an OpenMP parallel region). brgemm reads the same data as the row-major
+// (k, m) matrix op(w), and out row-major.
 template <typename scalar_t>
 class RecurrentProduct {
  public:
@@ -116,9 +142,10 @@ class RecurrentProduct {
     const bool fits = m_ <= INT_MAX && k_ <= INT_MAX && batch <= INT_MAX;
     blas_ = fits && gemm_mode() != "aten" &&
             (std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr);
-    packable_ = gemm_mode() == "auto" && cblas_sgemm_pack && cblas_sgemm_compute &&
-                m_ * k_ >= kPackFrom;
-    if (!blas_ || m_ == 0 || k_ == 0 || batch == 0) return;
+    brgemm_ = fits && uses_brgemm<scalar_t>();
+    packable_ = !brgemm_ && (gemm_mode() == "auto" || gemm_mode() == "mkl") &&
+                cblas_sgemm_pack && cblas_sgemm_compute && m_ * k_ >= kPackFrom;
+    if (!(blas_ || brgemm_) || m_ == 0 || k_ == 0 || batch == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (packable_) {
         pack();
@@ -135,6 +162,12 @@ class RecurrentProduct {
     if (k_ == 0) {
       std::fill(out, out + batch * m_, scalar_t(0));
       return;
+    }
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (brgemm_) {
+        apply_brgemm(out, a);
+        return;
+      }
     }
     if (!blas_) {
       const auto options = weight_.options();
@@ -155,6 +188,24 @@ class RecurrentProduct {
   }
 
  private:
+  // Inside a parallel region or below kThreadedFrom on this thread, else column blocks (a
+  // multiple of 16 wide) on torch's threads.
+  void apply_brgemm(float* out, const float* a) const {
+    const float* b = w_.data_ptr<float>();
+    const int64_t threads = at::get_num_threads();
+    if (at::in_parallel_region() || threads == 1 || batch_ * m_ * k_ < kThreadedFrom) {
+      cpu::brgemm(batch_, m_, k_, a, k_, b, m_, out, m_);
+      return;
+    }
+    const int64_t chunk = ((m_ + threads - 1) / threads + 15) / 16 * 16;
+    at::parallel_for(0, (m_ + chunk - 1) / chunk, 1, [&](int64_t first, int64_t last) {
+      for (int64_t p = first; p < last; ++p) {
+        const int64_t n0 = p * chunk;
+        cpu::brgemm(batch_, std::min(chunk, m_ - n0), k_, a, k_, b + n0, m_, out + n0, m_);
+      }
+    });
+  }
+
   void pack() {
     const int m = static_cast<int>(m_), k = static_cast<int>(k_), batch = static_cast<int>(batch_);
     const size_t bytes = cblas_sgemm_pack_get_size(kAMatrix, m, batch, k);
@@ -167,10 +218,10 @@ class RecurrentProduct {
   }
 
   at::Tensor weight_;  // w as given
-  at::Tensor w_;       // w in the layout gemm reads: w, or its transposed copy
+  at::Tensor w_;       // w in the layout gemm and brgemm read: w, or its transposed copy
   bool transpose_;
   int64_t batch_, m_, k_;
-  bool blas_ = false, packable_ = false;
+  bool blas_ = false, brgemm_ = false, packable_ = false;
   at::Tensor packed_;
 };
 

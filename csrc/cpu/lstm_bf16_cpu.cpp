@@ -70,14 +70,16 @@ T* bits(const Tensor& tensor) {
 
 }  // namespace
 
-bool has_bf16_gemm() { return cblas_gemm_bf16bf16f32 != nullptr && gemm_mode() == "auto"; }
+bool has_bf16_gemm() {
+  return cblas_gemm_bf16bf16f32 != nullptr && gemm_mode() != "unpacked" && gemm_mode() != "aten";
+}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     const Tensor& xproj, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
     const Tensor& c0, const int64_t* lengths, bool reverse, bool save) {
   TORCH_CHECK(has_bf16_gemm(), "fusedrnn cpu backend: bfloat16 needs MKL's "
               "cblas_gemm_bf16bf16f32, which this torch does not export (or FUSEDRNN_CPU_GEMM "
-              "is not auto); the cpu backend's Python side widens to float32 instead");
+              "is unpacked or aten); the cpu backend's Python side widens to float32 instead");
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = c0.size(1);
   const auto bf16 = xproj.options();
   Tensor y = at::empty({steps, batch, hidden}, bf16);
@@ -140,7 +142,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
     bool reverse) {
   TORCH_CHECK(has_bf16_gemm(), "fusedrnn cpu backend: the bfloat16 LSTM backward needs MKL's "
               "cblas_gemm_bf16bf16f32, which this torch does not export (or FUSEDRNN_CPU_GEMM "
-              "is not auto); the cpu backend's Python side widens to float32 instead");
+              "is unpacked or aten); the cpu backend's Python side widens to float32 instead");
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
   const auto f32 = grad_y.options().dtype(at::kFloat);
   Tensor dgates = at::empty(gates.sizes(), gates.options());

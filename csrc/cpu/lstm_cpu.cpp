@@ -50,7 +50,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor c_last = at::empty_like(c0);
   // o * tanh(c) before the projection, and a row the cell's copy of it goes to unused.
   Tensor r = projected ? at::empty({2, batch, hidden}, xproj.options()) : Tensor();
-  const UnitSplit split(batch, 4, hidden, /*allowed=*/!projected);
+  const UnitSplit split(batch, 4, hidden, xproj.scalar_type(), /*allowed=*/!projected);
   const std::vector<Tensor> parts = split.gate_rows(w_hh, 4);
   Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_recurrence_fwd_cpu", [&] {
@@ -313,7 +313,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
   Tensor dgates = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dc = grad_c_n.clone();
   Tensor dh = grad_h_n.clone();
-  const UnitSplit split(sizes.batch, 4, sizes.hidden);
+  const UnitSplit split(sizes.batch, 4, sizes.hidden, gates.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_recurrence_bwd_cpu", [&] {
     lstm_bwd_loop<scalar_t>(grad_y, w_hh, c0, lengths_ptr(sizes.lengths), gates, cells, reverse,
                             split, dgates, dh, dc, [](int64_t) {});
@@ -354,7 +354,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
                                       has_bias, lengths, dh_steps, r_steps},
                                      overlap);
     auto done = [&](int64_t k) { grads.step_done(k); };
-    const UnitSplit split(batch, 4, hidden, /*allowed=*/!grads.overlapped());
+    const UnitSplit split(batch, 4, hidden, gates.scalar_type(),
+                          /*allowed=*/!grads.overlapped());
     grads.run([&] {
       if (projected) {
         lstm_proj_bwd_loop<scalar_t>(grad_y, w_hh, w_hr, c0, lengths, gates, cells, reverse,

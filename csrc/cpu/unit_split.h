@@ -6,7 +6,8 @@
 // pays two fork-joins. Measured on the 2-core AVX-512 Xeon, LSTM forward us per step:
 // batch 8 x hidden 128, 11.6 -> 9.9; 16 x 128, 21.5 -> 18.8; but 32 x 256, 85 -> 97, where
 // MKL's own two-thread packed GEMM on the whole W_hh wins: steps of 2^22 multiply-adds or
-// more keep that.
+// more keep that, unless the products run on brgemm (brgemm.h), whose per-thread products
+// are as fast as a whole one.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "blas.h"
 #include "rows.h"
 
 // MKL's per-thread thread count (weak: absent from a torch without MKL).
@@ -26,20 +28,23 @@ namespace fusedrnn::cpu {
 
 class UnitSplit {
  public:
-  // Split a step whose product has from kSplitFrom up to kSplitUntil multiply-adds: below,
-  // one thread (a barrier costs about a microsecond; at batch 1, hidden 64 the whole step
-  // takes two); above, one product on MKL's threads.
+  // Split a step whose product has from kSplitFrom up to kSplitUntil multiply-adds (no upper
+  // bound on brgemm): below, one thread (a barrier costs about a microsecond; at batch 1,
+  // hidden 64 the whole step takes two); above, one product on MKL's threads.
   static constexpr int64_t kSplitFrom = 1 << 18, kSplitUntil = 1 << 22;
   static constexpr int64_t kMinUnits = 32;  // per thread
   static constexpr int64_t kAlign = 16;     // units per chunk: a multiple of the vector width
 
   // batch rows, `gates` gate blocks of `hidden` units each, and H = hidden inputs to the
-  // recurrent product; `allowed`: false keeps the step on one thread.
-  UnitSplit(int64_t batch, int64_t gates, int64_t hidden, bool allowed = true)
+  // recurrent product, whose tensors are of `dtype`; `allowed`: false keeps the step on one
+  // thread.
+  UnitSplit(int64_t batch, int64_t gates, int64_t hidden, at::ScalarType dtype,
+            bool allowed = true)
       : hidden_(hidden) {
     int64_t wanted = 1;
     const int64_t work = batch * gates * hidden * hidden;
-    if (allowed && !at::in_parallel_region() && work >= kSplitFrom && work < kSplitUntil) {
+    const bool below_until = work < kSplitUntil || uses_brgemm(dtype);
+    if (allowed && !at::in_parallel_region() && work >= kSplitFrom && below_until) {
       wanted = std::clamp<int64_t>(hidden / kMinUnits, 1, at::get_num_threads());
     }
     chunk = (hidden + wanted - 1) / wanted;

@@ -1,0 +1,50 @@
+// float32 products on oneDNN's batch-reduce GEMM microkernel, which torch's ATen exposes as
+// at::native::cpublas::brgemm (torch builds without it fall back to MKL; see blas.h).
+//
+// Measured on a 2-core AMD EPYC (Zen 4, AVX-512, torch 2.14's MKL), GFLOP/s of the LSTM's
+// per-step product out (B, 4H) = h (B, H) @ W_hh^T, one thread: 105-113 with brgemm against
+// 64-91 with MKL's packed form and 59-94 with torch.mm, at B x H of 8 x 128 to 64 x 512 and
+// 16 x 768; two threads, each running brgemm on half of the gate columns: 214-222 against
+// 84-164 for MKL's own two-thread packed product. torch.nn.LSTM reaches about 190 there
+// through oneDNN. On the 2-core Intel Xeon of earlier sessions MKL's packed product ran at
+// about 90% of that machine's peak, so Intel CPUs keep MKL until brgemm is measured there.
+#pragma once
+
+#include <ATen/Context.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <cstdint>
+
+namespace fusedrnn::cpu {
+
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+inline constexpr bool kTorchHasBrgemm = true;
+#else
+inline constexpr bool kTorchHasBrgemm = false;
+#endif
+
+// c (m, n) = a (m, k) @ b (k, n), row-major with leading dimensions lda, ldb, ldc, on the
+// calling thread. oneDNN generates and caches one kernel per shape and thread on first use.
+inline void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float* c, int64_t ldc) {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, /*add_C=*/false, a, b, c,
+                              /*is_vnni=*/false);
+#else
+  TORCH_CHECK(false, "fusedrnn cpu backend: this torch has no at::native::cpublas::brgemm");
+#endif
+}
+
+// Whether auto picks brgemm for float32 products: torch has it, its oneDNN is enabled
+// (torch.backends.mkldnn.enabled; without it brgemm is an unpacked MKL call) and the CPU is
+// an x86 with AVX2 (what oneDNN's float32 kernel needs) that is not Intel's (see above).
+inline bool brgemm_preferred() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool cpu = __builtin_cpu_supports("avx2") && !__builtin_cpu_is("intel");
+#else
+  static const bool cpu = false;
+#endif
+  return kTorchHasBrgemm && cpu && at::globalContext().userEnabledMkldnn();
+}
+
+}  // namespace fusedrnn::cpu
