@@ -282,6 +282,11 @@ for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), (
         out, grads = testing.outputs_and_grads(candidate, x)
         testing.assert_close_relative(out, out_ref, bound, f"{cell} {hidden} outputs")
         testing.assert_close_relative(grads, grads_ref, bound, f"{cell} {hidden} gradients")
+for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12)):  # tiled, and small
+    x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)
+    exact = (x.double() @ w.double().t()).float()
+    projected = torch.ops.fusedrnn.input_projection(x, w)
+    testing.assert_close_relative([projected], [exact], 1e-5, f"input projection {steps}x{batch}")
 print("checked")
 """
 
