@@ -282,6 +282,12 @@ for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), (
         out, grads = testing.outputs_and_grads(candidate, x)
         testing.assert_close_relative(out, out_ref, bound, f"{cell} {hidden} outputs")
         testing.assert_close_relative(grads, grads_ref, bound, f"{cell} {hidden} gradients")
+for batch, hidden in ((4, 200), (2, 25)):  # bfloat16: threaded; odd K (MKL's product)
+    make = lambda dtype, backend: fusedrnn.LSTM(6, hidden, dtype=dtype, backend=backend)
+    testing.assert_low_precision_rule(make(torch.float64, "reference"),
+                                      make(torch.bfloat16, "reference"),
+                                      make(torch.bfloat16, "cpu"),
+                                      testing.make_packed(batch, 5, 6, dtype=torch.float64))
 for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12)):  # tiled, and small
     x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)
     exact = (x.double() @ w.double().t()).float()

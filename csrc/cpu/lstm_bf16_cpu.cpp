@@ -1,7 +1,7 @@
-// The LSTM time loops for bfloat16 tensors (no projection), where MKL has a bfloat16 GEMM:
-// forward, per step one product h @ W_hh^T with bfloat16 operands and float32 results
-// (cblas_gemm_bf16bf16f32, on AMX or AVX512-BF16 where the CPU has them), then one pass per
-// row that applies the cell in float32. c is carried in float32; h is rounded to bfloat16
+// The LSTM time loops for bfloat16 tensors (no projection), where oneDNN's brgemm or MKL has
+// a bfloat16 GEMM (bf16_product.h): forward, per step one product h @ W_hh^T with bfloat16
+// operands and float32 results (on AMX or AVX512-BF16 where the CPU has them), then one
+// pass per row that applies the cell in float32. c is carried in float32; h is rounded to bfloat16
 // once per step, as the next product's operand. Measured on the 2-core Xeon (AMX), us per
 // product, batch x hidden: 30 vs 77 for float32 at 32 x 256, 125 vs 576 at 64 x 512.
 // Saved tensors have the float32 kernel's layout, in bfloat16. The backward's time loop
@@ -15,25 +15,17 @@
 #include <tuple>
 
 #include "../recurrence_args.h"
-#include "blas.h"
+#include "bf16_product.h"
 #include "cpu_math.h"
 #include "lstm_rows.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
-
-extern "C" {
-void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,
-                            float alpha, const uint16_t* a, int lda, const uint16_t* b, int ldb,
-                            float beta, float* c, int ldc) __attribute__((weak));
-}
 
 namespace fusedrnn::cpu {
 namespace {
 
 using at::BFloat16;
 using at::Tensor;
-
-constexpr int kRowMajor = 101;
 
 // The bfloat16 conversions of a row are loops of their own (widen_row, narrow_row) around
 // the float32 cell (lstm_fwd_row): in the cell's loop a 16-bit load or store halved the
@@ -70,16 +62,17 @@ T* bits(const Tensor& tensor) {
 
 }  // namespace
 
-bool has_bf16_gemm() {
-  return cblas_gemm_bf16bf16f32 != nullptr && gemm_mode() != "unpacked" && gemm_mode() != "aten";
-}
+// An odd hidden size's forward product needs MKL's kernel (Bf16Product); torch's x86 builds
+// export it.
+bool has_bf16_gemm() { return has_bf16_product(/*k=*/2); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     const Tensor& xproj, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
     const Tensor& c0, const int64_t* lengths, bool reverse, bool save) {
-  TORCH_CHECK(has_bf16_gemm(), "fusedrnn cpu backend: bfloat16 needs MKL's "
-              "cblas_gemm_bf16bf16f32, which this torch does not export (or FUSEDRNN_CPU_GEMM "
-              "is unpacked or aten); the cpu backend's Python side widens to float32 instead");
+  TORCH_CHECK(has_bf16_gemm(), "fusedrnn cpu backend: bfloat16 needs a bfloat16 product "
+              "(oneDNN's brgemm or MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or "
+              "FUSEDRNN_CPU_GEMM is unpacked or aten); the cpu backend's Python side widens to "
+              "float32 instead");
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = c0.size(1);
   const auto bf16 = xproj.options();
   Tensor y = at::empty({steps, batch, hidden}, bf16);
@@ -92,17 +85,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   Tensor bias_f = bias.to(at::kFloat).contiguous();
   Tensor c_a = c0.to(at::kFloat).contiguous().clone(), c_b = at::empty_like(c_a);
   Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h, c of the step before and this one
-  const int m = static_cast<int>(batch), n = static_cast<int>(4 * hidden);
-  const int k = static_cast<int>(hidden);
-  const uint16_t* w = bits<const uint16_t>(w_hh);
+  const Bf16Product product(w_hh, /*transpose=*/true, batch);
   float* hg = products.data_ptr<float>();
   // Rows split over the threads in pieces of at least 4096 units (about 20 us of the cell).
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(hidden, 1));
   for (int64_t t : time_order(batch == 0 ? 0 : steps, reverse)) {
     const uint16_t* h_cur = bits<const uint16_t>(h_a);
     uint16_t* h_nxt = bits<uint16_t>(h_b);
-    cblas_gemm_bf16bf16f32(kRowMajor, kNoTrans, kTrans, m, n, k, 1.0f, h_cur, k, w, k, 0.0f, hg,
-                           n);
+    product.apply(hg, h_cur);
     const uint16_t* xp = bits<const uint16_t>(xproj) + t * batch * 4 * hidden;
     uint16_t* yp = bits<uint16_t>(y) + t * batch * hidden;
     uint16_t* gp = save ? bits<uint16_t>(gates) + t * batch * 4 * hidden : nullptr;
@@ -140,9 +130,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
     const Tensor& c0, const int64_t* lengths, const Tensor& gates, const Tensor& cells,
     bool reverse) {
-  TORCH_CHECK(has_bf16_gemm(), "fusedrnn cpu backend: the bfloat16 LSTM backward needs MKL's "
-              "cblas_gemm_bf16bf16f32, which this torch does not export (or FUSEDRNN_CPU_GEMM "
-              "is unpacked or aten); the cpu backend's Python side widens to float32 instead");
+  TORCH_CHECK(has_bf16_gemm(), "fusedrnn cpu backend: the bfloat16 LSTM backward needs a "
+              "bfloat16 product (oneDNN's brgemm or MKL's cblas_gemm_bf16bf16f32), which this "
+              "torch lacks (or FUSEDRNN_CPU_GEMM is unpacked or aten); the cpu backend's Python "
+              "side widens to float32 instead");
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
   const auto f32 = grad_y.options().dtype(at::kFloat);
   Tensor dgates = at::empty(gates.sizes(), gates.options());
@@ -151,17 +142,13 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
   Tensor rec = at::empty({batch, hidden}, f32);  // the processed step's dgates @ W_hh
   // Per row, float32: gates (4H), c, c_prev (H each) widened, and the row's dgates (4H).
   Tensor scratch = at::empty({batch, 10 * hidden}, f32);
-  const int m = static_cast<int>(batch), n = static_cast<int>(hidden);
-  const int k = static_cast<int>(4 * hidden);
-  const uint16_t* w = bits<const uint16_t>(w_hh);
+  const Bf16Product product(w_hh, /*transpose=*/false, batch);
   const int64_t state = batch * hidden;
   const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
   // The gradient reaching h from the step processed before (the later one in the forward's
   // order): rec = its dgates (B, 4H) @ W_hh (4H, H), for the rows where it was active.
   const auto take_recurrent = [&](int64_t later) {
-    cblas_gemm_bf16bf16f32(kRowMajor, kNoTrans, kNoTrans, m, n, k, 1.0f,
-                           bits<const uint16_t>(dgates) + 4 * state * later, k, w, n, 0.0f,
-                           rec.data_ptr<float>(), n);
+    product.apply(rec.data_ptr<float>(), bits<const uint16_t>(dgates) + 4 * state * later);
     for (int64_t b = 0; b < batch; ++b) {
       if (is_active(lengths, b, later)) {
         std::copy(rec.data_ptr<float>() + b * hidden, rec.data_ptr<float>() + (b + 1) * hidden,

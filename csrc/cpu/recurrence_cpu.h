@@ -24,8 +24,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_recu
     bool reverse, bool save);
 
 // Its bfloat16 kernel (lstm_bf16_cpu.cpp), which lstm_recurrence_fwd runs for bfloat16
-// tensors; bias (4H) defined, lengths null or (B,). has_bf16_gemm(): whether torch's MKL has
-// the bfloat16 product it needs (and FUSEDRNN_CPU_GEMM is not unpacked or aten).
+// tensors; bias (4H) defined, lengths null or (B,). has_bf16_gemm(): whether torch has the
+// bfloat16 product it needs, oneDNN's brgemm or MKL's (bf16_product.h), and
+// FUSEDRNN_CPU_GEMM is not unpacked or aten.
 bool has_bf16_gemm();
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_bf16(
     const at::Tensor& xproj, const at::Tensor& bias, const at::Tensor& w_hh,

@@ -1,0 +1,112 @@
+// The per-step product of the bfloat16 LSTM loops (lstm_bf16_cpu.cpp): bfloat16 operands,
+// float32 results, on oneDNN's brgemm (brgemm.h) or MKL's cblas_gemm_bf16bf16f32.
+//
+// Measured on the 2-core AMD EPYC (Zen 4, AVX512-BF16), GFLOP/s at batch x K x N of 32 x 256
+// x 1024, 64 x 512 x 2048, 8 x 128 x 512, 16 x 768 x 3072 and 1 x 256 x 1024: brgemm on two
+// threads (half the columns each) 392, 440, 336, 436 and 105; MKL's two-thread product 111,
+// 158, 56, 119 and 4. On the 2-core Xeon with AMX MKL's product was the fast one (see
+// lstm_bf16_cpu.cpp), so Intel CPUs keep it, as for float32.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+
+#include "blas.h"
+
+extern "C" {
+void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,
+                            float alpha, const uint16_t* a, int lda, const uint16_t* b, int ldb,
+                            float beta, float* c, int ldc) __attribute__((weak));
+}
+
+namespace fusedrnn::cpu {
+
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+inline constexpr bool kTorchHasBf16Brgemm = true;
+#else
+inline constexpr bool kTorchHasBf16Brgemm = false;
+#endif
+
+// Whether bfloat16 products run on brgemm: FUSEDRNN_CPU_GEMM=brgemm, or auto on a CPU with
+// AVX512-BF16 that brgemm_preferred() takes. oneDNN's kernel reads the operand it keeps
+// fixed in pairs along K, so K must be even; odd ones stay on MKL.
+inline bool bf16_uses_brgemm(int64_t k) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool cpu = __builtin_cpu_supports("avx512bf16");
+#else
+  static const bool cpu = false;
+#endif
+  if (k % 2 != 0 || !kTorchHasBf16Brgemm) return false;
+  return gemm_mode() == "brgemm" || (gemm_mode() == "auto" && cpu && brgemm_preferred());
+}
+
+// Whether bfloat16 products have a kernel here: brgemm for even K or MKL's.
+inline bool has_bf16_product(int64_t k) {
+  const bool mkl = cblas_gemm_bf16bf16f32 != nullptr && gemm_mode() != "unpacked" &&
+                   gemm_mode() != "aten";
+  return bf16_uses_brgemm(k) || mkl;
+}
+
+// out (B, m) float32 = a (B, k) @ op(w) for every step of one call, w (G, H) bfloat16
+// row-major and fixed: op(w) = w^T (m = G, k = H) when `transpose`, else w (m = H, k = G).
+// a and out contiguous. brgemm reads op(w) as (k/2, m, 2): pairs along k, made once here.
+class Bf16Product {
+ public:
+  Bf16Product(const at::Tensor& w, bool transpose, int64_t batch)
+      : w_(w), transpose_(transpose), batch_(batch), m_(transpose ? w.size(0) : w.size(1)),
+        k_(transpose ? w.size(1) : w.size(0)), brgemm_(bf16_uses_brgemm(k_)) {
+    TORCH_CHECK(has_bf16_product(k_), "fusedrnn cpu backend: no bfloat16 product here");
+    if (brgemm_) {
+      const at::Tensor op = transpose ? w.t() : w;  // (k, m)
+      pairs_ = op.reshape({k_ / 2, 2, m_}).transpose(1, 2).contiguous();
+    }
+  }
+
+  void apply(float* out, const uint16_t* a) const {
+    if (batch_ == 0 || m_ == 0) return;
+    if (!brgemm_) {
+      constexpr int kRowMajor = 101;
+      const int m = static_cast<int>(batch_), n = static_cast<int>(m_);
+      const int k = static_cast<int>(k_);
+      const auto* w = reinterpret_cast<const uint16_t*>(w_.data_ptr<at::BFloat16>());
+      cblas_gemm_bf16bf16f32(kRowMajor, kNoTrans, transpose_ ? kTrans : kNoTrans, m, n, k, 1.0f,
+                             a, k, w, transpose_ ? k : n, 0.0f, out, n);
+      return;
+    }
+    if (k_ == 0) {
+      std::fill(out, out + batch_ * m_, 0.0f);
+      return;
+    }
+    const int64_t threads = at::get_num_threads();
+    if (at::in_parallel_region() || threads == 1 || batch_ * m_ * k_ < kThreadedFrom) {
+      columns(out, a, 0, m_);
+      return;
+    }
+    const int64_t chunk = ((m_ + threads - 1) / threads + 15) / 16 * 16;
+    at::parallel_for(0, (m_ + chunk - 1) / chunk, 1, [&](int64_t first, int64_t last) {
+      for (int64_t p = first; p < last; ++p) {
+        columns(out, a, p * chunk, std::min(chunk, m_ - p * chunk));
+      }
+    });
+  }
+
+ private:
+  // Columns [n0, n0 + n) of out on this thread.
+  void columns(float* out, const uint16_t* a, int64_t n0, int64_t n) const {
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+    at::native::cpublas::brgemm(batch_, n, k_, k_, m_, m_, /*add_C=*/false,
+                                reinterpret_cast<const at::BFloat16*>(a),
+                                pairs_.data_ptr<at::BFloat16>() + 2 * n0, out + n0,
+                                /*is_vnni=*/true);
+#endif
+  }
+
+  at::Tensor w_, pairs_;
+  bool transpose_;
+  int64_t batch_, m_, k_;
+  bool brgemm_;
+};
+
+}  // namespace fusedrnn::cpu
