@@ -217,7 +217,7 @@ def test_16_bit_floats_within_the_low_precision_rule(cell, kwargs, dtype):
 
 @pytest.mark.parametrize("kwargs", [{}, {"bias": False, "batch_first": True}])
 def test_lstm_bfloat16_kernel_within_the_low_precision_rule(monkeypatch, kwargs):
-    """The LSTM's own bfloat16 forward (products in bfloat16 on MKL, the cell in float32),
+    """The LSTM's own bfloat16 forward (products in bfloat16, the cell in float32),
     with lengths and both directions, and its backward (the same, mirrored; the products
     over all steps in bfloat16)."""
     _bf16_kernel(monkeypatch)
@@ -229,6 +229,26 @@ def test_lstm_bfloat16_kernel_within_the_low_precision_rule(monkeypatch, kwargs)
     _check_low_precision("LSTM", kwargs, torch.bfloat16)
     assert torch.bfloat16 in calls and torch.float32 not in calls  # never widened
     assert backward_calls and set(backward_calls) == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("on_brgemm", [True, False])
+def test_lstm_bfloat16_kernel_sizes(monkeypatch, on_brgemm):
+    """On brgemm's bfloat16 product the kernel runs at every even hidden size (an odd one's
+    forward product is MKL's); on MKL's from BF16_KERNEL_FROM multiply-adds per step."""
+    from fusedrnn import _extension
+    from fusedrnn.backends import cpu
+
+    extension = _extension.CPU.load()
+    if not extension.has_bf16_gemm():
+        pytest.skip("this torch has no bfloat16 product for the kernel")
+    monkeypatch.setattr(extension, "bf16_on_brgemm", lambda: on_brgemm)
+    backend = cpu.CpuBackend()
+    small = lambda hidden: backend._bf16_kernel("lstm", torch.bfloat16, 2, hidden, hidden)  # noqa: E731
+    assert small(24) == on_brgemm and not small(25)
+    assert backend._bf16_kernel("lstm", torch.bfloat16, 64, 257, 257)  # 2^24 multiply-adds
+    assert not backend._bf16_kernel("lstm", torch.float16, 2, 24, 24)
+    assert not backend._bf16_kernel("lstm", torch.bfloat16, 2, 24, 7)  # projected
+    assert not backend._bf16_kernel("gru", torch.bfloat16, 64, 512, 512)
 
 
 def _recording(op, calls):

@@ -7,6 +7,7 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include "bf16_product.h"
 #include "recurrence_cpu.h"
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
@@ -101,11 +102,19 @@ PyObject* has_bf16_gemm(PyObject*, PyObject*) {
   return PyBool_FromLong(fusedrnn::cpu::has_bf16_gemm() ? 1 : 0);
 }
 
+// bf16_on_brgemm() -> bool: whether its bfloat16 products run on oneDNN's brgemm (at an
+// even hidden size; bf16_product.h).
+PyObject* bf16_on_brgemm(PyObject*, PyObject*) {
+  return PyBool_FromLong(fusedrnn::cpu::bf16_uses_brgemm(/*k=*/2) ? 1 : 0);
+}
+
 PyMethodDef methods[] = {
     {"run_pair", run_pair, METH_VARARGS,
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
     {"has_bf16_gemm", has_bf16_gemm, METH_NOARGS,
      "has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here"},
+    {"bf16_on_brgemm", bf16_on_brgemm, METH_NOARGS,
+     "bf16_on_brgemm() -> bool: whether that kernel's products run on oneDNN's brgemm"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
