@@ -87,11 +87,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h, c of the step before and this one
   const Bf16Product product(w_hh, /*transpose=*/true, batch);
   float* hg = products.data_ptr<float>();
+  // Pointers taken once: data_ptr checks the dtype on every call.
+  float* scratch_p = scratch.data_ptr<float>();
+  const float* bias_p = bias_f.data_ptr<float>();
   // Rows split over the threads in pieces of at least 4096 units (about 20 us of the cell).
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(hidden, 1));
   for (int64_t t : time_order(batch == 0 ? 0 : steps, reverse)) {
     const uint16_t* h_cur = bits<const uint16_t>(h_a);
     uint16_t* h_nxt = bits<uint16_t>(h_b);
+    const float* c_before = c_a.data_ptr<float>();
+    float* c_after = c_b.data_ptr<float>();
     product.apply(hg, h_cur);
     const uint16_t* xp = bits<const uint16_t>(xproj) + t * batch * 4 * hidden;
     uint16_t* yp = bits<uint16_t>(y) + t * batch * hidden;
@@ -100,15 +105,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t row = b * hidden;
-        const float* c_prev = c_a.data_ptr<float>() + row;
-        float* c_out = c_b.data_ptr<float>() + row;
+        const float* c_prev = c_before + row;
+        float* c_out = c_after + row;
         uint16_t* cell = save ? cp + row : nullptr;
-        float* xw = scratch.data_ptr<float>() + b * scratch.size(1);
+        float* xw = scratch_p + b * 10 * hidden;
         float* g = xw + 4 * hidden;
         float* h = g + 4 * hidden;
         widen_row(xp + 4 * row, xw, 4 * hidden);
-        lstm_fwd_row<float>(xw, hg + 4 * row, bias_f.data_ptr<float>(), g, hidden, hidden, c_prev,
-                            c_out, h, h + hidden, hidden);
+        lstm_fwd_row<float>(xw, hg + 4 * row, bias_p, g, hidden, hidden, c_prev, c_out, h,
+                            h + hidden, hidden);
         narrow_row(h, h_nxt + row, hidden);
         std::copy(h_nxt + row, h_nxt + row + hidden, yp + row);
         if (save) {
@@ -145,14 +150,22 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
   const Bf16Product product(w_hh, /*transpose=*/false, batch);
   const int64_t state = batch * hidden;
   const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
+  // Pointers taken once: data_ptr checks the dtype on every call.
+  float* rec_p = rec.data_ptr<float>();
+  float* dh_p = dh.data_ptr<float>();
+  float* dc_p = dc.data_ptr<float>();
+  float* scratch_p = scratch.data_ptr<float>();
+  uint16_t* dgates_p = bits<uint16_t>(dgates);
+  const uint16_t* gates_p = bits<const uint16_t>(gates);
+  const uint16_t* cells_p = bits<const uint16_t>(cells);
+  const uint16_t* grad_y_p = bits<const uint16_t>(grad_y);
   // The gradient reaching h from the step processed before (the later one in the forward's
   // order): rec = its dgates (B, 4H) @ W_hh (4H, H), for the rows where it was active.
   const auto take_recurrent = [&](int64_t later) {
-    product.apply(rec.data_ptr<float>(), bits<const uint16_t>(dgates) + 4 * state * later);
+    product.apply(rec_p, dgates_p + 4 * state * later);
     for (int64_t b = 0; b < batch; ++b) {
       if (is_active(lengths, b, later)) {
-        std::copy(rec.data_ptr<float>() + b * hidden, rec.data_ptr<float>() + (b + 1) * hidden,
-                  dh.data_ptr<float>() + b * hidden);
+        std::copy(rec_p + b * hidden, rec_p + (b + 1) * hidden, dh_p + b * hidden);
       }
     }
   };
@@ -161,27 +174,27 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
     const int64_t t = order[step];
     if (step > 0) take_recurrent(order[step - 1]);
     const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
-    const uint16_t* c_prev = (before >= 0 && before < steps)
-        ? bits<const uint16_t>(cells) + state * before : bits<const uint16_t>(c0);
+    const uint16_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
+                                                             : bits<const uint16_t>(c0);
     at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t row = b * hidden;
-        uint16_t* dgp = bits<uint16_t>(dgates) + 4 * (state * t + row);
+        uint16_t* dgp = dgates_p + 4 * (state * t + row);
         if (!is_active(lengths, b, t)) {  // an inactive step passes dh and dc through
           std::fill(dgp, dgp + 4 * hidden, uint16_t{0});
           continue;
         }
-        float* g = scratch.data_ptr<float>() + b * scratch.size(1);
+        float* g = scratch_p + b * 10 * hidden;
         float* c = g + 4 * hidden;
         float* cp = c + hidden;
         float* dg = cp + hidden;
-        float* dhp = dh.data_ptr<float>() + row;
-        widen_row(bits<const uint16_t>(gates) + 4 * (state * t + row), g, 4 * hidden);
-        widen_row(bits<const uint16_t>(cells) + state * t + row, c, hidden);
+        float* dhp = dh_p + row;
+        widen_row(gates_p + 4 * (state * t + row), g, 4 * hidden);
+        widen_row(cells_p + state * t + row, c, hidden);
         widen_row(c_prev + row, cp, hidden);
-        widen_row(bits<const uint16_t>(grad_y) + state * t + row, dg, hidden);
+        widen_row(grad_y_p + state * t + row, dg, hidden);
         add_row<float>(dhp, dg, hidden);  // dh += grad_y[t]
-        lstm_bwd_row<float>(dhp, dc.data_ptr<float>() + row, g, c, cp, dg, hidden, hidden);
+        lstm_bwd_row<float>(dhp, dc_p + row, g, c, cp, dg, hidden, hidden);
         narrow_row(dg, dgp, 4 * hidden);
       }
     });
