@@ -67,7 +67,8 @@ def run_info(args):
     backend_rows = [(name, "available" if status.available else f"unavailable: {status.reason}")
                     for name, status in fusedrnn.available_backends().items()]
     _print_section("backends (auto tries them in this order)", backend_rows)
-    _print_section("cpu backend", [("bidirectional layers", thread_split.describe()),
+    _print_section("cpu backend", [("products", cpu_backend.describe_products()),
+                                   ("bidirectional layers", thread_split.describe()),
                                    ("bfloat16, float16", cpu_backend.describe_16_bit())])
     rows = []
     for extension in _extension.EXTENSIONS:

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -89,6 +91,19 @@ def test_info_lists_versions_devices_backends_and_extensions(capsys):
     assert re.search(r"^\s+Triton\s+\S", out, re.MULTILINE)
     assert re.search(r"^\s+cpu\s+.+torch threads \d+$", out, re.MULTILINE)
     assert "fusedrnn._C" in out and "fusedrnn._cpu" in out
+
+
+@pytest.mark.requires_cpu_ext
+@pytest.mark.parametrize("mode, says", [("mkl", "float32 on MKL"),
+                                        ("brgemm", "float32 on oneDNN's brgemm")])
+def test_info_says_which_library_runs_the_cpu_products(mode, says):
+    """FUSEDRNN_CPU_GEMM is read once per process, so each mode runs in a fresh one."""
+    env = dict(os.environ, FUSEDRNN_CPU_GEMM=mode)
+    run = subprocess.run([sys.executable, "-m", "fusedrnn.cli", "info"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(rf"^\s+products\s+{says}.*FUSEDRNN_CPU_GEMM={mode}\)$", run.stdout,
+                     re.MULTILINE), run.stdout
 
 
 @pytest.mark.parametrize("threads, says", [(2, "both directions at once"),

@@ -1,6 +1,6 @@
 // fusedrnn._cpu: registers the CPU kernels of the recurrence ops whose schemas fusedrnn
 // defines in Python (fusedrnn/backends/recurrence.py), and is importable as a Python module
-// with one function, run_pair (fusedrnn/backends/thread_split.py).
+// with run_pair (fusedrnn/backends/thread_split.py) and the product paths' queries.
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <Python.h>
@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "bf16_product.h"
+#include "blas.h"
 #include "recurrence_cpu.h"
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
@@ -102,6 +103,11 @@ PyObject* has_bf16_gemm(PyObject*, PyObject*) {
   return PyBool_FromLong(fusedrnn::cpu::has_bf16_gemm() ? 1 : 0);
 }
 
+// f32_on_brgemm() -> bool: whether float32 products run on oneDNN's brgemm (blas.h).
+PyObject* f32_on_brgemm(PyObject*, PyObject*) {
+  return PyBool_FromLong(fusedrnn::cpu::uses_brgemm<float>() ? 1 : 0);
+}
+
 // bf16_on_brgemm() -> bool: whether its bfloat16 products run on oneDNN's brgemm (at an
 // even hidden size; bf16_product.h).
 PyObject* bf16_on_brgemm(PyObject*, PyObject*) {
@@ -113,6 +119,8 @@ PyMethodDef methods[] = {
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
     {"has_bf16_gemm", has_bf16_gemm, METH_NOARGS,
      "has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here"},
+    {"f32_on_brgemm", f32_on_brgemm, METH_NOARGS,
+     "f32_on_brgemm() -> bool: whether float32 products run on oneDNN's brgemm"},
     {"bf16_on_brgemm", bf16_on_brgemm, METH_NOARGS,
      "bf16_on_brgemm() -> bool: whether that kernel's products run on oneDNN's brgemm"},
     {nullptr, nullptr, 0, nullptr}};

@@ -21,6 +21,8 @@ size with an even hidden size: on the 2-core AMD EPYC, medians of 11 interleaved
 widened against the kernel, inference: 3.27, 3.25 at B8 T200 H128; 0.66, 0.51 at B1 T300
 H64; 4.08, 2.55 at B4 T100 H256; training 12.2, 9.0; 1.32, 1.32; 7.1, 4.6."""
 
+import os
+
 import torch
 
 from .. import _extension
@@ -131,6 +133,20 @@ class CpuBackend(RecurrenceBackend):
         *grads, dh0 = ops.rnn_bptt(grad_y, grad_hn, x, w_ih, w_hh, h0, lengths, y, reverse,
                                    cell == "rnn_relu", has_bias)
         return (*grads, common.empty(x), dh0, common.empty(x))
+
+
+def describe_products():
+    """Which library runs the cpu backend's products here, in words."""
+    status = _extension.CPU.status()
+    if not status[0]:
+        return "n/a (fusedrnn._cpu not built)"
+    extension = _extension.CPU.load()
+    f32 = ("oneDNN's brgemm" if extension.f32_on_brgemm()
+           else "MKL (or ATen without BLAS symbols)")
+    bf16 = ("oneDNN's brgemm (MKL at an odd hidden size)" if extension.bf16_on_brgemm()
+            else "MKL" if extension.has_bf16_gemm() else "none (widened to float32)")
+    mode = os.environ.get("FUSEDRNN_CPU_GEMM") or "auto"
+    return f"float32 on {f32}; the bfloat16 LSTM's on {bf16} (FUSEDRNN_CPU_GEMM={mode})"
 
 
 def describe_16_bit():
