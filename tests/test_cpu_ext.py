@@ -290,7 +290,8 @@ def test_compiled_module_matches_eager():
 
 GEMM_MODE_CHECK = """
 import torch, fusedrnn
-from fusedrnn import testing
+from fusedrnn import _extension, testing
+from fusedrnn.backends import cpu as cpu_backend
 for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), ("GRU", 4, 12),
                             ("RNN", 3, 400), ("RNN", 2, 10)):
     for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
@@ -302,14 +303,24 @@ for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), (
         out, grads = testing.outputs_and_grads(candidate, x)
         testing.assert_close_relative(out, out_ref, bound, f"{cell} {hidden} outputs")
         testing.assert_close_relative(grads, grads_ref, bound, f"{cell} {hidden} gradients")
-for batch, hidden in ((4, 200), (2, 25)):  # bfloat16: threaded; odd K (MKL's product)
+# The bfloat16 LSTM kernel at every size, on the product this path gives it, else widened.
+extension = _extension.CPU.load()
+cpu_backend.BF16_KERNEL_FROM = 0
+forward = torch.ops.fusedrnn.lstm_recurrence_fwd
+for batch, hidden in ((4, 200), (2, 25)):  # threaded; odd K (MKL's forward product)
+    seen = []
+    torch.ops.fusedrnn.lstm_recurrence_fwd = (  # records the dtype the op runs in
+        lambda xproj, *args: seen.append(xproj.dtype) or forward(xproj, *args))
     make = lambda dtype, backend: fusedrnn.LSTM(6, hidden, dtype=dtype, backend=backend)
     testing.assert_low_precision_rule(make(torch.float64, "reference"),
                                       make(torch.bfloat16, "reference"),
                                       make(torch.bfloat16, "cpu"),
                                       testing.make_packed(batch, 5, 6, dtype=torch.float64))
-for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12)):  # tiled, and small
-    x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)
+    kernel = (hidden % 2 == 0 and extension.bf16_on_brgemm()) or extension.bf16_on_mkl()
+    assert set(seen) == {torch.bfloat16 if kernel else torch.float32}, (hidden, seen)
+torch.ops.fusedrnn.lstm_recurrence_fwd = forward
+for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12), (50, 23, 0, 300)):
+    x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)  # tiled, small, empty
     exact = (x.double() @ w.double().t()).float()
     projected = torch.ops.fusedrnn.input_projection(x, w)
     testing.assert_close_relative([projected], [exact], 1e-5, f"input projection {steps}x{batch}")
@@ -322,6 +333,10 @@ def test_every_product_path_matches_the_reference(mode):
     """Each FUSEDRNN_CPU_GEMM path: brgemm (oneDNN's kernel, auto's float32 choice on
     non-Intel x86), mkl (MKL, packed at these sizes: auto's choice elsewhere), unpacked and
     aten (the path of a torch without BLAS symbols); every other test runs auto's choice."""
+    from fusedrnn import _extension
+
+    if mode == "brgemm" and not _extension.CPU.load().brgemm_built():
+        pytest.skip("this torch's ATen has no at::native::cpublas::brgemm for float32")
     env = dict(os.environ, FUSEDRNN_CPU_GEMM=mode)
     run = subprocess.run([sys.executable, "-c", GEMM_MODE_CHECK], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -335,6 +350,14 @@ def test_unknown_product_path_is_refused():
                          timeout=300)
     assert run.returncode != 0
     assert "FUSEDRNN_CPU_GEMM must be auto, brgemm, mkl, unpacked or aten" in run.stderr
+    # The extension's queries raise it as a Python error, and fusedrnn info reports it.
+    query = "from fusedrnn import _extension; _extension.CPU.load().bf16_on_brgemm()"
+    run = subprocess.run([sys.executable, "-c", query], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1 and "RuntimeError: FUSEDRNN_CPU_GEMM must be" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "fusedrnn.cli", "info"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "products              none: FUSEDRNN_CPU_GEMM must" in run.stdout
 
 
 def test_workspaces_are_reused_and_never_shared():

@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <exception>
 
 #include "blas.h"
 
@@ -29,25 +30,57 @@ inline constexpr bool kTorchHasBf16Brgemm = true;
 inline constexpr bool kTorchHasBf16Brgemm = false;
 #endif
 
-// Whether bfloat16 products run on brgemm: FUSEDRNN_CPU_GEMM=brgemm, or auto on a CPU with
-// AVX512-BF16 that brgemm_preferred() takes. oneDNN's kernel reads the operand it keeps
-// fixed in pairs along K, so K must be even; odd ones stay on MKL.
+// Whether oneDNN runs a bfloat16 brgemm here: its enabled flag, then one small product, once
+// per process (it raises where oneDNN's instruction set is below AVX512_CORE_BF16, for
+// example capped by ONEDNN_MAX_CPU_ISA, or where its ukernels are not built).
+inline bool bf16_brgemm_runs() {
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+  if (!at::globalContext().userEnabledMkldnn()) return false;
+  static const bool runs = [] {
+    try {
+      // (1, 16) = (1, 2) @ (2, 16): a = [1, 1], b's pairs (k, k + 1) = (1, 2) in every column.
+      const at::BFloat16 a[2] = {1.0f, 1.0f};
+      at::BFloat16 b[32];
+      for (int j = 0; j < 16; ++j) b[2 * j] = 1.0f, b[2 * j + 1] = 2.0f;
+      float c[16] = {};
+      at::native::cpublas::brgemm(1, 16, 2, 2, 16, 16, /*add_C=*/false, a, b, c,
+                                  /*is_vnni=*/true);
+      at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+      return c[0] == 3.0f && c[15] == 3.0f;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  return runs;
+#else
+  return false;
+#endif
+}
+
+// Whether bfloat16 products run on brgemm: where bf16_brgemm_runs(), under
+// FUSEDRNN_CPU_GEMM=brgemm, or auto on a CPU with AVX512-BF16 that brgemm_preferred() takes
+// (elsewhere MKL's). oneDNN's kernel reads the operand it keeps fixed in pairs along K, so K
+// must be even; odd ones stay on MKL.
 inline bool bf16_uses_brgemm(int64_t k) {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool cpu = __builtin_cpu_supports("avx512bf16");
 #else
   static const bool cpu = false;
 #endif
-  if (k % 2 != 0 || !kTorchHasBf16Brgemm) return false;
-  return gemm_mode() == "brgemm" || (gemm_mode() == "auto" && cpu && brgemm_preferred());
+  if (k % 2 != 0) return false;
+  const bool wanted =
+      gemm_mode() == "brgemm" || (gemm_mode() == "auto" && cpu && brgemm_preferred());
+  return wanted && bf16_brgemm_runs();
 }
 
-// Whether bfloat16 products have a kernel here: brgemm for even K or MKL's.
-inline bool has_bf16_product(int64_t k) {
-  const bool mkl = cblas_gemm_bf16bf16f32 != nullptr && gemm_mode() != "unpacked" &&
-                   gemm_mode() != "aten";
-  return bf16_uses_brgemm(k) || mkl;
+// Whether MKL's bfloat16 product is there and allowed.
+inline bool bf16_on_mkl() {
+  return cblas_gemm_bf16bf16f32 != nullptr && gemm_mode() != "unpacked" &&
+         gemm_mode() != "aten";
 }
+
+// Whether bfloat16 products with this K have a kernel here: brgemm or MKL's.
+inline bool has_bf16_product(int64_t k) { return bf16_uses_brgemm(k) || bf16_on_mkl(); }
 
 // out (B, m) float32 = a (B, k) @ op(w) for every step of one call, w (G, H) bfloat16
 // row-major and fixed: op(w) = w^T (m = G, k = H) when `transpose`, else w (m = H, k = G).
@@ -100,6 +133,9 @@ class Bf16Product {
                                 reinterpret_cast<const at::BFloat16*>(a),
                                 pairs_.data_ptr<at::BFloat16>() + 2 * n0, out + n0,
                                 /*is_vnni=*/true);
+    // On AMX the kernel leaves its tile configuration loaded; other code on this thread
+    // (torch's own oneDNN calls) may change it between two of these products.
+    at::native::cpublas::brgemm_release(/*is_vnni=*/true);
 #endif
   }
 

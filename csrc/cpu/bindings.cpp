@@ -7,6 +7,8 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include <exception>
+
 #include "bf16_product.h"
 #include "blas.h"
 #include "recurrence_cpu.h"
@@ -98,20 +100,45 @@ PyObject* run_pair(PyObject*, PyObject* args) {
   return Py_BuildValue("(NN)", outcomes[0].result, outcomes[1].result);
 }
 
+// A bool query as a Python function: a C++ exception (FUSEDRNN_CPU_GEMM's check) becomes a
+// RuntimeError rather than unwinding through the interpreter.
+template <typename Query>
+PyObject* bool_result(const Query& query) {
+  try {
+    return PyBool_FromLong(query() ? 1 : 0);
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what_without_backtrace());
+    return nullptr;
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
 // has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here.
 PyObject* has_bf16_gemm(PyObject*, PyObject*) {
-  return PyBool_FromLong(fusedrnn::cpu::has_bf16_gemm() ? 1 : 0);
+  return bool_result([] { return fusedrnn::cpu::has_bf16_gemm(); });
+}
+
+// brgemm_built() -> bool: whether this torch's ATen has the float32 brgemm (brgemm.h).
+PyObject* brgemm_built(PyObject*, PyObject*) {
+  return PyBool_FromLong(fusedrnn::cpu::kTorchHasBrgemm ? 1 : 0);
 }
 
 // f32_on_brgemm() -> bool: whether float32 products run on oneDNN's brgemm (blas.h).
 PyObject* f32_on_brgemm(PyObject*, PyObject*) {
-  return PyBool_FromLong(fusedrnn::cpu::uses_brgemm<float>() ? 1 : 0);
+  return bool_result([] { return fusedrnn::cpu::uses_brgemm<float>(); });
 }
 
-// bf16_on_brgemm() -> bool: whether its bfloat16 products run on oneDNN's brgemm (at an
-// even hidden size; bf16_product.h).
+// bf16_on_brgemm() -> bool: whether its bfloat16 products run on oneDNN's brgemm at an even
+// hidden size; bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for the others
+// (bf16_product.h).
 PyObject* bf16_on_brgemm(PyObject*, PyObject*) {
-  return PyBool_FromLong(fusedrnn::cpu::bf16_uses_brgemm(/*k=*/2) ? 1 : 0);
+  return bool_result([] { return fusedrnn::cpu::bf16_uses_brgemm(/*k=*/2); });
+}
+
+PyObject* bf16_on_mkl(PyObject*, PyObject*) {
+  return bool_result([] { return fusedrnn::cpu::bf16_on_mkl(); });
 }
 
 PyMethodDef methods[] = {
@@ -119,10 +146,15 @@ PyMethodDef methods[] = {
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
     {"has_bf16_gemm", has_bf16_gemm, METH_NOARGS,
      "has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here"},
+    {"brgemm_built", brgemm_built, METH_NOARGS,
+     "brgemm_built() -> bool: whether this torch's ATen has the float32 brgemm"},
     {"f32_on_brgemm", f32_on_brgemm, METH_NOARGS,
      "f32_on_brgemm() -> bool: whether float32 products run on oneDNN's brgemm"},
     {"bf16_on_brgemm", bf16_on_brgemm, METH_NOARGS,
-     "bf16_on_brgemm() -> bool: whether that kernel's products run on oneDNN's brgemm"},
+     "bf16_on_brgemm() -> bool: whether that kernel's products run on oneDNN's brgemm (at an "
+     "even hidden size)"},
+    {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,
+     "bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for that kernel"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -24,7 +24,8 @@ inline constexpr bool kTorchHasBrgemm = false;
 #endif
 
 // c (m, n) = a (m, k) @ b (k, n), row-major with leading dimensions lda, ldb, ldc, on the
-// calling thread. oneDNN generates and caches one kernel per shape and thread on first use.
+// calling thread. oneDNN generates one kernel per shape and thread on first use (about half a
+// millisecond for an LSTM's first call at a new batch size) and keeps it for the process.
 inline void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                    int64_t ldb, float* c, int64_t ldc) {
 #ifdef CPUBLAS_BRGEMM_F32F32F32

@@ -54,7 +54,7 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih) {
   at::Tensor out = WorkspacePool::empty({steps, batch, gates}, x.options());
   at::Tensor flat = out.view({steps * batch, gates});
   const at::Tensor x_flat = x.view({steps * batch, inputs});
-  if (uses_brgemm(x.scalar_type()) && steps * batch >= kBrgemmRowsFrom) {
+  if (uses_brgemm(x.scalar_type()) && steps * batch >= kBrgemmRowsFrom && inputs > 0) {
     project_on_brgemm(x_flat, w_ih, flat);
   } else {
     at::mm_out(flat, x_flat, w_ih.t());

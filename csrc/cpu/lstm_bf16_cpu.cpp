@@ -62,8 +62,8 @@ T* bits(const Tensor& tensor) {
 
 }  // namespace
 
-// An odd hidden size's forward product needs MKL's kernel (Bf16Product); torch's x86 builds
-// export it.
+// An odd hidden size's forward product needs MKL's kernel (Bf16Product; the Python side asks
+// bf16_on_mkl() before it sends one here).
 bool has_bf16_gemm() { return has_bf16_product(/*k=*/2); }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(

@@ -80,9 +80,10 @@ class CpuBackend(RecurrenceBackend):
         if not (cell == "lstm" and state == hidden and dtype == torch.bfloat16):
             return False
         extension = self.extension.load()
-        brgemm = extension.bf16_on_brgemm() and hidden % 2 == 0
-        return extension.has_bf16_gemm() and (
-            brgemm or batch * 4 * hidden * hidden >= BF16_KERNEL_FROM)
+        if hidden % 2 == 0 and extension.bf16_on_brgemm():
+            return True
+        # MKL's product: an odd hidden size's forward product needs it
+        return extension.bf16_on_mkl() and batch * 4 * hidden * hidden >= BF16_KERNEL_FROM
 
     def backward(self, cell, *args):
         narrow = _narrow_dtype(args[0])
@@ -140,23 +141,38 @@ def describe_products():
     status = _extension.CPU.status()
     if not status[0]:
         return "n/a (fusedrnn._cpu not built)"
-    extension = _extension.CPU.load()
-    f32 = ("oneDNN's brgemm" if extension.f32_on_brgemm()
-           else "MKL (or ATen without BLAS symbols)")
-    bf16 = ("oneDNN's brgemm (MKL at an odd hidden size)" if extension.bf16_on_brgemm()
-            else "MKL" if extension.has_bf16_gemm() else "none (widened to float32)")
+    try:
+        return _describe_products(_extension.CPU.load())
+    except RuntimeError as error:  # a FUSEDRNN_CPU_GEMM the kernels refuse
+        return f"none: {error}"
+
+
+def _describe_products(extension):
     mode = os.environ.get("FUSEDRNN_CPU_GEMM") or "auto"
+    f32 = ("oneDNN's brgemm" if extension.f32_on_brgemm()
+           else "ATen" if mode == "aten" else "MKL (ATen where torch exports no BLAS)")
+    mkl = f"MKL from {BF16_KERNEL_FROM:,} multiply-adds per step"
+    bf16 = ("none (widened to float32)" if not extension.has_bf16_gemm()
+            else mkl if not extension.bf16_on_brgemm()
+            else "oneDNN's brgemm" + (f" (odd hidden sizes: {mkl})" if extension.bf16_on_mkl()
+                                      else " (odd hidden sizes widened)"))
     return f"float32 on {f32}; the bfloat16 LSTM's on {bf16} (FUSEDRNN_CPU_GEMM={mode})"
 
 
 def describe_16_bit():
     """How the cpu backend runs bfloat16 and float16 calls here, in words."""
-    kernel = "not here (widened: torch's MKL lacks cblas_gemm_bf16bf16f32)"
+    kernel = ("not here (widened: no bfloat16 product, neither oneDNN's brgemm nor MKL's "
+              "cblas_gemm_bf16bf16f32, or FUSEDRNN_CPU_GEMM is unpacked or aten)")
     status = _extension.CPU.status()
-    if status[0] and _extension.CPU.load().has_bf16_gemm():
-        kernel = f"from {BF16_KERNEL_FROM:,} multiply-adds per step"
-        if _extension.CPU.load().bf16_on_brgemm():
-            kernel = f"at every even hidden size (oneDNN's brgemm), at odd ones {kernel}"
+    try:
+        if status[0] and _extension.CPU.load().has_bf16_gemm():
+            extension = _extension.CPU.load()
+            kernel = f"from {BF16_KERNEL_FROM:,} multiply-adds per step"
+            if extension.bf16_on_brgemm():
+                odd = kernel if extension.bf16_on_mkl() else "widened"
+                kernel = f"at every even hidden size (oneDNN's brgemm), at odd ones {odd}"
+    except RuntimeError as error:  # a FUSEDRNN_CPU_GEMM the kernels refuse
+        kernel = f"none: {error}"
     return (f"the float32 kernels on widened inputs; the LSTM's bfloat16 kernels: "
             f"{kernel}; auto leaves calls of {NARROW_AUTO_UNTIL:,}+ multiply-adds per step to "
             "the reference backend (but the LSTM's, where its bfloat16 kernels run)")
