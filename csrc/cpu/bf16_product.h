@@ -24,12 +24,6 @@ void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, in
 
 namespace fusedrnn::cpu {
 
-#ifdef CPUBLAS_BRGEMM_BF16BF16F32
-inline constexpr bool kTorchHasBf16Brgemm = true;
-#else
-inline constexpr bool kTorchHasBf16Brgemm = false;
-#endif
-
 // Whether oneDNN runs a bfloat16 brgemm here: its enabled flag, then one small product, once
 // per process (it raises where oneDNN's instruction set is below AVX512_CORE_BF16, for
 // example capped by ONEDNN_MAX_CPU_ISA, or where its ukernels are not built).
