@@ -9,7 +9,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <cstdint>
 #include <exception>
@@ -106,17 +105,7 @@ class Bf16Product {
       std::fill(out, out + batch_ * m_, 0.0f);
       return;
     }
-    const int64_t threads = at::get_num_threads();
-    if (at::in_parallel_region() || threads == 1 || batch_ * m_ * k_ < kThreadedFrom) {
-      columns(out, a, 0, m_);
-      return;
-    }
-    const int64_t chunk = ((m_ + threads - 1) / threads + 15) / 16 * 16;
-    at::parallel_for(0, (m_ + chunk - 1) / chunk, 1, [&](int64_t first, int64_t last) {
-      for (int64_t p = first; p < last; ++p) {
-        columns(out, a, p * chunk, std::min(chunk, m_ - p * chunk));
-      }
-    });
+    for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) { columns(out, a, n0, n); });
   }
 
  private:

@@ -79,6 +79,22 @@ constexpr int64_t kPackFrom = 131072;
 // the output's columns, from this many multiply-adds on (as UnitSplit splits a step).
 constexpr int64_t kThreadedFrom = 1 << 18;
 
+// fn(n0, n) for blocks [n0, n0 + n) covering the columns [0, m) of a brgemm product of
+// batch x m x k multiply-adds: one block on this thread inside a parallel region, with one
+// thread or below kThreadedFrom; else blocks a multiple of 16 wide on torch's threads.
+template <typename Fn>
+void for_column_blocks(int64_t batch, int64_t m, int64_t k, const Fn& fn) {
+  const int64_t threads = at::get_num_threads();
+  if (at::in_parallel_region() || threads == 1 || batch * m * k < kThreadedFrom) {
+    fn(int64_t{0}, m);
+    return;
+  }
+  const int64_t chunk = ((m + threads - 1) / threads + 15) / 16 * 16;
+  at::parallel_for(0, (m + chunk - 1) / chunk, 1, [&](int64_t first, int64_t last) {
+    for (int64_t p = first; p < last; ++p) fn(p * chunk, std::min(chunk, m - p * chunk));
+  });
+}
+
 inline void blas_gemm(int m, int n, int k, const float* a, int lda, const float* b, int ldb,
                       float* c, int ldc) {
   const char no = 'N';
@@ -189,21 +205,10 @@ class RecurrentProduct {
   }
 
  private:
-  // Inside a parallel region or below kThreadedFrom on this thread, else column blocks (a
-  // multiple of 16 wide) on torch's threads.
   void apply_brgemm(float* out, const float* a) const {
     const float* b = w_.data_ptr<float>();
-    const int64_t threads = at::get_num_threads();
-    if (at::in_parallel_region() || threads == 1 || batch_ * m_ * k_ < kThreadedFrom) {
-      cpu::brgemm(batch_, m_, k_, a, k_, b, m_, out, m_);
-      return;
-    }
-    const int64_t chunk = ((m_ + threads - 1) / threads + 15) / 16 * 16;
-    at::parallel_for(0, (m_ + chunk - 1) / chunk, 1, [&](int64_t first, int64_t last) {
-      for (int64_t p = first; p < last; ++p) {
-        const int64_t n0 = p * chunk;
-        cpu::brgemm(batch_, std::min(chunk, m_ - n0), k_, a, k_, b + n0, m_, out + n0, m_);
-      }
+    for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) {
+      cpu::brgemm(batch_, n, k_, a, k_, b + n0, m_, out + n0, m_);
     });
   }
 

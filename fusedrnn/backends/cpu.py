@@ -151,11 +151,10 @@ def _describe_products(extension):
     mode = os.environ.get("FUSEDRNN_CPU_GEMM") or "auto"
     f32 = ("oneDNN's brgemm" if extension.f32_on_brgemm()
            else "ATen" if mode == "aten" else "MKL (ATen where torch exports no BLAS)")
-    mkl = f"MKL from {BF16_KERNEL_FROM:,} multiply-adds per step"
     bf16 = ("none (widened to float32)" if not extension.has_bf16_gemm()
-            else mkl if not extension.bf16_on_brgemm()
-            else "oneDNN's brgemm" + (f" (odd hidden sizes: {mkl})" if extension.bf16_on_mkl()
-                                      else " (odd hidden sizes widened)"))
+            else "MKL" if not extension.bf16_on_brgemm()
+            else "oneDNN's brgemm (MKL at odd hidden sizes)" if extension.bf16_on_mkl()
+            else "oneDNN's brgemm")
     return f"float32 on {f32}; the bfloat16 LSTM's on {bf16} (FUSEDRNN_CPU_GEMM={mode})"
 
 
