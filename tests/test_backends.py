@@ -48,19 +48,20 @@ def test_cpu_auto_leaves_large_16_bit_calls_to_the_reference_backend(monkeypatch
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     cpu = torch.device("cpu")
     large, small = Call("gru", 512, 512, batch=64), Call("gru", 256, 256, batch=32)
-    choice = fusedrnn.select_backend(None, cpu, torch.bfloat16, large)
-    assert choice.name == "reference" and "cpu skipped (passed over: bfloat16 at" in choice.reason
+    choice = fusedrnn.select_backend(None, cpu, torch.float16, large)
+    assert choice.name == "reference" and "cpu skipped (passed over: float16 at" in choice.reason
     assert fusedrnn.select_backend(None, cpu, torch.float16, small).name == "cpu"
     assert fusedrnn.select_backend(None, cpu, torch.float32, large).name == "cpu"
     assert fusedrnn.select_backend("cpu", cpu, torch.bfloat16, large).name == "cpu"
-    # The LSTM's bfloat16 kernels (the forward's, the backward's products) stay ahead where
-    # MKL has a bfloat16 product; else its bfloat16 calls are widened like the others'.
-    expected = "cpu" if _extension.CPU.load().has_bf16_gemm() else "reference"
-    for training in (False, True):
-        lstm = Call("lstm", 512, 512, batch=64, training=training)
-        assert fusedrnn.select_backend(None, cpu, torch.bfloat16, lstm).name == expected
-    lstm_fp16 = Call("lstm", 512, 512, batch=64, training=True)
-    assert fusedrnn.select_backend(None, cpu, torch.float16, lstm_fp16).name == "reference"
+    # bfloat16 calls stay where the cpu backend's bfloat16 kernels run (the forward's, the
+    # backward's products); float16 ones, and bfloat16 ones without those kernels, are
+    # widened and go to the reference backend.
+    kernels = "cpu" if _extension.CPU.load().has_bf16_gemm() else "reference"
+    for cell in ("lstm", "gru", "rnn_tanh"):
+        for training in (False, True):
+            call = Call(cell, 512, 512, batch=64, training=training)
+            assert fusedrnn.select_backend(None, cpu, torch.bfloat16, call).name == kernels
+            assert fusedrnn.select_backend(None, cpu, torch.float16, call).name == "reference"
 
 
 def test_cpu_auto_falls_back_to_reference_without_the_extension(monkeypatch):

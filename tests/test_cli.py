@@ -119,9 +119,10 @@ def test_info_says_how_the_cpu_backend_runs_bidirectional_layers(capsys, threads
 def test_info_says_how_the_cpu_backend_runs_16_bit_calls(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^\s+bfloat16, float16\s+the float32 kernels on widened inputs; the "
-                     r"LSTM's bfloat16 kernels: (from 4,194,304|not here|at every even hidden "
-                     r"size \(oneDNN's brgemm\), at odd ones from 4,194,304)", out,
+    assert re.search(r"^\s+bfloat16, float16\s+the float32 kernels on widened inputs; "
+                     r"bfloat16 kernels \(every cell but the projected LSTM\): (from 4,194,304 "
+                     r"|not here|from 10,000 multiply-adds per step at even hidden sizes "
+                     r"\(oneDNN's brgemm\), at odd ones (from 4,194,304|widened))", out,
                      re.MULTILINE), out
 
 
@@ -286,13 +287,13 @@ def test_profile_fails_when_the_backend_asked_for_cannot_run(tmp_path, capsys):
 
 @pytest.mark.requires_cpu_ext
 def test_bench_names_the_backend_auto_picks_for_the_case_size():
-    """16-bit calls of 2^24+ multiply-adds per step go to the reference backend: the table
+    """float16 calls of 2^24+ multiply-adds per step go to the reference backend: the table
     must say so, not the backend auto picks for a call of unknown size."""
     for cell in ("gru", "rnn"):
         large = bench.Case(cell, 64, 2, 8, 1024)
         small = bench.Case(cell, 4, 2, 8, 16)
         for mode in ("inference", "training"):
-            for dtype, big_one in ((torch.bfloat16, "reference"), (torch.float32, "cpu")):
+            for dtype, big_one in ((torch.float16, "reference"), (torch.float32, "cpu")):
                 [big] = bench.build_providers(large, dtype=dtype, torch_nn=False, mode=mode)
                 [little] = bench.build_providers(small, dtype=dtype, torch_nn=False, mode=mode)
                 assert (big.resolved, little.resolved) == (big_one, "cpu"), (cell, mode, dtype)

@@ -5,6 +5,7 @@ for every module option are in test_parity.py), the recurrence ops through ``opc
 argument checks of the C++ side, and what falls back to the reference backend and why.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -198,70 +199,83 @@ LOW_PRECISION_CASES = [("LSTM", {}), ("LSTM", {"proj_size": 7}), ("GRU", {}),
 
 
 def _bf16_kernel(monkeypatch):
-    """The LSTM's bfloat16 kernel at every size (it needs MKL's bfloat16 product)."""
+    """The bfloat16 kernels at every size (they need a bfloat16 product: oneDNN's brgemm or
+    MKL's)."""
     from fusedrnn import _extension
     from fusedrnn.backends import cpu
 
     if not _extension.CPU.load().has_bf16_gemm():
-        pytest.skip("this torch's MKL has no bfloat16 product (cblas_gemm_bf16bf16f32)")
+        pytest.skip("this torch has no bfloat16 product (oneDNN's brgemm or MKL's)")
     monkeypatch.setattr(cpu, "BF16_KERNEL_FROM", 0)
+    monkeypatch.setattr(cpu, "BF16_BRGEMM_FROM", 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell, kwargs", LOW_PRECISION_CASES)
 def test_16_bit_floats_within_the_low_precision_rule(cell, kwargs, dtype):
-    """bfloat16 and float16 run the float32 kernels: their error against float64 at most 2x
-    (outputs) and 3x (gradients) the reference backend's in that dtype."""
+    """bfloat16 and float16 run the float32 kernels, or bfloat16 ones where sizes and the
+    products allow: their error against float64 at most 2x (outputs) and 3x (gradients) the
+    reference backend's in that dtype."""
     _check_low_precision(cell, kwargs, dtype)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"bias": False, "batch_first": True}])
-def test_lstm_bfloat16_kernel_within_the_low_precision_rule(monkeypatch, kwargs):
-    """The LSTM's own bfloat16 forward (products in bfloat16, the cell in float32),
-    with lengths and both directions, and its backward (the same, mirrored; the products
-    over all steps in bfloat16)."""
+BF16_KERNEL_CASES = [("LSTM", "lstm", {}), ("LSTM", "lstm", {"bias": False, "batch_first": True}),
+                     ("GRU", "gru", {}), ("GRU", "gru", {"bias": False}),
+                     ("RNN", "rnn", {"nonlinearity": "tanh"}),
+                     ("RNN", "rnn", {"nonlinearity": "relu", "bias": False})]
+
+
+@pytest.mark.parametrize("cell, op, kwargs", BF16_KERNEL_CASES)
+def test_bfloat16_kernels_within_the_low_precision_rule(monkeypatch, cell, op, kwargs):
+    """Each cell's own bfloat16 forward (products in bfloat16, the cell in float32), with
+    lengths and both directions, and its backward (the same, mirrored; the products over all
+    steps in bfloat16): never widened."""
     _bf16_kernel(monkeypatch)
     calls, backward_calls = [], []
-    monkeypatch.setattr(torch.ops.fusedrnn, "lstm_recurrence_fwd",
-                        _recording(torch.ops.fusedrnn.lstm_recurrence_fwd, calls))
-    monkeypatch.setattr(torch.ops.fusedrnn, "lstm_recurrence_bwd",
-                        _recording(torch.ops.fusedrnn.lstm_recurrence_bwd, backward_calls))
-    _check_low_precision("LSTM", kwargs, torch.bfloat16)
-    assert torch.bfloat16 in calls and torch.float32 not in calls  # never widened
-    assert backward_calls and set(backward_calls) == {torch.bfloat16}
+    for name, seen in ((f"{op}_recurrence_fwd", calls), (f"{op}_recurrence_bwd", backward_calls)):
+        monkeypatch.setattr(torch.ops.fusedrnn, name,
+                            _recording(getattr(torch.ops.fusedrnn, name), seen))
+    _check_low_precision(cell, kwargs, torch.bfloat16)
+    for seen in (calls, backward_calls):  # the float64 oracle's calls run here too
+        assert torch.bfloat16 in seen and torch.float32 not in seen  # never widened
 
 
 @pytest.mark.parametrize("on_brgemm", [True, False])
-def test_lstm_bfloat16_kernel_sizes(monkeypatch, on_brgemm):
-    """On brgemm's bfloat16 product the kernel runs at every even hidden size (an odd one's
-    forward product is MKL's); on MKL's from BF16_KERNEL_FROM multiply-adds per step."""
+def test_bfloat16_kernel_sizes(monkeypatch, on_brgemm):
+    """On brgemm's bfloat16 product the kernels run at even hidden sizes from BF16_BRGEMM_FROM
+    multiply-adds per step (an odd size's forward product is MKL's); on MKL's from
+    BF16_KERNEL_FROM."""
     from fusedrnn import _extension
     from fusedrnn.backends import cpu
 
     extension = _extension.CPU.load()
     if not extension.has_bf16_gemm():
-        pytest.skip("this torch has no bfloat16 product for the kernel")
+        pytest.skip("this torch has no bfloat16 product for the kernels")
     monkeypatch.setattr(extension, "bf16_on_brgemm", lambda: on_brgemm)
-    backend = cpu.CpuBackend()
-    small = lambda hidden: backend._bf16_kernel("lstm", torch.bfloat16, 2, hidden, hidden)  # noqa: E731
-    assert small(24) == on_brgemm and not small(25)
-    assert backend._bf16_kernel("lstm", torch.bfloat16, 64, 257, 257)  # 2^24 multiply-adds
-    assert not backend._bf16_kernel("lstm", torch.float16, 2, 24, 24)
-    assert not backend._bf16_kernel("lstm", torch.bfloat16, 2, 24, 7)  # projected
-    assert not backend._bf16_kernel("gru", torch.bfloat16, 64, 512, 512)
+    kernel = functools.partial(cpu.CpuBackend()._bf16_kernel, dtype=torch.bfloat16)
+    for cell, gates in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
+        at = lambda batch, hidden: kernel(cell, batch=batch, hidden=hidden, state=hidden)  # noqa: E731
+        even = {"lstm": 36, "gru": 42}.get(cell, 72)  # 2 x G x H^2 >= BF16_BRGEMM_FROM
+        assert at(2, even) == on_brgemm and not at(2, even - 2)
+        assert not at(2, even + 1)  # odd: MKL's product, from BF16_KERNEL_FROM
+        assert at(64, 257) == (64 * gates * 257**2 >= cpu.BF16_KERNEL_FROM)  # odd, MKL's
+        assert at(64, 512)
+        assert not kernel(cell, dtype=torch.float16, batch=64, hidden=512, state=512)
+    assert not kernel("lstm", batch=64, hidden=512, state=7)  # projected
 
 
 def _recording(op, calls):
-    def record(xproj, *args):
-        calls.append(xproj.dtype)
-        return op(xproj, *args)
+    def record(first, *args):
+        calls.append(first.dtype)
+        return op(first, *args)
 
     return record
 
 
-def test_lstm_bfloat16_kernel_passes_nan_and_takes_an_empty_batch(monkeypatch):
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_bfloat16_kernels_pass_nan_and_take_an_empty_batch(monkeypatch, cell):
     _bf16_kernel(monkeypatch)
-    module = fusedrnn.LSTM(4, 8, dtype=torch.bfloat16)
+    module = getattr(fusedrnn, cell)(4, 8, dtype=torch.bfloat16)
     assert module(torch.randn(3, 0, 4, dtype=torch.bfloat16))[0].shape == (3, 0, 8)
     x = torch.randn(3, 2, 4, dtype=torch.bfloat16)
     x[1, 0, 0] = float("nan")
@@ -303,22 +317,27 @@ for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), (
         out, grads = testing.outputs_and_grads(candidate, x)
         testing.assert_close_relative(out, out_ref, bound, f"{cell} {hidden} outputs")
         testing.assert_close_relative(grads, grads_ref, bound, f"{cell} {hidden} gradients")
-# The bfloat16 LSTM kernel at every size, on the product this path gives it, else widened.
+# The bfloat16 kernels at every size, on the product this path gives them, else widened.
 extension = _extension.CPU.load()
-cpu_backend.BF16_KERNEL_FROM = 0
-forward = torch.ops.fusedrnn.lstm_recurrence_fwd
-for batch, hidden in ((4, 200), (2, 25)):  # threaded; odd K (MKL's forward product)
-    seen = []
-    torch.ops.fusedrnn.lstm_recurrence_fwd = (  # records the dtype the op runs in
-        lambda xproj, *args: seen.append(xproj.dtype) or forward(xproj, *args))
-    make = lambda dtype, backend: fusedrnn.LSTM(6, hidden, dtype=dtype, backend=backend)
-    testing.assert_low_precision_rule(make(torch.float64, "reference"),
-                                      make(torch.bfloat16, "reference"),
-                                      make(torch.bfloat16, "cpu"),
-                                      testing.make_packed(batch, 5, 6, dtype=torch.float64))
-    kernel = (hidden % 2 == 0 and extension.bf16_on_brgemm()) or extension.bf16_on_mkl()
-    assert set(seen) == {torch.bfloat16 if kernel else torch.float32}, (hidden, seen)
-torch.ops.fusedrnn.lstm_recurrence_fwd = forward
+cpu_backend.BF16_KERNEL_FROM = cpu_backend.BF16_BRGEMM_FROM = 0
+ops = torch.ops.fusedrnn
+for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
+    forward, backward = (getattr(ops, f"{op}_recurrence_{way}") for way in ("fwd", "bwd"))
+    for batch, hidden in ((4, 200), (2, 25)):  # threaded; odd K (MKL's forward product)
+        seen = []
+        for way, original in (("fwd", forward), ("bwd", backward)):
+            setattr(ops, f"{op}_recurrence_{way}", (lambda original: lambda first, *args:
+                    seen.append(first.dtype) or original(first, *args))(original))  # records
+        make = lambda dtype, backend: getattr(fusedrnn, cell)(6, hidden, dtype=dtype,
+                                                              backend=backend)
+        testing.assert_low_precision_rule(make(torch.float64, "reference"),
+                                          make(torch.bfloat16, "reference"),
+                                          make(torch.bfloat16, "cpu"),
+                                          testing.make_packed(batch, 5, 6, dtype=torch.float64))
+        kernel = (hidden % 2 == 0 and extension.bf16_on_brgemm()) or extension.bf16_on_mkl()
+        assert seen and set(seen) == {torch.bfloat16 if kernel else torch.float32}, (cell, seen)
+    setattr(ops, f"{op}_recurrence_fwd", forward)
+    setattr(ops, f"{op}_recurrence_bwd", backward)
 for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12), (50, 23, 0, 300)):
     x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)  # tiled, small, empty
     exact = (x.double() @ w.double().t()).float()

@@ -11,6 +11,7 @@
 #include "../recurrence_args.h"
 #include "blas.h"
 #include "cpu_math.h"
+#include "gru_rows.h"
 #include "input_weight_grads.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
@@ -18,67 +19,8 @@
 #include "workspace_pool.h"
 
 namespace fusedrnn::cpu {
-namespace {
 
 using at::Tensor;
-
-// One row of the forward step. xg (3H) read: x W_ih^T; b_ih (3H) read; g (3H) written:
-// activated r, z, n; hg (3H) read: h W_hh^T; b_hh (3H) read; h_prev (H)
-// read; hidden_n, y, h_next (H) written: h_n + b_n, h, h.
-template <typename scalar_t>
-FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
-                                      const scalar_t* __restrict__ b_ih,
-                                      const scalar_t* __restrict__ hg, scalar_t* __restrict__ g,
-                                      const scalar_t* __restrict__ b_hh,
-                                      const scalar_t* __restrict__ h_prev,
-                                      scalar_t* __restrict__ hidden_n, scalar_t* __restrict__ y,
-                                      scalar_t* __restrict__ h_next, int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) {
-    const scalar_t br = b_hh[j], bz = b_hh[hidden + j], bn = b_hh[2 * hidden + j];
-    const scalar_t r = sigmoid(xg[j] + b_ih[j] + hg[j] + br);
-    const scalar_t z = sigmoid(xg[hidden + j] + b_ih[hidden + j] + hg[hidden + j] + bz);
-    const scalar_t hn = hg[2 * hidden + j] + bn;
-    const scalar_t n = tanh(xg[2 * hidden + j] + b_ih[2 * hidden + j] + r * hn);
-    const scalar_t h = flush(n + z * (h_prev[j] - n));
-    g[j] = r;
-    g[hidden + j] = z;
-    g[2 * hidden + j] = n;
-    hidden_n[j] = hn;
-    y[j] = h_next[j] = h;
-  }
-}
-
-// One row of the backward step of an active row. dh (H) read: the gradient reaching h;
-// gates (3H), hidden_n, h_prev (H) as saved; din, dhid (3H) written: the gradients of the
-// input-side and hidden-side pre-activations (they differ in the n gate only).
-template <typename scalar_t>
-FUSEDRNN_SIMD_CLONES void gru_bwd_row(const scalar_t* __restrict__ dh,
-                                      const scalar_t* __restrict__ gates,
-                                      const scalar_t* __restrict__ hidden_n,
-                                      const scalar_t* __restrict__ h_prev,
-                                      scalar_t* __restrict__ din, scalar_t* __restrict__ dhid,
-                                      int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) {
-    const scalar_t r = gates[j], z = gates[hidden + j], n = gates[2 * hidden + j];
-    const scalar_t d_n = dh[j] * (1 - z) * (1 - n * n);
-    const scalar_t d_z = dh[j] * (h_prev[j] - n) * z * (1 - z);
-    const scalar_t d_r = d_n * hidden_n[j] * r * (1 - r);
-    din[j] = dhid[j] = flush(d_r);
-    din[hidden + j] = dhid[hidden + j] = flush(d_z);
-    din[2 * hidden + j] = flush(d_n);
-    dhid[2 * hidden + j] = flush(d_n * r);
-  }
-}
-
-// dh (H) in/out = rec + dh * z: the recurrent gradient plus the direct path h' = ... z * h.
-template <typename scalar_t>
-FUSEDRNN_SIMD_CLONES void gru_carry_row(scalar_t* __restrict__ dh,
-                                        const scalar_t* __restrict__ rec,
-                                        const scalar_t* __restrict__ z, int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) dh[j] = flush(rec[j] + dh[j] * z[j]);
-}
-
-}  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const Tensor& xproj, const std::optional<Tensor>& b_ih, const Tensor& w_hh,
@@ -88,6 +30,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Tensor input_bias = bias_or_zeros(b_ih, 3 * hidden, xproj);
   const Tensor bias = bias_or_zeros(b_hh, 3 * hidden, xproj);
+  if (xproj.scalar_type() == at::kBFloat16) {
+    return gru_forward_bf16(xproj, input_bias, w_hh, bias, h0, lengths_ptr(sizes.lengths),
+                            reverse, save);
+  }
   // Without `save`, one step of gates and hidden_n is all the loop needs.
   Tensor gates = WorkspacePool::empty({save ? steps : 1, batch, 3 * hidden}, xproj.options());
   Tensor hidden_n = WorkspacePool::empty({save ? steps : 1, batch, hidden}, xproj.options());
@@ -196,6 +142,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     bool reverse) {
   const auto sizes =
       check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCPU);
+  if (gates.scalar_type() == at::kBFloat16) {
+    return gru_backward_bf16(grad_y, grad_h_n, w_hh, h_prev, lengths_ptr(sizes.lengths), gates,
+                             hidden_n, reverse);
+  }
   Tensor dgates_in = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dgates_hid = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dh = grad_h_n.clone();

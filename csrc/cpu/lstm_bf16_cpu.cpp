@@ -16,6 +16,7 @@
 
 #include "../recurrence_args.h"
 #include "bf16_product.h"
+#include "bf16_rows.h"
 #include "cpu_math.h"
 #include "lstm_rows.h"
 #include "recurrence_cpu.h"
@@ -27,22 +28,6 @@ namespace {
 using at::BFloat16;
 using at::Tensor;
 
-// The bfloat16 conversions of a row are loops of their own (widen_row, narrow_row) around
-// the float32 cell (lstm_fwd_row): in the cell's loop a 16-bit load or store halved the
-// vector width GCC chose, and the row took 7.5 ns per unit instead of 3.9.
-
-// out (n, float32) = in (n, bfloat16).
-FUSEDRNN_SIMD_CLONES void widen_row(const uint16_t* __restrict__ in, float* __restrict__ out,
-                                    int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = bf16_to_float(in[j]);
-}
-
-// out (n, bfloat16) = in (n, float32), rounded to the nearest even.
-FUSEDRNN_SIMD_CLONES void narrow_row(const float* __restrict__ in, uint16_t* __restrict__ out,
-                                     int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = float_to_bf16(in[j]);
-}
-
 // An inactive row (n units): the states held, the output zero, the saved c the held one.
 void hold_bf16_row(const float* c_prev, float* c_out, const uint16_t* h_prev, uint16_t* h_next,
                    uint16_t* y, uint16_t* cell, int64_t n) {
@@ -52,12 +37,6 @@ void hold_bf16_row(const float* c_prev, float* c_out, const uint16_t* h_prev, ui
     y[j] = 0;
     if (cell != nullptr) cell[j] = float_to_bf16(c_prev[j]);
   }
-}
-
-// The 16 bits of a bfloat16 tensor's data.
-template <typename T>
-T* bits(const Tensor& tensor) {
-  return reinterpret_cast<T*>(tensor.data_ptr<BFloat16>());
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The CPU kernels of the ops fusedrnn::{lstm,gru,rnn}_recurrence_{fwd,bwd}, whose schemas are
-// defined in Python (fusedrnn/backends/recurrence.py). float32 and float64 (and bfloat16 for
-// the LSTM's forward without projection, where MKL has a bfloat16 product); every tensor
+// defined in Python (fusedrnn/backends/recurrence.py). float32 and float64, and bfloat16
+// (but the projected LSTM's) where torch has a bfloat16 product (bf16_product.h); every tensor
 // contiguous and on the CPU, of one dtype, except lengths: int64 (B,) or undefined (all
 // steps active), step t of row b active while t < lengths[b]. Inactive steps leave the state
 // unchanged and output zeros. Nothing is aliased: every result is a fresh tensor, and no
@@ -68,6 +68,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_bwd(
     const at::Tensor& h_prev, const std::optional<at::Tensor>& lengths,
     const at::Tensor& gates, const at::Tensor& hidden_n, bool reverse);
 
+// Their bfloat16 kernels (gru_bf16_cpu.cpp), which gru_recurrence_{fwd,bwd} run for
+// bfloat16 tensors, as the LSTM's: b_ih, b_hh (3H) defined, lengths null or (B,); the same
+// results, in bfloat16.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_bf16(
+    const at::Tensor& xproj, const at::Tensor& b_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_hh, const at::Tensor& h0, const int64_t* lengths, bool reverse,
+    bool save);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward_bf16(
+    const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& w_hh,
+    const at::Tensor& h_prev, const int64_t* lengths, const at::Tensor& gates,
+    const at::Tensor& hidden_n, bool reverse);
+
 // xproj (T,B,H) = x W_ih^T; bias (H) = b_ih + b_hh, or undefined; w_hh (H,H); h0 (B,H);
 // relu: the activation is relu, else tanh. Returns y (T,B,H), h_n (B,H).
 std::tuple<at::Tensor, at::Tensor> rnn_recurrence_fwd(
@@ -79,6 +91,19 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_fwd(
 std::tuple<at::Tensor, at::Tensor> rnn_recurrence_bwd(
     const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& w_hh,
     const at::Tensor& y, const std::optional<at::Tensor>& lengths, bool reverse, bool relu);
+
+// Their bfloat16 kernels (rnn_bf16_cpu.cpp), which rnn_recurrence_{fwd,bwd} run for
+// bfloat16 tensors: bias (H) defined, lengths null or (B,); the same results, in bfloat16.
+std::tuple<at::Tensor, at::Tensor> rnn_forward_bf16(const at::Tensor& xproj,
+                                                    const at::Tensor& bias,
+                                                    const at::Tensor& w_hh, const at::Tensor& h0,
+                                                    const int64_t* lengths, bool reverse,
+                                                    bool relu);
+std::tuple<at::Tensor, at::Tensor> rnn_backward_bf16(const at::Tensor& grad_y,
+                                                     const at::Tensor& grad_h_n,
+                                                     const at::Tensor& w_hh, const at::Tensor& y,
+                                                     const int64_t* lengths, bool reverse,
+                                                     bool relu);
 
 // fusedrnn::input_projection (CPU only): x (T,B,I) @ w_ih^T, w_ih (G,I): (T,B,G), in a
 // pooled workspace.

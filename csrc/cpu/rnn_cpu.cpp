@@ -11,48 +11,14 @@
 #include "cpu_math.h"
 #include "input_weight_grads.h"
 #include "recurrence_cpu.h"
+#include "rnn_rows.h"
 #include "rows.h"
 #include "unit_split.h"
 #include "workspace_pool.h"
 
 namespace fusedrnn::cpu {
-namespace {
 
 using at::Tensor;
-
-// One row of the forward step. xg, hg, bias (H) read: x W_ih^T, h W_hh^T, b_ih + b_hh;
-// y, h_next (H) written: h.
-template <typename scalar_t>
-FUSEDRNN_SIMD_CLONES void rnn_fwd_row(const scalar_t* __restrict__ xg,
-                                      const scalar_t* __restrict__ hg,
-                                      const scalar_t* __restrict__ bias,
-                                      scalar_t* __restrict__ y, scalar_t* __restrict__ h_next,
-                                      int64_t hidden, bool relu) {
-  if (relu) {
-    for (int64_t j = 0; j < hidden; ++j) {
-      const scalar_t pre = xg[j] + hg[j] + bias[j];
-      y[j] = h_next[j] = pre > 0 ? pre : (pre != pre ? pre : scalar_t(0));  // NaN passes
-    }
-  } else {
-    for (int64_t j = 0; j < hidden; ++j) {
-      y[j] = h_next[j] = flush(tanh(xg[j] + hg[j] + bias[j]));
-    }
-  }
-}
-
-// One row of the backward step. dh, y (H) read; dpre (H) written: dh * act'(pre).
-template <typename scalar_t>
-FUSEDRNN_SIMD_CLONES void rnn_bwd_row(const scalar_t* __restrict__ dh,
-                                      const scalar_t* __restrict__ y,
-                                      scalar_t* __restrict__ dpre, int64_t hidden, bool relu) {
-  if (relu) {
-    for (int64_t j = 0; j < hidden; ++j) dpre[j] = y[j] > 0 ? dh[j] : scalar_t(0);
-  } else {
-    for (int64_t j = 0; j < hidden; ++j) dpre[j] = flush(dh[j] * (1 - y[j] * y[j]));
-  }
-}
-
-}  // namespace
 
 std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
                                               const std::optional<Tensor>& bias_opt,
@@ -62,6 +28,9 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
   const auto sizes = check_rnn_fwd(xproj, bias_opt, w_hh, h0, lengths_opt, at::kCPU);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Tensor bias = bias_or_zeros(bias_opt, hidden, xproj);
+  if (xproj.scalar_type() == at::kBFloat16) {
+    return rnn_forward_bf16(xproj, bias, w_hh, h0, lengths_ptr(sizes.lengths), reverse, relu);
+  }
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
   Tensor hidden_gates = at::empty({batch, hidden}, xproj.options());  // h W_hh^T
   Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
@@ -151,6 +120,10 @@ std::tuple<Tensor, Tensor> rnn_recurrence_bwd(const Tensor& grad_y, const Tensor
                                               const std::optional<Tensor>& lengths_opt,
                                               bool reverse, bool relu) {
   const auto sizes = check_rnn_bwd(grad_y, grad_h_n, w_hh, y, lengths_opt, at::kCPU);
+  if (y.scalar_type() == at::kBFloat16) {
+    return rnn_backward_bf16(grad_y, grad_h_n, w_hh, y, lengths_ptr(sizes.lengths), reverse,
+                             relu);
+  }
   Tensor dpre = WorkspacePool::empty(y.sizes(), y.options());
   Tensor dh = grad_h_n.clone();
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rnn_recurrence_bwd_cpu", [&] {

@@ -6,20 +6,27 @@ Python's dispatch for every operation of every step.
 bfloat16 and float16 calls run the float32 kernels: their inputs widened to float32, their
 results (outputs, final states, the workspaces kept for the backward, the gradients)
 rounded back to the call's dtype once. That is at least as accurate as computing in the
-16-bit dtype, as the reference backend does. The exception: the LSTM's forward in bfloat16
-(no projection) has a kernel of its own where torch's MKL has a bfloat16 product
-(``csrc/cpu/lstm_bf16_cpu.cpp``: the products in bfloat16, the cell in float32), used from
-:data:`BF16_KERNEL_FROM` multiply-adds per step: below, MKL's bfloat16 product costs more
-than widening (measured on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 against 9.9
-widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps,
-6.3 against 6.1 at 16 / 256; but 3.1 against 2.5 at 8 / 128 / 200 steps). Its backward,
-from the same size, is the mirror (``lstm_backward_bf16``), then the products over all steps
-in bfloat16 (module training at batch 32 / hidden 256: 0.73 x torch.nn's time, against 1.39 at 9eeedc3,
-widened: benchmarks/results/cpu-2core-bfloat16). Where the kernel's products run on oneDNN's
-brgemm (``csrc/cpu/bf16_product.h``: non-Intel CPUs with AVX512-BF16) it is used at every
-size with an even hidden size: on the 2-core AMD EPYC, medians of 11 interleaved runs, ms,
-widened against the kernel, inference: 3.27, 3.25 at B8 T200 H128; 0.66, 0.51 at B1 T300
-H64; 4.08, 2.55 at B4 T100 H256; training 12.2, 9.0; 1.32, 1.32; 7.1, 4.6."""
+16-bit dtype, as the reference backend does. The exception: bfloat16 calls of every cell
+(but the projected LSTM) have kernels of their own where torch has a bfloat16 product
+(``csrc/cpu/{lstm,gru,rnn}_bf16_cpu.cpp``: per step the product in bfloat16 with float32
+results, the cell in float32; their backward is the mirror, then the products over all steps
+in bfloat16, the generic backward of recurrence.py).
+
+- Where the products run on oneDNN's brgemm (``csrc/cpu/bf16_product.h``: non-Intel CPUs
+  with AVX512-BF16), from :data:`BF16_BRGEMM_FROM` multiply-adds per step at an even hidden
+  size. On the 2-core AMD EPYC, best of 15 interleaved runs, kernel against widened: GRU
+  inference 0.83x at B1 T300 H64, 0.80 at B8 T200 H128, 0.59 at B32 T100 H256, 0.54 at B64
+  T50 H512; training 0.93, 0.75, 0.55, 0.52; the RNN 1.03 at B1 H64 (training 1.14), then
+  0.77-0.56 (0.83-0.51); the LSTM 0.87 at B1 H64 (training 0.96), 0.63 at B4 T100 H256
+  (0.65). Below, at B1-2 H32-64, the kernels lost 3-24%.
+- Where they run on MKL's product (torch's MKL has ``cblas_gemm_bf16bf16f32``), from
+  :data:`BF16_KERNEL_FROM` multiply-adds per step: below, MKL's bfloat16 product costs more
+  than widening. Measured for the LSTM on the 2-core AMX Xeon at 9eeedc3, ms per forward:
+  6.2 against 9.9 widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512
+  / 50 steps, 6.3 against 6.1 at 16 / 256, but 3.1 against 2.5 at 8 / 128 / 200 steps;
+  module training at batch 32 / hidden 256: 0.73 x torch.nn's time, against 1.39 widened
+  (benchmarks/results/cpu-2core-bfloat16). The GRU's and RNN's kernels take the same rule,
+  unmeasured on an Intel CPU."""
 
 import os
 
@@ -30,14 +37,17 @@ from . import common, thread_split
 from .recurrence import RecurrenceBackend
 
 
-BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x 4H x H), on MKL's product
+BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x G x H), on MKL's product
+BF16_BRGEMM_FROM = 10_000  # the same, on oneDNN's brgemm
 # From this many multiply-adds per step (batch x G x H), auto leaves 16-bit calls to the
 # reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
 # hidden 512 it trained 1.5-1.8x faster than the widened kernels here and ran the GRU and
-# RNN forward 1.6x faster, while up to batch 32, hidden 256 these were as fast or faster; the
-# LSTM's bfloat16 kernels stay ahead (inference 1.56 against 2.49 x torch.nn's time at batch
-# 64, hidden 512, benchmarks/results/cpu-2core-bfloat16 at e12bd00; training 0.81 against
-# 1.40).
+# RNN forward 1.6x faster, while up to batch 32, hidden 256 these were as fast or faster.
+# The bfloat16 kernels stay ahead where they run: the LSTM's on the Xeon (inference 1.56
+# against 2.49 x torch.nn's time at batch 64, hidden 512, benchmarks/results/cpu-2core-bfloat16
+# at e12bd00; training 0.81 against 1.40); on the EPYC, best of 15 interleaved runs, ms, cpu
+# against reference at B64 T50 H512: LSTM 29.4, 39.4 (training 86, 108), GRU 22.0, 26.3 (65,
+# 89), RNN 7.5, 9.5 (21.8, 25.8); the GRU at B64 H1024 0.88x, the RNN at B128 H1024 0.90-0.95x.
 NARROW_AUTO_UNTIL = 2**24
 
 
@@ -71,30 +81,32 @@ class CpuBackend(RecurrenceBackend):
         if narrow is None:
             return super().forward(cell, *args)
         x, w_hh = args[0], args[2]  # w_hh (G, P): G = 4H for the LSTM
-        if self._bf16_kernel(cell, narrow, x.shape[1], w_hh.shape[0] // 4, w_hh.shape[1]):
+        if self._bf16_kernel(cell, narrow, x.shape[1], *_sizes(cell, w_hh)):
             return super().forward(cell, *args)
         return _rounded(super().forward(cell, *_widened(args)), narrow)
 
     def _bf16_kernel(self, cell, dtype, batch, hidden, state):
-        """Whether a forward runs the LSTM's bfloat16 kernel (else it is widened)."""
-        if not (cell == "lstm" and state == hidden and dtype == torch.bfloat16):
+        """Whether a call runs the cell's bfloat16 kernels (else it is widened)."""
+        from ..ops import GATES  # not at import: ops imports the backends
+
+        if not (state == hidden and dtype == torch.bfloat16):  # the projected LSTM has none
             return False
         extension = self.extension.load()
+        products = batch * GATES[cell] * hidden * hidden
         if hidden % 2 == 0 and extension.bf16_on_brgemm():
-            return True
+            return products >= BF16_BRGEMM_FROM
         # MKL's product: an odd hidden size's forward product needs it
-        return extension.bf16_on_mkl() and batch * 4 * hidden * hidden >= BF16_KERNEL_FROM
+        return extension.bf16_on_mkl() and products >= BF16_KERNEL_FROM
 
     def backward(self, cell, *args):
         narrow = _narrow_dtype(args[0])
         if narrow is None:
             return self._backward(cell, *args)
         x, w_hh, w_hr = args[3], args[5], args[6]
-        if w_hr is None and self._bf16_kernel(cell, narrow, x.shape[1], w_hh.shape[0] // 4,
-                                              w_hh.shape[1]):
-            # The recurrence op's bfloat16 kernel (lstm_backward_bf16, the forward kernel's
-            # mirror), then the products over all steps in bfloat16 on oneDNN, as the
-            # reference backend takes them: the generic backward of recurrence.py.
+        if w_hr is None and self._bf16_kernel(cell, narrow, x.shape[1], *_sizes(cell, w_hh)):
+            # The recurrence op's bfloat16 kernel (the forward kernel's mirror), then the
+            # products over all steps in bfloat16 on oneDNN, as the reference backend takes
+            # them: the generic backward of recurrence.py.
             return super().backward(cell, *args)
         return _rounded(self._backward(cell, *_widened(args)), narrow)
 
@@ -155,7 +167,7 @@ def _describe_products(extension):
             else "MKL" if not extension.bf16_on_brgemm()
             else "oneDNN's brgemm (MKL at odd hidden sizes)" if extension.bf16_on_mkl()
             else "oneDNN's brgemm")
-    return f"float32 on {f32}; the bfloat16 LSTM's on {bf16} (FUSEDRNN_CPU_GEMM={mode})"
+    return f"float32 on {f32}; the bfloat16 kernels' on {bf16} (FUSEDRNN_CPU_GEMM={mode})"
 
 
 def describe_16_bit():
@@ -169,12 +181,21 @@ def describe_16_bit():
             kernel = f"from {BF16_KERNEL_FROM:,} multiply-adds per step"
             if extension.bf16_on_brgemm():
                 odd = kernel if extension.bf16_on_mkl() else "widened"
-                kernel = f"at every even hidden size (oneDNN's brgemm), at odd ones {odd}"
+                kernel = (f"from {BF16_BRGEMM_FROM:,} multiply-adds per step at even hidden "
+                          f"sizes (oneDNN's brgemm), at odd ones {odd}")
     except RuntimeError as error:  # a FUSEDRNN_CPU_GEMM the kernels refuse
         kernel = f"none: {error}"
-    return (f"the float32 kernels on widened inputs; the LSTM's bfloat16 kernels: "
-            f"{kernel}; auto leaves calls of {NARROW_AUTO_UNTIL:,}+ multiply-adds per step to "
-            "the reference backend (but the LSTM's, where its bfloat16 kernels run)")
+    return (f"the float32 kernels on widened inputs; bfloat16 kernels (every cell but the "
+            f"projected LSTM): {kernel}; auto leaves calls of {NARROW_AUTO_UNTIL:,}+ "
+            "multiply-adds per step to the reference backend (but where the bfloat16 kernels "
+            "run)")
+
+
+def _sizes(cell, w_hh):
+    """The hidden size and the state's size of a direction with this ``w_hh`` (G, P)."""
+    from ..ops import GATES
+
+    return w_hh.shape[0] // GATES[cell], w_hh.shape[1]
 
 
 def _narrow_dtype(tensor):

@@ -1,0 +1,165 @@
+// The GRU time loops for bfloat16 tensors, where oneDNN's brgemm or MKL has a bfloat16 GEMM
+// (bf16_product.h), as the LSTM's (lstm_bf16_cpu.cpp): forward, per step one product
+// h @ W_hh^T with bfloat16 operands and float32 results, then one pass per row that widens
+// the row, applies the cell in float32 (gru_fwd_row) and rounds what it stores. h is carried
+// in float32 (the cell's z * h term reads it) and rounded once per step as the next
+// product's operand and the output. The backward (gru_backward_bf16) mirrors it: per step
+// the cell's backward in float32, then one product dgates_hid @ W_hh with bfloat16 operands.
+// Saved tensors have the float32 kernel's layout, in bfloat16.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+#include "../recurrence_args.h"
+#include "bf16_product.h"
+#include "bf16_rows.h"
+#include "gru_rows.h"
+#include "recurrence_cpu.h"
+#include "rows.h"
+
+namespace fusedrnn::cpu {
+
+using at::Tensor;
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
+    const Tensor& xproj, const Tensor& b_ih, const Tensor& w_hh, const Tensor& b_hh,
+    const Tensor& h0, const int64_t* lengths, bool reverse, bool save) {
+  TORCH_CHECK(has_bf16_product(w_hh.size(1)), "fusedrnn cpu backend: the bfloat16 GRU needs a "
+              "bfloat16 product for its hidden size (oneDNN's brgemm, even sizes only, or "
+              "MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or FUSEDRNN_CPU_GEMM is "
+              "unpacked or aten); the cpu backend's Python side widens to float32 instead");
+  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = h0.size(1);
+  const int64_t state = batch * hidden;  // elements of one step of y and hidden_n
+  const auto bf16 = xproj.options();
+  const auto f32 = bf16.dtype(at::kFloat);
+  Tensor y = at::empty({steps, batch, hidden}, bf16);
+  Tensor gates = save ? at::empty({steps, batch, 3 * hidden}, bf16) : at::empty({0}, bf16);
+  Tensor hidden_n = save ? at::empty({steps, batch, hidden}, bf16) : at::empty({0}, bf16);
+  Tensor products = at::empty({batch, 3 * hidden}, f32);
+  // Per row, float32: the widened x projection (3H), the gates (3H), hidden_n and h (H each).
+  Tensor scratch = at::empty({batch, 8 * hidden}, f32);
+  Tensor b_ih_f = b_ih.to(at::kFloat).contiguous(), b_hh_f = b_hh.to(at::kFloat).contiguous();
+  Tensor h_a = h0.to(at::kFloat).contiguous().clone(), h_b = at::empty_like(h_a);
+  Tensor h_operand = h0.clone();  // h rounded: the product's operand
+  const Bf16Product product(w_hh, /*transpose=*/true, batch);
+  // Pointers taken once: data_ptr checks the dtype on every call.
+  float* hg = products.data_ptr<float>();
+  float* scratch_p = scratch.data_ptr<float>();
+  const float* b_ih_p = b_ih_f.data_ptr<float>();
+  const float* b_hh_p = b_hh_f.data_ptr<float>();
+  uint16_t* operand = bits<uint16_t>(h_operand);
+  const uint16_t* xproj_p = bits<const uint16_t>(xproj);
+  uint16_t* y_p = bits<uint16_t>(y);
+  for (int64_t t : time_order(batch == 0 ? 0 : steps, reverse)) {
+    const float* h_prev = h_a.data_ptr<float>();
+    float* h_next = h_b.data_ptr<float>();
+    product.apply(hg, operand);  // read in full before the rows below round the new h into it
+    const uint16_t* xp = xproj_p + 3 * state * t;
+    uint16_t* yp = y_p + state * t;
+    uint16_t* gp = save ? bits<uint16_t>(gates) + 3 * state * t : nullptr;
+    uint16_t* np = save ? bits<uint16_t>(hidden_n) + state * t : nullptr;
+    for_rows(batch, 3 * hidden, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t row = b * hidden;
+        float* xw = scratch_p + b * 8 * hidden;
+        float* g = xw + 3 * hidden;
+        float* hn = g + 3 * hidden;
+        float* h = hn + hidden;
+        widen_row(xp + 3 * row, xw, 3 * hidden);
+        gru_fwd_row<float>(xw, b_ih_p, hg + 3 * row, g, b_hh_p, h_prev + row, hn, h,
+                           h_next + row, hidden);
+        if (save) {
+          narrow_row(g, gp + 3 * row, 3 * hidden);
+          narrow_row(hn, np + row, hidden);
+        }
+        if (is_active(lengths, b, t)) {
+          narrow_row(h, yp + row, hidden);
+          std::copy(yp + row, yp + row + hidden, operand + row);
+        } else {  // the state held (its rounded copy in `operand` is still the held one)
+          hold_row<float>(h_next + row, h_prev + row, nullptr, hidden);
+          std::fill(yp + row, yp + row + hidden, uint16_t{0});
+        }
+      }
+    });
+    std::swap(h_a, h_b);
+  }
+  return {y, h_a.to(at::kBFloat16), gates, hidden_n};  // gates, hidden_n: (0,) without save
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(
+    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h_prev,
+    const int64_t* lengths, const Tensor& gates, const Tensor& hidden_n, bool reverse) {
+  TORCH_CHECK(has_bf16_product(w_hh.size(0)), "fusedrnn cpu backend: the bfloat16 GRU "
+              "backward needs a bfloat16 product for its size (oneDNN's brgemm, even sizes "
+              "only, or MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or "
+              "FUSEDRNN_CPU_GEMM is unpacked or aten); the cpu backend's Python side widens to "
+              "float32 instead");
+  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
+  const int64_t state = batch * hidden;  // elements of one step of grad_y, h_prev, hidden_n
+  const auto f32 = grad_y.options().dtype(at::kFloat);
+  Tensor dgates_in = at::empty(gates.sizes(), gates.options());
+  Tensor dgates_hid = at::empty(gates.sizes(), gates.options());
+  Tensor dh = grad_h_n.to(at::kFloat).contiguous().clone();
+  Tensor rec = at::empty({batch, hidden}, f32);  // the processed step's dgates_hid @ W_hh
+  // Per row, float32: gates, din, dhid (3H each), hidden_n, h_prev, grad_y or z (H each).
+  Tensor scratch = at::empty({batch, 12 * hidden}, f32);
+  const Bf16Product product(w_hh, /*transpose=*/false, batch);
+  // Pointers taken once: data_ptr checks the dtype on every call.
+  float* dh_p = dh.data_ptr<float>();
+  float* rec_p = rec.data_ptr<float>();
+  float* scratch_p = scratch.data_ptr<float>();
+  uint16_t* dgates_in_p = bits<uint16_t>(dgates_in);
+  uint16_t* dgates_hid_p = bits<uint16_t>(dgates_hid);
+  const uint16_t* grad_y_p = bits<const uint16_t>(grad_y);
+  const uint16_t* h_prev_p = bits<const uint16_t>(h_prev);
+  const uint16_t* gates_p = bits<const uint16_t>(gates);
+  const uint16_t* hidden_n_p = bits<const uint16_t>(hidden_n);
+  // Row b where step `later` (processed just before) was active: the recurrent gradient and
+  // the direct path through that step's z; an inactive step passes dh through unchanged.
+  const auto carry_from = [&](int64_t later, int64_t b, float* z) {
+    if (!is_active(lengths, b, later)) return;
+    widen_row(gates_p + 3 * (state * later + b * hidden) + hidden, z, hidden);
+    gru_carry_row<float>(dh_p + b * hidden, rec_p + b * hidden, z, hidden);
+  };
+  const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t t = order[k];
+    const int64_t later = k == 0 ? -1 : order[k - 1];
+    uint16_t* dinp = dgates_in_p + 3 * state * t;
+    uint16_t* dhidp = dgates_hid_p + 3 * state * t;
+    for_rows(batch, 6 * hidden, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t row = b * hidden;
+        float* g = scratch_p + b * 12 * hidden;
+        float* din = g + 3 * hidden;
+        float* dhid = din + 3 * hidden;
+        float* hn = dhid + 3 * hidden;
+        float* hp = hn + hidden;
+        float* gy = hp + hidden;
+        if (later >= 0) carry_from(later, b, gy);
+        if (!is_active(lengths, b, t)) {
+          std::fill(dinp + 3 * row, dinp + 3 * row + 3 * hidden, uint16_t{0});
+          std::fill(dhidp + 3 * row, dhidp + 3 * row + 3 * hidden, uint16_t{0});
+          continue;
+        }
+        widen_row(grad_y_p + state * t + row, gy, hidden);
+        add_row<float>(dh_p + row, gy, hidden);  // dh += grad_y[t]
+        widen_row(gates_p + 3 * (state * t + row), g, 3 * hidden);
+        widen_row(hidden_n_p + state * t + row, hn, hidden);
+        widen_row(h_prev_p + state * t + row, hp, hidden);
+        gru_bwd_row<float>(dh_p + row, g, hn, hp, din, dhid, hidden);
+        narrow_row(din, dinp + 3 * row, 3 * hidden);
+        narrow_row(dhid, dhidp + 3 * row, 3 * hidden);
+      }
+    });
+    product.apply(rec_p, dhidp);
+  }
+  if (!order.empty()) {  // the gradient of h0
+    for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b, scratch_p + b * 12 * hidden);
+  }
+  return {dgates_in, dgates_hid, dh.to(at::kBFloat16)};
+}
+
+}  // namespace fusedrnn::cpu

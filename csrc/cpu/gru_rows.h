@@ -1,0 +1,67 @@
+// The GRU cell on one row, forward and backward, shared by the float32/float64 time loops
+// (gru_cpu.cpp) and the bfloat16 ones (gru_bf16_cpu.cpp, in float32).
+#pragma once
+
+#include <cstdint>
+
+#include "cpu_math.h"
+
+namespace fusedrnn::cpu {
+
+// One row of the forward step. xg (3H) read: x W_ih^T; b_ih (3H) read; g (3H) written:
+// activated r, z, n; hg (3H) read: h W_hh^T; b_hh (3H) read; h_prev (H)
+// read; hidden_n, y, h_next (H) written: h_n + b_n, h, h.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
+                                      const scalar_t* __restrict__ b_ih,
+                                      const scalar_t* __restrict__ hg, scalar_t* __restrict__ g,
+                                      const scalar_t* __restrict__ b_hh,
+                                      const scalar_t* __restrict__ h_prev,
+                                      scalar_t* __restrict__ hidden_n, scalar_t* __restrict__ y,
+                                      scalar_t* __restrict__ h_next, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const scalar_t br = b_hh[j], bz = b_hh[hidden + j], bn = b_hh[2 * hidden + j];
+    const scalar_t r = sigmoid(xg[j] + b_ih[j] + hg[j] + br);
+    const scalar_t z = sigmoid(xg[hidden + j] + b_ih[hidden + j] + hg[hidden + j] + bz);
+    const scalar_t hn = hg[2 * hidden + j] + bn;
+    const scalar_t n = tanh(xg[2 * hidden + j] + b_ih[2 * hidden + j] + r * hn);
+    const scalar_t h = flush(n + z * (h_prev[j] - n));
+    g[j] = r;
+    g[hidden + j] = z;
+    g[2 * hidden + j] = n;
+    hidden_n[j] = hn;
+    y[j] = h_next[j] = h;
+  }
+}
+
+// One row of the backward step of an active row. dh (H) read: the gradient reaching h;
+// gates (3H), hidden_n, h_prev (H) as saved; din, dhid (3H) written: the gradients of the
+// input-side and hidden-side pre-activations (they differ in the n gate only).
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void gru_bwd_row(const scalar_t* __restrict__ dh,
+                                      const scalar_t* __restrict__ gates,
+                                      const scalar_t* __restrict__ hidden_n,
+                                      const scalar_t* __restrict__ h_prev,
+                                      scalar_t* __restrict__ din, scalar_t* __restrict__ dhid,
+                                      int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const scalar_t r = gates[j], z = gates[hidden + j], n = gates[2 * hidden + j];
+    const scalar_t d_n = dh[j] * (1 - z) * (1 - n * n);
+    const scalar_t d_z = dh[j] * (h_prev[j] - n) * z * (1 - z);
+    const scalar_t d_r = d_n * hidden_n[j] * r * (1 - r);
+    din[j] = dhid[j] = flush(d_r);
+    din[hidden + j] = dhid[hidden + j] = flush(d_z);
+    din[2 * hidden + j] = flush(d_n);
+    dhid[2 * hidden + j] = flush(d_n * r);
+  }
+}
+
+// dh (H) in/out = rec + dh * z: the recurrent gradient plus the direct path h' = ... z * h.
+template <typename scalar_t>
+FUSEDRNN_SIMD_CLONES void gru_carry_row(scalar_t* __restrict__ dh,
+                                        const scalar_t* __restrict__ rec,
+                                        const scalar_t* __restrict__ z, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) dh[j] = flush(rec[j] + dh[j] * z[j]);
+}
+
+}  // namespace fusedrnn::cpu

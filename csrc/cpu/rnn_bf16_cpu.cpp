@@ -1,0 +1,133 @@
+// The Elman RNN time loops for bfloat16 tensors, where oneDNN's brgemm or MKL has a bfloat16
+// GEMM (bf16_product.h), as the LSTM's (lstm_bf16_cpu.cpp): forward, per step one product
+// h @ W_hh^T with bfloat16 operands and float32 results, then one pass per row that applies
+// the activation in float32 (rnn_fwd_row) and rounds h, which is the output and the next
+// product's operand. The backward (rnn_backward_bf16) mirrors it: per step act'(pre) in
+// float32, then one product dpre @ W_hh with bfloat16 operands; dh is carried in float32.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+#include "../recurrence_args.h"
+#include "bf16_product.h"
+#include "bf16_rows.h"
+#include "recurrence_cpu.h"
+#include "rnn_rows.h"
+#include "rows.h"
+
+namespace fusedrnn::cpu {
+
+using at::Tensor;
+
+std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& bias,
+                                            const Tensor& w_hh, const Tensor& h0,
+                                            const int64_t* lengths, bool reverse, bool relu) {
+  TORCH_CHECK(has_bf16_product(w_hh.size(1)), "fusedrnn cpu backend: the bfloat16 RNN needs a "
+              "bfloat16 product for its hidden size (oneDNN's brgemm, even sizes only, or "
+              "MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or FUSEDRNN_CPU_GEMM is "
+              "unpacked or aten); the cpu backend's Python side widens to float32 instead");
+  const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = h0.size(1);
+  const int64_t state = batch * hidden;
+  const auto f32 = xproj.options().dtype(at::kFloat);
+  Tensor y = at::empty({steps, batch, hidden}, xproj.options());
+  Tensor h = h0.clone();  // the state, rounded: the product's operand
+  Tensor products = at::empty({batch, hidden}, f32);
+  // Per row, float32: the widened x projection, h twice (rnn_fwd_row writes y and h apart).
+  Tensor scratch = at::empty({batch, 3 * hidden}, f32);
+  Tensor bias_f = bias.to(at::kFloat).contiguous();
+  const Bf16Product product(w_hh, /*transpose=*/true, batch);
+  // Pointers taken once: data_ptr checks the dtype on every call.
+  float* hg = products.data_ptr<float>();
+  float* scratch_p = scratch.data_ptr<float>();
+  const float* bias_p = bias_f.data_ptr<float>();
+  uint16_t* h_p = bits<uint16_t>(h);
+  const uint16_t* xproj_p = bits<const uint16_t>(xproj);
+  uint16_t* y_p = bits<uint16_t>(y);
+  for (int64_t t : time_order(batch == 0 ? 0 : steps, reverse)) {
+    product.apply(hg, h_p);  // read in full before the rows below write the new h into it
+    const uint16_t* xp = xproj_p + state * t;
+    uint16_t* yp = y_p + state * t;
+    for_rows(batch, 2 * hidden, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t row = b * hidden;
+        if (!is_active(lengths, b, t)) {  // the state held
+          std::fill(yp + row, yp + row + hidden, uint16_t{0});
+          continue;
+        }
+        float* xw = scratch_p + b * 3 * hidden;
+        float* out = xw + hidden;
+        widen_row(xp + row, xw, hidden);
+        rnn_fwd_row<float>(xw, hg + row, bias_p, out, out + hidden, hidden, relu);
+        narrow_row(out, yp + row, hidden);
+        std::copy(yp + row, yp + row + hidden, h_p + row);
+      }
+    });
+  }
+  return {y, h};
+}
+
+std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor& grad_h_n,
+                                             const Tensor& w_hh, const Tensor& y,
+                                             const int64_t* lengths, bool reverse, bool relu) {
+  TORCH_CHECK(has_bf16_product(w_hh.size(0)), "fusedrnn cpu backend: the bfloat16 RNN "
+              "backward needs a bfloat16 product for its hidden size (oneDNN's brgemm, even "
+              "sizes only, or MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or "
+              "FUSEDRNN_CPU_GEMM is unpacked or aten); the cpu backend's Python side widens to "
+              "float32 instead");
+  const int64_t steps = y.size(0), batch = y.size(1), hidden = y.size(2);
+  const int64_t state = batch * hidden;
+  const auto f32 = y.options().dtype(at::kFloat);
+  Tensor dpre = at::empty(y.sizes(), y.options());
+  Tensor dh = grad_h_n.to(at::kFloat).contiguous().clone();
+  Tensor rec = at::empty({batch, hidden}, f32);  // the processed step's dpre @ W_hh
+  // Per row, float32: grad_y, y and dpre.
+  Tensor scratch = at::empty({batch, 3 * hidden}, f32);
+  const Bf16Product product(w_hh, /*transpose=*/false, batch);
+  // Pointers taken once: data_ptr checks the dtype on every call.
+  float* dh_p = dh.data_ptr<float>();
+  float* rec_p = rec.data_ptr<float>();
+  float* scratch_p = scratch.data_ptr<float>();
+  uint16_t* dpre_p = bits<uint16_t>(dpre);
+  const uint16_t* grad_y_p = bits<const uint16_t>(grad_y);
+  const uint16_t* y_p = bits<const uint16_t>(y);
+  // Row b takes the recurrent gradient where the step processed just before (`later`) was
+  // active for it; an inactive step passes dh through unchanged.
+  const auto carry_from = [&](int64_t later, int64_t b) {
+    if (is_active(lengths, b, later)) {
+      std::copy(rec_p + b * hidden, rec_p + (b + 1) * hidden, dh_p + b * hidden);
+    }
+  };
+  const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t t = order[k];
+    const int64_t later = k == 0 ? -1 : order[k - 1];
+    uint16_t* dp = dpre_p + state * t;
+    for_rows(batch, 2 * hidden, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t row = b * hidden;
+        if (later >= 0) carry_from(later, b);
+        if (!is_active(lengths, b, t)) {
+          std::fill(dp + row, dp + row + hidden, uint16_t{0});
+          continue;
+        }
+        float* gy = scratch_p + b * 3 * hidden;
+        float* yf = gy + hidden;
+        float* d = yf + hidden;
+        widen_row(grad_y_p + state * t + row, gy, hidden);
+        add_row<float>(dh_p + row, gy, hidden);  // dh += grad_y[t]
+        widen_row(y_p + state * t + row, yf, hidden);
+        rnn_bwd_row<float>(dh_p + row, yf, d, hidden, relu);
+        narrow_row(d, dp + row, hidden);
+      }
+    });
+    product.apply(rec_p, dp);
+  }
+  if (!order.empty()) {  // the gradient of h0
+    for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b);
+  }
+  return {dpre, dh.to(at::kBFloat16)};
+}
+
+}  // namespace fusedrnn::cpu
