@@ -189,22 +189,25 @@ def assert_within_low_precision_rule(candidate, low_reference, oracle, factor, w
                                   f"{factor} x the reference backend's {allowed / factor:.3g}")
 
 
-def assert_low_precision_rule(oracle, reference, candidate, input64):
+def assert_low_precision_rule(oracle, reference, candidate, input64, hx64=None):
     """The low-precision rule end to end: ``reference`` and ``candidate`` (modules in one
     16-bit dtype) get ``oracle``'s weights (a float64 module), all three run ``input64``
-    (a float64 tensor or PackedSequence, cast to that dtype for the two), and
-    :func:`assert_within_low_precision_rule` holds for the outputs (``OUTPUT_FACTOR``) and
-    the gradients (``GRADIENT_FACTOR``). Returns the candidate's outputs and gradients."""
+    (a float64 tensor or PackedSequence, cast to that dtype for the two) from the initial
+    state ``hx64`` (float64, or None), and :func:`assert_within_low_precision_rule` holds
+    for the outputs (``OUTPUT_FACTOR``) and the gradients (``GRADIENT_FACTOR``, the initial
+    state's among them). Returns the candidate's outputs and gradients."""
     dtype = next(candidate.parameters()).dtype
-    oracle_out, oracle_grads = outputs_and_grads(oracle, input64)
+    oracle_out, oracle_grads = outputs_and_grads(oracle, input64, hx64)
     if isinstance(input64, PackedSequence):
         low = input64._replace(data=input64.data.to(dtype))
     else:
         low = input64.to(dtype)
+    low_hx = (None if hx64 is None else hx64.to(dtype) if torch.is_tensor(hx64)
+              else tuple(h.to(dtype) for h in hx64))
     results = []
     for module in (reference, candidate):
         module.load_state_dict(oracle.state_dict())
-        results.append(outputs_and_grads(module, low))
+        results.append(outputs_and_grads(module, low, low_hx))
     (ref_out, ref_grads), (out, grads) = results
     assert_within_low_precision_rule(out, ref_out, oracle_out, OUTPUT_FACTOR, "outputs")
     assert_within_low_precision_rule(grads, ref_grads, oracle_grads, GRADIENT_FACTOR,

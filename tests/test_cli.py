@@ -287,13 +287,18 @@ def test_profile_fails_when_the_backend_asked_for_cannot_run(tmp_path, capsys):
 
 @pytest.mark.requires_cpu_ext
 def test_bench_names_the_backend_auto_picks_for_the_case_size():
-    """float16 calls of 2^24+ multiply-adds per step go to the reference backend: the table
+    """16-bit calls of 2^24+ multiply-adds per step go to the reference backend: the table
     must say so, not the backend auto picks for a call of unknown size."""
+    from fusedrnn import _extension
+
+    # bfloat16 ones stay where the GRU's and RNN's bfloat16 kernels run on brgemm.
+    kernels = "cpu" if _extension.CPU.load().bf16_on_brgemm() else "reference"
     for cell in ("gru", "rnn"):
         large = bench.Case(cell, 64, 2, 8, 1024)
         small = bench.Case(cell, 4, 2, 8, 16)
         for mode in ("inference", "training"):
-            for dtype, big_one in ((torch.float16, "reference"), (torch.float32, "cpu")):
+            for dtype, big_one in ((torch.float16, "reference"), (torch.float32, "cpu"),
+                                   (torch.bfloat16, kernels)):
                 [big] = bench.build_providers(large, dtype=dtype, torch_nn=False, mode=mode)
                 [little] = bench.build_providers(small, dtype=dtype, torch_nn=False, mode=mode)
                 assert (big.resolved, little.resolved) == (big_one, "cpu"), (cell, mode, dtype)

@@ -5,7 +5,6 @@ for every module option are in test_parity.py), the recurrence ops through ``opc
 argument checks of the C++ side, and what falls back to the reference backend and why.
 """
 
-import functools
 import os
 import subprocess
 import sys
@@ -192,104 +191,6 @@ def test_bad_arguments_name_the_argument(name, value, message):
 def test_explicit_cpu_backend_refuses_what_it_cannot_run():
     with pytest.raises(BackendUnavailableError, match="need CPU tensors, got meta"):
         fusedrnn.GRU(4, 8, backend="cpu", device="meta")(torch.randn(3, 2, 4, device="meta"))
-
-
-LOW_PRECISION_CASES = [("LSTM", {}), ("LSTM", {"proj_size": 7}), ("GRU", {}),
-                       ("RNN", {"nonlinearity": "tanh"})]
-
-
-def _bf16_kernel(monkeypatch):
-    """The bfloat16 kernels at every size (they need a bfloat16 product: oneDNN's brgemm or
-    MKL's)."""
-    from fusedrnn import _extension
-    from fusedrnn.backends import cpu
-
-    if not _extension.CPU.load().has_bf16_gemm():
-        pytest.skip("this torch has no bfloat16 product (oneDNN's brgemm or MKL's)")
-    monkeypatch.setattr(cpu, "BF16_KERNEL_FROM", 0)
-    monkeypatch.setattr(cpu, "BF16_BRGEMM_FROM", 0)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("cell, kwargs", LOW_PRECISION_CASES)
-def test_16_bit_floats_within_the_low_precision_rule(cell, kwargs, dtype):
-    """bfloat16 and float16 run the float32 kernels, or bfloat16 ones where sizes and the
-    products allow: their error against float64 at most 2x (outputs) and 3x (gradients) the
-    reference backend's in that dtype."""
-    _check_low_precision(cell, kwargs, dtype)
-
-
-BF16_KERNEL_CASES = [("LSTM", "lstm", {}), ("LSTM", "lstm", {"bias": False, "batch_first": True}),
-                     ("GRU", "gru", {}), ("GRU", "gru", {"bias": False}),
-                     ("RNN", "rnn", {"nonlinearity": "tanh"}),
-                     ("RNN", "rnn", {"nonlinearity": "relu", "bias": False})]
-
-
-@pytest.mark.parametrize("cell, op, kwargs", BF16_KERNEL_CASES)
-def test_bfloat16_kernels_within_the_low_precision_rule(monkeypatch, cell, op, kwargs):
-    """Each cell's own bfloat16 forward (products in bfloat16, the cell in float32), with
-    lengths and both directions, and its backward (the same, mirrored; the products over all
-    steps in bfloat16): never widened."""
-    _bf16_kernel(monkeypatch)
-    calls, backward_calls = [], []
-    for name, seen in ((f"{op}_recurrence_fwd", calls), (f"{op}_recurrence_bwd", backward_calls)):
-        monkeypatch.setattr(torch.ops.fusedrnn, name,
-                            _recording(getattr(torch.ops.fusedrnn, name), seen))
-    _check_low_precision(cell, kwargs, torch.bfloat16)
-    for seen in (calls, backward_calls):  # the float64 oracle's calls run here too
-        assert torch.bfloat16 in seen and torch.float32 not in seen  # never widened
-
-
-@pytest.mark.parametrize("on_brgemm", [True, False])
-def test_bfloat16_kernel_sizes(monkeypatch, on_brgemm):
-    """On brgemm's bfloat16 product the kernels run at even hidden sizes from BF16_BRGEMM_FROM
-    multiply-adds per step (an odd size's forward product is MKL's); on MKL's from
-    BF16_KERNEL_FROM."""
-    from fusedrnn import _extension
-    from fusedrnn.backends import cpu
-
-    extension = _extension.CPU.load()
-    if not extension.has_bf16_gemm():
-        pytest.skip("this torch has no bfloat16 product for the kernels")
-    monkeypatch.setattr(extension, "bf16_on_brgemm", lambda: on_brgemm)
-    kernel = functools.partial(cpu.CpuBackend()._bf16_kernel, dtype=torch.bfloat16)
-    for cell, gates in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
-        at = lambda batch, hidden: kernel(cell, batch=batch, hidden=hidden, state=hidden)  # noqa: E731
-        even = {"lstm": 36, "gru": 42}.get(cell, 72)  # 2 x G x H^2 >= BF16_BRGEMM_FROM
-        assert at(2, even) == on_brgemm and not at(2, even - 2)
-        assert not at(2, even + 1)  # odd: MKL's product, from BF16_KERNEL_FROM
-        assert at(64, 257) == (64 * gates * 257**2 >= cpu.BF16_KERNEL_FROM)  # odd, MKL's
-        assert at(64, 512)
-        assert not kernel(cell, dtype=torch.float16, batch=64, hidden=512, state=512)
-    assert not kernel("lstm", batch=64, hidden=512, state=7)  # projected
-
-
-def _recording(op, calls):
-    def record(first, *args):
-        calls.append(first.dtype)
-        return op(first, *args)
-
-    return record
-
-
-@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-def test_bfloat16_kernels_pass_nan_and_take_an_empty_batch(monkeypatch, cell):
-    _bf16_kernel(monkeypatch)
-    module = getattr(fusedrnn, cell)(4, 8, dtype=torch.bfloat16)
-    assert module(torch.randn(3, 0, 4, dtype=torch.bfloat16))[0].shape == (3, 0, 8)
-    x = torch.randn(3, 2, 4, dtype=torch.bfloat16)
-    x[1, 0, 0] = float("nan")
-    out = module(x)[0]
-    assert out[1:, 0].isnan().all() and not out[:, 1].isnan().any()
-
-
-def _check_low_precision(cell, kwargs, dtype):
-    make = lambda **more: getattr(fusedrnn, cell)(8, 24, num_layers=2,  # noqa: E731
-                                                  bidirectional=True, **kwargs, **more)
-    out, grads = testing.assert_low_precision_rule(
-        make(dtype=torch.float64), make(dtype=dtype, backend="reference"),
-        make(dtype=dtype, backend="cpu"), testing.make_packed(6, 8, 8, dtype=torch.float64))
-    assert all(t.dtype == dtype for t in out + [g for g in grads if g is not None])
 
 
 def test_compiled_module_matches_eager():

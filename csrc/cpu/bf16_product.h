@@ -1,5 +1,5 @@
-// The per-step product of the bfloat16 LSTM loops (lstm_bf16_cpu.cpp): bfloat16 operands,
-// float32 results, on oneDNN's brgemm (brgemm.h) or MKL's cblas_gemm_bf16bf16f32.
+// The per-step product of the bfloat16 time loops ({lstm,gru,rnn}_bf16_cpu.cpp): bfloat16
+// operands, float32 results, on oneDNN's brgemm (brgemm.h) or MKL's cblas_gemm_bf16bf16f32.
 //
 // Measured on the 2-core AMD EPYC (Zen 4, AVX512-BF16), GFLOP/s at batch x K x N of 32 x 256
 // x 1024, 64 x 512 x 2048, 8 x 128 x 512, 16 x 768 x 3072 and 1 x 256 x 1024: brgemm on two

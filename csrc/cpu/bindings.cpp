@@ -115,7 +115,7 @@ PyObject* bool_result(const Query& query) {
   }
 }
 
-// has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here.
+// has_bf16_gemm() -> bool: whether the bfloat16 kernels run here (at an even hidden size).
 PyObject* has_bf16_gemm(PyObject*, PyObject*) {
   return bool_result([] { return fusedrnn::cpu::has_bf16_gemm(); });
 }
@@ -145,7 +145,7 @@ PyMethodDef methods[] = {
     {"run_pair", run_pair, METH_VARARGS,
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
     {"has_bf16_gemm", has_bf16_gemm, METH_NOARGS,
-     "has_bf16_gemm() -> bool: whether the LSTM forward has its bfloat16 kernel here"},
+     "has_bf16_gemm() -> bool: whether the bfloat16 kernels run here (at an even hidden size)"},
     {"brgemm_built", brgemm_built, METH_NOARGS,
      "brgemm_built() -> bool: whether this torch's ATen has the float32 brgemm"},
     {"f32_on_brgemm", f32_on_brgemm, METH_NOARGS,

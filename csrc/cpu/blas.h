@@ -40,7 +40,7 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 namespace fusedrnn::cpu {
 
 // FUSEDRNN_CPU_GEMM picks how the products run: "auto" (default: as described above),
-// "brgemm" (float32 products on brgemm on any CPU, the bfloat16 LSTM's where oneDNN runs
+// "brgemm" (float32 products on brgemm on any CPU, the bfloat16 kernels' where oneDNN runs
 // them: bf16_product.h), "mkl" (never brgemm), "unpacked" (neither
 // brgemm nor MKL's packed form) or "aten" (every product through ATen, as where torch exports
 // no BLAS); the tests run each. Read once.

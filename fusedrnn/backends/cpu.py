@@ -17,8 +17,9 @@ in bfloat16, the generic backward of recurrence.py).
   size. On the 2-core AMD EPYC, best of 15 interleaved runs, kernel against widened: GRU
   inference 0.83x at B1 T300 H64, 0.80 at B8 T200 H128, 0.59 at B32 T100 H256, 0.54 at B64
   T50 H512; training 0.93, 0.75, 0.55, 0.52; the RNN 1.03 at B1 H64 (training 1.14), then
-  0.77-0.56 (0.83-0.51); the LSTM 0.87 at B1 H64 (training 0.96), 0.63 at B4 T100 H256
-  (0.65). Below, at B1-2 H32-64, the kernels lost 3-24%.
+  0.78-0.56 (0.83-0.51); the LSTM 0.87 at B1 H64 (training 0.96), 0.63 at B4 T100 H256
+  (0.65). Below, at B1-2 H32-64, widening won in training by 7-24% (inference 0.98-1.14):
+  benchmarks/results/epyc-2core-bf16-kernels-ab.
 - Where they run on MKL's product (torch's MKL has ``cblas_gemm_bf16bf16f32``), from
   :data:`BF16_KERNEL_FROM` multiply-adds per step: below, MKL's bfloat16 product costs more
   than widening. Measured for the LSTM on the 2-core AMX Xeon at 9eeedc3, ms per forward:
@@ -71,7 +72,10 @@ class CpuBackend(RecurrenceBackend):
             return False, ""
         if call.batch * GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
-        if self._bf16_kernel(call.cell, dtype, call.batch, call.hidden, call.state):
+        # The bfloat16 kernels stay ahead of it: the LSTM's on either product, the GRU's and
+        # RNN's measured on brgemm's only (on MKL's, an Intel CPU's, unmeasured against it).
+        if (self._bf16_kernel(call.cell, dtype, call.batch, call.hidden, call.state)
+                and (call.cell == "lstm" or self._bf16_on_brgemm(call.hidden))):
             return False, ""
         return True, (f"{str(dtype).replace('torch.', '')} at 2^24 or more multiply-adds per "
                       "step runs faster as the reference backend's 16-bit products")
@@ -91,12 +95,15 @@ class CpuBackend(RecurrenceBackend):
 
         if not (state == hidden and dtype == torch.bfloat16):  # the projected LSTM has none
             return False
-        extension = self.extension.load()
         products = batch * GATES[cell] * hidden * hidden
-        if hidden % 2 == 0 and extension.bf16_on_brgemm():
+        if self._bf16_on_brgemm(hidden):
             return products >= BF16_BRGEMM_FROM
         # MKL's product: an odd hidden size's forward product needs it
-        return extension.bf16_on_mkl() and products >= BF16_KERNEL_FROM
+        return self.extension.load().bf16_on_mkl() and products >= BF16_KERNEL_FROM
+
+    def _bf16_on_brgemm(self, hidden):
+        """Whether the bfloat16 kernels' products at this hidden size run on brgemm."""
+        return hidden % 2 == 0 and self.extension.load().bf16_on_brgemm()
 
     def backward(self, cell, *args):
         narrow = _narrow_dtype(args[0])
@@ -187,8 +194,8 @@ def describe_16_bit():
         kernel = f"none: {error}"
     return (f"the float32 kernels on widened inputs; bfloat16 kernels (every cell but the "
             f"projected LSTM): {kernel}; auto leaves calls of {NARROW_AUTO_UNTIL:,}+ "
-            "multiply-adds per step to the reference backend (but where the bfloat16 kernels "
-            "run)")
+            "multiply-adds per step to the reference backend (but the LSTM's where its "
+            "bfloat16 kernels run, and the GRU's and RNN's where theirs run on brgemm)")
 
 
 def _sizes(cell, w_hh):
