@@ -68,6 +68,7 @@ def run_info(args):
                     for name, status in fusedrnn.available_backends().items()]
     _print_section("backends (auto tries them in this order)", backend_rows)
     _print_section("cpu backend", [("products", cpu_backend.describe_products()),
+                                   ("cell math", cpu_backend.describe_cell_math()),
                                    ("bidirectional layers", thread_split.describe()),
                                    ("bfloat16, float16", cpu_backend.describe_16_bit())])
     rows = []

@@ -204,7 +204,8 @@ def test_compiled_module_matches_eager():
 
 
 GEMM_MODE_CHECK = """
-import torch, fusedrnn
+import os, torch, fusedrnn
+avx512 = "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
 from fusedrnn import _extension, testing
 from fusedrnn.backends import cpu as cpu_backend
 for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), ("GRU", 4, 12),
@@ -220,6 +221,8 @@ for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), (
         testing.assert_close_relative(grads, grads_ref, bound, f"{cell} {hidden} gradients")
 # The bfloat16 kernels at every size, on the product this path gives them, else widened.
 extension = _extension.CPU.load()
+assert extension.avx512_rows() or os.environ["FUSEDRNN_CPU_MATH"] != "auto" or not avx512
+assert not extension.avx512_rows() or os.environ["FUSEDRNN_CPU_MATH"] == "auto"
 cpu_backend.BF16_KERNEL_FROM = cpu_backend.BF16_BRGEMM_FROM = 0
 ops = torch.ops.fusedrnn
 for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
@@ -248,16 +251,20 @@ print("checked")
 """
 
 
-@pytest.mark.parametrize("mode", ["brgemm", "mkl", "unpacked", "aten"])
-def test_every_product_path_matches_the_reference(mode):
+@pytest.mark.parametrize("mode, math", [("brgemm", "auto"), ("mkl", "auto"),
+                                        ("unpacked", "auto"), ("aten", "auto"),
+                                        ("auto", "portable")])
+def test_every_product_and_math_path_matches_the_reference(mode, math):
     """Each FUSEDRNN_CPU_GEMM path: brgemm (oneDNN's kernel, auto's float32 choice on
     non-Intel x86), mkl (MKL, packed at these sizes: auto's choice elsewhere), unpacked and
-    aten (the path of a torch without BLAS symbols); every other test runs auto's choice."""
+    aten (the path of a torch without BLAS symbols); and FUSEDRNN_CPU_MATH=portable, the
+    rows without AVX-512 intrinsics (auto's choice on CPUs without AVX-512F). Every other
+    test runs auto's choices."""
     from fusedrnn import _extension
 
     if mode == "brgemm" and not _extension.CPU.load().brgemm_built():
         pytest.skip("this torch's ATen has no at::native::cpublas::brgemm for float32")
-    env = dict(os.environ, FUSEDRNN_CPU_GEMM=mode)
+    env = dict(os.environ, FUSEDRNN_CPU_GEMM=mode, FUSEDRNN_CPU_MATH=math)
     run = subprocess.run([sys.executable, "-c", GEMM_MODE_CHECK], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0 and "checked" in run.stdout, run.stderr[-3000:]
@@ -278,6 +285,18 @@ def test_unknown_product_path_is_refused():
     run = subprocess.run([sys.executable, "-m", "fusedrnn.cli", "info"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "products              none: FUSEDRNN_CPU_GEMM must" in run.stdout
+
+
+def test_unknown_math_path_is_refused():
+    env = dict(os.environ, FUSEDRNN_CPU_MATH="sideways")
+    script = "import torch, fusedrnn; fusedrnn.GRU(3, 4, backend='cpu')(torch.randn(2, 1, 3))"
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1
+    assert "RuntimeError: FUSEDRNN_CPU_MATH must be auto or portable, got 'sideways'" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "fusedrnn.cli", "info"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "cell math             none: FUSEDRNN_CPU_MATH must" in run.stdout
 
 
 def test_workspaces_are_reused_and_never_shared():

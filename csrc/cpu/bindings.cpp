@@ -9,6 +9,7 @@
 
 #include <exception>
 
+#include "avx512_rows.h"
 #include "bf16_product.h"
 #include "blas.h"
 #include "recurrence_cpu.h"
@@ -130,6 +131,12 @@ PyObject* f32_on_brgemm(PyObject*, PyObject*) {
   return bool_result([] { return fusedrnn::cpu::uses_brgemm<float>(); });
 }
 
+// avx512_rows() -> bool: whether the float32 forward rows run on AVX-512 intrinsics
+// (avx512_rows.h).
+PyObject* avx512_rows(PyObject*, PyObject*) {
+  return bool_result([] { return fusedrnn::cpu::avx512_rows(); });
+}
+
 // bf16_on_brgemm() -> bool: whether its bfloat16 products run on oneDNN's brgemm at an even
 // hidden size; bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for the others
 // (bf16_product.h).
@@ -153,6 +160,8 @@ PyMethodDef methods[] = {
     {"bf16_on_brgemm", bf16_on_brgemm, METH_NOARGS,
      "bf16_on_brgemm() -> bool: whether that kernel's products run on oneDNN's brgemm (at an "
      "even hidden size)"},
+    {"avx512_rows", avx512_rows, METH_NOARGS,
+     "avx512_rows() -> bool: whether the float32 forward rows run on AVX-512 intrinsics"},
     {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,
      "bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for that kernel"},
     {nullptr, nullptr, 0, nullptr}};

@@ -68,8 +68,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
         float* hn = g + 3 * hidden;
         float* h = hn + hidden;
         widen_row(xp + 3 * row, xw, 3 * hidden);
-        gru_fwd_row<float>(xw, b_ih_p, hg + 3 * row, g, b_hh_p, h_prev + row, hn, h,
-                           h_next + row, hidden);
+        gru_forward_row<float>(xw, b_ih_p, hg + 3 * row, g, b_hh_p, h_prev + row, hn, h,
+                               h_next + row, hidden);
         if (save) {
           narrow_row(g, gp + 3 * row, 3 * hidden);
           narrow_row(hn, np + row, hidden);

@@ -62,8 +62,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
       for_rows(batch, 3 * hidden, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           const int64_t row = b * hidden;
-          gru_fwd_row<scalar_t>(xp + 3 * row, bip, hg + 3 * row, gp + 3 * row, bp, hp + row,
-                                np + row, yp + row, hn + row, hidden);
+          gru_forward_row<scalar_t>(xp + 3 * row, bip, hg + 3 * row, gp + 3 * row, bp,
+                                    hp + row, np + row, yp + row, hn + row, hidden);
           if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
         }
       });

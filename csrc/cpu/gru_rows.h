@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
+#include "avx512_rows.h"
 #include "cpu_math.h"
 
 namespace fusedrnn::cpu {
@@ -62,6 +64,20 @@ FUSEDRNN_SIMD_CLONES void gru_carry_row(scalar_t* __restrict__ dh,
                                         const scalar_t* __restrict__ rec,
                                         const scalar_t* __restrict__ z, int64_t hidden) {
   for (int64_t j = 0; j < hidden; ++j) dh[j] = flush(rec[j] + dh[j] * z[j]);
+}
+
+// gru_fwd_row on the fastest path here.
+template <typename scalar_t>
+inline void gru_forward_row(const scalar_t* xg, const scalar_t* b_ih, const scalar_t* hg,
+                            scalar_t* g, const scalar_t* b_hh, const scalar_t* h_prev,
+                            scalar_t* hidden_n, scalar_t* y, scalar_t* h_next, int64_t hidden) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (avx512_rows()) {
+      gru_fwd_row_avx512(xg, b_ih, hg, g, b_hh, h_prev, hidden_n, y, h_next, hidden);
+      return;
+    }
+  }
+  gru_fwd_row<scalar_t>(xg, b_ih, hg, g, b_hh, h_prev, hidden_n, y, h_next, hidden);
 }
 
 }  // namespace fusedrnn::cpu

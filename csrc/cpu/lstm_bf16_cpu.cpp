@@ -91,8 +91,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
         float* g = xw + 4 * hidden;
         float* h = g + 4 * hidden;
         widen_row(xp + 4 * row, xw, 4 * hidden);
-        lstm_fwd_row<float>(xw, hg + 4 * row, bias_p, g, hidden, hidden, c_prev, c_out, h,
-                            h + hidden, hidden);
+        lstm_forward_row<float>(xw, hg + 4 * row, bias_p, g, hidden, hidden, c_prev, c_out, h,
+                                h + hidden, hidden);
         narrow_row(h, h_nxt + row, hidden);
         std::copy(h_nxt + row, h_nxt + row + hidden, yp + row);
         if (save) {

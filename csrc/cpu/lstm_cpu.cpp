@@ -86,9 +86,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
               const int64_t row = b * hidden + u0;
               scalar_t* out = projected ? rp + row : yp + row;
               scalar_t* h_out = projected ? rp + cell_step + row : h_next + row;
-              lstm_fwd_row<scalar_t>(xp + 4 * b * hidden + u0, hg + b * 4 * n, bp + u0,
-                                     gp + 4 * b * hidden + u0, hidden, n, c_prev + row,
-                                     cp + row, out, h_out, n);
+              lstm_forward_row<scalar_t>(xp + 4 * b * hidden + u0, hg + b * 4 * n, bp + u0,
+                                         gp + 4 * b * hidden + u0, hidden, n, c_prev + row,
+                                         cp + row, out, h_out, n);
               if (!is_active(lengths, b, t)) {
                 if (!projected) hold_row<scalar_t>(h_next + row, h_cur + row, yp + row, n);
                 hold_row<scalar_t>(cp + row, c_prev + row, nullptr, n);

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
+#include "avx512_rows.h"
 #include "cpu_math.h"
 
 namespace fusedrnn::cpu {
@@ -57,6 +59,20 @@ FUSEDRNN_SIMD_CLONES void lstm_bwd_row(const scalar_t* __restrict__ dh,
     dgates[3 * gs + j] = flush(dh[j] * tc * o * (1 - o));
     dc[j] = flush(dcv * f);
   }
+}
+
+// lstm_fwd_row on the fastest path here.
+template <typename scalar_t>
+inline void lstm_forward_row(const scalar_t* xg, const scalar_t* hg, const scalar_t* bias,
+                             scalar_t* g, int64_t xs, int64_t hs, const scalar_t* c_prev,
+                             scalar_t* cell, scalar_t* y, scalar_t* h_next, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (avx512_rows()) {
+      lstm_fwd_row_avx512(xg, hg, bias, g, xs, hs, c_prev, cell, y, h_next, n);
+      return;
+    }
+  }
+  lstm_fwd_row<scalar_t>(xg, hg, bias, g, xs, hs, c_prev, cell, y, h_next, n);
 }
 
 }  // namespace fusedrnn::cpu

@@ -59,7 +59,7 @@ std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& b
         float* xw = scratch_p + b * 3 * hidden;
         float* out = xw + hidden;
         widen_row(xp + row, xw, hidden);
-        rnn_fwd_row<float>(xw, hg + row, bias_p, out, out + hidden, hidden, relu);
+        rnn_forward_row<float>(xw, hg + row, bias_p, out, out + hidden, hidden, relu);
         narrow_row(out, yp + row, hidden);
         std::copy(yp + row, yp + row + hidden, h_p + row);
       }

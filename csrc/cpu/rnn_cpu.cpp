@@ -51,7 +51,7 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
       for_rows(batch, hidden, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           const int64_t row = b * hidden;
-          rnn_fwd_row<scalar_t>(xp + row, hg + row, bp, yp + row, hn + row, hidden, relu);
+          rnn_forward_row<scalar_t>(xp + row, hg + row, bp, yp + row, hn + row, hidden, relu);
           if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
         }
       });

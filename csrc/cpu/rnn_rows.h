@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
+#include "avx512_rows.h"
 #include "cpu_math.h"
 
 namespace fusedrnn::cpu {
@@ -38,6 +40,19 @@ FUSEDRNN_SIMD_CLONES void rnn_bwd_row(const scalar_t* __restrict__ dh,
   } else {
     for (int64_t j = 0; j < hidden; ++j) dpre[j] = flush(dh[j] * (1 - y[j] * y[j]));
   }
+}
+
+// rnn_fwd_row on the fastest path here (relu's needs no transcendental: it stays portable).
+template <typename scalar_t>
+inline void rnn_forward_row(const scalar_t* xg, const scalar_t* hg, const scalar_t* bias,
+                            scalar_t* y, scalar_t* h_next, int64_t hidden, bool relu) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!relu && avx512_rows()) {
+      rnn_tanh_fwd_row_avx512(xg, hg, bias, y, h_next, hidden);
+      return;
+    }
+  }
+  rnn_fwd_row<scalar_t>(xg, hg, bias, y, h_next, hidden, relu);
 }
 
 }  // namespace fusedrnn::cpu

@@ -177,6 +177,20 @@ def _describe_products(extension):
     return f"float32 on {f32}; the bfloat16 kernels' on {bf16} (FUSEDRNN_CPU_GEMM={mode})"
 
 
+def describe_cell_math():
+    """How the cpu backend's float32 rows compute the cells' activations here, in words."""
+    if not _extension.CPU.status()[0]:
+        return "n/a (fusedrnn._cpu not built)"
+    mode = os.environ.get("FUSEDRNN_CPU_MATH") or "auto"
+    try:
+        on_avx512 = _extension.CPU.load().avx512_rows()
+    except RuntimeError as error:  # a FUSEDRNN_CPU_MATH the kernels refuse
+        return f"none: {error}"
+    where = ("the forward rows on AVX-512 intrinsics" if on_avx512
+             else "vectorised portable code (AVX-512, AVX2 or baseline clones)")
+    return f"{where} (FUSEDRNN_CPU_MATH={mode})"
+
+
 def describe_16_bit():
     """How the cpu backend runs bfloat16 and float16 calls here, in words."""
     kernel = ("not here (widened: no bfloat16 product, neither oneDNN's brgemm nor MKL's "

@@ -1,0 +1,213 @@
+// The forward rows of the CPU kernels (lstm_rows.h, gru_rows.h, rnn_rows.h: the LSTM's, the
+// GRU's and the tanh RNN's) written with AVX-512 intrinsics, for CPUs that have AVX-512F: the
+// same math as cpu_math.h with two instructions the compiler does not generate from the
+// portable code. exp scales by 2^n with vscalefps
+// (instead of building the exponent bits: four operations), and 1 / x starts from
+// vrcp14ps's 14-bit estimate and needs one Newton step, with the residual, instead of three.
+// Over the float range the largest relative errors against double are 1.8e-7 for sigmoid
+// (1.5e-7 portable) and 1.3e-7 for tanh (the same); sigmoid saturates to exactly 1 and 0,
+// sigmoid(0) is 0.5, NaN passes. The row alone, 32 rows of 256 units in cache, on the 2-core
+// AMD EPYC (Zen 4): 2.29 ns per unit against 4.04 for the portable clone.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include <c10/util/Exception.h>
+
+#include "avx512_rows.h"
+
+namespace fusedrnn::cpu {
+
+// FUSEDRNN_CPU_MATH: "auto" (default: AVX-512 rows where the CPU has AVX-512F) or
+// "portable" (the vectorised templates of *_rows.h everywhere; the tests run both). Read once.
+std::string math_mode() {
+  static const std::string mode = [] {
+    const char* value = std::getenv("FUSEDRNN_CPU_MATH");
+    return std::string(value == nullptr || *value == '\0' ? "auto" : value);
+  }();
+  TORCH_CHECK(mode == "auto" || mode == "portable",
+              "FUSEDRNN_CPU_MATH must be auto or portable, got '", mode, "'");
+  return mode;
+}
+
+}  // namespace fusedrnn::cpu
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FUSEDRNN_AVX512 __attribute__((target("avx512f"), always_inline)) inline
+#define FUSEDRNN_AVX512_ENTRY __attribute__((target("avx512f")))
+
+namespace fusedrnn::cpu {
+namespace {
+
+FUSEDRNN_AVX512 __m512 splat(float v) { return _mm512_set1_ps(v); }
+
+// cpu_math.h's exp_fast: the same range reduction and polynomial; 2^n by vscalefps.
+FUSEDRNN_AVX512 __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(splat(-86.0f), x);  // NaN passes: max and min return their second operand
+  x = _mm512_min_ps(splat(88.3f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, splat(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(n, splat(0.693359375f), x);
+  x = _mm512_fmadd_ps(n, splat(2.12194440e-4f), x);
+  const __m512 z = _mm512_mul_ps(x, x);
+  __m512 p = splat(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, x, splat(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, x, splat(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, x, splat(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, x, splat(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, x, splat(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, z, _mm512_add_ps(x, splat(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 1 / x for 1 <= x: vrcp14ps (relative error below 2^-14, exact at powers of two), then
+// y + y (1 - x y).
+FUSEDRNN_AVX512 __m512 reciprocal16(__m512 x) {
+  const __m512 y = _mm512_rcp14_ps(x);
+  return _mm512_fmadd_ps(y, _mm512_fnmadd_ps(x, y, splat(1.0f)), y);
+}
+
+FUSEDRNN_AVX512 __m512 sigmoid16(__m512 x) {
+  const __mmask16 low = _mm512_cmp_ps_mask(x, splat(-60.0f), _CMP_LT_OQ);
+  const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+  return _mm512_mask_mov_ps(reciprocal16(_mm512_add_ps(splat(1.0f), e)), low,
+                            _mm512_setzero_ps());
+}
+
+FUSEDRNN_AVX512 __m512 tanh16(__m512 x) {
+  const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512 a = _mm512_min_ps(splat(10.0f), _mm512_castsi512_ps(_mm512_andnot_si512(sign, bits)));
+  const __m512 z = _mm512_mul_ps(x, x);
+  __m512 p = splat(-5.70498872745e-3f);
+  p = _mm512_fmadd_ps(p, z, splat(2.06390887954e-2f));
+  p = _mm512_fmadd_ps(p, z, splat(-5.37397155531e-2f));
+  p = _mm512_fmadd_ps(p, z, splat(1.33314422036e-1f));
+  p = _mm512_fmadd_ps(p, z, splat(-3.33332819422e-1f));
+  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(x, z), p, x);
+  const __m512 r = reciprocal16(_mm512_add_ps(exp16(_mm512_add_ps(a, a)), splat(1.0f)));
+  const __m512 magnitude = _mm512_fnmadd_ps(splat(2.0f), r, splat(1.0f));
+  const __m512 large = _mm512_castsi512_ps(
+      _mm512_or_si512(_mm512_castps_si512(magnitude), _mm512_and_si512(sign, bits)));
+  const __mmask16 is_small = _mm512_cmp_ps_mask(a, splat(0.625f), _CMP_LT_OQ);
+  return _mm512_mask_mov_ps(large, is_small, small);
+}
+
+// cpu_math.h's flush: 0 < |v| < 2^-126 becomes 0; NaN passes.
+FUSEDRNN_AVX512 __m512 flush16(__m512 v) {
+  const __m512 a = _mm512_castsi512_ps(
+      _mm512_andnot_si512(_mm512_set1_epi32(static_cast<int>(0x80000000u)), _mm512_castps_si512(v)));
+  const __mmask16 tiny = _mm512_cmp_ps_mask(a, splat(1.17549435e-38f), _CMP_LT_OQ);
+  return _mm512_mask_mov_ps(v, tiny, _mm512_setzero_ps());
+}
+
+// The pre-activation of one gate for the lanes of m: x W_ih^T + h W_hh^T + b.
+FUSEDRNN_AVX512 __m512 gate16(__mmask16 m, const float* xg, const float* hg, const float* b) {
+  return _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, xg), _mm512_maskz_loadu_ps(m, hg)),
+                       _mm512_maskz_loadu_ps(m, b));
+}
+
+}  // namespace
+
+FUSEDRNN_AVX512_ENTRY void lstm_fwd_row_avx512(const float* xg, const float* hg,
+                                               const float* bias, float* g, int64_t xs,
+                                               int64_t hs, const float* c_prev, float* cell,
+                                               float* y, float* h_next, int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    const __m512 i = sigmoid16(gate16(m, xg + j, hg + j, bias + j));
+    const __m512 f = sigmoid16(gate16(m, xg + xs + j, hg + hs + j, bias + xs + j));
+    const __m512 gg = tanh16(gate16(m, xg + 2 * xs + j, hg + 2 * hs + j, bias + 2 * xs + j));
+    const __m512 o = sigmoid16(gate16(m, xg + 3 * xs + j, hg + 3 * hs + j, bias + 3 * xs + j));
+    const __m512 c_before = _mm512_maskz_loadu_ps(m, c_prev + j);
+    const __m512 c = flush16(_mm512_add_ps(_mm512_mul_ps(f, c_before), _mm512_mul_ps(i, gg)));
+    const __m512 h = flush16(_mm512_mul_ps(o, tanh16(c)));
+    _mm512_mask_storeu_ps(g + j, m, i);
+    _mm512_mask_storeu_ps(g + xs + j, m, f);
+    _mm512_mask_storeu_ps(g + 2 * xs + j, m, gg);
+    _mm512_mask_storeu_ps(g + 3 * xs + j, m, o);
+    _mm512_mask_storeu_ps(cell + j, m, c);
+    _mm512_mask_storeu_ps(y + j, m, h);
+    _mm512_mask_storeu_ps(h_next + j, m, h);
+  }
+}
+
+FUSEDRNN_AVX512_ENTRY void gru_fwd_row_avx512(const float* xg, const float* b_ih,
+                                              const float* hg, float* g, const float* b_hh,
+                                              const float* h_prev, float* hidden_n, float* y,
+                                              float* h_next, int64_t hidden) {
+  const int64_t n2 = 2 * hidden;
+  for (int64_t j = 0; j < hidden; j += 16) {
+    const __mmask16 m =
+        hidden - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (hidden - j)) - 1);
+    const auto r = sigmoid16(_mm512_add_ps(gate16(m, xg + j, b_ih + j, hg + j),
+                                           _mm512_maskz_loadu_ps(m, b_hh + j)));
+    const auto z = sigmoid16(_mm512_add_ps(gate16(m, xg + hidden + j, b_ih + hidden + j,
+                                                  hg + hidden + j),
+                                           _mm512_maskz_loadu_ps(m, b_hh + hidden + j)));
+    const __m512 hn = _mm512_add_ps(_mm512_maskz_loadu_ps(m, hg + n2 + j),
+                                    _mm512_maskz_loadu_ps(m, b_hh + n2 + j));
+    const __m512 x_n = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + n2 + j),
+                                     _mm512_maskz_loadu_ps(m, b_ih + n2 + j));
+    const __m512 n = tanh16(_mm512_add_ps(x_n, _mm512_mul_ps(r, hn)));
+    const __m512 h_before = _mm512_maskz_loadu_ps(m, h_prev + j);
+    const __m512 h = flush16(_mm512_add_ps(n, _mm512_mul_ps(z, _mm512_sub_ps(h_before, n))));
+    _mm512_mask_storeu_ps(g + j, m, r);
+    _mm512_mask_storeu_ps(g + hidden + j, m, z);
+    _mm512_mask_storeu_ps(g + n2 + j, m, n);
+    _mm512_mask_storeu_ps(hidden_n + j, m, hn);
+    _mm512_mask_storeu_ps(y + j, m, h);
+    _mm512_mask_storeu_ps(h_next + j, m, h);
+  }
+}
+
+FUSEDRNN_AVX512_ENTRY void rnn_tanh_fwd_row_avx512(const float* xg, const float* hg,
+                                                   const float* bias, float* y, float* h_next,
+                                                   int64_t hidden) {
+  for (int64_t j = 0; j < hidden; j += 16) {
+    const __mmask16 m =
+        hidden - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (hidden - j)) - 1);
+    const __m512 h = flush16(tanh16(gate16(m, xg + j, hg + j, bias + j)));
+    _mm512_mask_storeu_ps(y + j, m, h);
+    _mm512_mask_storeu_ps(h_next + j, m, h);
+  }
+}
+
+bool avx512_rows() {
+  static const bool on = [] {
+    return __builtin_cpu_supports("avx512f") && math_mode() == "auto";
+  }();
+  return on;
+}
+
+}  // namespace fusedrnn::cpu
+
+#else
+
+namespace fusedrnn::cpu {
+
+void lstm_fwd_row_avx512(const float*, const float*, const float*, float*, int64_t, int64_t,
+                         const float*, float*, float*, float*, int64_t) {
+  std::abort();  // never called: avx512_rows() is false
+}
+
+void gru_fwd_row_avx512(const float*, const float*, const float*, float*, const float*,
+                        const float*, float*, float*, float*, int64_t) {
+  std::abort();
+}
+
+void rnn_tanh_fwd_row_avx512(const float*, const float*, const float*, float*, float*,
+                             int64_t) {
+  std::abort();
+}
+
+bool avx512_rows() {
+  math_mode();  // refuses an unknown FUSEDRNN_CPU_MATH here too
+  return false;
+}
+
+}  // namespace fusedrnn::cpu
+
+#endif
