@@ -112,6 +112,26 @@ def test_saturated_gates_are_exact_and_pass_no_gradient(cell):
     testing.assert_close_relative(grads, grads64, 2e-5, "gradients at a large h_0")
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_subnormal_states_are_stored_as_zero(cell):
+    """A state that would be subnormal (here half of a c_0 or h_0 of 2e-38) is stored as 0,
+    where torch keeps it: every later operation on it would take x86's slow path."""
+    torch.set_flush_denormal(False)  # torch's default, which the apps (and their tests) turn on
+    module = getattr(fusedrnn, cell)(1, 16, bias=False, backend="cpu")
+    with torch.no_grad():
+        module.weight_ih_l0.zero_()
+        module.weight_hh_l0.zero_()
+    state = torch.full((1, 2, 16), 2e-38)
+    hx = (torch.zeros(1, 2, 16), state) if cell == "LSTM" else state
+    x = torch.zeros(1, 2, 1)
+    out, final = module(x, hx)
+    _, ref_final = testing.torch_twin(module)(x, hx)
+    kept = ref_final[1] if cell == "LSTM" else ref_final  # c, or h: 1e-38 in torch
+    assert (kept.abs() > 0).all() and (kept.abs() < 1.17549435e-38).all()
+    for tensor in [out] + list(final if cell == "LSTM" else [final]):
+        assert (tensor == 0).all()
+
+
 @pytest.mark.parametrize("cell, kwargs", [("GRU", {}), ("RNN", {"nonlinearity": "relu"}),
                                           ("RNN", {"nonlinearity": "tanh"})])
 def test_nan_input_gives_nan_like_torch(cell, kwargs):
@@ -287,16 +307,32 @@ def test_unknown_product_path_is_refused():
     assert run.returncode == 0 and "products              none: FUSEDRNN_CPU_GEMM must" in run.stdout
 
 
-def test_unknown_math_path_is_refused():
+@pytest.mark.parametrize("cell, hidden", [("GRU", 4), ("LSTM", 256)])  # the LSTM's units split
+def test_unknown_math_path_is_refused(cell, hidden):
     env = dict(os.environ, FUSEDRNN_CPU_MATH="sideways")
-    script = "import torch, fusedrnn; fusedrnn.GRU(3, 4, backend='cpu')(torch.randn(2, 1, 3))"
+    script = (f"import torch, fusedrnn; fusedrnn.{cell}(3, {hidden}, backend='cpu')"
+              "(torch.randn(2, 1, 3))")
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=300)
-    assert run.returncode == 1
+    assert run.returncode == 1, run.stderr[-2000:]
     assert "RuntimeError: FUSEDRNN_CPU_MATH must be auto or portable, got 'sideways'" in run.stderr
     run = subprocess.run([sys.executable, "-m", "fusedrnn.cli", "info"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "cell math             none: FUSEDRNN_CPU_MATH must" in run.stdout
+
+
+def test_edge_cases_again_on_the_portable_rows():
+    """The saturation, tiny-gate, subnormal and NaN tests above under FUSEDRNN_CPU_MATH=portable:
+    where the CPU has AVX-512F the rest of the suite runs the AVX-512 rows."""
+    from fusedrnn import _extension
+
+    if not _extension.CPU.load().avx512_rows():
+        pytest.skip("the suite runs the portable rows here already")
+    env = dict(os.environ, FUSEDRNN_CPU_MATH="portable")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "saturated or nan_input or subnormal"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:]
 
 
 def test_workspaces_are_reused_and_never_shared():

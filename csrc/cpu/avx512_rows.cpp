@@ -1,15 +1,15 @@
 // The forward rows of the CPU kernels (lstm_rows.h, gru_rows.h, rnn_rows.h: the LSTM's, the
 // GRU's and the tanh RNN's) written with AVX-512 intrinsics, for CPUs that have AVX-512F: the
 // same math as cpu_math.h with two instructions the compiler does not generate from the
-// portable code. exp scales by 2^n with vscalefps
-// (instead of building the exponent bits: four operations), and 1 / x starts from
-// vrcp14ps's 14-bit estimate and needs one Newton step, with the residual, instead of three.
-// Over the float range the largest relative errors against double are 1.8e-7 for sigmoid
-// (1.5e-7 portable) and 1.3e-7 for tanh (the same); sigmoid saturates to exactly 1 and 0,
-// sigmoid(0) is 0.5, NaN passes. The row alone, 32 rows of 256 units in cache, on the 2-core
-// AMD EPYC (Zen 4): 2.29 ns per unit against 4.04 for the portable clone.
-#include <immintrin.h>
-
+// portable code. exp scales by 2^n with vscalefps (instead of building the exponent bits:
+// four operations), and 1 / x starts from vrcp14ps's 14-bit estimate (exact at powers of
+// two) and needs one Newton step, with the residual, instead of three. Over every float
+// input the largest relative errors against double are those of the portable code, 1.48e-7
+// for sigmoid and 1.42e-7 for tanh, and the two differ by at most 1 ulp; sigmoid saturates
+// to exactly 1 and 0 at the same inputs, sigmoid(0) is 0.5, NaN passes, subnormal results
+// become 0 and -0 stays -0. The LSTM's row alone, 32 rows of 256 units in cache, on the
+// 2-core AMD EPYC (Zen 4): 2.59 ns per unit against 3.86 for the portable code's AVX-512
+// clone.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -35,6 +35,8 @@ std::string math_mode() {
 }  // namespace fusedrnn::cpu
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
 #define FUSEDRNN_AVX512 __attribute__((target("avx512f"), always_inline)) inline
 #define FUSEDRNN_AVX512_ENTRY __attribute__((target("avx512f")))
 
@@ -58,7 +60,7 @@ FUSEDRNN_AVX512 __m512 exp16(__m512 x) {
   p = _mm512_fmadd_ps(p, x, splat(4.1665795894e-2f));
   p = _mm512_fmadd_ps(p, x, splat(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, x, splat(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, z, _mm512_add_ps(x, splat(1.0f)));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, z, x), splat(1.0f));  // (p z + x) + 1, as Cephes
   return _mm512_scalef_ps(p, n);
 }
 
@@ -69,9 +71,12 @@ FUSEDRNN_AVX512 __m512 reciprocal16(__m512 x) {
   return _mm512_fmadd_ps(y, _mm512_fnmadd_ps(x, y, splat(1.0f)), y);
 }
 
+// As cpu_math.h's: the argument bounded at -60 (so that 1 + e^-x stays far from the top of
+// the float range, where the reciprocal would be subnormal), 0 below.
 FUSEDRNN_AVX512 __m512 sigmoid16(__m512 x) {
   const __mmask16 low = _mm512_cmp_ps_mask(x, splat(-60.0f), _CMP_LT_OQ);
-  const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+  const __m512 bounded = _mm512_max_ps(splat(-60.0f), x);  // NaN passes
+  const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), bounded));
   return _mm512_mask_mov_ps(reciprocal16(_mm512_add_ps(splat(1.0f), e)), low,
                             _mm512_setzero_ps());
 }
@@ -95,11 +100,12 @@ FUSEDRNN_AVX512 __m512 tanh16(__m512 x) {
   return _mm512_mask_mov_ps(large, is_small, small);
 }
 
-// cpu_math.h's flush: 0 < |v| < 2^-126 becomes 0; NaN passes.
+// cpu_math.h's flush: 0 < |v| < 2^-126 becomes 0 (-0 stays -0); NaN passes.
 FUSEDRNN_AVX512 __m512 flush16(__m512 v) {
-  const __m512 a = _mm512_castsi512_ps(
-      _mm512_andnot_si512(_mm512_set1_epi32(static_cast<int>(0x80000000u)), _mm512_castps_si512(v)));
-  const __mmask16 tiny = _mm512_cmp_ps_mask(a, splat(1.17549435e-38f), _CMP_LT_OQ);
+  const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(
+      _mm512_set1_epi32(static_cast<int>(0x80000000u)), _mm512_castps_si512(v)));
+  const __mmask16 below = _mm512_cmp_ps_mask(a, splat(1.17549435e-38f), _CMP_LT_OQ);
+  const __mmask16 tiny = _mm512_mask_cmp_ps_mask(below, a, _mm512_setzero_ps(), _CMP_NEQ_UQ);
   return _mm512_mask_mov_ps(v, tiny, _mm512_setzero_ps());
 }
 
@@ -177,7 +183,8 @@ FUSEDRNN_AVX512_ENTRY void rnn_tanh_fwd_row_avx512(const float* xg, const float*
 
 bool avx512_rows() {
   static const bool on = [] {
-    return __builtin_cpu_supports("avx512f") && math_mode() == "auto";
+    // The mode first: a value other than auto or portable raises on every CPU.
+    return math_mode() == "auto" && __builtin_cpu_supports("avx512f");
   }();
   return on;
 }

@@ -14,6 +14,7 @@
 #include <exception>
 
 #include "blas.h"
+#include "transpose.h"
 
 extern "C" {
 void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,
@@ -84,9 +85,12 @@ class Bf16Product {
       : w_(w), transpose_(transpose), batch_(batch), m_(transpose ? w.size(0) : w.size(1)),
         k_(transpose ? w.size(1) : w.size(0)), brgemm_(bf16_uses_brgemm(k_)) {
     TORCH_CHECK(has_bf16_product(k_), "fusedrnn cpu backend: no bfloat16 product here");
-    if (brgemm_) {
-      const at::Tensor op = transpose ? w.t() : w;  // (k, m)
-      pairs_ = op.reshape({k_ / 2, 2, m_}).transpose(1, 2).contiguous();
+    if (brgemm_ && transpose) {
+      // w (m, k): its pairs along k are 32-bit words, (m, k/2), and the layout is their
+      // transpose, made by the blocked copy of transpose.h.
+      pairs_ = transposed(w.contiguous().view(at::kInt)).view(at::kBFloat16);
+    } else if (brgemm_) {
+      pairs_ = w.reshape({k_ / 2, 2, m_}).transpose(1, 2).contiguous();  // w (k, m)
     }
   }
 

@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "brgemm.h"
+#include "transpose.h"
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -169,7 +170,7 @@ class RecurrentProduct {
         return;
       }
     }
-    if (transpose) w_ = w.t().contiguous();  // (H, G) row-major: column-major (G, H)
+    if (transpose) w_ = transposed(w);  // (H, G) row-major: column-major (G, H)
   }
 
   // out (batch, m) = a (batch, k) @ op(w); both contiguous.

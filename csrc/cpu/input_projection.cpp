@@ -13,6 +13,7 @@
 #include "../recurrence_args.h"
 #include "blas.h"
 #include "recurrence_cpu.h"
+#include "transpose.h"
 #include "workspace_pool.h"
 
 namespace fusedrnn::cpu {
@@ -28,7 +29,7 @@ constexpr int64_t kBrgemmRowsFrom = 1024;
 void project_on_brgemm(const at::Tensor& x, const at::Tensor& w_ih, at::Tensor& out) {
   constexpr int64_t kRows = 64, kCols = 256;
   const int64_t rows = x.size(0), inputs = x.size(1), gates = w_ih.size(0);
-  const at::Tensor w_t = w_ih.t().contiguous();
+  const at::Tensor w_t = transposed(w_ih);
   const float* xp = x.data_ptr<float>();
   const float* wp = w_t.data_ptr<float>();
   float* op = out.data_ptr<float>();

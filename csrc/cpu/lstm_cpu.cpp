@@ -65,6 +65,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/true, batch);
     if (projected) projection.emplace_back(w_hr, /*transpose=*/true, batch);
     const auto order = time_order(steps, reverse);
+    avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here: inside the team it would abort
     // Part p of the hidden units: its rows of every gate's product, then the cell for them;
     // the threads meet once per step, when h is complete.
     split.run([&](int64_t first, int64_t stride) {
