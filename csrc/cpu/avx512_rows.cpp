@@ -37,6 +37,10 @@ std::string math_mode() {
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+// GCC 12's masked-load intrinsics start from a vector initialised from itself, which
+// -Wmaybe-uninitialized reports at every inlined use: dozens of false warnings per build.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #define FUSEDRNN_AVX512 __attribute__((target("avx512f"), always_inline)) inline
 #define FUSEDRNN_AVX512_ENTRY __attribute__((target("avx512f")))
 
