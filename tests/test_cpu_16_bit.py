@@ -5,6 +5,9 @@ at the edges (no steps, no rows, rows of length 0, odd sizes, save off) and thro
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -227,3 +230,23 @@ def test_opcheck_bfloat16_ops(reverse, bias):
                                                     reverse, relu)))
         for op, args in checks:
             torch.library.opcheck(op.default, args)
+
+
+def test_bfloat16_ops_without_a_bfloat16_product_say_why():
+    """Under FUSEDRNN_CPU_GEMM=aten there is no bfloat16 product: the Python side widens
+    (the module runs), and the ops called directly raise, naming the loop and the way out."""
+    script = """
+import torch, fusedrnn
+from fusedrnn import _extension
+_extension.CPU.load()
+assert fusedrnn.GRU(3, 8, dtype=torch.bfloat16)(torch.randn(2, 1, 3).bfloat16())[0].dtype == torch.bfloat16
+bf = lambda *shape: torch.randn(*shape).bfloat16()
+torch.ops.fusedrnn.gru_recurrence_fwd(bf(2, 1, 24), None, bf(24, 8), None, bf(1, 8), None, False, False)
+"""
+    env = dict(os.environ, FUSEDRNN_CPU_GEMM="aten")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1
+    assert ("RuntimeError: fusedrnn cpu backend: the bfloat16 GRU needs a bfloat16 product "
+            "reducing over 8") in run.stderr, run.stderr[-2000:]
+    assert "widens to float32 instead" in run.stderr

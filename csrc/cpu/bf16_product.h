@@ -76,6 +76,15 @@ inline bool bf16_on_mkl() {
 // Whether bfloat16 products with this K have a kernel here: brgemm or MKL's.
 inline bool has_bf16_product(int64_t k) { return bf16_uses_brgemm(k) || bf16_on_mkl(); }
 
+// The check at the entry of each bfloat16 time loop, `loop` naming it ("the bfloat16 GRU
+// backward"), whose per-step products reduce over k.
+inline void check_bf16_product(int64_t k, const char* loop) {
+  TORCH_CHECK(has_bf16_product(k), "fusedrnn cpu backend: ", loop, " needs a bfloat16 product "
+              "reducing over ", k, " (oneDNN's brgemm, even sizes only, or MKL's "
+              "cblas_gemm_bf16bf16f32), which this torch lacks (or FUSEDRNN_CPU_GEMM is "
+              "unpacked or aten); the cpu backend's Python side widens to float32 instead");
+}
+
 // out (B, m) float32 = a (B, k) @ op(w) for every step of one call, w (G, H) bfloat16
 // row-major and fixed: op(w) = w^T (m = G, k = H) when `transpose`, else w (m = H, k = G).
 // a and out contiguous. brgemm reads op(w) as (k/2, m, 2): pairs along k, made once here.

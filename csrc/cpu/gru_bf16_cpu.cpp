@@ -26,10 +26,7 @@ using at::Tensor;
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
     const Tensor& xproj, const Tensor& b_ih, const Tensor& w_hh, const Tensor& b_hh,
     const Tensor& h0, const int64_t* lengths, bool reverse, bool save) {
-  TORCH_CHECK(has_bf16_product(w_hh.size(1)), "fusedrnn cpu backend: the bfloat16 GRU needs a "
-              "bfloat16 product for its hidden size (oneDNN's brgemm, even sizes only, or "
-              "MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or FUSEDRNN_CPU_GEMM is "
-              "unpacked or aten); the cpu backend's Python side widens to float32 instead");
+  check_bf16_product(w_hh.size(1), "the bfloat16 GRU");
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = h0.size(1);
   const int64_t state = batch * hidden;  // elements of one step of y and hidden_n
   const auto bf16 = xproj.options();
@@ -91,11 +88,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
 std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h_prev,
     const int64_t* lengths, const Tensor& gates, const Tensor& hidden_n, bool reverse) {
-  TORCH_CHECK(has_bf16_product(w_hh.size(0)), "fusedrnn cpu backend: the bfloat16 GRU "
-              "backward needs a bfloat16 product for its size (oneDNN's brgemm, even sizes "
-              "only, or MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or "
-              "FUSEDRNN_CPU_GEMM is unpacked or aten); the cpu backend's Python side widens to "
-              "float32 instead");
+  check_bf16_product(w_hh.size(0), "the bfloat16 GRU backward");
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
   const int64_t state = batch * hidden;  // elements of one step of grad_y, h_prev, hidden_n
   const auto f32 = grad_y.options().dtype(at::kFloat);

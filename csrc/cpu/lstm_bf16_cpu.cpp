@@ -48,10 +48,7 @@ bool has_bf16_gemm() { return has_bf16_product(/*k=*/2); }
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     const Tensor& xproj, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
     const Tensor& c0, const int64_t* lengths, bool reverse, bool save) {
-  TORCH_CHECK(has_bf16_product(w_hh.size(1)), "fusedrnn cpu backend: the bfloat16 LSTM needs "
-              "a bfloat16 product for its hidden size (oneDNN's brgemm, even sizes only, or "
-              "MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or FUSEDRNN_CPU_GEMM is "
-              "unpacked or aten); the cpu backend's Python side widens to float32 instead");
+  check_bf16_product(w_hh.size(1), "the bfloat16 LSTM");
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = c0.size(1);
   const auto bf16 = xproj.options();
   Tensor y = at::empty({steps, batch, hidden}, bf16);
@@ -114,11 +111,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
     const Tensor& c0, const int64_t* lengths, const Tensor& gates, const Tensor& cells,
     bool reverse) {
-  TORCH_CHECK(has_bf16_product(w_hh.size(0)), "fusedrnn cpu backend: the bfloat16 LSTM "
-              "backward needs a bfloat16 product for its size (oneDNN's brgemm, even sizes "
-              "only, or MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or "
-              "FUSEDRNN_CPU_GEMM is unpacked or aten); the cpu backend's Python side widens to "
-              "float32 instead");
+  check_bf16_product(w_hh.size(0), "the bfloat16 LSTM backward");
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
   const auto f32 = grad_y.options().dtype(at::kFloat);
   Tensor dgates = at::empty(gates.sizes(), gates.options());

@@ -24,10 +24,7 @@ using at::Tensor;
 std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& bias,
                                             const Tensor& w_hh, const Tensor& h0,
                                             const int64_t* lengths, bool reverse, bool relu) {
-  TORCH_CHECK(has_bf16_product(w_hh.size(1)), "fusedrnn cpu backend: the bfloat16 RNN needs a "
-              "bfloat16 product for its hidden size (oneDNN's brgemm, even sizes only, or "
-              "MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or FUSEDRNN_CPU_GEMM is "
-              "unpacked or aten); the cpu backend's Python side widens to float32 instead");
+  check_bf16_product(w_hh.size(1), "the bfloat16 RNN");
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = h0.size(1);
   const int64_t state = batch * hidden;
   const auto f32 = xproj.options().dtype(at::kFloat);
@@ -71,11 +68,7 @@ std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& b
 std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor& grad_h_n,
                                              const Tensor& w_hh, const Tensor& y,
                                              const int64_t* lengths, bool reverse, bool relu) {
-  TORCH_CHECK(has_bf16_product(w_hh.size(0)), "fusedrnn cpu backend: the bfloat16 RNN "
-              "backward needs a bfloat16 product for its hidden size (oneDNN's brgemm, even "
-              "sizes only, or MKL's cblas_gemm_bf16bf16f32), which this torch lacks (or "
-              "FUSEDRNN_CPU_GEMM is unpacked or aten); the cpu backend's Python side widens to "
-              "float32 instead");
+  check_bf16_product(w_hh.size(0), "the bfloat16 RNN backward");
   const int64_t steps = y.size(0), batch = y.size(1), hidden = y.size(2);
   const int64_t state = batch * hidden;
   const auto f32 = y.options().dtype(at::kFloat);
