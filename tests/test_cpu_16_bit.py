@@ -5,6 +5,7 @@ at the edges (no steps, no rows, rows of length 0, odd sizes, save off) and thro
 """
 
 import functools
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 import fusedrnn
 from fusedrnn import _extension, testing
 from fusedrnn.backends import common
+from fusedrnn.ops import GATES
 
 pytestmark = pytest.mark.requires_cpu_ext
 
@@ -74,9 +76,10 @@ def test_bfloat16_kernel_sizes(monkeypatch, on_brgemm, on_mkl):
     monkeypatch.setattr(extension, "bf16_on_brgemm", lambda: on_brgemm)
     monkeypatch.setattr(extension, "bf16_on_mkl", lambda: on_mkl)
     kernel = functools.partial(cpu.CpuBackend()._bf16_kernel, dtype=torch.bfloat16)
-    for cell, gates in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
+    for cell, gates in GATES.items():
         at = lambda batch, hidden: kernel(cell, batch=batch, hidden=hidden, state=hidden)  # noqa: E731
-        even = {"lstm": 36, "gru": 42}.get(cell, 72)  # 2 x G x H^2 >= BF16_BRGEMM_FROM
+        even = math.ceil(math.sqrt(cpu.BF16_BRGEMM_FROM / (2 * gates)))  # 2 x G x H^2 >= it
+        even += even % 2  # the smallest even such H: 36, 42, 72
         assert at(2, even) == on_brgemm and not at(2, even - 2)
         assert not at(2, even + 1)  # odd: MKL's product, from BF16_KERNEL_FROM
         assert at(64, 257) == (on_mkl and 64 * gates * 257**2 >= cpu.BF16_KERNEL_FROM)
@@ -167,7 +170,7 @@ def test_bfloat16_ops_match_the_float32_kernels(cell, steps, batch, hidden, reve
     bfloat16's rounding; masked steps give exact zeros, and a row of length 0 keeps its
     initial state and passes the state's gradient through unchanged."""
     _bf16_ops_here(hidden)
-    gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+    gates = GATES[cell]
     make = torch.Generator().manual_seed(steps * 100 + batch * 10 + hidden)
     rand = lambda *shape: torch.randn(*shape, generator=make).bfloat16()  # noqa: E731
     args = (rand(steps, batch, gates * hidden), rand(gates * hidden, hidden) / hidden**0.5,
@@ -204,7 +207,7 @@ def test_opcheck_bfloat16_ops(reverse, bias):
     make = torch.Generator().manual_seed(2)
     rand = lambda *shape: torch.randn(*shape, generator=make).bfloat16()  # noqa: E731
     lengths = torch.tensor([5, 2, 4])
-    for cell, gates in (("lstm", 4), ("gru", 3), ("rnn_tanh", 1), ("rnn_relu", 1)):
+    for cell, gates in GATES.items():
         xproj, w_hh, h0, c0 = rand(5, 3, gates * 8), rand(gates * 8, 8), rand(3, 8), rand(3, 8)
         b = rand(gates * 8) if bias else None
         ops, relu = torch.ops.fusedrnn, cell == "rnn_relu"
