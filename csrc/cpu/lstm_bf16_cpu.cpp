@@ -7,12 +7,20 @@
 // Saved tensors have the float32 kernel's layout, in bfloat16. The backward's time loop
 // (lstm_backward_bf16) mirrors it: per step one product dgates @ W_hh with bfloat16 operands
 // and float32 results, the cell's backward in float32.
+// Both loops split a step by hidden units as the float32 ones do (unit_split.h: each thread
+// its units' product and rows, one barrier per step, from 2^18 up to 2^22 multiply-adds per
+// step; above, the product on all threads, then the rows). On the 2-core AMD EPYC (brgemm),
+// op alone, ms, split against the product-then-rows loop: forward 1.03 vs 1.43 at batch 8,
+// hidden 128, 200 steps; 0.82 vs 1.00 at 4 x 256; backward 1.07 vs 1.29 and 0.82 vs 0.92. At
+// 64 x 512 the split was 2-4.5% slower than the product on both threads, so it stops at 2^22
+// on brgemm too (benchmarks/results/epyc-2core-bf16-unit-split-ab).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "../recurrence_args.h"
 #include "bf16_product.h"
@@ -21,6 +29,7 @@
 #include "lstm_rows.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
+#include "unit_split.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -49,62 +58,87 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     const Tensor& xproj, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
     const Tensor& c0, const int64_t* lengths, bool reverse, bool save) {
   check_bf16_product(w_hh.size(1), "the bfloat16 LSTM");
+  avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here: inside the team it would abort
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = c0.size(1);
   const auto bf16 = xproj.options();
+  const auto f32 = bf16.dtype(at::kFloat);
   Tensor y = at::empty({steps, batch, hidden}, bf16);
   Tensor gates = save ? at::empty({steps, batch, 4 * hidden}, bf16) : at::empty({0}, bf16);
   Tensor cells = save ? at::empty({steps, batch, hidden}, bf16) : at::empty({0}, bf16);
-  Tensor products = at::empty({batch, 4 * hidden}, bf16.dtype(at::kFloat));
-  // Per row, float32: the widened x projection (4H), the gates (4H), h twice (the cell
-  // writes the output and the next state apart).
-  Tensor scratch = at::empty({batch, 10 * hidden}, bf16.dtype(at::kFloat));
-  Tensor bias_f = bias.to(at::kFloat).contiguous();
+  // Split by hidden units as the float32 loop is (unit_split.h): part p's product gives
+  // its units' rows of every gate, (B, 4 n).
+  const UnitSplit split(batch, 4, hidden, at::kBFloat16);
+  std::vector<Bf16Product> products;
+  for (const Tensor& part : split.gate_rows(w_hh, 4)) products.emplace_back(part, true, batch);
+  Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, f32);
+  // Per thread, float32: a row's widened x projection (4n), gates (4n) and h twice (the
+  // cell writes the output and the next state apart).
+  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
+  Tensor scratch = at::empty({threads, 10 * split.chunk}, f32);
+  // Per part, its units' bias of every gate, float32 (4 n).
+  const std::vector<Tensor> bias_parts =
+      split.gate_rows(bias.to(at::kFloat).contiguous().view({4 * hidden, 1}), 4);
   Tensor c_a = c0.to(at::kFloat).contiguous().clone(), c_b = at::empty_like(c_a);
-  Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h, c of the step before and this one
-  const Bf16Product product(w_hh, /*transpose=*/true, batch);
-  float* hg = products.data_ptr<float>();
+  Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h, c of even and odd processed steps
+  const auto order = time_order(batch == 0 ? 0 : steps, reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
+  float* hg_p = hidden_gates.data_ptr<float>();
   float* scratch_p = scratch.data_ptr<float>();
-  const float* bias_p = bias_f.data_ptr<float>();
-  // Rows split over the threads in pieces of at least 4096 units (about 20 us of the cell).
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(hidden, 1));
-  for (int64_t t : time_order(batch == 0 ? 0 : steps, reverse)) {
-    const uint16_t* h_cur = bits<const uint16_t>(h_a);
+  const uint16_t* xproj_p = bits<const uint16_t>(xproj);
+  uint16_t* y_p = bits<uint16_t>(y);
+  uint16_t* gates_p = save ? bits<uint16_t>(gates) : nullptr;
+  uint16_t* cells_p = save ? bits<uint16_t>(cells) : nullptr;
+  const int64_t state = batch * hidden;
+  split.run([&](int64_t first, int64_t stride) {
+    uint16_t* h_cur = bits<uint16_t>(h_a);
     uint16_t* h_nxt = bits<uint16_t>(h_b);
-    const float* c_before = c_a.data_ptr<float>();
+    float* c_before = c_a.data_ptr<float>();
     float* c_after = c_b.data_ptr<float>();
-    product.apply(hg, h_cur);
-    const uint16_t* xp = bits<const uint16_t>(xproj) + t * batch * 4 * hidden;
-    uint16_t* yp = bits<uint16_t>(y) + t * batch * hidden;
-    uint16_t* gp = save ? bits<uint16_t>(gates) + t * batch * 4 * hidden : nullptr;
-    uint16_t* cp = save ? bits<uint16_t>(cells) + t * batch * hidden : nullptr;
-    at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = b * hidden;
-        const float* c_prev = c_before + row;
-        float* c_out = c_after + row;
-        uint16_t* cell = save ? cp + row : nullptr;
-        float* xw = scratch_p + b * 10 * hidden;
-        float* g = xw + 4 * hidden;
-        float* h = g + 4 * hidden;
-        widen_row(xp + 4 * row, xw, 4 * hidden);
-        lstm_forward_row<float>(xw, hg + 4 * row, bias_p, g, hidden, hidden, c_prev, c_out, h,
-                                h + hidden, hidden);
-        narrow_row(h, h_nxt + row, hidden);
-        std::copy(h_nxt + row, h_nxt + row + hidden, yp + row);
-        if (save) {
-          narrow_row(g, gp + 4 * row, 4 * hidden);
-          narrow_row(c_out, cell, hidden);
-        }
-        if (!is_active(lengths, b, t)) {
-          hold_bf16_row(c_prev, c_out, h_cur + row, h_nxt + row, yp + row, cell, hidden);
-        }
+    for (const int64_t t : order) {
+      const uint16_t* xp = xproj_p + 4 * state * t;
+      uint16_t* yp = y_p + state * t;
+      uint16_t* gp = save ? gates_p + 4 * state * t : nullptr;
+      uint16_t* cp = save ? cells_p + state * t : nullptr;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        float* hg = hg_p + p * batch * 4 * split.chunk;
+        const float* bias_p = bias_parts[p].data_ptr<float>();
+        products[p].apply(hg, h_cur);
+        split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+          // The team's thread, or torch's where the rows run on its threads.
+          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            const float* c_prev = c_before + row;
+            float* c_out = c_after + row;
+            uint16_t* cell = save ? cp + row : nullptr;
+            float* xw = scratch_p + thread * 10 * split.chunk;
+            float* g = xw + 4 * n;
+            float* h = g + 4 * n;
+            for (int64_t k = 0; k < 4; ++k) widen_row(xp + 4 * b * hidden + k * hidden + u0,
+                                                      xw + k * n, n);
+            lstm_forward_row<float>(xw, hg + b * 4 * n, bias_p, g, n, n, c_prev,
+                                    c_out, h, h + n, n);
+            narrow_row(h, h_nxt + row, n);
+            std::copy(h_nxt + row, h_nxt + row + n, yp + row);
+            if (save) {
+              for (int64_t k = 0; k < 4; ++k) narrow_row(g + k * n,
+                                                         gp + 4 * b * hidden + k * hidden + u0, n);
+              narrow_row(c_out, cell, n);
+            }
+            if (!is_active(lengths, b, t)) {
+              hold_bf16_row(c_prev, c_out, h_cur + row, h_nxt + row, yp + row, cell, n);
+            }
+          }
+        });
       }
-    });
-    std::swap(h_a, h_b);
-    std::swap(c_a, c_b);
-  }
-  return {y, h_a, c_a.to(at::kBFloat16), gates, cells};  // gates, cells: (0,) without save
+      std::swap(h_cur, h_nxt);
+      std::swap(c_before, c_after);
+      split.barrier();
+    }
+  });
+  const bool even = order.size() % 2 == 0;
+  return {y, even ? h_a : h_b, (even ? c_a : c_b).to(at::kBFloat16), gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
@@ -117,10 +151,16 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
   Tensor dgates = at::empty(gates.sizes(), gates.options());
   Tensor dh = grad_h_n.to(at::kFloat).contiguous().clone();
   Tensor dc = grad_c_n.to(at::kFloat).contiguous().clone();
-  Tensor rec = at::empty({batch, hidden}, f32);  // the processed step's dgates @ W_hh
-  // Per row, float32: gates (4H), c, c_prev (H each) widened, and the row's dgates (4H).
-  Tensor scratch = at::empty({batch, 10 * hidden}, f32);
-  const Bf16Product product(w_hh, /*transpose=*/false, batch);
+  // Split by hidden units as the forward is: part p's product gives the gradient reaching
+  // its units of h, dgates (B, 4H) @ its columns of W_hh, (B, n).
+  const UnitSplit split(batch, 4, hidden, at::kBFloat16);
+  std::vector<Bf16Product> products;
+  for (const Tensor& part : split.columns(w_hh)) products.emplace_back(part, false, batch);
+  Tensor rec = at::empty({split.parts, batch, split.chunk}, f32);
+  // Per thread, float32: a row's gates (4n), c and c_prev (n each) widened, and its dgates
+  // (4n).
+  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
+  Tensor scratch = at::empty({threads, 10 * split.chunk}, f32);
   const int64_t state = batch * hidden;
   const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
@@ -132,47 +172,64 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
   const uint16_t* gates_p = bits<const uint16_t>(gates);
   const uint16_t* cells_p = bits<const uint16_t>(cells);
   const uint16_t* grad_y_p = bits<const uint16_t>(grad_y);
-  // The gradient reaching h from the step processed before (the later one in the forward's
-  // order): rec = its dgates (B, 4H) @ W_hh (4H, H), for the rows where it was active.
-  const auto take_recurrent = [&](int64_t later) {
-    product.apply(rec_p, dgates_p + 4 * state * later);
-    for (int64_t b = 0; b < batch; ++b) {
-      if (is_active(lengths, b, later)) {
-        std::copy(rec_p + b * hidden, rec_p + (b + 1) * hidden, dh_p + b * hidden);
-      }
-    }
-  };
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(hidden, 1));
-  for (size_t step = 0; step < order.size(); ++step) {
-    const int64_t t = order[step];
-    if (step > 0) take_recurrent(order[step - 1]);
-    const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
-    const uint16_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
-                                                             : bits<const uint16_t>(c0);
-    at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
+  const uint16_t* c0_p = bits<const uint16_t>(c0);
+  split.run([&](int64_t first, int64_t stride) {
+    // Part p's gradient reaching h from the step processed before (the later one in the
+    // forward's order), for the rows where that step was active: rec = its dgates @ W_hh.
+    const auto take_recurrent = [&](int64_t p, int64_t later, int64_t begin, int64_t end) {
+      const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+      const float* recp = rec_p + p * batch * split.chunk;
       for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = b * hidden;
-        uint16_t* dgp = dgates_p + 4 * (state * t + row);
-        if (!is_active(lengths, b, t)) {  // an inactive step passes dh and dc through
-          std::fill(dgp, dgp + 4 * hidden, uint16_t{0});
-          continue;
+        if (is_active(lengths, b, later)) {
+          std::copy(recp + b * n, recp + (b + 1) * n, dh_p + b * hidden + u0);
         }
-        float* g = scratch_p + b * 10 * hidden;
-        float* c = g + 4 * hidden;
-        float* cp = c + hidden;
-        float* dg = cp + hidden;
-        float* dhp = dh_p + row;
-        widen_row(gates_p + 4 * (state * t + row), g, 4 * hidden);
-        widen_row(cells_p + state * t + row, c, hidden);
-        widen_row(c_prev + row, cp, hidden);
-        widen_row(grad_y_p + state * t + row, dg, hidden);
-        add_row<float>(dhp, dg, hidden);  // dh += grad_y[t]
-        lstm_bwd_row<float>(dhp, dc_p + row, g, c, cp, dg, hidden, hidden);
-        narrow_row(dg, dgp, 4 * hidden);
       }
-    });
-  }
-  if (!order.empty()) take_recurrent(order.back());  // the gradient of h0
+    };
+    for (size_t k = 0; k < order.size(); ++k) {
+      const int64_t t = order[k];
+      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+      const int64_t before = reverse ? t + 1 : t - 1;    // the step the forward ran before t
+      const uint16_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
+                                                               : c0_p;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
+                                          dgates_p + 4 * state * later);
+        split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+          if (later >= 0) take_recurrent(p, later, begin, end);
+          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          float* g = scratch_p + thread * 10 * split.chunk;
+          float* c = g + 4 * n;
+          float* cp = c + n;
+          float* dg = cp + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            uint16_t* dgp = dgates_p + 4 * (state * t + b * hidden) + u0;  // gate k: + k H
+            if (!is_active(lengths, b, t)) {  // an inactive step passes dh and dc through
+              for (int64_t j = 0; j < 4; ++j) std::fill_n(dgp + j * hidden, n, uint16_t{0});
+              continue;
+            }
+            const uint16_t* gp = gates_p + 4 * (state * t + b * hidden) + u0;
+            for (int64_t j = 0; j < 4; ++j) widen_row(gp + j * hidden, g + j * n, n);
+            widen_row(cells_p + state * t + row, c, n);
+            widen_row(c_prev + row, cp, n);
+            widen_row(grad_y_p + state * t + row, dg, n);
+            add_row<float>(dh_p + row, dg, n);  // dh += grad_y[t]
+            lstm_bwd_row<float>(dh_p + row, dc_p + row, g, c, cp, dg, n, n);
+            for (int64_t j = 0; j < 4; ++j) narrow_row(dg + j * n, dgp + j * hidden, n);
+          }
+        });
+      }
+      split.barrier();
+    }
+    if (order.empty()) return;
+    for (int64_t p = first; p < split.parts; p += stride) {  // the gradient of h0
+      products[p].apply(rec_p + p * batch * split.chunk, dgates_p + 4 * state * order.back());
+      split.for_rows(batch, split.end(p) - split.begin(p), [&](int64_t begin, int64_t end) {
+        take_recurrent(p, order.back(), begin, end);
+      });
+    }
+  });
   return {dgates, dh.to(at::kBFloat16), dc.to(at::kBFloat16)};
 }
 

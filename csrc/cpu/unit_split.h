@@ -6,8 +6,8 @@
 // pays two fork-joins. Measured on the 2-core AVX-512 Xeon, LSTM forward us per step:
 // batch 8 x hidden 128, 11.6 -> 9.9; 16 x 128, 21.5 -> 18.8; but 32 x 256, 85 -> 97, where
 // MKL's own two-thread packed GEMM on the whole W_hh wins: steps of 2^22 multiply-adds or
-// more keep that, unless the products run on brgemm (brgemm.h), whose per-thread products
-// are as fast as a whole one.
+// more keep that, unless float32 products run on brgemm (brgemm.h), whose per-thread
+// products are as fast as a whole one (bfloat16 ones keep the bound: lstm_bf16_cpu.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,8 +29,8 @@ namespace fusedrnn::cpu {
 class UnitSplit {
  public:
   // Split a step whose product has from kSplitFrom up to kSplitUntil multiply-adds (no upper
-  // bound on brgemm): below, one thread (a barrier costs about a microsecond; at batch 1,
-  // hidden 64 the whole step takes two); above, one product on MKL's threads.
+  // bound for float32 on brgemm): below, one thread (a barrier costs about a microsecond; at
+  // batch 1, hidden 64 the whole step takes two); above, one product on all threads.
   static constexpr int64_t kSplitFrom = 1 << 18, kSplitUntil = 1 << 22;
   static constexpr int64_t kMinUnits = 32;  // per thread
   static constexpr int64_t kAlign = 16;     // units per chunk: a multiple of the vector width
