@@ -58,7 +58,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     const Tensor& xproj, const Tensor& bias, const Tensor& w_hh, const Tensor& h0,
     const Tensor& c0, const int64_t* lengths, bool reverse, bool save) {
   check_bf16_product(w_hh.size(1), "the bfloat16 LSTM");
-  avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here: inside the team it would abort
+  // The row with its conversions inside where the AVX-512 rows run, else the conversions
+  // around the float32 row. A bad FUSEDRNN_CPU_MATH raises here: inside the team it would
+  // abort.
+  const bool fused = avx512_rows();
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = c0.size(1);
   const auto bf16 = xproj.options();
   const auto f32 = bf16.dtype(at::kFloat);
@@ -112,19 +115,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
             const float* c_prev = c_before + row;
             float* c_out = c_after + row;
             uint16_t* cell = save ? cp + row : nullptr;
-            float* xw = scratch_p + thread * 10 * split.chunk;
-            float* g = xw + 4 * n;
-            float* h = g + 4 * n;
-            for (int64_t k = 0; k < 4; ++k) widen_row(xp + 4 * b * hidden + k * hidden + u0,
-                                                      xw + k * n, n);
-            lstm_forward_row<float>(xw, hg + b * 4 * n, bias_p, g, n, n, c_prev,
-                                    c_out, h, h + n, n);
-            narrow_row(h, h_nxt + row, n);
-            std::copy(h_nxt + row, h_nxt + row + n, yp + row);
-            if (save) {
-              for (int64_t k = 0; k < 4; ++k) narrow_row(g + k * n,
-                                                         gp + 4 * b * hidden + k * hidden + u0, n);
-              narrow_row(c_out, cell, n);
+            const uint16_t* x_row = xp + 4 * b * hidden + u0;  // gate k: + k H
+            uint16_t* g_row = save ? gp + 4 * b * hidden + u0 : nullptr;
+            if (fused) {
+              lstm_fwd_row_bf16_avx512(x_row, hidden, hg + b * 4 * n, n, bias_p, n, g_row,
+                                       hidden, c_prev, c_out, cell, yp + row, h_nxt + row, n);
+            } else {
+              float* xw = scratch_p + thread * 10 * split.chunk;
+              float* g = xw + 4 * n;
+              float* h = g + 4 * n;
+              for (int64_t k = 0; k < 4; ++k) widen_row(x_row + k * hidden, xw + k * n, n);
+              lstm_forward_row<float>(xw, hg + b * 4 * n, bias_p, g, n, n, c_prev, c_out, h,
+                                      h + n, n);
+              narrow_row(h, h_nxt + row, n);
+              std::copy(h_nxt + row, h_nxt + row + n, yp + row);
+              if (save) {
+                for (int64_t k = 0; k < 4; ++k) narrow_row(g + k * n, g_row + k * hidden, n);
+                narrow_row(c_out, cell, n);
+              }
             }
             if (!is_active(lengths, b, t)) {
               hold_bf16_row(c_prev, c_out, h_cur + row, h_nxt + row, yp + row, cell, n);
