@@ -16,6 +16,7 @@ import fusedrnn
 from fusedrnn import testing
 from fusedrnn.backends import BackendUnavailableError
 from fusedrnn.backends.recurrence import CPU_SCHEMAS, SCHEMAS
+from fusedrnn.ops import GATES
 
 pytestmark = pytest.mark.requires_cpu_ext
 
@@ -55,13 +56,18 @@ def test_float32_matches_the_reference_backend(cell, kwargs, hidden, steps, batc
     testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
 
 
-@pytest.mark.parametrize("batch, hidden", [(8, 128), (3, 200)])
-def test_steps_split_across_threads_match_the_reference_in_float64(batch, hidden):
+@pytest.mark.parametrize("cell, batch, hidden", [("LSTM", 8, 128), ("LSTM", 3, 200),
+                                                 ("GRU", 8, 128), ("GRU", 3, 200),
+                                                 ("RNN", 24, 128), ("RNN", 8, 200)])
+def test_steps_split_across_threads_match_the_reference_in_float64(cell, batch, hidden):
     """Sizes where csrc/cpu/unit_split.h gives each thread a chunk of the hidden units
-    (200: chunks of 112 and 88), with lengths and both directions."""
-    reference = fusedrnn.LSTM(20, hidden, bidirectional=True, dtype=torch.float64,
-                              backend="reference")
-    candidate = fusedrnn.LSTM(20, hidden, bidirectional=True, dtype=torch.float64, backend="cpu")
+    (2^18 or more multiply-adds per step; 200: chunks of 112 and 88), with lengths and both
+    directions."""
+    assert batch * GATES[{"RNN": "rnn_tanh"}.get(cell, cell.lower())] * hidden**2 >= 2**18
+    reference = getattr(fusedrnn, cell)(20, hidden, bidirectional=True, dtype=torch.float64,
+                                        backend="reference")
+    candidate = getattr(fusedrnn, cell)(20, hidden, bidirectional=True, dtype=torch.float64,
+                                        backend="cpu")
     candidate.load_state_dict(reference.state_dict())
     x = testing.make_packed(batch, 9, 20, dtype=torch.float64)
     out_ref, grads_ref = testing.outputs_and_grads(reference, x)

@@ -216,26 +216,24 @@ FUSEDRNN_AVX512_ENTRY void lstm_fwd_row_avx512(const float* xg, const float* hg,
 FUSEDRNN_AVX512_ENTRY void gru_fwd_row_avx512(const float* xg, const float* b_ih,
                                               const float* hg, float* g, const float* b_hh,
                                               const float* h_prev, float* hidden_n, float* y,
-                                              float* h_next, int64_t hidden) {
-  const int64_t n2 = 2 * hidden;
-  for (int64_t j = 0; j < hidden; j += 16) {
-    const __mmask16 m =
-        hidden - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (hidden - j)) - 1);
+                                              float* h_next, int64_t xs, int64_t hs,
+                                              int64_t n) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
     const auto r = sigmoid16(_mm512_add_ps(gate16(m, xg + j, b_ih + j, hg + j),
                                            _mm512_maskz_loadu_ps(m, b_hh + j)));
-    const auto z = sigmoid16(_mm512_add_ps(gate16(m, xg + hidden + j, b_ih + hidden + j,
-                                                  hg + hidden + j),
-                                           _mm512_maskz_loadu_ps(m, b_hh + hidden + j)));
-    const __m512 hn = _mm512_add_ps(_mm512_maskz_loadu_ps(m, hg + n2 + j),
-                                    _mm512_maskz_loadu_ps(m, b_hh + n2 + j));
-    const __m512 x_n = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + n2 + j),
-                                     _mm512_maskz_loadu_ps(m, b_ih + n2 + j));
-    const __m512 n = tanh16(_mm512_add_ps(x_n, _mm512_mul_ps(r, hn)));
+    const auto z = sigmoid16(_mm512_add_ps(gate16(m, xg + xs + j, b_ih + xs + j, hg + hs + j),
+                                           _mm512_maskz_loadu_ps(m, b_hh + xs + j)));
+    const __m512 hn = _mm512_add_ps(_mm512_maskz_loadu_ps(m, hg + 2 * hs + j),
+                                    _mm512_maskz_loadu_ps(m, b_hh + 2 * xs + j));
+    const __m512 x_n = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + 2 * xs + j),
+                                     _mm512_maskz_loadu_ps(m, b_ih + 2 * xs + j));
+    const __m512 nn = tanh16(_mm512_add_ps(x_n, _mm512_mul_ps(r, hn)));
     const __m512 h_before = _mm512_maskz_loadu_ps(m, h_prev + j);
-    const __m512 h = flush16(_mm512_add_ps(n, _mm512_mul_ps(z, _mm512_sub_ps(h_before, n))));
+    const __m512 h = flush16(_mm512_add_ps(nn, _mm512_mul_ps(z, _mm512_sub_ps(h_before, nn))));
     _mm512_mask_storeu_ps(g + j, m, r);
-    _mm512_mask_storeu_ps(g + hidden + j, m, z);
-    _mm512_mask_storeu_ps(g + n2 + j, m, n);
+    _mm512_mask_storeu_ps(g + xs + j, m, z);
+    _mm512_mask_storeu_ps(g + 2 * xs + j, m, nn);
     _mm512_mask_storeu_ps(hidden_n + j, m, hn);
     _mm512_mask_storeu_ps(y + j, m, h);
     _mm512_mask_storeu_ps(h_next + j, m, h);
@@ -280,7 +278,7 @@ void lstm_fwd_row_bf16_avx512(const uint16_t*, int64_t, const float*, int64_t, c
 }
 
 void gru_fwd_row_avx512(const float*, const float*, const float*, float*, const float*,
-                        const float*, float*, float*, float*, int64_t) {
+                        const float*, float*, float*, float*, int64_t, int64_t, int64_t) {
   std::abort();
 }
 

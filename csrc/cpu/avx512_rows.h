@@ -26,7 +26,7 @@ void lstm_fwd_row_bf16_avx512(const uint16_t* xg, int64_t xs, const float* hg, i
                               uint16_t* h_next, int64_t n);
 void gru_fwd_row_avx512(const float* xg, const float* b_ih, const float* hg, float* g,
                         const float* b_hh, const float* h_prev, float* hidden_n, float* y,
-                        float* h_next, int64_t hidden);
+                        float* h_next, int64_t xs, int64_t hs, int64_t n);
 void rnn_tanh_fwd_row_avx512(const float* xg, const float* hg, const float* bias, float* y,
                              float* h_next, int64_t hidden);
 

@@ -5,12 +5,14 @@
 // in float32 (the cell's z * h term reads it) and rounded once per step as the next
 // product's operand and the output. The backward (gru_backward_bf16) mirrors it: per step
 // the cell's backward in float32, then one product dgates_hid @ W_hh with bfloat16 operands.
-// Saved tensors have the float32 kernel's layout, in bfloat16.
+// Saved tensors have the float32 kernel's layout, in bfloat16. The forward splits a step by
+// hidden units (unit_split.h; benchmarks/results/epyc-2core-gru-rnn-unit-split-ab).
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "../recurrence_args.h"
 #include "bf16_product.h"
@@ -18,6 +20,7 @@
 #include "gru_rows.h"
 #include "recurrence_cpu.h"
 #include "rows.h"
+#include "unit_split.h"
 
 namespace fusedrnn::cpu {
 
@@ -27,6 +30,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
     const Tensor& xproj, const Tensor& b_ih, const Tensor& w_hh, const Tensor& b_hh,
     const Tensor& h0, const int64_t* lengths, bool reverse, bool save) {
   check_bf16_product(w_hh.size(1), "the bfloat16 GRU");
+  avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here: inside the team it would abort
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = h0.size(1);
   const int64_t state = batch * hidden;  // elements of one step of y and hidden_n
   const auto bf16 = xproj.options();
@@ -34,55 +38,83 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
   Tensor y = at::empty({steps, batch, hidden}, bf16);
   Tensor gates = save ? at::empty({steps, batch, 3 * hidden}, bf16) : at::empty({0}, bf16);
   Tensor hidden_n = save ? at::empty({steps, batch, hidden}, bf16) : at::empty({0}, bf16);
-  Tensor products = at::empty({batch, 3 * hidden}, f32);
-  // Per row, float32: the widened x projection (3H), the gates (3H), hidden_n and h (H each).
-  Tensor scratch = at::empty({batch, 8 * hidden}, f32);
-  Tensor b_ih_f = b_ih.to(at::kFloat).contiguous(), b_hh_f = b_hh.to(at::kFloat).contiguous();
+  // Split by hidden units as the LSTM's loops are (unit_split.h): part p's product gives
+  // its units' rows of every gate, (B, 3 n).
+  const UnitSplit split(batch, 3, hidden);
+  std::vector<Bf16Product> products;
+  for (const Tensor& part : split.gate_rows(w_hh, 3)) products.emplace_back(part, true, batch);
+  Tensor hidden_gates = at::empty({split.parts, batch, 3 * split.chunk}, f32);
+  // Per thread, float32: a row's widened x projection and gates (3n each), hidden_n and h
+  // (n each).
+  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
+  Tensor scratch = at::empty({threads, 8 * split.chunk}, f32);
+  // Per part, its units' biases of every gate, float32 (3 n).
+  const auto parts_of = [&](const Tensor& bias) {
+    return split.gate_rows(bias.to(at::kFloat).contiguous().view({3 * hidden, 1}), 3);
+  };
+  const std::vector<Tensor> b_ih_parts = parts_of(b_ih), b_hh_parts = parts_of(b_hh);
+  // h in float32 (the cell's z * h term reads it) and rounded (the product's operand), each
+  // for even and odd processed steps.
   Tensor h_a = h0.to(at::kFloat).contiguous().clone(), h_b = at::empty_like(h_a);
-  Tensor h_operand = h0.clone();  // h rounded: the product's operand
-  const Bf16Product product(w_hh, /*transpose=*/true, batch);
+  Tensor op_a = h0.clone(), op_b = at::empty_like(h0);
+  const auto order = time_order(batch == 0 ? 0 : steps, reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
-  float* hg = products.data_ptr<float>();
+  float* hg_p = hidden_gates.data_ptr<float>();
   float* scratch_p = scratch.data_ptr<float>();
-  const float* b_ih_p = b_ih_f.data_ptr<float>();
-  const float* b_hh_p = b_hh_f.data_ptr<float>();
-  uint16_t* operand = bits<uint16_t>(h_operand);
   const uint16_t* xproj_p = bits<const uint16_t>(xproj);
   uint16_t* y_p = bits<uint16_t>(y);
-  for (int64_t t : time_order(batch == 0 ? 0 : steps, reverse)) {
-    const float* h_prev = h_a.data_ptr<float>();
+  uint16_t* gates_p = save ? bits<uint16_t>(gates) : nullptr;
+  uint16_t* hidden_n_p = save ? bits<uint16_t>(hidden_n) : nullptr;
+  split.run([&](int64_t first, int64_t stride) {
+    float* h_prev = h_a.data_ptr<float>();
     float* h_next = h_b.data_ptr<float>();
-    product.apply(hg, operand);  // read in full before the rows below round the new h into it
-    const uint16_t* xp = xproj_p + 3 * state * t;
-    uint16_t* yp = y_p + state * t;
-    uint16_t* gp = save ? bits<uint16_t>(gates) + 3 * state * t : nullptr;
-    uint16_t* np = save ? bits<uint16_t>(hidden_n) + state * t : nullptr;
-    for_rows(batch, 3 * hidden, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = b * hidden;
-        float* xw = scratch_p + b * 8 * hidden;
-        float* g = xw + 3 * hidden;
-        float* hn = g + 3 * hidden;
-        float* h = hn + hidden;
-        widen_row(xp + 3 * row, xw, 3 * hidden);
-        gru_forward_row<float>(xw, b_ih_p, hg + 3 * row, g, b_hh_p, h_prev + row, hn, h,
-                               h_next + row, hidden);
-        if (save) {
-          narrow_row(g, gp + 3 * row, 3 * hidden);
-          narrow_row(hn, np + row, hidden);
-        }
-        if (is_active(lengths, b, t)) {
-          narrow_row(h, yp + row, hidden);
-          std::copy(yp + row, yp + row + hidden, operand + row);
-        } else {  // the state held (its rounded copy in `operand` is still the held one)
-          hold_row<float>(h_next + row, h_prev + row, nullptr, hidden);
-          std::fill(yp + row, yp + row + hidden, uint16_t{0});
-        }
+    uint16_t* op_cur = bits<uint16_t>(op_a);
+    uint16_t* op_next = bits<uint16_t>(op_b);
+    for (const int64_t t : order) {
+      const uint16_t* xp = xproj_p + 3 * state * t;
+      uint16_t* yp = y_p + state * t;
+      uint16_t* gp = save ? gates_p + 3 * state * t : nullptr;
+      uint16_t* np = save ? hidden_n_p + state * t : nullptr;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        float* hg = hg_p + p * batch * 3 * split.chunk;
+        const float* b_ih_p = b_ih_parts[p].data_ptr<float>();
+        const float* b_hh_p = b_hh_parts[p].data_ptr<float>();
+        products[p].apply(hg, op_cur);
+        split.for_rows(batch, 3 * n, [&](int64_t begin, int64_t end) {
+          // The team's thread, or torch's where the rows run on its threads.
+          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          float* xw = scratch_p + thread * 8 * split.chunk;
+          float* g = xw + 3 * n;
+          float* hn = g + 3 * n;
+          float* h = hn + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0, grow = 3 * b * hidden + u0;  // gate k: + k H
+            for (int64_t k = 0; k < 3; ++k) widen_row(xp + grow + k * hidden, xw + k * n, n);
+            gru_forward_row<float>(xw, b_ih_p, hg + 3 * b * n, g, b_hh_p, h_prev + row, hn, h,
+                                   h_next + row, n, n, n);
+            if (save) {
+              for (int64_t k = 0; k < 3; ++k) narrow_row(g + k * n, gp + grow + k * hidden, n);
+              narrow_row(hn, np + row, n);
+            }
+            if (is_active(lengths, b, t)) {
+              narrow_row(h, yp + row, n);
+              std::copy(yp + row, yp + row + n, op_next + row);
+            } else {  // the state held
+              hold_row<float>(h_next + row, h_prev + row, nullptr, n);
+              std::copy(op_cur + row, op_cur + row + n, op_next + row);
+              std::fill(yp + row, yp + row + n, uint16_t{0});
+            }
+          }
+        });
       }
-    });
-    std::swap(h_a, h_b);
-  }
-  return {y, h_a.to(at::kBFloat16), gates, hidden_n};  // gates, hidden_n: (0,) without save
+      std::swap(h_prev, h_next);
+      std::swap(op_cur, op_next);
+      split.barrier();
+    }
+  });
+  const Tensor h_last = order.size() % 2 == 0 ? h_a : h_b;
+  return {y, h_last.to(at::kBFloat16), gates, hidden_n};  // gates, hidden_n: (0,) without save
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(

@@ -2,11 +2,13 @@
 // hidden-side pre-activations, then one vectorised pass over each row:
 //   r, z = sigmoid(x_g + h_g + b_g);  n = tanh(x_n + r * (h_n + b_n));  h' = n + z * (h - n).
 // Saved tensors have the reference backend's layout: gates activated r, z, n and
-// hidden_n = h_n + b_n, the term r multiplies.
+// hidden_n = h_n + b_n, the term r multiplies. The forward splits a step by hidden units
+// (unit_split.h; benchmarks/results/epyc-2core-gru-rnn-unit-split-ab).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
 #include <tuple>
+#include <vector>
 
 #include "../recurrence_args.h"
 #include "blas.h"
@@ -38,9 +40,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
   Tensor gates = WorkspacePool::empty({save ? steps : 1, batch, 3 * hidden}, xproj.options());
   Tensor hidden_n = WorkspacePool::empty({save ? steps : 1, batch, hidden}, xproj.options());
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
-  Tensor hidden_gates = at::empty({batch, 3 * hidden}, xproj.options());
-  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h of even and odd processed steps
   const int64_t* lengths = lengths_ptr(sizes.lengths);
+  // Split by hidden units as the LSTM's loop is (unit_split.h): part p's product gives its
+  // units' rows of every gate, (B, 3 n).
+  const UnitSplit split(batch, 3, hidden);
+  const std::vector<Tensor> parts = split.gate_rows(w_hh, 3);
+  Tensor hidden_gates = at::empty({split.parts, batch, 3 * split.chunk}, xproj.options());
+  const auto order = time_order(steps, reverse);
+  avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here: inside the team it would abort
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "gru_recurrence_fwd_cpu", [&] {
     const int64_t state = batch * hidden;  // elements of one step of y and hidden_n
     const scalar_t* xproj_p = xproj.data_ptr<scalar_t>();
@@ -49,29 +57,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     scalar_t* y_p = y.data_ptr<scalar_t>();
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     const scalar_t* bip = input_bias.data_ptr<scalar_t>();
-    scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
-    RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true, batch);
-    for (int64_t t : time_order(steps, reverse)) {
-      const scalar_t* hp = h_cur.data_ptr<scalar_t>();
-      scalar_t* hn = h_next.data_ptr<scalar_t>();
-      recurrent.apply(hg, hp);
-      const scalar_t* xp = xproj_p + 3 * state * t;
-      scalar_t* gp = save ? gates_p + 3 * state * t : gates_p;
-      scalar_t* np = save ? hidden_n_p + state * t : hidden_n_p;
-      scalar_t* yp = y_p + state * t;
-      for_rows(batch, 3 * hidden, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t row = b * hidden;
-          gru_forward_row<scalar_t>(xp + 3 * row, bip, hg + 3 * row, gp + 3 * row, bp,
-                                    hp + row, np + row, yp + row, hn + row, hidden);
-          if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
+    scalar_t* hg_p = hidden_gates.data_ptr<scalar_t>();
+    std::vector<RecurrentProduct<scalar_t>> products;
+    for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/true, batch);
+    split.run([&](int64_t first, int64_t stride) {
+      scalar_t* hp = h_a.data_ptr<scalar_t>();
+      scalar_t* hn = h_b.data_ptr<scalar_t>();
+      for (const int64_t t : order) {
+        const scalar_t* xp = xproj_p + 3 * state * t;
+        scalar_t* gp = save ? gates_p + 3 * state * t : gates_p;
+        scalar_t* np = save ? hidden_n_p + state * t : hidden_n_p;
+        scalar_t* yp = y_p + state * t;
+        for (int64_t p = first; p < split.parts; p += stride) {
+          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+          scalar_t* hg = hg_p + p * batch * 3 * split.chunk;
+          products[p].apply(hg, hp);
+          split.for_rows(batch, 3 * n, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b) {
+              const int64_t row = b * hidden + u0, grow = 3 * b * hidden + u0;
+              gru_forward_row<scalar_t>(xp + grow, bip + u0, hg + 3 * b * n, gp + grow, bp + u0,
+                                        hp + row, np + row, yp + row, hn + row, hidden, n, n);
+              if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, n);
+            }
+          });
         }
-      });
-      std::swap(h_cur, h_next);
-    }
+        std::swap(hp, hn);
+        split.barrier();
+      }
+    });
   });
-  if (!save) return {y, h_cur, xproj.new_empty({0}), xproj.new_empty({0})};
-  return {y, h_cur, gates, hidden_n};
+  const Tensor h_last = order.size() % 2 == 0 ? h_a : h_b;
+  if (!save) return {y, h_last, xproj.new_empty({0}), xproj.new_empty({0})};
+  return {y, h_last, gates, hidden_n};
 }
 
 namespace {
@@ -168,7 +185,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bptt(
   Tensor dh = grad_h_n.clone();
   const int64_t* lengths = lengths_ptr(sizes.lengths);
   // One thread runs the loop as fast as a team while its steps are below MKL's threading.
-  const bool overlap = sizes.batch * 3 * sizes.hidden * sizes.hidden < UnitSplit::kSplitUntil;
+  const bool overlap = sizes.batch * 3 * sizes.hidden * sizes.hidden < UnitSplit::kSplitUpTo;
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_bptt_cpu", [&] {
     InputWeightGrads<scalar_t> grads(

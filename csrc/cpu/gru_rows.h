@@ -10,9 +10,10 @@
 
 namespace fusedrnn::cpu {
 
-// One row of the forward step. xg (3H) read: x W_ih^T; b_ih (3H) read; g (3H) written:
-// activated r, z, n; hg (3H) read: h W_hh^T; b_hh (3H) read; h_prev (H)
-// read; hidden_n, y, h_next (H) written: h_n + b_n, h, h.
+// One row of the forward step, for n hidden units: gate k (r, z, n) of the units is at
+// xg + k * xs (x W_ih^T, read), b_ih + k * xs and b_hh + k * xs (read), g + k * xs (written:
+// activated) and hg + k * hs (h W_hh^T, read); h_prev (n) read; hidden_n, y, h_next (n)
+// written: h_n + b_n, h, h.
 template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
                                       const scalar_t* __restrict__ b_ih,
@@ -20,17 +21,18 @@ FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
                                       const scalar_t* __restrict__ b_hh,
                                       const scalar_t* __restrict__ h_prev,
                                       scalar_t* __restrict__ hidden_n, scalar_t* __restrict__ y,
-                                      scalar_t* __restrict__ h_next, int64_t hidden) {
-  for (int64_t j = 0; j < hidden; ++j) {
-    const scalar_t br = b_hh[j], bz = b_hh[hidden + j], bn = b_hh[2 * hidden + j];
+                                      scalar_t* __restrict__ h_next, int64_t xs, int64_t hs,
+                                      int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t br = b_hh[j], bz = b_hh[xs + j], bn = b_hh[2 * xs + j];
     const scalar_t r = sigmoid(xg[j] + b_ih[j] + hg[j] + br);
-    const scalar_t z = sigmoid(xg[hidden + j] + b_ih[hidden + j] + hg[hidden + j] + bz);
-    const scalar_t hn = hg[2 * hidden + j] + bn;
-    const scalar_t n = tanh(xg[2 * hidden + j] + b_ih[2 * hidden + j] + r * hn);
-    const scalar_t h = flush(n + z * (h_prev[j] - n));
+    const scalar_t z = sigmoid(xg[xs + j] + b_ih[xs + j] + hg[hs + j] + bz);
+    const scalar_t hn = hg[2 * hs + j] + bn;
+    const scalar_t nn = tanh(xg[2 * xs + j] + b_ih[2 * xs + j] + r * hn);
+    const scalar_t h = flush(nn + z * (h_prev[j] - nn));
     g[j] = r;
-    g[hidden + j] = z;
-    g[2 * hidden + j] = n;
+    g[xs + j] = z;
+    g[2 * xs + j] = nn;
     hidden_n[j] = hn;
     y[j] = h_next[j] = h;
   }
@@ -70,14 +72,15 @@ FUSEDRNN_SIMD_CLONES void gru_carry_row(scalar_t* __restrict__ dh,
 template <typename scalar_t>
 inline void gru_forward_row(const scalar_t* xg, const scalar_t* b_ih, const scalar_t* hg,
                             scalar_t* g, const scalar_t* b_hh, const scalar_t* h_prev,
-                            scalar_t* hidden_n, scalar_t* y, scalar_t* h_next, int64_t hidden) {
+                            scalar_t* hidden_n, scalar_t* y, scalar_t* h_next, int64_t xs,
+                            int64_t hs, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (avx512_rows()) {
-      gru_fwd_row_avx512(xg, b_ih, hg, g, b_hh, h_prev, hidden_n, y, h_next, hidden);
+      gru_fwd_row_avx512(xg, b_ih, hg, g, b_hh, h_prev, hidden_n, y, h_next, xs, hs, n);
       return;
     }
   }
-  gru_fwd_row<scalar_t>(xg, b_ih, hg, g, b_hh, h_prev, hidden_n, y, h_next, hidden);
+  gru_fwd_row<scalar_t>(xg, b_ih, hg, g, b_hh, h_prev, hidden_n, y, h_next, xs, hs, n);
 }
 
 }  // namespace fusedrnn::cpu

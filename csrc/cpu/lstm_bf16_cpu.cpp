@@ -70,7 +70,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   Tensor cells = save ? at::empty({steps, batch, hidden}, bf16) : at::empty({0}, bf16);
   // Split by hidden units as the float32 loop is (unit_split.h): part p's product gives
   // its units' rows of every gate, (B, 4 n).
-  const UnitSplit split(batch, 4, hidden, at::kBFloat16);
+  const UnitSplit split(batch, 4, hidden);
   std::vector<Bf16Product> products;
   for (const Tensor& part : split.gate_rows(w_hh, 4)) products.emplace_back(part, true, batch);
   Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, f32);
@@ -161,7 +161,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
   Tensor dc = grad_c_n.to(at::kFloat).contiguous().clone();
   // Split by hidden units as the forward is: part p's product gives the gradient reaching
   // its units of h, dgates (B, 4H) @ its columns of W_hh, (B, n).
-  const UnitSplit split(batch, 4, hidden, at::kBFloat16);
+  const UnitSplit split(batch, 4, hidden);
   std::vector<Bf16Product> products;
   for (const Tensor& part : split.columns(w_hh)) products.emplace_back(part, false, batch);
   Tensor rec = at::empty({split.parts, batch, split.chunk}, f32);

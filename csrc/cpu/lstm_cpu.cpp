@@ -50,7 +50,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor c_last = at::empty_like(c0);
   // o * tanh(c) before the projection, and a row the cell's copy of it goes to unused.
   Tensor r = projected ? at::empty({2, batch, hidden}, xproj.options()) : Tensor();
-  const UnitSplit split(batch, 4, hidden, xproj.scalar_type(), /*allowed=*/!projected);
+  const UnitSplit split(batch, 4, hidden, /*allowed=*/!projected,
+                        UnitSplit::lstm_up_to(xproj.scalar_type()));
   const std::vector<Tensor> parts = split.gate_rows(w_hh, 4);
   Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_recurrence_fwd_cpu", [&] {
@@ -314,7 +315,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
   Tensor dgates = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dc = grad_c_n.clone();
   Tensor dh = grad_h_n.clone();
-  const UnitSplit split(sizes.batch, 4, sizes.hidden, gates.scalar_type());
+  const UnitSplit split(sizes.batch, 4, sizes.hidden, /*allowed=*/true,
+                        UnitSplit::lstm_up_to(gates.scalar_type()));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_recurrence_bwd_cpu", [&] {
     lstm_bwd_loop<scalar_t>(grad_y, w_hh, c0, lengths_ptr(sizes.lengths), gates, cells, reverse,
                             split, dgates, dh, dc, [](int64_t) {});
@@ -348,15 +350,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   }
   const int64_t* lengths = lengths_ptr(sizes.lengths);
   // One thread runs the loop as fast as a team while its steps are below MKL's threading.
-  const bool overlap = batch * 4 * hidden * out_size < UnitSplit::kSplitUntil;
+  const bool overlap = batch * 4 * hidden * out_size < UnitSplit::kSplitUpTo;
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_bptt_cpu", [&] {
     InputWeightGrads<scalar_t> grads({x, w_ih, dgates, dgates, y, h0, /*shifted=*/true, reverse,
                                       has_bias, lengths, dh_steps, r_steps},
                                      overlap);
     auto done = [&](int64_t k) { grads.step_done(k); };
-    const UnitSplit split(batch, 4, hidden, gates.scalar_type(),
-                          /*allowed=*/!grads.overlapped());
+    const UnitSplit split(batch, 4, hidden, /*allowed=*/!grads.overlapped(),
+                          UnitSplit::lstm_up_to(gates.scalar_type()));
     grads.run([&] {
       if (projected) {
         lstm_proj_bwd_loop<scalar_t>(grad_y, w_hh, w_hr, c0, lengths, gates, cells, reverse,

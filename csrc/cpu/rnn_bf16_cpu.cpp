@@ -4,11 +4,14 @@
 // the activation in float32 (rnn_fwd_row) and rounds h, which is the output and the next
 // product's operand. The backward (rnn_backward_bf16) mirrors it: per step act'(pre) in
 // float32, then one product dpre @ W_hh with bfloat16 operands; dh is carried in float32.
+// The forward splits a step by hidden units (unit_split.h;
+// benchmarks/results/epyc-2core-gru-rnn-unit-split-ab).
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "../recurrence_args.h"
 #include "bf16_product.h"
@@ -16,6 +19,7 @@
 #include "recurrence_cpu.h"
 #include "rnn_rows.h"
 #include "rows.h"
+#include "unit_split.h"
 
 namespace fusedrnn::cpu {
 
@@ -25,44 +29,65 @@ std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& b
                                             const Tensor& w_hh, const Tensor& h0,
                                             const int64_t* lengths, bool reverse, bool relu) {
   check_bf16_product(w_hh.size(1), "the bfloat16 RNN");
+  avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here: inside the team it would abort
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = h0.size(1);
   const int64_t state = batch * hidden;
   const auto f32 = xproj.options().dtype(at::kFloat);
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
-  Tensor h = h0.clone();  // the state, rounded: the product's operand
-  Tensor products = at::empty({batch, hidden}, f32);
-  // Per row, float32: the widened x projection, h twice (rnn_fwd_row writes y and h apart).
-  Tensor scratch = at::empty({batch, 3 * hidden}, f32);
+  // The state, rounded (the product's operand), of even and odd processed steps.
+  Tensor h_a = h0.clone(), h_b = at::empty_like(h0);
+  // Split by hidden units as the LSTM's loops are (unit_split.h): part p's product gives
+  // its units' h W_hh^T, (B, n).
+  const UnitSplit split(batch, 1, hidden);
+  std::vector<Bf16Product> products;
+  for (const Tensor& part : split.gate_rows(w_hh, 1)) products.emplace_back(part, true, batch);
+  Tensor hidden_gates = at::empty({split.parts, batch, split.chunk}, f32);
+  // Per thread, float32: a row's widened x projection, h twice (rnn_fwd_row writes y and h
+  // apart).
+  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
+  Tensor scratch = at::empty({threads, 3 * split.chunk}, f32);
   Tensor bias_f = bias.to(at::kFloat).contiguous();
-  const Bf16Product product(w_hh, /*transpose=*/true, batch);
+  const auto order = time_order(batch == 0 ? 0 : steps, reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
-  float* hg = products.data_ptr<float>();
+  float* hg_p = hidden_gates.data_ptr<float>();
   float* scratch_p = scratch.data_ptr<float>();
   const float* bias_p = bias_f.data_ptr<float>();
-  uint16_t* h_p = bits<uint16_t>(h);
   const uint16_t* xproj_p = bits<const uint16_t>(xproj);
   uint16_t* y_p = bits<uint16_t>(y);
-  for (int64_t t : time_order(batch == 0 ? 0 : steps, reverse)) {
-    product.apply(hg, h_p);  // read in full before the rows below write the new h into it
-    const uint16_t* xp = xproj_p + state * t;
-    uint16_t* yp = y_p + state * t;
-    for_rows(batch, 2 * hidden, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = b * hidden;
-        if (!is_active(lengths, b, t)) {  // the state held
-          std::fill(yp + row, yp + row + hidden, uint16_t{0});
-          continue;
-        }
-        float* xw = scratch_p + b * 3 * hidden;
-        float* out = xw + hidden;
-        widen_row(xp + row, xw, hidden);
-        rnn_forward_row<float>(xw, hg + row, bias_p, out, out + hidden, hidden, relu);
-        narrow_row(out, yp + row, hidden);
-        std::copy(yp + row, yp + row + hidden, h_p + row);
+  split.run([&](int64_t first, int64_t stride) {
+    uint16_t* h_cur = bits<uint16_t>(h_a);
+    uint16_t* h_next = bits<uint16_t>(h_b);
+    for (const int64_t t : order) {
+      const uint16_t* xp = xproj_p + state * t;
+      uint16_t* yp = y_p + state * t;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        float* hg = hg_p + p * batch * split.chunk;
+        products[p].apply(hg, h_cur);
+        split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
+          // The team's thread, or torch's where the rows run on its threads.
+          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          float* xw = scratch_p + thread * 3 * split.chunk;
+          float* out = xw + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            if (!is_active(lengths, b, t)) {  // the state held
+              std::copy(h_cur + row, h_cur + row + n, h_next + row);
+              std::fill(yp + row, yp + row + n, uint16_t{0});
+              continue;
+            }
+            widen_row(xp + row, xw, n);
+            rnn_forward_row<float>(xw, hg + b * n, bias_p + u0, out, out + n, n, relu);
+            narrow_row(out, yp + row, n);
+            std::copy(yp + row, yp + row + n, h_next + row);
+          }
+        });
       }
-    });
-  }
-  return {y, h};
+      std::swap(h_cur, h_next);
+      split.barrier();
+    }
+  });
+  return {y, order.size() % 2 == 0 ? h_a : h_b};
 }
 
 std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor& grad_h_n,

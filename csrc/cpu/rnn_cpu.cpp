@@ -1,10 +1,12 @@
 // Elman RNN time loops of the cpu backend: h' = act(x W_ih^T + b + h W_hh^T), act tanh or
 // relu. Per step one BLAS product and one vectorised pass over each row; the backward needs
-// only y, since act'(pre) is 1 - y^2 (tanh) or y > 0 (relu).
+// only y, since act'(pre) is 1 - y^2 (tanh) or y > 0 (relu). The forward splits a step by
+// hidden units (unit_split.h; benchmarks/results/epyc-2core-gru-rnn-unit-split-ab).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
 #include <tuple>
+#include <vector>
 
 #include "../recurrence_args.h"
 #include "blas.h"
@@ -32,33 +34,48 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
     return rnn_forward_bf16(xproj, bias, w_hh, h0, lengths_ptr(sizes.lengths), reverse, relu);
   }
   Tensor y = at::empty({steps, batch, hidden}, xproj.options());
-  Tensor hidden_gates = at::empty({batch, hidden}, xproj.options());  // h W_hh^T
-  Tensor h_cur = h0.clone(), h_next = at::empty_like(h0);
+  Tensor h_a = h0.clone(), h_b = at::empty_like(h0);  // h of even and odd processed steps
   const int64_t* lengths = lengths_ptr(sizes.lengths);
+  // Split by hidden units as the LSTM's loop is (unit_split.h): part p's product gives its
+  // units' h W_hh^T, (B, n).
+  const UnitSplit split(batch, 1, hidden);
+  const std::vector<Tensor> parts = split.gate_rows(w_hh, 1);
+  Tensor hidden_gates = at::empty({split.parts, batch, split.chunk}, xproj.options());
+  const auto order = time_order(steps, reverse);
+  avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here: inside the team it would abort
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "rnn_recurrence_fwd_cpu", [&] {
     const int64_t state = batch * hidden;
     const scalar_t* xproj_p = xproj.data_ptr<scalar_t>();
     scalar_t* y_p = y.data_ptr<scalar_t>();
     const scalar_t* bp = bias.data_ptr<scalar_t>();
-    scalar_t* hg = hidden_gates.data_ptr<scalar_t>();
-    const RecurrentProduct<scalar_t> recurrent(w_hh, /*transpose=*/true, batch);
-    for (int64_t t : time_order(steps, reverse)) {
-      const scalar_t* hp = h_cur.data_ptr<scalar_t>();
-      scalar_t* hn = h_next.data_ptr<scalar_t>();
-      recurrent.apply(hg, hp);
-      const scalar_t* xp = xproj_p + state * t;
-      scalar_t* yp = y_p + state * t;
-      for_rows(batch, hidden, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t row = b * hidden;
-          rnn_forward_row<scalar_t>(xp + row, hg + row, bp, yp + row, hn + row, hidden, relu);
-          if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, hidden);
+    scalar_t* hg_p = hidden_gates.data_ptr<scalar_t>();
+    std::vector<RecurrentProduct<scalar_t>> products;
+    for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/true, batch);
+    split.run([&](int64_t first, int64_t stride) {
+      scalar_t* hp = h_a.data_ptr<scalar_t>();
+      scalar_t* hn = h_b.data_ptr<scalar_t>();
+      for (const int64_t t : order) {
+        const scalar_t* xp = xproj_p + state * t;
+        scalar_t* yp = y_p + state * t;
+        for (int64_t p = first; p < split.parts; p += stride) {
+          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+          scalar_t* hg = hg_p + p * batch * split.chunk;
+          products[p].apply(hg, hp);
+          split.for_rows(batch, n, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b) {
+              const int64_t row = b * hidden + u0;
+              rnn_forward_row<scalar_t>(xp + row, hg + b * n, bp + u0, yp + row, hn + row, n,
+                                        relu);
+              if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, n);
+            }
+          });
         }
-      });
-      std::swap(h_cur, h_next);
-    }
+        std::swap(hp, hn);
+        split.barrier();
+      }
+    });
   });
-  return {y, h_cur};
+  return {y, order.size() % 2 == 0 ? h_a : h_b};
 }
 
 namespace {
@@ -144,7 +161,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bptt(
   Tensor dh = grad_h_n.clone();
   const int64_t* lengths = lengths_ptr(sizes.lengths);
   // One thread runs the loop as fast as a team while its steps are below MKL's threading.
-  const bool overlap = sizes.batch * sizes.hidden * sizes.hidden < UnitSplit::kSplitUntil;
+  const bool overlap = sizes.batch * sizes.hidden * sizes.hidden < UnitSplit::kSplitUpTo;
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "rnn_bptt_cpu", [&] {
     InputWeightGrads<scalar_t> grads(

@@ -5,9 +5,14 @@
 // one barrier per step, where a multi-threaded GEMM followed by a parallel pointwise pass
 // pays two fork-joins. Measured on the 2-core AVX-512 Xeon, LSTM forward us per step:
 // batch 8 x hidden 128, 11.6 -> 9.9; 16 x 128, 21.5 -> 18.8; but 32 x 256, 85 -> 97, where
-// MKL's own two-thread packed GEMM on the whole W_hh wins: steps of 2^22 multiply-adds or
-// more keep that, unless float32 products run on brgemm (brgemm.h), whose per-thread
-// products are as fast as a whole one (bfloat16 ones keep the bound: lstm_bf16_cpu.cpp).
+// MKL's own two-thread packed GEMM on the whole W_hh wins. On the 2-core AMD EPYC (products
+// on brgemm), forward op, split against not (one build, alternated processes), float32:
+// LSTM 0.84 at 8 x 128, 0.88 at 16 x 256 (2^22 multiply-adds), 0.99 at 32 x 256, 1.03 at
+// 64 x 512; GRU 0.82-0.92 up to 2^20, 1.05 at 32 x 256; RNN 0.80-0.91 up to 32 x 256, 1.07 at
+// 64 x 512; bfloat16 GRU 0.75-0.88, RNN 0.65-0.79. Above 2^22 the product runs on all
+// threads, then the rows: there a step has rows enough for every thread. The float32 LSTM
+// on brgemm splits up to 2^23: its module's inference at 32 x 256 took 4.5% longer unsplit
+// (14.68 against 14.04 ms, best of 10 alternated processes), at 64 x 512 1% less.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,28 +33,33 @@ namespace fusedrnn::cpu {
 
 class UnitSplit {
  public:
-  // Split a step whose product has from kSplitFrom up to kSplitUntil multiply-adds (no upper
-  // bound for float32 on brgemm): below, one thread (a barrier costs about a microsecond; at
-  // batch 1, hidden 64 the whole step takes two); above, one product on all threads.
-  static constexpr int64_t kSplitFrom = 1 << 18, kSplitUntil = 1 << 22;
+  // Split a step whose product has from kSplitFrom to kSplitUpTo multiply-adds: below, one
+  // thread (a barrier costs about a microsecond; at batch 1, hidden 64 the whole step takes
+  // two); above, one product on all threads.
+  static constexpr int64_t kSplitFrom = 1 << 18, kSplitUpTo = 1 << 22;
+  static constexpr int64_t kLstmBrgemmUpTo = 1 << 23;
   static constexpr int64_t kMinUnits = 32;  // per thread
   static constexpr int64_t kAlign = 16;     // units per chunk: a multiple of the vector width
 
   // batch rows, `gates` gate blocks of `hidden` units each, and H = hidden inputs to the
-  // recurrent product, whose tensors are of `dtype`; `allowed`: false keeps the step on one
-  // thread.
-  UnitSplit(int64_t batch, int64_t gates, int64_t hidden, at::ScalarType dtype,
-            bool allowed = true)
+  // recurrent product; `allowed`: false keeps the step on one thread; split up to `up_to`
+  // multiply-adds.
+  UnitSplit(int64_t batch, int64_t gates, int64_t hidden, bool allowed = true,
+            int64_t up_to = kSplitUpTo)
       : hidden_(hidden) {
     int64_t wanted = 1;
     const int64_t work = batch * gates * hidden * hidden;
-    const bool below_until = work < kSplitUntil || uses_brgemm(dtype);
-    if (allowed && !at::in_parallel_region() && work >= kSplitFrom && below_until) {
+    if (allowed && !at::in_parallel_region() && work >= kSplitFrom && work <= up_to) {
       wanted = std::clamp<int64_t>(hidden / kMinUnits, 1, at::get_num_threads());
     }
     chunk = (hidden + wanted - 1) / wanted;
     chunk = (chunk + kAlign - 1) / kAlign * kAlign;
     parts = chunk == 0 ? 1 : (hidden + chunk - 1) / chunk;
+  }
+
+  // The bound of the LSTM's float32 and float64 loops (products of `dtype`).
+  static int64_t lstm_up_to(at::ScalarType dtype) {
+    return uses_brgemm(dtype) ? kLstmBrgemmUpTo : kSplitUpTo;
   }
 
   int64_t begin(int64_t p) const { return std::min(p * chunk, hidden_); }
