@@ -5,7 +5,7 @@
 // in float32 (the cell's z * h term reads it) and rounded once per step as the next
 // product's operand and the output. The backward (gru_backward_bf16) mirrors it: per step
 // the cell's backward in float32, then one product dgates_hid @ W_hh with bfloat16 operands.
-// Saved tensors have the float32 kernel's layout, in bfloat16. The forward splits a step by
+// Saved tensors have the float32 kernel's layout, in bfloat16. Both loops split a step by
 // hidden units (unit_split.h; benchmarks/results/epyc-2core-gru-rnn-unit-split-ab).
 #include <ATen/ATen.h>
 
@@ -127,10 +127,17 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(
   Tensor dgates_in = at::empty(gates.sizes(), gates.options());
   Tensor dgates_hid = at::empty(gates.sizes(), gates.options());
   Tensor dh = grad_h_n.to(at::kFloat).contiguous().clone();
-  Tensor rec = at::empty({batch, hidden}, f32);  // the processed step's dgates_hid @ W_hh
-  // Per row, float32: gates, din, dhid (3H each), hidden_n, h_prev, grad_y or z (H each).
-  Tensor scratch = at::empty({batch, 12 * hidden}, f32);
-  const Bf16Product product(w_hh, /*transpose=*/false, batch);
+  // Split by hidden units as the forward is: part p's product gives the gradient reaching
+  // its units of h, dgates_hid (B, 3H) @ its columns of W_hh, (B, n).
+  const UnitSplit split(batch, 3, hidden);
+  std::vector<Bf16Product> products;
+  for (const Tensor& part : split.columns(w_hh)) products.emplace_back(part, false, batch);
+  Tensor rec = at::empty({split.parts, batch, split.chunk}, f32);
+  // Per thread, float32: a row's gates, din, dhid (3n each), hidden_n, h_prev, grad_y or z
+  // (n each).
+  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
+  Tensor scratch = at::empty({threads, 12 * split.chunk}, f32);
+  const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
   float* dh_p = dh.data_ptr<float>();
   float* rec_p = rec.data_ptr<float>();
@@ -141,49 +148,73 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(
   const uint16_t* h_prev_p = bits<const uint16_t>(h_prev);
   const uint16_t* gates_p = bits<const uint16_t>(gates);
   const uint16_t* hidden_n_p = bits<const uint16_t>(hidden_n);
-  // Row b where step `later` (processed just before) was active: the recurrent gradient and
-  // the direct path through that step's z; an inactive step passes dh through unchanged.
-  const auto carry_from = [&](int64_t later, int64_t b, float* z) {
-    if (!is_active(lengths, b, later)) return;
-    widen_row(gates_p + 3 * (state * later + b * hidden) + hidden, z, hidden);
-    gru_carry_row<float>(dh_p + b * hidden, rec_p + b * hidden, z, hidden);
-  };
-  const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
-  for (size_t k = 0; k < order.size(); ++k) {
-    const int64_t t = order[k];
-    const int64_t later = k == 0 ? -1 : order[k - 1];
-    uint16_t* dinp = dgates_in_p + 3 * state * t;
-    uint16_t* dhidp = dgates_hid_p + 3 * state * t;
-    for_rows(batch, 6 * hidden, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = b * hidden;
-        float* g = scratch_p + b * 12 * hidden;
-        float* din = g + 3 * hidden;
-        float* dhid = din + 3 * hidden;
-        float* hn = dhid + 3 * hidden;
-        float* hp = hn + hidden;
-        float* gy = hp + hidden;
-        if (later >= 0) carry_from(later, b, gy);
-        if (!is_active(lengths, b, t)) {
-          std::fill(dinp + 3 * row, dinp + 3 * row + 3 * hidden, uint16_t{0});
-          std::fill(dhidp + 3 * row, dhidp + 3 * row + 3 * hidden, uint16_t{0});
-          continue;
-        }
-        widen_row(grad_y_p + state * t + row, gy, hidden);
-        add_row<float>(dh_p + row, gy, hidden);  // dh += grad_y[t]
-        widen_row(gates_p + 3 * (state * t + row), g, 3 * hidden);
-        widen_row(hidden_n_p + state * t + row, hn, hidden);
-        widen_row(h_prev_p + state * t + row, hp, hidden);
-        gru_bwd_row<float>(dh_p + row, g, hn, hp, din, dhid, hidden);
-        narrow_row(din, dinp + 3 * row, 3 * hidden);
-        narrow_row(dhid, dhidp + 3 * row, 3 * hidden);
+  split.run([&](int64_t first, int64_t stride) {
+    // Part p's row b where step `later` (processed just before) was active: the recurrent
+    // gradient and the direct path through that step's z (widened into `z`); an inactive
+    // step passes dh through unchanged.
+    const auto carry_from = [&](int64_t p, int64_t later, int64_t b, float* z) {
+      if (!is_active(lengths, b, later)) return;
+      const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+      widen_row(gates_p + 3 * (state * later + b * hidden) + hidden + u0, z, n);
+      gru_carry_row<float>(dh_p + b * hidden + u0, rec_p + p * batch * split.chunk + b * n, z,
+                           n);
+    };
+    // The team's thread, or torch's where the rows run on its threads.
+    const auto scratch_row = [&] {
+      return scratch_p + (split.parts > 1 ? first : at::get_thread_num()) * 12 * split.chunk;
+    };
+    for (size_t k = 0; k < order.size(); ++k) {
+      const int64_t t = order[k];
+      const int64_t later = k == 0 ? -1 : order[k - 1];
+      uint16_t* dinp = dgates_in_p + 3 * state * t;
+      uint16_t* dhidp = dgates_hid_p + 3 * state * t;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
+                                          dgates_hid_p + 3 * state * later);
+        split.for_rows(batch, 6 * n, [&](int64_t begin, int64_t end) {
+          float* g = scratch_row();
+          float* din = g + 3 * n;
+          float* dhid = din + 3 * n;
+          float* hn = dhid + 3 * n;
+          float* hp = hn + n;
+          float* gy = hp + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0, grow = 3 * b * hidden + u0;  // gate j: + j H
+            if (later >= 0) carry_from(p, later, b, gy);
+            if (!is_active(lengths, b, t)) {
+              for (int64_t j = 0; j < 3; ++j) {
+                std::fill_n(dinp + grow + j * hidden, n, uint16_t{0});
+                std::fill_n(dhidp + grow + j * hidden, n, uint16_t{0});
+              }
+              continue;
+            }
+            widen_row(grad_y_p + state * t + row, gy, n);
+            add_row<float>(dh_p + row, gy, n);  // dh += grad_y[t]
+            for (int64_t j = 0; j < 3; ++j) {
+              widen_row(gates_p + 3 * state * t + grow + j * hidden, g + j * n, n);
+            }
+            widen_row(hidden_n_p + state * t + row, hn, n);
+            widen_row(h_prev_p + state * t + row, hp, n);
+            gru_bwd_row<float>(dh_p + row, g, hn, hp, din, dhid, n);
+            for (int64_t j = 0; j < 3; ++j) {
+              narrow_row(din + j * n, dinp + grow + j * hidden, n);
+              narrow_row(dhid + j * n, dhidp + grow + j * hidden, n);
+            }
+          }
+        });
       }
-    });
-    product.apply(rec_p, dhidp);
-  }
-  if (!order.empty()) {  // the gradient of h0
-    for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b, scratch_p + b * 12 * hidden);
-  }
+      split.barrier();
+    }
+    if (order.empty()) return;
+    for (int64_t p = first; p < split.parts; p += stride) {  // the gradient of h0
+      products[p].apply(rec_p + p * batch * split.chunk, dgates_hid_p + 3 * state * order.back());
+      split.for_rows(batch, split.end(p) - split.begin(p), [&](int64_t begin, int64_t end) {
+        float* z = scratch_row();
+        for (int64_t b = begin; b < end; ++b) carry_from(p, order.back(), b, z);
+      });
+    }
+  });
   return {dgates_in, dgates_hid, dh.to(at::kBFloat16)};
 }
 

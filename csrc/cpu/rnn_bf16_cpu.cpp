@@ -4,7 +4,7 @@
 // the activation in float32 (rnn_fwd_row) and rounds h, which is the output and the next
 // product's operand. The backward (rnn_backward_bf16) mirrors it: per step act'(pre) in
 // float32, then one product dpre @ W_hh with bfloat16 operands; dh is carried in float32.
-// The forward splits a step by hidden units (unit_split.h;
+// Both loops split a step by hidden units (unit_split.h;
 // benchmarks/results/epyc-2core-gru-rnn-unit-split-ab).
 #include <ATen/ATen.h>
 
@@ -99,10 +99,16 @@ std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor&
   const auto f32 = y.options().dtype(at::kFloat);
   Tensor dpre = at::empty(y.sizes(), y.options());
   Tensor dh = grad_h_n.to(at::kFloat).contiguous().clone();
-  Tensor rec = at::empty({batch, hidden}, f32);  // the processed step's dpre @ W_hh
-  // Per row, float32: grad_y, y and dpre.
-  Tensor scratch = at::empty({batch, 3 * hidden}, f32);
-  const Bf16Product product(w_hh, /*transpose=*/false, batch);
+  // Split by hidden units as the forward is: part p's product gives the gradient reaching
+  // its units of h, dpre (B, H) @ its columns of W_hh, (B, n).
+  const UnitSplit split(batch, 1, hidden);
+  std::vector<Bf16Product> products;
+  for (const Tensor& part : split.columns(w_hh)) products.emplace_back(part, false, batch);
+  Tensor rec = at::empty({split.parts, batch, split.chunk}, f32);
+  // Per thread, float32: a row's grad_y, y and dpre.
+  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
+  Tensor scratch = at::empty({threads, 3 * split.chunk}, f32);
+  const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
   float* dh_p = dh.data_ptr<float>();
   float* rec_p = rec.data_ptr<float>();
@@ -110,41 +116,57 @@ std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor&
   uint16_t* dpre_p = bits<uint16_t>(dpre);
   const uint16_t* grad_y_p = bits<const uint16_t>(grad_y);
   const uint16_t* y_p = bits<const uint16_t>(y);
-  // Row b takes the recurrent gradient where the step processed just before (`later`) was
-  // active for it; an inactive step passes dh through unchanged.
-  const auto carry_from = [&](int64_t later, int64_t b) {
-    if (is_active(lengths, b, later)) {
-      std::copy(rec_p + b * hidden, rec_p + (b + 1) * hidden, dh_p + b * hidden);
-    }
-  };
-  const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
-  for (size_t k = 0; k < order.size(); ++k) {
-    const int64_t t = order[k];
-    const int64_t later = k == 0 ? -1 : order[k - 1];
-    uint16_t* dp = dpre_p + state * t;
-    for_rows(batch, 2 * hidden, [&](int64_t begin, int64_t end) {
+  split.run([&](int64_t first, int64_t stride) {
+    // Part p's rows [begin, end) take the recurrent gradient where the step processed just
+    // before (`later`) was active for them; an inactive step passes dh through unchanged.
+    const auto carry_from = [&](int64_t p, int64_t later, int64_t begin, int64_t end) {
+      const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+      const float* recp = rec_p + p * batch * split.chunk;
       for (int64_t b = begin; b < end; ++b) {
-        const int64_t row = b * hidden;
-        if (later >= 0) carry_from(later, b);
-        if (!is_active(lengths, b, t)) {
-          std::fill(dp + row, dp + row + hidden, uint16_t{0});
-          continue;
+        if (is_active(lengths, b, later)) {
+          std::copy(recp + b * n, recp + (b + 1) * n, dh_p + b * hidden + u0);
         }
-        float* gy = scratch_p + b * 3 * hidden;
-        float* yf = gy + hidden;
-        float* d = yf + hidden;
-        widen_row(grad_y_p + state * t + row, gy, hidden);
-        add_row<float>(dh_p + row, gy, hidden);  // dh += grad_y[t]
-        widen_row(y_p + state * t + row, yf, hidden);
-        rnn_bwd_row<float>(dh_p + row, yf, d, hidden, relu);
-        narrow_row(d, dp + row, hidden);
       }
-    });
-    product.apply(rec_p, dp);
-  }
-  if (!order.empty()) {  // the gradient of h0
-    for (int64_t b = 0; b < batch; ++b) carry_from(order.back(), b);
-  }
+    };
+    for (size_t k = 0; k < order.size(); ++k) {
+      const int64_t t = order[k];
+      const int64_t later = k == 0 ? -1 : order[k - 1];
+      uint16_t* dp = dpre_p + state * t;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
+                                          dpre_p + state * later);
+        split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
+          if (later >= 0) carry_from(p, later, begin, end);
+          // The team's thread, or torch's where the rows run on its threads.
+          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          float* gy = scratch_p + thread * 3 * split.chunk;
+          float* yf = gy + n;
+          float* d = yf + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            if (!is_active(lengths, b, t)) {
+              std::fill(dp + row, dp + row + n, uint16_t{0});
+              continue;
+            }
+            widen_row(grad_y_p + state * t + row, gy, n);
+            add_row<float>(dh_p + row, gy, n);  // dh += grad_y[t]
+            widen_row(y_p + state * t + row, yf, n);
+            rnn_bwd_row<float>(dh_p + row, yf, d, n, relu);
+            narrow_row(d, dp + row, n);
+          }
+        });
+      }
+      split.barrier();
+    }
+    if (order.empty()) return;
+    for (int64_t p = first; p < split.parts; p += stride) {  // the gradient of h0
+      products[p].apply(rec_p + p * batch * split.chunk, dpre_p + state * order.back());
+      split.for_rows(batch, split.end(p) - split.begin(p), [&](int64_t begin, int64_t end) {
+        carry_from(p, order.back(), begin, end);
+      });
+    }
+  });
   return {dpre, dh.to(at::kBFloat16)};
 }
 
