@@ -85,3 +85,14 @@ def capable_triton(monkeypatch):
     from fusedrnn.backends.triton import plan
 
     monkeypatch.setattr(plan, "cooperative_unsupported", lambda: None)
+
+
+@pytest.fixture
+def two_threads():
+    """torch's thread count at 2 (restored after): the cpu backend's split loops
+    (csrc/cpu/unit_split.h) give each thread a chunk of the hidden units, and tests of them
+    must not pass unsplit on a one-thread runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -167,11 +167,13 @@ def _run_op(cell, dtype, xproj, w_hh, h0, c0, bias, grad_y, grad_h, lengths, rev
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 # (3, 64, 72): every cell's step has 2^18 multiply-adds or more, where csrc/cpu/unit_split.h
-# gives each of two threads a chunk of the hidden units (48 and 24).
+# gives each of two threads a chunk of the hidden units (48 and 24); (2, 300, 40): one chunk
+# (40 units), the rows spread over torch's threads.
 @pytest.mark.parametrize("steps, batch, hidden", [(6, 5, 8), (4, 3, 7), (0, 3, 8), (3, 0, 8),
-                                                  (3, 64, 72)])
+                                                  (3, 64, 72), (2, 300, 40)])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_bfloat16_ops_match_the_float32_kernels(cell, steps, batch, hidden, reverse):
+def test_bfloat16_ops_match_the_float32_kernels(two_threads, cell, steps, batch, hidden,
+                                                reverse):
     """The bfloat16 ops against the float32 ones on the same (rounded) inputs: within
     bfloat16's rounding; masked steps give exact zeros, and a row of length 0 keeps its
     initial state and passes the state's gradient through unchanged."""
@@ -206,6 +208,49 @@ def test_bfloat16_ops_match_the_float32_kernels(cell, steps, batch, hidden, reve
             for grad in pre_activation:
                 assert (grad[~mask.expand_as(grad)] == 0).all()
             assert torch.equal(dh0[held], args[6][held])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("hidden", [72, 40])
+def test_bfloat16_ops_match_the_float32_kernels_exactly_after_one_step(two_threads, cell,
+                                                                       hidden):
+    """One step from h0 = 0 (the recurrent products exactly 0): the bfloat16 ops' results
+    are the float32 ops' on the same inputs rounded to bfloat16 (to the nearest even), bit
+    for bit: at 72 units (two threads' chunks, the last one's tail of 8 lanes) and 40 (one
+    chunk)."""
+    _bf16_ops_here(hidden)
+    gates = GATES[cell]
+    make = torch.Generator().manual_seed(hidden)
+    rand = lambda *shape: torch.randn(*shape, generator=make).bfloat16()  # noqa: E731
+    batch = 64
+    args = (rand(1, batch, gates * hidden) * 3, rand(gates * hidden, hidden),
+            torch.zeros(batch, hidden).bfloat16(), rand(batch, hidden), rand(gates * hidden),
+            rand(1, batch, hidden), rand(batch, hidden))
+    low, _ = _run_op(cell, torch.bfloat16, *args, None, False, True)
+    high, _ = _run_op(cell, torch.float32, *args, None, False, True)
+    for k, (x, y) in enumerate(zip(low, high)):
+        assert torch.equal(x.view(torch.int16), y.bfloat16().view(torch.int16)), k
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_split_steps_match_one_thread(two_threads, cell, dtype, tolerance):
+    """The ops forward and backward at a size split across two threads (12 steps, so that a
+    missing barrier shows) against the same ops on one thread (unsplit), with lengths."""
+    if dtype == torch.bfloat16:
+        _bf16_ops_here(72)
+    gates = GATES[cell]
+    make = torch.Generator().manual_seed(7)
+    rand = lambda *shape: torch.randn(*shape, generator=make)  # noqa: E731
+    args = (rand(12, 64, gates * 72), rand(gates * 72, 72) / 72**0.5, rand(64, 72),
+            rand(64, 72), rand(gates * 72), rand(12, 64, 72), rand(64, 72))
+    lengths = torch.arange(64) % 13
+    split = _run_op(cell, dtype, *args, lengths, True, True)
+    torch.set_num_threads(1)
+    alone = _run_op(cell, dtype, *args, lengths, True, True)
+    for name, a, b in zip(("forward", "backward"), split, alone):
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert testing.relative_error(x, y) <= tolerance, (name, k)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -59,11 +59,13 @@ def test_float32_matches_the_reference_backend(cell, kwargs, hidden, steps, batc
 @pytest.mark.parametrize("cell, batch, hidden", [("LSTM", 8, 128), ("LSTM", 3, 200),
                                                  ("GRU", 8, 128), ("GRU", 3, 200),
                                                  ("RNN", 24, 128), ("RNN", 8, 200)])
-def test_steps_split_across_threads_match_the_reference_in_float64(cell, batch, hidden):
+def test_steps_split_across_threads_match_the_reference_in_float64(two_threads, cell, batch,
+                                                                   hidden):
     """Sizes where csrc/cpu/unit_split.h gives each thread a chunk of the hidden units
     (2^18 or more multiply-adds per step; 200: chunks of 112 and 88), with lengths and both
     directions."""
-    assert batch * GATES[{"RNN": "rnn_tanh"}.get(cell, cell.lower())] * hidden**2 >= 2**18
+    work = batch * GATES[{"RNN": "rnn_tanh"}.get(cell, cell.lower())] * hidden**2
+    assert 2**18 <= work <= 2**22 and hidden // 32 >= 2  # unit_split.h's bounds
     reference = getattr(fusedrnn, cell)(20, hidden, bidirectional=True, dtype=torch.float64,
                                         backend="reference")
     candidate = getattr(fusedrnn, cell)(20, hidden, bidirectional=True, dtype=torch.float64,
@@ -313,7 +315,9 @@ def test_unknown_product_path_is_refused():
     assert run.returncode == 0 and "products              none: FUSEDRNN_CPU_GEMM must" in run.stdout
 
 
-@pytest.mark.parametrize("cell, hidden", [("GRU", 4), ("LSTM", 256)])  # the LSTM's units split
+# The LSTM's, the RNN's and the GRU's units split (batch 1: 2^18 multiply-adds per step).
+@pytest.mark.parametrize("cell, hidden", [("GRU", 4), ("LSTM", 256), ("RNN", 512),
+                                          ("GRU", 296)])
 def test_unknown_math_path_is_refused(cell, hidden):
     env = dict(os.environ, FUSEDRNN_CPU_MATH="sideways")
     script = (f"import torch, fusedrnn; fusedrnn.{cell}(3, {hidden}, backend='cpu')"

@@ -136,16 +136,20 @@ FUSEDRNN_AVX512 __m512 widen16(const uint16_t* p, int64_t n) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-// The lanes of m of v stored as bfloat16, rounded to the nearest even as cpu_math.h's
-// float_to_bf16 (NaN as 0x7FC0).
-FUSEDRNN_AVX512 void narrow16(uint16_t* p, __mmask16 m, __m512 v) {
+// v as bfloat16 bits in the low half of each 32-bit lane, rounded to the nearest even as
+// cpu_math.h's float_to_bf16 (NaN as 0x7FC0).
+FUSEDRNN_AVX512 __m512i bf16_bits16(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_srli_epi32(
+  const __m512i rounded = _mm512_srli_epi32(
       _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd), 16);
   const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
-  _mm512_mask_cvtepi32_storeu_epi16(p, m, rounded);
+  return _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
+}
+
+// The lanes of m of v stored as bfloat16 (bf16_bits16).
+FUSEDRNN_AVX512 void narrow16(uint16_t* p, __mmask16 m, __m512 v) {
+  _mm512_mask_cvtepi32_storeu_epi16(p, m, bf16_bits16(v));
 }
 
 // gate16 with x in bfloat16, n of whose values are left from xg.
@@ -178,15 +182,16 @@ FUSEDRNN_AVX512_ENTRY void lstm_fwd_row_bf16_avx512(const uint16_t* xg, int64_t 
     const __m512 c = flush16(_mm512_add_ps(_mm512_mul_ps(f, c_before), _mm512_mul_ps(i, gg)));
     const __m512 h = flush16(_mm512_mul_ps(o, tanh16(c)));
     _mm512_mask_storeu_ps(c_out + j, m, c);
-    narrow16(y + j, m, h);
-    narrow16(h_next + j, m, h);
+    const __m512i h_bits = bf16_bits16(h);
+    _mm512_mask_cvtepi32_storeu_epi16(y + j, m, h_bits);
+    _mm512_mask_cvtepi32_storeu_epi16(h_next + j, m, h_bits);
     if (g != nullptr) {
       narrow16(g + j, m, i);
       narrow16(g + gs + j, m, f);
       narrow16(g + 2 * gs + j, m, gg);
       narrow16(g + 3 * gs + j, m, o);
-      narrow16(cell + j, m, c);
     }
+    if (cell != nullptr) narrow16(cell + j, m, c);
   }
 }
 

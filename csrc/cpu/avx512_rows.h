@@ -18,8 +18,8 @@ void lstm_fwd_row_avx512(const float* xg, const float* hg, const float* bias, fl
                          float* h_next, int64_t n);
 // The LSTM's forward row for the bfloat16 loop (lstm_bf16_cpu.cpp), its conversions inside:
 // gate k of the units at xg + k * xs (bfloat16), hg + k * hs and bias + k * bs (float32);
-// c_prev read and c_out written in float32; y and h_next written in bfloat16; where g is not
-// null, the activated gates (g + k * gs) and cell (c) written in bfloat16 too.
+// c_prev read and c_out written in float32; y and h_next written in bfloat16; where g and
+// cell are not null, the activated gates (g + k * gs) and c written in bfloat16 too.
 void lstm_fwd_row_bf16_avx512(const uint16_t* xg, int64_t xs, const float* hg, int64_t hs,
                               const float* bias, int64_t bs, uint16_t* g, int64_t gs,
                               const float* c_prev, float* c_out, uint16_t* cell, uint16_t* y,

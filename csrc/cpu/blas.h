@@ -148,9 +148,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const sca
 // k = G: the backward's dgates @ W_hh). All tensors contiguous, of w's dtype.
 // Row-major out (B, m) is column-major out^T (m, B) = op(w)^T a^T, one gemm("N", "N") on
 // w's data read as the column-major (m, k) matrix: w itself when not transposing, else a
-// transposed copy or MKL's packed form, made once here (apply() allocates nothing, so it
-// may run inside an OpenMP parallel region). brgemm reads the same data as the row-major
-// (k, m) matrix op(w), and out row-major.
+// transposed copy or MKL's packed form, made once here (apply() allocates nothing on the BLAS
+// and brgemm paths, so it may run inside an OpenMP parallel region; the aten path's
+// at::mm_out runs there too, on tensors wrapping the buffers). brgemm reads the same data as
+// the row-major (k, m) matrix op(w), and out row-major.
 template <typename scalar_t>
 class RecurrentProduct {
  public:

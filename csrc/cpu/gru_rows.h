@@ -13,7 +13,8 @@ namespace fusedrnn::cpu {
 // One row of the forward step, for n hidden units: gate k (r, z, n) of the units is at
 // xg + k * xs (x W_ih^T, read), b_ih + k * xs and b_hh + k * xs (read), g + k * xs (written:
 // activated) and hg + k * hs (h W_hh^T, read); h_prev (n) read; hidden_n, y, h_next (n)
-// written: h_n + b_n, h, h.
+// written: h_n + b_n, h, h. xg, the biases and g share a stride: the (B, 3H) layout's H, or
+// n where a split loop copies them per chunk.
 template <typename scalar_t>
 FUSEDRNN_SIMD_CLONES void gru_fwd_row(const scalar_t* __restrict__ xg,
                                       const scalar_t* __restrict__ b_ih,

@@ -108,8 +108,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
         const float* bias_p = bias_parts[p].data_ptr<float>();
         products[p].apply(hg, h_cur);
         split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
-          // The team's thread, or torch's where the rows run on its threads.
-          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
           for (int64_t b = begin; b < end; ++b) {
             const int64_t row = b * hidden + u0;
             const float* c_prev = c_before + row;
@@ -121,6 +119,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
               lstm_fwd_row_bf16_avx512(x_row, hidden, hg + b * 4 * n, n, bias_p, n, g_row,
                                        hidden, c_prev, c_out, cell, yp + row, h_nxt + row, n);
             } else {
+              // The team's thread, or torch's where the rows run on its threads.
+              const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
               float* xw = scratch_p + thread * 10 * split.chunk;
               float* g = xw + 4 * n;
               float* h = g + 4 * n;

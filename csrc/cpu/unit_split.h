@@ -91,7 +91,9 @@ class UnitSplit {
   }
 
   // fn(first, stride) on every thread of a team (one thread when `parts` is 1): the thread
-  // handles parts first, first + stride, ... and calls barrier() after each step.
+  // handles parts first, first + stride, ... and calls barrier() after each step. An
+  // exception leaving fn on a team's thread ends the process (OpenMP), so the loops check
+  // what can fail (the math mode, a product for the dtype) before the team.
   template <typename Fn>
   void run(const Fn& fn) const {
     if (parts == 1) {
