@@ -41,13 +41,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
   // Split by hidden units as the LSTM's loops are (unit_split.h): part p's product gives
   // its units' rows of every gate, (B, 3 n).
   const UnitSplit split(batch, 3, hidden);
-  std::vector<Bf16Product> products;
-  for (const Tensor& part : split.gate_rows(w_hh, 3)) products.emplace_back(part, true, batch);
+  const auto products = part_products<Bf16Product>(split.gate_rows(w_hh, 3), true, batch);
   Tensor hidden_gates = at::empty({split.parts, batch, 3 * split.chunk}, f32);
   // Per thread, float32: a row's widened x projection and gates (3n each), hidden_n and h
   // (n each).
-  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
-  Tensor scratch = at::empty({threads, 8 * split.chunk}, f32);
+  Tensor scratch = split.thread_scratch(8, f32);
   // Per part, its units' biases of every gate, float32 (3 n).
   const auto parts_of = [&](const Tensor& bias) {
     return split.gate_rows(bias.to(at::kFloat).contiguous().view({3 * hidden, 1}), 3);
@@ -82,8 +80,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
         const float* b_hh_p = b_hh_parts[p].data_ptr<float>();
         products[p].apply(hg, op_cur);
         split.for_rows(batch, 3 * n, [&](int64_t begin, int64_t end) {
-          // The team's thread, or torch's where the rows run on its threads.
-          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          const int64_t thread = split.thread(first);
           float* xw = scratch_p + thread * 8 * split.chunk;
           float* g = xw + 3 * n;
           float* hn = g + 3 * n;
@@ -130,13 +127,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(
   // Split by hidden units as the forward is: part p's product gives the gradient reaching
   // its units of h, dgates_hid (B, 3H) @ its columns of W_hh, (B, n).
   const UnitSplit split(batch, 3, hidden);
-  std::vector<Bf16Product> products;
-  for (const Tensor& part : split.columns(w_hh)) products.emplace_back(part, false, batch);
+  const auto products = part_products<Bf16Product>(split.columns(w_hh), false, batch);
   Tensor rec = at::empty({split.parts, batch, split.chunk}, f32);
   // Per thread, float32: a row's gates, din, dhid (3n each), hidden_n, h_prev, grad_y or z
   // (n each).
-  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
-  Tensor scratch = at::empty({threads, 12 * split.chunk}, f32);
+  Tensor scratch = split.thread_scratch(12, f32);
   const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
   float* dh_p = dh.data_ptr<float>();
@@ -159,9 +154,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(
       gru_carry_row<float>(dh_p + b * hidden + u0, rec_p + p * batch * split.chunk + b * n, z,
                            n);
     };
-    // The team's thread, or torch's where the rows run on its threads.
     const auto scratch_row = [&] {
-      return scratch_p + (split.parts > 1 ? first : at::get_thread_num()) * 12 * split.chunk;
+      return scratch_p + split.thread(first) * 12 * split.chunk;
     };
     for (size_t k = 0; k < order.size(); ++k) {
       const int64_t t = order[k];

@@ -71,13 +71,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   // Split by hidden units as the float32 loop is (unit_split.h): part p's product gives
   // its units' rows of every gate, (B, 4 n).
   const UnitSplit split(batch, 4, hidden);
-  std::vector<Bf16Product> products;
-  for (const Tensor& part : split.gate_rows(w_hh, 4)) products.emplace_back(part, true, batch);
+  const auto products = part_products<Bf16Product>(split.gate_rows(w_hh, 4), true, batch);
   Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, f32);
   // Per thread, float32: a row's widened x projection (4n), gates (4n) and h twice (the
   // cell writes the output and the next state apart).
-  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
-  Tensor scratch = at::empty({threads, 10 * split.chunk}, f32);
+  Tensor scratch = split.thread_scratch(10, f32);
   // Per part, its units' bias of every gate, float32 (4 n).
   const std::vector<Tensor> bias_parts =
       split.gate_rows(bias.to(at::kFloat).contiguous().view({4 * hidden, 1}), 4);
@@ -119,8 +117,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
               lstm_fwd_row_bf16_avx512(x_row, hidden, hg + b * 4 * n, n, bias_p, n, g_row,
                                        hidden, c_prev, c_out, cell, yp + row, h_nxt + row, n);
             } else {
-              // The team's thread, or torch's where the rows run on its threads.
-              const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+              const int64_t thread = split.thread(first);
               float* xw = scratch_p + thread * 10 * split.chunk;
               float* g = xw + 4 * n;
               float* h = g + 4 * n;
@@ -162,13 +159,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
   // Split by hidden units as the forward is: part p's product gives the gradient reaching
   // its units of h, dgates (B, 4H) @ its columns of W_hh, (B, n).
   const UnitSplit split(batch, 4, hidden);
-  std::vector<Bf16Product> products;
-  for (const Tensor& part : split.columns(w_hh)) products.emplace_back(part, false, batch);
+  const auto products = part_products<Bf16Product>(split.columns(w_hh), false, batch);
   Tensor rec = at::empty({split.parts, batch, split.chunk}, f32);
   // Per thread, float32: a row's gates (4n), c and c_prev (n each) widened, and its dgates
   // (4n).
-  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
-  Tensor scratch = at::empty({threads, 10 * split.chunk}, f32);
+  Tensor scratch = split.thread_scratch(10, f32);
   const int64_t state = batch * hidden;
   const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
@@ -205,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
                                           dgates_p + 4 * state * later);
         split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
           if (later >= 0) take_recurrent(p, later, begin, end);
-          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          const int64_t thread = split.thread(first);
           float* g = scratch_p + thread * 10 * split.chunk;
           float* c = g + 4 * n;
           float* cp = c + n;

@@ -169,8 +169,8 @@ void lstm_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& c0,
   const scalar_t* gates_p = gates.data_ptr<scalar_t>();
   const scalar_t* cells_p = cells.data_ptr<scalar_t>();
   scalar_t* dgates_p = dgates.data_ptr<scalar_t>();
-  std::vector<RecurrentProduct<scalar_t>> products;
-  for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/false, batch);
+  const auto products =
+      part_products<RecurrentProduct<scalar_t>>(parts, /*transpose=*/false, batch);
   const auto order = time_order(steps, !reverse);
   // Part p of the hidden units: the gradient reaching its units of h (its columns of the
   // product with the previous step's dgates, all of which are complete after a barrier),

@@ -39,13 +39,11 @@ std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& b
   // Split by hidden units as the LSTM's loops are (unit_split.h): part p's product gives
   // its units' h W_hh^T, (B, n).
   const UnitSplit split(batch, 1, hidden);
-  std::vector<Bf16Product> products;
-  for (const Tensor& part : split.gate_rows(w_hh, 1)) products.emplace_back(part, true, batch);
+  const auto products = part_products<Bf16Product>(split.gate_rows(w_hh, 1), true, batch);
   Tensor hidden_gates = at::empty({split.parts, batch, split.chunk}, f32);
   // Per thread, float32: a row's widened x projection, h twice (rnn_fwd_row writes y and h
   // apart).
-  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
-  Tensor scratch = at::empty({threads, 3 * split.chunk}, f32);
+  Tensor scratch = split.thread_scratch(3, f32);
   Tensor bias_f = bias.to(at::kFloat).contiguous();
   const auto order = time_order(batch == 0 ? 0 : steps, reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
@@ -65,8 +63,7 @@ std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& b
         float* hg = hg_p + p * batch * split.chunk;
         products[p].apply(hg, h_cur);
         split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
-          // The team's thread, or torch's where the rows run on its threads.
-          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          const int64_t thread = split.thread(first);
           float* xw = scratch_p + thread * 3 * split.chunk;
           float* out = xw + n;
           for (int64_t b = begin; b < end; ++b) {
@@ -102,12 +99,10 @@ std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor&
   // Split by hidden units as the forward is: part p's product gives the gradient reaching
   // its units of h, dpre (B, H) @ its columns of W_hh, (B, n).
   const UnitSplit split(batch, 1, hidden);
-  std::vector<Bf16Product> products;
-  for (const Tensor& part : split.columns(w_hh)) products.emplace_back(part, false, batch);
+  const auto products = part_products<Bf16Product>(split.columns(w_hh), false, batch);
   Tensor rec = at::empty({split.parts, batch, split.chunk}, f32);
   // Per thread, float32: a row's grad_y, y and dpre.
-  const int64_t threads = std::max<int64_t>(split.parts, at::get_num_threads());
-  Tensor scratch = at::empty({threads, 3 * split.chunk}, f32);
+  Tensor scratch = split.thread_scratch(3, f32);
   const auto order = time_order(batch == 0 ? 0 : steps, !reverse);
   // Pointers taken once: data_ptr checks the dtype on every call.
   float* dh_p = dh.data_ptr<float>();
@@ -138,8 +133,7 @@ std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor&
                                           dpre_p + state * later);
         split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
           if (later >= 0) carry_from(p, later, begin, end);
-          // The team's thread, or torch's where the rows run on its threads.
-          const int64_t thread = split.parts > 1 ? first : at::get_thread_num();
+          const int64_t thread = split.thread(first);
           float* gy = scratch_p + thread * 3 * split.chunk;
           float* yf = gy + n;
           float* d = yf + n;

@@ -49,8 +49,8 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
     scalar_t* y_p = y.data_ptr<scalar_t>();
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t* hg_p = hidden_gates.data_ptr<scalar_t>();
-    std::vector<RecurrentProduct<scalar_t>> products;
-    for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/true, batch);
+    const auto products =
+        part_products<RecurrentProduct<scalar_t>>(parts, /*transpose=*/true, batch);
     split.run([&](int64_t first, int64_t stride) {
       scalar_t* hp = h_a.data_ptr<scalar_t>();
       scalar_t* hn = h_b.data_ptr<scalar_t>();

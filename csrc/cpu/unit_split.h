@@ -121,6 +121,15 @@ class UnitSplit {
     }
   }
 
+  // Per-thread scratch of `width` elements per unit of a chunk, one row for every thread
+  // that may run a part's rows: the team's, or torch's where one part's rows run on them.
+  at::Tensor thread_scratch(int64_t width, const at::TensorOptions& options) const {
+    return at::empty({std::max<int64_t>(parts, at::get_num_threads()), width * chunk}, options);
+  }
+
+  // The calling thread's row of thread_scratch, inside fn(first, stride) of run().
+  int64_t thread(int64_t first) const { return parts > 1 ? first : at::get_thread_num(); }
+
   void barrier() const {
     if (parts > 1) {
 #pragma omp barrier
@@ -132,5 +141,15 @@ class UnitSplit {
  private:
   int64_t hidden_;
 };
+
+// One product per part of the weights (gate_rows or columns of a UnitSplit): Product is
+// RecurrentProduct<scalar_t> or Bf16Product, each built as Product(weight, transpose, batch).
+template <typename Product>
+std::vector<Product> part_products(const std::vector<at::Tensor>& weights, bool transpose,
+                                   int64_t batch) {
+  std::vector<Product> products;
+  for (const at::Tensor& weight : weights) products.emplace_back(weight, transpose, batch);
+  return products;
+}
 
 }  // namespace fusedrnn::cpu
