@@ -78,6 +78,31 @@ def test_steps_split_across_threads_match_the_reference_in_float64(two_threads, 
     testing.assert_close_relative(grads, grads_ref, 1e-12, "gradients")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_exception_in_a_split_team_is_raised_after_every_thread_stops(threads):
+    """csrc/cpu/unit_split.h: an exception on one thread of a split loop's team (a product
+    that fails, say) is raised to the caller once every thread has left the loop, each after
+    the step it failed in; the process neither ends (an exception leaving an OpenMP thread
+    terminates it) nor hangs at a barrier. Failing at every step, and after the loop."""
+    from fusedrnn import _extension
+
+    cpu = _extension.CPU.load()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert cpu.unit_split_failure(6, -1) == (None, [6] * threads)
+        for fail_step in range(6):
+            message, done = cpu.unit_split_failure(6, fail_step)
+            assert message == f"failed in step {fail_step}"
+            # The failing thread (the last) stops before counting its step, the others after.
+            assert done == [fail_step + 1] * (threads - 1) + [fail_step]
+        assert cpu.unit_split_failure(6, 6) == ("failed after the steps", [6] * threads)
+        for _ in range(200):  # the failure raced against the other thread's step
+            assert cpu.unit_split_failure(3, 1)[1] == [2] * (threads - 1) + [1]
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("value", [-100.0, -20.0, -1e-3, 0.0, 1e-3, 0.6, 20.0, 100.0])
 def test_saturated_and_tiny_gates_match_torch(value):
     """The vectorised sigmoid and tanh of csrc/cpu/cpu_math.h at the ends of their range."""

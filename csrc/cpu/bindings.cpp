@@ -8,11 +8,15 @@
 #include <torch/library.h>
 
 #include <exception>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "avx512_rows.h"
 #include "bf16_product.h"
 #include "blas.h"
 #include "recurrence_cpu.h"
+#include "unit_split.h"
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::cpu::lstm_recurrence_fwd));
@@ -148,6 +152,45 @@ PyObject* bf16_on_mkl(PyObject*, PyObject*) {
   return bool_result([] { return fusedrnn::cpu::bf16_on_mkl(); });
 }
 
+// unit_split_failure(steps, fail_step) -> (message or None, [steps done by each thread]):
+// for the tests of a failing team. A UnitSplit (unit_split.h) of a step the size of
+// batch 4 x hidden 256 LSTM's, split over torch's threads, runs `steps` steps through
+// step(), each counting itself done; the team's last thread raises in step `fail_step`, or
+// after its loop where fail_step equals steps (never where it is negative).
+PyObject* unit_split_failure(PyObject*, PyObject* args) {
+  long long steps = 0, fail_step = 0;
+  if (!PyArg_ParseTuple(args, "LL:unit_split_failure", &steps, &fail_step)) return nullptr;
+  const fusedrnn::cpu::UnitSplit split(/*batch=*/4, /*gates=*/4, /*hidden=*/256);
+  std::vector<int64_t> done(split.parts, 0);
+  std::string message;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    split.run([&](int64_t first, int64_t stride) {
+      const bool fails = first == stride - 1;
+      for (int64_t k = 0; k < steps; ++k) {
+        const bool go_on = split.step(k, [&] {
+          if (fails && k == fail_step) {
+            throw std::runtime_error("failed in step " + std::to_string(k));
+          }
+          ++done[first];
+        });
+        if (!go_on) return;
+      }
+      if (fails && fail_step == steps) throw std::runtime_error("failed after the steps");
+    });
+  } catch (const std::exception& error) {
+    message = error.what();
+  }
+  Py_END_ALLOW_THREADS
+  PyObject* counts = PyList_New(static_cast<Py_ssize_t>(done.size()));
+  if (counts == nullptr) return nullptr;
+  for (size_t p = 0; p < done.size(); ++p) {
+    PyList_SET_ITEM(counts, static_cast<Py_ssize_t>(p), PyLong_FromLongLong(done[p]));
+  }
+  if (message.empty()) return Py_BuildValue("(ON)", Py_None, counts);
+  return Py_BuildValue("(sN)", message.c_str(), counts);
+}
+
 PyMethodDef methods[] = {
     {"run_pair", run_pair, METH_VARARGS,
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
@@ -162,6 +205,9 @@ PyMethodDef methods[] = {
      "even hidden size)"},
     {"avx512_rows", avx512_rows, METH_NOARGS,
      "avx512_rows() -> bool: whether the float32 forward rows run on AVX-512 intrinsics"},
+    {"unit_split_failure", unit_split_failure, METH_VARARGS,
+     "unit_split_failure(steps, fail_step) -> (message or None, steps done per thread): a "
+     "split team whose last thread raises in step fail_step (for the tests)"},
     {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,
      "bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for that kernel"},
     {nullptr, nullptr, 0, nullptr}};

@@ -20,7 +20,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <exception>
+#include <limits>
 #include <vector>
 
 #include "blas.h"
@@ -91,23 +94,54 @@ class UnitSplit {
   }
 
   // fn(first, stride) on every thread of a team (one thread when `parts` is 1): the thread
-  // handles parts first, first + stride, ... and calls barrier() after each step. An
-  // exception leaving fn on a team's thread ends the process (OpenMP), so the loops check
-  // what can fail (the math mode, a product for the dtype) before the team.
+  // handles parts first, first + stride, ... of each step, running each step's work through
+  // step(). An exception from a team's thread is raised here once every thread has left fn;
+  // fn's code outside step() may throw only after its last step() (the others would wait for
+  // it at a barrier).
   template <typename Fn>
   void run(const Fn& fn) const {
     if (parts == 1) {
       fn(int64_t{0}, int64_t{1});
       return;
     }
+    failed_step_.store(kNoFailure);
+    error_ = nullptr;
 #pragma omp parallel num_threads(static_cast<int>(parts))
     {
       // Each thread's product runs on that thread alone: MKL would otherwise start its
       // own threads inside ours.
       const int previous = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
-      fn(static_cast<int64_t>(omp_get_thread_num()), static_cast<int64_t>(omp_get_num_threads()));
+      try {
+        fn(static_cast<int64_t>(omp_get_thread_num()),
+           static_cast<int64_t>(omp_get_num_threads()));
+      } catch (...) {
+        fail(kNoFailure - 1);
+      }
       if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
     }
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  // Inside fn of run(): work() for this thread's parts of step k (k counts 0, 1, ...), then
+  // the barrier where the threads meet; whether to go on to step k + 1. An exception in
+  // work() on any thread makes step(k) false on every thread after that barrier (an
+  // exception may not leave an OpenMP thread: it would end the process); each then leaves
+  // fn, and run() raises the exception.
+  template <typename Work>
+  [[nodiscard]] bool step(int64_t k, const Work& work) const {
+    if (parts == 1) {
+      work();
+      return true;
+    }
+    try {
+      work();
+    } catch (...) {
+      fail(k);
+    }
+#pragma omp barrier
+    // Set before this barrier by a thread failing in step k, or earlier: the same answer on
+    // every thread (a failure in step k + 1 comes after the barrier).
+    return failed_step_.load(std::memory_order_acquire) > k;
   }
 
   // fn(begin, end) over the rows of one part's step: split over torch's threads (rows.h)
@@ -130,16 +164,23 @@ class UnitSplit {
   // The calling thread's row of thread_scratch, inside fn(first, stride) of run().
   int64_t thread(int64_t first) const { return parts > 1 ? first : at::get_thread_num(); }
 
-  void barrier() const {
-    if (parts > 1) {
-#pragma omp barrier
-    }
-  }
-
   int64_t parts = 1, chunk = 0;
 
  private:
+  static constexpr int64_t kNoFailure = std::numeric_limits<int64_t>::max();
+
+  // Keeps the first exception and the earliest step that failed (inside a catch block).
+  void fail(int64_t k) const {
+#pragma omp critical(fusedrnn_unit_split)
+    if (!error_) error_ = std::current_exception();
+    int64_t seen = failed_step_.load();
+    while (k < seen && !failed_step_.compare_exchange_weak(seen, k)) {
+    }
+  }
+
   int64_t hidden_;
+  mutable std::atomic<int64_t> failed_step_{kNoFailure};
+  mutable std::exception_ptr error_;
 };
 
 // One product per part of the weights (gate_rows or columns of a UnitSplit): Product is
