@@ -83,22 +83,25 @@ def test_an_exception_in_a_split_team_is_raised_after_every_thread_stops(threads
     """csrc/cpu/unit_split.h: an exception on one thread of a split loop's team (a product
     that fails, say) is raised to the caller once every thread has left the loop, each after
     the step it failed in; the process neither ends (an exception leaving an OpenMP thread
-    terminates it) nor hangs at a barrier. Failing at every step, and after the loop."""
+    terminates it) nor hangs at a barrier. Failing at every step, on one thread and on all of
+    them, and after the loop."""
     from fusedrnn import _extension
 
     cpu = _extension.CPU.load()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        assert cpu.unit_split_failure(6, -1) == (None, [6] * threads)
+        assert cpu.unit_split_failure(6, -1, False) == (None, [6] * threads)
         for fail_step in range(6):
-            message, done = cpu.unit_split_failure(6, fail_step)
+            message, done = cpu.unit_split_failure(6, fail_step, False)
             assert message == f"failed in step {fail_step}"
             # The failing thread (the last) stops before counting its step, the others after.
             assert done == [fail_step + 1] * (threads - 1) + [fail_step]
-        assert cpu.unit_split_failure(6, 6) == ("failed after the steps", [6] * threads)
+            message, done = cpu.unit_split_failure(6, fail_step, True)
+            assert (message, done) == (f"failed in step {fail_step}", [fail_step] * threads)
+        assert cpu.unit_split_failure(6, 6, False) == ("failed after the steps", [6] * threads)
         for _ in range(200):  # the failure raced against the other thread's step
-            assert cpu.unit_split_failure(3, 1)[1] == [2] * (threads - 1) + [1]
+            assert cpu.unit_split_failure(3, 1, False)[1] == [2] * (threads - 1) + [1]
     finally:
         torch.set_num_threads(before)
 

@@ -152,21 +152,26 @@ PyObject* bf16_on_mkl(PyObject*, PyObject*) {
   return bool_result([] { return fusedrnn::cpu::bf16_on_mkl(); });
 }
 
-// unit_split_failure(steps, fail_step) -> (message or None, [steps done by each thread]):
-// for the tests of a failing team. A UnitSplit (unit_split.h) of a step the size of
-// batch 4 x hidden 256 LSTM's, split over torch's threads, runs `steps` steps through
-// step(), each counting itself done; the team's last thread raises in step `fail_step`, or
-// after its loop where fail_step equals steps (never where it is negative).
+// unit_split_failure(steps, fail_step, every_thread) -> (message or None, [steps done by
+// each thread]): for the tests of a failing team. A UnitSplit (unit_split.h) of a step the
+// size of batch 4 x hidden 256 LSTM's, split over torch's threads, runs `steps` steps
+// through step(), each counting itself done; the team's last thread (every thread, with
+// every_thread) raises in step `fail_step`, or after its loop where fail_step equals steps
+// (never where it is negative).
 PyObject* unit_split_failure(PyObject*, PyObject* args) {
   long long steps = 0, fail_step = 0;
-  if (!PyArg_ParseTuple(args, "LL:unit_split_failure", &steps, &fail_step)) return nullptr;
+  int every_thread = 0;
+  if (!PyArg_ParseTuple(args, "LLp:unit_split_failure", &steps, &fail_step, &every_thread)) {
+    return nullptr;
+  }
   const fusedrnn::cpu::UnitSplit split(/*batch=*/4, /*gates=*/4, /*hidden=*/256);
   std::vector<int64_t> done(split.parts, 0);
   std::string message;
   Py_BEGIN_ALLOW_THREADS
   try {
     split.run([&](int64_t first, int64_t stride) {
-      const bool fails = first == stride - 1;
+      if (stride != split.parts) throw std::runtime_error("a team smaller than its parts");
+      const bool fails = every_thread || first == stride - 1;
       for (int64_t k = 0; k < steps; ++k) {
         const bool go_on = split.step(k, [&] {
           if (fails && k == fail_step) {
@@ -180,12 +185,19 @@ PyObject* unit_split_failure(PyObject*, PyObject* args) {
     });
   } catch (const std::exception& error) {
     message = error.what();
+  } catch (...) {
+    message = "an exception of another type";
   }
   Py_END_ALLOW_THREADS
   PyObject* counts = PyList_New(static_cast<Py_ssize_t>(done.size()));
   if (counts == nullptr) return nullptr;
   for (size_t p = 0; p < done.size(); ++p) {
-    PyList_SET_ITEM(counts, static_cast<Py_ssize_t>(p), PyLong_FromLongLong(done[p]));
+    PyObject* count = PyLong_FromLongLong(done[p]);
+    if (count == nullptr) {
+      Py_DECREF(counts);
+      return nullptr;
+    }
+    PyList_SET_ITEM(counts, static_cast<Py_ssize_t>(p), count);
   }
   if (message.empty()) return Py_BuildValue("(ON)", Py_None, counts);
   return Py_BuildValue("(sN)", message.c_str(), counts);
@@ -206,8 +218,9 @@ PyMethodDef methods[] = {
     {"avx512_rows", avx512_rows, METH_NOARGS,
      "avx512_rows() -> bool: whether the float32 forward rows run on AVX-512 intrinsics"},
     {"unit_split_failure", unit_split_failure, METH_VARARGS,
-     "unit_split_failure(steps, fail_step) -> (message or None, steps done per thread): a "
-     "split team whose last thread raises in step fail_step (for the tests)"},
+     "unit_split_failure(steps, fail_step, every_thread) -> (message or None, steps done per "
+     "thread): a split team whose last thread (or every one) raises in step fail_step (for "
+     "the tests)"},
     {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,
      "bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for that kernel"},
     {nullptr, nullptr, 0, nullptr}};
