@@ -5,6 +5,7 @@ for every module option are in test_parity.py), the recurrence ops through ``opc
 argument checks of the C++ side, and what falls back to the reference backend and why.
 """
 
+import copy
 import os
 import subprocess
 import sys
@@ -104,6 +105,65 @@ def test_an_exception_in_a_split_team_is_raised_after_every_thread_stops(threads
             assert cpu.unit_split_failure(3, 1, False)[1] == [2] * (threads - 1) + [1]
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cell, batch, hidden, dtype", [("LSTM", 3, 32, torch.float32),
+                                                     ("LSTM", 8, 128, torch.float32),
+                                                     ("GRU", 8, 128, torch.float32),
+                                                     ("LSTM", 8, 128, torch.bfloat16),
+                                                     ("GRU", 8, 64, torch.bfloat16)])
+def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_threads, cell,
+                                                                         batch, hidden, dtype):
+    """csrc/cpu/prepared_cache.h: inference calls reuse the recurrent products prepared from
+    W_hh from the third call on; each way of changing W_hh in place (through .data, which
+    leaves the version alone; copy_ under no_grad; a new tensor set as .data) or calling at
+    another batch size makes the next call prepare them again, and every output is the one
+    an empty cache gives. Training calls do not use the cache. Unsplit and split sizes."""
+    from fusedrnn import _extension
+
+    cpu = _extension.CPU.load()
+    if dtype == torch.bfloat16 and not cpu.has_bf16_gemm():
+        pytest.skip("no bfloat16 product on this CPU: bfloat16 runs through float32 kernels")
+    module = getattr(fusedrnn, cell)(6, hidden, backend="cpu", dtype=dtype)
+    x = testing.make_sequence(batch, 5, 6, dtype=dtype)
+    weight = module.weight_hh_l0
+    cpu.clear_prepared_cache()
+
+    def call(expect_hit, inputs=x):
+        hits, misses = cpu.prepared_cache_counts()
+        with torch.no_grad():
+            out = module(inputs)[0]
+        after = cpu.prepared_cache_counts()
+        assert after == ((hits + 1, misses) if expect_hit else (hits, misses + 1))
+        with torch.no_grad():  # a copy's weights are new tensors: prepared anew
+            fresh = copy.deepcopy(module)(inputs)[0]
+        assert torch.equal(out, fresh)
+        return out
+
+    # A weight's first call at a version marks it, its second keeps the products, made from
+    # values whose checksum later calls compare.
+    call(False)
+    call(False)
+    first = call(True)
+    assert torch.equal(call(True), first)
+    with torch.no_grad():
+        weight.data.uniform_(-0.5, 0.5)  # the version counter does not move: the checksum
+    assert not torch.equal(call(False), first)
+    call(True)
+    with torch.no_grad():
+        weight.copy_(torch.randn_like(weight) * 0.1)  # a new version
+    call(False)
+    call(False)
+    call(True)
+    weight.data = torch.randn_like(weight) * 0.1  # another address
+    call(False)
+    call(False)
+    call(True)
+    call(False, testing.make_sequence(batch + 1, 5, 6, dtype=dtype))
+    counts = cpu.prepared_cache_counts()
+    x_grad = x.clone().requires_grad_()
+    module(x_grad)[0].sum().backward()
+    assert cpu.prepared_cache_counts() == counts
 
 
 @pytest.mark.parametrize("value", [-100.0, -20.0, -1e-3, 0.0, 1e-3, 0.6, 20.0, 100.0])

@@ -16,6 +16,7 @@
 #include "bf16_product.h"
 #include "blas.h"
 #include "recurrence_cpu.h"
+#include "prepared_cache.h"
 #include "unit_split.h"
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
@@ -203,6 +204,18 @@ PyObject* unit_split_failure(PyObject*, PyObject* args) {
   return Py_BuildValue("(sN)", message.c_str(), counts);
 }
 
+// prepared_cache_counts() -> (hits, misses) of the forward products' cache since the
+// process started; clear_prepared_cache() empties it (prepared_cache.h; for the tests).
+PyObject* prepared_cache_counts(PyObject*, PyObject*) {
+  const auto [hits, misses] = fusedrnn::cpu::prepared_cache_counts();
+  return Py_BuildValue("(LL)", static_cast<long long>(hits), static_cast<long long>(misses));
+}
+
+PyObject* clear_prepared_cache(PyObject*, PyObject*) {
+  fusedrnn::cpu::clear_prepared_cache();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"run_pair", run_pair, METH_VARARGS,
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
@@ -221,6 +234,10 @@ PyMethodDef methods[] = {
      "unit_split_failure(steps, fail_step, every_thread) -> (message or None, steps done per "
      "thread): a split team whose last thread (or every one) raises in step fail_step (for "
      "the tests)"},
+    {"prepared_cache_counts", prepared_cache_counts, METH_NOARGS,
+     "prepared_cache_counts() -> (hits, misses) of the forward products' cache"},
+    {"clear_prepared_cache", clear_prepared_cache, METH_NOARGS,
+     "clear_prepared_cache(): empties the forward products' cache"},
     {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,
      "bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for that kernel"},
     {nullptr, nullptr, 0, nullptr}};

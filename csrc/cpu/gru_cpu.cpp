@@ -45,7 +45,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
   // Split by hidden units as the LSTM's loop is (unit_split.h): part p's product gives its
   // units' rows of every gate, (B, 3 n).
   const UnitSplit split(batch, 3, hidden);
-  const std::vector<Tensor> parts = split.gate_rows(w_hh, 3);
   Tensor hidden_gates = at::empty({split.parts, batch, 3 * split.chunk}, xproj.options());
   const auto order = time_order(steps, reverse);
   avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here, before the loop
@@ -59,7 +58,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const scalar_t* bip = input_bias.data_ptr<scalar_t>();
     scalar_t* hg_p = hidden_gates.data_ptr<scalar_t>();
     const auto products =
-        part_products<RecurrentProduct<scalar_t>>(parts, /*transpose=*/true, batch);
+        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 3, batch, /*cached=*/!save);
     split.run([&](int64_t first, int64_t stride) {
       scalar_t* hp = h_a.data_ptr<scalar_t>();
       scalar_t* hn = h_b.data_ptr<scalar_t>();

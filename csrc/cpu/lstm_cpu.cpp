@@ -52,7 +52,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor r = projected ? at::empty({2, batch, hidden}, xproj.options()) : Tensor();
   const UnitSplit split(batch, 4, hidden, /*allowed=*/!projected,
                         UnitSplit::lstm_up_to(xproj.scalar_type()));
-  const std::vector<Tensor> parts = split.gate_rows(w_hh, 4);
   Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, xproj.options());
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "lstm_recurrence_fwd_cpu", [&] {
     const int64_t cell_step = batch * hidden, out_step = batch * out_size;
@@ -62,8 +61,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     scalar_t* y_p = y.data_ptr<scalar_t>();
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t* rp = projected ? r.data_ptr<scalar_t>() : nullptr;
-    std::vector<RecurrentProduct<scalar_t>> products, projection;
-    for (const Tensor& part : parts) products.emplace_back(part, /*transpose=*/true, batch);
+    const auto products =
+        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 4, batch, /*cached=*/!save);
+    std::vector<RecurrentProduct<scalar_t>> projection;
     if (projected) projection.emplace_back(w_hr, /*transpose=*/true, batch);
     const auto order = time_order(steps, reverse);
     avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here, before the loop

@@ -39,7 +39,6 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
   // Split by hidden units as the LSTM's loop is (unit_split.h): part p's product gives its
   // units' h W_hh^T, (B, n).
   const UnitSplit split(batch, 1, hidden);
-  const std::vector<Tensor> parts = split.gate_rows(w_hh, 1);
   Tensor hidden_gates = at::empty({split.parts, batch, split.chunk}, xproj.options());
   const auto order = time_order(steps, reverse);
   avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here, before the loop
@@ -50,7 +49,7 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t* hg_p = hidden_gates.data_ptr<scalar_t>();
     const auto products =
-        part_products<RecurrentProduct<scalar_t>>(parts, /*transpose=*/true, batch);
+        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 1, batch, /*cached=*/false);
     split.run([&](int64_t first, int64_t stride) {
       scalar_t* hp = h_a.data_ptr<scalar_t>();
       scalar_t* hn = h_b.data_ptr<scalar_t>();

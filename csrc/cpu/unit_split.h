@@ -24,9 +24,11 @@
 #include <cstdint>
 #include <exception>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "blas.h"
+#include "prepared_cache.h"
 #include "rows.h"
 
 // MKL's per-thread thread count (weak: absent from a torch without MKL).
@@ -191,6 +193,24 @@ std::vector<Product> part_products(const std::vector<at::Tensor>& weights, bool 
   std::vector<Product> products;
   for (const at::Tensor& weight : weights) products.emplace_back(weight, transpose, batch);
   return products;
+}
+
+// The forward's products: one per part of `split`, of its gate rows of w_hh (gates blocks of
+// H rows). With `cached` (the LSTM's and GRU's inference: nothing saved for a backward),
+// from an earlier call's where w_hh is unchanged (prepared_cache.h); a training call makes
+// them anew, as its weights change between calls (the RNN's ops cannot tell: they save
+// nothing either way).
+template <typename Product>
+std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor& w_hh,
+                                       int64_t gates, int64_t batch, bool cached) {
+  const auto make = [&] {
+    return part_products<Product>(split.gate_rows(w_hh, gates), /*transpose=*/true, batch);
+  };
+  if (!cached) return make();
+  const std::string layout = "gate rows " + std::to_string(gates) + " parts " +
+                             std::to_string(split.parts) + " chunk " +
+                             std::to_string(split.chunk) + " batch " + std::to_string(batch);
+  return PreparedCache<std::vector<Product>>::get(w_hh, layout, make);
 }
 
 }  // namespace fusedrnn::cpu

@@ -1,0 +1,74 @@
+// The checksum and the shared counters of prepared_cache.h.
+#include "prepared_cache.h"
+
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "cpu_math.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+// sum over i of words[i] * (2 (first + i) + 1), modulo 2^64.
+FUSEDRNN_SIMD_CLONES uint64_t weighted_sum(const uint64_t* __restrict__ words, int64_t count,
+                                           uint64_t first) {
+  uint64_t sum = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    sum += words[i] * (2 * (first + static_cast<uint64_t>(i)) + 1);
+  }
+  return sum;
+}
+
+std::atomic<int64_t> hits{0}, misses{0};
+
+std::mutex& clears_mutex() {
+  static std::mutex* mutex = new std::mutex();
+  return *mutex;
+}
+
+std::vector<std::function<void()>>& clears() {
+  static auto* hooks = new std::vector<std::function<void()>>();
+  return *hooks;
+}
+
+}  // namespace
+
+uint64_t weight_checksum(const at::Tensor& w) {
+  TORCH_CHECK(w.is_contiguous(), "fusedrnn cpu backend: weight_checksum of a strided tensor");
+  const auto* bytes = static_cast<const unsigned char*>(w.const_data_ptr());
+  const int64_t size = static_cast<int64_t>(w.nbytes());
+  const int64_t count = size / 8;
+  uint64_t sum = 0;
+  if (reinterpret_cast<uintptr_t>(bytes) % alignof(uint64_t) == 0) {
+    sum = weighted_sum(reinterpret_cast<const uint64_t*>(bytes), count, 0);
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      uint64_t word = 0;
+      std::memcpy(&word, bytes + 8 * i, 8);
+      sum += word * (2 * static_cast<uint64_t>(i) + 1);
+    }
+  }
+  uint64_t tail = 0;
+  std::memcpy(&tail, bytes + 8 * count, static_cast<size_t>(size - 8 * count));
+  return sum + tail * (2 * static_cast<uint64_t>(count) + 1);
+}
+
+std::pair<int64_t, int64_t> prepared_cache_counts() { return {hits.load(), misses.load()}; }
+
+void clear_prepared_cache() {
+  std::lock_guard<std::mutex> lock(clears_mutex());
+  for (const auto& clear : clears()) clear();
+}
+
+namespace detail {
+
+void count_prepared(bool hit) { (hit ? hits : misses).fetch_add(1); }
+
+void register_prepared_clear(const std::function<void()>& clear) {
+  std::lock_guard<std::mutex> lock(clears_mutex());
+  clears().push_back(clear);
+}
+
+}  // namespace detail
+}  // namespace fusedrnn::cpu
