@@ -110,20 +110,30 @@ def test_an_exception_in_a_split_team_is_raised_after_every_thread_stops(threads
 @pytest.mark.parametrize("cell, batch, hidden, dtype", [("LSTM", 3, 32, torch.float32),
                                                      ("LSTM", 8, 128, torch.float32),
                                                      ("GRU", 8, 128, torch.float32),
+                                                     ("LSTM", 3, 32, torch.float64),
                                                      ("LSTM", 8, 128, torch.bfloat16),
                                                      ("GRU", 8, 64, torch.bfloat16)])
-def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_threads, cell,
+def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_threads,
+                                                                         monkeypatch, cell,
                                                                          batch, hidden, dtype):
     """csrc/cpu/prepared_cache.h: inference calls reuse the recurrent products prepared from
     W_hh from the third call on; each way of changing W_hh in place (through .data, which
-    leaves the version alone; copy_ under no_grad; a new tensor set as .data) or calling at
+    leaves the version alone, the whole tensor or every other element, whose signs a linear
+    checksum let cancel; copy_ under no_grad; a new tensor set as .data) or calling at
     another batch size makes the next call prepare them again, and every output is the one
-    an empty cache gives. Training calls do not use the cache. Unsplit and split sizes."""
+    a new copy of the weights gives. Training calls do not use the cache. Unsplit and split
+    sizes."""
     from fusedrnn import _extension
+    from fusedrnn.backends import cpu as cpu_backend
 
     cpu = _extension.CPU.load()
-    if dtype == torch.bfloat16 and not cpu.has_bf16_gemm():
-        pytest.skip("no bfloat16 product on this CPU: bfloat16 runs through float32 kernels")
+    if dtype == torch.bfloat16:
+        if not cpu.has_bf16_gemm():
+            pytest.skip("this torch has no bfloat16 product (oneDNN's brgemm or MKL's)")
+        # The bfloat16 kernels at these sizes (below their thresholds the weights are
+        # widened into new tensors on every call, which no cache can key on).
+        monkeypatch.setattr(cpu_backend, "BF16_KERNEL_FROM", 0)
+        monkeypatch.setattr(cpu_backend, "BF16_BRGEMM_FROM", 0)
     module = getattr(fusedrnn, cell)(6, hidden, backend="cpu", dtype=dtype)
     x = testing.make_sequence(batch, 5, 6, dtype=dtype)
     weight = module.weight_hh_l0
@@ -149,6 +159,12 @@ def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_thr
     with torch.no_grad():
         weight.data.uniform_(-0.5, 0.5)  # the version counter does not move: the checksum
     assert not torch.equal(call(False), first)
+    call(True)
+    weight.data.neg_()
+    call(False)
+    call(True)
+    weight.data[:, 1::2].neg_()
+    call(False)
     call(True)
     with torch.no_grad():
         weight.copy_(torch.randn_like(weight) * 0.1)  # a new version

@@ -101,6 +101,7 @@ class Bf16Product {
     } else if (brgemm_) {
       pairs_ = w.reshape({k_ / 2, 2, m_}).transpose(1, 2).contiguous();  // w (k, m)
     }
+    if (brgemm_) w_ = at::Tensor();  // read through pairs_ (no reference kept)
   }
 
   void apply(float* out, const uint16_t* a) const {

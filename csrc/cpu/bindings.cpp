@@ -212,7 +212,9 @@ PyObject* prepared_cache_counts(PyObject*, PyObject*) {
 }
 
 PyObject* clear_prepared_cache(PyObject*, PyObject*) {
+  Py_BEGIN_ALLOW_THREADS  // dropping a kept weight's last reference may take the GIL
   fusedrnn::cpu::clear_prepared_cache();
+  Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
 

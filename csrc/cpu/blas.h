@@ -164,10 +164,13 @@ class RecurrentProduct {
     brgemm_ = fits && uses_brgemm<scalar_t>();
     packable_ = !brgemm_ && (gemm_mode() == "auto" || gemm_mode() == "mkl") &&
                 cblas_sgemm_pack && cblas_sgemm_compute && m_ * k_ >= kPackFrom;
-    if (!(blas_ || brgemm_) || m_ == 0 || k_ == 0 || batch == 0) return;
+    if (!(blas_ || brgemm_)) return;  // apply() reads weight_ through ATen
+    weight_ = at::Tensor();  // read through w_ or packed_ from here on (no reference kept)
+    if (m_ == 0 || k_ == 0 || batch == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (packable_) {
         pack();
+        w_ = at::Tensor();
         return;
       }
     }
@@ -225,8 +228,9 @@ class RecurrentProduct {
                      packed_.data_ptr<float>());
   }
 
-  at::Tensor weight_;  // w as given
+  at::Tensor weight_;  // w as given, on the ATen path only
   at::Tensor w_;       // w in the layout gemm and brgemm read: w, or its transposed copy
+                       // (none where packed_ holds it)
   bool transpose_;
   int64_t batch_, m_, k_;
   bool blas_ = false, brgemm_ = false, packable_ = false;

@@ -7,15 +7,26 @@
 
 #include "cpu_math.h"
 
+
 namespace fusedrnn::cpu {
 namespace {
 
-// sum over i of words[i] * (2 (first + i) + 1), modulo 2^64.
-FUSEDRNN_SIMD_CLONES uint64_t weighted_sum(const uint64_t* __restrict__ words, int64_t count,
-                                           uint64_t first) {
+// splitmix64's finaliser: a bijective, non-linear mix of one word.
+inline uint64_t mix(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+constexpr uint64_t kPosition = 0x9e3779b97f4a7c15ULL;  // 2^64 / golden ratio
+
+// sum over i of mix(words[i] + (first + i + 1) * kPosition), modulo 2^64. (A linear sum let
+// sign flips cancel: bit 63 times an odd factor is 2^63 for every word.)
+FUSEDRNN_SIMD_CLONES uint64_t mixed_sum(const uint64_t* __restrict__ words, int64_t count,
+                                       uint64_t first) {
   uint64_t sum = 0;
   for (int64_t i = 0; i < count; ++i) {
-    sum += words[i] * (2 * (first + static_cast<uint64_t>(i)) + 1);
+    sum += mix(words[i] + (first + static_cast<uint64_t>(i) + 1) * kPosition);
   }
   return sum;
 }
@@ -41,17 +52,17 @@ uint64_t weight_checksum(const at::Tensor& w) {
   const int64_t count = size / 8;
   uint64_t sum = 0;
   if (reinterpret_cast<uintptr_t>(bytes) % alignof(uint64_t) == 0) {
-    sum = weighted_sum(reinterpret_cast<const uint64_t*>(bytes), count, 0);
+    sum = mixed_sum(reinterpret_cast<const uint64_t*>(bytes), count, 0);
   } else {
     for (int64_t i = 0; i < count; ++i) {
       uint64_t word = 0;
       std::memcpy(&word, bytes + 8 * i, 8);
-      sum += word * (2 * static_cast<uint64_t>(i) + 1);
+      sum += mix(word + (static_cast<uint64_t>(i) + 1) * kPosition);
     }
   }
   uint64_t tail = 0;
   std::memcpy(&tail, bytes + 8 * count, static_cast<size_t>(size - 8 * count));
-  return sum + tail * (2 * static_cast<uint64_t>(count) + 1);
+  return sum + mix(tail + (static_cast<uint64_t>(count) + 1) * kPosition);
 }
 
 std::pair<int64_t, int64_t> prepared_cache_counts() { return {hits.load(), misses.load()}; }

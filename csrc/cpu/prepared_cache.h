@@ -5,12 +5,14 @@
 // calls of a few steps (decoding one step at a time) paid it again and again
 // (benchmarks/results/epyc-2core-lstm-inference-breakdown).
 //
-// Unchanged means: the same tensor (held weakly: the cache keeps no weight alive), at the same
-// address, with the same sizes and version, and a checksum of its values equal to the one it
-// had when the products were made. The version counter alone is not enough: an in-place change
-// through `.data` (`p.data.uniform_()`) does not bump the parameter's. The checksum reads W_hh
-// once, a fraction of the preparation's cost. Entries are kept for the 16 most recently used
-// weights and layouts, at most 256 MiB of weights.
+// Unchanged means: the same tensor (held weakly), at the same address, with the same sizes and
+// version, and a checksum of its values equal to the one it had when the products were made.
+// The version counter alone is not enough: an in-place change through `.data`
+// (`p.data.uniform_()`) does not bump the parameter's. The checksum reads W_hh once, a
+// fraction of the preparation's cost. Entries are kept for the 64 most recently used weights
+// and layouts, at most 256 MiB of weights (their prepared copies about as much again). The
+// products hold copies, so the cache keeps no weight alive, except where they read W_hh in
+// place (one part, on a torch without BLAS or bfloat16 products on MKL): there until evicted.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,15 +20,18 @@
 
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <list>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
 
 namespace fusedrnn::cpu {
 
-// A checksum of a contiguous tensor's bytes: sum over its 64-bit words of word i * (2i + 1)
-// modulo 2^64 (odd factors: a change to any one word always changes it), plus the tail bytes.
+// A checksum of a contiguous tensor's bytes: the sum modulo 2^64 of a non-linear mix
+// (splitmix64's) of each 64-bit word plus its position (a change to any one word always
+// changes it), the tail bytes as one more word.
 uint64_t weight_checksum(const at::Tensor& w);
 
 // Cache hits and misses since the process started (for the tests), and emptying the cache.
@@ -44,13 +49,14 @@ void register_prepared_clear(const std::function<void()>& clear);
 template <typename Value>
 class PreparedCache {
  public:
-  static constexpr size_t kEntries = 16;
+  static constexpr size_t kEntries = 64;
   static constexpr int64_t kBytes = int64_t{256} << 20;
 
   // make(), or the Value it made for an earlier call on w with the same `layout` (the
   // products' own parameters: parts, batch, library) while w is unchanged. Products are kept
   // from a weight's second call at one version on: a training loop, whose optimizer bumps
-  // the weights' versions before every forward, pays no checksum and keeps nothing.
+  // the weights' versions before every forward, pays no checksum and keeps nothing. No
+  // tensor's reference count changes under the lock (torch may take the GIL for that).
   static Value get(const at::Tensor& w, const std::string& layout,
                    const std::function<Value()>& make) {
     if (!w.is_contiguous() || w.is_inference() || w.nbytes() > static_cast<size_t>(kBytes)) {
@@ -58,41 +64,58 @@ class PreparedCache {
     }
     const std::string key = describe(w, layout);
     const int64_t version = w._version();
+    const void* data = w.const_data_ptr();
+    const c10::TensorImpl* impl = w.unsafeGetTensorImpl();
     State& state = instance();
-    bool same_version = false;  // an entry of w at this version, checksummed or not
+    std::shared_ptr<const Value> kept;  // w's products at this version, if kept
+    uint64_t kept_sum = 0;
+    bool same_version = false;  // an entry of w at this version, products kept or not
     {
       std::lock_guard<std::mutex> lock(state.mutex);
-      for (auto it = state.entries.begin(); it != state.entries.end(); ++it) {
-        if (it->key != key || it->owner.lock().get() != w.unsafeGetTensorImpl()) continue;
-        same_version = it->data == w.const_data_ptr() && it->version == version;
-        if (same_version && it->checksummed && weight_checksum(w) == it->sum) {
-          state.entries.splice(state.entries.begin(), state.entries, it);
-          detail::count_prepared(/*hit=*/true);
-          return state.entries.front().value;
-        }
-        break;
+      const auto it = find(state, key, impl);
+      if (it != state.entries.end() && it->data == data && it->version == version) {
+        same_version = true;
+        kept = it->value;
+        kept_sum = it->sum;
       }
+    }
+    const uint64_t sum = same_version ? weight_checksum(w) : 0;
+    if (kept && sum == kept_sum) {
+      {
+        std::lock_guard<std::mutex> lock(state.mutex);
+        const auto it = find(state, key, impl);
+        if (it != state.entries.end()) {
+          state.entries.splice(state.entries.begin(), state.entries, it);
+        }
+      }
+      detail::count_prepared(/*hit=*/true);
+      return *kept;
     }
     detail::count_prepared(/*hit=*/false);
     Value value = make();
-    const uint64_t sum = same_version ? weight_checksum(w) : 0;
-    std::lock_guard<std::mutex> lock(state.mutex);
-    // Entries of weights that are gone, or of w before this call, are never hit again.
-    state.entries.remove_if([&](const Entry& entry) {
-      return entry.owner.expired() ||
-             (entry.key == key && entry.owner.lock().get() == w.unsafeGetTensorImpl());
-    });
     // At a new version only a mark that w was seen (holding the products would keep their
     // memory from the next call's, which a training loop's every call makes anew).
-    state.entries.push_front(Entry{Owner(w.getIntrusivePtr()), w.const_data_ptr(), version,
-                                   same_version, sum, key,
-                                   same_version ? static_cast<int64_t>(w.nbytes()) : 0,
-                                   same_version ? value : Value()});
-    int64_t bytes = 0;
-    for (const Entry& entry : state.entries) bytes += entry.bytes;
-    while (state.entries.size() > kEntries || bytes > kBytes) {
-      bytes -= state.entries.back().bytes;
-      state.entries.pop_back();
+    Entry entry{Owner(w.getIntrusivePtr()), data, version, key, sum,
+                same_version ? static_cast<int64_t>(w.nbytes()) : 0,
+                same_version ? std::make_shared<const Value>(value) : nullptr};
+    std::list<Entry> dropped;  // destroyed after the lock is released
+    {
+      std::lock_guard<std::mutex> lock(state.mutex);
+      // Entries of weights that are gone, or of w before this call, are never hit again.
+      for (auto it = state.entries.begin(); it != state.entries.end();) {
+        const auto next = std::next(it);
+        if (it->owner.expired() || (it->key == key && it->owner._unsafe_get_target() == impl)) {
+          dropped.splice(dropped.end(), state.entries, it);
+        }
+        it = next;
+      }
+      state.entries.push_front(std::move(entry));
+      int64_t bytes = 0;
+      for (const Entry& kept_entry : state.entries) bytes += kept_entry.bytes;
+      while (state.entries.size() > kEntries || bytes > kBytes) {
+        bytes -= state.entries.back().bytes;
+        dropped.splice(dropped.end(), state.entries, std::prev(state.entries.end()));
+      }
     }
     return value;
   }
@@ -104,11 +127,10 @@ class PreparedCache {
     Owner owner;
     const void* data;
     int64_t version;
-    bool checksummed;  // value holds products, made from values whose checksum is sum
-    uint64_t sum;
     std::string key;
-    int64_t bytes;
-    Value value;
+    uint64_t sum;                        // the checksum of w's values when value was made
+    int64_t bytes;                       // w's, where value is kept
+    std::shared_ptr<const Value> value;  // null: w was only seen at this version
   };
 
   struct State {
@@ -116,12 +138,23 @@ class PreparedCache {
     std::list<Entry> entries;
   };
 
+  // w's entry for `key` (the weak pointer's target compared, not locked: an entry keeps its
+  // TensorImpl's memory, so no other tensor can be at that address).
+  static typename std::list<Entry>::iterator find(State& state, const std::string& key,
+                                                  const c10::TensorImpl* impl) {
+    for (auto it = state.entries.begin(); it != state.entries.end(); ++it) {
+      if (it->key == key && it->owner._unsafe_get_target() == impl) return it;
+    }
+    return state.entries.end();
+  }
+
   static State& instance() {
     static State* state = [] {
       auto* made = new State();  // never destroyed: no order of destruction at exit to mind
       detail::register_prepared_clear([made] {
+        std::list<Entry> dropped;  // destroyed after the lock is released
         std::lock_guard<std::mutex> lock(made->mutex);
-        made->entries.clear();
+        dropped.swap(made->entries);
       });
       return made;
     }();
