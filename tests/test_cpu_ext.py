@@ -10,11 +10,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import testing
+from fusedrnn import _extension, testing
 from fusedrnn.backends import BackendUnavailableError
 from fusedrnn.backends.recurrence import CPU_SCHEMAS, SCHEMAS
 from fusedrnn.ops import GATES
@@ -86,7 +87,6 @@ def test_an_exception_in_a_split_team_is_raised_after_every_thread_stops(threads
     the step it failed in; the process neither ends (an exception leaving an OpenMP thread
     terminates it) nor hangs at a barrier. Failing at every step, on one thread and on all of
     them, and after the loop."""
-    from fusedrnn import _extension
 
     cpu = _extension.CPU.load()
     before = torch.get_num_threads()
@@ -123,7 +123,6 @@ def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_thr
     another batch size makes the next call prepare them again, and every output is the one
     a new copy of the weights gives. Training calls do not use the cache. Unsplit and split
     sizes."""
-    from fusedrnn import _extension
     from fusedrnn.backends import cpu as cpu_backend
 
     cpu = _extension.CPU.load()
@@ -180,6 +179,46 @@ def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_thr
     x_grad = x.clone().requires_grad_()
     module(x_grad)[0].sum().backward()
     assert cpu.prepared_cache_counts() == counts
+
+
+def _checksum_definition(data):
+    """prepared_cache.h's checksum in numpy's wrapping uint64 arithmetic: the sum of
+    splitmix64's mix of each little-endian 64-bit word plus (its index + 1) times 2^64 over
+    the golden ratio, the tail bytes zero-padded as one more word."""
+    words = np.frombuffer(bytes(data) + bytes(8 - len(data) % 8), dtype="<u8")
+    x = words + np.arange(1, len(words) + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return int(np.sum(x ^ (x >> np.uint64(31)), dtype=np.uint64))
+
+
+@pytest.mark.parametrize("size", [0, 5, 8, 8003, 2**21 + 5])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_weight_checksum_is_its_definition_and_sees_any_one_change(two_threads, size, offset):
+    """The prepared weights' checksum (csrc/cpu/prepared_cache.cpp) equals its definition on
+    aligned and unaligned bytes, on one thread and, from 2^16 words, summed over torch's
+    threads; flipping any one bit changes it, and so do two sign flips, which cancelled in
+    a linear sum."""
+    cpu = _extension.CPU.load()
+    storage = np.random.default_rng(size).integers(0, 256, size + 8, dtype=np.uint8)
+    assert storage.ctypes.data % 8 == 0
+    data = storage[offset:offset + size]
+    expected = _checksum_definition(data)
+    assert cpu.bytes_checksum(data) == expected
+    if size == 0:
+        return
+    for byte in sorted({0, size // 2, size - 1, 8 * (size // 8) - 1}):
+        if byte < 0:
+            continue
+        changed = data.copy()
+        changed[byte] ^= np.uint8(1 << (byte % 8))
+        assert cpu.bytes_checksum(changed) != expected
+        assert cpu.bytes_checksum(changed) == _checksum_definition(changed)
+    if size >= 16:
+        changed = data.copy()
+        changed[7] ^= np.uint8(0x80)  # float 1's sign, bit 63 of word 0
+        changed[15] ^= np.uint8(0x80)  # float 3's sign, bit 63 of word 1
+        assert cpu.bytes_checksum(changed) != expected
 
 
 @pytest.mark.parametrize("value", [-100.0, -20.0, -1e-3, 0.0, 1e-3, 0.6, 20.0, 100.0])
@@ -392,7 +431,6 @@ def test_every_product_and_math_path_matches_the_reference(mode, math):
     aten (the path of a torch without BLAS symbols); and FUSEDRNN_CPU_MATH=portable, the
     rows without AVX-512 intrinsics (auto's choice on CPUs without AVX-512F). Every other
     test runs auto's choices."""
-    from fusedrnn import _extension
 
     if mode == "brgemm" and not _extension.CPU.load().brgemm_built():
         pytest.skip("this torch's ATen has no at::native::cpublas::brgemm for float32")
@@ -438,7 +476,6 @@ def test_unknown_math_path_is_refused(cell, hidden):
 def test_edge_cases_again_on_the_portable_rows():
     """The saturation, tiny-gate, subnormal and NaN tests above under FUSEDRNN_CPU_MATH=portable:
     where the CPU has AVX-512F the rest of the suite runs the AVX-512 rows."""
-    from fusedrnn import _extension
 
     if not _extension.CPU.load().avx512_rows():
         pytest.skip("the suite runs the portable rows here already")

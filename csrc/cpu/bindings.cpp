@@ -218,6 +218,18 @@ PyObject* clear_prepared_cache(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// bytes_checksum(buffer) -> int: weight_checksum of the buffer's bytes (for the tests).
+PyObject* bytes_checksum(PyObject*, PyObject* args) {
+  Py_buffer view;
+  if (!PyArg_ParseTuple(args, "y*", &view)) return nullptr;
+  uint64_t sum = 0;
+  Py_BEGIN_ALLOW_THREADS
+  sum = fusedrnn::cpu::bytes_checksum(view.buf, static_cast<int64_t>(view.len));
+  Py_END_ALLOW_THREADS
+  PyBuffer_Release(&view);
+  return PyLong_FromUnsignedLongLong(sum);
+}
+
 PyMethodDef methods[] = {
     {"run_pair", run_pair, METH_VARARGS,
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
@@ -240,6 +252,8 @@ PyMethodDef methods[] = {
      "prepared_cache_counts() -> (hits, misses) of the forward products' cache"},
     {"clear_prepared_cache", clear_prepared_cache, METH_NOARGS,
      "clear_prepared_cache(): empties the forward products' cache"},
+    {"bytes_checksum", bytes_checksum, METH_VARARGS,
+     "bytes_checksum(buffer) -> int: the prepared weights' checksum of a contiguous buffer"},
     {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,
      "bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for that kernel"},
     {nullptr, nullptr, 0, nullptr}};

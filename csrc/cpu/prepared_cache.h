@@ -31,8 +31,9 @@ namespace fusedrnn::cpu {
 
 // A checksum of a contiguous tensor's bytes: the sum modulo 2^64 of a non-linear mix
 // (splitmix64's) of each 64-bit word plus its position (a change to any one word always
-// changes it), the tail bytes as one more word.
+// changes it), the tail bytes as one more word. Above 2^16 words, summed over torch's threads.
 uint64_t weight_checksum(const at::Tensor& w);
+uint64_t bytes_checksum(const void* data, int64_t size);  // the same, of `size` bytes at data
 
 // Cache hits and misses since the process started (for the tests), and emptying the cache.
 std::pair<int64_t, int64_t> prepared_cache_counts();
