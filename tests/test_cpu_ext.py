@@ -112,17 +112,19 @@ def test_an_exception_in_a_split_team_is_raised_after_every_thread_stops(threads
                                                      ("GRU", 8, 128, torch.float32),
                                                      ("LSTM", 3, 32, torch.float64),
                                                      ("LSTM", 8, 128, torch.bfloat16),
-                                                     ("GRU", 8, 64, torch.bfloat16)])
-def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_threads,
-                                                                         monkeypatch, cell,
-                                                                         batch, hidden, dtype):
-    """csrc/cpu/prepared_cache.h: inference calls reuse the recurrent products prepared from
+                                                     ("GRU", 8, 64, torch.bfloat16),
+                                                     ("RNN", 8, 128, torch.float32),
+                                                     ("RNN", 8, 64, torch.bfloat16)])
+def test_calls_reuse_prepared_weights_only_while_they_are_unchanged(two_threads, monkeypatch,
+                                                                    cell, batch, hidden,
+                                                                    dtype):
+    """csrc/cpu/prepared_cache.h: forward calls reuse the recurrent products prepared from
     W_hh from the third call on; each way of changing W_hh in place (through .data, which
     leaves the version alone, the whole tensor or every other element, whose signs a linear
-    checksum let cancel; copy_ under no_grad; a new tensor set as .data) or calling at
-    another batch size makes the next call prepare them again, and every output is the one
-    a new copy of the weights gives. Training calls do not use the cache. Unsplit and split
-    sizes."""
+    checksum let cancel; copy_ under no_grad, as an optimizer does; a new tensor set as
+    .data) or calling at another batch size makes the next call prepare them again, and
+    every output and gradient is the one a new copy of the weights gives. Training calls
+    too. Unsplit and split sizes."""
     from fusedrnn.backends import cpu as cpu_backend
 
     cpu = _extension.CPU.load()
@@ -138,16 +140,23 @@ def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_thr
     weight = module.weight_hh_l0
     cpu.clear_prepared_cache()
 
-    def call(expect_hit, inputs=x):
+    def call(expect_hit, inputs=x, train=False):
         hits, misses = cpu.prepared_cache_counts()
-        with torch.no_grad():
+        with torch.set_grad_enabled(train):
             out = module(inputs)[0]
         after = cpu.prepared_cache_counts()
         assert after == ((hits + 1, misses) if expect_hit else (hits, misses + 1))
-        with torch.no_grad():  # a copy's weights are new tensors: prepared anew
-            fresh = copy.deepcopy(module)(inputs)[0]
+        fresh_module = copy.deepcopy(module)  # a copy's weights are new tensors: prepared anew
+        with torch.set_grad_enabled(train):
+            fresh = fresh_module(inputs)[0]
         assert torch.equal(out, fresh)
-        return out
+        if train:
+            module.zero_grad()
+            fresh_module.zero_grad()
+            out.square().sum().backward()
+            fresh.square().sum().backward()
+            assert torch.equal(weight.grad, fresh_module.weight_hh_l0.grad)
+        return out.detach()
 
     # A weight's first call at a version marks it, its second keeps the products, made from
     # values whose checksum later calls compare.
@@ -175,10 +184,14 @@ def test_inference_reuses_prepared_weights_only_while_they_are_unchanged(two_thr
     call(False)
     call(True)
     call(False, testing.make_sequence(batch + 1, 5, 6, dtype=dtype))
-    counts = cpu.prepared_cache_counts()
-    x_grad = x.clone().requires_grad_()
-    module(x_grad)[0].sum().backward()
-    assert cpu.prepared_cache_counts() == counts
+    call(True)
+    call(True, train=True)  # training at the same weights as the last inference call
+    for _ in range(2):  # a training loop's optimizer step: a new version each call
+        with torch.no_grad():
+            weight.add_(weight.grad, alpha=-0.1)
+        call(False, train=True)
+    call(False, train=True)
+    call(True, train=True)
 
 
 def _checksum_definition(data):

@@ -62,7 +62,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t* rp = projected ? r.data_ptr<scalar_t>() : nullptr;
     const auto products =
-        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 4, batch, /*cached=*/!save);
+        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 4, batch);
     std::vector<RecurrentProduct<scalar_t>> projection;
     if (projected) projection.emplace_back(w_hr, /*transpose=*/true, batch);
     const auto order = time_order(steps, reverse);

@@ -196,17 +196,15 @@ std::vector<Product> part_products(const std::vector<at::Tensor>& weights, bool 
 }
 
 // The forward's products: one per part of `split`, of its gate rows of w_hh (gates blocks of
-// H rows). With `cached` (the LSTM's and GRU's inference: nothing saved for a backward),
-// from an earlier call's where w_hh is unchanged (prepared_cache.h); a training call makes
-// them anew, as its weights change between calls (the RNN's ops cannot tell: they save
-// nothing either way).
+// H rows), from an earlier call's where w_hh is unchanged (prepared_cache.h). A training
+// loop's optimizer changes the weights between its calls, which then make them anew (after
+// a weight's first call at a version, which only marks it).
 template <typename Product>
 std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor& w_hh,
-                                       int64_t gates, int64_t batch, bool cached) {
+                                       int64_t gates, int64_t batch) {
   const auto make = [&] {
     return part_products<Product>(split.gate_rows(w_hh, gates), /*transpose=*/true, batch);
   };
-  if (!cached) return make();
   const std::string layout = "gate rows " + std::to_string(gates) + " parts " +
                              std::to_string(split.parts) + " chunk " +
                              std::to_string(split.chunk) + " batch " + std::to_string(batch);
