@@ -7,7 +7,9 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <exception>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -156,7 +158,7 @@ PyObject* bf16_on_mkl(PyObject*, PyObject*) {
 // unit_split_failure(steps, fail_step, every_thread) -> (message or None, [steps done by
 // each thread]): for the tests of a failing team. A UnitSplit (unit_split.h) of a step the
 // size of batch 4 x hidden 256 LSTM's, split over torch's threads, runs `steps` steps
-// through step(), each counting itself done; the team's last thread (every thread, with
+// through steps(), each counting itself done; the team's last thread (every thread, with
 // every_thread) raises in step `fail_step`, or after its loop where fail_step equals steps
 // (never where it is negative).
 PyObject* unit_split_failure(PyObject*, PyObject* args) {
@@ -167,21 +169,21 @@ PyObject* unit_split_failure(PyObject*, PyObject* args) {
   }
   const fusedrnn::cpu::UnitSplit split(/*batch=*/4, /*gates=*/4, /*hidden=*/256);
   std::vector<int64_t> done(split.parts, 0);
+  std::vector<int64_t> order(static_cast<size_t>(std::max<int64_t>(steps, 0)));
+  std::iota(order.begin(), order.end(), int64_t{0});
   std::string message;
   Py_BEGIN_ALLOW_THREADS
   try {
     split.run([&](int64_t first, int64_t stride) {
       if (stride != split.parts) throw std::runtime_error("a team smaller than its parts");
       const bool fails = every_thread || first == stride - 1;
-      for (int64_t k = 0; k < steps; ++k) {
-        const bool go_on = split.step(k, [&] {
-          if (fails && k == fail_step) {
-            throw std::runtime_error("failed in step " + std::to_string(k));
-          }
-          ++done[first];
-        });
-        if (!go_on) return;
-      }
+      const bool finished = split.steps(order, [&](int64_t k, int64_t /*t*/) {
+        if (fails && k == fail_step) {
+          throw std::runtime_error("failed in step " + std::to_string(k));
+        }
+        ++done[first];
+      });
+      if (!finished) return;
       if (fails && fail_step == steps) throw std::runtime_error("failed after the steps");
     });
   } catch (const std::exception& error) {

@@ -68,54 +68,50 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
     float* h_next = h_b.data_ptr<float>();
     uint16_t* op_cur = bits<uint16_t>(op_a);
     uint16_t* op_next = bits<uint16_t>(op_b);
-    for (size_t k = 0; k < order.size(); ++k) {
-      const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-        const int64_t t = order[k];
-        const uint16_t* xp = xproj_p + 3 * state * t;
-        uint16_t* yp = y_p + state * t;
-        uint16_t* gp = save ? gates_p + 3 * state * t : nullptr;
-        uint16_t* np = save ? hidden_n_p + state * t : nullptr;
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          float* hg = hg_p + p * batch * 3 * split.chunk;
-          const float* b_ih_p = b_ih_parts[p].data_ptr<float>();
-          const float* b_hh_p = b_hh_parts[p].data_ptr<float>();
-          products[p].apply(hg, op_cur);
-          split.for_rows(batch, 3 * n, [&](int64_t begin, int64_t end) {
-            const int64_t thread = split.thread(first);
-            float* xw = scratch_p + thread * 8 * split.chunk;
-            float* g = xw + 3 * n;
-            float* hn = g + 3 * n;
-            float* h = hn + n;
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0, grow = 3 * b * hidden + u0;  // gate k: + k H
-              for (int64_t gate = 0; gate < 3; ++gate) {
-                widen_row(xp + grow + gate * hidden, xw + gate * n, n);
-              }
-              gru_forward_row<float>(xw, b_ih_p, hg + 3 * b * n, g, b_hh_p, h_prev + row, hn, h,
-                                     h_next + row, n, n, n);
-              if (save) {
-                for (int64_t gate = 0; gate < 3; ++gate) {
-                  narrow_row(g + gate * n, gp + grow + gate * hidden, n);
-                }
-                narrow_row(hn, np + row, n);
-              }
-              if (is_active(lengths, b, t)) {
-                narrow_row(h, yp + row, n);
-                std::copy(yp + row, yp + row + n, op_next + row);
-              } else {  // the state held
-                hold_row<float>(h_next + row, h_prev + row, nullptr, n);
-                std::copy(op_cur + row, op_cur + row + n, op_next + row);
-                std::fill(yp + row, yp + row + n, uint16_t{0});
-              }
+    split.steps(order, [&](int64_t /*k*/, int64_t t) {
+      const uint16_t* xp = xproj_p + 3 * state * t;
+      uint16_t* yp = y_p + state * t;
+      uint16_t* gp = save ? gates_p + 3 * state * t : nullptr;
+      uint16_t* np = save ? hidden_n_p + state * t : nullptr;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        float* hg = hg_p + p * batch * 3 * split.chunk;
+        const float* b_ih_p = b_ih_parts[p].data_ptr<float>();
+        const float* b_hh_p = b_hh_parts[p].data_ptr<float>();
+        products[p].apply(hg, op_cur);
+        split.for_rows(batch, 3 * n, [&](int64_t begin, int64_t end) {
+          const int64_t thread = split.thread(first);
+          float* xw = scratch_p + thread * 8 * split.chunk;
+          float* g = xw + 3 * n;
+          float* hn = g + 3 * n;
+          float* h = hn + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0, grow = 3 * b * hidden + u0;  // gate k: + k H
+            for (int64_t gate = 0; gate < 3; ++gate) {
+              widen_row(xp + grow + gate * hidden, xw + gate * n, n);
             }
-          });
-        }
-        std::swap(h_prev, h_next);
-        std::swap(op_cur, op_next);
-      });
-      if (!go_on) return;
-    }
+            gru_forward_row<float>(xw, b_ih_p, hg + 3 * b * n, g, b_hh_p, h_prev + row, hn, h,
+                                   h_next + row, n, n, n);
+            if (save) {
+              for (int64_t gate = 0; gate < 3; ++gate) {
+                narrow_row(g + gate * n, gp + grow + gate * hidden, n);
+              }
+              narrow_row(hn, np + row, n);
+            }
+            if (is_active(lengths, b, t)) {
+              narrow_row(h, yp + row, n);
+              std::copy(yp + row, yp + row + n, op_next + row);
+            } else {  // the state held
+              hold_row<float>(h_next + row, h_prev + row, nullptr, n);
+              std::copy(op_cur + row, op_cur + row + n, op_next + row);
+              std::fill(yp + row, yp + row + n, uint16_t{0});
+            }
+          }
+        });
+      }
+      std::swap(h_prev, h_next);
+      std::swap(op_cur, op_next);
+    });
   });
   const Tensor h_last = order.size() % 2 == 0 ? h_a : h_b;
   return {y, h_last.to(at::kBFloat16), gates, hidden_n};  // gates, hidden_n: (0,) without save
@@ -164,51 +160,48 @@ std::tuple<Tensor, Tensor, Tensor> gru_backward_bf16(
     const auto scratch_row = [&] {
       return scratch_p + split.thread(first) * 12 * split.chunk;
     };
-    for (size_t k = 0; k < order.size(); ++k) {
-      const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-        const int64_t t = order[k];
-        const int64_t later = k == 0 ? -1 : order[k - 1];
-        uint16_t* dinp = dgates_in_p + 3 * state * t;
-        uint16_t* dhidp = dgates_hid_p + 3 * state * t;
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
-                                            dgates_hid_p + 3 * state * later);
-          split.for_rows(batch, 6 * n, [&](int64_t begin, int64_t end) {
-            float* g = scratch_row();
-            float* din = g + 3 * n;
-            float* dhid = din + 3 * n;
-            float* hn = dhid + 3 * n;
-            float* hp = hn + n;
-            float* gy = hp + n;
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0, grow = 3 * b * hidden + u0;  // gate j: + j H
-              if (later >= 0) carry_from(p, later, b, gy);
-              if (!is_active(lengths, b, t)) {
-                for (int64_t j = 0; j < 3; ++j) {
-                  std::fill_n(dinp + grow + j * hidden, n, uint16_t{0});
-                  std::fill_n(dhidp + grow + j * hidden, n, uint16_t{0});
-                }
-                continue;
-              }
-              widen_row(grad_y_p + state * t + row, gy, n);
-              add_row<float>(dh_p + row, gy, n);  // dh += grad_y[t]
+    const bool finished = split.steps(order, [&](int64_t k, int64_t t) {
+      const int64_t later = k == 0 ? -1 : order[k - 1];
+      uint16_t* dinp = dgates_in_p + 3 * state * t;
+      uint16_t* dhidp = dgates_hid_p + 3 * state * t;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
+                                          dgates_hid_p + 3 * state * later);
+        split.for_rows(batch, 6 * n, [&](int64_t begin, int64_t end) {
+          float* g = scratch_row();
+          float* din = g + 3 * n;
+          float* dhid = din + 3 * n;
+          float* hn = dhid + 3 * n;
+          float* hp = hn + n;
+          float* gy = hp + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0, grow = 3 * b * hidden + u0;  // gate j: + j H
+            if (later >= 0) carry_from(p, later, b, gy);
+            if (!is_active(lengths, b, t)) {
               for (int64_t j = 0; j < 3; ++j) {
-                widen_row(gates_p + 3 * state * t + grow + j * hidden, g + j * n, n);
+                std::fill_n(dinp + grow + j * hidden, n, uint16_t{0});
+                std::fill_n(dhidp + grow + j * hidden, n, uint16_t{0});
               }
-              widen_row(hidden_n_p + state * t + row, hn, n);
-              widen_row(h_prev_p + state * t + row, hp, n);
-              gru_bwd_row<float>(dh_p + row, g, hn, hp, din, dhid, n);
-              for (int64_t j = 0; j < 3; ++j) {
-                narrow_row(din + j * n, dinp + grow + j * hidden, n);
-                narrow_row(dhid + j * n, dhidp + grow + j * hidden, n);
-              }
+              continue;
             }
-          });
-        }
-      });
-      if (!go_on) return;
-    }
+            widen_row(grad_y_p + state * t + row, gy, n);
+            add_row<float>(dh_p + row, gy, n);  // dh += grad_y[t]
+            for (int64_t j = 0; j < 3; ++j) {
+              widen_row(gates_p + 3 * state * t + grow + j * hidden, g + j * n, n);
+            }
+            widen_row(hidden_n_p + state * t + row, hn, n);
+            widen_row(h_prev_p + state * t + row, hp, n);
+            gru_bwd_row<float>(dh_p + row, g, hn, hp, din, dhid, n);
+            for (int64_t j = 0; j < 3; ++j) {
+              narrow_row(din + j * n, dinp + grow + j * hidden, n);
+              narrow_row(dhid + j * n, dhidp + grow + j * hidden, n);
+            }
+          }
+        });
+      }
+    });
+    if (!finished) return;
     if (order.empty()) return;
     for (int64_t p = first; p < split.parts; p += stride) {  // the gradient of h0
       products[p].apply(rec_p + p * batch * split.chunk, dgates_hid_p + 3 * state * order.back());

@@ -94,59 +94,55 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
     uint16_t* h_nxt = bits<uint16_t>(h_b);
     float* c_before = c_a.data_ptr<float>();
     float* c_after = c_b.data_ptr<float>();
-    for (size_t k = 0; k < order.size(); ++k) {
-      const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-        const int64_t t = order[k];
-        const uint16_t* xp = xproj_p + 4 * state * t;
-        uint16_t* yp = y_p + state * t;
-        uint16_t* gp = save ? gates_p + 4 * state * t : nullptr;
-        uint16_t* cp = save ? cells_p + state * t : nullptr;
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          float* hg = hg_p + p * batch * 4 * split.chunk;
-          const float* bias_p = bias_parts[p].data_ptr<float>();
-          products[p].apply(hg, h_cur);
-          split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0;
-              const float* c_prev = c_before + row;
-              float* c_out = c_after + row;
-              uint16_t* cell = save ? cp + row : nullptr;
-              const uint16_t* x_row = xp + 4 * b * hidden + u0;  // gate k: + k H
-              uint16_t* g_row = save ? gp + 4 * b * hidden + u0 : nullptr;
-              if (fused) {
-                lstm_fwd_row_bf16_avx512(x_row, hidden, hg + b * 4 * n, n, bias_p, n, g_row,
-                                         hidden, c_prev, c_out, cell, yp + row, h_nxt + row, n);
-              } else {
-                const int64_t thread = split.thread(first);
-                float* xw = scratch_p + thread * 10 * split.chunk;
-                float* g = xw + 4 * n;
-                float* h = g + 4 * n;
-                for (int64_t gate = 0; gate < 4; ++gate) {
-                  widen_row(x_row + gate * hidden, xw + gate * n, n);
-                }
-                lstm_forward_row<float>(xw, hg + b * 4 * n, bias_p, g, n, n, c_prev, c_out, h,
-                                        h + n, n);
-                narrow_row(h, h_nxt + row, n);
-                std::copy(h_nxt + row, h_nxt + row + n, yp + row);
-                if (save) {
-                  for (int64_t gate = 0; gate < 4; ++gate) {
-                    narrow_row(g + gate * n, g_row + gate * hidden, n);
-                  }
-                  narrow_row(c_out, cell, n);
-                }
+    split.steps(order, [&](int64_t /*k*/, int64_t t) {
+      const uint16_t* xp = xproj_p + 4 * state * t;
+      uint16_t* yp = y_p + state * t;
+      uint16_t* gp = save ? gates_p + 4 * state * t : nullptr;
+      uint16_t* cp = save ? cells_p + state * t : nullptr;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        float* hg = hg_p + p * batch * 4 * split.chunk;
+        const float* bias_p = bias_parts[p].data_ptr<float>();
+        products[p].apply(hg, h_cur);
+        split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            const float* c_prev = c_before + row;
+            float* c_out = c_after + row;
+            uint16_t* cell = save ? cp + row : nullptr;
+            const uint16_t* x_row = xp + 4 * b * hidden + u0;  // gate k: + k H
+            uint16_t* g_row = save ? gp + 4 * b * hidden + u0 : nullptr;
+            if (fused) {
+              lstm_fwd_row_bf16_avx512(x_row, hidden, hg + b * 4 * n, n, bias_p, n, g_row,
+                                       hidden, c_prev, c_out, cell, yp + row, h_nxt + row, n);
+            } else {
+              const int64_t thread = split.thread(first);
+              float* xw = scratch_p + thread * 10 * split.chunk;
+              float* g = xw + 4 * n;
+              float* h = g + 4 * n;
+              for (int64_t gate = 0; gate < 4; ++gate) {
+                widen_row(x_row + gate * hidden, xw + gate * n, n);
               }
-              if (!is_active(lengths, b, t)) {
-                hold_bf16_row(c_prev, c_out, h_cur + row, h_nxt + row, yp + row, cell, n);
+              lstm_forward_row<float>(xw, hg + b * 4 * n, bias_p, g, n, n, c_prev, c_out, h,
+                                      h + n, n);
+              narrow_row(h, h_nxt + row, n);
+              std::copy(h_nxt + row, h_nxt + row + n, yp + row);
+              if (save) {
+                for (int64_t gate = 0; gate < 4; ++gate) {
+                  narrow_row(g + gate * n, g_row + gate * hidden, n);
+                }
+                narrow_row(c_out, cell, n);
               }
             }
-          });
-        }
-        std::swap(h_cur, h_nxt);
-        std::swap(c_before, c_after);
-      });
-      if (!go_on) return;
-    }
+            if (!is_active(lengths, b, t)) {
+              hold_bf16_row(c_prev, c_out, h_cur + row, h_nxt + row, yp + row, cell, n);
+            }
+          }
+        });
+      }
+      std::swap(h_cur, h_nxt);
+      std::swap(c_before, c_after);
+    });
   });
   const bool even = order.size() % 2 == 0;
   return {y, even ? h_a : h_b, (even ? c_a : c_b).to(at::kBFloat16), gates, cells};
@@ -194,45 +190,42 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward_bf16(
         }
       }
     };
-    for (size_t k = 0; k < order.size(); ++k) {
-      const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-        const int64_t t = order[k];
-        const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
-        const int64_t before = reverse ? t + 1 : t - 1;    // the step the forward ran before t
-        const uint16_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
-                                                                 : c0_p;
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
-                                            dgates_p + 4 * state * later);
-          split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
-            if (later >= 0) take_recurrent(p, later, begin, end);
-            const int64_t thread = split.thread(first);
-            float* g = scratch_p + thread * 10 * split.chunk;
-            float* c = g + 4 * n;
-            float* cp = c + n;
-            float* dg = cp + n;
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0;
-              uint16_t* dgp = dgates_p + 4 * (state * t + b * hidden) + u0;  // gate k: + k H
-              if (!is_active(lengths, b, t)) {  // an inactive step passes dh and dc through
-                for (int64_t j = 0; j < 4; ++j) std::fill_n(dgp + j * hidden, n, uint16_t{0});
-                continue;
-              }
-              const uint16_t* gp = gates_p + 4 * (state * t + b * hidden) + u0;
-              for (int64_t j = 0; j < 4; ++j) widen_row(gp + j * hidden, g + j * n, n);
-              widen_row(cells_p + state * t + row, c, n);
-              widen_row(c_prev + row, cp, n);
-              widen_row(grad_y_p + state * t + row, dg, n);
-              add_row<float>(dh_p + row, dg, n);  // dh += grad_y[t]
-              lstm_bwd_row<float>(dh_p + row, dc_p + row, g, c, cp, dg, n, n);
-              for (int64_t j = 0; j < 4; ++j) narrow_row(dg + j * n, dgp + j * hidden, n);
+    const bool finished = split.steps(order, [&](int64_t k, int64_t t) {
+      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+      const int64_t before = reverse ? t + 1 : t - 1;    // the step the forward ran before t
+      const uint16_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
+                                                               : c0_p;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
+                                          dgates_p + 4 * state * later);
+        split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+          if (later >= 0) take_recurrent(p, later, begin, end);
+          const int64_t thread = split.thread(first);
+          float* g = scratch_p + thread * 10 * split.chunk;
+          float* c = g + 4 * n;
+          float* cp = c + n;
+          float* dg = cp + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            uint16_t* dgp = dgates_p + 4 * (state * t + b * hidden) + u0;  // gate k: + k H
+            if (!is_active(lengths, b, t)) {  // an inactive step passes dh and dc through
+              for (int64_t j = 0; j < 4; ++j) std::fill_n(dgp + j * hidden, n, uint16_t{0});
+              continue;
             }
-          });
-        }
-      });
-      if (!go_on) return;
-    }
+            const uint16_t* gp = gates_p + 4 * (state * t + b * hidden) + u0;
+            for (int64_t j = 0; j < 4; ++j) widen_row(gp + j * hidden, g + j * n, n);
+            widen_row(cells_p + state * t + row, c, n);
+            widen_row(c_prev + row, cp, n);
+            widen_row(grad_y_p + state * t + row, dg, n);
+            add_row<float>(dh_p + row, dg, n);  // dh += grad_y[t]
+            lstm_bwd_row<float>(dh_p + row, dc_p + row, g, c, cp, dg, n, n);
+            for (int64_t j = 0; j < 4; ++j) narrow_row(dg + j * n, dgp + j * hidden, n);
+          }
+        });
+      }
+    });
+    if (!finished) return;
     if (order.empty()) return;
     for (int64_t p = first; p < split.parts; p += stride) {  // the gradient of h0
       products[p].apply(rec_p + p * batch * split.chunk, dgates_p + 4 * state * order.back());

@@ -73,48 +73,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       scalar_t* h_cur = h_a.data_ptr<scalar_t>();
       scalar_t* h_next = h_b.data_ptr<scalar_t>();
       const scalar_t* c_prev = c0.data_ptr<scalar_t>();
-      for (size_t k = 0; k < order.size(); ++k) {
-        const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-          const int64_t t = order[k];
-          const scalar_t* xp = xproj_p + 4 * cell_step * t;
-          scalar_t* gp = save ? gates_p + 4 * cell_step * t : gates_p;
-          scalar_t* cp = cells_p + cell_step * (save ? t : static_cast<int64_t>(k % 2));
-          scalar_t* yp = y_p + out_step * t;
-          for (int64_t p = first; p < split.parts; p += stride) {
-            const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-            scalar_t* hg = hidden_gates.data_ptr<scalar_t>() + p * batch * 4 * split.chunk;
-            products[p].apply(hg, h_cur);
-            split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
-              for (int64_t b = begin; b < end; ++b) {
-                const int64_t row = b * hidden + u0;
-                scalar_t* out = projected ? rp + row : yp + row;
-                scalar_t* h_out = projected ? rp + cell_step + row : h_next + row;
-                lstm_forward_row<scalar_t>(xp + 4 * b * hidden + u0, hg + b * 4 * n, bp + u0,
-                                           gp + 4 * b * hidden + u0, hidden, n, c_prev + row,
-                                           cp + row, out, h_out, n);
-                if (!is_active(lengths, b, t)) {
-                  if (!projected) hold_row<scalar_t>(h_next + row, h_cur + row, yp + row, n);
-                  hold_row<scalar_t>(cp + row, c_prev + row, nullptr, n);
-                }
-              }
-            });
-          }
-          if (projected) {  // y[t] = r @ w_hr^T, then h as y on the active rows
-            projection[0].apply(yp, rp);
-            for (int64_t b = 0; b < batch; ++b) {
-              scalar_t* h_row = h_next + b * out_size;
-              if (is_active(lengths, b, t)) {
-                std::copy(yp + b * out_size, yp + (b + 1) * out_size, h_row);
-              } else {
-                hold_row<scalar_t>(h_row, h_cur + b * out_size, yp + b * out_size, out_size);
+      split.steps(order, [&](int64_t k, int64_t t) {
+        const scalar_t* xp = xproj_p + 4 * cell_step * t;
+        scalar_t* gp = save ? gates_p + 4 * cell_step * t : gates_p;
+        scalar_t* cp = cells_p + cell_step * (save ? t : k % 2);
+        scalar_t* yp = y_p + out_step * t;
+        for (int64_t p = first; p < split.parts; p += stride) {
+          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+          scalar_t* hg = hidden_gates.data_ptr<scalar_t>() + p * batch * 4 * split.chunk;
+          products[p].apply(hg, h_cur);
+          split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b) {
+              const int64_t row = b * hidden + u0;
+              scalar_t* out = projected ? rp + row : yp + row;
+              scalar_t* h_out = projected ? rp + cell_step + row : h_next + row;
+              lstm_forward_row<scalar_t>(xp + 4 * b * hidden + u0, hg + b * 4 * n, bp + u0,
+                                         gp + 4 * b * hidden + u0, hidden, n, c_prev + row,
+                                         cp + row, out, h_out, n);
+              if (!is_active(lengths, b, t)) {
+                if (!projected) hold_row<scalar_t>(h_next + row, h_cur + row, yp + row, n);
+                hold_row<scalar_t>(cp + row, c_prev + row, nullptr, n);
               }
             }
+          });
+        }
+        if (projected) {  // y[t] = r @ w_hr^T, then h as y on the active rows
+          projection[0].apply(yp, rp);
+          for (int64_t b = 0; b < batch; ++b) {
+            scalar_t* h_row = h_next + b * out_size;
+            if (is_active(lengths, b, t)) {
+              std::copy(yp + b * out_size, yp + (b + 1) * out_size, h_row);
+            } else {
+              hold_row<scalar_t>(h_row, h_cur + b * out_size, yp + b * out_size, out_size);
+            }
           }
-          c_prev = cp;
-          std::swap(h_cur, h_next);
-        });
-        if (!go_on) return;
-      }
+        }
+        c_prev = cp;
+        std::swap(h_cur, h_next);
+      });
     });
     const scalar_t* c_final =
         steps == 0 ? c0.data_ptr<scalar_t>()
@@ -178,46 +174,45 @@ void lstm_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& c0,
   // product with the previous step's dgates, all of which are complete after a barrier),
   // then the cell's backward for them.
   split.run([&](int64_t first, int64_t stride) {
-    for (size_t k = 0; k < order.size(); ++k) {
-      const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-        const int64_t t = order[k];
-        const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
-        const scalar_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
-                                                                 : c0.data_ptr<scalar_t>();
-        const scalar_t* gy = grad_y_p + state * t;
-        const scalar_t* gp = gates_p + 4 * state * t;
-        const scalar_t* cp = cells_p + state * t;
-        scalar_t* dgp = dgates_p + 4 * state * t;
-        const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
-          if (later >= 0) products[p].apply(recp, dgates_p + 4 * state * later);
-          split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0, grow = 4 * b * hidden + u0;
-              // The gradient reaching h here: the recurrent one from the later step if that
-              // step was active for this row (an inactive step passes dh through) ...
-              if (later >= 0 && is_active(lengths, b, later)) {
-                std::copy(recp + b * n, recp + (b + 1) * n, dhp + row);
-              }
-              if (!is_active(lengths, b, t)) {
-                for (int64_t g = 0; g < 4; ++g) {
-                  std::fill(dgp + grow + g * hidden, dgp + grow + g * hidden + n, scalar_t(0));
-                }
-                continue;
-              }
-              // ... plus the gradient of this step's output.
-              add_row<scalar_t>(dhp + row, gy + row, n);
-              lstm_bwd_row<scalar_t>(dhp + row, dcp + row, gp + grow, cp + row, c_prev + row,
-                                     dgp + grow, hidden, n);
+    const auto done_by_first = [&](int64_t k) {
+      if (first == 0) done(k);
+    };
+    const bool finished = split.steps(order, [&](int64_t k, int64_t t) {
+      const int64_t before = reverse ? t + 1 : t - 1;  // the step the forward ran before t
+      const scalar_t* c_prev = (before >= 0 && before < steps) ? cells_p + state * before
+                                                               : c0.data_ptr<scalar_t>();
+      const scalar_t* gy = grad_y_p + state * t;
+      const scalar_t* gp = gates_p + 4 * state * t;
+      const scalar_t* cp = cells_p + state * t;
+      scalar_t* dgp = dgates_p + 4 * state * t;
+      const int64_t later = k == 0 ? -1 : order[k - 1];  // the step processed just before
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        scalar_t* recp = rec.data_ptr<scalar_t>() + p * batch * split.chunk;
+        if (later >= 0) products[p].apply(recp, dgates_p + 4 * state * later);
+        split.for_rows(batch, 4 * n, [&](int64_t begin, int64_t end) {
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0, grow = 4 * b * hidden + u0;
+            // The gradient reaching h here: the recurrent one from the later step if that
+            // step was active for this row (an inactive step passes dh through) ...
+            if (later >= 0 && is_active(lengths, b, later)) {
+              std::copy(recp + b * n, recp + (b + 1) * n, dhp + row);
             }
-          });
-        }
-      });
-      if (!go_on) return;
-      if (first == 0) done(static_cast<int64_t>(k));
-    }
+            if (!is_active(lengths, b, t)) {
+              for (int64_t g = 0; g < 4; ++g) {
+                std::fill(dgp + grow + g * hidden, dgp + grow + g * hidden + n, scalar_t(0));
+              }
+              continue;
+            }
+            // ... plus the gradient of this step's output.
+            add_row<scalar_t>(dhp + row, gy + row, n);
+            lstm_bwd_row<scalar_t>(dhp + row, dcp + row, gp + grow, cp + row, c_prev + row,
+                                   dgp + grow, hidden, n);
+          }
+        });
+      }
+    }, done_by_first);
+    if (!finished) return;
     // The gradient of h0: the recurrent one where the first step was active for the row.
     if (steps == 0) return;
     const int64_t first_step = order.back();

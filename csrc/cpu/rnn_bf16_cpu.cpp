@@ -55,37 +55,33 @@ std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& b
   split.run([&](int64_t first, int64_t stride) {
     uint16_t* h_cur = bits<uint16_t>(h_a);
     uint16_t* h_next = bits<uint16_t>(h_b);
-    for (size_t k = 0; k < order.size(); ++k) {
-      const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-        const int64_t t = order[k];
-        const uint16_t* xp = xproj_p + state * t;
-        uint16_t* yp = y_p + state * t;
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          float* hg = hg_p + p * batch * split.chunk;
-          products[p].apply(hg, h_cur);
-          split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
-            const int64_t thread = split.thread(first);
-            float* xw = scratch_p + thread * 3 * split.chunk;
-            float* out = xw + n;
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0;
-              if (!is_active(lengths, b, t)) {  // the state held
-                std::copy(h_cur + row, h_cur + row + n, h_next + row);
-                std::fill(yp + row, yp + row + n, uint16_t{0});
-                continue;
-              }
-              widen_row(xp + row, xw, n);
-              rnn_forward_row<float>(xw, hg + b * n, bias_p + u0, out, out + n, n, relu);
-              narrow_row(out, yp + row, n);
-              std::copy(yp + row, yp + row + n, h_next + row);
+    split.steps(order, [&](int64_t /*k*/, int64_t t) {
+      const uint16_t* xp = xproj_p + state * t;
+      uint16_t* yp = y_p + state * t;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        float* hg = hg_p + p * batch * split.chunk;
+        products[p].apply(hg, h_cur);
+        split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
+          const int64_t thread = split.thread(first);
+          float* xw = scratch_p + thread * 3 * split.chunk;
+          float* out = xw + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            if (!is_active(lengths, b, t)) {  // the state held
+              std::copy(h_cur + row, h_cur + row + n, h_next + row);
+              std::fill(yp + row, yp + row + n, uint16_t{0});
+              continue;
             }
-          });
-        }
-        std::swap(h_cur, h_next);
-      });
-      if (!go_on) return;
-    }
+            widen_row(xp + row, xw, n);
+            rnn_forward_row<float>(xw, hg + b * n, bias_p + u0, out, out + n, n, relu);
+            narrow_row(out, yp + row, n);
+            std::copy(yp + row, yp + row + n, h_next + row);
+          }
+        });
+      }
+      std::swap(h_cur, h_next);
+    });
   });
   return {y, order.size() % 2 == 0 ? h_a : h_b};
 }
@@ -126,38 +122,35 @@ std::tuple<Tensor, Tensor> rnn_backward_bf16(const Tensor& grad_y, const Tensor&
         }
       }
     };
-    for (size_t k = 0; k < order.size(); ++k) {
-      const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-        const int64_t t = order[k];
-        const int64_t later = k == 0 ? -1 : order[k - 1];
-        uint16_t* dp = dpre_p + state * t;
-        for (int64_t p = first; p < split.parts; p += stride) {
-          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-          if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
-                                            dpre_p + state * later);
-          split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
-            if (later >= 0) carry_from(p, later, begin, end);
-            const int64_t thread = split.thread(first);
-            float* gy = scratch_p + thread * 3 * split.chunk;
-            float* yf = gy + n;
-            float* d = yf + n;
-            for (int64_t b = begin; b < end; ++b) {
-              const int64_t row = b * hidden + u0;
-              if (!is_active(lengths, b, t)) {
-                std::fill(dp + row, dp + row + n, uint16_t{0});
-                continue;
-              }
-              widen_row(grad_y_p + state * t + row, gy, n);
-              add_row<float>(dh_p + row, gy, n);  // dh += grad_y[t]
-              widen_row(y_p + state * t + row, yf, n);
-              rnn_bwd_row<float>(dh_p + row, yf, d, n, relu);
-              narrow_row(d, dp + row, n);
+    const bool finished = split.steps(order, [&](int64_t k, int64_t t) {
+      const int64_t later = k == 0 ? -1 : order[k - 1];
+      uint16_t* dp = dpre_p + state * t;
+      for (int64_t p = first; p < split.parts; p += stride) {
+        const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+        if (later >= 0) products[p].apply(rec_p + p * batch * split.chunk,
+                                          dpre_p + state * later);
+        split.for_rows(batch, 2 * n, [&](int64_t begin, int64_t end) {
+          if (later >= 0) carry_from(p, later, begin, end);
+          const int64_t thread = split.thread(first);
+          float* gy = scratch_p + thread * 3 * split.chunk;
+          float* yf = gy + n;
+          float* d = yf + n;
+          for (int64_t b = begin; b < end; ++b) {
+            const int64_t row = b * hidden + u0;
+            if (!is_active(lengths, b, t)) {
+              std::fill(dp + row, dp + row + n, uint16_t{0});
+              continue;
             }
-          });
-        }
-      });
-      if (!go_on) return;
-    }
+            widen_row(grad_y_p + state * t + row, gy, n);
+            add_row<float>(dh_p + row, gy, n);  // dh += grad_y[t]
+            widen_row(y_p + state * t + row, yf, n);
+            rnn_bwd_row<float>(dh_p + row, yf, d, n, relu);
+            narrow_row(d, dp + row, n);
+          }
+        });
+      }
+    });
+    if (!finished) return;
     if (order.empty()) return;
     for (int64_t p = first; p < split.parts; p += stride) {  // the gradient of h0
       products[p].apply(rec_p + p * batch * split.chunk, dpre_p + state * order.back());

@@ -53,28 +53,24 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
     split.run([&](int64_t first, int64_t stride) {
       scalar_t* hp = h_a.data_ptr<scalar_t>();
       scalar_t* hn = h_b.data_ptr<scalar_t>();
-      for (size_t k = 0; k < order.size(); ++k) {
-        const bool go_on = split.step(static_cast<int64_t>(k), [&] {
-          const int64_t t = order[k];
-          const scalar_t* xp = xproj_p + state * t;
-          scalar_t* yp = y_p + state * t;
-          for (int64_t p = first; p < split.parts; p += stride) {
-            const int64_t u0 = split.begin(p), n = split.end(p) - u0;
-            scalar_t* hg = hg_p + p * batch * split.chunk;
-            products[p].apply(hg, hp);
-            split.for_rows(batch, n, [&](int64_t begin, int64_t end) {
-              for (int64_t b = begin; b < end; ++b) {
-                const int64_t row = b * hidden + u0;
-                rnn_forward_row<scalar_t>(xp + row, hg + b * n, bp + u0, yp + row, hn + row, n,
-                                          relu);
-                if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, n);
-              }
-            });
-          }
-          std::swap(hp, hn);
-        });
-        if (!go_on) return;
-      }
+      split.steps(order, [&](int64_t /*k*/, int64_t t) {
+        const scalar_t* xp = xproj_p + state * t;
+        scalar_t* yp = y_p + state * t;
+        for (int64_t p = first; p < split.parts; p += stride) {
+          const int64_t u0 = split.begin(p), n = split.end(p) - u0;
+          scalar_t* hg = hg_p + p * batch * split.chunk;
+          products[p].apply(hg, hp);
+          split.for_rows(batch, n, [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b) {
+              const int64_t row = b * hidden + u0;
+              rnn_forward_row<scalar_t>(xp + row, hg + b * n, bp + u0, yp + row, hn + row, n,
+                                        relu);
+              if (!is_active(lengths, b, t)) hold_row<scalar_t>(hn + row, hp + row, yp + row, n);
+            }
+          });
+        }
+        std::swap(hp, hn);
+      });
     });
   });
   return {y, order.size() % 2 == 0 ? h_a : h_b};

@@ -96,10 +96,10 @@ class UnitSplit {
   }
 
   // fn(first, stride) on every thread of a team (one thread when `parts` is 1): the thread
-  // handles parts first, first + stride, ... of each step, running each step's work through
-  // step(). An exception from a team's thread is raised here once every thread has left fn;
-  // fn's code outside step() may throw only after its last step() (the others would wait for
-  // it at a barrier).
+  // handles parts first, first + stride, ... of each step, running the time loop through
+  // steps() (each step's work through step()). An exception from a team's thread is raised
+  // here once every thread has left fn; fn's code outside the steps may throw only after the
+  // last one (the others would wait for it at a barrier).
   template <typename Fn>
   void run(const Fn& fn) const {
     if (parts == 1) {
@@ -146,6 +146,25 @@ class UnitSplit {
     return failed_step_.load(std::memory_order_acquire) > k;
   }
 
+  struct NoAfter {  // steps()'s default after(k): nothing
+    void operator()(int64_t) const {}
+  };
+
+  // Inside fn of run(): the time loop. For k = 0, 1, ... over `order` (the steps t in the
+  // order they are processed), step(k, work(k, order[k])), then after(k) on every thread
+  // once the team has met. False as soon as a step failed (every thread at the same k):
+  // fn's code after the loop should then return.
+  template <typename Work, typename After = NoAfter>
+  bool steps(const std::vector<int64_t>& order, const Work& work,
+             const After& after = NoAfter{}) const {
+    for (size_t k = 0; k < order.size(); ++k) {
+      const auto step_k = static_cast<int64_t>(k);
+      if (!step(step_k, [&] { work(step_k, order[k]); })) return false;
+      after(step_k);
+    }
+    return true;
+  }
+
   // fn(begin, end) over the rows of one part's step: split over torch's threads (rows.h)
   // when the step is not split by units, else on the calling thread.
   template <typename Fn>
@@ -169,6 +188,7 @@ class UnitSplit {
   int64_t parts = 1, chunk = 0;
 
  private:
+
   static constexpr int64_t kNoFailure = std::numeric_limits<int64_t>::max();
 
   // Keeps the first exception and the earliest step that failed (inside a catch block).
