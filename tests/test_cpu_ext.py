@@ -234,6 +234,37 @@ def test_weight_checksum_is_its_definition_and_sees_any_one_change(two_threads, 
         assert cpu.bytes_checksum(changed) != expected
 
 
+def test_calls_from_several_python_threads_share_prepared_weights_safely(two_threads):
+    """Calls running at once on several Python threads (a server's workers) share the
+    products kept by csrc/cpu/prepared_cache.h and the workspace pool: each call's output is
+    the one a call alone gives. Split and unsplit sizes, every cell."""
+    import threading
+
+    torch.manual_seed(0)
+    modules = [getattr(fusedrnn, cell)(16, hidden, backend="cpu")
+               for cell in ("LSTM", "GRU", "RNN") for hidden in (32, 256)]
+    x = testing.make_sequence(8, 6, 16)
+    with torch.no_grad():
+        expected = [module(x)[0] for module in modules]
+    failures = []
+
+    def run(index):
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    if not torch.equal(modules[index](x)[0], expected[index]):
+                        failures.append(index)
+        except Exception as error:  # reported by the assert below
+            failures.append(error)
+
+    workers = [threading.Thread(target=run, args=(i % len(modules),)) for i in range(12)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []
+
+
 @pytest.mark.parametrize("value", [-100.0, -20.0, -1e-3, 0.0, 1e-3, 0.6, 20.0, 100.0])
 def test_saturated_and_tiny_gates_match_torch(value):
     """The vectorised sigmoid and tanh of csrc/cpu/cpu_math.h at the ends of their range."""
