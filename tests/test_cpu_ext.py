@@ -234,6 +234,55 @@ def test_weight_checksum_is_its_definition_and_sees_any_one_change(two_threads, 
         assert cpu.bytes_checksum(changed) != expected
 
 
+def test_prepared_weights_are_kept_for_the_current_version_only(two_threads):
+    """csrc/cpu/prepared_cache.h: a training loop with two calls per update at another batch
+    size each update (bucketed batches) keeps the products of the current weights only, not
+    those of every earlier version at another batch size; inference at several batch sizes
+    keeps one entry for each while the weights are unchanged."""
+    cpu = _extension.CPU.load()
+    cpu.clear_prepared_cache()
+    module = fusedrnn.LSTM(6, 64, backend="cpu")
+    weight_bytes = module.weight_hh_l0.nbytes
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
+    for batch in (2, 3, 4, 2, 3, 4):
+        x = testing.make_sequence(batch, 4, 6)
+        optimizer.zero_grad()
+        for _ in range(2):
+            module(x)[0].sum().backward()
+        assert cpu.prepared_cache_kept() == (1, weight_bytes)
+        optimizer.step()
+    with torch.no_grad():
+        for batch in (2, 3, 4):
+            for _ in range(2):
+                module(testing.make_sequence(batch, 4, 6))
+    assert cpu.prepared_cache_kept() == (3, 3 * weight_bytes)
+    module(testing.make_sequence(2, 4, 6))[0].sum().backward()
+    optimizer.step()
+    module(testing.make_sequence(2, 4, 6))  # a new version: marked, nothing kept
+    assert cpu.prepared_cache_kept() == (0, 0)
+
+
+def test_kept_products_keep_no_weight_alive(two_threads):
+    """A module's W_hh is freed with the module after training and inference calls, also
+    where a product reads W_hh in place (a call with no rows: nothing prepared), which the
+    cache then does not keep (the other product paths: GEMM_MODE_CHECK below)."""
+    import gc
+    import weakref
+
+    for batch in (3, 0):
+        module = fusedrnn.LSTM(6, 32, backend="cpu")
+        x = testing.make_sequence(3, 4, 6)[:, :batch]
+        for _ in range(3):
+            module(x)[0].sum().backward()
+        with torch.no_grad():
+            for _ in range(3):
+                module(x)
+        weight = weakref.ref(module.weight_hh_l0)
+        del module
+        gc.collect()
+        assert weight() is None, batch
+
+
 def test_calls_from_several_python_threads_share_prepared_weights_safely(two_threads):
     """Calls running at once on several Python threads (a server's workers) share the
     products kept by csrc/cpu/prepared_cache.h and the workspace pool: each call's output is
@@ -457,6 +506,22 @@ for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
         assert seen and set(seen) == {torch.bfloat16 if kernel else torch.float32}, (cell, seen)
     setattr(ops, f"{op}_recurrence_fwd", forward)
     setattr(ops, f"{op}_recurrence_bwd", backward)
+# Kept products keep no weight alive on this path (the aten path's and MKL's bfloat16
+# product read W_hh in place: the cache does not keep them).
+import gc, weakref
+for cell in ("LSTM", "GRU", "RNN"):
+    for dtype in (torch.float32, torch.bfloat16):
+        module = getattr(fusedrnn, cell)(6, 32, dtype=dtype, backend="cpu")
+        x = testing.make_sequence(3, 4, 6, dtype=dtype)
+        for _ in range(3):
+            module(x)[0].float().sum().backward()
+        with torch.no_grad():
+            for _ in range(3):
+                module(x)
+        weight = weakref.ref(module.weight_hh_l0)
+        del module
+        gc.collect()
+        assert weight() is None, (cell, dtype)
 for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12), (50, 23, 0, 300)):
     x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)  # tiled, small, empty
     exact = (x.double() @ w.double().t()).float()

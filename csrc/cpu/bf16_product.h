@@ -104,6 +104,12 @@ class Bf16Product {
     if (brgemm_) w_ = at::Tensor();  // read through pairs_ (no reference kept)
   }
 
+  // Whether apply() reads w's own memory (no copy made of it): whatever keeps this product
+  // keeps w.
+  bool reads(const at::Tensor& w) const {
+    return (w_.defined() && w_.is_alias_of(w)) || (pairs_.defined() && pairs_.is_alias_of(w));
+  }
+
   void apply(float* out, const uint16_t* a) const {
     if (batch_ == 0 || m_ == 0) return;
     if (!brgemm_) {

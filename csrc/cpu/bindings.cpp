@@ -213,6 +213,12 @@ PyObject* prepared_cache_counts(PyObject*, PyObject*) {
   return Py_BuildValue("(LL)", static_cast<long long>(hits), static_cast<long long>(misses));
 }
 
+// prepared_cache_kept() -> (entries holding products, their weights' bytes).
+PyObject* prepared_cache_kept(PyObject*, PyObject*) {
+  const auto [entries, bytes] = fusedrnn::cpu::prepared_cache_kept();
+  return Py_BuildValue("(LL)", static_cast<long long>(entries), static_cast<long long>(bytes));
+}
+
 PyObject* clear_prepared_cache(PyObject*, PyObject*) {
   Py_BEGIN_ALLOW_THREADS  // dropping a kept weight's last reference may take the GIL
   fusedrnn::cpu::clear_prepared_cache();
@@ -252,6 +258,8 @@ PyMethodDef methods[] = {
      "the tests)"},
     {"prepared_cache_counts", prepared_cache_counts, METH_NOARGS,
      "prepared_cache_counts() -> (hits, misses) of the forward products' cache"},
+    {"prepared_cache_kept", prepared_cache_kept, METH_NOARGS,
+     "prepared_cache_kept() -> (entries holding products, their weights' bytes)"},
     {"clear_prepared_cache", clear_prepared_cache, METH_NOARGS,
      "clear_prepared_cache(): empties the forward products' cache"},
     {"bytes_checksum", bytes_checksum, METH_VARARGS,

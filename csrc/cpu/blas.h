@@ -177,6 +177,12 @@ class RecurrentProduct {
     if (transpose) w_ = transposed(w);  // (H, G) row-major: column-major (G, H)
   }
 
+  // Whether apply() reads w's own memory (no copy made of it): whatever keeps this product
+  // keeps w.
+  bool reads(const at::Tensor& w) const {
+    return (weight_.defined() && weight_.is_alias_of(w)) || (w_.defined() && w_.is_alias_of(w));
+  }
+
   // out (batch, m) = a (batch, k) @ op(w); both contiguous.
   void apply(scalar_t* out, const scalar_t* a) const {
     const int64_t batch = batch_;

@@ -26,9 +26,10 @@ constexpr uint64_t kPosition = 0x9e3779b97f4a7c15ULL;  // 2^64 / golden ratio
 
 // sum over i of mix(words[i] + (first + i + 1) * kPosition), modulo 2^64. (A linear sum let
 // sign flips cancel: bit 63 times an odd factor is 2^63 for every word.)
-// With a clone for AVX512DQ's 64-bit multiply (x86-64-v4; GCC): the AVX-512F clone emulates
-// it, at 2.5x the time.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+// With a clone for AVX512DQ's 64-bit multiply (x86-64-v4; GCC 12 on): the AVX-512F clone
+// emulates it, at 2.5x the time.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
+    __GNUC__ >= 12
 #define FUSEDRNN_CHECKSUM_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "avx512f", "avx2", "default")))
 #else
@@ -46,14 +47,19 @@ FUSEDRNN_CHECKSUM_CLONES uint64_t mixed_sum(const uint64_t* __restrict__ words, 
 
 std::atomic<int64_t> hits{0}, misses{0};
 
-std::mutex& clears_mutex() {
+struct Hooks {
+  std::function<void()> clear;
+  std::function<std::pair<int64_t, int64_t>()> kept;
+};
+
+std::mutex& hooks_mutex() {
   static std::mutex* mutex = new std::mutex();
   return *mutex;
 }
 
-std::vector<std::function<void()>>& clears() {
-  static auto* hooks = new std::vector<std::function<void()>>();
-  return *hooks;
+std::vector<Hooks>& hooks() {
+  static auto* all = new std::vector<Hooks>();
+  return *all;
 }
 
 }  // namespace
@@ -91,17 +97,29 @@ uint64_t weight_checksum(const at::Tensor& w) {
 std::pair<int64_t, int64_t> prepared_cache_counts() { return {hits.load(), misses.load()}; }
 
 void clear_prepared_cache() {
-  std::lock_guard<std::mutex> lock(clears_mutex());
-  for (const auto& clear : clears()) clear();
+  std::lock_guard<std::mutex> lock(hooks_mutex());
+  for (const Hooks& hook : hooks()) hook.clear();
+}
+
+std::pair<int64_t, int64_t> prepared_cache_kept() {
+  std::lock_guard<std::mutex> lock(hooks_mutex());
+  std::pair<int64_t, int64_t> total{0, 0};
+  for (const Hooks& hook : hooks()) {
+    const auto [entries, bytes] = hook.kept();
+    total.first += entries;
+    total.second += bytes;
+  }
+  return total;
 }
 
 namespace detail {
 
 void count_prepared(bool hit) { (hit ? hits : misses).fetch_add(1); }
 
-void register_prepared_clear(const std::function<void()>& clear) {
-  std::lock_guard<std::mutex> lock(clears_mutex());
-  clears().push_back(clear);
+void register_prepared_cache(const std::function<void()>& clear,
+                             const std::function<std::pair<int64_t, int64_t>()>& kept) {
+  std::lock_guard<std::mutex> lock(hooks_mutex());
+  hooks().push_back({clear, kept});
 }
 
 }  // namespace detail

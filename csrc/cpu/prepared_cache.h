@@ -10,9 +10,11 @@
 // The version counter alone is not enough: an in-place change through `.data`
 // (`p.data.uniform_()`) does not bump the parameter's. The checksum reads W_hh once, a
 // fraction of the preparation's cost. Entries are kept for the 64 most recently used weights
-// and layouts, at most 256 MiB of weights (their prepared copies about as much again). The
-// products hold copies, so the cache keeps no weight alive, except where they read W_hh in
-// place (one part, on a torch without BLAS or bfloat16 products on MKL): there until evicted.
+// and layouts, at most 256 MiB of weights (their prepared copies about as much again), and
+// of those only the weights' current versions. The kept products hold copies, so the cache
+// keeps no weight alive: products that read W_hh in place (one part, on a torch without BLAS
+// or bfloat16 products on MKL; a call with no rows), for which nothing was prepared, are not
+// kept.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,15 +37,18 @@ namespace fusedrnn::cpu {
 uint64_t weight_checksum(const at::Tensor& w);
 uint64_t bytes_checksum(const void* data, int64_t size);  // the same, of `size` bytes at data
 
-// Cache hits and misses since the process started (for the tests), and emptying the cache.
+// Cache hits and misses since the process started, the entries that hold products and
+// their weights' bytes (for the tests), and emptying the cache.
 std::pair<int64_t, int64_t> prepared_cache_counts();
+std::pair<int64_t, int64_t> prepared_cache_kept();
 void clear_prepared_cache();
 
 namespace detail {
 
-// The counters and the empty-all hook that every PreparedCache<Value> shares.
+// The counters, and each PreparedCache<Value>'s hooks that empty it and count what it keeps.
 void count_prepared(bool hit);
-void register_prepared_clear(const std::function<void()>& clear);
+void register_prepared_cache(const std::function<void()>& clear,
+                             const std::function<std::pair<int64_t, int64_t>()>& kept);
 
 }  // namespace detail
 
@@ -56,10 +61,13 @@ class PreparedCache {
   // make(), or the Value it made for an earlier call on w with the same `layout` (the
   // products' own parameters: parts, batch, library) while w is unchanged. Products are kept
   // from a weight's second call at one version on: a training loop, whose optimizer bumps
-  // the weights' versions before every forward, pays no checksum and keeps nothing. No
-  // tensor's reference count changes under the lock (torch may take the GIL for that).
+  // the weights' versions before every forward, pays no checksum and keeps nothing. A Value
+  // that reads w's own memory (`reads_w`: nothing was prepared) is never kept: it would keep
+  // w alive, for no gain. No tensor's reference count changes under the lock (torch may take
+  // the GIL for that).
   static Value get(const at::Tensor& w, const std::string& layout,
-                   const std::function<Value()>& make) {
+                   const std::function<Value()>& make,
+                   const std::function<bool(const Value&)>& reads_w) {
     if (!w.is_contiguous() || w.is_inference() || w.nbytes() > static_cast<size_t>(kBytes)) {
       return make();
     }
@@ -94,6 +102,7 @@ class PreparedCache {
     }
     detail::count_prepared(/*hit=*/false);
     Value value = make();
+    if (reads_w(value)) return value;
     // At a new version only a mark that w was seen (holding the products would keep their
     // memory from the next call's, which a training loop's every call makes anew).
     Entry entry{Owner(w.getIntrusivePtr()), data, version, key, sum,
@@ -102,10 +111,13 @@ class PreparedCache {
     std::list<Entry> dropped;  // destroyed after the lock is released
     {
       std::lock_guard<std::mutex> lock(state.mutex);
-      // Entries of weights that are gone, or of w before this call, are never hit again.
+      // Entries of weights that are gone, of w at another address or version (whatever their
+      // layout), or of w in this layout (replaced) are never hit again.
       for (auto it = state.entries.begin(); it != state.entries.end();) {
         const auto next = std::next(it);
-        if (it->owner.expired() || (it->key == key && it->owner._unsafe_get_target() == impl)) {
+        const bool of_w = it->owner._unsafe_get_target() == impl;
+        if (it->owner.expired() ||
+            (of_w && (it->key == key || it->data != data || it->version != version))) {
           dropped.splice(dropped.end(), state.entries, it);
         }
         it = next;
@@ -152,11 +164,21 @@ class PreparedCache {
   static State& instance() {
     static State* state = [] {
       auto* made = new State();  // never destroyed: no order of destruction at exit to mind
-      detail::register_prepared_clear([made] {
-        std::list<Entry> dropped;  // destroyed after the lock is released
-        std::lock_guard<std::mutex> lock(made->mutex);
-        dropped.swap(made->entries);
-      });
+      detail::register_prepared_cache(
+          [made] {
+            std::list<Entry> dropped;  // destroyed after the lock is released
+            std::lock_guard<std::mutex> lock(made->mutex);
+            dropped.swap(made->entries);
+          },
+          [made] {
+            std::lock_guard<std::mutex> lock(made->mutex);
+            std::pair<int64_t, int64_t> kept{0, 0};
+            for (const Entry& entry : made->entries) {
+              kept.first += entry.value ? 1 : 0;
+              kept.second += entry.bytes;
+            }
+            return kept;
+          });
       return made;
     }();
     return *state;

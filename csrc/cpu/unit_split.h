@@ -228,7 +228,11 @@ std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor&
   const std::string layout = "gate rows " + std::to_string(gates) + " parts " +
                              std::to_string(split.parts) + " chunk " +
                              std::to_string(split.chunk) + " batch " + std::to_string(batch);
-  return PreparedCache<std::vector<Product>>::get(w_hh, layout, make);
+  const auto reads_w_hh = [&](const std::vector<Product>& products) {
+    return std::any_of(products.begin(), products.end(),
+                       [&](const Product& product) { return product.reads(w_hh); });
+  };
+  return PreparedCache<std::vector<Product>>::get(w_hh, layout, make, reads_w_hh);
 }
 
 }  // namespace fusedrnn::cpu
