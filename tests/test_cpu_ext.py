@@ -234,6 +234,32 @@ def test_weight_checksum_is_its_definition_and_sees_any_one_change(two_threads, 
         assert cpu.bytes_checksum(changed) != expected
 
 
+def test_projected_lstm_reuses_both_prepared_weights_while_unchanged():
+    """With proj_size, W_hh's and W_hr's products are kept (two hits a call from the third
+    on), and a change to W_hr through .data (the version unchanged) is seen."""
+    cpu = _extension.CPU.load()
+    cpu.clear_prepared_cache()
+    module = fusedrnn.LSTM(6, 48, proj_size=20, backend="cpu")
+    x = testing.make_sequence(3, 4, 6)
+
+    def call(hits_expected):
+        hits, misses = cpu.prepared_cache_counts()
+        with torch.no_grad():
+            out = module(x)[0]
+            fresh = copy.deepcopy(module)(x)[0]
+        after_hits, after_misses = cpu.prepared_cache_counts()
+        assert after_hits - hits == hits_expected
+        assert after_hits + after_misses - hits - misses == 4  # the copy's two misses too
+        assert torch.equal(out, fresh)
+
+    call(0)
+    call(0)
+    call(2)
+    module.weight_hr_l0.data.neg_()  # the same version: made anew and kept at once
+    call(1)
+    call(2)
+
+
 def test_prepared_weights_are_kept_for_the_current_version_only(two_threads):
     """csrc/cpu/prepared_cache.h: a training loop with two calls per update at another batch
     size each update (bucketed batches) keeps the products of the current weights only, not

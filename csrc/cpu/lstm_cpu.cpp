@@ -63,8 +63,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     scalar_t* rp = projected ? r.data_ptr<scalar_t>() : nullptr;
     const auto products =
         gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 4, batch);
-    std::vector<RecurrentProduct<scalar_t>> projection;
-    if (projected) projection.emplace_back(w_hr, /*transpose=*/true, batch);
+    // With a projection the step is not split: w_hr's one part, kept as W_hh's are.
+    const auto projection = projected
+        ? gate_row_products<RecurrentProduct<scalar_t>>(split, w_hr, 1, batch)
+        : std::vector<RecurrentProduct<scalar_t>>();
     const auto order = time_order(steps, reverse);
     avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here, before the loop
     // Part p of the hidden units: its rows of every gate's product, then the cell for them;
