@@ -311,28 +311,34 @@ def test_kept_products_keep_no_weight_alive(two_threads):
 
 def test_calls_from_several_python_threads_share_prepared_weights_safely(two_threads):
     """Calls running at once on several Python threads (a server's workers) share the
-    products kept by csrc/cpu/prepared_cache.h and the workspace pool: each call's output is
-    the one a call alone gives. Split and unsplit sizes, every cell."""
+    products kept by csrc/cpu/prepared_cache.h and the workspace pool, while calls at other
+    batch sizes add and drop entries: each call's output, inference or training, is the one
+    a call alone gives. Split and unsplit sizes, every cell, float32 and bfloat16."""
     import threading
 
     torch.manual_seed(0)
-    modules = [getattr(fusedrnn, cell)(16, hidden, backend="cpu")
-               for cell in ("LSTM", "GRU", "RNN") for hidden in (32, 256)]
-    x = testing.make_sequence(8, 6, 16)
-    with torch.no_grad():
-        expected = [module(x)[0] for module in modules]
+    modules = [getattr(fusedrnn, cell)(16, hidden, backend="cpu", dtype=dtype)
+               for cell in ("LSTM", "GRU", "RNN") for hidden in (32, 256)
+               for dtype in (torch.float32, torch.bfloat16)]
+    inputs = [testing.make_sequence(batch, 6, 16) for batch in (8, 5)]
+
+    def outputs(module, train):
+        with torch.set_grad_enabled(train):
+            return [module(x.to(module.weight_hh_l0.dtype))[0].detach() for x in inputs]
+
+    expected = [outputs(module, False) for module in modules]
     failures = []
 
     def run(index):
         try:
-            with torch.no_grad():
-                for _ in range(20):
-                    if not torch.equal(modules[index](x)[0], expected[index]):
-                        failures.append(index)
+            for call in range(12):
+                got = outputs(modules[index], train=call % 2 == 1)
+                if not all(map(torch.equal, got, expected[index])):
+                    failures.append(index)
         except Exception as error:  # reported by the assert below
             failures.append(error)
 
-    workers = [threading.Thread(target=run, args=(i % len(modules),)) for i in range(12)]
+    workers = [threading.Thread(target=run, args=(i % len(modules),)) for i in range(24)]
     for worker in workers:
         worker.start()
     for worker in workers:
