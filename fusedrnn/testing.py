@@ -213,3 +213,22 @@ def assert_low_precision_rule(oracle, reference, candidate, input64, hx64=None):
     assert_within_low_precision_rule(grads, ref_grads, oracle_grads, GRADIENT_FACTOR,
                                      "gradients")
     return out, grads
+
+
+def weight_outlives_module(make_module, input, calls=3):
+    """Whether ``W_hh`` (``weight_hh_l0``) of the module ``make_module()`` is still alive
+    once the module is gone, after ``calls`` training calls (forward and backward) and as
+    many inference calls on ``input``: whether something, a cache say, kept it."""
+    import gc
+    import weakref
+
+    module = make_module()
+    for _ in range(calls):
+        module(input)[0].float().sum().backward()
+    with torch.no_grad():
+        for _ in range(calls):
+            module(input)
+    weight = weakref.ref(module.weight_hh_l0)
+    del module
+    gc.collect()
+    return weight() is not None

@@ -292,21 +292,10 @@ def test_kept_products_keep_no_weight_alive(two_threads):
     """A module's W_hh is freed with the module after training and inference calls, also
     where a product reads W_hh in place (a call with no rows: nothing prepared), which the
     cache then does not keep (the other product paths: GEMM_MODE_CHECK below)."""
-    import gc
-    import weakref
-
     for batch in (3, 0):
-        module = fusedrnn.LSTM(6, 32, backend="cpu")
         x = testing.make_sequence(3, 4, 6)[:, :batch]
-        for _ in range(3):
-            module(x)[0].sum().backward()
-        with torch.no_grad():
-            for _ in range(3):
-                module(x)
-        weight = weakref.ref(module.weight_hh_l0)
-        del module
-        gc.collect()
-        assert weight() is None, batch
+        assert not testing.weight_outlives_module(lambda: fusedrnn.LSTM(6, 32, backend="cpu"),
+                                                  x), batch
 
 
 def test_calls_from_several_python_threads_share_prepared_weights_safely(two_threads):
@@ -540,20 +529,11 @@ for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
     setattr(ops, f"{op}_recurrence_bwd", backward)
 # Kept products keep no weight alive on this path (the aten path's and MKL's bfloat16
 # product read W_hh in place: the cache does not keep them).
-import gc, weakref
 for cell in ("LSTM", "GRU", "RNN"):
     for dtype in (torch.float32, torch.bfloat16):
-        module = getattr(fusedrnn, cell)(6, 32, dtype=dtype, backend="cpu")
+        make = lambda: getattr(fusedrnn, cell)(6, 32, dtype=dtype, backend="cpu")
         x = testing.make_sequence(3, 4, 6, dtype=dtype)
-        for _ in range(3):
-            module(x)[0].float().sum().backward()
-        with torch.no_grad():
-            for _ in range(3):
-                module(x)
-        weight = weakref.ref(module.weight_hh_l0)
-        del module
-        gc.collect()
-        assert weight() is None, (cell, dtype)
+        assert not testing.weight_outlives_module(make, x), (cell, dtype)
 for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12), (50, 23, 0, 300)):
     x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)  # tiled, small, empty
     exact = (x.double() @ w.double().t()).float()
