@@ -63,7 +63,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     scalar_t* rp = projected ? r.data_ptr<scalar_t>() : nullptr;
     const auto products =
         gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 4, batch);
-    // With a projection the step is not split: w_hr's one part, kept as W_hh's are.
+    // With a projection the step is not split: w_hr's one part, kept as W_hh's are (split,
+    // gate_rows would cut w_hr's P rows by hidden units).
+    TORCH_INTERNAL_ASSERT(!projected || split.parts == 1);
     const auto projection = projected
         ? gate_row_products<RecurrentProduct<scalar_t>>(split, w_hr, 1, batch)
         : std::vector<RecurrentProduct<scalar_t>>();
