@@ -138,7 +138,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = _dropout(layer_input, dropout, positions if packed else None)
 
-    finals = [torch.stack(h_n, 0)] + ([torch.stack(c_n, 0)] if cell == "lstm" else [])
+    finals = [_stacked(h_n)] + ([_stacked(c_n)] if cell == "lstm" else [])
     output = layer_input
     if output_dtype not in (None, output.dtype) and output.dtype != torch.float64:
         output, finals[0] = output.to(output_dtype), finals[0].to(output_dtype)
@@ -152,6 +152,12 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     elif batch_first:
         output = output.transpose(0, 1)
     return output, (tuple(finals) if cell == "lstm" else finals[0])
+
+
+def _stacked(states):
+    """The layers' and directions' final states ``(B, S)`` as one ``(L*D, B, S)`` tensor: a
+    view of a single layer-direction's (``torch.stack`` would copy it)."""
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states, 0)
 
 
 # ---------------------------------------------------------------- layouts and packing
@@ -386,6 +392,8 @@ def _autocast_dtypes(cell, x, hx, packed, proj_size, step_cell):
     dtype: h_0's, or the input's without ``hx``. There the call runs in that dtype (the
     products too: as accurate, never less), and a projection's output and ``h_n`` come out
     in the autocast dtype, as the products give them in torch.nn."""
+    if not torch.compiler.is_compiling() and not torch._C._is_any_autocast_enabled():
+        return None, None  # one C call, where the checks below take microseconds
     device_type = x.device.type
     # Dynamo cannot trace is_autocast_available in torch 2.11 (fullgraph fails; 2.14 can);
     # a traced call is on a device that it compiles for, which has autocast.

@@ -31,7 +31,7 @@ from . import backends
 from .backends import common
 from .backends.reference import differentiable
 
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+GATES = common.GATES
 # Cells whose forward saves gates and a second per-step tensor for the backward.
 _SAVES_GATES = ("lstm", "gru")
 

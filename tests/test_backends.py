@@ -23,7 +23,7 @@ def unavailable_backend():
     backend = _Unavailable()
     backends.register(backend)
     yield backend
-    backends._REGISTRY.pop(backend.name)
+    backends.unregister(backend.name)
 
 
 def test_reference_is_always_available():

@@ -74,9 +74,13 @@ class BrokenBackend(Backend):
 
 
 @pytest.fixture
-def fake_backends(monkeypatch):
-    for backend in (UnavailableBackend(), BrokenBackend()):
-        monkeypatch.setitem(backends._REGISTRY, backend.name, backend)
+def fake_backends():
+    doubles = (UnavailableBackend(), BrokenBackend())
+    for backend in doubles:
+        backends.register(backend)
+    yield
+    for backend in doubles:
+        backends.unregister(backend.name)
 
 
 # ---------------------------------------------------------------- info

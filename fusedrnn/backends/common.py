@@ -18,6 +18,9 @@ def concrete_size(size):
     return type(size) is int
 
 
+# Gate blocks per cell, in PyTorch's order: LSTM i, f, g, o; GRU r, z, n.
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
 _NOTHING = contextlib.nullcontext()
 
 

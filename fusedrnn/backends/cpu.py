@@ -63,14 +63,12 @@ class CpuBackend(RecurrenceBackend):
     projection = True
 
     def auto_declines(self, device, dtype, call=None):
-        from ..ops import GATES  # not at import: ops imports the backends
-
         # A symbolic batch (torch.export with a dynamic batch) would put a guard on it: the
         # choice is then made for every batch, as if small.
         if (dtype not in (torch.bfloat16, torch.float16) or call is None
                 or not common.concrete_size(call.batch)):
             return False, ""
-        if call.batch * GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
+        if call.batch * common.GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
         # The bfloat16 kernels stay ahead of it: the LSTM's on either product, the GRU's and
         # RNN's measured on brgemm's only (on MKL's, an Intel CPU's, unmeasured against it).
@@ -91,11 +89,9 @@ class CpuBackend(RecurrenceBackend):
 
     def _bf16_kernel(self, cell, dtype, batch, hidden, state):
         """Whether a call runs the cell's bfloat16 kernels (else it is widened)."""
-        from ..ops import GATES  # not at import: ops imports the backends
-
         if not (state == hidden and dtype == torch.bfloat16):  # the projected LSTM has none
             return False
-        products = batch * GATES[cell] * hidden * hidden
+        products = batch * common.GATES[cell] * hidden * hidden
         if self._bf16_on_brgemm(hidden):
             return products >= BF16_BRGEMM_FROM
         # MKL's product: an odd hidden size's forward product needs it
@@ -214,9 +210,7 @@ def describe_16_bit():
 
 def _sizes(cell, w_hh):
     """The hidden size and the state's size of a direction with this ``w_hh`` (G, P)."""
-    from ..ops import GATES
-
-    return w_hh.shape[0] // GATES[cell], w_hh.shape[1]
+    return w_hh.shape[0] // common.GATES[cell], w_hh.shape[1]
 
 
 def _narrow_dtype(tensor):
