@@ -107,10 +107,10 @@ def test_an_exception_in_a_split_team_is_raised_after_every_thread_stops(threads
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cell, batch, hidden, dtype", [("LSTM", 3, 32, torch.float32),
+@pytest.mark.parametrize("cell, batch, hidden, dtype", [("LSTM", 5, 32, torch.float32),
                                                      ("LSTM", 8, 128, torch.float32),
                                                      ("GRU", 8, 128, torch.float32),
-                                                     ("LSTM", 3, 32, torch.float64),
+                                                     ("LSTM", 5, 32, torch.float64),
                                                      ("LSTM", 8, 128, torch.bfloat16),
                                                      ("GRU", 8, 64, torch.bfloat16),
                                                      ("RNN", 8, 128, torch.float32),
@@ -124,7 +124,8 @@ def test_calls_reuse_prepared_weights_only_while_they_are_unchanged(two_threads,
     checksum let cancel; copy_ under no_grad, as an optimizer does; a new tensor set as
     .data) or calling at another batch size makes the next call prepare them again, and
     every output and gradient is the one a new copy of the weights gives. Training calls
-    too. Unsplit and split sizes."""
+    too. Unsplit and split sizes, all above the calls that read W_hh in place (row dots:
+    test_small_calls_read_the_weights_in_place)."""
     from fusedrnn.backends import cpu as cpu_backend
 
     cpu = _extension.CPU.load()
@@ -240,7 +241,7 @@ def test_projected_lstm_reuses_both_prepared_weights_while_unchanged():
     cpu = _extension.CPU.load()
     cpu.clear_prepared_cache()
     module = fusedrnn.LSTM(6, 48, proj_size=20, backend="cpu")
-    x = testing.make_sequence(3, 4, 6)
+    x = testing.make_sequence(3, 8, 6)  # 24 rows: above the row dots' calls
 
     def call(hits_expected):
         hits, misses = cpu.prepared_cache_counts()
@@ -270,8 +271,9 @@ def test_prepared_weights_are_kept_for_the_current_version_only(two_threads):
     module = fusedrnn.LSTM(6, 64, backend="cpu")
     weight_bytes = module.weight_hh_l0.nbytes
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
+    steps = 9  # 18 rows and more: above the row dots' calls
     for batch in (2, 3, 4, 2, 3, 4):
-        x = testing.make_sequence(batch, 4, 6)
+        x = testing.make_sequence(batch, steps, 6)
         optimizer.zero_grad()
         for _ in range(2):
             module(x)[0].sum().backward()
@@ -280,20 +282,60 @@ def test_prepared_weights_are_kept_for_the_current_version_only(two_threads):
     with torch.no_grad():
         for batch in (2, 3, 4):
             for _ in range(2):
-                module(testing.make_sequence(batch, 4, 6))
+                module(testing.make_sequence(batch, steps, 6))
     assert cpu.prepared_cache_kept() == (3, 3 * weight_bytes)
-    module(testing.make_sequence(2, 4, 6))[0].sum().backward()
+    module(testing.make_sequence(2, steps, 6))[0].sum().backward()
     optimizer.step()
-    module(testing.make_sequence(2, 4, 6))  # a new version: marked, nothing kept
+    module(testing.make_sequence(2, steps, 6))  # a new version: marked, nothing kept
+    assert cpu.prepared_cache_kept() == (0, 0)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("batch, steps, hidden, input_size, dtype", [
+    (1, 3, 37, 19, torch.float32),     # short rows: the lanes' zero-padded last chunk
+    (1, 2, 256, 300, torch.float32),   # split by hidden units; threaded input projection
+    (2, 8, 45, 7, torch.float32),      # 16 rows in all
+    (4, 1, 64, 33, torch.float32),
+    (3, 4, 20, 40, torch.float64),
+    (1, 30, 128, 16, torch.float32),   # one row per step, however many steps
+])
+def test_small_calls_read_the_weights_in_place(two_threads, cell, batch, steps, hidden,
+                                               input_size, dtype):
+    """csrc/cpu/row_dots.h: a call of at most 16 rows in all, or of one batch row per step
+    at hidden 128 and above, runs its products (input projection, recurrent, the projection's) as dot products of
+    the weights' rows, read in place: nothing is prepared, so the cache counts no call and
+    keeps nothing, and outputs and final states, inference and training, agree with the
+    float64 oracle as the other paths do."""
+    cpu = _extension.CPU.load()
+    cpu.clear_prepared_cache()
+    extra = {"proj_size": 11} if cell == "LSTM" and dtype == torch.float64 else {}
+    module = getattr(fusedrnn, cell)(input_size, hidden, backend="cpu", dtype=dtype, **extra)
+    oracle = copy.deepcopy(module).double()
+    oracle.backend = "reference"
+    x = testing.make_sequence(batch, steps, input_size, dtype=dtype)
+    hx = testing.make_state(module, batch)
+    hx64 = tuple(h.double() for h in hx) if isinstance(hx, tuple) else hx.double()
+    counts = cpu.prepared_cache_counts()
+    with torch.no_grad():
+        inference = testing.flatten_outputs(module(x, hx))
+        inference64 = testing.flatten_outputs(oracle(x.double(), hx64))
+    outputs, grads = testing.outputs_and_grads(module, x, hx)
+    outputs64, grads64 = testing.outputs_and_grads(oracle, x.double(), hx64)
+    bound = 1e-12 if dtype == torch.float64 else 1e-5
+    testing.assert_close_relative(inference, inference64, bound, "inference")
+    testing.assert_close_relative(outputs, outputs64, bound, "training outputs")
+    testing.assert_close_relative(grads, grads64, bound, "gradients")
+    assert cpu.prepared_cache_counts() == counts
     assert cpu.prepared_cache_kept() == (0, 0)
 
 
 def test_kept_products_keep_no_weight_alive(two_threads):
     """A module's W_hh is freed with the module after training and inference calls, also
-    where a product reads W_hh in place (a call with no rows: nothing prepared), which the
-    cache then does not keep (the other product paths: GEMM_MODE_CHECK below)."""
-    for batch in (3, 0):
-        x = testing.make_sequence(3, 4, 6)[:, :batch]
+    where a product reads W_hh in place (row dots, or a call with no rows: nothing
+    prepared), which the cache then does not keep (the other product paths: GEMM_MODE_CHECK
+    below)."""
+    for batch in (8, 3, 0):
+        x = testing.make_sequence(8, 4, 6)[:, :batch]
         assert not testing.weight_outlives_module(lambda: fusedrnn.LSTM(6, 32, backend="cpu"),
                                                   x), batch
 

@@ -2,6 +2,8 @@
 // recurrent weights, straight into the BLAS that torch is linked with: one ATen call costs
 // microseconds of dispatch, which at batch 1 is more than the product itself.
 //
+// The forward's products of calls of one batch row per step, or of a few rows in all, run
+// as dot products of w's rows in place (row_dots.h, RecurrentProduct::in_place). Other
 // float32 products run on oneDNN's brgemm where it is the faster one (brgemm.h). Otherwise:
 // torch's x86 wheels export MKL's Fortran sgemm_/dgemm_ and its packed-GEMM API, declared
 // weak here so that a torch without them still loads this library (the product then goes
@@ -21,6 +23,7 @@
 #include <type_traits>
 
 #include "brgemm.h"
+#include "row_dots.h"
 #include "transpose.h"
 
 extern "C" {
@@ -177,6 +180,33 @@ class RecurrentProduct {
     if (transpose) w_ = transposed(w);  // (H, G) row-major: column-major (G, H)
   }
 
+  // Whether the forward products (transpose) of a call, `batch` rows in each of `steps`
+  // steps, with w's rows k long, run in place as row dots of w's rows (row_dots.h), under
+  // FUSEDRNN_CPU_GEMM=auto: see kRowDotsRowsUpTo.
+  static bool in_place_pays(int64_t batch, int64_t steps, int64_t k) {
+    return (batch * steps <= kRowDotsRowsUpTo || (batch == 1 && k >= kRowDotsOneRowFrom)) &&
+           gemm_mode() == "auto";
+  }
+
+  // The forward product of `batch` rows of a @ W^T for the rows of W in `rows`, a (blocks, n,
+  // K) view of W (its rows contiguous; block j at a stride of its own), read in place: the
+  // out columns are block 0's n rows, then block 1's, and so on. Nothing is prepared, so
+  // whatever keeps the product keeps W (reads() is true of it).
+  static RecurrentProduct in_place(const at::Tensor& rows, int64_t batch) {
+    TORCH_INTERNAL_ASSERT(rows.dim() == 3 && rows.stride(2) == 1 &&
+                          rows.stride(1) == rows.size(2));
+    RecurrentProduct product;
+    product.w_ = rows;
+    product.transpose_ = true;
+    product.in_place_ = true;
+    product.batch_ = batch;
+    product.rows_ = rows.size(1);
+    product.block_stride_ = rows.stride(0);
+    product.m_ = rows.size(0) * rows.size(1);
+    product.k_ = rows.size(2);
+    return product;
+  }
+
   // Whether apply() reads w's own memory (no copy made of it): whatever keeps this product
   // keeps w.
   bool reads(const at::Tensor& w) const {
@@ -189,6 +219,13 @@ class RecurrentProduct {
     if (batch == 0 || m_ == 0) return;
     if (k_ == 0) {
       std::fill(out, out + batch * m_, scalar_t(0));
+      return;
+    }
+    if (in_place_) {
+      const scalar_t* w = w_.const_data_ptr<scalar_t>();
+      for_column_blocks(batch, m_, k_, [&](int64_t c0, int64_t n) {
+        row_dots(w, rows_, block_stride_, k_, c0, c0 + n, a, batch, out, m_);
+      });
       return;
     }
     if constexpr (std::is_same_v<scalar_t, float>) {
@@ -216,6 +253,8 @@ class RecurrentProduct {
   }
 
  private:
+  RecurrentProduct() = default;
+
   void apply_brgemm(float* out, const float* a) const {
     const float* b = w_.data_ptr<float>();
     for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) {
@@ -236,10 +275,11 @@ class RecurrentProduct {
 
   at::Tensor weight_;  // w as given, on the ATen path only
   at::Tensor w_;       // w in the layout gemm and brgemm read: w, or its transposed copy
-                       // (none where packed_ holds it)
-  bool transpose_;
-  int64_t batch_, m_, k_;
-  bool blas_ = false, brgemm_ = false, packable_ = false;
+                       // (none where packed_ holds it); in place, the view of w's rows
+  bool transpose_ = true;
+  int64_t batch_ = 0, m_ = 0, k_ = 0;
+  bool blas_ = false, brgemm_ = false, packable_ = false, in_place_ = false;
+  int64_t rows_ = 0, block_stride_ = 0;  // in place: rows per block, elements between blocks
   at::Tensor packed_;
 };
 

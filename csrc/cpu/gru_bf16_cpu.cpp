@@ -41,7 +41,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_bf16(
   // Split by hidden units as the LSTM's loops are (unit_split.h): part p's product gives
   // its units' rows of every gate, (B, 3 n).
   const UnitSplit split(batch, 3, hidden);
-  const auto products = gate_row_products<Bf16Product>(split, w_hh, 3, batch);
+  const auto products = gate_row_products<Bf16Product>(split, w_hh, 3, batch, steps);
   Tensor hidden_gates = at::empty({split.parts, batch, 3 * split.chunk}, f32);
   // Per thread, float32: a row's widened x projection and gates (3n each), hidden_n and h
   // (n each).

@@ -58,7 +58,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const scalar_t* bip = input_bias.data_ptr<scalar_t>();
     scalar_t* hg_p = hidden_gates.data_ptr<scalar_t>();
     const auto products =
-        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 3, batch);
+        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 3, batch, steps);
     split.run([&](int64_t first, int64_t stride) {
       scalar_t* hp = h_a.data_ptr<scalar_t>();
       scalar_t* hn = h_b.data_ptr<scalar_t>();

@@ -70,7 +70,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   // Split by hidden units as the float32 loop is (unit_split.h): part p's product gives
   // its units' rows of every gate, (B, 4 n).
   const UnitSplit split(batch, 4, hidden);
-  const auto products = gate_row_products<Bf16Product>(split, w_hh, 4, batch);
+  const auto products = gate_row_products<Bf16Product>(split, w_hh, 4, batch, steps);
   Tensor hidden_gates = at::empty({split.parts, batch, 4 * split.chunk}, f32);
   // Per thread, float32: a row's widened x projection (4n), gates (4n) and h twice (the
   // cell writes the output and the next state apart).

@@ -62,12 +62,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t* rp = projected ? r.data_ptr<scalar_t>() : nullptr;
     const auto products =
-        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 4, batch);
+        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 4, batch, steps);
     // With a projection the step is not split: w_hr's one part, kept as W_hh's are (split,
     // gate_rows would cut w_hr's P rows by hidden units).
     TORCH_INTERNAL_ASSERT(!projected || split.parts == 1);
     const auto projection = projected
-        ? gate_row_products<RecurrentProduct<scalar_t>>(split, w_hr, 1, batch)
+        ? gate_row_products<RecurrentProduct<scalar_t>>(split, w_hr, 1, batch, steps)
         : std::vector<RecurrentProduct<scalar_t>>();
     const auto order = time_order(steps, reverse);
     avx512_rows();  // a bad FUSEDRNN_CPU_MATH raises here, before the loop

@@ -3,7 +3,8 @@
 // the next while W_hh is unchanged. The preparation is a fixed cost per call and layer: at
 // batch 32, hidden 512 on the 2-core AMD EPYC, 0.7 of an LSTM call's 1.4 ms at one step, so
 // calls of a few steps (decoding one step at a time) paid it again and again
-// (benchmarks/results/epyc-2core-lstm-inference-breakdown).
+// (benchmarks/results/epyc-2core-lstm-inference-breakdown). Calls of one batch row per step
+// or of a few rows in all read W_hh in place instead (row_dots.h): nothing is kept for them.
 //
 // Unchanged means: the same tensor (held weakly), at the same address, with the same sizes and
 // version, and a checksum of its values equal to the one it had when the products were made.

@@ -39,7 +39,7 @@ std::tuple<Tensor, Tensor> rnn_forward_bf16(const Tensor& xproj, const Tensor& b
   // Split by hidden units as the LSTM's loops are (unit_split.h): part p's product gives
   // its units' h W_hh^T, (B, n).
   const UnitSplit split(batch, 1, hidden);
-  const auto products = gate_row_products<Bf16Product>(split, w_hh, 1, batch);
+  const auto products = gate_row_products<Bf16Product>(split, w_hh, 1, batch, steps);
   Tensor hidden_gates = at::empty({split.parts, batch, split.chunk}, f32);
   // Per thread, float32: a row's widened x projection, h twice (rnn_fwd_row writes y and h
   // apart).

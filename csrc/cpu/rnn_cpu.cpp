@@ -49,7 +49,7 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj,
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     scalar_t* hg_p = hidden_gates.data_ptr<scalar_t>();
     const auto products =
-        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 1, batch);
+        gate_row_products<RecurrentProduct<scalar_t>>(split, w_hh, 1, batch, steps);
     split.run([&](int64_t first, int64_t stride) {
       scalar_t* hp = h_a.data_ptr<scalar_t>();
       scalar_t* hn = h_b.data_ptr<scalar_t>();

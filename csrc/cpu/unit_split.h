@@ -25,6 +25,7 @@
 #include <exception>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "blas.h"
@@ -83,6 +84,13 @@ class UnitSplit {
       out.push_back(at::cat(rows, 0).contiguous());
     }
     return out;
+  }
+
+  // Part p's rows of w (gates * H, K), as gate_rows() orders them, in place: a (gates, n, K)
+  // view of w.
+  at::Tensor gate_row_view(const at::Tensor& w, int64_t gates, int64_t p) const {
+    if (parts == 1) return w.view({gates, w.size(0) / gates, w.size(1)});
+    return w.view({gates, hidden_, w.size(1)}).narrow(1, begin(p), end(p) - begin(p));
   }
 
   // For each part, the columns of w (G, H) for its units: (G, n). One part: w itself.
@@ -215,13 +223,30 @@ std::vector<Product> part_products(const std::vector<at::Tensor>& weights, bool 
   return products;
 }
 
-// The forward's products: one per part of `split`, of its gate rows of w_hh (gates blocks of
-// H rows), from an earlier call's where w_hh is unchanged (prepared_cache.h). A training
+// Whether Product has the forward's in-place row dots (RecurrentProduct: float32, float64).
+template <typename Product>
+struct RowDotsProduct : std::false_type {};
+template <typename scalar_t>
+struct RowDotsProduct<RecurrentProduct<scalar_t>> : std::true_type {};
+
+// The forward's products for `batch` rows in each of `steps` steps: one per part of `split`,
+// of its gate rows of w_hh (gates blocks of H rows), read in place where that pays
+// (RecurrentProduct::in_place_pays), else from an earlier call's where w_hh is unchanged
+// (prepared_cache.h). A training
 // loop's optimizer changes the weights between its calls, which then make them anew (after
 // a weight's first call at a version, which only marks it).
 template <typename Product>
 std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor& w_hh,
-                                       int64_t gates, int64_t batch) {
+                                       int64_t gates, int64_t batch, int64_t steps) {
+  if constexpr (RowDotsProduct<Product>::value) {
+    if (Product::in_place_pays(batch, steps, w_hh.size(1))) {  // nothing prepared, nothing to keep
+      std::vector<Product> products;
+      for (int64_t p = 0; p < split.parts; ++p) {
+        products.push_back(Product::in_place(split.gate_row_view(w_hh, gates, p), batch));
+      }
+      return products;
+    }
+  }
   const auto make = [&] {
     return part_products<Product>(split.gate_rows(w_hh, gates), /*transpose=*/true, batch);
   };

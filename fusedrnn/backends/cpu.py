@@ -170,7 +170,11 @@ def _describe_products(extension):
             else "MKL" if not extension.bf16_on_brgemm()
             else "oneDNN's brgemm (MKL at odd hidden sizes)" if extension.bf16_on_mkl()
             else "oneDNN's brgemm")
-    return f"float32 on {f32}; the bfloat16 kernels' on {bf16} (FUSEDRNN_CPU_GEMM={mode})"
+    small = ("; float32 and float64 calls of at most 16 rows in all, or of one row per step "
+             "at hidden 128 and above: row dots of the weights in place"
+             if mode == "auto" else "")
+    return (f"float32 on {f32}; the bfloat16 kernels' on {bf16}{small} "
+            f"(FUSEDRNN_CPU_GEMM={mode})")
 
 
 def describe_cell_math():
