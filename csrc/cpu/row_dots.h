@@ -1,9 +1,10 @@
-// The forward's recurrent product for small batches, out = a @ W^T, as dot products of W's
-// rows, read where they are: nothing is copied, transposed or packed first, so nothing is
-// prepared, kept from one call to the next or checksummed (prepared_cache.h). At a batch of a
-// few rows the product is one pass over W whichever way it runs, and a call of one step (a
-// cell, decoding step by step) paid for a pass more: checksumming the kept products' weight
-// (blas.h's products read a transposed copy), or making that copy.
+// The forward's products of calls of a few rows (the input projection, the recurrent
+// product, the LSTM projection's), out = a @ W^T, as dot products of W's rows, read where
+// they are: nothing is copied, transposed or packed first, so nothing is prepared, kept from
+// one call to the next or checksummed (prepared_cache.h). At a few rows the product is one
+// pass over W whichever way it runs, and a call of one step (a cell, decoding step by step)
+// paid for a pass more: checksumming the kept products' weight (blas.h's products read a
+// transposed copy), or making that copy.
 //
 // Lanes: each dot product sums W's row and a's row in 64 bytes of lanes (16 floats, 8
 // doubles), lane l taking the elements at k = l mod lanes (a short last chunk adds nothing to
