@@ -95,7 +95,10 @@ class RNNCellBase(nn.Module):
 
 
 def _unstack(state, batched):
-    return state[0] if batched else state.view(-1)
+    """A step's ``(1, B, H)`` final state as the cell returns it: ``(B, H)``, a tensor of its
+    own as torch's cells return (a view would refuse ``detach_()``), or ``(H,)`` unbatched,
+    a view as torch's is."""
+    return state[0].clone() if batched else state.view(-1)
 
 
 class LSTMCell(RNNCellBase):

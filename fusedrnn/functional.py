@@ -138,7 +138,7 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = _dropout(layer_input, dropout, positions if packed else None)
 
-    finals = [_stacked(h_n)] + ([_stacked(c_n)] if cell == "lstm" else [])
+    finals = [torch.stack(h_n, 0)] + ([torch.stack(c_n, 0)] if cell == "lstm" else [])
     output = layer_input
     if output_dtype not in (None, output.dtype) and output.dtype != torch.float64:
         output, finals[0] = output.to(output_dtype), finals[0].to(output_dtype)
@@ -152,12 +152,6 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     elif batch_first:
         output = output.transpose(0, 1)
     return output, (tuple(finals) if cell == "lstm" else finals[0])
-
-
-def _stacked(states):
-    """The layers' and directions' final states ``(B, S)`` as one ``(L*D, B, S)`` tensor: a
-    view of a single layer-direction's (``torch.stack`` would copy it)."""
-    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states, 0)
 
 
 # ---------------------------------------------------------------- layouts and packing

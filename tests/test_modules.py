@@ -256,3 +256,26 @@ def test_torch_nn_lstm_cannot_be_compiled_fullgraph():
     compiled = torch.compile(nn.LSTM(4, 6), fullgraph=True, backend="aot_eager")
     with pytest.raises(Exception, match="(?i)rnn|lstm"):
         compiled(torch.randn(5, 2, 4))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_returned_states_are_views_only_where_torchs_are(name, grad):
+    """Final states (and cells' outputs) are tensors of their own where torch.nn's are (the
+    batched ones): truncated backpropagation's ``h.detach_()`` works on them as on torch's
+    (a view refuses it; torch's unbatched states are views)."""
+    for batched in (True, False):
+        module = getattr(fusedrnn, name)(4, 5)
+        twin = getattr(nn, name)(4, 5)
+        x = torch.randn(3, 2, 4) if batched else torch.randn(3, 4)
+        if name.endswith("Cell"):
+            x = x[0]
+        with torch.set_grad_enabled(grad):
+            outs = [m(x) for m in (module, twin)]
+        ours, theirs = [out if name.endswith("Cell") else out[1] for out in outs]
+        ours, theirs = [s if isinstance(s, tuple) else (s,) for s in (ours, theirs)]
+        for state, torch_state in zip(ours, theirs):
+            assert (state._base is None) == (torch_state._base is None), (name, batched)
+            if torch_state._base is None:
+                state.detach_()
+                assert not state.requires_grad
