@@ -124,7 +124,7 @@ def test_info_says_how_the_cpu_backend_computes_the_cells(capsys, monkeypatch):
     monkeypatch.delenv("FUSEDRNN_CPU_MATH", raising=False)
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^\s+cell math\s+(the forward rows on AVX-512 intrinsics|vectorised "
+    assert re.search(r"^\s+cell math\s+(the forward rows and the row dots on AVX-512 intrinsics|vectorised "
                      r"portable code \(AVX-512, AVX2 or baseline clones\)) "
                      r"\(FUSEDRNN_CPU_MATH=auto\)$", out, re.MULTILINE), out
 

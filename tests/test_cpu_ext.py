@@ -329,6 +329,41 @@ def test_small_calls_read_the_weights_in_place(two_threads, cell, batch, steps, 
     assert cpu.prepared_cache_kept() == (0, 0)
 
 
+ROW_DOTS_BITS = """
+import sys, torch
+from fusedrnn import _extension
+_extension.CPU.load()
+generator = torch.Generator().manual_seed(0)
+results = []
+for rows, inputs, gates in ((1, 7, 50), (3, 33, 130), (4, 200, 97), (5, 1, 9), (16, 256, 512)):
+    x = torch.randn(1, rows, inputs, generator=generator)
+    w = torch.randn(gates, inputs, generator=generator)
+    results.append((x, w, torch.ops.fusedrnn.input_projection(x, w)))
+torch.save(results, sys.argv[1])
+"""
+
+
+def test_row_dots_give_the_same_bits_with_and_without_avx512_intrinsics(tmp_path):
+    """csrc/cpu/row_dots_avx512.cpp (where the CPU has AVX-512F and FUSEDRNN_CPU_MATH is
+    auto) adds the same products in the same order as row_dots.h's portable code
+    (FUSEDRNN_CPU_MATH=portable): the same bits, through the input projection of at most 16
+    rows. Short last chunks (rows of 1, 7, 33, 200 elements), one to five batch rows (in
+    groups of four and the rest), columns not a multiple of four, threaded column blocks;
+    and both agree with float64."""
+    results = {}
+    for math in ("auto", "portable"):
+        path = tmp_path / f"{math}.pt"
+        env = dict(os.environ, FUSEDRNN_CPU_MATH=math, FUSEDRNN_CPU_GEMM="auto")
+        run = subprocess.run([sys.executable, "-c", ROW_DOTS_BITS, str(path)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[math] = torch.load(path)
+    for (x, w, auto), (_, _, portable) in zip(results["auto"], results["portable"]):
+        assert torch.equal(auto, portable), tuple(x.shape) + tuple(w.shape)
+        exact = x.double() @ w.double().t()
+        testing.assert_close_relative([auto], [exact], 1e-5, f"rows {x.shape[1]}")
+
+
 def test_kept_products_keep_no_weight_alive(two_threads):
     """A module's W_hh is freed with the module after training and inference calls, also
     where a product reads W_hh in place (row dots, or a call with no rows: nothing

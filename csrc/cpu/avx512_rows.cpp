@@ -23,8 +23,9 @@
 
 namespace fusedrnn::cpu {
 
-// FUSEDRNN_CPU_MATH: "auto" (default: AVX-512 rows where the CPU has AVX-512F) or
-// "portable" (the vectorised templates of *_rows.h everywhere; the tests run both). Read once.
+// FUSEDRNN_CPU_MATH: "auto" (default: AVX-512 rows, and the float32 row dots of
+// row_dots_avx512.cpp, where the CPU has AVX-512F) or "portable" (the vectorised templates of
+// *_rows.h and row_dots.h everywhere; the tests run both). Read once.
 std::string math_mode() {
   static const std::string mode = [] {
     const char* value = std::getenv("FUSEDRNN_CPU_MATH");

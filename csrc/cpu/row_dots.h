@@ -9,13 +9,17 @@
 // Lanes: each dot product sums W's row and a's row in 64 bytes of lanes (16 floats, 8
 // doubles), lane l taking the elements at k = l mod lanes (a short last chunk adds nothing to
 // the lanes past its end), then the lanes pairwise: lane l plus lane l + lanes / 2, and so on
-// down to one. Every clone (AVX-512, AVX2, baseline) sums in this order.
+// down to one. Every clone (AVX-512, AVX2, baseline) sums in this order, and so does the
+// float32 code with AVX-512 intrinsics (row_dots_avx512.cpp), which takes four rows' sums at
+// once.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
+#include "avx512_rows.h"
 #include "cpu_math.h"
 
 namespace fusedrnn::cpu {
@@ -68,11 +72,14 @@ FUSEDRNN_MATH void dot_rows(const scalar_t* const* rows, int64_t k, const scalar
   const int64_t full = k / kLanes * kLanes;
   V acc[kRows][kBatch] = {};
   for (int64_t k0 = 0; k0 < full; k0 += kLanes) {
+    V av[kBatch];  // each batch row's chunk loaded once, for every row of w
+#pragma GCC unroll 4
+    for (int b = 0; b < kBatch; ++b) av[b] = load<scalar_t, 64>(a + b * k + k0);
 #pragma GCC unroll 4
     for (int j = 0; j < kRows; ++j) {
       const V wv = load<scalar_t, 64>(rows[j] + k0);
 #pragma GCC unroll 4
-      for (int b = 0; b < kBatch; ++b) acc[j][b] += wv * load<scalar_t, 64>(a + b * k + k0);
+      for (int b = 0; b < kBatch; ++b) acc[j][b] += wv * av[b];
     }
   }
   if (full < k) {
@@ -140,6 +147,11 @@ FUSEDRNN_SIMD_CLONES void row_dots_batch(const scalar_t* __restrict__ w, int64_t
 constexpr int64_t kRowDotsRowsUpTo = 16;
 constexpr int64_t kRowDotsOneRowFrom = 128;
 
+// row_dots<float> with AVX-512 intrinsics (row_dots_avx512.cpp), the same sums: where
+// avx512_rows().
+void row_dots_avx512(const float* w, int64_t rows, int64_t block_stride, int64_t k, int64_t c0,
+                     int64_t c1, const float* a, int64_t batch, float* out, int64_t ldo);
+
 // out (batch, columns c0 to c1 of its row stride ldo) = a (batch, k) @ W^T for those columns:
 // W's rows in blocks of `rows` rows, block j's first row at w + j * block_stride (row
 // stride k), column c the dot product with row c % rows of block c / rows.
@@ -147,6 +159,12 @@ template <typename scalar_t>
 void row_dots(const scalar_t* w, int64_t rows, int64_t block_stride, int64_t k, int64_t c0,
               int64_t c1, const scalar_t* a, int64_t batch, scalar_t* out, int64_t ldo) {
   using row_dots_detail::row_dots_batch;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (avx512_rows()) {
+      row_dots_avx512(w, rows, block_stride, k, c0, c1, a, batch, out, ldo);
+      return;
+    }
+  }
   for (int64_t b = 0; b < batch; b += 4) {
     const scalar_t* ab = a + b * k;
     scalar_t* ob = out + b * ldo;

@@ -178,7 +178,8 @@ def _describe_products(extension):
 
 
 def describe_cell_math():
-    """How the cpu backend's float32 rows compute the cells' activations here, in words."""
+    """How the cpu backend's float32 rows compute the cells' activations (and its row dots
+    their sums) here, in words."""
     if not _extension.CPU.status()[0]:
         return "n/a (fusedrnn._cpu not built)"
     mode = os.environ.get("FUSEDRNN_CPU_MATH") or "auto"
@@ -186,7 +187,7 @@ def describe_cell_math():
         on_avx512 = _extension.CPU.load().avx512_rows()
     except RuntimeError as error:  # a FUSEDRNN_CPU_MATH the kernels refuse
         return f"none: {error}"
-    where = ("the forward rows on AVX-512 intrinsics" if on_avx512
+    where = ("the forward rows and the row dots on AVX-512 intrinsics" if on_avx512
              else "vectorised portable code (AVX-512, AVX2 or baseline clones)")
     return f"{where} (FUSEDRNN_CPU_MATH={mode})"
 
