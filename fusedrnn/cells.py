@@ -94,11 +94,19 @@ class RNNCellBase(nn.Module):
         return run(sequence, states, batched)
 
 
+def _step(cell, module, sequence, states):
+    """``functional._run`` of one step of ``module`` (``cell``: the op's name): the final
+    states, each the op's own ``(B, H)`` tensor (``step_cell``)."""
+    _, finals = functional._run(cell, sequence, states, module._weights(), module.bias, 1, 0.0,
+                                False, False, False, 0, module.backend, step_cell=True)
+    return finals
+
+
 def _unstack(state, batched):
-    """A step's ``(1, B, H)`` final state as the cell returns it: ``(B, H)``, a tensor of its
-    own as torch's cells return (a view would refuse ``detach_()``), or ``(H,)`` unbatched,
-    a view as torch's is."""
-    return state[0].clone() if batched else state.view(-1)
+    """A step's ``(B, H)`` final state as the cell returns it: a tensor of its own where
+    batched, as torch's cells return (a view would refuse ``detach_()``), a ``(H,)`` view
+    unbatched, as torch's is."""
+    return state if batched else state.view(-1)
 
 
 class LSTMCell(RNNCellBase):
@@ -112,10 +120,7 @@ class LSTMCell(RNNCellBase):
 
     def forward(self, input, hx=None):
         def run(sequence, states, batched):
-            hx_seq = None if states is None else tuple(states)
-            _, (h, c) = functional._run("lstm", sequence, hx_seq, self._weights(), self.bias,
-                                        1, 0.0, False, False, False, 0, self.backend,
-                                        step_cell=True)
+            h, c = _step("lstm", self, sequence, None if states is None else tuple(states))
             return _unstack(h, batched), _unstack(c, batched)
 
         if hx is not None and (isinstance(hx, torch.Tensor) or len(hx) != 2):
@@ -134,9 +139,8 @@ class GRUCell(RNNCellBase):
 
     def forward(self, input, hx=None):
         def run(sequence, states, batched):
-            _, h = functional.gru(sequence, None if states is None else states[0],
-                                  self._weights(), bias=self.bias, backend=self.backend)
-            return _unstack(h, batched)
+            return _unstack(_step("gru", self, sequence, None if states is None else states[0]),
+                            batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))
 
@@ -155,9 +159,8 @@ class RNNCell(RNNCellBase):
 
     def forward(self, input, hx=None):
         def run(sequence, states, batched):
-            _, h = functional.rnn(sequence, None if states is None else states[0],
-                                  self._weights(), nonlinearity=self.nonlinearity,
-                                  bias=self.bias, backend=self.backend)
+            h = _step(f"rnn_{self.nonlinearity}", self, sequence,
+                      None if states is None else states[0])
             return _unstack(h, batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))

@@ -59,7 +59,9 @@ def weights_per_direction(bias, proj_size):
 
 def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirectional,
          batch_first, proj_size, backend, step_cell=False):
-    """``step_cell``: one step of ``torch.nn.LSTMCell`` (its autocast rule differs)."""
+    """``step_cell``: one step of a cell (``torch.nn.LSTMCell``'s autocast rule differs from
+    ``torch.nn.LSTM``'s): one layer and direction of batched input, whose final states come
+    back as that layer's own ``(B, S)`` tensors, not stacked into ``(1, B, S)`` copies."""
     name = _MODE_NAMES[cell]
     weights = list(weights)
     directions = 2 if bidirectional else 1
@@ -138,7 +140,9 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = _dropout(layer_input, dropout, positions if packed else None)
 
-    finals = [torch.stack(h_n, 0)] + ([torch.stack(c_n, 0)] if cell == "lstm" else [])
+    if cell != "lstm":
+        c_n = []
+    finals = h_n + c_n if step_cell else [torch.stack(f, 0) for f in (h_n, c_n) if f]
     output = layer_input
     if output_dtype not in (None, output.dtype) and output.dtype != torch.float64:
         output, finals[0] = output.to(output_dtype), finals[0].to(output_dtype)

@@ -258,14 +258,15 @@ def test_torch_nn_lstm_cannot_be_compiled_fullgraph():
         compiled(torch.randn(5, 2, 4))
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
-def test_returned_states_are_views_only_where_torchs_are(name, grad):
+def test_returned_states_are_views_only_where_torchs_are(name, grad, backend):
     """Final states (and cells' outputs) are tensors of their own where torch.nn's are (the
     batched ones): truncated backpropagation's ``h.detach_()`` works on them as on torch's
     (a view refuses it; torch's unbatched states are views)."""
     for batched in (True, False):
-        module = getattr(fusedrnn, name)(4, 5)
+        module = getattr(fusedrnn, name)(4, 5, backend=backend)
         twin = getattr(nn, name)(4, 5)
         x = torch.randn(3, 2, 4) if batched else torch.randn(3, 4)
         if name.endswith("Cell"):

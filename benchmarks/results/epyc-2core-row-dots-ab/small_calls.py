@@ -13,11 +13,12 @@ CASES = [  # (what, cell, batch, steps, hidden, training)
     ("cell", "RNN", 1, 1, 128, False), ("cell", "LSTM", 1, 1, 512, False),
     ("cell", "GRU", 1, 1, 512, False), ("cell", "LSTM", 1, 1, 1024, False),
     ("cell", "GRU", 1, 1, 1024, False), ("cell", "RNN", 1, 1, 1024, False),
-    ("cell", "LSTM", 4, 1, 512, False),
+    ("cell", "LSTM", 4, 1, 512, False), ("cell", "LSTM", 1, 1, 200, False),
     ("module", "LSTM", 1, 1, 1024, False), ("module", "GRU", 4, 1, 512, False),
     ("module", "LSTM", 2, 8, 256, False),
     ("module", "LSTM", 1, 100, 64, False), ("module", "LSTM", 1, 100, 128, False),
     ("module", "LSTM", 1, 100, 512, False), ("module", "GRU", 1, 100, 256, False),
+    ("module", "LSTM", 1, 100, 200, False),
     ("module", "LSTM", 4, 100, 256, False),
     ("module", "LSTM", 1, 1, 512, True), ("module", "LSTM", 1, 100, 256, True),
 ]
