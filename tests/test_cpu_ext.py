@@ -329,6 +329,35 @@ def test_small_calls_read_the_weights_in_place(two_threads, cell, batch, steps, 
     assert cpu.prepared_cache_kept() == (0, 0)
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("batch, steps, hidden, input_size", [(1, 3, 37, 19), (1, 2, 256, 300),
+                                                              (4, 4, 64, 33), (1, 20, 128, 8)])
+def test_small_bfloat16_calls_read_the_weights_in_place(two_threads, monkeypatch, cell, batch,
+                                                        steps, hidden, input_size):
+    """The bfloat16 kernels' small calls (as test_small_calls_read_the_weights_in_place's)
+    take their products as bfloat16 row dots where the CPU has AVX512-BF16: nothing kept or
+    counted by the cache there, and the low-precision rule against float64 either way."""
+    from fusedrnn.backends import cpu as cpu_backend
+
+    cpu = _extension.CPU.load()
+    if not cpu.has_bf16_gemm():
+        pytest.skip("this torch has no bfloat16 product (oneDNN's brgemm or MKL's)")
+    monkeypatch.setattr(cpu_backend, "BF16_KERNEL_FROM", 0)  # the bfloat16 kernels at any size
+    monkeypatch.setattr(cpu_backend, "BF16_BRGEMM_FROM", 0)
+    cpu.clear_prepared_cache()
+    counts = cpu.prepared_cache_counts()
+    make = lambda dtype, backend: getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype,
+                                                          backend=backend)
+    testing.assert_low_precision_rule(make(torch.float64, "reference"),
+                                      make(torch.bfloat16, "reference"),
+                                      make(torch.bfloat16, "cpu"),
+                                      testing.make_sequence(batch, steps, input_size,
+                                                            dtype=torch.float64))
+    if cpu.bf16_row_dots():
+        assert cpu.prepared_cache_counts() == counts
+        assert cpu.prepared_cache_kept() == (0, 0)
+
+
 ROW_DOTS_BITS = """
 import sys, torch
 from fusedrnn import _extension

@@ -104,6 +104,29 @@ class Bf16Product {
     if (brgemm_) w_ = at::Tensor();  // read through pairs_ (no reference kept)
   }
 
+  // Whether the forward products (transpose) of a call, `batch` rows in each of `steps`
+  // steps reducing over k, run in place as bfloat16 row dots (row_dots.h): where the CPU
+  // has AVX512-BF16, under FUSEDRNN_CPU_GEMM=auto, for the calls row_dots_pay() takes.
+  static bool in_place_pays(int64_t batch, int64_t steps, int64_t k) {
+    return row_dots_pay(batch, steps, k) && gemm_mode() == "auto" && row_dots_bf16_runs();
+  }
+
+  // As RecurrentProduct::in_place: a @ W^T for W's rows in `rows`, a (blocks, n, K) view of
+  // W read in place.
+  static Bf16Product in_place(const at::Tensor& rows, int64_t batch) {
+    TORCH_INTERNAL_ASSERT(rows.dim() == 3 && rows.stride(2) == 1 &&
+                          rows.stride(1) == rows.size(2));
+    Bf16Product product;
+    product.w_ = rows;
+    product.in_place_ = true;
+    product.batch_ = batch;
+    product.rows_ = rows.size(1);
+    product.block_stride_ = rows.stride(0);
+    product.m_ = rows.size(0) * rows.size(1);
+    product.k_ = rows.size(2);
+    return product;
+  }
+
   // Whether apply() reads w's own memory (no copy made of it): whatever keeps this product
   // keeps w.
   bool reads(const at::Tensor& w) const {
@@ -112,6 +135,13 @@ class Bf16Product {
 
   void apply(float* out, const uint16_t* a) const {
     if (batch_ == 0 || m_ == 0) return;
+    if (in_place_) {
+      const auto* w = reinterpret_cast<const uint16_t*>(w_.const_data_ptr<at::BFloat16>());
+      for_column_blocks(batch_, m_, k_, [&](int64_t c0, int64_t n) {
+        row_dots_bf16(w, rows_, block_stride_, k_, c0, c0 + n, a, batch_, out, m_);
+      });
+      return;
+    }
     if (!brgemm_) {
       constexpr int kRowMajor = 101;
       const int m = static_cast<int>(batch_), n = static_cast<int>(m_);
@@ -129,6 +159,8 @@ class Bf16Product {
   }
 
  private:
+  Bf16Product() = default;
+
   // Columns [n0, n0 + n) of out on this thread.
   void columns(float* out, const uint16_t* a, int64_t n0, int64_t n) const {
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
@@ -142,10 +174,11 @@ class Bf16Product {
 #endif
   }
 
-  at::Tensor w_, pairs_;
-  bool transpose_;
-  int64_t batch_, m_, k_;
-  bool brgemm_;
+  at::Tensor w_, pairs_;  // in place: w_ is the view of w's rows
+  bool transpose_ = true;
+  int64_t batch_ = 0, m_ = 0, k_ = 0;
+  bool brgemm_ = false, in_place_ = false;
+  int64_t rows_ = 0, block_stride_ = 0;  // in place: rows per block, elements between blocks
 };
 
 }  // namespace fusedrnn::cpu

@@ -155,6 +155,14 @@ PyObject* bf16_on_mkl(PyObject*, PyObject*) {
   return bool_result([] { return fusedrnn::cpu::bf16_on_mkl(); });
 }
 
+// bf16_row_dots() -> bool: whether bfloat16 calls of a few rows run as row dots here
+// (row_dots.h: AVX512-BF16, FUSEDRNN_CPU_GEMM=auto).
+PyObject* bf16_row_dots(PyObject*, PyObject*) {
+  return bool_result([] {
+    return fusedrnn::cpu::row_dots_bf16_runs() && fusedrnn::cpu::gemm_mode() == "auto";
+  });
+}
+
 // unit_split_failure(steps, fail_step, every_thread) -> (message or None, [steps done by
 // each thread]): for the tests of a failing team. A UnitSplit (unit_split.h) of a step the
 // size of batch 4 x hidden 256 LSTM's, split over torch's threads, runs `steps` steps
@@ -250,6 +258,8 @@ PyMethodDef methods[] = {
     {"bf16_on_brgemm", bf16_on_brgemm, METH_NOARGS,
      "bf16_on_brgemm() -> bool: whether that kernel's products run on oneDNN's brgemm (at an "
      "even hidden size)"},
+    {"bf16_row_dots", bf16_row_dots, METH_NOARGS,
+     "bf16_row_dots() -> bool: whether bfloat16 calls of a few rows run as row dots here"},
     {"avx512_rows", avx512_rows, METH_NOARGS,
      "avx512_rows() -> bool: whether the float32 forward rows run on AVX-512 intrinsics"},
     {"unit_split_failure", unit_split_failure, METH_VARARGS,

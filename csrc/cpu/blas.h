@@ -184,8 +184,7 @@ class RecurrentProduct {
   // steps, with w's rows k long, run in place as row dots of w's rows (row_dots.h), under
   // FUSEDRNN_CPU_GEMM=auto: see kRowDotsRowsUpTo.
   static bool in_place_pays(int64_t batch, int64_t steps, int64_t k) {
-    return (batch * steps <= kRowDotsRowsUpTo || (batch == 1 && k >= kRowDotsOneRowFrom)) &&
-           gemm_mode() == "auto";
+    return row_dots_pay(batch, steps, k) && gemm_mode() == "auto";
   }
 
   // The forward product of `batch` rows of a @ W^T for the rows of W in `rows`, a (blocks, n,

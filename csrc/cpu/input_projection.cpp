@@ -70,6 +70,17 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih) {
         row_dots(w, gates, 0, inputs, c0, c0 + n, a, rows, o, gates);
       });
     });
+  } else if (x.scalar_type() == at::kBFloat16 && rows <= kRowDotsRowsUpTo &&
+             gemm_mode() == "auto" && row_dots_bf16_runs()) {
+    // The same in bfloat16 (AVX512-BF16's pairs of products), float32 sums rounded once.
+    at::Tensor sums = at::empty({rows, gates}, x.options().dtype(at::kFloat));
+    const auto* w = reinterpret_cast<const uint16_t*>(w_ih.const_data_ptr<at::BFloat16>());
+    const auto* a = reinterpret_cast<const uint16_t*>(x_flat.const_data_ptr<at::BFloat16>());
+    float* o = sums.data_ptr<float>();
+    for_column_blocks(rows, gates, inputs, [&](int64_t c0, int64_t n) {
+      row_dots_bf16(w, gates, 0, inputs, c0, c0 + n, a, rows, o, gates);
+    });
+    flat.copy_(sums);
   } else if (uses_brgemm(x.scalar_type()) && rows >= kBrgemmRowsFrom && inputs > 0) {
     project_on_brgemm(x_flat, w_ih, flat);
   } else {

@@ -152,6 +152,19 @@ constexpr int64_t kRowDotsOneRowFrom = 128;
 void row_dots_avx512(const float* w, int64_t rows, int64_t block_stride, int64_t k, int64_t c0,
                      int64_t c1, const float* a, int64_t batch, float* out, int64_t ldo);
 
+// Whether the CPU runs the bfloat16 row dots (AVX512-BF16 and AVX512BW), and those: out
+// float32 (as row_dots) = a @ W^T for bfloat16 a and W, each 32-element chunk's pairs of
+// products into 16 float32 lanes (vdpbf16ps), then the lane sums as above.
+bool row_dots_bf16_runs();
+void row_dots_bf16(const uint16_t* w, int64_t rows, int64_t block_stride, int64_t k, int64_t c0,
+                   int64_t c1, const uint16_t* a, int64_t batch, float* out, int64_t ldo);
+
+// Whether a call's forward products, `batch` rows in each of `steps` steps reducing over k,
+// run as row dots (FUSEDRNN_CPU_GEMM=auto; see kRowDotsRowsUpTo), where the dtype has them.
+inline bool row_dots_pay(int64_t batch, int64_t steps, int64_t k) {
+  return batch * steps <= kRowDotsRowsUpTo || (batch == 1 && k >= kRowDotsOneRowFrom);
+}
+
 // out (batch, columns c0 to c1 of its row stride ldo) = a (batch, k) @ W^T for those columns:
 // W's rows in blocks of `rows` rows, block j's first row at w + j * block_stride (row
 // stride k), column c the dot product with row c % rows of block c / rows.

@@ -25,7 +25,6 @@
 #include <exception>
 #include <limits>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "blas.h"
@@ -223,12 +222,6 @@ std::vector<Product> part_products(const std::vector<at::Tensor>& weights, bool 
   return products;
 }
 
-// Whether Product has the forward's in-place row dots (RecurrentProduct: float32, float64).
-template <typename Product>
-struct RowDotsProduct : std::false_type {};
-template <typename scalar_t>
-struct RowDotsProduct<RecurrentProduct<scalar_t>> : std::true_type {};
-
 // The forward's products for `batch` rows in each of `steps` steps: one per part of `split`,
 // of its gate rows of w_hh (gates blocks of H rows), read in place where that pays
 // (RecurrentProduct::in_place_pays), else from an earlier call's where w_hh is unchanged
@@ -238,14 +231,12 @@ struct RowDotsProduct<RecurrentProduct<scalar_t>> : std::true_type {};
 template <typename Product>
 std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor& w_hh,
                                        int64_t gates, int64_t batch, int64_t steps) {
-  if constexpr (RowDotsProduct<Product>::value) {
-    if (Product::in_place_pays(batch, steps, w_hh.size(1))) {  // nothing prepared, nothing to keep
-      std::vector<Product> products;
-      for (int64_t p = 0; p < split.parts; ++p) {
-        products.push_back(Product::in_place(split.gate_row_view(w_hh, gates, p), batch));
-      }
-      return products;
+  if (Product::in_place_pays(batch, steps, w_hh.size(1))) {  // nothing prepared, nothing kept
+    std::vector<Product> products;
+    for (int64_t p = 0; p < split.parts; ++p) {
+      products.push_back(Product::in_place(split.gate_row_view(w_hh, gates, p), batch));
     }
+    return products;
   }
   const auto make = [&] {
     return part_products<Product>(split.gate_rows(w_hh, gates), /*transpose=*/true, batch);
