@@ -331,7 +331,7 @@ def test_small_calls_read_the_weights_in_place(two_threads, cell, batch, steps, 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("batch, steps, hidden, input_size", [(1, 3, 37, 19), (1, 2, 256, 300),
-                                                              (4, 4, 64, 33), (1, 20, 128, 8)])
+                                                              (4, 4, 64, 33), (1, 20, 512, 8)])
 def test_small_bfloat16_calls_read_the_weights_in_place(two_threads, monkeypatch, cell, batch,
                                                         steps, hidden, input_size):
     """The bfloat16 kernels' small calls (as test_small_calls_read_the_weights_in_place's)

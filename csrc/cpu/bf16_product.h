@@ -106,9 +106,11 @@ class Bf16Product {
 
   // Whether the forward products (transpose) of a call, `batch` rows in each of `steps`
   // steps reducing over k, run in place as bfloat16 row dots (row_dots.h): where the CPU
-  // has AVX512-BF16, under FUSEDRNN_CPU_GEMM=auto, for the calls row_dots_pay() takes.
+  // has AVX512-BF16, under FUSEDRNN_CPU_GEMM=auto, for the calls row_dots_pay() takes (one
+  // row per step from kRowDotsBf16OneRowFrom).
   static bool in_place_pays(int64_t batch, int64_t steps, int64_t k) {
-    return row_dots_pay(batch, steps, k) && gemm_mode() == "auto" && row_dots_bf16_runs();
+    return row_dots_pay(batch, steps, k, kRowDotsBf16OneRowFrom) && gemm_mode() == "auto" &&
+           row_dots_bf16_runs();
   }
 
   // As RecurrentProduct::in_place: a @ W^T for W's rows in `rows`, a (blocks, n, K) view of

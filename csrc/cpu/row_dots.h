@@ -159,10 +159,18 @@ bool row_dots_bf16_runs();
 void row_dots_bf16(const uint16_t* w, int64_t rows, int64_t block_stride, int64_t k, int64_t c0,
                    int64_t c1, const uint16_t* a, int64_t batch, float* out, int64_t ldo);
 
+// The same for the bfloat16 row dots, whose steps at one row took longer than brgemm's
+// while W_hh fit in a core's cache: LSTM module, 100 steps at batch 1, row dots against
+// brgemm, 0.97 at hidden 128, 1.06 at 200 (GRU 1.02 at 256), 0.70 at 512
+// (benchmarks/results/epyc-2core-row-dots-ab).
+constexpr int64_t kRowDotsBf16OneRowFrom = 512;
+
 // Whether a call's forward products, `batch` rows in each of `steps` steps reducing over k,
-// run as row dots (FUSEDRNN_CPU_GEMM=auto; see kRowDotsRowsUpTo), where the dtype has them.
-inline bool row_dots_pay(int64_t batch, int64_t steps, int64_t k) {
-  return batch * steps <= kRowDotsRowsUpTo || (batch == 1 && k >= kRowDotsOneRowFrom);
+// run as row dots (FUSEDRNN_CPU_GEMM=auto; see kRowDotsRowsUpTo), where the dtype has them:
+// one row per step from rows of `one_row_from` elements.
+inline bool row_dots_pay(int64_t batch, int64_t steps, int64_t k,
+                         int64_t one_row_from = kRowDotsOneRowFrom) {
+  return batch * steps <= kRowDotsRowsUpTo || (batch == 1 && k >= one_row_from);
 }
 
 // out (batch, columns c0 to c1 of its row stride ldo) = a (batch, k) @ W^T for those columns:

@@ -173,6 +173,8 @@ def _describe_products(extension):
     small = ("; float32 and float64 calls of at most 16 rows in all, or of one row per step "
              "at hidden 128 and above: row dots of the weights in place"
              if mode == "auto" else "")
+    if extension.bf16_row_dots():
+        small += " (bfloat16 ones too, on AVX512-BF16, one row per step from hidden 512)"
     return (f"float32 on {f32}; the bfloat16 kernels' on {bf16}{small} "
             f"(FUSEDRNN_CPU_GEMM={mode})")
 

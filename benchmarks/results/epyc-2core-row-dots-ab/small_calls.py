@@ -1,7 +1,9 @@
 """Small calls against torch.nn in one process: cells, one-step module calls, and long
-sequences at batch 1 (the A/B of README.md). Prints one line per case: fusedrnn's and
-torch.nn's ms per call, each the minimum over rounds, timed in turn."""
+sequences at batch 1 (the A/B of README.md), in float32 or the dtype named on the command
+line. Prints one line per case: fusedrnn's and torch.nn's ms per call, each the minimum over
+rounds, timed in turn."""
 
+import sys
 import time
 
 import torch
@@ -24,18 +26,19 @@ CASES = [  # (what, cell, batch, steps, hidden, training)
 ]
 
 
-def make(what, cell, hidden):
+def make(what, cell, hidden, dtype):
     name = cell + ("Cell" if what == "cell" else "")
-    ours = getattr(fusedrnn, name)(hidden, hidden)
-    theirs = getattr(torch.nn, name)(hidden, hidden)
+    ours = getattr(fusedrnn, name)(hidden, hidden, dtype=dtype)
+    theirs = getattr(torch.nn, name)(hidden, hidden, dtype=dtype)
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
 
 
-def call_of(module, what, cell, batch, steps, hidden, training):
+def call_of(module, what, cell, batch, steps, hidden, training, dtype):
     lead = () if what == "cell" else (1,)
-    x = torch.randn((batch, hidden) if what == "cell" else (steps, batch, hidden))
-    state = [torch.zeros(lead + (batch, hidden)) for _ in range(2 if cell == "LSTM" else 1)]
+    x = torch.randn((batch, hidden) if what == "cell" else (steps, batch, hidden), dtype=dtype)
+    state = [torch.zeros(lead + (batch, hidden), dtype=dtype)
+             for _ in range(2 if cell == "LSTM" else 1)]
     hx = tuple(state) if cell == "LSTM" else state[0]
     if not training:
         return lambda: module(x, hx)
@@ -50,10 +53,13 @@ def call_of(module, what, cell, batch, steps, hidden, training):
 
 
 def main():
+    """``python small_calls.py [dtype]``: float32 unless a dtype is named (bfloat16)."""
+    dtype = getattr(torch, sys.argv[1]) if len(sys.argv) > 1 else torch.float32
     torch.manual_seed(0)
     for what, cell, batch, steps, hidden, training in CASES:
-        ours, theirs = make(what, cell, hidden)
-        calls = [call_of(m, what, cell, batch, steps, hidden, training) for m in (ours, theirs)]
+        ours, theirs = make(what, cell, hidden, dtype)
+        calls = [call_of(m, what, cell, batch, steps, hidden, training, dtype)
+                 for m in (ours, theirs)]
         work = batch * steps * hidden * hidden
         count = max(3, min(300, int(3e7 / work)))
         best = [float("inf")] * 2
@@ -68,8 +74,9 @@ def main():
                         f()
                     best[index] = min(best[index], (time.perf_counter() - start) / count * 1e3)
         kind = "training" if training else "inference"
-        print(f"{what} {cell} B{batch} T{steps} H{hidden} {kind}: {best[0]:.4f} {best[1]:.4f}",
-              flush=True)
+        label = "" if dtype == torch.float32 else f" {str(dtype).replace('torch.', '')}"
+        print(f"{what} {cell} B{batch} T{steps} H{hidden} {kind}{label}: {best[0]:.4f} "
+              f"{best[1]:.4f}", flush=True)
 
 
 if __name__ == "__main__":
