@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <optional>
 
 #include "blas.h"
 #include "transpose.h"
@@ -116,34 +117,24 @@ class Bf16Product {
   // As RecurrentProduct::in_place: a @ W^T for W's rows in `rows`, a (blocks, n, K) view of
   // W read in place.
   static Bf16Product in_place(const at::Tensor& rows, int64_t batch) {
-    TORCH_INTERNAL_ASSERT(rows.dim() == 3 && rows.stride(2) == 1 &&
-                          rows.stride(1) == rows.size(2));
     Bf16Product product;
-    product.w_ = rows;
-    product.in_place_ = true;
-    product.batch_ = batch;
-    product.rows_ = rows.size(1);
-    product.block_stride_ = rows.stride(0);
-    product.m_ = rows.size(0) * rows.size(1);
-    product.k_ = rows.size(2);
+    product.in_place_.emplace(rows, batch);
     return product;
   }
 
   // Whether apply() reads w's own memory (no copy made of it): whatever keeps this product
   // keeps w.
   bool reads(const at::Tensor& w) const {
-    return (w_.defined() && w_.is_alias_of(w)) || (pairs_.defined() && pairs_.is_alias_of(w));
+    return (w_.defined() && w_.is_alias_of(w)) ||
+           (pairs_.defined() && pairs_.is_alias_of(w)) || (in_place_ && in_place_->reads(w));
   }
 
   void apply(float* out, const uint16_t* a) const {
-    if (batch_ == 0 || m_ == 0) return;
     if (in_place_) {
-      const auto* w = reinterpret_cast<const uint16_t*>(w_.const_data_ptr<at::BFloat16>());
-      for_column_blocks(batch_, m_, k_, [&](int64_t c0, int64_t n) {
-        row_dots_bf16(w, rows_, block_stride_, k_, c0, c0 + n, a, batch_, out, m_);
-      });
+      in_place_->apply(out, a);
       return;
     }
+    if (batch_ == 0 || m_ == 0) return;
     if (!brgemm_) {
       constexpr int kRowMajor = 101;
       const int m = static_cast<int>(batch_), n = static_cast<int>(m_);
@@ -176,11 +167,11 @@ class Bf16Product {
 #endif
   }
 
-  at::Tensor w_, pairs_;  // in place: w_ is the view of w's rows
+  at::Tensor w_, pairs_;
   bool transpose_ = true;
   int64_t batch_ = 0, m_ = 0, k_ = 0;
-  bool brgemm_ = false, in_place_ = false;
-  int64_t rows_ = 0, block_stride_ = 0;  // in place: rows per block, elements between blocks
+  bool brgemm_ = false;
+  std::optional<InPlaceRows<uint16_t, float>> in_place_;  // the row dots, where in place
 };
 
 }  // namespace fusedrnn::cpu

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -145,6 +146,40 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const sca
   out.addmm_(op_a, op_b, beta, 1);
 }
 
+// The product of `batch` rows of a @ W^T as row dots (row_dots.h) of W's rows in `rows`, a
+// (blocks, n, K) view of W read in place (its rows contiguous, each block at a stride of its
+// own): out column c is the dot product with row c % n of block c / n. Elem: float, double,
+// or uint16_t for bfloat16 (float32 sums, where row_dots_bf16_runs()); Out the sums' type.
+// Whatever keeps it keeps W. RecurrentProduct's and Bf16Product's in-place form.
+template <typename Elem, typename Out>
+class InPlaceRows {
+ public:
+  InPlaceRows(const at::Tensor& rows, int64_t batch)
+      : view_(rows), batch_(batch), rows_(rows.size(1)), block_stride_(rows.stride(0)),
+        columns_(rows.size(0) * rows.size(1)), k_(rows.size(2)) {
+    TORCH_INTERNAL_ASSERT(rows.dim() == 3 && rows.stride(2) == 1 &&
+                          rows.stride(1) == rows.size(2));
+  }
+
+  bool reads(const at::Tensor& w) const { return view_.is_alias_of(w); }
+
+  // out (batch, columns) = a (batch, K) @ W's rows^T; both contiguous.
+  void apply(Out* out, const Elem* a) const {
+    const auto* w = static_cast<const Elem*>(view_.const_data_ptr());
+    for_column_blocks(batch_, columns_, k_, [&](int64_t c0, int64_t n) {
+      if constexpr (std::is_same_v<Elem, uint16_t>) {
+        row_dots_bf16(w, rows_, block_stride_, k_, c0, c0 + n, a, batch_, out, columns_);
+      } else {
+        row_dots(w, rows_, block_stride_, k_, c0, c0 + n, a, batch_, out, columns_);
+      }
+    });
+  }
+
+ private:
+  at::Tensor view_;
+  int64_t batch_, rows_, block_stride_, columns_, k_;
+};
+
 // out (B, m) = a (B, k) @ op(w) for every step of one call, w (G, H) row-major and fixed,
 // B = `batch`:
 // op(w) = w^T (m = G, k = H: the forward's h @ W_hh^T) when `transpose`, else w (m = H,
@@ -192,39 +227,28 @@ class RecurrentProduct {
   // out columns are block 0's n rows, then block 1's, and so on. Nothing is prepared, so
   // whatever keeps the product keeps W (reads() is true of it).
   static RecurrentProduct in_place(const at::Tensor& rows, int64_t batch) {
-    TORCH_INTERNAL_ASSERT(rows.dim() == 3 && rows.stride(2) == 1 &&
-                          rows.stride(1) == rows.size(2));
     RecurrentProduct product;
-    product.w_ = rows;
-    product.transpose_ = true;
-    product.in_place_ = true;
-    product.batch_ = batch;
-    product.rows_ = rows.size(1);
-    product.block_stride_ = rows.stride(0);
-    product.m_ = rows.size(0) * rows.size(1);
-    product.k_ = rows.size(2);
+    product.in_place_.emplace(rows, batch);
     return product;
   }
 
   // Whether apply() reads w's own memory (no copy made of it): whatever keeps this product
   // keeps w.
   bool reads(const at::Tensor& w) const {
-    return (weight_.defined() && weight_.is_alias_of(w)) || (w_.defined() && w_.is_alias_of(w));
+    return (weight_.defined() && weight_.is_alias_of(w)) ||
+           (w_.defined() && w_.is_alias_of(w)) || (in_place_ && in_place_->reads(w));
   }
 
   // out (batch, m) = a (batch, k) @ op(w); both contiguous.
   void apply(scalar_t* out, const scalar_t* a) const {
+    if (in_place_) {
+      in_place_->apply(out, a);
+      return;
+    }
     const int64_t batch = batch_;
     if (batch == 0 || m_ == 0) return;
     if (k_ == 0) {
       std::fill(out, out + batch * m_, scalar_t(0));
-      return;
-    }
-    if (in_place_) {
-      const scalar_t* w = w_.const_data_ptr<scalar_t>();
-      for_column_blocks(batch, m_, k_, [&](int64_t c0, int64_t n) {
-        row_dots(w, rows_, block_stride_, k_, c0, c0 + n, a, batch, out, m_);
-      });
       return;
     }
     if constexpr (std::is_same_v<scalar_t, float>) {
@@ -274,11 +298,11 @@ class RecurrentProduct {
 
   at::Tensor weight_;  // w as given, on the ATen path only
   at::Tensor w_;       // w in the layout gemm and brgemm read: w, or its transposed copy
-                       // (none where packed_ holds it); in place, the view of w's rows
+                       // (none where packed_ holds it)
   bool transpose_ = true;
   int64_t batch_ = 0, m_ = 0, k_ = 0;
-  bool blas_ = false, brgemm_ = false, packable_ = false, in_place_ = false;
-  int64_t rows_ = 0, block_stride_ = 0;  // in place: rows per block, elements between blocks
+  bool blas_ = false, brgemm_ = false, packable_ = false;
+  std::optional<InPlaceRows<scalar_t, scalar_t>> in_place_;  // the row dots, where in place
   at::Tensor packed_;
 };
 
