@@ -94,7 +94,7 @@ class RNNCellBase(nn.Module):
         return run(sequence, states, batched)
 
 
-def _step(cell, module, sequence, states):
+def _final_states(cell, module, sequence, states):
     """``functional._run`` of one step of ``module`` (``cell``: the op's name): the final
     states, each the op's own ``(B, H)`` tensor (``step_cell``)."""
     _, finals = functional._run(cell, sequence, states, module._weights(), module.bias, 1, 0.0,
@@ -120,7 +120,7 @@ class LSTMCell(RNNCellBase):
 
     def forward(self, input, hx=None):
         def run(sequence, states, batched):
-            h, c = _step("lstm", self, sequence, None if states is None else tuple(states))
+            h, c = _final_states("lstm", self, sequence, None if states is None else tuple(states))
             return _unstack(h, batched), _unstack(c, batched)
 
         if hx is not None and (isinstance(hx, torch.Tensor) or len(hx) != 2):
@@ -139,8 +139,8 @@ class GRUCell(RNNCellBase):
 
     def forward(self, input, hx=None):
         def run(sequence, states, batched):
-            return _unstack(_step("gru", self, sequence, None if states is None else states[0]),
-                            batched)
+            h = _final_states("gru", self, sequence, None if states is None else states[0])
+            return _unstack(h, batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))
 
@@ -159,8 +159,8 @@ class RNNCell(RNNCellBase):
 
     def forward(self, input, hx=None):
         def run(sequence, states, batched):
-            h = _step(f"rnn_{self.nonlinearity}", self, sequence,
-                      None if states is None else states[0])
+            h = _final_states(f"rnn_{self.nonlinearity}", self, sequence,
+                              None if states is None else states[0])
             return _unstack(h, batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))
