@@ -358,6 +358,20 @@ def test_small_bfloat16_calls_read_the_weights_in_place(two_threads, monkeypatch
         assert cpu.prepared_cache_kept() == (0, 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_dots_take_empty_sizes(dtype):
+    """The row dots' input projection with no inputs (zeros), no rows or no gates (no
+    columns: nothing to divide into blocks; it once divided by zero)."""
+    _extension.CPU.load()
+    project = torch.ops.fusedrnn.input_projection
+    out = project(torch.randn(1, 2, 0, dtype=dtype), torch.randn(8, 0, dtype=dtype))
+    assert out.shape == (1, 2, 8) and not out.any()
+    assert project(torch.randn(1, 0, 5, dtype=dtype), torch.randn(8, 5, dtype=dtype)).shape \
+        == (1, 0, 8)
+    assert project(torch.randn(1, 2, 5, dtype=dtype), torch.randn(0, 5, dtype=dtype)).shape \
+        == (1, 2, 0)
+
+
 ROW_DOTS_BITS = """
 import sys, torch
 from fusedrnn import _extension

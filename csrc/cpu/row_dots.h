@@ -180,6 +180,7 @@ template <typename scalar_t>
 void row_dots(const scalar_t* w, int64_t rows, int64_t block_stride, int64_t k, int64_t c0,
               int64_t c1, const scalar_t* a, int64_t batch, scalar_t* out, int64_t ldo) {
   using row_dots_detail::row_dots_batch;
+  if (c1 <= c0) return;  // no columns (and maybe no rows per block to divide by)
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (avx512_rows()) {
       row_dots_avx512(w, rows, block_stride, k, c0, c1, a, batch, out, ldo);

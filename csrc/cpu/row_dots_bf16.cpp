@@ -65,6 +65,7 @@ namespace fusedrnn::cpu {
 void row_dots_bf16(const uint16_t* w, int64_t rows, int64_t block_stride, int64_t k, int64_t c0,
                    int64_t c1, const uint16_t* a, int64_t batch, float* out, int64_t ldo) {
   TORCH_CHECK(row_dots_bf16_runs(), "fusedrnn: bfloat16 row dots need AVX512-BF16");
+  if (c1 <= c0) return;  // no columns (and maybe no rows per block to divide by)
   row_dots_bf16_detail::run(w, rows, block_stride, k, c0, c1, a, batch, out, ldo);
 }
 
