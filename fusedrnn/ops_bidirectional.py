@@ -103,6 +103,7 @@ def _define(cell):
 
     forward_op = torch.library.custom_op(f"fusedrnn::{cell}_bidir_fwd", forward, mutates_args=(),
                                          schema=FORWARD_SCHEMA)
+    ops.register_implementation(forward_op, forward)
     backward_op = torch.library.custom_op(f"fusedrnn::{cell}_bidir_bwd", backward,
                                           mutates_args=(), schema=BACKWARD_SCHEMA)
     forward_op.register_fake(_fake_forward(cell))

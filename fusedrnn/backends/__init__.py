@@ -133,6 +133,7 @@ class ReferenceBackend(Backend):
 
 _REGISTRY = {}
 _BY_PRIORITY = []  # the registry's names, highest priority first
+_GENERATION = [0]  # counts the registry's changes
 _logged_fallbacks = set()
 
 
@@ -140,12 +141,20 @@ def register(backend):
     """Add a backend to the registry."""
     _REGISTRY[backend.name] = backend
     _BY_PRIORITY[:] = sorted(_REGISTRY, key=lambda n: -_REGISTRY[n].priority)
+    _GENERATION[0] += 1
 
 
 def unregister(name):
     """Remove a backend from the registry (a test's double, say)."""
     del _REGISTRY[name]
     _BY_PRIORITY.remove(name)
+    _GENERATION[0] += 1
+
+
+def generation():
+    """A number that changes whenever a backend is registered or removed: choices made for
+    an earlier one may no longer hold (``functional`` keeps them per call signature)."""
+    return _GENERATION[0]
 
 
 def get(name):

@@ -1,0 +1,49 @@
+"""The dtypes ``torch.nn`` gives a recurrent call under autocast, and the casts that give a
+``functional`` call the same (see :func:`dtypes`)."""
+
+import torch
+
+
+def dtypes(cell, x, hx, packed, proj_size, step_cell):
+    """Under autocast, the dtypes torch.nn gives ``cell``: the dtype its call runs in and
+    that of ``output`` and ``h_n``; ``(None, None)`` outside autocast.
+
+    Autocast lowers cuDNN's RNN op for every cell, and on the CPU ``mkldnn_rnn_layer``
+    (nn.LSTM on padded input without projection) and the products of nn.RNN: these run in
+    the autocast dtype. On its other CPU paths (nn.GRU, a packed or projected nn.LSTM,
+    nn.LSTMCell, nn.GRUCell) torch lowers only the products and the states keep their
+    dtype: h_0's, or the input's without ``hx``. There the call runs in that dtype (the
+    products too: as accurate, never less), and a projection's output and ``h_n`` come out
+    in the autocast dtype, as the products give them in torch.nn."""
+    if not torch.compiler.is_compiling() and not torch._C._is_any_autocast_enabled():
+        return None, None  # one C call, where the checks below take microseconds
+    device_type = x.device.type
+    # Dynamo cannot trace is_autocast_available in torch 2.11 (fullgraph fails; 2.14 can);
+    # a traced call is on a device that it compiles for, which has autocast.
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
+        return None, None
+    if not torch.is_autocast_enabled(device_type):
+        return None, None
+    lowered = torch.get_autocast_dtype(device_type)
+    mkldnn = cell == "lstm" and not (packed or proj_size > 0 or step_cell)
+    if device_type != "cpu" or cell.startswith("rnn") or mkldnn:
+        return lowered, lowered
+    h_0 = hx[0] if cell == "lstm" and isinstance(hx, (tuple, list)) and hx else hx
+    state = h_0.dtype if isinstance(h_0, torch.Tensor) else x.dtype
+    return state, (lowered if proj_size > 0 else state)
+
+
+def cast(name, x, states, weights, dtype):
+    """Under autocast, the floating tensors but float64 ones in ``dtype`` (see
+    :func:`dtypes`), as autocast casts the arguments of the ops it lowers; the
+    results must then agree."""
+    if dtype is None:
+        return x, states, weights
+    with torch.autocast(x.device.type, enabled=False):
+        cast = [t if t.dtype == torch.float64 else t.to(dtype) for t in [x] + states + weights]
+    kinds = {t.dtype for t in cast}
+    if len(kinds) > 1:
+        raise ValueError(f"{name}: under autocast to {dtype}, float64 tensors stay float64 and "
+                         f"the others become {dtype}; got a mix ({sorted(map(str, kinds))}): "
+                         "make the input, states and weights all float64 or none")
+    return cast[0], cast[1:1 + len(states)], cast[1 + len(states):]

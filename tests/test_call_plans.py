@@ -1,0 +1,178 @@
+"""Plain eager calls: the ops' implementation called without the dispatcher, and the plans
+``functional`` keeps per call signature (checks passed, sizes, backend, ops)."""
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fusedrnn
+from fusedrnn import backends, functional, ops, ops_bidirectional
+from fusedrnn.testing import torch_twin
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the name of every op that reaches the dispatch mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+class _PassingFunctionMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def fresh_plans(monkeypatch):
+    """No plan from another test, and none of this test's left behind."""
+    plans = {}
+    monkeypatch.setattr(functional, "_PLANS", plans)
+    return plans
+
+
+def test_dispatcher_passes_on_only_plain_eager_calls():
+    x = torch.randn(2, 3)
+    plain = [x, torch.nn.Parameter(torch.randn(3))]
+    assert ops.dispatcher_passes_on(plain)
+    assert not ops.dispatcher_passes_on([x, torch.empty(3, device="meta")])
+    assert not ops.dispatcher_passes_on([x, x.as_subclass(_Subclass)])
+    with torch.autocast("cpu"):
+        assert not ops.dispatcher_passes_on(plain)
+    with torch.profiler.profile():
+        assert not ops.dispatcher_passes_on(plain)
+    with _OpNames():
+        assert not ops.dispatcher_passes_on(plain)
+    with _PassingFunctionMode():
+        assert not ops.dispatcher_passes_on(plain)
+    with torch.device("cpu"):  # a torch-function mode too
+        assert not ops.dispatcher_passes_on(plain)
+    seen = []
+    torch.vmap(lambda row: seen.append(ops.dispatcher_passes_on([row])) or row)(x)
+    assert seen == [False]
+    torch.jit.trace(lambda t: seen.append(ops.dispatcher_passes_on([t])) or t * 2, (x,),
+                    check_trace=False)
+    assert seen == [False, False]
+    assert ops.dispatcher_passes_on(plain)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_plain_calls_skip_the_dispatcher_and_modes_still_see_the_ops(
+        monkeypatch, fresh_plans, bidirectional, training):
+    forward_op = (ops_bidirectional.FORWARD if bidirectional else ops.FORWARD)["lstm"]
+    implementation = ops.direct(forward_op)
+    direct_calls = []
+
+    def counted(*args):
+        direct_calls.append(1)
+        return implementation(*args)
+
+    monkeypatch.setitem(ops._IMPLEMENTATION, forward_op, counted)
+    module = fusedrnn.LSTM(3, 5, bidirectional=bidirectional)
+    x = torch.randn(4, 2, 3)
+    with torch.set_grad_enabled(training):
+        plain, (h, c) = module(x)
+        assert len(direct_calls) == 1
+        mode = _OpNames()
+        with mode:
+            seen, (h_seen, c_seen) = module(x)
+    assert len(direct_calls) == 1  # the moded call went through the op
+    assert forward_op._qualname in mode.names
+    for a, b in ((plain, seen), (h, h_seen), (c, c_seen)):
+        assert torch.equal(a, b)
+        assert a.requires_grad == b.requires_grad == training
+    if training:
+        grads = torch.autograd.grad(plain.sum() + c.sum(), list(module.parameters()))
+        grads_seen = torch.autograd.grad(seen.sum() + c_seen.sum(), list(module.parameters()))
+        for a, b in zip(grads, grads_seen):
+            assert torch.equal(a, b)
+
+
+def _outputs_match_torch(module, x, hx=None):
+    twin = torch_twin(module)
+    ours = module(x, hx)
+    theirs = twin(x, hx)
+    flat = lambda out: [out[0], *(out[1] if isinstance(out[1], tuple) else [out[1]])]  # noqa: E731
+    for a, b in zip(flat(ours), flat(theirs)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", [fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN])
+def test_a_kept_plan_runs_every_layout_as_torch_does(fresh_plans, cls):
+    module = cls(3, 5, num_layers=2)
+    for batch_first in (False, True):
+        module.batch_first = batch_first
+        for x in (torch.randn(4, 2, 3), torch.randn(4, 3)):  # batched, unbatched
+            layers = module.num_layers
+            shape = (layers, 5) if x.dim() == 2 else (layers, x.shape[0 if batch_first else 1], 5)
+            hx = torch.randn(shape)
+            hx = (hx, torch.randn(shape)) if cls is fusedrnn.LSTM else hx
+            for given in (None, hx):
+                kept = len(fresh_plans)
+                with torch.no_grad():
+                    _outputs_match_torch(module, x, given)  # makes the plan
+                    assert len(fresh_plans) == kept + 1
+                    _outputs_match_torch(module, x, given)  # runs it
+                    assert len(fresh_plans) == kept + 1
+
+
+def test_a_kept_plan_still_refuses_other_signatures(fresh_plans):
+    module = fusedrnn.LSTM(3, 5)
+    module(torch.randn(4, 2, 3))
+    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
+        module(torch.randn(4, 2, 4))
+    with pytest.raises(RuntimeError, match="Expected hx\\[0\\] \\(h_0\\) size \\(1, 2, 5\\)"):
+        module(torch.randn(4, 2, 3), (torch.zeros(1, 3, 5), torch.zeros(1, 2, 5)))
+    with pytest.raises(ValueError, match="input dtype \\(torch.float64\\)"):
+        module(torch.randn(4, 2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="hx must be a tuple"):
+        module(torch.randn(4, 2, 3), torch.zeros(1, 2, 5))
+    assert len(fresh_plans) == 1
+
+
+def test_plans_follow_grad_mode_dtype_and_the_backend_asked_for(monkeypatch, fresh_plans):
+    module = fusedrnn.GRU(3, 5)
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        inference, _ = module(x)
+    output, _ = module(x)
+    assert not inference.requires_grad and output.requires_grad
+    output.sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+    assert sorted(plan.save for plan in fresh_plans.values()) == [False, True]
+
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    with torch.no_grad():
+        module(x)
+        module.double()
+        module(x.double())
+    assert [plan.backend for plan in fresh_plans.values()][-2:] == ["reference", "reference"]
+
+
+def test_registering_a_backend_makes_new_plans(fresh_plans):
+    module = fusedrnn.RNN(3, 5)
+    x = torch.randn(4, 2, 3)
+    module(x)
+    before = backends.generation()
+
+    class Late(backends.Backend):
+        name = "late_test_double"
+
+    backends.register(Late())
+    try:
+        module(x)
+    finally:
+        backends.unregister(Late.name)
+    module(x)
+    assert backends.generation() == before + 2
+    assert len(fresh_plans) == 3
