@@ -65,40 +65,47 @@ class RNNCellBase(nn.Module):
 
     def _step(self, run, input, states, names):
         """Run one step: ``input`` ``(B, I)`` or ``(I,)``, ``states`` ``(B, H)``/``(H,)`` or None."""
-        kind = type(self).__name__
         if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
             got = f"{input.dim()}D" if isinstance(input, torch.Tensor) else type(input).__name__
-            raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {got} instead")
-        batched = input.dim() == 2
-        batch = input.shape[0] if batched else 1
-        weight = self.weight_ih
-        if (input.dtype != weight.dtype and not torch.compiler.is_compiling()
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {got} "
+                             "instead")
+        dim = input.dim()
+        batched = dim == 2
+        weights = self._weights()
+        if (input.dtype != weights[0].dtype and not torch.compiler.is_compiling()
                 and not torch._C._is_any_autocast_enabled()):
-            raise RuntimeError(f"{kind}: input dtype ({input.dtype}) does not match weight "
-                               f"dtype ({weight.dtype})")
+            raise RuntimeError(f"{type(self).__name__}: input dtype ({input.dtype}) does not "
+                               f"match weight dtype ({weights[0].dtype})")
         if states is not None:
             for name, state in zip(names, states):
-                if isinstance(state, torch.Tensor) and state.dim() not in (1, 2):
-                    raise ValueError(f"{kind}: Expected {name} to be 1D or 2D, got "
-                                     f"{state.dim()}D instead")
-                if not isinstance(state, torch.Tensor) or state.dim() != input.dim():
-                    raise RuntimeError(f"{kind}: {name} must be {input.dim()}-D like input")
-                if batched and state.shape[0] != batch:
-                    raise RuntimeError(f"Input batch size {batch} doesn't match {name} batch "
-                                       f"size {state.shape[0]}")
-                if state.shape[-1] != self.hidden_size:
-                    raise RuntimeError(f"{kind}: {name} has {state.shape[-1]} features, "
-                                       f"expected hidden_size={self.hidden_size}")
+                if (not isinstance(state, torch.Tensor) or state.dim() != dim
+                        or state.shape[-1] != self.hidden_size
+                        or (batched and state.shape[0] != input.shape[0])):
+                    self._refuse_state(name, state, input)
             states = [s.unsqueeze(0) if batched else s.view(1, 1, -1) for s in states]
         sequence = input.unsqueeze(0) if batched else input.view(1, 1, -1)
-        return run(sequence, states, batched)
+        return run(sequence, states, weights, batched)
+
+    def _refuse_state(self, name, state, input):
+        """Raise torch's error for a state ``state`` that does not fit ``input``."""
+        kind = type(self).__name__
+        if isinstance(state, torch.Tensor) and state.dim() not in (1, 2):
+            raise ValueError(f"{kind}: Expected {name} to be 1D or 2D, got {state.dim()}D "
+                             "instead")
+        if not isinstance(state, torch.Tensor) or state.dim() != input.dim():
+            raise RuntimeError(f"{kind}: {name} must be {input.dim()}-D like input")
+        if input.dim() == 2 and state.shape[0] != input.shape[0]:
+            raise RuntimeError(f"Input batch size {input.shape[0]} doesn't match {name} batch "
+                               f"size {state.shape[0]}")
+        raise RuntimeError(f"{kind}: {name} has {state.shape[-1]} features, expected "
+                           f"hidden_size={self.hidden_size}")
 
 
-def _final_states(cell, module, sequence, states):
-    """``functional._run`` of one step of ``module`` (``cell``: the op's name): the final
-    states, each the op's own ``(B, H)`` tensor (``step_cell``)."""
-    _, finals = functional._run(cell, sequence, states, module._weights(), module.bias, 1, 0.0,
-                                False, False, False, 0, module.backend, step_cell=True)
+def _final_states(cell, module, sequence, states, weights):
+    """``functional._run`` of one step of ``module`` (``cell``: the op's name) on its
+    ``weights``: the final states, each the op's own ``(B, H)`` tensor (``step_cell``)."""
+    _, finals = functional._run(cell, sequence, states, weights, module.bias, 1, 0.0, False,
+                                False, False, 0, module.backend, step_cell=True)
     return finals
 
 
@@ -119,8 +126,9 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend=backend)
 
     def forward(self, input, hx=None):
-        def run(sequence, states, batched):
-            h, c = _final_states("lstm", self, sequence, None if states is None else tuple(states))
+        def run(sequence, states, weights, batched):
+            h, c = _final_states("lstm", self, sequence,
+                                 None if states is None else tuple(states), weights)
             return _unstack(h, batched), _unstack(c, batched)
 
         if hx is not None and (isinstance(hx, torch.Tensor) or len(hx) != 2):
@@ -138,8 +146,9 @@ class GRUCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
 
     def forward(self, input, hx=None):
-        def run(sequence, states, batched):
-            h = _final_states("gru", self, sequence, None if states is None else states[0])
+        def run(sequence, states, weights, batched):
+            h = _final_states("gru", self, sequence, None if states is None else states[0],
+                              weights)
             return _unstack(h, batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))
@@ -158,9 +167,9 @@ class RNNCell(RNNCellBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
-        def run(sequence, states, batched):
+        def run(sequence, states, weights, batched):
             h = _final_states(f"rnn_{self.nonlinearity}", self, sequence,
-                              None if states is None else states[0])
+                              None if states is None else states[0], weights)
             return _unstack(h, batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))

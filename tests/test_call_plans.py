@@ -176,3 +176,18 @@ def test_registering_a_backend_makes_new_plans(fresh_plans):
     module(x)
     assert backends.generation() == before + 2
     assert len(fresh_plans) == 3
+
+
+@pytest.mark.parametrize("cls", [fusedrnn.LSTMCell, fusedrnn.GRUCell, fusedrnn.RNNCell])
+def test_cells_run_their_kept_plans_as_torch_does(fresh_plans, cls):
+    cell = cls(3, 5)
+    twin = torch_twin(cell)
+    for x in (torch.randn(2, 3), torch.randn(3)):  # batched, unbatched
+        state = torch.randn(*x.shape[:-1], 5)
+        for hx in (None, (state, torch.randn_like(state)) if cls is fusedrnn.LSTMCell else state):
+            for _ in range(2):  # makes the plan, then runs it
+                ours, theirs = cell(x, hx), twin(x, hx)
+                for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (ours, theirs))):
+                    torch.testing.assert_close(a, b)
+                    assert a.requires_grad
+    assert len(fresh_plans) == 4
