@@ -55,7 +55,7 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def register_implementation(op, function):
-    """Note that ``op`` runs ``function`` on every device, for :func:`direct`."""
+    """Note that ``op`` runs ``function`` on every device, for :func:`direct` and :func:`call`."""
     _IMPLEMENTATION[op] = function
 
 
@@ -80,6 +80,17 @@ def direct(op):
     """The Python function ``op`` runs, to call without the dispatcher where
     :func:`dispatcher_passes_on`, or None for an op with kernels of its own (a backend's)."""
     return _IMPLEMENTATION.get(op)
+
+
+def call(op, *args):
+    """``op(*args)``, or the Python function ``op`` runs called directly where the dispatcher
+    would only pass the call on (:func:`dispatcher_passes_on` its tensors): for the backward
+    ops, called from their forward's autograd formula."""
+    implementation = _IMPLEMENTATION.get(op)
+    if implementation is not None and dispatcher_passes_on(
+            [a for a in args if isinstance(a, torch.Tensor)]):
+        return implementation(*args)
+    return op(*args)
 
 
 _EAGER = {}  # (a forward op, direct) -> its autograd formula as an autograd.Function's apply
@@ -190,11 +201,11 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
 
     forward_op = maker(f"fusedrnn::{cell}_fwd{suffix}", forward, mutates_args=(),
                        schema=FORWARD_SCHEMA)
-    if maker is torch.library.custom_op:
-        register_implementation(forward_op, forward)
     backward_op = maker(f"fusedrnn::{cell}_bwd{suffix}", backward, mutates_args=(),
                         schema=BACKWARD_SCHEMA)
     if maker is torch.library.custom_op:
+        register_implementation(forward_op, forward)
+        register_implementation(backward_op, backward)
         forward_op.register_fake(fake_forward(cell))
         backward_op.register_fake(fake_backward)
     register_autograd(cell, forward_op, backward_op)
@@ -242,8 +253,8 @@ def register_autograd(cell, forward_op, backward_op):
                                               (grad_y, grad_h_n, grad_c_n)),
                     None, None, None, None)
         grad_y, grad_h_n, grad_c_n = output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0)
-        g_x, *grads = backward_op(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0,
-                                  lengths, y, ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
+        g_x, *grads = call(backward_op, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0,
+                           lengths, y, ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)
         return (g_x, *parameter_grads(grads, ctx.has_bias, w_hr, c0), None, None, None, None)
 
     register_autograd_formula(forward_op, autograd_backward, _setup_context)

@@ -103,9 +103,10 @@ def _define(cell):
 
     forward_op = torch.library.custom_op(f"fusedrnn::{cell}_bidir_fwd", forward, mutates_args=(),
                                          schema=FORWARD_SCHEMA)
-    ops.register_implementation(forward_op, forward)
     backward_op = torch.library.custom_op(f"fusedrnn::{cell}_bidir_bwd", backward,
                                           mutates_args=(), schema=BACKWARD_SCHEMA)
+    ops.register_implementation(forward_op, forward)
+    ops.register_implementation(backward_op, backward)
     forward_op.register_fake(_fake_forward(cell))
     backward_op.register_fake(_fake_backward)
     ops.register_autograd_formula(forward_op, _autograd_backward(cell, backward_op),
@@ -163,7 +164,7 @@ def _autograd_backward(cell, backward_op):
             outputs = ops.output_grads(*grads[5 * direction:][:3], y, h0, c0)
             args += [*outputs, w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
             own.append((w_hr, c0))
-        g_x, *rest = backward_op(*args, x, lengths, ctx.has_bias, ctx.backend)
+        g_x, *rest = ops.call(backward_op, *args, x, lengths, ctx.has_bias, ctx.backend)
         return (g_x, *ops.parameter_grads(rest[:7], ctx.has_bias, *own[0]),
                 *ops.parameter_grads(rest[7:], ctx.has_bias, *own[1]), None, None, None)
 

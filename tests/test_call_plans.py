@@ -69,33 +69,36 @@ def test_dispatcher_passes_on_only_plain_eager_calls():
 @pytest.mark.parametrize("training", [False, True])
 def test_plain_calls_skip_the_dispatcher_and_modes_still_see_the_ops(
         monkeypatch, fresh_plans, bidirectional, training):
-    forward_op = (ops_bidirectional.FORWARD if bidirectional else ops.FORWARD)["lstm"]
-    implementation = ops.direct(forward_op)
+    pair = ops_bidirectional if bidirectional else ops
+    forward_op, backward_op = pair.FORWARD["lstm"], pair.BACKWARD["lstm"]
     direct_calls = []
-
-    def counted(*args):
-        direct_calls.append(1)
-        return implementation(*args)
-
-    monkeypatch.setitem(ops._IMPLEMENTATION, forward_op, counted)
+    for op in (forward_op, backward_op):
+        implementation = ops.direct(op)
+        monkeypatch.setitem(ops._IMPLEMENTATION, op, lambda *args, f=implementation, op=op: (
+            direct_calls.append(op), f(*args))[1])
     module = fusedrnn.LSTM(3, 5, bidirectional=bidirectional)
     x = torch.randn(4, 2, 3)
-    with torch.set_grad_enabled(training):
-        plain, (h, c) = module(x)
-        assert len(direct_calls) == 1
-        mode = _OpNames()
-        with mode:
-            seen, (h_seen, c_seen) = module(x)
-    assert len(direct_calls) == 1  # the moded call went through the op
+
+    def run():
+        with torch.set_grad_enabled(training):
+            output, (h, c) = module(x)
+        if not training:
+            return [output, h, c]
+        return [output, h, c, *torch.autograd.grad(output.sum() + c.sum(),
+                                                   list(module.parameters()))]
+
+    plain = run()
+    expected_direct = [forward_op, backward_op] if training else [forward_op]
+    assert direct_calls == expected_direct
+    mode = _OpNames()
+    with mode:
+        seen = run()
+    assert direct_calls == expected_direct  # the moded calls went through the ops
     assert forward_op._qualname in mode.names
-    for a, b in ((plain, seen), (h, h_seen), (c, c_seen)):
+    assert (backward_op._qualname in mode.names) == training
+    for a, b in zip(plain, seen, strict=True):
         assert torch.equal(a, b)
-        assert a.requires_grad == b.requires_grad == training
-    if training:
-        grads = torch.autograd.grad(plain.sum() + c.sum(), list(module.parameters()))
-        grads_seen = torch.autograd.grad(seen.sum() + c_seen.sum(), list(module.parameters()))
-        for a, b in zip(grads, grads_seen):
-            assert torch.equal(a, b)
+    assert plain[0].requires_grad == seen[0].requires_grad == training
 
 
 def _outputs_match_torch(module, x, hx=None):
