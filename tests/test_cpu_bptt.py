@@ -74,6 +74,39 @@ def test_chunks_on_several_threads_match_one_pass_and_repeat_exactly(cell, proj,
             assert torch.equal(got, again)
 
 
+@pytest.fixture
+def nan_filled_empty():
+    """ATen's empty tensors filled with NaN, in C++ too (deterministic mode's fill)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn", 0)])
+@pytest.mark.parametrize("steps", [1, 2, 37])
+def test_every_accumulator_is_written_for_any_steps_and_threads(nan_filled_empty, cell, proj,
+                                                                 steps):
+    """The weight gradients' accumulators (one per thread's slot, or the gradient itself for
+    one slot) may start unwritten where a chunk has no step with an output before it (the
+    first step of a forward-direction call): none may reach a gradient unwritten."""
+    for reverse in (False, True):
+        lengths = torch.tensor([steps, max(steps // 3, 1), steps])
+        args = _problem(cell, steps, 3, 5, 9, lengths, reverse, bias=True, proj=proj)
+        op = getattr(OPS, f"{cell}_bptt")
+        with threads(1):
+            expected = op(*args)
+        for count in (1, 2, 4):
+            with threads(count):
+                got = op(*args)
+            for g, e in zip(got, expected):
+                assert g.isfinite().all()
+                torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_bptt_gradients_are_the_products_of_the_recurrence_backward(cell):
     """Against the recurrence backward op and the products written out in PyTorch."""

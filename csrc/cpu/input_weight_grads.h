@@ -98,16 +98,17 @@ class InputWeightGrads {
     chunks_ = steps_ == 0 ? 0 : (steps_ + chunk_steps_ - 1) / chunk_steps_;
     team_ = overlapped_ ? static_cast<int>(std::min<int64_t>(threads, chunks_ + 1)) : 1;
     slots_ = static_cast<int>(std::min<int64_t>(team_, std::max<int64_t>(chunks_, 1)));
-    const auto options = src_.dgates_in.options();
     grad_x = at::empty_like(src_.x);
-    acc_w_ih_ = at::empty({slots_, gates_, inputs_}, options);
-    acc_w_hh_ = at::empty({slots_, gates_, state_size_}, options);
+    acc_w_ih_ = accumulators({gates_, inputs_});
+    acc_w_hh_ = accumulators({gates_, state_size_});
     const bool shared = src_.dgates_hid.is_same(src_.dgates_in);
-    acc_b_in_ = at::empty({slots_, src_.has_bias ? gates_ : 0}, options);
-    acc_b_hid_ = at::empty({slots_, src_.has_bias && !shared ? gates_ : 0}, options);
+    acc_b_in_ = accumulators({src_.has_bias ? gates_ : 0});
+    has_b_hid_ = src_.has_bias && !shared;
+    acc_b_hid_ = accumulators({has_b_hid_ ? gates_ : 0});
     if (src_.proj_grad.defined()) {
-      acc_w_hr_ = at::empty({slots_, src_.proj_grad.size(2), src_.proj_input.size(2)}, options);
+      acc_w_hr_ = accumulators({src_.proj_grad.size(2), src_.proj_input.size(2)});
     }
+    w_hh_unwritten_.assign(slots_, false);
     slot_next_ = std::make_unique<std::atomic<int64_t>[]>(slots_);
     for (int s = 0; s < slots_; ++s) slot_next_[s].store(s);
   }
@@ -181,6 +182,16 @@ class InputWeightGrads {
     }
   }
 
+  // One accumulator of `sizes` per slot: (slots, *sizes), or `sizes` alone for one slot,
+  // which is then the gradient itself (a sum over one slot would be a copy of it, on torch's
+  // threads: most of a one-step backward at batch 1).
+  at::Tensor accumulators(std::vector<int64_t> sizes) const {
+    if (slots_ > 1) sizes.insert(sizes.begin(), slots_);
+    return at::empty(sizes, src_.dgates_in.options());
+  }
+
+  at::Tensor slots_summed(const at::Tensor& acc) const { return slots_ > 1 ? acc.sum(0) : acc; }
+
   const scalar_t* step_ptr(const at::Tensor& t, int64_t step) const {
     return t.data_ptr<scalar_t>() + step * batch_ * t.size(2);
   }
@@ -214,28 +225,33 @@ class InputWeightGrads {
     weight_product(acc_w_ih_.data_ptr<scalar_t>() + slot * gates_ * inputs_, inputs_, beta,
                    src_.dgates_in, first, last, src_.x, first);
     scalar_t* w_hh = acc_w_hh_.data_ptr<scalar_t>() + slot * gates_ * state_size_;
+    // A slot left unwritten (its chunk had no step with an output before it) is written
+    // over by its next product, or zeroed in finish().
+    const scalar_t w_hh_beta = w_hh_unwritten_[slot] ? scalar_t(0) : beta;
+    w_hh_unwritten_[slot] = false;
     if (!src_.shifted) {
-      weight_product(w_hh, state_size_, beta, src_.dgates_hid, first, last, src_.states, first);
+      weight_product(w_hh, state_size_, w_hh_beta, src_.dgates_hid, first, last, src_.states,
+                     first);
     } else {
       // Steps whose previous state is an output: t >= 1 forward (from y[t - 1]), t <= T-2
       // reverse (from y[t + 1]); the rest is the h0 term of finish().
       const int64_t lo = src_.reverse ? first : std::max<int64_t>(first, 1);
       const int64_t hi = src_.reverse ? std::min(last, steps_ - 1) : last;
       if (lo < hi) {
-        weight_product(w_hh, state_size_, beta, src_.dgates_hid, lo, hi, src_.states,
+        weight_product(w_hh, state_size_, w_hh_beta, src_.dgates_hid, lo, hi, src_.states,
                        src_.reverse ? lo + 1 : lo - 1);
-      } else if (beta == scalar_t(0)) {
-        std::fill(w_hh, w_hh + gates_ * state_size_, scalar_t(0));
+      } else if (w_hh_beta == scalar_t(0)) {
+        w_hh_unwritten_[slot] = true;
       }
     }
     if (acc_w_hr_.defined()) {
-      const int64_t size = acc_w_hr_.size(1) * acc_w_hr_.size(2);
-      weight_product(acc_w_hr_.data_ptr<scalar_t>() + slot * size, acc_w_hr_.size(2), beta,
+      const int64_t width = src_.proj_input.size(2), size = src_.proj_grad.size(2) * width;
+      weight_product(acc_w_hr_.data_ptr<scalar_t>() + slot * size, width, beta,
                      src_.proj_grad, first, last, src_.proj_input, first);
     }
     if (!src_.has_bias) return;
     bias_sum(acc_b_in_.data_ptr<scalar_t>() + slot * gates_, beta, src_.dgates_in, first, last);
-    if (acc_b_hid_.size(1) > 0) {
+    if (has_b_hid_) {
       bias_sum(acc_b_hid_.data_ptr<scalar_t>() + slot * gates_, beta, src_.dgates_hid, first,
                last);
     }
@@ -247,21 +263,31 @@ class InputWeightGrads {
         if (acc->defined()) acc->zero_();
       }
     }
-    grad_w_ih = acc_w_ih_.sum(0);
-    grad_w_hh = acc_w_hh_.sum(0);
-    grad_w_hr = acc_w_hr_.defined() ? acc_w_hr_.sum(0) : src_.x.new_empty({0});
-    if (src_.shifted && chunks_ > 0) add_initial_state_term();
+    // One unwritten slot of one is set by the h0 term below; any other is zeroed.
+    const bool h0_term = src_.shifted && chunks_ > 0;
+    for (int slot = 0; slot < slots_; ++slot) {
+      if (w_hh_unwritten_[slot] && (slots_ > 1 || !h0_term)) {
+        scalar_t* w_hh = acc_w_hh_.data_ptr<scalar_t>() + slot * gates_ * state_size_;
+        std::fill(w_hh, w_hh + gates_ * state_size_, scalar_t(0));
+        w_hh_unwritten_[slot] = false;
+      }
+    }
+    grad_w_ih = slots_summed(acc_w_ih_);
+    grad_w_hh = slots_summed(acc_w_hh_);
+    grad_w_hr = acc_w_hr_.defined() ? slots_summed(acc_w_hr_) : src_.x.new_empty({0});
+    if (h0_term) add_initial_state_term(w_hh_unwritten_[0] ? scalar_t(0) : scalar_t(1));
     if (!src_.has_bias) {
       grad_b_ih = src_.x.new_empty({0});  // two tensors: results may not alias
       grad_b_hh = src_.x.new_empty({0});
       return;
     }
-    grad_b_ih = acc_b_in_.sum(0);
-    grad_b_hh = acc_b_hid_.size(1) > 0 ? acc_b_hid_.sum(0) : grad_b_ih.clone();
+    grad_b_ih = slots_summed(acc_b_in_);
+    grad_b_hh = has_b_hid_ ? slots_summed(acc_b_hid_) : grad_b_ih.clone();
   }
 
-  // grad_w_hh += sum over rows b of dgates_hid[first step of b, b]^T h0[b].
-  void add_initial_state_term() {
+  // grad_w_hh = beta * grad_w_hh + the sum over rows b of dgates_hid[first step of b, b]^T
+  // h0[b].
+  void add_initial_state_term(scalar_t beta) {
     at::Tensor firsts = at::zeros({batch_, gates_}, src_.dgates_hid.options());
     scalar_t* out = firsts.data_ptr<scalar_t>();
     for (int64_t b = 0; b < batch_; ++b) {
@@ -272,14 +298,15 @@ class InputWeightGrads {
       std::copy(row, row + gates_, out + b * gates_);
     }
     gemm<scalar_t>(false, true, state_size_, gates_, batch_, src_.h0.data_ptr<scalar_t>(), state_size_,
-                   out, gates_, scalar_t(1), grad_w_hh.data_ptr<scalar_t>(), state_size_);
+                   out, gates_, beta, grad_w_hh.data_ptr<scalar_t>(), state_size_);
   }
 
   GradSources src_;
   int64_t steps_, batch_, gates_, inputs_, state_size_;
   int64_t chunk_steps_ = 1, chunks_ = 0;
-  bool overlapped_ = false;
+  bool overlapped_ = false, has_b_hid_ = false;
   int team_ = 1, slots_ = 1;
+  std::vector<bool> w_hh_unwritten_;  // per slot: its W_hh accumulator holds nothing yet
   at::Tensor acc_w_ih_, acc_w_hh_, acc_b_in_, acc_b_hid_, acc_w_hr_;
   std::unique_ptr<std::atomic<int64_t>[]> slot_next_;
   std::atomic<int64_t> next_chunk_{0};
