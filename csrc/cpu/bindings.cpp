@@ -17,6 +17,7 @@
 #include "avx512_rows.h"
 #include "bf16_product.h"
 #include "blas.h"
+#include "mkl_threads.h"
 #include "recurrence_cpu.h"
 #include "prepared_cache.h"
 #include "unit_split.h"
@@ -34,9 +35,6 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("rnn_bptt", TORCH_FN(fusedrnn::cpu::rnn_bptt));
   m.impl("input_projection", TORCH_FN(fusedrnn::cpu::input_projection));
 }
-
-// MKL's per-thread thread count (weak: absent from a torch without MKL).
-extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace {
 
@@ -57,12 +55,11 @@ void call_alone(PyObject* fn, const at::ThreadLocalState& state, Outcome& out) {
   // that first, so that it cannot undo the 1 below.
   (void)at::get_num_threads();
   omp_set_num_threads(1);
-  const int mkl_before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+  const fusedrnn::cpu::MklOnThisThread alone;
   const PyGILState_STATE gil = PyGILState_Ensure();
   out.result = PyObject_CallObject(fn, nullptr);
   if (out.result == nullptr) PyErr_Fetch(&out.type, &out.value, &out.traceback);
   PyGILState_Release(gil);
-  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_before);
 }
 
 // run_pair(first, second) -> (first(), second()): the two callables at the same time, on two

@@ -38,10 +38,8 @@
 #endif
 
 #include "blas.h"
+#include "mkl_threads.h"
 #include "rows.h"
-
-// MKL's per-thread thread count (weak: absent from a torch without MKL).
-extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace fusedrnn::cpu {
 
@@ -129,7 +127,7 @@ class InputWeightGrads {
       {
         // Every product on the thread that calls it: MKL would otherwise start threads
         // inside ours.
-        const int previous = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+        const MklOnThisThread alone;
         // An exception may not leave the parallel region: the first one is kept, and the
         // flag stops every wait, for rethrowing after it.
         try {
@@ -140,7 +138,6 @@ class InputWeightGrads {
           if (!error) error = std::current_exception();
           failed_.store(true, std::memory_order_release);
         }
-        if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
       }
       if (error) std::rethrow_exception(error);
     }

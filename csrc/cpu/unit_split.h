@@ -29,10 +29,8 @@
 
 #include "blas.h"
 #include "prepared_cache.h"
+#include "mkl_threads.h"
 #include "rows.h"
-
-// MKL's per-thread thread count (weak: absent from a torch without MKL).
-extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace fusedrnn::cpu {
 
@@ -119,14 +117,13 @@ class UnitSplit {
     {
       // Each thread's product runs on that thread alone: MKL would otherwise start its
       // own threads inside ours.
-      const int previous = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+      const MklOnThisThread alone;
       try {
         fn(static_cast<int64_t>(omp_get_thread_num()),
            static_cast<int64_t>(omp_get_num_threads()));
       } catch (...) {
         fail(kNoFailure - 1);
       }
-      if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
     }
     if (error_) std::rethrow_exception(error_);
   }
