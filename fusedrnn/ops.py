@@ -55,8 +55,16 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def register_implementation(op, function):
-    """Note that ``op`` runs ``function`` on every device, for :func:`direct` and :func:`call`."""
-    _IMPLEMENTATION[op] = function
+    """Note that ``op`` runs ``function`` on every device, for :func:`direct` and :func:`call`:
+    called below the autograd dispatch keys, as the op's own kernel calls it (the ATen calls
+    of the compiled kernels inside would otherwise meet autograd: its checks and its views of
+    tensors that require a gradient)."""
+
+    def below_autograd_keys(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return function(*args)
+
+    _IMPLEMENTATION[op] = below_autograd_keys
 
 
 def dispatcher_passes_on(tensors):

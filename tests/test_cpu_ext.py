@@ -58,14 +58,16 @@ def test_float32_matches_the_reference_backend(cell, kwargs, hidden, steps, batc
     testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
 
 
+@pytest.mark.parametrize("steps", [9, 1])
 @pytest.mark.parametrize("cell, batch, hidden", [("LSTM", 8, 128), ("LSTM", 3, 200),
                                                  ("GRU", 8, 128), ("GRU", 3, 200),
                                                  ("RNN", 24, 128), ("RNN", 8, 200)])
 def test_steps_split_across_threads_match_the_reference_in_float64(two_threads, cell, batch,
-                                                                   hidden):
+                                                                   hidden, steps):
     """Sizes where csrc/cpu/unit_split.h gives each thread a chunk of the hidden units
     (2^18 or more multiply-adds per step; 200: chunks of 112 and 88), with lengths and both
-    directions."""
+    directions. One step: the backward's loop is split too (9 steps overlap it with the
+    products over all steps instead)."""
     work = batch * GATES[{"RNN": "rnn_tanh"}.get(cell, cell.lower())] * hidden**2
     assert 2**18 <= work <= 2**22 and hidden // 32 >= 2  # unit_split.h's bounds
     reference = getattr(fusedrnn, cell)(20, hidden, bidirectional=True, dtype=torch.float64,
@@ -73,7 +75,7 @@ def test_steps_split_across_threads_match_the_reference_in_float64(two_threads, 
     candidate = getattr(fusedrnn, cell)(20, hidden, bidirectional=True, dtype=torch.float64,
                                         backend="cpu")
     candidate.load_state_dict(reference.state_dict())
-    x = testing.make_packed(batch, 9, 20, dtype=torch.float64)
+    x = testing.make_packed(batch, steps, 20, dtype=torch.float64)
     out_ref, grads_ref = testing.outputs_and_grads(reference, x)
     out, grads = testing.outputs_and_grads(candidate, x)
     testing.assert_close_relative(out, out_ref, 1e-12, "outputs")
@@ -613,13 +615,16 @@ import os, torch, fusedrnn
 avx512 = "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
 from fusedrnn import _extension, testing
 from fusedrnn.backends import cpu as cpu_backend
-for cell, batch, hidden in (("LSTM", 3, 200), ("GRU", 2, 220), ("LSTM", 2, 9), ("GRU", 4, 12),
-                            ("RNN", 3, 400), ("RNN", 2, 10)):
+# One step: the backward's time loop is split by hidden units too (its products read
+# W_hh's column blocks in place), where longer ones overlap the products over all steps.
+for cell, batch, hidden, steps in (("LSTM", 3, 200, 5), ("LSTM", 3, 200, 1), ("GRU", 2, 220, 5),
+                                   ("LSTM", 2, 9, 5), ("GRU", 4, 12, 5), ("RNN", 3, 400, 5),
+                                   ("RNN", 2, 10, 5)):
     for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         reference = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="reference")
         candidate = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="cpu")
         candidate.load_state_dict(reference.state_dict())
-        x = testing.make_packed(batch, 5, 6, dtype=dtype)
+        x = testing.make_packed(batch, steps, 6, dtype=dtype)
         out_ref, grads_ref = testing.outputs_and_grads(reference, x)
         out, grads = testing.outputs_and_grads(candidate, x)
         testing.assert_close_relative(out, out_ref, bound, f"{cell} {hidden} outputs")

@@ -197,8 +197,12 @@ class RecurrentProduct {
  public:
   RecurrentProduct(const at::Tensor& w, bool transpose, int64_t batch)
       : weight_(w), w_(w), transpose_(transpose), batch_(batch),
-        m_(transpose ? w.size(0) : w.size(1)), k_(transpose ? w.size(1) : w.size(0)) {
-    const bool fits = m_ <= INT_MAX && k_ <= INT_MAX && batch <= INT_MAX;
+        m_(transpose ? w.size(0) : w.size(1)), k_(transpose ? w.size(1) : w.size(0)),
+        ld_(transpose ? m_ : std::max<int64_t>(w.stride(0), 1)) {
+    // Without transposing, w may be a block of columns of a larger matrix (its rows at a
+    // stride, read in place: UnitSplit::column_blocks); transposed, it is copied anyway.
+    TORCH_INTERNAL_ASSERT(transpose || w.numel() == 0 || (w.stride(1) == 1 && ld_ >= m_));
+    const bool fits = m_ <= INT_MAX && k_ <= INT_MAX && batch <= INT_MAX && ld_ <= INT_MAX;
     blas_ = fits && gemm_mode() != "aten" &&
             (std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr);
     brgemm_ = fits && uses_brgemm<scalar_t>();
@@ -274,7 +278,7 @@ class RecurrentProduct {
         return;
       }
     }
-    blas_gemm(m, n, k, w_.data_ptr<scalar_t>(), m, a, k, out, m);
+    blas_gemm(m, n, k, w_.data_ptr<scalar_t>(), static_cast<int>(ld_), a, k, out, m);
   }
 
  private:
@@ -283,7 +287,7 @@ class RecurrentProduct {
   void apply_brgemm(float* out, const float* a) const {
     const float* b = w_.data_ptr<float>();
     for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) {
-      cpu::brgemm(batch_, n, k_, a, k_, b + n0, m_, out + n0, m_);
+      cpu::brgemm(batch_, n, k_, a, k_, b + n0, ld_, out + n0, m_);
     });
   }
 
@@ -292,9 +296,9 @@ class RecurrentProduct {
     const size_t bytes = cblas_sgemm_pack_get_size(kAMatrix, m, batch, k);
     packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))},
                         w_.options());
-    // w (G, H) row-major is column-major (H, G) with leading dimension H = k or m.
+    // w (G, H) row-major is column-major (H, G) with leading dimension its row stride.
     cblas_sgemm_pack(kColMajor, kAMatrix, transpose_ ? kTrans : kNoTrans, m, batch, k, 1.0f,
-                     w_.data_ptr<float>(), static_cast<int>(w_.size(1)),
+                     w_.data_ptr<float>(), static_cast<int>(w_.stride(0)),
                      packed_.data_ptr<float>());
   }
 
@@ -303,6 +307,7 @@ class RecurrentProduct {
                        // (none where packed_ holds it)
   bool transpose_ = true;
   int64_t batch_ = 0, m_ = 0, k_ = 0;
+  int64_t ld_ = 0;  // the leading dimension of w_ as gemm and brgemm read it
   bool blas_ = false, brgemm_ = false, packable_ = false;
   std::optional<InPlaceRows<scalar_t, scalar_t>> in_place_;  // the row dots, where in place
   at::Tensor packed_;

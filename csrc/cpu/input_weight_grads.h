@@ -23,6 +23,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -123,8 +124,10 @@ class InputWeightGrads {
       work();
     } else {
       std::exception_ptr error;
+      const at::ThreadLocalState state;  // the caller's, on every thread (UnitSplit::run)
 #pragma omp parallel num_threads(team_)
       {
+        const at::ThreadLocalStateGuard guard(state);
         // Every product on the thread that calls it: MKL would otherwise start threads
         // inside ours.
         const MklOnThisThread alone;

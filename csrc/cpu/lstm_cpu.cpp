@@ -161,7 +161,9 @@ void lstm_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& c0,
                    bool reverse, const UnitSplit& split, Tensor& dgates, Tensor& dh, Tensor& dc,
                    const Done& done) {
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
-  const std::vector<Tensor> parts = split.columns(w_hh);
+  // Read in place: a copy of each part's columns would be a pass over W_hh per call, more
+  // than the products of a short sequence read.
+  const std::vector<Tensor> parts = split.column_blocks(w_hh);
   // Per part, the dgates of the step just processed @ its columns of w_hh: (B, n).
   Tensor rec = at::empty({split.parts, batch, split.chunk}, dh.options());
   const int64_t state = batch * hidden;  // elements of one step of grad_y and cells

@@ -17,6 +17,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -90,13 +91,19 @@ class UnitSplit {
     return w.view({gates, hidden_, w.size(1)}).narrow(1, begin(p), end(p) - begin(p));
   }
 
-  // For each part, the columns of w (G, H) for its units: (G, n). One part: w itself.
-  std::vector<at::Tensor> columns(const at::Tensor& w) const {
+  // For each part, the columns of w (G, H) for its units: (G, n), a view of w (its rows at
+  // w's stride). One part: w itself.
+  std::vector<at::Tensor> column_blocks(const at::Tensor& w) const {
     if (parts == 1) return {w};
     std::vector<at::Tensor> out;
-    for (int64_t p = 0; p < parts; ++p) {
-      out.push_back(w.narrow(1, begin(p), end(p) - begin(p)).contiguous());
-    }
+    for (int64_t p = 0; p < parts; ++p) out.push_back(w.narrow(1, begin(p), end(p) - begin(p)));
+    return out;
+  }
+
+  // The same, each block copied contiguous.
+  std::vector<at::Tensor> columns(const at::Tensor& w) const {
+    std::vector<at::Tensor> out = column_blocks(w);
+    for (at::Tensor& block : out) block = block.contiguous();
     return out;
   }
 
@@ -113,8 +120,14 @@ class UnitSplit {
     }
     failed_step_.store(kNoFailure);
     error_ = nullptr;
+    // The caller's ATen thread-local state on every thread of the team, as at::parallel_for
+    // gives its threads: grad mode, and the dispatch keys the op's kernel runs below (an
+    // ATen call of the aten product path on a column block of W_hh, a view of a tensor that
+    // requires a gradient, would otherwise meet autograd there).
+    const at::ThreadLocalState state;
 #pragma omp parallel num_threads(static_cast<int>(parts))
     {
+      const at::ThreadLocalStateGuard guard(state);
       // Each thread's product runs on that thread alone: MKL would otherwise start its
       // own threads inside ours.
       const MklOnThisThread alone;
