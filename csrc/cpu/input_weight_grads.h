@@ -107,7 +107,7 @@ class InputWeightGrads {
     if (src_.proj_grad.defined()) {
       acc_w_hr_ = accumulators({src_.proj_grad.size(2), src_.proj_input.size(2)});
     }
-    w_hh_unwritten_.assign(slots_, false);
+    w_hh_unwritten_.assign(slots_, 0);
     slot_next_ = std::make_unique<std::atomic<int64_t>[]>(slots_);
     for (int s = 0; s < slots_; ++s) slot_next_[s].store(s);
   }
@@ -228,7 +228,7 @@ class InputWeightGrads {
     // A slot left unwritten (its chunk had no step with an output before it) is written
     // over by its next product, or zeroed in finish().
     const scalar_t w_hh_beta = w_hh_unwritten_[slot] ? scalar_t(0) : beta;
-    w_hh_unwritten_[slot] = false;
+    w_hh_unwritten_[slot] = 0;
     if (!src_.shifted) {
       weight_product(w_hh, state_size_, w_hh_beta, src_.dgates_hid, first, last, src_.states,
                      first);
@@ -241,7 +241,7 @@ class InputWeightGrads {
         weight_product(w_hh, state_size_, w_hh_beta, src_.dgates_hid, lo, hi, src_.states,
                        src_.reverse ? lo + 1 : lo - 1);
       } else if (w_hh_beta == scalar_t(0)) {
-        w_hh_unwritten_[slot] = true;
+        w_hh_unwritten_[slot] = 1;
       }
     }
     if (acc_w_hr_.defined()) {
@@ -269,7 +269,7 @@ class InputWeightGrads {
       if (w_hh_unwritten_[slot] && (slots_ > 1 || !h0_term)) {
         scalar_t* w_hh = acc_w_hh_.data_ptr<scalar_t>() + slot * gates_ * state_size_;
         std::fill(w_hh, w_hh + gates_ * state_size_, scalar_t(0));
-        w_hh_unwritten_[slot] = false;
+        w_hh_unwritten_[slot] = 0;
       }
     }
     grad_w_ih = slots_summed(acc_w_ih_);
@@ -306,7 +306,9 @@ class InputWeightGrads {
   int64_t chunk_steps_ = 1, chunks_ = 0;
   bool overlapped_ = false, has_b_hid_ = false;
   int team_ = 1, slots_ = 1;
-  std::vector<bool> w_hh_unwritten_;  // per slot: its W_hh accumulator holds nothing yet
+  // Per slot: its W_hh accumulator holds nothing yet. One byte each (not vector<bool>'s
+  // bits): the threads write different slots' flags at the same time.
+  std::vector<char> w_hh_unwritten_;
   at::Tensor acc_w_ih_, acc_w_hh_, acc_b_in_, acc_b_hid_, acc_w_hr_;
   std::unique_ptr<std::atomic<int64_t>[]> slot_next_;
   std::atomic<int64_t> next_chunk_{0};
