@@ -612,6 +612,7 @@ def test_compiled_module_matches_eager():
 
 GEMM_MODE_CHECK = """
 import os, torch, fusedrnn
+torch.manual_seed(0)  # a subprocess: conftest's seeds do not reach it
 avx512 = "avx512f" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
 from fusedrnn import _extension, testing
 from fusedrnn.backends import cpu as cpu_backend
