@@ -59,12 +59,7 @@ def register_implementation(op, function):
     called below the autograd dispatch keys, as the op's own kernel calls it (the ATen calls
     of the compiled kernels inside would otherwise meet autograd: its checks and its views of
     tensors that require a gradient)."""
-
-    def below_autograd_keys(*args):
-        with torch._C._AutoDispatchBelowAutograd():
-            return function(*args)
-
-    _IMPLEMENTATION[op] = below_autograd_keys
+    _IMPLEMENTATION[op] = below_autograd(function)
 
 
 def dispatcher_passes_on(tensors):
