@@ -229,7 +229,7 @@ def test_profiler_records_both_directions_on_their_threads():
     x = torch.randn(6, 2, 4)
     with testing.torch_threads(2), profile(activities=[ProfilerActivity.CPU]) as prof:
         module(x)[0].sum().backward()
-    for name in ("fusedrnn::lstm_recurrence_fwd", "fusedrnn::lstm_bptt"):
+    for name in ("fusedrnn::lstm_forward", "fusedrnn::lstm_bptt"):
         events = [e for e in prof.events() if e.name == name]
         assert len(events) == 2 and len({e.thread for e in events}) == 2, name
 

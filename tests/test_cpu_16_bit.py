@@ -57,7 +57,7 @@ def test_bfloat16_kernels_within_the_low_precision_rule(monkeypatch, cell, op, k
     steps in bfloat16): never widened."""
     _bf16_kernel(monkeypatch)
     calls, backward_calls = [], []
-    for name, seen in ((f"{op}_recurrence_fwd", calls), (f"{op}_recurrence_bwd", backward_calls)):
+    for name, seen in ((f"{op}_forward", calls), (f"{op}_recurrence_bwd", backward_calls)):
         monkeypatch.setattr(torch.ops.fusedrnn, name,
                             _recording(getattr(torch.ops.fusedrnn, name), seen))
     _check_low_precision(cell, kwargs, torch.bfloat16)

@@ -155,6 +155,74 @@ def test_opcheck_gru_recurrence_ops(bias):
                            hidden_n, False))
 
 
+def _layer_forward_args(cell, bias, proj):
+    """The arguments of ``fusedrnn::{cell}_forward`` but the flags (T 5, B 3, I 6, H 8,
+    lengths), and of the recurrence op it runs after the input projection, by name."""
+    gates = GATES[cell] * 8
+    state = 3 if proj else 8
+    args = {"x": torch.randn(5, 3, 6), "w_ih": torch.randn(gates, 6),
+            "w_hh": torch.randn(gates, state) * 0.3, "b_ih": torch.randn(gates) if bias else None,
+            "b_hh": torch.randn(gates) if bias else None}
+    if cell == "lstm":
+        args["w_hr"] = torch.randn(3, 8) if proj else None
+    args["h0"] = torch.randn(3, state)
+    if cell == "lstm":
+        args["c0"] = torch.randn(3, 8)
+    args["lengths"] = torch.tensor([5, 2, 4])
+    return args
+
+
+@pytest.mark.parametrize("cell, proj", [("lstm", False), ("lstm", True), ("gru", False),
+                                        ("rnn_tanh", False)])  # the RNN's flag is relu
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_layer_forward_ops_are_the_projection_then_the_recurrence_op(cell, proj, bias, reverse):
+    """``fusedrnn::{lstm,gru,rnn}_forward``, the cpu backend's forward in one call: the same
+    bits as ``input_projection`` then the cell's recurrence op with the summed biases (the
+    GRU's apart), in the op layer's results; and ``opcheck``."""
+    ops = torch.ops.fusedrnn
+    args = _layer_forward_args(cell, bias, proj)
+    x, w_ih, w_hh, b_ih, b_hh = (args[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh"))
+    h0, lengths = args["h0"], args["lengths"]
+    xproj = ops.input_projection(x, w_ih)
+    bias_sum = None if b_ih is None else b_ih + b_hh
+    empty = x.new_empty(0)
+    for flag in (False, True):  # save (the RNN: relu)
+        if cell == "lstm":
+            op = ops.lstm_forward
+            recurrence = (ops.lstm_proj_recurrence_fwd(xproj, bias_sum, w_hh, args["w_hr"], h0,
+                                                       args["c0"], lengths, reverse, flag)
+                          if proj else ops.lstm_recurrence_fwd(xproj, bias_sum, w_hh, h0,
+                                                               args["c0"], lengths, reverse, flag))
+        elif cell == "gru":
+            op = ops.gru_forward
+            y, h_n, gates, hidden_n = ops.gru_recurrence_fwd(xproj, b_ih, w_hh, b_hh, h0,
+                                                             lengths, reverse, flag)
+            recurrence = (y, h_n, empty, gates, hidden_n)
+        else:  # the flag is relu
+            op = ops.rnn_forward
+            y, h_n = ops.rnn_recurrence_fwd(xproj, bias_sum, w_hh, h0, lengths, reverse, flag)
+            recurrence = (y, h_n, empty, empty, empty)
+        results = op(*args.values(), reverse, flag)
+        assert len(results) == 5
+        for result, expected in zip(results, recurrence):
+            assert torch.equal(result, expected)
+        torch.library.opcheck(op.default, (*args.values(), reverse, flag))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_layer_forward_ops_name_bad_biases(cell):
+    op = getattr(torch.ops.fusedrnn, f"{cell.partition('_')[0]}_forward")
+    args = _layer_forward_args(cell, bias=True, proj=False)
+    with pytest.raises(RuntimeError, match="b_ih and b_hh must be given together"):
+        op(*dict(args, b_hh=None).values(), False, False)
+    with pytest.raises(RuntimeError,
+                       match=r"fusedrnn cpu backend: b_hh should have shape \[\d+\], got \[1\]"):
+        op(*dict(args, b_hh=torch.randn(1)).values(), False, False)
+    with pytest.raises(RuntimeError, match=r"w_ih should have shape \[\d+, 6\], got \[\d+, 5\]"):
+        op(*dict(args, w_ih=args["w_ih"][:, :5].contiguous()).values(), False, False)
+
+
 @pytest.mark.parametrize("name, value, message", [
     ("w_hh", torch.randn(32, 7), r"w_hh should have shape \[28, 7\], got \[32, 7\]"),
     ("h0", torch.randn(2, 8), r"h0 should have shape \[3, 8\]"),

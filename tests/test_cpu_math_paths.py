@@ -115,11 +115,12 @@ assert not extension.avx512_rows() or os.environ["FUSEDRNN_CPU_MATH"] == "auto"
 cpu_backend.BF16_KERNEL_FROM = cpu_backend.BF16_BRGEMM_FROM = 0
 ops = torch.ops.fusedrnn
 for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
-    forward, backward = (getattr(ops, f"{op}_recurrence_{way}") for way in ("fwd", "bwd"))
+    names = (f"{op}_forward", f"{op}_recurrence_bwd")  # the cpu backend's forward, backward
+    forward, backward = (getattr(ops, name) for name in names)
     for batch, hidden in ((4, 200), (2, 25)):  # threaded; odd K (MKL's forward product)
         seen = []
-        for way, original in (("fwd", forward), ("bwd", backward)):
-            setattr(ops, f"{op}_recurrence_{way}", (lambda original: lambda first, *args:
+        for name, original in zip(names, (forward, backward)):
+            setattr(ops, name, (lambda original: lambda first, *args:
                     seen.append(first.dtype) or original(first, *args))(original))  # records
         make = lambda dtype, backend: getattr(fusedrnn, cell)(6, hidden, dtype=dtype,
                                                               backend=backend)
@@ -129,8 +130,8 @@ for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
                                           testing.make_packed(batch, 5, 6, dtype=torch.float64))
         kernel = (hidden % 2 == 0 and extension.bf16_on_brgemm()) or extension.bf16_on_mkl()
         assert seen and set(seen) == {torch.bfloat16 if kernel else torch.float32}, (cell, seen)
-    setattr(ops, f"{op}_recurrence_fwd", forward)
-    setattr(ops, f"{op}_recurrence_bwd", backward)
+    for name, original in zip(names, (forward, backward)):
+        setattr(ops, name, original)
 # Kept products keep no weight alive on this path (the aten path's and MKL's bfloat16
 # product read W_hh in place: the cache does not keep them).
 for cell in ("LSTM", "GRU", "RNN"):

@@ -34,6 +34,9 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("gru_bptt", TORCH_FN(fusedrnn::cpu::gru_bptt));
   m.impl("rnn_bptt", TORCH_FN(fusedrnn::cpu::rnn_bptt));
   m.impl("input_projection", TORCH_FN(fusedrnn::cpu::input_projection));
+  m.impl("lstm_forward", TORCH_FN(fusedrnn::cpu::lstm_forward));
+  m.impl("gru_forward", TORCH_FN(fusedrnn::cpu::gru_forward));
+  m.impl("rnn_forward", TORCH_FN(fusedrnn::cpu::rnn_forward));
 }
 
 namespace {

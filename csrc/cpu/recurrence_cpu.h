@@ -109,6 +109,25 @@ std::tuple<at::Tensor, at::Tensor> rnn_backward_bf16(const at::Tensor& grad_y,
 // pooled workspace.
 at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih);
 
+// The fusedrnn::{lstm,gru,rnn}_forward ops (CPU only, forward_ops.cpp): a forward above with
+// its input projection, x (T,B,I) and w_ih (G,I) in place of xproj, and b_ih, b_hh (G) both
+// or neither. Each returns what the op layer's forward returns: y, h_n, c_n, then the saved
+// tensors (the LSTM's gates and cells, the GRU's gates and hidden_n), (0,) tensors for what
+// the cell does not have.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool save);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse, bool save);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forward(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse, bool relu);
+
 // The fusedrnn::*_bptt ops (CPU only): a backward above plus the gradients that are
 // products over all steps, overlapped with its time loop (input_weight_grads.h). Extra
 // arguments: x (T,B,I) and w_ih (G,I) of the forward; h0 (B,H) (LSTM, RNN: with y, the states

@@ -19,7 +19,9 @@ reverse, relu) -> (dpre, grad_h0)`` (the Elman cells).
 ``fusedrnn::{lstm,gru,rnn}_bptt`` (CPU kernels only) are a backward above plus the products
 over all steps, returning the gradients of x, W_ih, W_hh and the biases, then of the
 initial states: the cpu backend's backward, one op per layer and direction;
-``fusedrnn::input_projection(x, w_ih)`` (CPU only) is its input projection.
+``fusedrnn::input_projection(x, w_ih)`` (CPU only) is its input projection, and
+``fusedrnn::{lstm,gru,rnn}_forward`` (CPU only) its forward of one layer and direction: the
+projection, then the recurrence op with both biases, in one call.
 
 ``fusedrnn::lstm_proj_recurrence_fwd(xproj, bias?, w_hh (4H,P), w_hr (P,H), h0 (B,P), c0,
 lengths?, reverse, save)`` is the LSTM with a projection (proj_size P); its backward is
@@ -82,6 +84,17 @@ CPU_SCHEMAS = {
                 "Tensor? lengths, Tensor y, bool reverse, bool relu, bool has_bias) "
                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "input_projection": "(Tensor x, Tensor w_ih) -> Tensor",
+    # The cpu backend's forward of one layer and direction, one op per cell: the input
+    # projection, then the time loop with both biases; the op layer's forward results.
+    "lstm_forward": "(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+                    "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, bool reverse, "
+                    "bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "gru_forward": "(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, "
+                   "Tensor? lengths, bool reverse, bool save) "
+                   "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "rnn_forward": "(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, "
+                   "Tensor? lengths, bool reverse, bool relu) "
+                   "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 }
 
 # The ops with CUDA kernels only: the backward of the projected LSTM, returning dgates, the
@@ -179,6 +192,32 @@ def _input_weight_grads(x, w_ih, w_hh, has_bias):
 @torch.library.register_fake("fusedrnn::input_projection")
 def _(x, w_ih):
     return x.new_empty(x.shape[0], x.shape[1], w_ih.shape[0])
+
+
+def _layer_forward_fake(cell, x, w_ih, h0, save):
+    """The results of ``fusedrnn::{cell}_forward``: the op layer's forward results."""
+    steps, batch, _ = x.shape
+    hidden = w_ih.shape[0] // common.GATES[cell]
+    c_n = x.new_empty(batch, hidden) if cell == "lstm" else x.new_empty(0)
+    saves = save and cell in ("lstm", "gru")
+    return (x.new_empty(steps, batch, h0.shape[1]), torch.empty_like(h0), c_n,
+            _saved(saves, steps, batch, w_ih.shape[0], like=x),
+            _saved(saves, steps, batch, hidden, like=x))
+
+
+@torch.library.register_fake("fusedrnn::lstm_forward")
+def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
+    return _layer_forward_fake("lstm", x, w_ih, h0, save)
+
+
+@torch.library.register_fake("fusedrnn::gru_forward")
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, save):
+    return _layer_forward_fake("gru", x, w_ih, h0, save)
+
+
+@torch.library.register_fake("fusedrnn::rnn_forward")
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, relu):
+    return _layer_forward_fake("rnn_tanh", x, w_ih, h0, False)
 
 
 @torch.library.register_fake("fusedrnn::lstm_proj_recurrence_fwd")
