@@ -89,7 +89,8 @@ class CpuBackend(RecurrenceBackend):
 
     def _forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
         """One ``*_forward`` op: the input projection, the biases and the time loop in one
-        call (three calls from Python cost 7 us more a step at batch 1, hidden 128)."""
+        call. Three calls from Python took 5-15% more of a cell's step at hidden 128-256
+        (benchmarks/results/epyc-2core-forward-op-ab)."""
         self.extension.load()
         ops = torch.ops.fusedrnn
         if cell == "lstm":
