@@ -181,16 +181,17 @@ inline RecurrenceSizes check_gru_fwd(const at::Tensor& xproj,
   return sizes;
 }
 
-// grad_y, h_prev, hidden_n (T,B,H), grad_h_n (B,H), w_hh (3H,H), gates (T,B,3H).
+// grad_y, h_prev, hidden_n (T,B,H), grad_h_n (B,H), w_hh (3H,H), gates (T,B,3H); h_prev's
+// name in the errors is h_prev_name (gru_bptt passes y in its place).
 inline RecurrenceSizes check_gru_bwd(const at::Tensor& grad_y, const at::Tensor& grad_h_n,
                                      const at::Tensor& w_hh, const at::Tensor& h_prev,
                                      const std::optional<at::Tensor>& lengths,
                                      const at::Tensor& gates, const at::Tensor& hidden_n,
-                                     c10::DeviceType device) {
+                                     c10::DeviceType device, const char* h_prev_name = "h_prev") {
   const RecurrenceSizes sizes = lead_sizes(gates, "gates", w_hh, 3, lengths, device);
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   check_argument(grad_y, "grad_y", gates, {steps, batch, hidden}, device);
-  check_argument(h_prev, "h_prev", gates, {steps, batch, hidden}, device);
+  check_argument(h_prev, h_prev_name, gates, {steps, batch, hidden}, device);
   check_argument(hidden_n, "hidden_n", gates, {steps, batch, hidden}, device);
   check_argument(grad_h_n, "grad_h_n", gates, {batch, hidden}, device);
   return sizes;

@@ -46,9 +46,7 @@ def _problem(cell, steps, batch, inputs, hidden, lengths, reverse, bias, dtype=t
     if cell == "gru":
         y, _, gates, hidden_n = OPS.gru_recurrence_fwd(xproj, b, w_hh, b, h0, lengths, reverse,
                                                        True)
-        mask = common.active_mask(lengths, steps)
-        h_prev = common.previous_states(y, h0, mask, reverse).contiguous()
-        return (grad_y, grad_h, x, w_ih, w_hh, h_prev, lengths, gates, hidden_n, reverse, bias)
+        return (grad_y, grad_h, x, w_ih, w_hh, h0, lengths, y, gates, hidden_n, reverse, bias)
     y, _ = OPS.rnn_recurrence_fwd(xproj, b, w_hh, h0, lengths, reverse, False)
     return (grad_y, grad_h, x, w_ih, w_hh, h0, lengths, y, reverse, False, bias)
 
@@ -108,10 +106,12 @@ def test_every_accumulator_is_written_for_any_steps_and_threads(nan_filled_empty
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_bptt_gradients_are_the_products_of_the_recurrence_backward(cell):
-    """Against the recurrence backward op and the products written out in PyTorch."""
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bptt_gradients_are_the_products_of_the_recurrence_backward(cell, reverse):
+    """Against the recurrence backward op and the products written out in PyTorch, with
+    lengths (in reverse a shorter row's first step is its last one)."""
     lengths = torch.tensor([11, 4])
-    args = _problem(cell, 11, 2, 4, 6, lengths, True, bias=True)
+    args = _problem(cell, 11, 2, 4, 6, lengths, reverse, bias=True)
     with threads(2):
         grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, *states = getattr(
             OPS, f"{cell}_bptt")(*args)
@@ -120,19 +120,20 @@ def test_bptt_gradients_are_the_products_of_the_recurrence_backward(cell):
     if cell == "lstm":
         grad_y, grad_h, grad_c, x, w_ih, w_hh, _, h0, c0, _, y, gates, cells, _, _ = args
         dgates, dh0, dc0 = OPS.lstm_recurrence_bwd(grad_y, grad_h, grad_c, w_hh, c0, lengths,
-                                                   gates, cells, True)
+                                                   gates, cells, reverse)
         d_in = d_hid = dgates
         assert torch.allclose(states[1], dc0, rtol=1e-12, atol=1e-12)
     elif cell == "gru":
-        grad_y, grad_h, x, w_ih, w_hh, h_prev, _, gates, hidden_n, _, _ = args
-        d_in, d_hid, dh0 = OPS.gru_recurrence_bwd(grad_y, grad_h, w_hh, h_prev, lengths, gates,
-                                                  hidden_n, True)
+        grad_y, grad_h, x, w_ih, w_hh, h0, _, y, gates, hidden_n, _, _ = args
+        # the recurrence backward op takes the states each step started from as a tensor
+        h_prev = common.previous_states(y, h0, common.active_mask(lengths, 11), reverse)
+        d_in, d_hid, dh0 = OPS.gru_recurrence_bwd(grad_y, grad_h, w_hh, h_prev.contiguous(),
+                                                  lengths, gates, hidden_n, reverse)
     else:
         grad_y, grad_h, x, w_ih, w_hh, h0, _, y, _, _, _ = args
-        d_in, dh0 = OPS.rnn_recurrence_bwd(grad_y, grad_h, w_hh, y, lengths, True, False)
+        d_in, dh0 = OPS.rnn_recurrence_bwd(grad_y, grad_h, w_hh, y, lengths, reverse, False)
         d_hid = d_in
-    if cell != "gru":
-        h_prev = common.previous_states(y, h0, common.active_mask(lengths, 11), True)
+    h_prev = common.previous_states(y, h0, common.active_mask(lengths, 11), reverse)
     flat = common.flat
     for got, want in [(grad_x, torch.mm(flat(d_in), w_ih).view_as(x)),
                       (grad_w_ih, torch.mm(flat(d_in).t(), flat(x))),

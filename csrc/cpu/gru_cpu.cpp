@@ -91,13 +91,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
 
 namespace {
 
+// The state each active step of a row started from, for the backward: a given h_prev
+// (T,B,H) (gru_recurrence_bwd), or the forward's outputs y (T,B,H) one step back in its
+// order, h0 (B,H) at the row's first step (gru_bptt: t = 0 forward; reverse, T-1 or the
+// row's length - 1; every step before an active one was active).
+template <typename scalar_t>
+class PreviousStates {
+ public:
+  explicit PreviousStates(const Tensor& h_prev)
+      : h_prev_(h_prev.data_ptr<scalar_t>()), state_(h_prev.size(1) * h_prev.size(2)),
+        hidden_(h_prev.size(2)) {}
+  PreviousStates(const Tensor& y, const Tensor& h0, const int64_t* lengths, bool reverse)
+      : y_(y.data_ptr<scalar_t>()), h0_(h0.data_ptr<scalar_t>()), lengths_(lengths),
+        steps_(y.size(0)), state_(y.size(1) * y.size(2)), hidden_(y.size(2)),
+        reverse_(reverse) {}
+
+  // Row b's state before step t (H values), t active for b.
+  const scalar_t* row(int64_t t, int64_t b) const {
+    if (h_prev_ != nullptr) return h_prev_ + t * state_ + b * hidden_;
+    const int64_t length = lengths_ == nullptr ? steps_ : std::min(lengths_[b], steps_);
+    if (t == (reverse_ ? length - 1 : 0)) return h0_ + b * hidden_;
+    return y_ + (reverse_ ? t + 1 : t - 1) * state_ + b * hidden_;
+  }
+
+ private:
+  const scalar_t* h_prev_ = nullptr;
+  const scalar_t* y_ = nullptr;
+  const scalar_t* h0_ = nullptr;
+  const int64_t* lengths_ = nullptr;
+  int64_t steps_ = 0, state_ = 0, hidden_ = 0;
+  bool reverse_ = false;
+};
+
 // The backward time loop. dgates_in, dgates_hid (T,B,3H) written; dh (B,H) in: the gradient
 // of h_n, out: of h0. done(k) runs once the k-th processed step's dgates are written.
 template <typename scalar_t, typename Done>
-void gru_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& h_prev,
-                  const int64_t* lengths, const Tensor& gates, const Tensor& hidden_n,
-                  bool reverse, Tensor& dgates_in, Tensor& dgates_hid, Tensor& dh,
-                  const Done& done) {
+void gru_bwd_loop(const Tensor& grad_y, const Tensor& w_hh,
+                  const PreviousStates<scalar_t>& h_prev, const int64_t* lengths,
+                  const Tensor& gates, const Tensor& hidden_n, bool reverse, Tensor& dgates_in,
+                  Tensor& dgates_hid, Tensor& dh, const Done& done) {
   const int64_t steps = gates.size(0), batch = gates.size(1), hidden = w_hh.size(1);
   Tensor rec = at::empty_like(dh);  // dgates_hid of the step just processed @ w_hh
   const int64_t state = batch * hidden;  // elements of one step of grad_y, h_prev, hidden_n
@@ -106,7 +138,6 @@ void gru_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& h_prev
   const scalar_t* grad_y_p = grad_y.data_ptr<scalar_t>();
   const scalar_t* gates_p = gates.data_ptr<scalar_t>();
   const scalar_t* hidden_n_p = hidden_n.data_ptr<scalar_t>();
-  const scalar_t* h_prev_p = h_prev.data_ptr<scalar_t>();
   scalar_t* dgates_in_p = dgates_in.data_ptr<scalar_t>();
   scalar_t* dgates_hid_p = dgates_hid.data_ptr<scalar_t>();
   const auto order = time_order(steps, !reverse);
@@ -124,7 +155,6 @@ void gru_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& h_prev
     const scalar_t* gy = grad_y_p + state * t;
     const scalar_t* gp = gates_p + 3 * state * t;
     const scalar_t* np = hidden_n_p + state * t;
-    const scalar_t* hp = h_prev_p + state * t;
     scalar_t* dinp = dgates_in_p + 3 * state * t;
     scalar_t* dhidp = dgates_hid_p + 3 * state * t;
     for_rows(batch, 6 * hidden, [&](int64_t begin, int64_t end) {
@@ -137,8 +167,8 @@ void gru_bwd_loop(const Tensor& grad_y, const Tensor& w_hh, const Tensor& h_prev
           continue;
         }
         add_row<scalar_t>(dhp + row, gy + row, hidden);
-        gru_bwd_row<scalar_t>(dhp + row, gp + 3 * row, np + row, hp + row, dinp + 3 * row,
-                              dhidp + 3 * row, hidden);
+        gru_bwd_row<scalar_t>(dhp + row, gp + 3 * row, np + row, h_prev.row(t, b),
+                              dinp + 3 * row, dhidp + 3 * row, hidden);
       }
     });
     done(static_cast<int64_t>(k));
@@ -165,19 +195,21 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
   Tensor dgates_hid = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dh = grad_h_n.clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_recurrence_bwd_cpu", [&] {
-    gru_bwd_loop<scalar_t>(grad_y, w_hh, h_prev, lengths_ptr(sizes.lengths), gates, hidden_n,
-                           reverse, dgates_in, dgates_hid, dh, [](int64_t) {});
+    gru_bwd_loop<scalar_t>(grad_y, w_hh, PreviousStates<scalar_t>(h_prev),
+                           lengths_ptr(sizes.lengths), gates, hidden_n, reverse, dgates_in,
+                           dgates_hid, dh, [](int64_t) {});
   });
   return {dgates_in, dgates_hid, dh};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bptt(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& x, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& h_prev, const std::optional<Tensor>& lengths_opt,
-    const Tensor& gates, const Tensor& hidden_n, bool reverse, bool has_bias) {
+    const Tensor& w_hh, const Tensor& h0, const std::optional<Tensor>& lengths_opt,
+    const Tensor& y, const Tensor& gates, const Tensor& hidden_n, bool reverse, bool has_bias) {
   const auto sizes =
-      check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCPU);
+      check_gru_bwd(grad_y, grad_h_n, w_hh, y, lengths_opt, gates, hidden_n, at::kCPU, "y");
   check_bptt_inputs(x, w_ih, gates, sizes, 3, at::kCPU);
+  check_argument(h0, "h0", gates, {sizes.batch, sizes.hidden}, at::kCPU);
   Tensor dgates_in = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dgates_hid = WorkspacePool::empty(gates.sizes(), gates.options());
   Tensor dh = grad_h_n.clone();
@@ -187,12 +219,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bptt(
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_bptt_cpu", [&] {
     InputWeightGrads<scalar_t> grads(
-        {x, w_ih, dgates_in, dgates_hid, h_prev, Tensor(), /*shifted=*/false, reverse, has_bias,
-         lengths},
+        {x, w_ih, dgates_in, dgates_hid, y, h0, /*shifted=*/true, reverse, has_bias, lengths},
         overlap);
     grads.run([&] {
-      gru_bwd_loop<scalar_t>(grad_y, w_hh, h_prev, lengths, gates, hidden_n, reverse, dgates_in,
-                             dgates_hid, dh, [&](int64_t k) { grads.step_done(k); });
+      gru_bwd_loop<scalar_t>(grad_y, w_hh, PreviousStates<scalar_t>(y, h0, lengths, reverse),
+                             lengths, gates, hidden_n, reverse, dgates_in, dgates_hid, dh,
+                             [&](int64_t k) { grads.step_done(k); });
     });
     result = {grads.grad_x, grads.grad_w_ih, grads.grad_w_hh, grads.grad_b_ih, grads.grad_b_hh,
               dh};

@@ -31,11 +31,11 @@ FUSEDRNN_SIMD_CLONES void lstm_output_row(const scalar_t* __restrict__ o,
   for (int64_t j = 0; j < n; ++j) r[j] = o[j] * tanh(cell[j]);
 }
 
-// The forward of both forward ops. bias (4H) (zeros when absent); w_hr (P,H) or undefined
-// (no projection: P = H); h0 (B,P), c0 (B,H). With a projection the step's o * tanh(c)
-// goes to a scratch row and y[t] = it @ w_hr^T, a second product per step; the hidden units
-// are then not split across threads.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+// The time loop of both recurrence forward ops. bias (4H) (zeros when absent); w_hr (P,H) or
+// undefined (no projection: P = H); h0 (B,P), c0 (B,H). With a projection the step's
+// o * tanh(c) goes to a scratch row and y[t] = it @ w_hr^T, a second product per step; the
+// hidden units are then not split across threads.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_loop(
     const Tensor& xproj, const Tensor& bias, const Tensor& w_hh, const Tensor& w_hr,
     const Tensor& h0, const Tensor& c0, const int64_t* lengths, bool reverse, bool save) {
   const int64_t steps = xproj.size(0), batch = xproj.size(1), hidden = c0.size(1);
@@ -137,8 +137,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     return lstm_forward_bf16(xproj, bias_or_zeros(bias, 4 * sizes.hidden, xproj), w_hh, h0, c0,
                              lengths_ptr(sizes.lengths), reverse, save);
   }
-  return lstm_forward(xproj, bias_or_zeros(bias, 4 * sizes.hidden, xproj), w_hh, Tensor(), h0,
-                      c0, lengths_ptr(sizes.lengths), reverse, save);
+  return lstm_forward_loop(xproj, bias_or_zeros(bias, 4 * sizes.hidden, xproj), w_hh, Tensor(),
+                           h0, c0, lengths_ptr(sizes.lengths), reverse, save);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_fwd(
@@ -146,8 +146,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_fwd(
     const Tensor& w_hr, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths, bool reverse, bool save) {
   const auto sizes = check_lstm_proj_fwd(xproj, bias, w_hh, w_hr, h0, c0, lengths, at::kCPU);
-  return lstm_forward(xproj, bias_or_zeros(bias, 4 * sizes.hidden, xproj), w_hh, w_hr, h0, c0,
-                      lengths_ptr(sizes.lengths), reverse, save);
+  return lstm_forward_loop(xproj, bias_or_zeros(bias, 4 * sizes.hidden, xproj), w_hh, w_hr, h0,
+                           c0, lengths_ptr(sizes.lengths), reverse, save);
 }
 
 namespace {

@@ -130,8 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_forwa
 
 // The fusedrnn::*_bptt ops (CPU only): a backward above plus the gradients that are
 // products over all steps, overlapped with its time loop (input_weight_grads.h). Extra
-// arguments: x (T,B,I) and w_ih (G,I) of the forward; h0 (B,H) (LSTM, RNN: with y, the states
-// each step started from); has_bias. Returns grad_x (T,B,I), grad_w_ih (G,I), grad_w_hh
+// arguments: x (T,B,I) and w_ih (G,I) of the forward; h0 (B,H) (with y, the states each step
+// started from; the GRU's takes them in place of h_prev); has_bias. Returns grad_x (T,B,I), grad_w_ih (G,I), grad_w_hh
 // (G,H), grad_b_ih, grad_b_hh (G, or (0,) without bias), then the initial states' gradients.
 // lstm_bptt takes w_hr (P,H) or undefined and returns grad_w_hr ((0,) without) before the
 // initial states' gradients.
@@ -145,8 +145,8 @@ lstm_bptt(const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_bptt(
     const at::Tensor& grad_y, const at::Tensor& grad_h_n, const at::Tensor& x,
-    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h_prev,
-    const std::optional<at::Tensor>& lengths, const at::Tensor& gates,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, const at::Tensor& y, const at::Tensor& gates,
     const at::Tensor& hidden_n, bool reverse, bool has_bias);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_bptt(

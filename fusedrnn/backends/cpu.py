@@ -151,9 +151,7 @@ class CpuBackend(RecurrenceBackend):
             return ops.lstm_bptt(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
                                  y, ws_a, ws_b, reverse, has_bias)
         if cell == "gru":
-            mask = common.active_mask(lengths, x.shape[0])
-            h_prev = common.previous_states(y, h0, mask, reverse).contiguous()
-            *grads, dh0 = ops.gru_bptt(grad_y, grad_hn, x, w_ih, w_hh, h_prev, lengths, ws_a,
+            *grads, dh0 = ops.gru_bptt(grad_y, grad_hn, x, w_ih, w_hh, h0, lengths, y, ws_a,
                                        ws_b, reverse, has_bias)
             return (*grads, common.empty(x), dh0, common.empty(x))
         *grads, dh0 = ops.rnn_bptt(grad_y, grad_hn, x, w_ih, w_hh, h0, lengths, y, reverse,

@@ -78,8 +78,8 @@ CPU_SCHEMAS = {
                  "Tensor gates, Tensor cells, bool reverse, bool has_bias) "
                  "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "gru_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
-                "Tensor h_prev, Tensor? lengths, Tensor gates, Tensor hidden_n, bool reverse, "
-                "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+                "Tensor h0, Tensor? lengths, Tensor y, Tensor gates, Tensor hidden_n, "
+                "bool reverse, bool has_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "rnn_bptt": "(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, "
                 "Tensor? lengths, Tensor y, bool reverse, bool relu, bool has_bias) "
                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
@@ -244,7 +244,7 @@ def _(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates
 
 
 @torch.library.register_fake("fusedrnn::gru_bptt")
-def _(grad_y, grad_h_n, x, w_ih, w_hh, h_prev, lengths, gates, hidden_n, reverse, has_bias):
+def _(grad_y, grad_h_n, x, w_ih, w_hh, h0, lengths, y, gates, hidden_n, reverse, has_bias):
     return (*_input_weight_grads(x, w_ih, w_hh, has_bias), torch.empty_like(grad_h_n))
 
 
