@@ -3,6 +3,8 @@ uninitialised memory so an output a kernel forgets to write shows up as NaN."""
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,3 +98,24 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def rerun_on_portable_rows():
+    """``rerun(path, expression)``: the tests of ``path`` that ``-k expression`` selects,
+    again in a pytest process of their own under FUSEDRNN_CPU_MATH=portable (the extension
+    reads it once per process), asserting that they pass. Skips where the CPU has no AVX-512F:
+    the suite runs the portable rows there already."""
+    from fusedrnn import _extension
+
+    if not _extension.CPU.load().avx512_rows():
+        pytest.skip("the suite runs the portable rows here already")
+
+    def rerun(path, expression):
+        env = dict(os.environ, FUSEDRNN_CPU_MATH="portable")
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              path, "-k", expression], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:]
+
+    return rerun

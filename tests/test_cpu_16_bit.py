@@ -308,14 +308,8 @@ torch.ops.fusedrnn.gru_recurrence_fwd(bf(2, 1, 24), None, bf(24, 8), None, bf(1,
     assert "widens to float32 instead" in run.stderr
 
 
-def test_bfloat16_ops_again_on_the_portable_rows():
+def test_bfloat16_ops_again_on_the_portable_rows(rerun_on_portable_rows):
     """The ops and NaN tests above under FUSEDRNN_CPU_MATH=portable: where the CPU has
     AVX-512F the rest of the suite runs the LSTM's bfloat16 row with its conversions inside
     (lstm_fwd_row_bf16_avx512), and this the conversions around the portable float32 row."""
-    if not _extension.CPU.load().avx512_rows():
-        pytest.skip("the suite runs the portable rows here already")
-    env = dict(os.environ, FUSEDRNN_CPU_MATH="portable")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "match_the_float32_kernels or pass_nan"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:]
+    rerun_on_portable_rows(__file__, "match_the_float32_kernels or pass_nan")

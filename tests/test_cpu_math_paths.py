@@ -199,14 +199,7 @@ def test_unknown_math_path_is_refused(cell, hidden):
     assert run.returncode == 0 and "cell math             none: FUSEDRNN_CPU_MATH must" in run.stdout
 
 
-def test_edge_cases_again_on_the_portable_rows():
+def test_edge_cases_again_on_the_portable_rows(rerun_on_portable_rows):
     """The saturation, tiny-gate, subnormal and NaN tests above under FUSEDRNN_CPU_MATH=portable:
     where the CPU has AVX-512F the rest of the suite runs the AVX-512 rows."""
-
-    if not _extension.CPU.load().avx512_rows():
-        pytest.skip("the suite runs the portable rows here already")
-    env = dict(os.environ, FUSEDRNN_CPU_MATH="portable")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "saturated or nan_input or subnormal"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:]
+    rerun_on_portable_rows(__file__, "saturated or nan_input or subnormal")
