@@ -19,13 +19,18 @@ using Results = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 bool given(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
+void check_biases_together(const std::optional<Tensor>& b_ih,
+                           const std::optional<Tensor>& b_hh) {
+  TORCH_CHECK(given(b_ih) == given(b_hh), backend_of(at::kCPU),
+              ": b_ih and b_hh must be given together (or neither)");
+}
+
 // b_ih + b_hh, each (G) where G = w_ih's rows, or nothing where neither is given (the call
 // has no biases).
 std::optional<Tensor> summed_biases(const std::optional<Tensor>& b_ih,
                                     const std::optional<Tensor>& b_hh, const Tensor& x,
                                     const Tensor& w_ih) {
-  TORCH_CHECK(given(b_ih) == given(b_hh), backend_of(at::kCPU),
-              ": b_ih and b_hh must be given together (or neither)");
+  check_biases_together(b_ih, b_hh);
   if (!given(b_ih)) return std::nullopt;
   check_argument(*b_ih, "b_ih", x, {w_ih.size(0)}, at::kCPU);
   check_argument(*b_hh, "b_hh", x, {w_ih.size(0)}, at::kCPU);
@@ -52,8 +57,7 @@ Results gru_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
                     const Tensor& h0, const std::optional<Tensor>& lengths, bool reverse,
                     bool save) {
-  TORCH_CHECK(given(b_ih) == given(b_hh), backend_of(at::kCPU),
-              ": b_ih and b_hh must be given together (or neither)");
+  check_biases_together(b_ih, b_hh);  // the recurrence op checks each one's shape
   const Tensor xproj = input_projection(x, w_ih);
   auto [y, h_n, gates, hidden_n] =
       gru_recurrence_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths, reverse, save);

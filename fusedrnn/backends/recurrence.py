@@ -195,14 +195,12 @@ def _(x, w_ih):
 
 
 def _layer_forward_fake(cell, x, w_ih, h0, save):
-    """The results of ``fusedrnn::{cell}_forward``: the op layer's forward results."""
-    steps, batch, _ = x.shape
-    hidden = w_ih.shape[0] // common.GATES[cell]
-    c_n = x.new_empty(batch, hidden) if cell == "lstm" else x.new_empty(0)
-    saves = save and cell in ("lstm", "gru")
-    return (x.new_empty(steps, batch, h0.shape[1]), torch.empty_like(h0), c_n,
-            _saved(saves, steps, batch, w_ih.shape[0], like=x),
-            _saved(saves, steps, batch, hidden, like=x))
+    """The results of ``fusedrnn::{cell}_forward``: the op layer's forward results, as its
+    fake kernel makes them (imported here: ``ops`` imports the backends)."""
+    from ..ops import fake_forward
+
+    return fake_forward(cell)(x, w_ih, None, None, None, None, h0, None, None, False, save,
+                              "cpu")
 
 
 @torch.library.register_fake("fusedrnn::lstm_forward")
