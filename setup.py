@@ -1,9 +1,12 @@
-"""Build fusedrnn: the Python package, the CPU extension ``fusedrnn._cpu`` and, optionally,
-the CUDA extension ``fusedrnn._C``.
+"""Build fusedrnn: the Python package, the CPU extension ``fusedrnn._cpu`` (with the host
+emulation of the CUDA step kernels, ``fusedrnn._cuda_emulation``) and, optionally, the CUDA
+extension ``fusedrnn._C``.
 
 Environment switches:
 
-  FUSEDRNN_BUILD_CPU   1 (default): build the CPU extension (needs a C++ compiler);
+  FUSEDRNN_BUILD_CPU   1 (default): build the CPU extension, and the host emulation of the
+                       CUDA step kernels that the tests run without a GPU
+                       (``fusedrnn._cuda_emulation``, csrc/emulation/; needs a C++ compiler);
                        0: never (the cpu backend then reports itself unavailable).
   FUSEDRNN_BUILD_CUDA  auto (default): build the extension when ``nvcc`` is found and the
                        installed torch is a CUDA build (a GPU is not needed to build);
@@ -102,27 +105,37 @@ def _optimisation():
     return ["-O0", "-g"] if os.environ.get("DEBUG", "0") == "1" else ["-O3"]
 
 
-def cpu_extension():
-    """The CPU extension ``fusedrnn._cpu``, or None when FUSEDRNN_BUILD_CPU=0."""
+def cpu_extensions():
+    """The CPU extension ``fusedrnn._cpu`` and the emulation of the CUDA step kernels
+    ``fusedrnn._cuda_emulation``; none when FUSEDRNN_BUILD_CPU=0."""
     mode = os.environ.get("FUSEDRNN_BUILD_CPU", "1").strip()
     if mode not in ("1", "0"):
         sys.exit(f"FUSEDRNN_BUILD_CPU must be 1 or 0, got {mode!r}")
     if mode == "0":
-        return None
+        return []
     try:
         from torch.utils.cpp_extension import CppExtension
     except ImportError:
         sys.exit("fusedrnn: torch must be installed before fusedrnn (pip install torch), and "
                  "fusedrnn installed with --no-build-isolation so that it builds against it")
 
-    return CppExtension(name="fusedrnn._cpu", sources=_sources("csrc/cpu/*.cpp"),
-                        include_dirs=[os.path.join(ROOT, "csrc")],
-                        # torch's own flags; without the first two GCC keeps the selects of
-                        # the vectorisable math in csrc/cpu/cpu_math.h as branches, and
-                        # OpenMP runs at::parallel_for on torch's threads (torch's libgomp)
-                        extra_compile_args={"cxx": _optimisation() + [
-                            "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]},
-                        extra_link_args=["-fopenmp"])
+    cpu = CppExtension(name="fusedrnn._cpu", sources=_sources("csrc/cpu/*.cpp"),
+                       include_dirs=[os.path.join(ROOT, "csrc")],
+                       # torch's own flags; without the first two GCC keeps the selects of
+                       # the vectorisable math in csrc/cpu/cpu_math.h as branches, and
+                       # OpenMP runs at::parallel_for on torch's threads (torch's libgomp)
+                       extra_compile_args={"cxx": _optimisation() + [
+                           "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]},
+                       extra_link_args=["-fopenmp"])
+    # The CUDA build's sources for the host compiler (csrc/elementwise_launch.cuh), its
+    # symbols hidden: their names are fusedrnn._C's.
+    emulation = CppExtension(name="fusedrnn._cuda_emulation",
+                             sources=_sources("csrc/emulation/*.cpp"),
+                             include_dirs=[os.path.join(ROOT, "csrc")],
+                             define_macros=[("FUSEDRNN_HOST_EMULATION", None)],
+                             extra_compile_args={"cxx": _optimisation() + [
+                                 "-fvisibility=hidden", "-fvisibility-inlines-hidden"]})
+    return [cpu, emulation]
 
 
 def cuda_extension():
@@ -161,7 +174,7 @@ def extension_build():
     """``(ext_modules, cmdclass)`` for setup(); empty when no extension is built."""
     # CUDA first: it sets CUDA_HOME, which torch.utils.cpp_extension reads when imported
     cuda = cuda_extension()
-    modules = [ext for ext in (cpu_extension(), cuda) if ext is not None]
+    modules = cpu_extensions() + ([] if cuda is None else [cuda])
     if not modules:
         return [], {}
     from torch.utils.cpp_extension import BuildExtension

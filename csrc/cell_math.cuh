@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "elementwise_launch.cuh"
+
 namespace fusedrnn {
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
@@ -18,12 +20,6 @@ __device__ __forceinline__ bool is_active(const int64_t* lengths, int64_t b, int
 // The lengths argument of a kernel: its data, or null when every step is active.
 inline const int64_t* lengths_ptr(const at::Tensor& lengths) {
   return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-}
-
-constexpr int kThreads = 256;
-
-inline unsigned int blocks_for(int64_t n) {
-  return static_cast<unsigned int>((n + kThreads - 1) / kThreads);
 }
 
 }  // namespace fusedrnn

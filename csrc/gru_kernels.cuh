@@ -2,10 +2,8 @@
 // in gru_cell.cuh.
 // Kernel templates and their typed launchers; instantiated once per dtype in
 // kernels_<dtype>.cu, dispatched on the dtype in step_launchers.cpp (kernels.h).
+// csrc/emulation/ compiles them for the CPU too (elementwise_launch.cuh).
 #pragma once
-
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include "gru_cell.cuh"
 
@@ -87,13 +85,10 @@ void gru_fwd_step_typed(const at::Tensor& gates, const at::Tensor& hidden_gates,
                   const at::Tensor& hidden_n, const at::Tensor& y, const at::Tensor& h_prev,
                   const at::Tensor& h_next, const at::Tensor& lengths, int64_t t) {
   const int64_t batch = hidden_n.size(0), hidden = hidden_n.size(1);
-  if (batch * hidden == 0) return;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  gru_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-      gates.data_ptr<scalar_t>(), hidden_gates.data_ptr<scalar_t>(),
-      hidden_n.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-      h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch, hidden);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(gru_fwd_step_kernel<scalar_t>, batch * hidden, gates.data_ptr<scalar_t>(),
+      hidden_gates.data_ptr<scalar_t>(), hidden_n.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+      h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch,
+      hidden);
 }
 
 template <typename scalar_t>
@@ -103,15 +98,11 @@ void gru_bwd_step_typed(const at::Tensor& grad_y, const at::Tensor& rec, const a
                   const at::Tensor& dgates_in, const at::Tensor& dgates_hid,
                   const at::Tensor& lengths, int64_t t, int64_t t_prev) {
   const int64_t batch = hidden_n.size(0), hidden = hidden_n.size(1);
-  if (batch * hidden == 0) return;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  gru_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-      grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
-      gates_prev.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-      hidden_n.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-      dgates_in.data_ptr<scalar_t>(), dgates_hid.data_ptr<scalar_t>(), lengths_ptr(lengths),
-      t, t_prev, batch, hidden);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(gru_bwd_step_kernel<scalar_t>, batch * hidden, grad_y.data_ptr<scalar_t>(),
+      rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(), gates_prev.data_ptr<scalar_t>(),
+      gates.data_ptr<scalar_t>(), hidden_n.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+      dgates_in.data_ptr<scalar_t>(), dgates_hid.data_ptr<scalar_t>(), lengths_ptr(lengths), t,
+      t_prev, batch, hidden);
 }
 
 }  // namespace fusedrnn

@@ -4,11 +4,28 @@
 // tensor of the input dtype unless marked float32; "in/out" ones are updated in place, the
 // others are read only or written only as stated. lengths is int64 (B,) or undefined, and
 // step t of row b is active while t < lengths[b]. Launches go to the current stream.
+//
+// The time loops (recurrence.cpp) take the device of these tensors and its guard from here:
+// CUDA in fusedrnn._C; the CPU in the host emulation of the kernels (elementwise_launch.cuh).
 #pragma once
 
 #include <ATen/ATen.h>
 
+#ifndef FUSEDRNN_HOST_EMULATION
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
 namespace fusedrnn {
+
+#ifdef FUSEDRNN_HOST_EMULATION
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;
+struct KernelDeviceGuard {
+  explicit KernelDeviceGuard(c10::Device) {}
+};
+#else
+constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CUDA;
+using KernelDeviceGuard = c10::cuda::CUDAGuard;
+#endif
 
 // gates (B,4H) in: pre-activations, out: activated i,f,g,o (kept for backward);
 // c_prev, h_prev (B,H) read; cell (B,H) out: c, held on inactive rows (kept for backward);

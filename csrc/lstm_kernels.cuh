@@ -1,10 +1,8 @@
 // LSTM fused pointwise step kernels: one thread per (row b, hidden unit j). Gates i, f, g, o.
 // Kernel templates and their typed launchers; instantiated once per dtype in
 // kernels_<dtype>.cu, dispatched on the dtype in step_launchers.cpp (kernels.h).
+// csrc/emulation/ compiles them for the CPU too (elementwise_launch.cuh).
 #pragma once
-
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include "lstm_cell.cuh"
 
@@ -75,13 +73,10 @@ void lstm_fwd_step_typed(const at::Tensor& gates, const at::Tensor& c_prev, cons
                    const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
                    const at::Tensor& lengths, int64_t t) {
   const int64_t batch = cell.size(0), hidden = cell.size(1);
-  if (batch * hidden == 0) return;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  lstm_fwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-      gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
-      y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(),
-      lengths_ptr(lengths), t, batch, hidden);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(lstm_fwd_step_kernel<scalar_t>, batch * hidden, gates.data_ptr<scalar_t>(),
+      c_prev.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+      h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch,
+      hidden);
 }
 
 template <typename scalar_t>
@@ -91,14 +86,10 @@ void lstm_bwd_step_typed(const at::Tensor& grad_y, const at::Tensor& rec,
                    const at::Tensor& dc, const at::Tensor& dgates, const at::Tensor& lengths,
                    int64_t t, int64_t t_prev) {
   const int64_t batch = cell.size(0), hidden = cell.size(1);
-  if (batch * hidden == 0) return;
-  auto stream = at::cuda::getCurrentCUDAStream();
-  lstm_bwd_step_kernel<scalar_t><<<blocks_for(batch * hidden), kThreads, 0, stream>>>(
-      grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
-      gates.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
-      dc.data_ptr<float>(), dgates.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev,
-      batch, hidden);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(lstm_bwd_step_kernel<scalar_t>, batch * hidden, grad_y.data_ptr<scalar_t>(),
+      rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(), gates.data_ptr<scalar_t>(),
+      cell.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(), dc.data_ptr<float>(),
+      dgates.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev, batch, hidden);
 }
 
 }  // namespace fusedrnn

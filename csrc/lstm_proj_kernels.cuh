@@ -6,10 +6,8 @@
 //             rec = dgates[t] @ W_hh
 // One thread per (row b, unit j). Kernel templates and their typed launchers, instantiated
 // once per dtype in kernels_<dtype>.cu.
+// csrc/emulation/ compiles them for the CPU too (elementwise_launch.cuh).
 #pragma once
-
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include "lstm_cell.cuh"
 
@@ -100,24 +98,18 @@ void lstm_proj_fwd_step_typed(const at::Tensor& gates, const at::Tensor& c_prev,
                               const at::Tensor& cell, const at::Tensor& r,
                               const at::Tensor& lengths, int64_t t) {
   const int64_t batch = cell.size(0), hidden = cell.size(1);
-  if (batch * hidden == 0) return;
-  lstm_proj_fwd_step_kernel<scalar_t>
-      <<<blocks_for(batch * hidden), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
-          r.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch, hidden);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(lstm_proj_fwd_step_kernel<scalar_t>, batch * hidden,
+      gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
+      r.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch, hidden);
 }
 
 template <typename scalar_t>
 void hold_state_step_typed(const at::Tensor& y, const at::Tensor& h_prev,
                            const at::Tensor& h_next, const at::Tensor& lengths, int64_t t) {
   const int64_t batch = y.size(0), state = y.size(1);
-  if (batch * state == 0) return;
-  hold_state_step_kernel<scalar_t>
-      <<<blocks_for(batch * state), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(),
-          lengths_ptr(lengths), t, batch, state);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(hold_state_step_kernel<scalar_t>, batch * state, y.data_ptr<scalar_t>(),
+      h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch,
+      state);
 }
 
 template <typename scalar_t>
@@ -125,12 +117,9 @@ void proj_dh_step_typed(const at::Tensor& grad_y, const at::Tensor& rec,
                         const at::Tensor& dh_total, const at::Tensor& dh_step,
                         const at::Tensor& lengths, int64_t t, int64_t t_prev) {
   const int64_t batch = rec.size(0), state = rec.size(1);
-  if (batch * state == 0) return;
-  proj_dh_step_kernel<scalar_t>
-      <<<blocks_for(batch * state), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
-          dh_step.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev, batch, state);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(proj_dh_step_kernel<scalar_t>, batch * state, grad_y.data_ptr<scalar_t>(),
+      rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(), dh_step.data_ptr<scalar_t>(),
+      lengths_ptr(lengths), t, t_prev, batch, state);
 }
 
 template <typename scalar_t>
@@ -139,13 +128,9 @@ void lstm_proj_bwd_step_typed(const at::Tensor& dr, const at::Tensor& gates,
                               const at::Tensor& dc, const at::Tensor& dgates,
                               const at::Tensor& lengths, int64_t t) {
   const int64_t batch = cell.size(0), hidden = cell.size(1);
-  if (batch * hidden == 0) return;
-  lstm_proj_bwd_step_kernel<scalar_t>
-      <<<blocks_for(batch * hidden), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          dr.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(),
-          c_prev.data_ptr<scalar_t>(), dc.data_ptr<float>(), dgates.data_ptr<scalar_t>(),
-          lengths_ptr(lengths), t, batch, hidden);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(lstm_proj_bwd_step_kernel<scalar_t>, batch * hidden, dr.data_ptr<scalar_t>(),
+      gates.data_ptr<scalar_t>(), cell.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
+      dc.data_ptr<float>(), dgates.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch, hidden);
 }
 
 }  // namespace fusedrnn

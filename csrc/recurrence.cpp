@@ -3,7 +3,6 @@
 // the weight gradients, one product over all steps each, are taken by the Python launcher
 // (fusedrnn/backends/cuda.py), which calls these as the ops fusedrnn::*_recurrence_*.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <tuple>
 
@@ -22,8 +21,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_recurrence_fwd(
     const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_opt, bool reverse,
     bool save) {
   const auto [steps, batch, hidden, lengths] =
-      check_lstm_fwd(xproj_in, bias, w_hh, h0, c0, lengths_opt, at::kCUDA);
-  c10::cuda::CUDAGuard guard(xproj_in.device());
+      check_lstm_fwd(xproj_in, bias, w_hh, h0, c0, lengths_opt, kKernelDevice);
+  KernelDeviceGuard guard(xproj_in.device());
   const Tensor xproj = (bias.has_value() && bias->defined()) ? xproj_in + *bias : xproj_in;
 
   Tensor gates = at::empty_like(xproj);
@@ -50,8 +49,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_recurrence_bwd(
     const Tensor& c0, const std::optional<Tensor>& lengths_opt, const Tensor& gates,
     const Tensor& cells, bool reverse) {
   const auto [steps, batch, hidden, lengths] = check_lstm_bwd(
-      grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates, cells, at::kCUDA);
-  c10::cuda::CUDAGuard guard(gates.device());
+      grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates, cells, kKernelDevice);
+  KernelDeviceGuard guard(gates.device());
 
   Tensor dgates = at::empty_like(gates);
   Tensor dh_total = at::empty({batch, hidden}, gates.options().dtype(at::kFloat));
@@ -79,8 +78,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_fwd(
     const Tensor& w_hr, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto [steps, batch, hidden, lengths] =
-      check_lstm_proj_fwd(xproj_in, bias, w_hh, w_hr, h0, c0, lengths_opt, at::kCUDA);
-  c10::cuda::CUDAGuard guard(xproj_in.device());
+      check_lstm_proj_fwd(xproj_in, bias, w_hh, w_hr, h0, c0, lengths_opt, kKernelDevice);
+  KernelDeviceGuard guard(xproj_in.device());
   const Tensor xproj = (bias.has_value() && bias->defined()) ? xproj_in + *bias : xproj_in;
 
   Tensor gates = at::empty_like(xproj);
@@ -112,8 +111,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_proj_recurrence_bwd(
     const Tensor& w_hr, const Tensor& c0, const std::optional<Tensor>& lengths_opt,
     const Tensor& gates, const Tensor& cells, bool reverse) {
   const auto [steps, batch, hidden, lengths] = check_lstm_proj_bwd(
-      grad_y, grad_h_n, grad_c_n, w_hh, w_hr, c0, lengths_opt, gates, cells, at::kCUDA);
-  c10::cuda::CUDAGuard guard(gates.device());
+      grad_y, grad_h_n, grad_c_n, w_hh, w_hr, c0, lengths_opt, gates, cells, kKernelDevice);
+  KernelDeviceGuard guard(gates.device());
 
   Tensor dgates = at::empty_like(gates);
   Tensor dh_steps = at::empty_like(grad_y);
@@ -144,9 +143,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_recurrence_fwd(
     const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths_opt, bool reverse, bool save) {
   const auto [steps, batch, hidden, lengths] =
-      check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, at::kCUDA);
+      check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, kKernelDevice);
   const bool has_bias = b_hh.has_value() && b_hh->defined();
-  c10::cuda::CUDAGuard guard(xproj.device());
+  KernelDeviceGuard guard(xproj.device());
 
   Tensor gates = (b_ih.has_value() && b_ih->defined()) ? xproj + *b_ih : xproj.clone();
   Tensor hidden_n = at::empty({steps, batch, hidden}, xproj.options());
@@ -175,8 +174,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_recurrence_bwd(
     const std::optional<Tensor>& lengths_opt, const Tensor& gates, const Tensor& hidden_n,
     bool reverse) {
   const auto [steps, batch, hidden, lengths] = check_gru_bwd(
-      grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, at::kCUDA);
-  c10::cuda::CUDAGuard guard(gates.device());
+      grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n, kKernelDevice);
+  KernelDeviceGuard guard(gates.device());
 
   Tensor dgates_in = at::empty_like(gates), dgates_hid = at::empty_like(gates);
   Tensor dh_total = at::empty({batch, hidden}, gates.options().dtype(at::kFloat));
@@ -205,8 +204,8 @@ std::tuple<Tensor, Tensor> rnn_recurrence_fwd(const Tensor& xproj_in,
                                               const std::optional<Tensor>& lengths_opt,
                                               bool reverse, bool relu) {
   const auto [steps, batch, hidden, lengths] =
-      check_rnn_fwd(xproj_in, bias, w_hh, h0, lengths_opt, at::kCUDA);
-  c10::cuda::CUDAGuard guard(xproj_in.device());
+      check_rnn_fwd(xproj_in, bias, w_hh, h0, lengths_opt, kKernelDevice);
+  KernelDeviceGuard guard(xproj_in.device());
   const Tensor xproj = (bias.has_value() && bias->defined()) ? xproj_in + *bias : xproj_in;
 
   Tensor y = at::empty_like(xproj);
@@ -228,8 +227,8 @@ std::tuple<Tensor, Tensor> rnn_recurrence_bwd(const Tensor& grad_y, const Tensor
                                               const std::optional<Tensor>& lengths_opt,
                                               bool reverse, bool relu) {
   const auto [steps, batch, hidden, lengths] =
-      check_rnn_bwd(grad_y, grad_h_n, w_hh, y, lengths_opt, at::kCUDA);
-  c10::cuda::CUDAGuard guard(y.device());
+      check_rnn_bwd(grad_y, grad_h_n, w_hh, y, lengths_opt, kKernelDevice);
+  KernelDeviceGuard guard(y.device());
 
   Tensor dpre = at::empty_like(y);
   Tensor dh_total = at::empty({batch, hidden}, y.options().dtype(at::kFloat));

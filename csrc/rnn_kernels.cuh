@@ -5,10 +5,8 @@
 // The backward takes the activation's derivative from y: 1 - y^2 (tanh), y > 0 (relu).
 // Kernel templates and their typed launchers; instantiated once per dtype in
 // kernels_<dtype>.cu, dispatched on the dtype in step_launchers.cpp (kernels.h).
+// csrc/emulation/ compiles them for the CPU too (elementwise_launch.cuh).
 #pragma once
-
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include "cell_math.cuh"
 
@@ -58,12 +56,9 @@ template <typename scalar_t>
 void rnn_fwd_step_typed(const at::Tensor& y, const at::Tensor& h_prev, const at::Tensor& h_next,
                         const at::Tensor& lengths, int64_t t, bool relu) {
   const int64_t batch = y.size(0), hidden = y.size(1);
-  if (batch * hidden == 0) return;
-  rnn_fwd_step_kernel<scalar_t>
-      <<<blocks_for(batch * hidden), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          y.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(),
-          lengths_ptr(lengths), t, batch, hidden, relu);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(rnn_fwd_step_kernel<scalar_t>, batch * hidden, y.data_ptr<scalar_t>(),
+      h_prev.data_ptr<scalar_t>(), h_next.data_ptr<scalar_t>(), lengths_ptr(lengths), t, batch,
+      hidden, relu);
 }
 
 template <typename scalar_t>
@@ -71,13 +66,9 @@ void rnn_bwd_step_typed(const at::Tensor& grad_y, const at::Tensor& rec,
                         const at::Tensor& dh_total, const at::Tensor& y, const at::Tensor& dpre,
                         const at::Tensor& lengths, int64_t t, int64_t t_prev, bool relu) {
   const int64_t batch = y.size(0), hidden = y.size(1);
-  if (batch * hidden == 0) return;
-  rnn_bwd_step_kernel<scalar_t>
-      <<<blocks_for(batch * hidden), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          grad_y.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(),
-          y.data_ptr<scalar_t>(), dpre.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev,
-          batch, hidden, relu);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_elementwise(rnn_bwd_step_kernel<scalar_t>, batch * hidden, grad_y.data_ptr<scalar_t>(),
+      rec.data_ptr<scalar_t>(), dh_total.data_ptr<float>(), y.data_ptr<scalar_t>(),
+      dpre.data_ptr<scalar_t>(), lengths_ptr(lengths), t, t_prev, batch, hidden, relu);
 }
 
 }  // namespace fusedrnn

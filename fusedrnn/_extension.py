@@ -2,7 +2,9 @@
 
 ``fusedrnn._cpu`` (``csrc/cpu/``, built by every ``pip install`` from a checkout) holds the
 CPU kernels of the ``cpu`` backend; ``fusedrnn._C`` (``csrc/*.cu``, built when nvcc is found
-or ``FUSEDRNN_BUILD_CUDA=1``) the CUDA kernels of the ``cuda`` backend. Nothing here runs at
+or ``FUSEDRNN_BUILD_CUDA=1``) the CUDA kernels of the ``cuda`` backend;
+``fusedrnn._cuda_emulation`` (``csrc/emulation/``, built with ``_cpu``) the cuda backend's
+step kernels compiled for the CPU, for tests (``backends/cuda_emulation.py``). Nothing here runs at
 import time: :meth:`Extension.load` imports a module on first use and, when it is missing,
 raises an ImportError that says how to build it.
 """
@@ -56,6 +58,13 @@ def _import_cuda():
     return _C
 
 
+def _import_cuda_emulation():
+    from . import _cuda_emulation
+    return _cuda_emulation
+
+
 CPU = Extension("fusedrnn._cpu", "the CPU extension", BUILD_COMMAND, _import_cpu)
 CUDA = Extension("fusedrnn._C", "the CUDA extension", CUDA_BUILD_COMMAND, _import_cuda)
-EXTENSIONS = (CPU, CUDA)
+CUDA_EMULATION = Extension("fusedrnn._cuda_emulation", "the CPU emulation of the CUDA kernels",
+                           BUILD_COMMAND, _import_cuda_emulation)
+EXTENSIONS = (CPU, CUDA, CUDA_EMULATION)

@@ -37,11 +37,19 @@ def _has_cpu_extension():
     return _extension.CPU.status()[0]
 
 
+def _has_cuda_emulation():
+    from fusedrnn import _extension
+
+    return _extension.CUDA_EMULATION.status()[0]
+
+
 _REQUIREMENTS = {
     "requires_cuda": (_has_cuda, "needs a CUDA device"),
     "requires_triton": (_has_triton, "needs Triton with a GPU or TRITON_INTERPRET=1"),
     "requires_ext": (_has_extension, "needs the compiled extension fusedrnn._C"),
     "requires_cpu_ext": (_has_cpu_extension, "needs the compiled extension fusedrnn._cpu"),
+    "requires_cuda_emulation": (_has_cuda_emulation,
+                                "needs the compiled extension fusedrnn._cuda_emulation"),
 }
 
 

@@ -19,6 +19,9 @@ from fusedrnn.backends import BackendUnavailableError, Call
 from fusedrnn.backends import cuda_plan
 from fusedrnn.backends.recurrence import CUDA_SCHEMAS, SCHEMAS
 
+import backend_cases
+from backend_cases import CASES, RNN_CASES, compare_with_reference
+
 pytestmark = pytest.mark.requires_ext
 # The cuda backend's kernels, forced through cuda_plan's environment variable; the ids name
 # the persistent designs "persistent_*" so that one -k expression can leave them all out.
@@ -55,48 +58,13 @@ def test_backend_limits_are_reported():
     assert "torch.float64 is not one of" in backend.supports(cuda, torch.float64)[1]
 
 
-CASES = [
-    ("LSTM", {}, 256, 64, 16),
-    ("LSTM", {"num_layers": 2, "bidirectional": True}, 130, 33, 5),
-    ("LSTM", {}, 33, 1, 1),
-    ("LSTM", {"batch_first": True}, 768, 20, 40),
-    ("LSTM", {"proj_size": 24, "num_layers": 2, "bidirectional": True}, 64, 17, 6),
-    ("LSTM", {"proj_size": 1}, 33, 5, 3),
-    ("GRU", {}, 256, 64, 16),
-    ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 130, 33, 5),
-    ("GRU", {}, 33, 1, 1),
-    ("GRU", {"batch_first": True}, 768, 20, 40),
-]
-
-
 @pytest.mark.requires_cuda
 @pytest.mark.parametrize("kernel", KERNELS, indirect=True)
 @pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 def test_matches_reference_on_gpu(kernel, cell, kwargs, hidden, steps, batch, packed):
-    _compare_with_reference(getattr(fusedrnn, cell), kwargs, hidden, steps, batch, packed)
-
-
-def _compare_with_reference(module_class, kwargs, hidden, steps, batch, packed):
-    """The cuda backend against the reference on the GPU, float32: outputs, final states
-    and every gradient within 1e-5 relative error, with initial states."""
-    reference = module_class(96, hidden, device="cuda", **kwargs)
-    candidate = module_class(96, hidden, device="cuda", backend="cuda", **kwargs)
-    candidate.load_state_dict(reference.state_dict())
-    x = (testing.make_packed(batch, steps, 96, device="cuda") if packed
-         else testing.make_sequence(batch, steps, 96, device="cuda"))
-    hx = testing.make_state(reference, batch)
-    out_ref, grads_ref = testing.outputs_and_grads(reference, x, hx)
-    out, grads = testing.outputs_and_grads(candidate, x, hx)
-    testing.assert_close_relative(out, out_ref, 1e-5, "outputs")
-    testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
-
-
-RNN_CASES = [
-    ({"nonlinearity": "tanh"}, 256, 64, 16),
-    ({"nonlinearity": "relu", "num_layers": 2, "bidirectional": True}, 130, 33, 5),
-    ({"nonlinearity": "tanh", "batch_first": True, "bias": False}, 768, 20, 40),
-]
+    compare_with_reference(getattr(fusedrnn, cell), kwargs, hidden, steps, batch, packed,
+                           backend="cuda", device="cuda")
 
 
 @pytest.mark.requires_cuda
@@ -104,7 +72,8 @@ RNN_CASES = [
 @pytest.mark.parametrize("packed", [False, True])
 def test_rnn_matches_reference_on_gpu(kwargs, hidden, steps, batch, packed):
     """The Elman cells have stepwise kernels only, whatever FUSEDRNN_CUDA_KERNEL says."""
-    _compare_with_reference(fusedrnn.RNN, kwargs, hidden, steps, batch, packed)
+    compare_with_reference(fusedrnn.RNN, kwargs, hidden, steps, batch, packed, backend="cuda",
+                           device="cuda")
 
 
 @pytest.mark.requires_cuda
@@ -143,11 +112,7 @@ def test_persistent_error_does_not_grow_faster_than_the_reference(kernel, cell):
 
 
 def check_low_precision_rule(cell, dtype, steps):
-    make = lambda **more: getattr(fusedrnn, cell)(64, 128, device="cuda", **more)  # noqa: E731
-    testing.assert_low_precision_rule(
-        make(dtype=torch.float64), make(dtype=dtype, backend="reference"),
-        make(dtype=dtype, backend="cuda"),
-        testing.make_packed(8, steps, 64, dtype=torch.float64, device="cuda"))
+    backend_cases.check_low_precision_rule(cell, dtype, steps, backend="cuda", device="cuda")
 
 
 def opcheck_inputs():

@@ -260,6 +260,7 @@ class RecurrenceBackend(Backend):
     dtypes = ()
     cells = ()
     projection = False  # kernels for the LSTM's proj_size
+    op_namespace = "fusedrnn"  # where the ops are: torch.ops.<op_namespace>.lstm_recurrence_fwd
 
     def available(self):
         return Availability(*self.extension.status())
@@ -283,7 +284,11 @@ class RecurrenceBackend(Backend):
         arguments it takes after the recurrence op's: ``fusedrnn::{cell}_recurrence_{fwd,bwd}``
         here; the cuda backend may choose its persistent kernels instead."""
         name = f"{cell}_recurrence_{'bwd' if backward else 'fwd'}"
-        return getattr(torch.ops.fusedrnn, name), ()
+        return getattr(self.ops, name), ()
+
+    @property
+    def ops(self):
+        return getattr(torch.ops, self.op_namespace)
 
     def input_projection(self, x, w_ih):
         """``x @ w_ih^T`` for all steps, ``(T, B, G)``, the biases left to the time loop."""
@@ -294,14 +299,14 @@ class RecurrenceBackend(Backend):
         xproj = self.input_projection(x, w_ih)
         if cell.startswith("rnn"):
             bias = None if b_ih is None else b_ih + b_hh
-            y, h_n = torch.ops.fusedrnn.rnn_recurrence_fwd(xproj, bias, w_hh, h0, lengths,
-                                                           reverse, cell == "rnn_relu")
+            y, h_n = self.ops.rnn_recurrence_fwd(xproj, bias, w_hh, h0, lengths, reverse,
+                                                 cell == "rnn_relu")
             return y, h_n, common.empty(x), common.empty(x), common.empty(x)
         if cell == "lstm":
             bias = None if b_ih is None else b_ih + b_hh
             if w_hr is not None:
-                return torch.ops.fusedrnn.lstm_proj_recurrence_fwd(xproj, bias, w_hh, w_hr, h0,
-                                                                   c0, lengths, reverse, save)
+                return self.ops.lstm_proj_recurrence_fwd(xproj, bias, w_hh, w_hr, h0, c0,
+                                                         lengths, reverse, save)
             op, extra = self.recurrence_op("lstm", w_hh, False)
             return op(xproj, bias, w_hh, h0, c0, lengths, reverse, save, *extra)
         op, extra = self.recurrence_op("gru", w_hh, False)
@@ -316,12 +321,12 @@ class RecurrenceBackend(Backend):
         mask = common.active_mask(lengths, x.shape[0])
         h_prev = common.PreviousStates(y, h0, mask, reverse)
         if cell.startswith("rnn"):
-            dpre, dh0 = torch.ops.fusedrnn.rnn_recurrence_bwd(grad_y, grad_hn, w_hh, y, lengths,
-                                                              reverse, cell == "rnn_relu")
+            dpre, dh0 = self.ops.rnn_recurrence_bwd(grad_y, grad_hn, w_hh, y, lengths,
+                                                    reverse, cell == "rnn_relu")
             grads = common.input_and_weight_grads(x, w_ih, dpre, dpre, h_prev, has_bias)
             return grads + (common.empty(x), dh0, common.empty(x))
         if cell == "lstm" and w_hr is not None:
-            dgates, dh_steps, dh0, dc0 = torch.ops.fusedrnn.lstm_proj_recurrence_bwd(
+            dgates, dh_steps, dh0, dc0 = self.ops.lstm_proj_recurrence_bwd(
                 grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, lengths, ws_a, ws_b, reverse)
             grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
             return grads + (common.projection_weight_grad(dh_steps, ws_a, ws_b), dh0, dc0)

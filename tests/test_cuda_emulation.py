@@ -1,0 +1,195 @@
+"""The cuda backend's stepwise kernels and time loops on the CPU, through their host
+emulation (fusedrnn/backends/cuda_emulation.py): the GPU tests' checks of those kernels
+(backend_cases.py), on every machine. Uninitialised memory is NaN here, in C++ too, so an
+element a kernel forgets to write shows."""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import _extension, backends, ops, testing
+from fusedrnn.backends import BackendUnavailableError, Call
+from fusedrnn.backends.cuda_emulation import NAMESPACE, OPS, CudaEmulationBackend
+
+from backend_cases import CASES, RNN_CASES, check_low_precision_rule, compare_with_reference
+
+EMULATED = CudaEmulationBackend.name
+needs_emulation = pytest.mark.requires_cuda_emulation
+
+
+@pytest.fixture(autouse=True)
+def emulation():
+    """The backend registered for each test."""
+    backends.register(CudaEmulationBackend())
+    yield
+    backends.unregister(EMULATED)
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_empty_tensors():
+    """Deterministic mode fills every tensor ATen's ``empty`` makes with NaN, in C++ too."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def test_emulation_is_built_with_the_cpu_extension():
+    """One build switch makes both (setup.py), so these tests are never skipped where the
+    cpu backend's are not."""
+    assert _extension.CUDA_EMULATION.status()[0] == _extension.CPU.status()[0]
+
+
+@needs_emulation
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_stepwise_op_has_an_emulated_cpu_kernel(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{name}", "CPU")
+
+
+@needs_emulation
+@pytest.mark.parametrize("cell, kwargs, ops", [
+    ("LSTM", {}, ("lstm_recurrence_fwd", "lstm_recurrence_bwd")),
+    ("LSTM", {"proj_size": 3}, ("lstm_proj_recurrence_fwd", "lstm_proj_recurrence_bwd")),
+    ("GRU", {}, ("gru_recurrence_fwd", "gru_recurrence_bwd")),
+    ("RNN", {}, ("rnn_recurrence_fwd", "rnn_recurrence_bwd"))])
+def test_forward_and_backward_run_the_emulated_ops(cell, kwargs, ops):
+    """Not the cpu backend's ops of the same names: those would match the reference too.
+    The profiler records every op the dispatcher runs, nested ones included."""
+    module = getattr(fusedrnn, cell)(4, 8, backend=EMULATED, **kwargs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        module(torch.randn(3, 2, 4, requires_grad=True))[0].sum().backward()
+    names = {event.name for event in profile.events()}
+    assert {f"{NAMESPACE}::{op}" for op in ops} <= names
+    assert not any(name.startswith("fusedrnn::") and "recurrence" in name for name in names)
+
+
+@needs_emulation
+@pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_matches_reference(cell, kwargs, hidden, steps, batch, packed):
+    compare_with_reference(getattr(fusedrnn, cell), kwargs, hidden, steps, batch, packed,
+                           backend=EMULATED, device="cpu")
+
+
+@needs_emulation
+@pytest.mark.parametrize("kwargs, hidden, steps, batch", RNN_CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_rnn_matches_reference(kwargs, hidden, steps, batch, packed):
+    compare_with_reference(fusedrnn.RNN, kwargs, hidden, steps, batch, packed,
+                           backend=EMULATED, device="cpu")
+
+
+@needs_emulation
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_low_precision_rule(cell, dtype):
+    check_low_precision_rule(cell, dtype, steps=40, backend=EMULATED, device="cpu")
+
+
+@needs_emulation
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_nan_input_gives_nan_where_the_reference_does(nonlinearity):
+    reference = fusedrnn.RNN(3, 8, nonlinearity=nonlinearity)
+    candidate = fusedrnn.RNN(3, 8, nonlinearity=nonlinearity, backend=EMULATED)
+    candidate.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 2, 3)
+    x[1, 0, 0] = float("nan")
+    out, expected = candidate(x)[0], reference(x)[0]
+    assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()
+
+
+def _op_inputs(lengths=(5, 2, 4)):
+    """Small inputs of every recurrence op (batch 3, hidden 8, 5 steps), with lengths."""
+    xproj = torch.randn(5, 3, 32)
+    state = torch.randn(3, 8)
+    return xproj, torch.randn(32, 8), state, torch.tensor(lengths)
+
+
+@needs_emulation
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ops_keep_to_their_schemas(reverse):
+    """No op writes to an input (the schemas declare none mutable) or returns an alias of
+    one: torch.library.opcheck's schema test, for every op, both directions."""
+    ops = getattr(torch.ops, NAMESPACE)
+    xproj, w_hh, state, lengths = _op_inputs()
+    calls = []
+    fwd = (xproj, torch.randn(32), w_hh, state, state, lengths, reverse, True)
+    y, _, _, gates, cells = ops.lstm_recurrence_fwd(*fwd)
+    calls += [(ops.lstm_recurrence_fwd, fwd),
+              (ops.lstm_recurrence_bwd, (torch.randn_like(y), state, state, w_hh, state,
+                                         lengths, gates, cells, reverse))]
+    w_proj, h_proj = torch.randn(32, 3), torch.randn(3, 3)
+    fwd = (xproj, None, w_proj, torch.randn(3, 8), h_proj, state, lengths, reverse, True)
+    y, _, _, gates, cells = ops.lstm_proj_recurrence_fwd(*fwd)
+    calls += [(ops.lstm_proj_recurrence_fwd, fwd),
+              (ops.lstm_proj_recurrence_bwd, (torch.randn_like(y), h_proj, state, w_proj,
+                                              fwd[3], state, lengths, gates, cells, reverse))]
+    gru_x, gru_w = xproj[..., :24].contiguous(), w_hh[:24].contiguous()
+    fwd = (gru_x, torch.randn(24), gru_w, torch.randn(24), state, lengths, reverse, True)
+    y, _, gates, hidden_n = ops.gru_recurrence_fwd(*fwd)
+    h_prev = torch.randn(5, 3, 8)
+    calls += [(ops.gru_recurrence_fwd, fwd),
+              (ops.gru_recurrence_bwd, (torch.randn_like(y), state, gru_w, h_prev, lengths,
+                                        gates, hidden_n, reverse))]
+    rnn_x, rnn_w = xproj[..., :8].contiguous(), w_hh[:8].contiguous()
+    fwd = (rnn_x, None, rnn_w, state, lengths, reverse, True)
+    y, _ = ops.rnn_recurrence_fwd(*fwd)
+    calls += [(ops.rnn_recurrence_fwd, fwd),
+              (ops.rnn_recurrence_bwd, (torch.randn_like(y), state, rnn_w, y, lengths, reverse,
+                                        True))]
+    assert {op.default.name() for op, _ in calls} == {f"{NAMESPACE}::{name}" for name in OPS}
+    for op, args in calls:
+        torch.library.opcheck(op.default, args, test_utils="test_schema")
+
+
+@needs_emulation
+def test_cpu_tensors_of_another_dtype_are_refused_naming_the_argument():
+    xproj, w_hh, state, lengths = _op_inputs()
+    with pytest.raises(RuntimeError, match="w_hh"):
+        getattr(torch.ops, NAMESPACE).lstm_recurrence_fwd(xproj, None, w_hh.double(), state,
+                                                          state, lengths, False, True)
+
+
+def test_auto_never_chooses_it(monkeypatch):
+    """Even where it is the only backend auto could try."""
+    assert backends.select(EMULATED, torch.device("cpu"), torch.float32).name == EMULATED
+    monkeypatch.setattr(backends, "_BY_PRIORITY", [EMULATED])
+    with pytest.raises(BackendUnavailableError, match="no backend can run this call"):
+        backends.select("auto", torch.device("cpu"), torch.float32, Call("lstm", 8, 8))
+
+
+def _layer_args(cell, proj, bias, reverse):
+    """The forward op's arguments but the backend (T 6, B 4, I 5, H 9, state P), with lengths
+    that end rows early, one of them at step 1."""
+    gates, state = ops.GATES[cell] * 9, proj or 9
+    w_hr = torch.randn(proj, 9) * 0.3 if proj else None
+    b_ih, b_hh = (torch.randn(gates), torch.randn(gates)) if bias else (None, None)
+    c0 = torch.randn(4, 9) if cell == "lstm" else None
+    return [torch.randn(6, 4, 5), torch.randn(gates, 5), torch.randn(gates, state) * 0.3,
+            b_ih, b_hh, w_hr, torch.randn(4, state), c0, torch.tensor([6, 1, 4, 6]), reverse,
+            True]
+
+
+@needs_emulation
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn_tanh", 0),
+                                        ("rnn_relu", 0)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_layer_ops_give_the_reference_backends_results(cell, proj, bias, reverse):
+    """One layer's forward and backward ops: every result, the saved workspaces (their
+    layout is the reference backend's, so backends are interchangeable) and the outputs past
+    a row's end (zero) included, where the module's tests see only what packing keeps."""
+    args = _layer_args(cell, proj, bias, reverse)
+    forward = {name: ops.FORWARD[cell](*args, name) for name in ("reference", EMULATED)}
+    for got, want in zip(forward[EMULATED], forward["reference"]):
+        testing.assert_close_relative([got], [want], 1e-5, "forward results")
+    y, h_n, c_n, ws_a, ws_b = forward["reference"]
+    x, w_ih, w_hh, _, _, w_hr, h0, c0, lengths = args[:9]
+    grads = (torch.randn_like(y), torch.randn_like(h_n),
+             torch.randn_like(c_n) if cell == "lstm" else None)
+    backward = {name: ops.BACKWARD[cell](*grads, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a,
+                                         ws_b, reverse, bias, name)
+                for name in ("reference", EMULATED)}
+    for got, want in zip(backward[EMULATED], backward["reference"]):
+        testing.assert_close_relative([got], [want], 1e-5, "gradients")
