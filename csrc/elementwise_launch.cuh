@@ -5,9 +5,10 @@
 //  - by the host C++ compiler, in fusedrnn._cuda_emulation (FUSEDRNN_HOST_EMULATION,
 //    csrc/emulation/): the qualifiers are empty, threadIdx, blockIdx and blockDim are
 //    variables of the calling thread, and launch_elementwise runs every thread of every block
-//    in turn on it. That runs the kernels exactly as the GPU would only because their threads
-//    neither share memory nor synchronise, and each writes only its own elements: true of the
-//    step kernels, not of the persistent ones (csrc/persistent/), which it cannot run.
+//    in turn on it. That runs the kernels as the GPU would only because their threads neither
+//    share memory nor synchronise, and each writes only its own elements: true of the step
+//    kernels. The persistent kernels' threads do both: the emulation runs them on threads of
+//    their own (csrc/emulation/block_threads.h).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
 #define __expf(x) expf(x)
 #else
 #include <ATen/cuda/CUDAContext.h>

@@ -45,11 +45,11 @@ def compare_with_reference(module_class, kwargs, hidden, steps, batch, packed, *
     testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
 
 
-def check_low_precision_rule(cell, dtype, steps, *, backend, device):
+def check_low_precision_rule(cell, dtype, steps, *, backend, device, hidden=128, batch=8):
     """``backend`` in ``dtype`` within the flash-attention rule against the reference backend
     in ``dtype``, both against float64 (testing.assert_low_precision_rule)."""
-    make = lambda **more: getattr(fusedrnn, cell)(64, 128, device=device, **more)  # noqa: E731
+    make = lambda **more: getattr(fusedrnn, cell)(64, hidden, device=device, **more)  # noqa: E731
     testing.assert_low_precision_rule(
         make(dtype=torch.float64), make(dtype=dtype, backend="reference"),
         make(dtype=dtype, backend=backend),
-        testing.make_packed(8, steps, 64, dtype=torch.float64, device=device))
+        testing.make_packed(batch, steps, 64, dtype=torch.float64, device=device))

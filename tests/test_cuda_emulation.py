@@ -1,7 +1,9 @@
-"""The cuda backend's stepwise kernels and time loops on the CPU, through their host
-emulation (fusedrnn/backends/cuda_emulation.py): the GPU tests' checks of those kernels
-(backend_cases.py), on every machine. Uninitialised memory is NaN here, in C++ too, so an
-element a kernel forgets to write shows."""
+"""The cuda backend's kernels and time loops on the CPU, through their host emulation
+(fusedrnn/backends/cuda_emulation.py): the GPU tests' checks (backend_cases.py) of the
+stepwise kernels, and of both designs of the persistent kernels (grid and cluster) at sizes
+whose threads this CPU runs in seconds (a persistent launch runs one host thread per CUDA
+thread), on every machine. Uninitialised memory is NaN here, in C++ too, so an element a
+kernel forgets to write shows."""
 
 import pytest
 import torch
@@ -15,14 +17,35 @@ from backend_cases import CASES, RNN_CASES, check_low_precision_rule, compare_wi
 
 EMULATED = CudaEmulationBackend.name
 needs_emulation = pytest.mark.requires_cuda_emulation
+PERSISTENT = ["grid", "cluster"]
+# module, options, hidden, steps, batch for the persistent kernels: blocks with fewer units
+# than the others (40 = 3 x 12 + 4 in the grid design's forward), two batch tiles (two
+# clusters), several blocks per cluster, one step, odd sizes
+PERSISTENT_CASES = [
+    ("LSTM", {}, 40, 9, 20),
+    ("LSTM", {"num_layers": 2, "bidirectional": True}, 33, 7, 5),
+    ("LSTM", {"batch_first": True}, 130, 4, 3),
+    ("LSTM", {}, 33, 1, 1),
+    ("GRU", {}, 40, 9, 20),
+    ("GRU", {"num_layers": 2, "bidirectional": True, "bias": False}, 33, 7, 5),
+    ("GRU", {"batch_first": True}, 130, 4, 3),
+    ("GRU", {}, 33, 1, 1),
+]
 
 
 @pytest.fixture(autouse=True)
 def emulation():
-    """The backend registered for each test."""
+    """The backend registered for each test: the stepwise kernels unless ``design``."""
     backends.register(CudaEmulationBackend())
     yield
     backends.unregister(EMULATED)
+
+
+@pytest.fixture
+def design(request):
+    """The backend registered with the kernels ``request.param`` (stepwise, grid, cluster)."""
+    backends.register(CudaEmulationBackend(request.param))
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -43,19 +66,22 @@ def test_emulation_is_built_with_the_cpu_extension():
 
 @needs_emulation
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_every_stepwise_op_has_an_emulated_cpu_kernel(name):
+def test_every_op_of_the_cuda_extension_has_an_emulated_cpu_kernel(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{name}", "CPU")
 
 
 @needs_emulation
-@pytest.mark.parametrize("cell, kwargs, ops", [
-    ("LSTM", {}, ("lstm_recurrence_fwd", "lstm_recurrence_bwd")),
-    ("LSTM", {"proj_size": 3}, ("lstm_proj_recurrence_fwd", "lstm_proj_recurrence_bwd")),
-    ("GRU", {}, ("gru_recurrence_fwd", "gru_recurrence_bwd")),
-    ("RNN", {}, ("rnn_recurrence_fwd", "rnn_recurrence_bwd"))])
-def test_forward_and_backward_run_the_emulated_ops(cell, kwargs, ops):
-    """Not the cpu backend's ops of the same names: those would match the reference too.
-    The profiler records every op the dispatcher runs, nested ones included."""
+@pytest.mark.parametrize("design, cell, kwargs, ops", [
+    ("stepwise", "LSTM", {}, ("lstm_recurrence_fwd", "lstm_recurrence_bwd")),
+    ("grid", "LSTM", {"proj_size": 3}, ("lstm_proj_recurrence_fwd", "lstm_proj_recurrence_bwd")),
+    ("stepwise", "GRU", {}, ("gru_recurrence_fwd", "gru_recurrence_bwd")),
+    ("cluster", "RNN", {}, ("rnn_recurrence_fwd", "rnn_recurrence_bwd")),
+    ("grid", "LSTM", {}, ("lstm_persistent_fwd", "lstm_persistent_bwd")),
+    ("cluster", "GRU", {}, ("gru_persistent_fwd", "gru_persistent_bwd"))], indirect=["design"])
+def test_forward_and_backward_run_the_emulated_ops(design, cell, kwargs, ops):
+    """The design's ops (the projected LSTM and the RNN are stepwise in every design), not
+    the cpu backend's of the same names: those would match the reference too. The profiler
+    records every op the dispatcher runs, nested ones included."""
     module = getattr(fusedrnn, cell)(4, 8, backend=EMULATED, **kwargs)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         module(torch.randn(3, 2, 4, requires_grad=True))[0].sum().backward()
@@ -67,7 +93,7 @@ def test_forward_and_backward_run_the_emulated_ops(cell, kwargs, ops):
 @needs_emulation
 @pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
 @pytest.mark.parametrize("packed", [False, True])
-def test_matches_reference(cell, kwargs, hidden, steps, batch, packed):
+def test_stepwise_kernels_match_reference(cell, kwargs, hidden, steps, batch, packed):
     compare_with_reference(getattr(fusedrnn, cell), kwargs, hidden, steps, batch, packed,
                            backend=EMULATED, device="cpu")
 
@@ -75,16 +101,35 @@ def test_matches_reference(cell, kwargs, hidden, steps, batch, packed):
 @needs_emulation
 @pytest.mark.parametrize("kwargs, hidden, steps, batch", RNN_CASES)
 @pytest.mark.parametrize("packed", [False, True])
-def test_rnn_matches_reference(kwargs, hidden, steps, batch, packed):
+def test_rnn_kernels_match_reference(kwargs, hidden, steps, batch, packed):
     compare_with_reference(fusedrnn.RNN, kwargs, hidden, steps, batch, packed,
+                           backend=EMULATED, device="cpu")
+
+
+@needs_emulation
+@pytest.mark.parametrize("design", PERSISTENT, indirect=True)
+@pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", PERSISTENT_CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_persistent_kernels_match_reference(design, cell, kwargs, hidden, steps, batch,
+                                            packed):
+    compare_with_reference(getattr(fusedrnn, cell), kwargs, hidden, steps, batch, packed,
                            backend=EMULATED, device="cpu")
 
 
 @needs_emulation
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-def test_low_precision_rule(cell, dtype):
+def test_stepwise_low_precision_rule(cell, dtype):
     check_low_precision_rule(cell, dtype, steps=40, backend=EMULATED, device="cpu")
+
+
+@needs_emulation
+@pytest.mark.parametrize("design", PERSISTENT, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_persistent_low_precision_rule(design, cell, dtype):
+    check_low_precision_rule(cell, dtype, steps=30, backend=EMULATED, device="cpu",
+                             hidden=48, batch=20)
 
 
 @needs_emulation
@@ -97,66 +142,6 @@ def test_rnn_nan_input_gives_nan_where_the_reference_does(nonlinearity):
     x[1, 0, 0] = float("nan")
     out, expected = candidate(x)[0], reference(x)[0]
     assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()
-
-
-def _op_inputs(lengths=(5, 2, 4)):
-    """Small inputs of every recurrence op (batch 3, hidden 8, 5 steps), with lengths."""
-    xproj = torch.randn(5, 3, 32)
-    state = torch.randn(3, 8)
-    return xproj, torch.randn(32, 8), state, torch.tensor(lengths)
-
-
-@needs_emulation
-@pytest.mark.parametrize("reverse", [False, True])
-def test_ops_keep_to_their_schemas(reverse):
-    """No op writes to an input (the schemas declare none mutable) or returns an alias of
-    one: torch.library.opcheck's schema test, for every op, both directions."""
-    ops = getattr(torch.ops, NAMESPACE)
-    xproj, w_hh, state, lengths = _op_inputs()
-    calls = []
-    fwd = (xproj, torch.randn(32), w_hh, state, state, lengths, reverse, True)
-    y, _, _, gates, cells = ops.lstm_recurrence_fwd(*fwd)
-    calls += [(ops.lstm_recurrence_fwd, fwd),
-              (ops.lstm_recurrence_bwd, (torch.randn_like(y), state, state, w_hh, state,
-                                         lengths, gates, cells, reverse))]
-    w_proj, h_proj = torch.randn(32, 3), torch.randn(3, 3)
-    fwd = (xproj, None, w_proj, torch.randn(3, 8), h_proj, state, lengths, reverse, True)
-    y, _, _, gates, cells = ops.lstm_proj_recurrence_fwd(*fwd)
-    calls += [(ops.lstm_proj_recurrence_fwd, fwd),
-              (ops.lstm_proj_recurrence_bwd, (torch.randn_like(y), h_proj, state, w_proj,
-                                              fwd[3], state, lengths, gates, cells, reverse))]
-    gru_x, gru_w = xproj[..., :24].contiguous(), w_hh[:24].contiguous()
-    fwd = (gru_x, torch.randn(24), gru_w, torch.randn(24), state, lengths, reverse, True)
-    y, _, gates, hidden_n = ops.gru_recurrence_fwd(*fwd)
-    h_prev = torch.randn(5, 3, 8)
-    calls += [(ops.gru_recurrence_fwd, fwd),
-              (ops.gru_recurrence_bwd, (torch.randn_like(y), state, gru_w, h_prev, lengths,
-                                        gates, hidden_n, reverse))]
-    rnn_x, rnn_w = xproj[..., :8].contiguous(), w_hh[:8].contiguous()
-    fwd = (rnn_x, None, rnn_w, state, lengths, reverse, True)
-    y, _ = ops.rnn_recurrence_fwd(*fwd)
-    calls += [(ops.rnn_recurrence_fwd, fwd),
-              (ops.rnn_recurrence_bwd, (torch.randn_like(y), state, rnn_w, y, lengths, reverse,
-                                        True))]
-    assert {op.default.name() for op, _ in calls} == {f"{NAMESPACE}::{name}" for name in OPS}
-    for op, args in calls:
-        torch.library.opcheck(op.default, args, test_utils="test_schema")
-
-
-@needs_emulation
-def test_cpu_tensors_of_another_dtype_are_refused_naming_the_argument():
-    xproj, w_hh, state, lengths = _op_inputs()
-    with pytest.raises(RuntimeError, match="w_hh"):
-        getattr(torch.ops, NAMESPACE).lstm_recurrence_fwd(xproj, None, w_hh.double(), state,
-                                                          state, lengths, False, True)
-
-
-def test_auto_never_chooses_it(monkeypatch):
-    """Even where it is the only backend auto could try."""
-    assert backends.select(EMULATED, torch.device("cpu"), torch.float32).name == EMULATED
-    monkeypatch.setattr(backends, "_BY_PRIORITY", [EMULATED])
-    with pytest.raises(BackendUnavailableError, match="no backend can run this call"):
-        backends.select("auto", torch.device("cpu"), torch.float32, Call("lstm", 8, 8))
 
 
 def _layer_args(cell, proj, bias, reverse):
@@ -172,11 +157,12 @@ def _layer_args(cell, proj, bias, reverse):
 
 
 @needs_emulation
+@pytest.mark.parametrize("design", ["stepwise"] + PERSISTENT, indirect=True)
 @pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn_tanh", 0),
                                         ("rnn_relu", 0)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_layer_ops_give_the_reference_backends_results(cell, proj, bias, reverse):
+def test_layer_ops_give_the_reference_backends_results(design, cell, proj, bias, reverse):
     """One layer's forward and backward ops: every result, the saved workspaces (their
     layout is the reference backend's, so backends are interchangeable) and the outputs past
     a row's end (zero) included, where the module's tests see only what packing keeps."""
@@ -193,3 +179,84 @@ def test_layer_ops_give_the_reference_backends_results(cell, proj, bias, reverse
                 for name in ("reference", EMULATED)}
     for got, want in zip(backward[EMULATED], backward["reference"]):
         testing.assert_close_relative([got], [want], 1e-5, "gradients")
+
+
+def _op_calls(reverse):
+    """A call of every op (batch 3, hidden 8, 5 steps, lengths), the persistent ones in both
+    designs: (op, args) pairs."""
+    namespace = getattr(torch.ops, NAMESPACE)
+    xproj, w_hh, state = torch.randn(5, 3, 32), torch.randn(32, 8), torch.randn(3, 8)
+    lengths = torch.tensor([5, 2, 4])
+    calls = []
+    for kind in ("recurrence", "persistent"):
+        for cluster in ((None,) if kind == "recurrence" else (False, True)):
+            plan = () if cluster is None else (4, cluster)  # forward: 4 units per block
+            plan_bwd = () if cluster is None else (16, cluster)  # backward: 16
+            op = getattr(namespace, f"lstm_{kind}_fwd")
+            fwd = (xproj, torch.randn(32), w_hh, state, state, lengths, reverse, True, *plan)
+            y, _, _, gates, cells = op(*fwd)
+            calls += [(op, fwd), (getattr(namespace, f"lstm_{kind}_bwd"),
+                                  (torch.randn_like(y), state, state, w_hh, state, lengths,
+                                   gates, cells, reverse, *plan_bwd))]
+            gru_x, gru_w = xproj[..., :24].contiguous(), w_hh[:24].contiguous()
+            op = getattr(namespace, f"gru_{kind}_fwd")
+            fwd = (gru_x, torch.randn(24), gru_w, torch.randn(24), state, lengths, reverse,
+                   True, *plan)
+            y, _, gates, hidden_n = op(*fwd)
+            calls += [(op, fwd), (getattr(namespace, f"gru_{kind}_bwd"),
+                                  (torch.randn_like(y), state, gru_w, torch.randn(5, 3, 8),
+                                   lengths, gates, hidden_n, reverse, *plan_bwd))]
+    w_proj, h_proj = torch.randn(32, 3), torch.randn(3, 3)
+    fwd = (xproj, None, w_proj, torch.randn(3, 8), h_proj, state, lengths, reverse, True)
+    y, _, _, gates, cells = namespace.lstm_proj_recurrence_fwd(*fwd)
+    calls += [(namespace.lstm_proj_recurrence_fwd, fwd),
+              (namespace.lstm_proj_recurrence_bwd, (torch.randn_like(y), h_proj, state, w_proj,
+                                                    fwd[3], state, lengths, gates, cells,
+                                                    reverse))]
+    rnn_x, rnn_w = xproj[..., :8].contiguous(), w_hh[:8].contiguous()
+    fwd = (rnn_x, None, rnn_w, state, lengths, reverse, True)
+    y, _ = namespace.rnn_recurrence_fwd(*fwd)
+    calls += [(namespace.rnn_recurrence_fwd, fwd),
+              (namespace.rnn_recurrence_bwd, (torch.randn_like(y), state, rnn_w, y, lengths,
+                                              reverse, True))]
+    return calls
+
+
+@needs_emulation
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ops_keep_to_their_schemas(reverse):
+    """No op writes to an input (the schemas declare none mutable) or returns an alias of
+    one: torch.library.opcheck's schema test, for every op, both directions."""
+    calls = _op_calls(reverse)
+    assert {op.default.name() for op, _ in calls} == {f"{NAMESPACE}::{name}" for name in OPS}
+    for op, args in calls:
+        torch.library.opcheck(op.default, args, test_utils="test_schema")
+
+
+@needs_emulation
+def test_bad_arguments_are_refused_naming_them():
+    namespace = getattr(torch.ops, NAMESPACE)
+    xproj, w_hh, state = torch.randn(5, 3, 32), torch.randn(32, 8), torch.randn(3, 8)
+    with pytest.raises(RuntimeError, match="w_hh"):
+        namespace.lstm_recurrence_fwd(xproj, None, w_hh.double(), state, state, None, False,
+                                      True)
+    with pytest.raises(RuntimeError, match="units must be a positive multiple of 4, got 6"):
+        namespace.lstm_persistent_fwd(xproj, None, w_hh, state, state, None, False, True, 6,
+                                      False)
+    with pytest.raises(RuntimeError, match=r"units .*\(16 for the backward kernels\), got 8"):
+        y = torch.randn(5, 3, 8)
+        namespace.lstm_persistent_bwd(y, state, state, w_hh, state, None, xproj, y, False, 8,
+                                      False)
+
+
+def test_auto_never_chooses_it(monkeypatch):
+    """Even where it is the only backend auto could try."""
+    assert backends.select(EMULATED, torch.device("cpu"), torch.float32).name == EMULATED
+    monkeypatch.setattr(backends, "_BY_PRIORITY", [EMULATED])
+    with pytest.raises(BackendUnavailableError, match="no backend can run this call"):
+        backends.select("auto", torch.device("cpu"), torch.float32, Call("lstm", 8, 8))
+
+
+def test_unknown_kernels_are_refused():
+    with pytest.raises(ValueError, match="kernel must be one of stepwise, grid, cluster"):
+        CudaEmulationBackend("persistent")

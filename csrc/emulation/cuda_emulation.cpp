@@ -1,12 +1,13 @@
-// fusedrnn._cuda_emulation: the cuda backend's step kernels and time loops for CPU tensors,
-// so that tests run them on machines without a GPU. The same source as fusedrnn._C's
-// stepwise path (csrc/*_kernels.cuh, recurrence.cpp, step_launchers.cpp), compiled by the
-// host C++ compiler with FUSEDRNN_HOST_EMULATION: each kernel launch runs its threads one
-// after the other (csrc/elementwise_launch.cuh), each product is ATen's on the CPU. One
-// translation unit, which includes those sources. Its ops are the stepwise recurrence ops
-// in the namespace fusedrnn_emulated, whose schemas fusedrnn/backends/cuda_emulation.py
-// defines. setup.py builds it with hidden symbols: its fusedrnn:: functions never meet
-// fusedrnn._C's in one process.
+// fusedrnn._cuda_emulation: the cuda backend's kernels and time loops for CPU tensors, so
+// that tests run them on machines without a GPU. The same source as fusedrnn._C's
+// (csrc/*_kernels.cuh, recurrence.cpp, step_launchers.cpp, persistent/), compiled by the host
+// C++ compiler with FUSEDRNN_HOST_EMULATION: a step kernel's launch runs its threads one
+// after the other (csrc/elementwise_launch.cuh), a persistent kernel's runs them all at
+// once on host threads (block_threads.h, wmma.h, persistent_launch.h); the stepwise loops'
+// products are ATen's on the CPU. One translation unit, which includes those sources. Its
+// ops are the CUDA extension's in the namespace fusedrnn_emulated, whose schemas
+// fusedrnn/backends/cuda_emulation.py defines. setup.py builds it with hidden symbols: its
+// fusedrnn:: functions never meet fusedrnn._C's in one process.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -16,6 +17,8 @@
 #include "../rnn_kernels.cuh"
 #include "../recurrence.cpp"
 #include "../step_launchers.cpp"
+#include "persistent_launch.h"
+#include "../persistent/persistent_ops.cpp"
 
 TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
   m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::lstm_recurrence_fwd));
@@ -26,6 +29,10 @@ TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
   m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::gru_recurrence_bwd));
   m.impl("rnn_recurrence_fwd", TORCH_FN(fusedrnn::rnn_recurrence_fwd));
   m.impl("rnn_recurrence_bwd", TORCH_FN(fusedrnn::rnn_recurrence_bwd));
+  m.impl("lstm_persistent_fwd", TORCH_FN(fusedrnn::lstm_persistent_fwd));
+  m.impl("lstm_persistent_bwd", TORCH_FN(fusedrnn::lstm_persistent_bwd));
+  m.impl("gru_persistent_fwd", TORCH_FN(fusedrnn::gru_persistent_fwd));
+  m.impl("gru_persistent_bwd", TORCH_FN(fusedrnn::gru_persistent_bwd));
 }
 
 PyMODINIT_FUNC PyInit__cuda_emulation(void) {

@@ -9,14 +9,19 @@
 // a clustered grid (cluster_config).
 #pragma once
 
+#ifdef FUSEDRNN_HOST_EMULATION
+#include "emulation/block_threads.h"
+#else
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
+#endif
 
 #include "persistent/slice_layout.h"
 
 namespace fusedrnn {
 namespace persistent {
 
+#ifndef FUSEDRNN_HOST_EMULATION
 // The launch configuration of `blocks` blocks of kThreads threads in 1-D clusters of
 // `cluster` blocks, `smem` bytes of dynamic shared memory each, on `stream`; `attribute`
 // receives the cluster dimension and must outlive the configuration.
@@ -35,6 +40,7 @@ inline cudaLaunchConfig_t cluster_config(int blocks, int cluster, int64_t smem,
   config.numAttrs = 1;
   return config;
 }
+#endif
 
 template <typename T>
 struct ClusterExchange {
@@ -59,7 +65,7 @@ struct ClusterExchange {
   // `owner`, where locate(c, owner, offset) says which (owner < 0: zero padding).
   template <typename Locate>
   __device__ void gather(int step, int cols, Locate locate) const {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSEDRNN_HOST_EMULATION)
     cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
     const T* own = slot(step);
     for (int idx = threadIdx.x; idx < kTile * cols; idx += kThreads) {

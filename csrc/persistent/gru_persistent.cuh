@@ -14,7 +14,7 @@ namespace persistent {
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  extern __shared__ __align__(128) unsigned char smem[];
+  FUSEDRNN_DYNAMIC_SHARED(smem);
   const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), false,
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_persistent_kernel(GruFwdP
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) gru_bwd_persistent_kernel(GruBwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  extern __shared__ __align__(128) unsigned char smem[];
+  FUSEDRNN_DYNAMIC_SHARED(smem);
   const SliceLayout s = slice_layout(3, p.units, p.hidden, sizeof(T), true,
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);

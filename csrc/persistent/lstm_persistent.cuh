@@ -17,7 +17,7 @@ namespace persistent {
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  extern __shared__ __align__(128) unsigned char smem[];
+  FUSEDRNN_DYNAMIC_SHARED(smem);
   const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), false,
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads, 1) lstm_fwd_persistent_kernel(LstmFw
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) lstm_bwd_persistent_kernel(LstmBwdParams<T> p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  extern __shared__ __align__(128) unsigned char smem[];
+  FUSEDRNN_DYNAMIC_SHARED(smem);
   const SliceLayout s = slice_layout(4, p.units, p.hidden, sizeof(T), true,
                                       p.groups.cluster);
   T* a = reinterpret_cast<T*>(smem);

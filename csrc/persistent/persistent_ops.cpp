@@ -5,11 +5,11 @@
 // fusedrnn's planner chose (fusedrnn/backends/cuda_plan.py). Each allocates the launch's
 // exchange buffers, runs one launch (persistent/params.h) and finishes the rest on the host.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <tuple>
 
 #include "cuda_ops.h"
+#include "kernels.h"
 #include "persistent/params.h"
 #include "persistent/slice_layout.h"
 #include "recurrence_args.h"
@@ -85,11 +85,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
     const Tensor& xproj, const std::optional<Tensor>& bias, const Tensor& w_hh,
     const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_opt, bool reverse,
     bool save, int64_t units, bool cluster) {
-  const RecurrenceSizes sizes = check_lstm_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, at::kCUDA);
+  const RecurrenceSizes sizes = check_lstm_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, kKernelDevice);
   if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return lstm_recurrence_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, reverse, save);
   }
-  c10::cuda::CUDAGuard guard(xproj.device());
+  KernelDeviceGuard guard(xproj.device());
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Geometry geo = geometry(units, cluster, batch, hidden, 4, xproj, false);
   Tensor h_buf = exchange_buffer(batch, round_up(hidden, kTile), xproj, h0);
@@ -116,12 +116,12 @@ std::tuple<Tensor, Tensor, Tensor> lstm_persistent_bwd(
     const Tensor& c0, const std::optional<Tensor>& lengths_opt, const Tensor& gates,
     const Tensor& cells, bool reverse, int64_t units, bool cluster) {
   const RecurrenceSizes sizes = check_lstm_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt,
-                                               gates, cells, at::kCUDA);
+                                               gates, cells, kKernelDevice);
   if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n, w_hh, c0, lengths_opt, gates, cells,
                                reverse);
   }
-  c10::cuda::CUDAGuard guard(gates.device());
+  KernelDeviceGuard guard(gates.device());
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Geometry geo = geometry(units, cluster, batch, hidden, 4, gates, true);
   Tensor dgates = at::empty_like(gates);
@@ -149,11 +149,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_persistent_fwd(
     const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths_opt, bool reverse, bool save, int64_t units,
     bool cluster) {
-  const RecurrenceSizes sizes = check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, at::kCUDA);
+  const RecurrenceSizes sizes = check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, kKernelDevice);
   if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return gru_recurrence_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, reverse, save);
   }
-  c10::cuda::CUDAGuard guard(xproj.device());
+  KernelDeviceGuard guard(xproj.device());
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Geometry geo = geometry(units, cluster, batch, hidden, 3, xproj, false);
   Tensor h_buf = exchange_buffer(batch, round_up(hidden, kTile), xproj, h0);
@@ -180,12 +180,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_persistent_bwd(
     const std::optional<Tensor>& lengths_opt, const Tensor& gates, const Tensor& hidden_n,
     bool reverse, int64_t units, bool cluster) {
   const RecurrenceSizes sizes = check_gru_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates,
-                                              hidden_n, at::kCUDA);
+                                              hidden_n, kKernelDevice);
   if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return gru_recurrence_bwd(grad_y, grad_h_n, w_hh, h_prev, lengths_opt, gates, hidden_n,
                               reverse);
   }
-  c10::cuda::CUDAGuard guard(gates.device());
+  KernelDeviceGuard guard(gates.device());
   const int64_t steps = sizes.steps, batch = sizes.batch, hidden = sizes.hidden;
   const Geometry geo = geometry(units, cluster, batch, hidden, 3, gates, true);
   Tensor dgates_in = at::empty_like(gates), dgates_hid = at::empty_like(gates);
@@ -207,6 +207,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_persistent_bwd(
   return {dgates_in, dgates_hid, gru_grad_h0(rec, dh_buf, gates.select(0, last), lengths, last)};
 }
 
+// The planner's questions about a GPU (not asked of the host emulation, which has none).
+#ifndef FUSEDRNN_HOST_EMULATION
 namespace {
 
 persistent::Kernel kernel_named(const std::string& kernel) {
@@ -234,5 +236,6 @@ int persistent_occupancy(const std::string& kernel, at::ScalarType dtype, int64_
   });
   return result;
 }
+#endif
 
 }  // namespace fusedrnn

@@ -5,21 +5,39 @@
 // lo*hi), which keeps float32 accuracy (a plain TF32 product would not).
 #pragma once
 
+#ifdef FUSEDRNN_HOST_EMULATION
+#include "emulation/block_threads.h"
+#include "emulation/wmma.h"
+#else
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#endif
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
+
 #include "persistent/params.h"
 #include "persistent/slice_layout.h"
+
+// This block's dynamic shared memory, 128-byte aligned, as the bytes `name` (the host
+// emulation's: csrc/emulation/block_threads.h).
+#ifdef FUSEDRNN_HOST_EMULATION
+#define FUSEDRNN_DYNAMIC_SHARED(name) unsigned char* name = emulation::dynamic_shared_memory()
+#else
+#define FUSEDRNN_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 namespace fusedrnn {
 namespace persistent {
 
 namespace wmma = nvcuda::wmma;
+#ifdef FUSEDRNN_HOST_EMULATION
+using std::min;
+#endif
 
 // The WMMA element type and K step of each dtype the kernels take.
 template <typename scalar_t> struct Mma;
@@ -148,7 +166,7 @@ __device__ __forceinline__ bool active_at(const int64_t* lengths, int b, int64_t
 // or the whole cooperative grid's. Both order the global-memory writes before it (the
 // exchanged state) before the reads after it.
 __device__ __forceinline__ void step_sync(bool cluster) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSEDRNN_HOST_EMULATION)
   if (cluster) {
     cooperative_groups::this_cluster().sync();
     return;
