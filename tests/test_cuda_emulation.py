@@ -5,6 +5,8 @@ whose threads this CPU runs in seconds (a persistent launch runs one host thread
 thread), on every machine. Uninitialised memory is NaN here, in C++ too, so an element a
 kernel forgets to write shows."""
 
+import random
+
 import pytest
 import torch
 
@@ -260,3 +262,67 @@ def test_auto_never_chooses_it(monkeypatch):
 def test_unknown_kernels_are_refused():
     with pytest.raises(ValueError, match="kernel must be one of stepwise, grid, cluster"):
         CudaEmulationBackend("persistent")
+
+
+def _random_persistent_case(seed):
+    """A random call of a persistent LSTM or GRU forward op and its backward op, of shapes
+    the planner never picks too (more units than hidden units, partial blocks, one step,
+    three batch tiles): ``(run, dtype)``, where ``run(kind, dtype)`` runs the forward then the
+    backward of ``kind`` (``persistent``, or ``recurrence``: the stepwise ops) on the case's
+    inputs in ``dtype`` and returns the forward's results and the backward's."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    cell, dtype = rng.choice(["lstm", "gru"]), rng.choice([torch.float32, torch.bfloat16])
+    hidden, batch = rng.choice([1, 3, 15, 17, 33, 48]), rng.choice([1, 5, 16, 17, 33])
+    steps, units, cluster = rng.choice([1, 2, 5]), rng.choice([4, 12, 20, 64]), rng.random() < 0.5
+    reverse = rng.random() < 0.5
+    gates = ops.GATES[cell] * hidden
+    lengths = (torch.randint(1, steps + 1, (batch,), generator=generator)
+               if rng.random() < 0.6 else None)
+    shapes = {"xproj": (steps, batch, gates), "w_hh": (gates, hidden), "h0": (batch, hidden),
+              "c0": (batch, hidden), "bias": (gates,), "b_hh": (gates,),
+              "grad_y": (steps, batch, hidden), "grad_h": (batch, hidden),
+              "h_prev": (steps, batch, hidden)}
+    # drawn once, rounded to the case's dtype: every run sees the same values
+    inputs = {name: torch.randn(*shape, generator=generator).to(dtype)
+              for name, shape in shapes.items()}
+    inputs["w_hh"] = (inputs["w_hh"].float() * 0.3).to(dtype)
+
+    def run(kind, run_dtype):
+        v = {name: tensor.to(run_dtype) for name, tensor in inputs.items()}
+        namespace = getattr(torch.ops, NAMESPACE)
+        forward, backward = (getattr(namespace, f"{cell}_{kind}_{d}") for d in ("fwd", "bwd"))
+        plans = ((units, cluster), (16, cluster)) if kind == "persistent" else ((), ())
+        if cell == "lstm":
+            out = forward(v["xproj"], v["bias"], v["w_hh"], v["h0"], v["c0"], lengths, reverse,
+                          True, *plans[0])
+            grads = backward(v["grad_y"], v["grad_h"], v["grad_h"], v["w_hh"], v["c0"], lengths,
+                             out[3], out[4], reverse, *plans[1])
+        else:
+            out = forward(v["xproj"], v["bias"], v["w_hh"], v["b_hh"], v["h0"], lengths,
+                          reverse, True, *plans[0])
+            grads = backward(v["grad_y"], v["grad_h"], v["w_hh"], v["h_prev"], lengths, out[2],
+                             out[3], reverse, *plans[1])
+        return list(out), list(grads)
+
+    return run, dtype
+
+
+@needs_emulation
+@pytest.mark.parametrize("seed", range(24))
+def test_persistent_ops_match_the_stepwise_ops_on_random_shapes(seed):
+    """float32: within 1e-5 of the stepwise ops; bfloat16: by the low-precision rule, with
+    the stepwise ops in float32 as the oracle and in bfloat16 as the reference."""
+    run, dtype = _random_persistent_case(seed)
+    out, grads = run("persistent", dtype)
+    if dtype == torch.float32:
+        want_out, want_grads = run("recurrence", dtype)
+        testing.assert_close_relative(out, want_out, 1e-5, f"forward (seed {seed})")
+        testing.assert_close_relative(grads, want_grads, 1e-5, f"backward (seed {seed})")
+        return
+    low_out, low_grads = run("recurrence", dtype)
+    oracle_out, oracle_grads = run("recurrence", torch.float32)
+    testing.assert_within_low_precision_rule(out, low_out, oracle_out, testing.OUTPUT_FACTOR,
+                                             f"forward (seed {seed})")
+    testing.assert_within_low_precision_rule(grads, low_grads, oracle_grads,
+                                             testing.GRADIENT_FACTOR, f"backward (seed {seed})")
