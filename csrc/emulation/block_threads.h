@@ -40,7 +40,8 @@ class Launch;
 // A barrier of `count` threads of one launch.
 class Barrier {
  public:
-  Barrier(Launch* launch, int count, const char* what) : launch_(launch), count_(count), what_(what) {}
+  Barrier(Launch* launch, int count, const char* what)
+      : launch_(launch), count_(count), what_(what) {}
   void arrive_and_wait();
   void fail() {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -85,7 +85,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_persistent_fwd(
     const Tensor& xproj, const std::optional<Tensor>& bias, const Tensor& w_hh,
     const Tensor& h0, const Tensor& c0, const std::optional<Tensor>& lengths_opt, bool reverse,
     bool save, int64_t units, bool cluster) {
-  const RecurrenceSizes sizes = check_lstm_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, kKernelDevice);
+  const RecurrenceSizes sizes =
+      check_lstm_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, kKernelDevice);
   if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return lstm_recurrence_fwd(xproj, bias, w_hh, h0, c0, lengths_opt, reverse, save);
   }
@@ -149,7 +150,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_persistent_fwd(
     const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths_opt, bool reverse, bool save, int64_t units,
     bool cluster) {
-  const RecurrenceSizes sizes = check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, kKernelDevice);
+  const RecurrenceSizes sizes =
+      check_gru_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, kKernelDevice);
   if (sizes.steps == 0 || sizes.batch == 0 || sizes.hidden == 0) {
     return gru_recurrence_fwd(xproj, b_ih, w_hh, b_hh, h0, lengths_opt, reverse, save);
   }
