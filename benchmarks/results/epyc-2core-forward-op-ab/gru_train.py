@@ -1,6 +1,6 @@
 """GRU training steps (forward + backward of the output's sum): fusedrnn and torch.nn in
 turn in one process; prints the minimum ms of each over rounds."""
-import sys, time, torch, fusedrnn
+import time, torch, fusedrnn
 from torch import nn
 torch.manual_seed(0)
 def case(name, B, T, H, packed, bidirectional, cell=False):
