@@ -13,20 +13,7 @@
 #include "persistent/slice_layout.h"
 
 
-TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
-  m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::lstm_recurrence_fwd));
-  m.impl("lstm_recurrence_bwd", TORCH_FN(fusedrnn::lstm_recurrence_bwd));
-  m.impl("lstm_proj_recurrence_fwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_fwd));
-  m.impl("lstm_proj_recurrence_bwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_bwd));
-  m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::gru_recurrence_fwd));
-  m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::gru_recurrence_bwd));
-  m.impl("rnn_recurrence_fwd", TORCH_FN(fusedrnn::rnn_recurrence_fwd));
-  m.impl("rnn_recurrence_bwd", TORCH_FN(fusedrnn::rnn_recurrence_bwd));
-  m.impl("lstm_persistent_fwd", TORCH_FN(fusedrnn::lstm_persistent_fwd));
-  m.impl("lstm_persistent_bwd", TORCH_FN(fusedrnn::lstm_persistent_bwd));
-  m.impl("gru_persistent_fwd", TORCH_FN(fusedrnn::gru_persistent_fwd));
-  m.impl("gru_persistent_bwd", TORCH_FN(fusedrnn::gru_persistent_bwd));
-}
+TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { FUSEDRNN_IMPLEMENT_CUDA_OPS(m); }
 
 namespace {
 

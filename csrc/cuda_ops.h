@@ -57,3 +57,19 @@ double barrier_latency_us(const std::string&, int, int, int, int);
 }  // namespace persistent
 
 }  // namespace fusedrnn
+
+// Registers the functions above as the kernels of their ops, in the library `m` (fusedrnn's
+// CUDA kernels in bindings.cpp, the host emulation's in emulation/cuda_emulation.cpp).
+#define FUSEDRNN_IMPLEMENT_CUDA_OPS(m) \
+  m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::lstm_recurrence_fwd)); \
+  m.impl("lstm_recurrence_bwd", TORCH_FN(fusedrnn::lstm_recurrence_bwd)); \
+  m.impl("lstm_proj_recurrence_fwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_fwd)); \
+  m.impl("lstm_proj_recurrence_bwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_bwd)); \
+  m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::gru_recurrence_fwd)); \
+  m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::gru_recurrence_bwd)); \
+  m.impl("rnn_recurrence_fwd", TORCH_FN(fusedrnn::rnn_recurrence_fwd)); \
+  m.impl("rnn_recurrence_bwd", TORCH_FN(fusedrnn::rnn_recurrence_bwd)); \
+  m.impl("lstm_persistent_fwd", TORCH_FN(fusedrnn::lstm_persistent_fwd)); \
+  m.impl("lstm_persistent_bwd", TORCH_FN(fusedrnn::lstm_persistent_bwd)); \
+  m.impl("gru_persistent_fwd", TORCH_FN(fusedrnn::gru_persistent_fwd)); \
+  m.impl("gru_persistent_bwd", TORCH_FN(fusedrnn::gru_persistent_bwd))

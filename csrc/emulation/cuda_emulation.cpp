@@ -20,20 +20,7 @@
 #include "persistent_launch.h"
 #include "../persistent/persistent_ops.cpp"
 
-TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
-  m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::lstm_recurrence_fwd));
-  m.impl("lstm_recurrence_bwd", TORCH_FN(fusedrnn::lstm_recurrence_bwd));
-  m.impl("lstm_proj_recurrence_fwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_fwd));
-  m.impl("lstm_proj_recurrence_bwd", TORCH_FN(fusedrnn::lstm_proj_recurrence_bwd));
-  m.impl("gru_recurrence_fwd", TORCH_FN(fusedrnn::gru_recurrence_fwd));
-  m.impl("gru_recurrence_bwd", TORCH_FN(fusedrnn::gru_recurrence_bwd));
-  m.impl("rnn_recurrence_fwd", TORCH_FN(fusedrnn::rnn_recurrence_fwd));
-  m.impl("rnn_recurrence_bwd", TORCH_FN(fusedrnn::rnn_recurrence_bwd));
-  m.impl("lstm_persistent_fwd", TORCH_FN(fusedrnn::lstm_persistent_fwd));
-  m.impl("lstm_persistent_bwd", TORCH_FN(fusedrnn::lstm_persistent_bwd));
-  m.impl("gru_persistent_fwd", TORCH_FN(fusedrnn::gru_persistent_fwd));
-  m.impl("gru_persistent_bwd", TORCH_FN(fusedrnn::gru_persistent_bwd));
-}
+TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) { FUSEDRNN_IMPLEMENT_CUDA_OPS(m); }
 
 PyMODINIT_FUNC PyInit__cuda_emulation(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cuda_emulation",
