@@ -12,7 +12,7 @@ import torch
 
 import fusedrnn
 from fusedrnn import _extension, backends, ops, testing
-from fusedrnn.backends import BackendUnavailableError, Call
+from fusedrnn.backends import BackendUnavailableError, Call, cuda_plan
 from fusedrnn.backends.cuda_emulation import NAMESPACE, OPS, CudaEmulationBackend
 
 from backend_cases import CASES, RNN_CASES, check_low_precision_rule, compare_with_reference
@@ -264,65 +264,83 @@ def test_unknown_kernels_are_refused():
         CudaEmulationBackend("persistent")
 
 
-def _random_persistent_case(seed):
-    """A random call of a persistent LSTM or GRU forward op and its backward op, of shapes
-    the planner never picks too (more units than hidden units, partial blocks, one step,
-    three batch tiles): ``(run, dtype)``, where ``run(kind, dtype)`` runs the forward then the
-    backward of ``kind`` (``persistent``, or ``recurrence``: the stepwise ops) on the case's
-    inputs in ``dtype`` and returns the forward's results and the backward's."""
+def _inputs(cell, hidden, batch, steps, dtype, generator):
+    """Random inputs of a recurrence op's forward and backward, rounded to ``dtype``."""
+    gates = ops.GATES[cell] * hidden
+    shapes = {"xproj": (steps, batch, gates), "w_hh": (gates, hidden), "h0": (batch, hidden),
+              "c0": (batch, hidden), "bias": (gates,), "b_hh": (gates,),
+              "grad_y": (steps, batch, hidden), "grad_h": (batch, hidden),
+              "h_prev": (steps, batch, hidden)}
+    inputs = {name: torch.randn(*shape, generator=generator) for name, shape in shapes.items()}
+    inputs["w_hh"] *= 0.9 / hidden ** 0.5  # products of order one at any hidden size
+    return {name: tensor.to(dtype) for name, tensor in inputs.items()}
+
+
+def _run_ops(cell, inputs, lengths, reverse, plans=None, dtype=None):
+    """The forward then the backward op of ``cell`` on ``inputs`` (cast to ``dtype``): the
+    persistent ops with ``plans``, ``((units, cluster), (units, cluster))`` for the forward
+    and the backward, else the stepwise ops. Returns the forward's results and the backward's."""
+    v = {name: tensor.to(dtype or tensor.dtype) for name, tensor in inputs.items()}
+    kind = "recurrence" if plans is None else "persistent"
+    fwd_plan, bwd_plan = ((), ()) if plans is None else plans
+    namespace = getattr(torch.ops, NAMESPACE)
+    forward, backward = (getattr(namespace, f"{cell}_{kind}_{d}") for d in ("fwd", "bwd"))
+    if cell == "lstm":
+        out = forward(v["xproj"], v["bias"], v["w_hh"], v["h0"], v["c0"], lengths, reverse, True,
+                      *fwd_plan)
+        grads = backward(v["grad_y"], v["grad_h"], v["grad_h"], v["w_hh"], v["c0"], lengths,
+                         out[3], out[4], reverse, *bwd_plan)
+    else:
+        out = forward(v["xproj"], v["bias"], v["w_hh"], v["b_hh"], v["h0"], lengths, reverse,
+                      True, *fwd_plan)
+        grads = backward(v["grad_y"], v["grad_h"], v["w_hh"], v["h_prev"], lengths, out[2],
+                         out[3], reverse, *bwd_plan)
+    return list(out), list(grads)
+
+
+@needs_emulation
+@pytest.mark.parametrize("seed", range(24))
+def test_persistent_ops_match_the_stepwise_ops_on_random_shapes(seed):
+    """Shapes the planner never picks too (more units than hidden units, partial blocks, one
+    step, three batch tiles), both directions and designs. float32: within 1e-5 of the
+    stepwise ops; bfloat16: by the low-precision rule, with the stepwise ops in float32 as
+    the oracle and in bfloat16 as the reference."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     cell, dtype = rng.choice(["lstm", "gru"]), rng.choice([torch.float32, torch.bfloat16])
     hidden, batch = rng.choice([1, 3, 15, 17, 33, 48]), rng.choice([1, 5, 16, 17, 33])
     steps, units, cluster = rng.choice([1, 2, 5]), rng.choice([4, 12, 20, 64]), rng.random() < 0.5
     reverse = rng.random() < 0.5
-    gates = ops.GATES[cell] * hidden
     lengths = (torch.randint(1, steps + 1, (batch,), generator=generator)
                if rng.random() < 0.6 else None)
-    shapes = {"xproj": (steps, batch, gates), "w_hh": (gates, hidden), "h0": (batch, hidden),
-              "c0": (batch, hidden), "bias": (gates,), "b_hh": (gates,),
-              "grad_y": (steps, batch, hidden), "grad_h": (batch, hidden),
-              "h_prev": (steps, batch, hidden)}
-    # drawn once, rounded to the case's dtype: every run sees the same values
-    inputs = {name: torch.randn(*shape, generator=generator).to(dtype)
-              for name, shape in shapes.items()}
-    inputs["w_hh"] = (inputs["w_hh"].float() * 0.3).to(dtype)
-
-    def run(kind, run_dtype):
-        v = {name: tensor.to(run_dtype) for name, tensor in inputs.items()}
-        namespace = getattr(torch.ops, NAMESPACE)
-        forward, backward = (getattr(namespace, f"{cell}_{kind}_{d}") for d in ("fwd", "bwd"))
-        plans = ((units, cluster), (16, cluster)) if kind == "persistent" else ((), ())
-        if cell == "lstm":
-            out = forward(v["xproj"], v["bias"], v["w_hh"], v["h0"], v["c0"], lengths, reverse,
-                          True, *plans[0])
-            grads = backward(v["grad_y"], v["grad_h"], v["grad_h"], v["w_hh"], v["c0"], lengths,
-                             out[3], out[4], reverse, *plans[1])
-        else:
-            out = forward(v["xproj"], v["bias"], v["w_hh"], v["b_hh"], v["h0"], lengths,
-                          reverse, True, *plans[0])
-            grads = backward(v["grad_y"], v["grad_h"], v["w_hh"], v["h_prev"], lengths, out[2],
-                             out[3], reverse, *plans[1])
-        return list(out), list(grads)
-
-    return run, dtype
-
-
-@needs_emulation
-@pytest.mark.parametrize("seed", range(24))
-def test_persistent_ops_match_the_stepwise_ops_on_random_shapes(seed):
-    """float32: within 1e-5 of the stepwise ops; bfloat16: by the low-precision rule, with
-    the stepwise ops in float32 as the oracle and in bfloat16 as the reference."""
-    run, dtype = _random_persistent_case(seed)
-    out, grads = run("persistent", dtype)
+    inputs = _inputs(cell, hidden, batch, steps, dtype, generator)
+    out, grads = _run_ops(cell, inputs, lengths, reverse, ((units, cluster), (16, cluster)))
+    low_out, low_grads = _run_ops(cell, inputs, lengths, reverse)
     if dtype == torch.float32:
-        want_out, want_grads = run("recurrence", dtype)
-        testing.assert_close_relative(out, want_out, 1e-5, f"forward (seed {seed})")
-        testing.assert_close_relative(grads, want_grads, 1e-5, f"backward (seed {seed})")
+        testing.assert_close_relative(out, low_out, 1e-5, f"forward (seed {seed})")
+        testing.assert_close_relative(grads, low_grads, 1e-5, f"backward (seed {seed})")
         return
-    low_out, low_grads = run("recurrence", dtype)
-    oracle_out, oracle_grads = run("recurrence", torch.float32)
+    oracle_out, oracle_grads = _run_ops(cell, inputs, lengths, reverse, dtype=torch.float32)
     testing.assert_within_low_precision_rule(out, low_out, oracle_out, testing.OUTPUT_FACTOR,
                                              f"forward (seed {seed})")
     testing.assert_within_low_precision_rule(grads, low_grads, oracle_grads,
                                              testing.GRADIENT_FACTOR, f"backward (seed {seed})")
+
+
+@needs_emulation
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_ops_at_the_anchor_hidden_size_with_an_h200_plan(cell):
+    """Hidden 768 (the FlashRNN anchor's), batch 16, 3 steps, with lengths, in the geometry
+    cuda_plan gives an H200: the forward in one cluster of 16 blocks of 48 units, the
+    backward on a grid of 48 blocks of 16 (no cluster holds it). float32, against the
+    stepwise ops. (The grid forward, 96 blocks of 8 units, matched too, in a one-off run:
+    24,576 threads take 15 s here.)"""
+    generator = torch.Generator().manual_seed(0)
+    units = cuda_plan.cluster_units(cell, 768)
+    assert -(-768 // units) == cuda_plan.MAX_CLUSTER  # the 16-block cluster this test is for
+    inputs = _inputs(cell, 768, 16, 3, torch.float32, generator)
+    lengths = torch.randint(1, 4, (16,), generator=generator)
+    out, grads = _run_ops(cell, inputs, lengths, False, ((units, True), (16, False)))
+    want_out, want_grads = _run_ops(cell, inputs, lengths, False)
+    testing.assert_close_relative(out, want_out, 1e-5, "forward")
+    testing.assert_close_relative(grads, want_grads, 1e-5, "backward")
