@@ -60,15 +60,15 @@ class CudaEmulationBackend(RecurrenceBackend):
         """The persistent op of the chosen design for the LSTM and GRU (with units as
         ``cuda_plan`` would choose them), else the stepwise op."""
         hidden = w_hh.shape[1]
+        if self.kernel == "stepwise" or hidden == 0:
+            return super().recurrence_op(cell, w_hh, backward)
         if backward:
             units = cuda_plan.BACKWARD_UNITS
         elif self.kernel == "cluster":
             units = cuda_plan.cluster_units(cell, hidden)
         else:
             units = cuda_plan.forward_units(hidden, MULTIPROCESSORS)
-        blocks = -(-hidden // units)
-        if (self.kernel == "stepwise" or hidden == 0
-                or (self.kernel == "cluster" and blocks > cuda_plan.MAX_CLUSTER)):
-            return super().recurrence_op(cell, w_hh, backward)
+        if self.kernel == "cluster" and -(-hidden // units) > cuda_plan.MAX_CLUSTER:
+            return super().recurrence_op(cell, w_hh, backward)  # as cuda_plan: no such cluster
         name = f"{cell}_persistent_{'bwd' if backward else 'fwd'}"
         return getattr(self.ops, name), (units, self.kernel == "cluster")
