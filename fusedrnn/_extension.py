@@ -4,7 +4,7 @@
 CPU kernels of the ``cpu`` backend; ``fusedrnn._C`` (``csrc/*.cu``, built when nvcc is found
 or ``FUSEDRNN_BUILD_CUDA=1``) the CUDA kernels of the ``cuda`` backend;
 ``fusedrnn._cuda_emulation`` (``csrc/emulation/``, built with ``_cpu``) the cuda backend's
-step kernels compiled for the CPU, for tests (``backends/cuda_emulation.py``). Nothing here runs at
+kernels compiled for the CPU, for tests (``backends/cuda_emulation.py``). Nothing here runs at
 import time: :meth:`Extension.load` imports a module on first use and, when it is missing,
 raises an ImportError that says how to build it.
 """

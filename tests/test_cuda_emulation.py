@@ -185,29 +185,15 @@ def test_layer_ops_give_the_reference_backends_results(design, cell, proj, bias,
 
 def _op_calls(reverse):
     """A call of every op (batch 3, hidden 8, 5 steps, lengths), the persistent ones in both
-    designs: (op, args) pairs."""
+    designs (4 units per forward block): (op, args) pairs."""
     namespace = getattr(torch.ops, NAMESPACE)
     xproj, w_hh, state = torch.randn(5, 3, 32), torch.randn(32, 8), torch.randn(3, 8)
     lengths = torch.tensor([5, 2, 4])
     calls = []
-    for kind in ("recurrence", "persistent"):
-        for cluster in ((None,) if kind == "recurrence" else (False, True)):
-            plan = () if cluster is None else (4, cluster)  # forward: 4 units per block
-            plan_bwd = () if cluster is None else (16, cluster)  # backward: 16
-            op = getattr(namespace, f"lstm_{kind}_fwd")
-            fwd = (xproj, torch.randn(32), w_hh, state, state, lengths, reverse, True, *plan)
-            y, _, _, gates, cells = op(*fwd)
-            calls += [(op, fwd), (getattr(namespace, f"lstm_{kind}_bwd"),
-                                  (torch.randn_like(y), state, state, w_hh, state, lengths,
-                                   gates, cells, reverse, *plan_bwd))]
-            gru_x, gru_w = xproj[..., :24].contiguous(), w_hh[:24].contiguous()
-            op = getattr(namespace, f"gru_{kind}_fwd")
-            fwd = (gru_x, torch.randn(24), gru_w, torch.randn(24), state, lengths, reverse,
-                   True, *plan)
-            y, _, gates, hidden_n = op(*fwd)
-            calls += [(op, fwd), (getattr(namespace, f"gru_{kind}_bwd"),
-                                  (torch.randn_like(y), state, gru_w, torch.randn(5, 3, 8),
-                                   lengths, gates, hidden_n, reverse, *plan_bwd))]
+    for cell in ("lstm", "gru"):
+        inputs = _inputs(cell, 8, 3, 5, torch.float32, torch.Generator().manual_seed(0))
+        for plans in (None, ((4, False), (16, False)), ((4, True), (16, True))):
+            _run_ops(cell, inputs, lengths, reverse, plans, calls=calls)
     w_proj, h_proj = torch.randn(32, 3), torch.randn(3, 3)
     fwd = (xproj, None, w_proj, torch.randn(3, 8), h_proj, state, lengths, reverse, True)
     y, _, _, gates, cells = namespace.lstm_proj_recurrence_fwd(*fwd)
@@ -276,25 +262,31 @@ def _inputs(cell, hidden, batch, steps, dtype, generator):
     return {name: tensor.to(dtype) for name, tensor in inputs.items()}
 
 
-def _run_ops(cell, inputs, lengths, reverse, plans=None, dtype=None):
+def _run_ops(cell, inputs, lengths, reverse, plans=None, dtype=None, calls=None):
     """The forward then the backward op of ``cell`` on ``inputs`` (cast to ``dtype``): the
     persistent ops with ``plans``, ``((units, cluster), (units, cluster))`` for the forward
-    and the backward, else the stepwise ops. Returns the forward's results and the backward's."""
+    and the backward, else the stepwise ops. Returns the forward's results and the backward's;
+    appends ``(op, args)`` of both calls to ``calls`` when given."""
     v = {name: tensor.to(dtype or tensor.dtype) for name, tensor in inputs.items()}
     kind = "recurrence" if plans is None else "persistent"
     fwd_plan, bwd_plan = ((), ()) if plans is None else plans
     namespace = getattr(torch.ops, NAMESPACE)
     forward, backward = (getattr(namespace, f"{cell}_{kind}_{d}") for d in ("fwd", "bwd"))
     if cell == "lstm":
-        out = forward(v["xproj"], v["bias"], v["w_hh"], v["h0"], v["c0"], lengths, reverse, True,
-                      *fwd_plan)
-        grads = backward(v["grad_y"], v["grad_h"], v["grad_h"], v["w_hh"], v["c0"], lengths,
-                         out[3], out[4], reverse, *bwd_plan)
+        fwd_args = (v["xproj"], v["bias"], v["w_hh"], v["h0"], v["c0"], lengths, reverse, True,
+                    *fwd_plan)
+        out = forward(*fwd_args)
+        bwd_args = (v["grad_y"], v["grad_h"], v["grad_h"], v["w_hh"], v["c0"], lengths, out[3],
+                    out[4], reverse, *bwd_plan)
     else:
-        out = forward(v["xproj"], v["bias"], v["w_hh"], v["b_hh"], v["h0"], lengths, reverse,
-                      True, *fwd_plan)
-        grads = backward(v["grad_y"], v["grad_h"], v["w_hh"], v["h_prev"], lengths, out[2],
-                         out[3], reverse, *bwd_plan)
+        fwd_args = (v["xproj"], v["bias"], v["w_hh"], v["b_hh"], v["h0"], lengths, reverse, True,
+                    *fwd_plan)
+        out = forward(*fwd_args)
+        bwd_args = (v["grad_y"], v["grad_h"], v["w_hh"], v["h_prev"], lengths, out[2], out[3],
+                    reverse, *bwd_plan)
+    grads = backward(*bwd_args)
+    if calls is not None:
+        calls += [(forward, fwd_args), (backward, bwd_args)]
     return list(out), list(grads)
 
 

@@ -62,12 +62,7 @@ class CudaEmulationBackend(RecurrenceBackend):
         hidden = w_hh.shape[1]
         if self.kernel == "stepwise" or hidden == 0:
             return super().recurrence_op(cell, w_hh, backward)
-        if backward:
-            units = cuda_plan.BACKWARD_UNITS
-        elif self.kernel == "cluster":
-            units = cuda_plan.cluster_units(cell, hidden)
-        else:
-            units = cuda_plan.forward_units(hidden, MULTIPROCESSORS)
+        units = cuda_plan.design_units(self.kernel, cell, hidden, MULTIPROCESSORS, backward)
         if self.kernel == "cluster" and -(-hidden // units) > cuda_plan.MAX_CLUSTER:
             return super().recurrence_op(cell, w_hh, backward)  # as cuda_plan: no such cluster
         name = f"{cell}_persistent_{'bwd' if backward else 'fwd'}"

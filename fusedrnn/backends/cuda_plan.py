@@ -98,6 +98,15 @@ def cluster_units(cell, hidden):
     return max(CLUSTER_ROWS // GATES[cell] // 4 * 4, round4(-(-hidden // MAX_CLUSTER)))
 
 
+def design_units(design, cell, hidden, multiprocessors, backward):
+    """The hidden units per block of ``design`` (``"cluster"``, ``"grid"``) for a call."""
+    if backward:
+        return BACKWARD_UNITS
+    if design == "cluster":
+        return cluster_units(cell, hidden)
+    return forward_units(hidden, multiprocessors)
+
+
 def forced_kernel():
     forced = os.environ.get(ENV_VAR, "").strip() or "auto"
     if forced not in CHOICES:
@@ -127,12 +136,7 @@ def choose(cell, hidden, dtype_name, itemsize, device, backward, occupancy):
 def _try(design, cell, hidden, dtype_name, itemsize, device, backward, occupancy):
     """The persistent plan of ``design``, or a stepwise one whose reason says why not."""
     stage = "backward" if backward else "forward"
-    if backward:
-        units = BACKWARD_UNITS
-    elif design == "cluster":
-        units = cluster_units(cell, hidden)
-    else:
-        units = forward_units(hidden, device.multiprocessors)
+    units = design_units(design, cell, hidden, device.multiprocessors, backward)
     blocks = -(-hidden // units)
     smem = occupancy.smem_bytes(GATES[cell], units, hidden, itemsize, backward,
                                 design == "cluster")
