@@ -96,9 +96,12 @@ from fusedrnn import _extension, testing
 from fusedrnn.backends import cpu as cpu_backend
 # One step: the backward's time loop is split by hidden units too (its products read
 # W_hh's column blocks in place), where longer ones overlap the products over all steps.
+# Batch 300: chunks of the products over all steps longer than brgemm's blocks of rows;
+# 16 x 256: the LSTM's backward overlapped on brgemm only.
 for cell, batch, hidden, steps in (("LSTM", 3, 200, 5), ("LSTM", 3, 200, 1), ("GRU", 2, 220, 5),
                                    ("LSTM", 2, 9, 5), ("GRU", 4, 12, 5), ("RNN", 3, 400, 5),
-                                   ("RNN", 2, 10, 5)):
+                                   ("RNN", 2, 10, 5), ("LSTM", 300, 24, 3),
+                                   ("LSTM", 16, 256, 4)):
     for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         reference = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="reference")
         candidate = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="cpu")

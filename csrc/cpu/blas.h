@@ -287,7 +287,7 @@ class RecurrentProduct {
   void apply_brgemm(float* out, const float* a) const {
     const float* b = w_.data_ptr<float>();
     for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) {
-      cpu::brgemm(batch_, n, k_, a, k_, b + n0, ld_, out + n0, m_);
+      brgemm_tiled(batch_, n, k_, a, k_, b + n0, ld_, out + n0, m_, /*add=*/false);
     });
   }
 

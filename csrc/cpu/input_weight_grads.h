@@ -9,8 +9,13 @@
 // at full speed on any thread. So the time loop runs on one thread, and the other threads
 // take chunks of steps as soon as the loop has finished them; when the loop ends, its thread
 // joins them for the chunks left. Steps of 2^22 multiply-adds or more (the loop's own product
-// then runs best on all threads), a single thread, or too few steps for two chunks: the loop
-// runs first and the products follow over all steps at once, on every thread.
+// then runs best on all threads; the LSTM's on brgemm from 2^25), a single thread, or too few
+// steps for two chunks: the loop runs first, then the products: on MKL over all steps at
+// once, on every thread; on brgemm (float32 on non-Intel x86, blas.h) the same chunks, each
+// on one thread of a team, as brgemm runs best on blocks (brgemm_tiled). On the 2-core AMD
+// EPYC (Zen 5) brgemm ran these products at 2x MKL's rate (one thread, a chunk of 128 rows:
+// 170-230 GFLOP/s against 90-110), and module training took 0.64-0.77 of its time at batch
+// 8 to 64 (benchmarks/results/epyc-zen5-2core-brgemm-grads-ab).
 // Measured there, LSTM backward of one layer, float32, ms, overlapped against loop first
 // then the products on both threads: B8 T200 I64 H128 2.9 vs 4.2; B16 T64 I256 H128 3.2
 // vs 3.9; B1 T300 I32 H64 0.36 vs 0.87 (there the loop's tiny products also stop running on
@@ -32,6 +37,7 @@
 #include <exception>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -41,8 +47,16 @@
 #include "blas.h"
 #include "mkl_threads.h"
 #include "rows.h"
+#include "transpose.h"
 
 namespace fusedrnn::cpu {
+
+// The float32 LSTM's backward on brgemm overlaps its products with its loop below this many
+// multiply-adds per step (not 2^22, as on MKL): on the 2-core AMD EPYC (Zen 5), module
+// training against torch.nn's time, overlapped from 2^22 to 2^25 against not, three
+// alternated runs: batch 16 / hidden 256 1.03-1.06 against 1.11-1.13, 32 / 256 0.71-0.77
+// against 0.77-0.80; 64 / 512 (2^26) the same either way.
+constexpr int64_t kLstmOverlapOnBrgemmBelow = int64_t{1} << 25;
 
 // Wait, spinning briefly and then yielding the core, until `done()`.
 template <typename Pred>
@@ -90,22 +104,25 @@ class InputWeightGrads {
     state_size_ = src_.states.size(2);
     const int64_t wanted = std::max<int64_t>(1, (kChunkRows + batch_ - 1) / std::max<int64_t>(batch_, 1));
     chunk_steps_ = std::max<int64_t>(1, std::min(wanted, (steps_ + kMinChunks - 1) / kMinChunks));
-    const int threads = std::min(at::get_num_threads(), kMaxThreads);
-    overlapped_ = overlap && threads >= 2 && !at::in_parallel_region() && batch_ > 0 &&
-                  steps_ >= 2 * chunk_steps_;
-    if (!overlapped_) chunk_steps_ = std::max<int64_t>(steps_, 1);
+    const int threads = at::in_parallel_region() ? 1 : std::min(at::get_num_threads(), kMaxThreads);
+    overlapped_ = overlap && threads >= 2 && batch_ > 0 && steps_ >= 2 * chunk_steps_;
+    // On MKL, one product over all steps after the loop, on MKL's threads; on brgemm the same
+    // chunks after the loop, each on one thread of a team.
+    if (!overlapped_ && !brgemm_) chunk_steps_ = std::max<int64_t>(steps_, 1);
     chunks_ = steps_ == 0 ? 0 : (steps_ + chunk_steps_ - 1) / chunk_steps_;
-    team_ = overlapped_ ? static_cast<int>(std::min<int64_t>(threads, chunks_ + 1)) : 1;
+    team_ = static_cast<int>(std::min<int64_t>(threads, overlapped_ ? chunks_ + 1 : chunks_));
+    if (!overlapped_ && !brgemm_) team_ = 1;
+    team_ = std::max(team_, 1);
     slots_ = static_cast<int>(std::min<int64_t>(team_, std::max<int64_t>(chunks_, 1)));
     grad_x = at::empty_like(src_.x);
-    acc_w_ih_ = accumulators({gates_, inputs_});
-    acc_w_hh_ = accumulators({gates_, state_size_});
+    acc_w_ih_ = weight_accumulators(gates_, inputs_);
+    acc_w_hh_ = weight_accumulators(gates_, state_size_);
     const bool shared = src_.dgates_hid.is_same(src_.dgates_in);
     acc_b_in_ = accumulators({src_.has_bias ? gates_ : 0});
     has_b_hid_ = src_.has_bias && !shared;
     acc_b_hid_ = accumulators({has_b_hid_ ? gates_ : 0});
     if (src_.proj_grad.defined()) {
-      acc_w_hr_ = accumulators({src_.proj_grad.size(2), src_.proj_input.size(2)});
+      acc_w_hr_ = weight_accumulators(src_.proj_grad.size(2), src_.proj_input.size(2));
     }
     w_hh_unwritten_.assign(slots_, 0);
     slot_next_ = std::make_unique<std::atomic<int64_t>[]>(slots_);
@@ -121,6 +138,9 @@ class InputWeightGrads {
     if (!overlapped_) {
       loop();
       finished_steps_.store(steps_);
+    }
+    if (team_ == 1) {
+      if (overlapped_) loop();  // (never: an overlapped run has a team)
       work();
     } else {
       std::exception_ptr error;
@@ -134,7 +154,7 @@ class InputWeightGrads {
         // An exception may not leave the parallel region: the first one is kept, and the
         // flag stops every wait, for rethrowing after it.
         try {
-          if (omp_get_thread_num() == 0) loop();
+          if (overlapped_ && omp_get_thread_num() == 0) loop();
           work();
         } catch (...) {
 #pragma omp critical(fusedrnn_input_weight_grads)
@@ -190,7 +210,17 @@ class InputWeightGrads {
     return at::empty(sizes, src_.dgates_in.options());
   }
 
+  // The accumulators of a weight's (rows, width) gradient, transposed on brgemm (see
+  // weight_product).
+  at::Tensor weight_accumulators(int64_t rows, int64_t width) const {
+    return brgemm_ ? accumulators({width, rows}) : accumulators({rows, width});
+  }
+
   at::Tensor slots_summed(const at::Tensor& acc) const { return slots_ > 1 ? acc.sum(0) : acc; }
+
+  at::Tensor weight_summed(const at::Tensor& acc) const {
+    return brgemm_ ? transposed(slots_summed(acc)) : slots_summed(acc);
+  }
 
   const scalar_t* step_ptr(const at::Tensor& t, int64_t step) const {
     return t.data_ptr<scalar_t>() + step * batch_ * t.size(2);
@@ -199,16 +229,44 @@ class InputWeightGrads {
   // grad_x[first:last] = dgates_in[first:last] @ w_ih.
   void input_grad(int64_t first, int64_t last) {
     const int64_t rows = (last - first) * batch_;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (brgemm_) {
+        brgemm_tiled(rows, inputs_, gates_, step_ptr(src_.dgates_in, first), gates_,
+                     src_.w_ih.data_ptr<float>(), inputs_,
+                     grad_x.data_ptr<float>() + first * batch_ * inputs_, inputs_, false);
+        return;
+      }
+    }
     gemm<scalar_t>(false, false, inputs_, rows, gates_, src_.w_ih.data_ptr<scalar_t>(), inputs_,
                    step_ptr(src_.dgates_in, first), gates_, scalar_t(0),
                    grad_x.data_ptr<scalar_t>() + first * batch_ * inputs_, inputs_);
   }
 
   // acc (N, K) = beta * acc + dg[first:last]^T @ src[from : from + last - first], dg
-  // (T,B,N) and src (T,B,K), K = width.
+  // (T,B,N) and src (T,B,K), K = width. On brgemm, which reads its operands row-major, acc
+  // is (K, N), the transposed gradient (weight_summed turns it once, at the end), and
+  // acc += src^T @ dg: src's rows transposed, a block at a time, into this thread's scratch
+  // (acc as (N, K) would need dg's rows transposed, which are 1 to 8 times wider).
   void weight_product(scalar_t* acc, int64_t width, scalar_t beta, const at::Tensor& dg,
                       int64_t first, int64_t last, const at::Tensor& src, int64_t from) {
     const int64_t rows = dg.size(2);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (brgemm_) {
+        constexpr int64_t kBlockRows = 256;
+        thread_local std::vector<float> scratch;
+        scratch.resize(width * kBlockRows);
+        const int64_t count = (last - first) * batch_;
+        const float* dgp = step_ptr(dg, first);
+        const float* sp = step_ptr(src, from);
+        for (int64_t r = 0; r < count || r == 0; r += kBlockRows) {
+          const int64_t block = std::min(kBlockRows, count - r);
+          detail::transpose_rows(sp + r * width, scratch.data(), block, width, 0, block);
+          brgemm_tiled(width, rows, block, scratch.data(), block, dgp + r * rows, rows, acc,
+                       rows, beta != scalar_t(0) || r > 0);
+        }
+        return;
+      }
+    }
     gemm<scalar_t>(false, true, width, rows, (last - first) * batch_, step_ptr(src, from),
                    width, step_ptr(dg, first), rows, beta, acc, width);
   }
@@ -272,9 +330,9 @@ class InputWeightGrads {
         w_hh_unwritten_[slot] = 0;
       }
     }
-    grad_w_ih = slots_summed(acc_w_ih_);
-    grad_w_hh = slots_summed(acc_w_hh_);
-    grad_w_hr = acc_w_hr_.defined() ? slots_summed(acc_w_hr_) : src_.x.new_empty({0});
+    grad_w_ih = weight_summed(acc_w_ih_);
+    grad_w_hh = weight_summed(acc_w_hh_);
+    grad_w_hr = acc_w_hr_.defined() ? weight_summed(acc_w_hr_) : src_.x.new_empty({0});
     if (h0_term) add_initial_state_term(w_hh_unwritten_[0] ? scalar_t(0) : scalar_t(1));
     if (!src_.has_bias) {
       grad_b_ih = src_.x.new_empty({0});  // two tensors: results may not alias
@@ -305,6 +363,7 @@ class InputWeightGrads {
   int64_t steps_, batch_, gates_, inputs_, state_size_;
   int64_t chunk_steps_ = 1, chunks_ = 0;
   bool overlapped_ = false, has_b_hid_ = false;
+  const bool brgemm_ = uses_brgemm<scalar_t>();  // products on brgemm (blas.h), else gemm()
   int team_ = 1, slots_ = 1;
   // Per slot: its W_hh accumulator holds nothing yet. One byte each (not vector<bool>'s
   // bits): the threads write different slots' flags at the same time.

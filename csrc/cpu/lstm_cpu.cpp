@@ -354,8 +354,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     r_steps = WorkspacePool::empty({steps, batch, hidden}, gates.options());
   }
   const int64_t* lengths = lengths_ptr(sizes.lengths);
-  // One thread runs the loop as fast as a team while its steps are below MKL's threading.
-  const bool overlap = batch * 4 * hidden * out_size < UnitSplit::kSplitUpTo;
+  // One thread runs the loop as fast as a team while its steps are below MKL's threading;
+  // on brgemm, leaving the products to the other threads pays up to larger steps.
+  const bool overlap = batch * 4 * hidden * out_size <
+      (uses_brgemm(gates.scalar_type()) ? kLstmOverlapOnBrgemmBelow : UnitSplit::kSplitUpTo);
   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_bptt_cpu", [&] {
     InputWeightGrads<scalar_t> grads({x, w_ih, dgates, dgates, y, h0, /*shifted=*/true, reverse,
