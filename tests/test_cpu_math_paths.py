@@ -120,7 +120,9 @@ ops = torch.ops.fusedrnn
 for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
     names = (f"{op}_forward", f"{op}_recurrence_bwd")  # the cpu backend's forward, backward
     forward, backward = (getattr(ops, name) for name in names)
-    for batch, hidden in ((4, 200), (2, 25)):  # threaded; odd K (MKL's forward product)
+    # Threaded, with more than one block of k in brgemm's tiles; odd K (MKL's forward
+    # product); more rows than one tile.
+    for batch, hidden in ((4, 200), (2, 25), (70, 40)):
         seen = []
         for name, original in zip(names, (forward, backward)):
             setattr(ops, name, (lambda original: lambda first, *args:

@@ -154,13 +154,24 @@ class Bf16Product {
  private:
   Bf16Product() = default;
 
-  // Columns [n0, n0 + n) of out on this thread.
+  // Columns [n0, n0 + n) of out on this thread, in the tiles of brgemm_tiled (brgemm.h);
+  // the blocks of k are even (pairs_ holds pairs along k).
   void columns(float* out, const uint16_t* a, int64_t n0, int64_t n) const {
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
-    at::native::cpublas::brgemm(batch_, n, k_, k_, m_, m_, /*add_C=*/false,
-                                reinterpret_cast<const at::BFloat16*>(a),
-                                pairs_.data_ptr<at::BFloat16>() + 2 * n0, out + n0,
-                                /*is_vnni=*/true);
+    constexpr int64_t kTileRows = 64, kTileColumns = 256, kTileDepth = 512;
+    const auto* a16 = reinterpret_cast<const at::BFloat16*>(a);
+    const at::BFloat16* pairs = pairs_.data_ptr<at::BFloat16>();
+    for (int64_t i = 0; i < batch_; i += kTileRows) {
+      const int64_t rows = std::min(kTileRows, batch_ - i);
+      for (int64_t j = n0; j < n0 + n; j += kTileColumns) {
+        const int64_t columns = std::min(kTileColumns, n0 + n - j);
+        for (int64_t p = 0; p < k_; p += kTileDepth) {
+          at::native::cpublas::brgemm(rows, columns, std::min(kTileDepth, k_ - p), k_, m_, m_,
+                                      /*add_C=*/p > 0, a16 + i * k_ + p, pairs + p * m_ + 2 * j,
+                                      out + i * m_ + j, /*is_vnni=*/true);
+        }
+      }
+    }
     // On AMX the kernel leaves its tile configuration loaded; other code on this thread
     // (torch's own oneDNN calls) may change it between two of these products.
     at::native::cpublas::brgemm_release(/*is_vnni=*/true);
