@@ -135,12 +135,14 @@ class InputWeightGrads {
   // processed step (in the backward's order, from 0) are written, and the products.
   template <typename Loop>
   void run(const Loop& loop) {
+    // Not overlapped: the loop first, then the chunks (on a team where there is one). An
+    // overlapped run always has a team: thread 0 runs the loop, the others the chunks.
     if (!overlapped_) {
       loop();
       finished_steps_.store(steps_);
     }
     if (team_ == 1) {
-      if (overlapped_) loop();  // (never: an overlapped run has a team)
+      TORCH_INTERNAL_ASSERT(!overlapped_);
       work();
     } else {
       std::exception_ptr error;
