@@ -144,8 +144,10 @@ for cell in ("LSTM", "GRU", "RNN"):
         make = lambda: getattr(fusedrnn, cell)(6, 32, dtype=dtype, backend="cpu")
         x = testing.make_sequence(3, 4, 6, dtype=dtype)
         assert not testing.weight_outlives_module(make, x), (cell, dtype)
-for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12), (50, 23, 0, 300)):
-    x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)  # tiled, small, empty
+for steps, batch, inputs, gates in ((50, 23, 19, 300), (3, 4, 5, 12), (50, 23, 0, 300),
+                                    (3, 400, 1100, 40)):
+    # tiled, small, empty, inputs in blocks
+    x, w = torch.randn(steps, batch, inputs), torch.randn(gates, inputs)
     exact = (x.double() @ w.double().t()).float()
     projected = torch.ops.fusedrnn.input_projection(x, w)
     testing.assert_close_relative([projected], [exact], 1e-5, f"input projection {steps}x{batch}")

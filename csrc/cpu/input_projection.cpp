@@ -26,7 +26,9 @@ constexpr int64_t kBrgemmRowsFrom = 1024;
 
 // out (R, G) = x (R, I) @ w_ih^T on brgemm: tiles of kRows x kCols on torch's threads,
 // each written once (MKL's product first clears its output in a pass of its own), reading
-// w_ih^T (I, G) transposed once per call.
+// w_ih^T (I, G) transposed once per call; brgemm_tiled sums I in blocks (one call over all
+// of I = 1024 ran at 169 GFLOP/s against 223 in blocks of 512, on one core of the Zen 5
+// EPYC; 113 against 208 at 2048).
 void project_on_brgemm(const at::Tensor& x, const at::Tensor& w_ih, at::Tensor& out) {
   constexpr int64_t kRows = 64, kCols = 256;
   const int64_t rows = x.size(0), inputs = x.size(1), gates = w_ih.size(0);
@@ -39,8 +41,9 @@ void project_on_brgemm(const at::Tensor& x, const at::Tensor& w_ih, at::Tensor& 
   at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
     for (int64_t tile = first; tile < last; ++tile) {
       const int64_t r0 = tile / col_tiles * kRows, g0 = tile % col_tiles * kCols;
-      brgemm(std::min(kRows, rows - r0), std::min(kCols, gates - g0), inputs, xp + r0 * inputs,
-             inputs, wp + g0, gates, op + r0 * gates + g0, gates);
+      brgemm_tiled(std::min(kRows, rows - r0), std::min(kCols, gates - g0), inputs,
+                   xp + r0 * inputs, inputs, wp + g0, gates, op + r0 * gates + g0, gates,
+                   /*add=*/false);
     }
   });
 }
