@@ -421,16 +421,41 @@ def triton_version():
     return "not installed"
 
 
-def cpu_model():
-    """The CPU's model name from ``/proc/cpuinfo``, else what :mod:`platform` knows."""
+def _cpuinfo():
+    """The first processor's ``/proc/cpuinfo`` fields, lower-case keys ({} without it)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             for line in cpuinfo:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return fields
+
+
+def cpu_model():
+    """The CPU's model name from ``/proc/cpuinfo``, else what :mod:`platform` knows."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+# The flags that decide the cpu backend's paths (blas.h, bf16_product.h, avx512_rows.cpp).
+CPU_FEATURES = ("avx2", "avx512f", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_id(fields=None):
+    """Vendor, family, model and the :data:`CPU_FEATURES` present, from ``/proc/cpuinfo``
+    (``fields``: its parsed fields): a virtual machine may name two CPU generations alike
+    ("AMD EPYC" is a Zen 4 at family 25 and a Zen 5 at 26). None where it is not known."""
+    fields = _cpuinfo() if fields is None else fields
+    if "vendor_id" not in fields:
+        return None
+    flags = set(fields.get("flags", "").split())
+    present = " ".join(f for f in CPU_FEATURES if f in flags) or "none of " + " ".join(CPU_FEATURES)
+    return (f"{fields['vendor_id']} family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}; {present}")
 
 
 def git_commit():
@@ -462,7 +487,7 @@ def environment(device=None):
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "device_name": device_name, "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(), "usable_cores": usable,
+        "cpu_id": cpu_id(), "cpu_count": os.cpu_count(), "usable_cores": usable,
         "torch_threads": torch.get_num_threads(), "gpus": gpus,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(), "platform": platform.platform(),

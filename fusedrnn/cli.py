@@ -60,6 +60,8 @@ def run_info(args):
     _print_section("versions", rows)
     devices = [("cpu", f"{env['cpu_model']}, {env['cpu_count']} cores "
                        f"({env['usable_cores']} usable), torch threads {env['torch_threads']}")]
+    if env["cpu_id"]:
+        devices.append(("cpu id", env["cpu_id"]))
     devices += [(f"cuda:{index}", name) for index, name in enumerate(env["gpus"])]
     if not env["gpus"]:
         devices.append(("cuda", "not available"))

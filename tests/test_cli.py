@@ -20,8 +20,8 @@ from fusedrnn import backends, bench, bench_graphs, bench_report, bench_timing, 
 from fusedrnn.backends import Availability, Backend, Call
 from fusedrnn.cli import main
 
-ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_model", "cpu_count", "torch_threads", "torch",
-                      "cuda", "cudnn", "triton", "fusedrnn", "git_commit", "date", "python")
+ENVIRONMENT_FIELDS = ("device", "device_name", "cpu_model", "cpu_id", "cpu_count", "torch_threads",
+                      "torch", "cuda", "cudnn", "triton", "fusedrnn", "git_commit", "date", "python")
 
 
 def run_main(argv):
@@ -139,6 +139,19 @@ def test_info_says_how_the_cpu_backend_runs_16_bit_calls(capsys):
                      r"|not here|from 10,000 multiply-adds per step at even hidden sizes "
                      r"\(oneDNN's brgemm\), at odd ones (from 4,194,304|widened))", out,
                      re.MULTILINE), out
+
+
+def test_cpu_id_names_family_model_and_the_features_that_pick_paths():
+    """Two CPU generations a virtual machine names alike ("AMD EPYC") differ in their ids."""
+    zen4 = {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17",
+            "flags": "fpu avx2 avx512f avx512dq avx512_bf16 sse"}
+    zen5 = dict(zen4, **{"cpu family": "26", "model": "2"})
+    assert bench.cpu_id(zen4) == "AuthenticAMD family 25 model 17; avx2 avx512f avx512dq avx512_bf16"
+    assert bench.cpu_id(zen4) != bench.cpu_id(zen5)
+    bare = {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143", "flags": "fpu amx_tile"}
+    assert bench.cpu_id(bare) == "GenuineIntel family 6 model 143; amx_tile"
+    assert bench.cpu_id({"vendor_id": "x", "flags": ""}).endswith("none of " + " ".join(bench.CPU_FEATURES))
+    assert bench.cpu_id({}) is None  # no /proc/cpuinfo (another OS)
 
 
 def test_info_reports_an_unavailable_backend_with_its_reason(capsys, fake_backends):
