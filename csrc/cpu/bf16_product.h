@@ -154,24 +154,18 @@ class Bf16Product {
  private:
   Bf16Product() = default;
 
-  // Columns [n0, n0 + n) of out on this thread, in the tiles of brgemm_tiled (brgemm.h);
-  // the blocks of k are even (pairs_ holds pairs along k).
+  // Columns [n0, n0 + n) of out on this thread, in brgemm.h's tiles (their blocks of k are
+  // even, as pairs_ needs).
   void columns(float* out, const uint16_t* a, int64_t n0, int64_t n) const {
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
-    constexpr int64_t kTileRows = 64, kTileColumns = 256, kTileDepth = 512;
     const auto* a16 = reinterpret_cast<const at::BFloat16*>(a);
-    const at::BFloat16* pairs = pairs_.data_ptr<at::BFloat16>();
-    for (int64_t i = 0; i < batch_; i += kTileRows) {
-      const int64_t rows = std::min(kTileRows, batch_ - i);
-      for (int64_t j = n0; j < n0 + n; j += kTileColumns) {
-        const int64_t columns = std::min(kTileColumns, n0 + n - j);
-        for (int64_t p = 0; p < k_; p += kTileDepth) {
-          at::native::cpublas::brgemm(rows, columns, std::min(kTileDepth, k_ - p), k_, m_, m_,
-                                      /*add_C=*/p > 0, a16 + i * k_ + p, pairs + p * m_ + 2 * j,
-                                      out + i * m_ + j, /*is_vnni=*/true);
-        }
-      }
-    }
+    const at::BFloat16* pairs = pairs_.data_ptr<at::BFloat16>() + 2 * n0;
+    for_each_tile(batch_, n, k_, [&](int64_t i, int64_t rows, int64_t j, int64_t columns,
+                                     int64_t p, int64_t depth) {
+      at::native::cpublas::brgemm(rows, columns, depth, k_, m_, m_, /*add_C=*/p > 0,
+                                  a16 + i * k_ + p, pairs + p * m_ + 2 * j,
+                                  out + i * m_ + n0 + j, /*is_vnni=*/true);
+    });
     // On AMX the kernel leaves its tile configuration loaded; other code on this thread
     // (torch's own oneDNN calls) may change it between two of these products.
     at::native::cpublas::brgemm_release(/*is_vnni=*/true);

@@ -41,27 +41,39 @@ inline void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
 #endif
 }
 
-// The same product of any size, on the calling thread, as brgemm calls on tiles of at most
-// kTileRows x kTileColumns of c, each summing k in blocks of kTileDepth: one call over a
-// long k ran at half the rate (3200 x 2048 x 512: 112-133 GFLOP/s against 230-255 at k of
-// 128 to 512, on one core of a 2-core AMD EPYC, Zen 5).
+// The tiles brgemm's products run in: at most kTileRows x kTileColumns of the result, each
+// summing k in blocks of kTileDepth (even: the bfloat16 products hold pairs along k). One
+// call over a long k ran at half the rate (3200 x 2048 x 512: 112-133 GFLOP/s against
+// 230-255 at k of 128 to 512, on one core of a 2-core AMD EPYC, Zen 5).
+inline constexpr int64_t kTileRows = 64, kTileColumns = 256, kTileDepth = 512;
+
+// tile(i, rows, j, columns, p, depth) for every tile of an (m, n) result reducing over k,
+// the blocks of k of a tile one after the other, from p = 0.
+template <typename Tile>
+void for_each_tile(int64_t m, int64_t n, int64_t k, const Tile& tile) {
+  for (int64_t i = 0; i < m; i += kTileRows) {
+    for (int64_t j = 0; j < n; j += kTileColumns) {
+      for (int64_t p = 0; p < k; p += kTileDepth) {
+        tile(i, std::min(kTileRows, m - i), j, std::min(kTileColumns, n - j), p,
+             std::min(kTileDepth, k - p));
+      }
+    }
+  }
+}
+
+// The same product of any size, on the calling thread, in those tiles; with `add`,
+// c += the product (k = 0 then leaves c as it is).
 inline void brgemm_tiled(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                          const float* b, int64_t ldb, float* c, int64_t ldc, bool add) {
-  constexpr int64_t kTileRows = 64, kTileColumns = 256, kTileDepth = 512;
   if (k == 0 && !add) {
     for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
     return;
   }
-  for (int64_t i = 0; i < m; i += kTileRows) {
-    const int64_t rows = std::min(kTileRows, m - i);
-    for (int64_t j = 0; j < n; j += kTileColumns) {
-      const int64_t columns = std::min(kTileColumns, n - j);
-      for (int64_t p = 0; p < k; p += kTileDepth) {
-        brgemm(rows, columns, std::min(kTileDepth, k - p), a + i * lda + p, lda,
-               b + p * ldb + j, ldb, c + i * ldc + j, ldc, add || p > 0);
-      }
-    }
-  }
+  for_each_tile(m, n, k, [&](int64_t i, int64_t rows, int64_t j, int64_t columns, int64_t p,
+                             int64_t depth) {
+    brgemm(rows, columns, depth, a + i * lda + p, lda, b + p * ldb + j, ldb, c + i * ldc + j,
+           ldc, add || p > 0);
+  });
 }
 
 // Whether auto picks brgemm for float32 products: torch has it, its oneDNN is enabled

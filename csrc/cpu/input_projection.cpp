@@ -24,13 +24,13 @@ namespace {
 // product gains (100 rows x 256 inputs, 1024 gates: 0.54 against 0.33 ms).
 constexpr int64_t kBrgemmRowsFrom = 1024;
 
-// out (R, G) = x (R, I) @ w_ih^T on brgemm: tiles of kRows x kCols on torch's threads,
+// out (R, G) = x (R, I) @ w_ih^T on brgemm: brgemm.h's tiles on torch's threads,
 // each written once (MKL's product first clears its output in a pass of its own), reading
 // w_ih^T (I, G) transposed once per call; brgemm_tiled sums I in blocks (one call over all
 // of I = 1024 ran at 169 GFLOP/s against 223 in blocks of 512, on one core of the Zen 5
 // EPYC; 113 against 208 at 2048).
 void project_on_brgemm(const at::Tensor& x, const at::Tensor& w_ih, at::Tensor& out) {
-  constexpr int64_t kRows = 64, kCols = 256;
+  constexpr int64_t kRows = kTileRows, kCols = kTileColumns;
   const int64_t rows = x.size(0), inputs = x.size(1), gates = w_ih.size(0);
   const at::Tensor w_t = transposed(w_ih);
   const float* xp = x.data_ptr<float>();

@@ -110,9 +110,10 @@ class InputWeightGrads {
     // chunks after the loop, each on one thread of a team.
     if (!overlapped_ && !brgemm_) chunk_steps_ = std::max<int64_t>(steps_, 1);
     chunks_ = steps_ == 0 ? 0 : (steps_ + chunk_steps_ - 1) / chunk_steps_;
-    team_ = static_cast<int>(std::min<int64_t>(threads, overlapped_ ? chunks_ + 1 : chunks_));
-    if (!overlapped_ && !brgemm_) team_ = 1;
-    team_ = std::max(team_, 1);
+    // Overlapped: the loop's thread and one per chunk at most; on brgemm after the loop, one
+    // per chunk; on MKL, the calling thread.
+    const int64_t wanted_team = overlapped_ ? chunks_ + 1 : (brgemm_ ? chunks_ : 1);
+    team_ = static_cast<int>(std::clamp<int64_t>(wanted_team, 1, threads));
     slots_ = static_cast<int>(std::min<int64_t>(team_, std::max<int64_t>(chunks_, 1)));
     grad_x = at::empty_like(src_.x);
     acc_w_ih_ = weight_accumulators(gates_, inputs_);
@@ -260,6 +261,7 @@ class InputWeightGrads {
         const int64_t count = (last - first) * batch_;
         const float* dgp = step_ptr(dg, first);
         const float* sp = step_ptr(src, from);
+        // At least one pass: a chunk of no rows still sets acc to beta * acc.
         for (int64_t r = 0; r < count || r == 0; r += kBlockRows) {
           const int64_t block = std::min(kBlockRows, count - r);
           detail::transpose_rows(sp + r * width, scratch.data(), block, width, 0, block);
