@@ -116,14 +116,18 @@ class InputWeightGrads {
     team_ = static_cast<int>(std::clamp<int64_t>(wanted_team, 1, threads));
     slots_ = static_cast<int>(std::min<int64_t>(team_, std::max<int64_t>(chunks_, 1)));
     grad_x = at::empty_like(src_.x);
-    acc_w_ih_ = weight_accumulators(gates_, inputs_);
-    acc_w_hh_ = weight_accumulators(gates_, state_size_);
+    transposed_w_ih_ = accumulates_transposed(gates_, inputs_);
+    transposed_w_hh_ = accumulates_transposed(gates_, state_size_);
+    acc_w_ih_ = weight_accumulators(gates_, inputs_, transposed_w_ih_);
+    acc_w_hh_ = weight_accumulators(gates_, state_size_, transposed_w_hh_);
     const bool shared = src_.dgates_hid.is_same(src_.dgates_in);
     acc_b_in_ = accumulators({src_.has_bias ? gates_ : 0});
     has_b_hid_ = src_.has_bias && !shared;
     acc_b_hid_ = accumulators({has_b_hid_ ? gates_ : 0});
     if (src_.proj_grad.defined()) {
-      acc_w_hr_ = weight_accumulators(src_.proj_grad.size(2), src_.proj_input.size(2));
+      const int64_t rows = src_.proj_grad.size(2), width = src_.proj_input.size(2);
+      transposed_w_hr_ = accumulates_transposed(rows, width);
+      acc_w_hr_ = weight_accumulators(rows, width, transposed_w_hr_);
     }
     w_hh_unwritten_.assign(slots_, 0);
     slot_next_ = std::make_unique<std::atomic<int64_t>[]>(slots_);
@@ -213,16 +217,27 @@ class InputWeightGrads {
     return at::empty(sizes, src_.dgates_in.options());
   }
 
-  // The accumulators of a weight's (rows, width) gradient, transposed on brgemm (see
-  // weight_product).
-  at::Tensor weight_accumulators(int64_t rows, int64_t width) const {
-    return brgemm_ ? accumulators({width, rows}) : accumulators({rows, width});
+  // Whether a weight's (rows, width) gradient accumulates transposed, as (width, rows), on
+  // brgemm (see weight_product): where the narrower operand's transpositions save more than
+  // the one of the result costs. Per row of the product, transposed, `width` elements are
+  // moved instead of `rows`; the result's transposition moves rows x width once, at about
+  // half the cost per element (a fresh tensor, on torch's threads). On the 2-core AMD EPYC
+  // (Zen 5), LSTM training (input and hidden 512, one layer), batch x steps of 1 to 256
+  // rows: 0.21-0.96 of the time of the transposed form (batch 8, one step: 1.4 ms against
+  // 6.6); at 512 rows the transposed form was 4-7% faster
+  // (benchmarks/results/epyc-zen5-2core-small-weight-grads-ab).
+  bool accumulates_transposed(int64_t rows, int64_t width) const {
+    return brgemm_ && 2 * steps_ * batch_ * (rows - width) > rows * width;
+  }
+
+  at::Tensor weight_accumulators(int64_t rows, int64_t width, bool transposed) const {
+    return transposed ? accumulators({width, rows}) : accumulators({rows, width});
   }
 
   at::Tensor slots_summed(const at::Tensor& acc) const { return slots_ > 1 ? acc.sum(0) : acc; }
 
-  at::Tensor weight_summed(const at::Tensor& acc) const {
-    return brgemm_ ? transposed(slots_summed(acc)) : slots_summed(acc);
+  at::Tensor weight_summed(const at::Tensor& acc, bool transposed_acc) const {
+    return transposed_acc ? transposed(slots_summed(acc)) : slots_summed(acc);
   }
 
   const scalar_t* step_ptr(const at::Tensor& t, int64_t step) const {
@@ -246,27 +261,35 @@ class InputWeightGrads {
   }
 
   // acc (N, K) = beta * acc + dg[first:last]^T @ src[from : from + last - first], dg
-  // (T,B,N) and src (T,B,K), K = width. On brgemm, which reads its operands row-major, acc
-  // is (K, N), the transposed gradient (weight_summed turns it once, at the end), and
-  // acc += src^T @ dg: src's rows transposed, a block at a time, into this thread's scratch
-  // (acc as (N, K) would need dg's rows transposed, which are 1 to 8 times wider).
+  // (T,B,N) and src (T,B,K), K = width. brgemm reads its operands row-major, so one of them
+  // is transposed, a block of rows at a time, into this thread's scratch: dg's rows (N wide),
+  // or, with `transposed_acc`, src's (K wide, 1 to 8 times narrower) for acc += src^T @ dg
+  // with acc (K, N), the transposed gradient, which weight_summed turns once, at the end.
   void weight_product(scalar_t* acc, int64_t width, scalar_t beta, const at::Tensor& dg,
-                      int64_t first, int64_t last, const at::Tensor& src, int64_t from) {
+                      int64_t first, int64_t last, const at::Tensor& src, int64_t from,
+                      bool transposed_acc) {
     const int64_t rows = dg.size(2);
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (brgemm_) {
         constexpr int64_t kBlockRows = 256;
-        thread_local std::vector<float> scratch;
-        scratch.resize(width * kBlockRows);
         const int64_t count = (last - first) * batch_;
+        thread_local std::vector<float> scratch;
+        scratch.resize((transposed_acc ? width : rows) * std::clamp<int64_t>(count, 1, kBlockRows));
         const float* dgp = step_ptr(dg, first);
         const float* sp = step_ptr(src, from);
         // At least one pass: a chunk of no rows still sets acc to beta * acc.
         for (int64_t r = 0; r < count || r == 0; r += kBlockRows) {
           const int64_t block = std::min(kBlockRows, count - r);
-          detail::transpose_rows(sp + r * width, scratch.data(), block, width, 0, block);
-          brgemm_tiled(width, rows, block, scratch.data(), block, dgp + r * rows, rows, acc,
-                       rows, beta != scalar_t(0) || r > 0);
+          const bool add = beta != scalar_t(0) || r > 0;
+          if (transposed_acc) {
+            detail::transpose_rows(sp + r * width, scratch.data(), block, width, 0, block);
+            brgemm_tiled(width, rows, block, scratch.data(), block, dgp + r * rows, rows, acc,
+                         rows, add);
+          } else {
+            detail::transpose_rows(dgp + r * rows, scratch.data(), block, rows, 0, block);
+            brgemm_tiled(rows, width, block, scratch.data(), block, sp + r * width, width, acc,
+                         width, add);
+          }
         }
         return;
       }
@@ -285,7 +308,7 @@ class InputWeightGrads {
 
   void accumulate(int slot, scalar_t beta, int64_t first, int64_t last) {
     weight_product(acc_w_ih_.data_ptr<scalar_t>() + slot * gates_ * inputs_, inputs_, beta,
-                   src_.dgates_in, first, last, src_.x, first);
+                   src_.dgates_in, first, last, src_.x, first, transposed_w_ih_);
     scalar_t* w_hh = acc_w_hh_.data_ptr<scalar_t>() + slot * gates_ * state_size_;
     // A slot left unwritten (its chunk had no step with an output before it) is written
     // over by its next product, or zeroed in finish().
@@ -293,7 +316,7 @@ class InputWeightGrads {
     w_hh_unwritten_[slot] = 0;
     if (!src_.shifted) {
       weight_product(w_hh, state_size_, w_hh_beta, src_.dgates_hid, first, last, src_.states,
-                     first);
+                     first, transposed_w_hh_);
     } else {
       // Steps whose previous state is an output: t >= 1 forward (from y[t - 1]), t <= T-2
       // reverse (from y[t + 1]); the rest is the h0 term of finish().
@@ -301,7 +324,7 @@ class InputWeightGrads {
       const int64_t hi = src_.reverse ? std::min(last, steps_ - 1) : last;
       if (lo < hi) {
         weight_product(w_hh, state_size_, w_hh_beta, src_.dgates_hid, lo, hi, src_.states,
-                       src_.reverse ? lo + 1 : lo - 1);
+                       src_.reverse ? lo + 1 : lo - 1, transposed_w_hh_);
       } else if (w_hh_beta == scalar_t(0)) {
         w_hh_unwritten_[slot] = 1;
       }
@@ -309,7 +332,7 @@ class InputWeightGrads {
     if (acc_w_hr_.defined()) {
       const int64_t width = src_.proj_input.size(2), size = src_.proj_grad.size(2) * width;
       weight_product(acc_w_hr_.data_ptr<scalar_t>() + slot * size, width, beta,
-                     src_.proj_grad, first, last, src_.proj_input, first);
+                     src_.proj_grad, first, last, src_.proj_input, first, transposed_w_hr_);
     }
     if (!src_.has_bias) return;
     bias_sum(acc_b_in_.data_ptr<scalar_t>() + slot * gates_, beta, src_.dgates_in, first, last);
@@ -334,9 +357,10 @@ class InputWeightGrads {
         w_hh_unwritten_[slot] = 0;
       }
     }
-    grad_w_ih = weight_summed(acc_w_ih_);
-    grad_w_hh = weight_summed(acc_w_hh_);
-    grad_w_hr = acc_w_hr_.defined() ? weight_summed(acc_w_hr_) : src_.x.new_empty({0});
+    grad_w_ih = weight_summed(acc_w_ih_, transposed_w_ih_);
+    grad_w_hh = weight_summed(acc_w_hh_, transposed_w_hh_);
+    grad_w_hr = acc_w_hr_.defined() ? weight_summed(acc_w_hr_, transposed_w_hr_)
+                                    : src_.x.new_empty({0});
     if (h0_term) add_initial_state_term(w_hh_unwritten_[0] ? scalar_t(0) : scalar_t(1));
     if (!src_.has_bias) {
       grad_b_ih = src_.x.new_empty({0});  // two tensors: results may not alias
@@ -367,6 +391,8 @@ class InputWeightGrads {
   int64_t steps_, batch_, gates_, inputs_, state_size_;
   int64_t chunk_steps_ = 1, chunks_ = 0;
   bool overlapped_ = false, has_b_hid_ = false;
+  // Per weight: its gradient accumulates transposed (accumulates_transposed).
+  bool transposed_w_ih_ = false, transposed_w_hh_ = false, transposed_w_hr_ = false;
   const bool brgemm_ = uses_brgemm<scalar_t>();  // products on brgemm (blas.h), else gemm()
   int team_ = 1, slots_ = 1;
   // Per slot: its W_hh accumulator holds nothing yet. One byte each (not vector<bool>'s
