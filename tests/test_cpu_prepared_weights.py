@@ -201,6 +201,32 @@ def test_prepared_weights_are_kept_for_the_current_version_only(two_threads):
     assert cpu.prepared_cache_kept() == (0, 0)
 
 
+def test_input_projection_keeps_transposed_w_ih_while_unchanged(two_threads):
+    """csrc/cpu/input_projection.cpp: where the input projection runs on brgemm (from 64 rows),
+    it reads W_ih^T, kept in the same cache as W_hh's products: marked on a weight's first
+    call, kept on its second, reused from the third; an in-place change through .data (the
+    version unchanged) is seen by the next call."""
+    cpu = _extension.CPU.load()
+    if not cpu.f32_on_brgemm():
+        pytest.skip("float32 products run on MKL here: the projection reads W_ih in place")
+    module = fusedrnn.LSTM(6, 32, backend="cpu")
+    x = testing.make_sequence(8, 10, 6)  # 80 rows
+    cpu.clear_prepared_cache()
+    counts = []
+    with torch.no_grad():
+        for _ in range(3):
+            hits, misses = cpu.prepared_cache_counts()
+            first = module(x)[0]
+            after = cpu.prepared_cache_counts()
+            counts.append((after[0] - hits, after[1] - misses))
+        assert counts == [(0, 2), (0, 2), (2, 0)]  # W_hh's products and W_ih^T
+        weights = module.weight_hh_l0.nbytes + module.weight_ih_l0.nbytes
+        assert cpu.prepared_cache_kept() == (2, weights)
+        module.weight_ih_l0.data.uniform_(-0.5, 0.5)
+        out = module(x)[0]
+        assert torch.equal(out, copy.deepcopy(module)(x)[0]) and not torch.equal(out, first)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("batch, steps, hidden, input_size, dtype", [
     (1, 3, 37, 19, torch.float32),     # short rows: the lanes' zero-padded last chunk

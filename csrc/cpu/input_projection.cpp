@@ -11,8 +11,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "../recurrence_args.h"
 #include "blas.h"
+#include "prepared_cache.h"
 #include "recurrence_cpu.h"
 #include "transpose.h"
 #include "workspace_pool.h"
@@ -20,9 +23,22 @@
 namespace fusedrnn::cpu {
 namespace {
 
-// brgemm from this many rows of x on: below, the transpose of w_ih costs more than the
-// product gains (100 rows x 256 inputs, 1024 gates: 0.54 against 0.33 ms).
-constexpr int64_t kBrgemmRowsFrom = 1024;
+// brgemm from this many rows of x on, MKL below, and from twice as many for each doubling
+// of w_ih beyond 2^21 elements. On the 2-core AMD EPYC (Zen 5), ms, MKL against brgemm with
+// w_ih transposed in the call (a training loop's case, see transposed_w_ih): inputs 512,
+// gates 2048, 32 rows 0.39 vs 0.42, 64 rows 0.69 vs 0.59, 512 rows 4.9 vs 2.7; inputs 1024,
+// gates 4096, 64 rows 3.1 vs 3.5, 128 rows 5.6 vs 4.8; inputs 128 to 256, brgemm from 32
+// rows. With w_ih^T kept (inference), brgemm took 0.47-0.52 of MKL's time from 64 rows. (The 1024 rows before came from the Zen 4 at 49fb197:
+// 100 rows x 256 inputs, 1024 gates, brgemm 0.54 against MKL's 0.33 ms.)
+constexpr int64_t kBrgemmRowsFrom = 64;
+
+// w_ih^T (I, G), kept while w_ih is unchanged (prepared_cache.h): an inference loop's calls
+// transpose it once, a training loop's (whose optimizer changes w_ih) every call.
+at::Tensor transposed_w_ih(const at::Tensor& w_ih) {
+  return PreparedCache<at::Tensor>::get(
+      w_ih, "input projection", [&] { return transposed(w_ih); },
+      [](const at::Tensor&) { return false; });
+}
 
 // out (R, G) = x (R, I) @ w_ih^T on brgemm: brgemm.h's tiles on torch's threads,
 // each written once (MKL's product first clears its output in a pass of its own), reading
@@ -32,7 +48,7 @@ constexpr int64_t kBrgemmRowsFrom = 1024;
 void project_on_brgemm(const at::Tensor& x, const at::Tensor& w_ih, at::Tensor& out) {
   constexpr int64_t kRows = kTileRows, kCols = kTileColumns;
   const int64_t rows = x.size(0), inputs = x.size(1), gates = w_ih.size(0);
-  const at::Tensor w_t = transposed(w_ih);
+  const at::Tensor w_t = transposed_w_ih(w_ih);
   const float* xp = x.data_ptr<float>();
   const float* wp = w_t.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -77,7 +93,8 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih) {
         .apply(sums.data_ptr<float>(),
                reinterpret_cast<const uint16_t*>(x_flat.const_data_ptr<at::BFloat16>()));
     flat.copy_(sums);
-  } else if (uses_brgemm(x.scalar_type()) && rows >= kBrgemmRowsFrom && inputs > 0) {
+  } else if (uses_brgemm(x.scalar_type()) && inputs > 0 &&
+             rows >= kBrgemmRowsFrom * std::max<int64_t>(1, inputs * gates >> 21)) {
     project_on_brgemm(x_flat, w_ih, flat);
   } else {
     at::mm_out(flat, x_flat, w_ih.t());

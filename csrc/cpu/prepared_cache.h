@@ -1,6 +1,7 @@
 // The forward loops' recurrent products, prepared from W_hh (each part's gate rows, copied
-// transposed or packed for the BLAS, or paired for the bfloat16 kernel), kept from one call to
-// the next while W_hh is unchanged. The preparation is a fixed cost per call and layer: at
+// transposed or packed for the BLAS, or paired for the bfloat16 kernel), and W_ih^T for the
+// input projection on brgemm (input_projection.cpp), kept from one call to the next while
+// the weight is unchanged. The preparation is a fixed cost per call and layer: at
 // batch 32, hidden 512 on the 2-core AMD EPYC, 0.7 of an LSTM call's 1.4 ms at one step, so
 // calls of a few steps (decoding one step at a time) paid it again and again
 // (benchmarks/results/epyc-2core-lstm-inference-breakdown). Calls of one batch row per step
