@@ -86,15 +86,15 @@ constexpr int64_t kThreadedFrom = 1 << 18;
 
 // fn(n0, n) for blocks [n0, n0 + n) covering the columns [0, m) of a brgemm product of
 // batch x m x k multiply-adds: one block on this thread inside a parallel region, with one
-// thread or below kThreadedFrom; else blocks a multiple of 16 wide on torch's threads.
+// thread or below kThreadedFrom; else blocks a multiple of `align` wide on torch's threads.
 template <typename Fn>
-void for_column_blocks(int64_t batch, int64_t m, int64_t k, const Fn& fn) {
+void for_column_blocks(int64_t batch, int64_t m, int64_t k, const Fn& fn, int64_t align = 16) {
   const int64_t threads = at::get_num_threads();
   if (at::in_parallel_region() || threads == 1 || batch * m * k < kThreadedFrom) {
     fn(int64_t{0}, m);
     return;
   }
-  const int64_t chunk = ((m + threads - 1) / threads + 15) / 16 * 16;
+  const int64_t chunk = ((m + threads - 1) / threads + align - 1) / align * align;
   at::parallel_for(0, (m + chunk - 1) / chunk, 1, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) fn(p * chunk, std::min(chunk, m - p * chunk));
   });
@@ -191,7 +191,8 @@ class InPlaceRows {
 // transposed copy or MKL's packed form, made once here (apply() allocates nothing on the BLAS
 // and brgemm paths, so it may run inside an OpenMP parallel region; the aten path's
 // at::mm_out runs there too, on tensors wrapping the buffers). brgemm reads the same data as
-// the row-major (k, m) matrix op(w), and out row-major.
+// the row-major (k, m) matrix op(w), w in place, or w^T copied in panels (brgemm.h), and
+// out row-major.
 template <typename scalar_t>
 class RecurrentProduct {
  public:
@@ -215,6 +216,10 @@ class RecurrentProduct {
       if (packable_) {
         pack();
         w_ = at::Tensor();
+        return;
+      }
+      if (brgemm_ && transpose) {
+        w_ = transposed_in_panels(w, kPanelColumns);  // (H, G) in panels (brgemm.h)
         return;
       }
     }
@@ -286,6 +291,13 @@ class RecurrentProduct {
 
   void apply_brgemm(float* out, const float* a) const {
     const float* b = w_.data_ptr<float>();
+    if (transpose_) {
+      for_column_blocks(
+          batch_, m_, k_,
+          [&](int64_t n0, int64_t n) { brgemm_panels(batch_, n0, n, k_, a, k_, b, m_, out, m_); },
+          kPanelColumns);
+      return;
+    }
     for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) {
       brgemm_tiled(batch_, n, k_, a, k_, b + n0, ld_, out + n0, m_, /*add=*/false);
     });
@@ -304,7 +316,7 @@ class RecurrentProduct {
 
   at::Tensor weight_;  // w as given, on the ATen path only
   at::Tensor w_;       // w in the layout gemm and brgemm read: w, or its transposed copy
-                       // (none where packed_ holds it)
+                       // (on brgemm in panels; none where packed_ holds it)
   bool transpose_ = true;
   int64_t batch_ = 0, m_ = 0, k_ = 0;
   int64_t ld_ = 0;  // the leading dimension of w_ as gemm and brgemm read it

@@ -76,6 +76,45 @@ inline void brgemm_tiled(int64_t m, int64_t n, int64_t k, const float* a, int64_
   });
 }
 
+// A fixed (k, m) operand read step after step (the forward's W_hh^T) stored as panels of
+// kPanelColumns columns: panel j holds the columns [64 j, 64 j + w_j) of all k rows,
+// contiguous (row stride w_j, 64 but for the last), panel j at offset 64 j k. Rows of a
+// matrix m wide sit at a power-of-two stride for the usual hidden sizes, where brgemm's
+// reads of a tile's rows collide in the cache once the operand no longer fits in L2. One
+// core of a 2-core AMD EPYC (Zen 5), out (B, m) = a (B, k) @ w, time in panels over time
+// as one matrix: m 1024 or 2048, k 512 (2 or 4 MiB): B 8 0.70, B 16 and 32 0.85-0.87, B 64
+// 0.90-0.91; operands of 512 KiB (in L2) 0.96-0.98; m 1536, k 768 (no power of two)
+// 0.94-1.00. A stride padded by 16 columns gained most of it (0.75-0.92); panels of 128 or
+// 256 columns as much as of 64 (benchmarks/results/epyc-zen5-2core-panels-ab).
+inline constexpr int64_t kPanelColumns = 64;
+
+// tile(i, rows, j, width, p, depth) for every tile of the columns [n0, n0 + n) of a
+// (rows, m) result whose (k, m) operand is in panels, n0 a multiple of kPanelColumns: tiles
+// of kTileRows rows, one panel wide (the panel at column j, `width` columns), each summing k
+// in blocks of kTileDepth from p = 0.
+template <typename Tile>
+void for_each_panel_tile(int64_t rows, int64_t n0, int64_t n, int64_t k, int64_t m,
+                         const Tile& tile) {
+  for (int64_t i = 0; i < rows; i += kTileRows) {
+    for (int64_t j = n0; j < n0 + n; j += kPanelColumns) {
+      for (int64_t p = 0; p < k; p += kTileDepth) {
+        tile(i, std::min(kTileRows, rows - i), j, std::min(kPanelColumns, m - j), p,
+             std::min(kTileDepth, k - p));
+      }
+    }
+  }
+}
+
+// c (rows, n) = a (rows, k) @ the columns [n0, n0 + n) of a (k, m) operand in panels.
+inline void brgemm_panels(int64_t rows, int64_t n0, int64_t n, int64_t k, const float* a,
+                          int64_t lda, const float* panels, int64_t m, float* c, int64_t ldc) {
+  for_each_panel_tile(rows, n0, n, k, m, [&](int64_t i, int64_t tile_rows, int64_t j,
+                                             int64_t width, int64_t p, int64_t depth) {
+    brgemm(tile_rows, width, depth, a + i * lda + p, lda, panels + j * k + p * width, width,
+           c + i * ldc + j, ldc, /*add=*/p > 0);
+  });
+}
+
 // Whether auto picks brgemm for float32 products: torch has it, its oneDNN is enabled
 // (torch.backends.mkldnn.enabled; without it brgemm is an unpacked MKL call) and the CPU is
 // an x86 with AVX2 (what oneDNN's float32 kernel needs) that is not Intel's (see above).

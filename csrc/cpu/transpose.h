@@ -54,4 +54,26 @@ inline at::Tensor transposed(const at::Tensor& w) {
   return out;
 }
 
+// w (m, k) of 4-byte elements (float32; bfloat16 pairs viewed as int32), any strides: w^T
+// (k, m) in panels of `columns` columns, a new (m * k) tensor of w's dtype: panel j holds
+// the columns [columns j, columns j + w_j) of w^T's k rows contiguously (row stride w_j:
+// `columns` but for the last panel), from element columns j k (the layout brgemm_panels
+// reads, brgemm.h).
+inline at::Tensor transposed_in_panels(const at::Tensor& w, int64_t columns) {
+  TORCH_CHECK(w.dim() == 2 && w.element_size() == 4,
+              "fusedrnn cpu backend: transposed_in_panels() takes a 2-D tensor of 4-byte elements");
+  const at::Tensor in = w.contiguous();
+  const int64_t m = in.size(0), k = in.size(1);
+  at::Tensor out = at::empty({m * k}, in.options());
+  const auto* src = static_cast<const uint32_t*>(in.const_data_ptr());
+  auto* dst = static_cast<uint32_t*>(out.data_ptr());
+  at::parallel_for(0, (m + columns - 1) / columns, 1, [&](int64_t first, int64_t last) {
+    for (int64_t panel = first; panel < last; ++panel) {
+      const int64_t j = panel * columns, width = std::min(columns, m - j);
+      detail::transpose_rows(src + j * k, dst + j * k, width, k, 0, width);
+    }
+  });
+  return out;
+}
+
 }  // namespace fusedrnn::cpu
