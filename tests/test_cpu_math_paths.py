@@ -97,11 +97,14 @@ from fusedrnn.backends import cpu as cpu_backend
 # One step: the backward's time loop is split by hidden units too (its products read
 # W_hh's column blocks in place), where longer ones overlap the products over all steps.
 # Batch 300: chunks of the products over all steps longer than brgemm's blocks of rows;
-# 16 x 256: the LSTM's backward overlapped on brgemm only.
+# 16 x 256: the LSTM's backward overlapped on brgemm only; hidden 600: the forward's operand
+# in panels (brgemm.h), more than one block of k in each; 64 x 520: in panels, its columns
+# split between threads at panel boundaries.
 for cell, batch, hidden, steps in (("LSTM", 3, 200, 5), ("LSTM", 3, 200, 1), ("GRU", 2, 220, 5),
                                    ("LSTM", 2, 9, 5), ("GRU", 4, 12, 5), ("RNN", 3, 400, 5),
                                    ("RNN", 2, 10, 5), ("LSTM", 300, 24, 3),
-                                   ("LSTM", 16, 256, 4)):
+                                   ("LSTM", 16, 256, 4), ("GRU", 3, 600, 3),
+                                   ("LSTM", 64, 520, 2)):
     for dtype, bound in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         reference = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="reference")
         candidate = getattr(fusedrnn, cell)(6, hidden, dtype=dtype, backend="cpu")
@@ -120,9 +123,9 @@ ops = torch.ops.fusedrnn
 for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
     names = (f"{op}_forward", f"{op}_recurrence_bwd")  # the cpu backend's forward, backward
     forward, backward = (getattr(ops, name) for name in names)
-    # Threaded, with more than one block of k in brgemm's tiles; odd K (MKL's forward
-    # product); more rows than one tile.
-    for batch, hidden in ((4, 200), (2, 25), (70, 40)):
+    # Threaded; odd K (MKL's forward product); more rows than one tile; more than one
+    # block of k in brgemm's tiles.
+    for batch, hidden in ((4, 200), (2, 25), (70, 40), (3, 600)):
         seen = []
         for name, original in zip(names, (forward, backward)):
             setattr(ops, name, (lambda original: lambda first, *args:

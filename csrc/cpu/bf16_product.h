@@ -95,10 +95,14 @@ class Bf16Product {
       : w_(w), transpose_(transpose), batch_(batch), m_(transpose ? w.size(0) : w.size(1)),
         k_(transpose ? w.size(1) : w.size(0)), brgemm_(bf16_uses_brgemm(k_)) {
     TORCH_CHECK(has_bf16_product(k_), "fusedrnn cpu backend: no bfloat16 product here");
+    panels_ = brgemm_ && transpose && m_ * k_ * 2 >= kPanelsFromBytes;
     if (brgemm_ && transpose) {
       // w (m, k): its pairs along k are 32-bit words, (m, k/2), and the layout is their
-      // transpose, made by the blocked copy of transpose.h.
-      pairs_ = transposed(w.contiguous().view(at::kInt)).view(at::kBFloat16);
+      // transpose, in panels as the float32 products' from kPanelsFromBytes (brgemm.h), by
+      // the blocked copies of transpose.h.
+      const at::Tensor words = w.contiguous().view(at::kInt);
+      pairs_ = (panels_ ? transposed_in_panels(words, kPanelColumns) : transposed(words))
+                   .view(at::kBFloat16);
     } else if (brgemm_) {
       pairs_ = w.reshape({k_ / 2, 2, m_}).transpose(1, 2).contiguous();  // w (k, m)
     }
@@ -148,24 +152,36 @@ class Bf16Product {
       std::fill(out, out + batch_ * m_, 0.0f);
       return;
     }
-    for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) { columns(out, a, n0, n); });
+    for_column_blocks(
+        batch_, m_, k_, [&](int64_t n0, int64_t n) { columns(out, a, n0, n); },
+        panels_ ? kPanelColumns : 16);
   }
 
  private:
   Bf16Product() = default;
 
   // Columns [n0, n0 + n) of out on this thread, in brgemm.h's tiles (their blocks of k are
-  // even, as pairs_ needs).
+  // even, as pairs_ needs); in the panels of pairs_ where it has them, n0 a multiple of
+  // kPanelColumns: panel j's pairs from bfloat16 element j k, (k/2, w_j, 2).
   void columns(float* out, const uint16_t* a, int64_t n0, int64_t n) const {
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
     const auto* a16 = reinterpret_cast<const at::BFloat16*>(a);
-    const at::BFloat16* pairs = pairs_.data_ptr<at::BFloat16>() + 2 * n0;
-    for_each_tile(batch_, n, k_, [&](int64_t i, int64_t rows, int64_t j, int64_t columns,
-                                     int64_t p, int64_t depth) {
-      at::native::cpublas::brgemm(rows, columns, depth, k_, m_, m_, /*add_C=*/p > 0,
-                                  a16 + i * k_ + p, pairs + p * m_ + 2 * j,
-                                  out + i * m_ + n0 + j, /*is_vnni=*/true);
-    });
+    const at::BFloat16* pairs = pairs_.data_ptr<at::BFloat16>();
+    if (panels_) {
+      for_each_panel_tile(batch_, n0, n, k_, m_, [&](int64_t i, int64_t rows, int64_t j,
+                                                     int64_t width, int64_t p, int64_t depth) {
+        at::native::cpublas::brgemm(rows, width, depth, k_, width, m_, /*add_C=*/p > 0,
+                                    a16 + i * k_ + p, pairs + j * k_ + p * width,
+                                    out + i * m_ + j, /*is_vnni=*/true);
+      });
+    } else {
+      for_each_tile(batch_, n, k_, [&](int64_t i, int64_t rows, int64_t j, int64_t columns,
+                                       int64_t p, int64_t depth) {
+        at::native::cpublas::brgemm(rows, columns, depth, k_, m_, m_, /*add_C=*/p > 0,
+                                    a16 + i * k_ + p, pairs + p * m_ + 2 * (n0 + j),
+                                    out + i * m_ + n0 + j, /*is_vnni=*/true);
+      });
+    }
     // On AMX the kernel leaves its tile configuration loaded; other code on this thread
     // (torch's own oneDNN calls) may change it between two of these products.
     at::native::cpublas::brgemm_release(/*is_vnni=*/true);
@@ -175,7 +191,7 @@ class Bf16Product {
   at::Tensor w_, pairs_;
   bool transpose_ = true;
   int64_t batch_ = 0, m_ = 0, k_ = 0;
-  bool brgemm_ = false;
+  bool brgemm_ = false, panels_ = false;  // panels_: pairs_ in panels (brgemm.h)
   std::optional<InPlaceRows<uint16_t, float>> in_place_;  // the row dots, where in place
 };
 

@@ -191,8 +191,8 @@ class InPlaceRows {
 // transposed copy or MKL's packed form, made once here (apply() allocates nothing on the BLAS
 // and brgemm paths, so it may run inside an OpenMP parallel region; the aten path's
 // at::mm_out runs there too, on tensors wrapping the buffers). brgemm reads the same data as
-// the row-major (k, m) matrix op(w), w in place, or w^T copied in panels (brgemm.h), and
-// out row-major.
+// the row-major (k, m) matrix op(w): w in place, or w^T copied, in panels from
+// kPanelsFromBytes (brgemm.h); out row-major.
 template <typename scalar_t>
 class RecurrentProduct {
  public:
@@ -218,7 +218,8 @@ class RecurrentProduct {
         w_ = at::Tensor();
         return;
       }
-      if (brgemm_ && transpose) {
+      panels_ = brgemm_ && transpose && m_ * k_ * 4 >= kPanelsFromBytes;
+      if (panels_) {
         w_ = transposed_in_panels(w, kPanelColumns);  // (H, G) in panels (brgemm.h)
         return;
       }
@@ -291,7 +292,7 @@ class RecurrentProduct {
 
   void apply_brgemm(float* out, const float* a) const {
     const float* b = w_.data_ptr<float>();
-    if (transpose_) {
+    if (panels_) {
       for_column_blocks(
           batch_, m_, k_,
           [&](int64_t n0, int64_t n) { brgemm_panels(batch_, n0, n, k_, a, k_, b, m_, out, m_); },
@@ -321,6 +322,7 @@ class RecurrentProduct {
   int64_t batch_ = 0, m_ = 0, k_ = 0;
   int64_t ld_ = 0;  // the leading dimension of w_ as gemm and brgemm read it
   bool blas_ = false, brgemm_ = false, packable_ = false;
+  bool panels_ = false;  // w_ is w^T in panels (brgemm.h)
   std::optional<InPlaceRows<scalar_t, scalar_t>> in_place_;  // the row dots, where in place
   at::Tensor packed_;
 };

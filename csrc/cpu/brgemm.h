@@ -85,8 +85,13 @@ inline void brgemm_tiled(int64_t m, int64_t n, int64_t k, const float* a, int64_
 // as one matrix: m 1024 or 2048, k 512 (2 or 4 MiB): B 8 0.70, B 16 and 32 0.85-0.87, B 64
 // 0.90-0.91; operands of 512 KiB (in L2) 0.96-0.98; m 1536, k 768 (no power of two)
 // 0.94-1.00. A stride padded by 16 columns gained most of it (0.75-0.92); panels of 128 or
-// 256 columns as much as of 64 (benchmarks/results/epyc-zen5-2core-panels-ab).
+// 256 columns as much as of 64 (benchmarks/results/epyc-zen5-2core-panels-ab). Operands
+// under 512 KiB keep the one matrix (modules at hidden 128 gained nothing): a product of one
+// batch row over 256 columns is one brgemm call on it, four on panels, and each call costs
+// its kernel's lookup (a bfloat16 LSTM of hidden 64 at batch 1 took 1.2x the time on
+// panels).
 inline constexpr int64_t kPanelColumns = 64;
+inline constexpr int64_t kPanelsFromBytes = int64_t{1} << 19;
 
 // tile(i, rows, j, width, p, depth) for every tile of the columns [n0, n0 + n) of a
 // (rows, m) result whose (k, m) operand is in panels, n0 a multiple of kPanelColumns: tiles
