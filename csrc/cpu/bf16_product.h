@@ -95,7 +95,7 @@ class Bf16Product {
       : w_(w), transpose_(transpose), batch_(batch), m_(transpose ? w.size(0) : w.size(1)),
         k_(transpose ? w.size(1) : w.size(0)), brgemm_(bf16_uses_brgemm(k_)) {
     TORCH_CHECK(has_bf16_product(k_), "fusedrnn cpu backend: no bfloat16 product here");
-    panels_ = brgemm_ && transpose && m_ * k_ * 2 >= kPanelsFromBytes;
+    panels_ = brgemm_ && transpose && m_ * k_ * int64_t{sizeof(uint16_t)} >= kPanelsFromBytes;
     if (brgemm_ && transpose) {
       // w (m, k): its pairs along k are 32-bit words, (m, k/2), and the layout is their
       // transpose, in panels as the float32 products' from kPanelsFromBytes (brgemm.h), by

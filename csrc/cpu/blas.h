@@ -218,7 +218,7 @@ class RecurrentProduct {
         w_ = at::Tensor();
         return;
       }
-      panels_ = brgemm_ && transpose && m_ * k_ * 4 >= kPanelsFromBytes;
+      panels_ = brgemm_ && transpose && m_ * k_ * int64_t{sizeof(float)} >= kPanelsFromBytes;
       if (panels_) {
         w_ = transposed_in_panels(w, kPanelColumns);  // (H, G) in panels (brgemm.h)
         return;

@@ -28,8 +28,9 @@ namespace {
 // w_ih transposed in the call (a training loop's case, see transposed_w_ih): inputs 512,
 // gates 2048, 32 rows 0.39 vs 0.42, 64 rows 0.69 vs 0.59, 512 rows 4.9 vs 2.7; inputs 1024,
 // gates 4096, 64 rows 3.1 vs 3.5, 128 rows 5.6 vs 4.8; inputs 128 to 256, brgemm from 32
-// rows. With w_ih^T kept (inference), brgemm took 0.47-0.52 of MKL's time from 64 rows. (The 1024 rows before came from the Zen 4 at 49fb197:
-// 100 rows x 256 inputs, 1024 gates, brgemm 0.54 against MKL's 0.33 ms.)
+// rows. With w_ih^T kept (inference), brgemm took 0.47-0.52 of MKL's time from 64 rows.
+// (The 1024 rows before came from the Zen 4 at 49fb197: 100 rows x 256 inputs, 1024 gates,
+// brgemm 0.54 against MKL's 0.33 ms.)
 constexpr int64_t kBrgemmRowsFrom = 64;
 
 // w_ih^T (I, G), kept while w_ih is unchanged (prepared_cache.h): an inference loop's calls

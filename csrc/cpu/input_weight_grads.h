@@ -274,7 +274,8 @@ class InputWeightGrads {
         constexpr int64_t kBlockRows = 256;
         const int64_t count = (last - first) * batch_;
         thread_local std::vector<float> scratch;
-        scratch.resize((transposed_acc ? width : rows) * std::clamp<int64_t>(count, 1, kBlockRows));
+        const int64_t scratch_rows = std::clamp<int64_t>(count, 1, kBlockRows);
+        scratch.resize((transposed_acc ? width : rows) * scratch_rows);
         const float* dgp = step_ptr(dg, first);
         const float* sp = step_ptr(src, from);
         // At least one pass: a chunk of no rows still sets acc to beta * acc.
