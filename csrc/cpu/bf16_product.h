@@ -154,7 +154,7 @@ class Bf16Product {
     }
     for_column_blocks(
         batch_, m_, k_, [&](int64_t n0, int64_t n) { columns(out, a, n0, n); },
-        panels_ ? kPanelColumns : 16);
+        panels_ ? kPanelColumns : kColumnBlockAlign);
   }
 
  private:

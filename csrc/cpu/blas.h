@@ -86,9 +86,12 @@ constexpr int64_t kThreadedFrom = 1 << 18;
 
 // fn(n0, n) for blocks [n0, n0 + n) covering the columns [0, m) of a brgemm product of
 // batch x m x k multiply-adds: one block on this thread inside a parallel region, with one
-// thread or below kThreadedFrom; else blocks a multiple of `align` wide on torch's threads.
+// thread or below kThreadedFrom; else blocks a multiple of `align` wide on torch's threads
+// (the vector width, or a product's panels: brgemm.h).
+constexpr int64_t kColumnBlockAlign = 16;
 template <typename Fn>
-void for_column_blocks(int64_t batch, int64_t m, int64_t k, const Fn& fn, int64_t align = 16) {
+void for_column_blocks(int64_t batch, int64_t m, int64_t k, const Fn& fn,
+                       int64_t align = kColumnBlockAlign) {
   const int64_t threads = at::get_num_threads();
   if (at::in_parallel_region() || threads == 1 || batch * m * k < kThreadedFrom) {
     fn(int64_t{0}, m);
