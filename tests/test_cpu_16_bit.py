@@ -57,9 +57,11 @@ def test_bfloat16_kernels_within_the_low_precision_rule(monkeypatch, cell, op, k
     steps in bfloat16): never widened."""
     _bf16_kernel(monkeypatch)
     calls, backward_calls = [], []
-    for name, seen in ((f"{op}_forward", calls), (f"{op}_recurrence_bwd", backward_calls)):
-        monkeypatch.setattr(torch.ops.fusedrnn, name,
-                            _recording(getattr(torch.ops.fusedrnn, name), seen))
+    # The forward kernel as the backend calls it outside the profiler (the extension's plain
+    # function, cpu._kernels); the generic backward's recurrence op through torch.ops.
+    for where, name, seen in ((_extension.CPU.load(), f"{op}_forward", calls),
+                              (torch.ops.fusedrnn, f"{op}_recurrence_bwd", backward_calls)):
+        monkeypatch.setattr(where, name, _recording(getattr(where, name), seen))
     _check_low_precision(cell, kwargs, torch.bfloat16)
     for seen in (calls, backward_calls):  # the float64 oracle's calls run here too
         assert torch.bfloat16 in seen and torch.float32 not in seen  # never widened

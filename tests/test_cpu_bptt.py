@@ -6,6 +6,7 @@ every thread count and chunking, and through ``opcheck``."""
 import pytest
 import torch
 
+from fusedrnn import _extension
 from fusedrnn.backends import common
 from fusedrnn.testing import torch_threads as threads
 from fusedrnn.backends.recurrence import CPU_SCHEMAS
@@ -160,6 +161,17 @@ def test_opcheck_lstm_proj_recurrence_fwd(save):
     torch.library.opcheck(OPS.lstm_proj_recurrence_fwd.default, args)
     with pytest.raises(RuntimeError, match=r"fusedrnn cpu backend: w_hh should have shape \[32, 3\]"):
         OPS.lstm_proj_recurrence_fwd(xproj, None, torch.randn(32, 8), w_hr, *args[4:])
+
+
+@pytest.mark.parametrize("cell, proj", [("lstm", 0), ("lstm", 4), ("gru", 0), ("rnn", 0)])
+def test_plain_kernel_functions_match_the_ops(cell, proj):
+    """The extension's plain functions of the bptt kernels (python_calls.h), which the cpu
+    backend calls outside the profiler: the ops' results, bit for bit."""
+    args = _problem(cell, 7, 3, 5, 6, torch.tensor([7, 2, 5]), True, bias=True, proj=proj)
+    direct = getattr(_extension.CPU.load(), f"{cell}_bptt")
+    for result, expected in zip(direct(*args), getattr(OPS, f"{cell}_bptt")(*args),
+                                strict=True):
+        assert torch.equal(result, expected)
 
 
 def test_bptt_without_bias_returns_empty_bias_gradients():

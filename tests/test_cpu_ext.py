@@ -8,6 +8,9 @@ the cell math at the ends of its range and every product and math path in
 test_cpu_math_paths.py.
 """
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -208,6 +211,67 @@ def test_layer_forward_ops_are_the_projection_then_the_recurrence_op(cell, proj,
         for result, expected in zip(results, recurrence):
             assert torch.equal(result, expected)
         torch.library.opcheck(op.default, (*args.values(), reverse, flag))
+        # The same kernel as a plain function of the extension (python_calls.h), as the cpu
+        # backend calls it outside the profiler.
+        direct = getattr(_extension.CPU.load(), op.__name__.split(".")[-1])
+        for result, expected in zip(direct(*args.values(), reverse, flag), recurrence):
+            assert torch.equal(result, expected)
+
+
+def test_plain_kernel_functions_name_bad_arguments():
+    """The extension's plain functions of the ops' kernels (python_calls.h) check what
+    torch.ops' schema would: the argument count, each argument's type by position; then the
+    kernel's own checks, raised as torch raises them."""
+    args = list(_layer_forward_args("lstm", bias=True, proj=False).values()) + [False, False]
+    lstm_forward = _extension.CPU.load().lstm_forward
+    with pytest.raises(TypeError, match="lstm_forward takes 11 arguments, got 10"):
+        lstm_forward(*args[:-1])
+    with pytest.raises(TypeError, match="lstm_forward: argument 2 must be a Tensor, not int"):
+        lstm_forward(*args[:2], 3, *args[3:])
+    with pytest.raises(TypeError, match="argument 10 must be a bool, not int"):
+        lstm_forward(*args[:-1], 0)
+    with pytest.raises(RuntimeError, match=r"fusedrnn cpu backend: h0 should have shape \[3, 8\]"):
+        lstm_forward(*args[:6], torch.randn(2, 8), *args[7:])
+
+
+def test_the_backend_calls_the_plain_functions_but_under_the_profiler():
+    """Outside the profiler the cpu backend skips torch.ops' boxed call; under it, it calls
+    the ops, whose records the profiler's trace shows (test_bidirectional.py)."""
+    from fusedrnn.backends import cpu
+
+    module = _extension.CPU.load()
+    assert cpu._kernels(module) is module
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+        assert cpu._kernels(module) is torch.ops.fusedrnn
+
+
+def test_plain_kernel_functions_release_the_gil():
+    """A bidirectional layer's directions run on two threads at once (thread_split.py), so
+    the kernels must run without the GIL, as torch.ops' calls do: while one runs on another
+    thread (about 0.1 s here), this thread keeps running Python, sampling the clock; holding
+    the GIL would leave one gap in the samples as long as the call."""
+    lstm_forward = _extension.CPU.load().lstm_forward
+    args = list(_layer_forward_args("lstm", bias=True, proj=False).values())
+    args[0] = torch.randn(200_000, 3, 6)  # x
+    args[-1] = None  # lengths
+    span = []
+
+    def call():
+        start = time.perf_counter()
+        lstm_forward(*args, False, False)
+        span.extend((start, time.perf_counter()))
+
+    samples = []
+    with testing.torch_threads(1):
+        worker = threading.Thread(target=call)
+        worker.start()
+        while worker.is_alive():
+            samples.append(time.perf_counter())
+        worker.join()
+    start, end = span
+    inside = [start] + [t for t in samples if start < t < end] + [end]
+    longest_gap = max(b - a for a, b in zip(inside, inside[1:]))
+    assert longest_gap < (end - start) / 2, (longest_gap, end - start)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])

@@ -119,16 +119,18 @@ extension = _extension.CPU.load()
 assert extension.avx512_rows() or os.environ["FUSEDRNN_CPU_MATH"] != "auto" or not avx512
 assert not extension.avx512_rows() or os.environ["FUSEDRNN_CPU_MATH"] == "auto"
 cpu_backend.BF16_KERNEL_FROM = cpu_backend.BF16_BRGEMM_FROM = 0
-ops = torch.ops.fusedrnn
 for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
-    names = (f"{op}_forward", f"{op}_recurrence_bwd")  # the cpu backend's forward, backward
-    forward, backward = (getattr(ops, name) for name in names)
+    # The cpu backend's forward (the extension's plain function, as the backend calls it
+    # outside the profiler) and backward (the generic one's recurrence op).
+    where = (extension, torch.ops.fusedrnn)
+    names = (f"{op}_forward", f"{op}_recurrence_bwd")
+    forward, backward = (getattr(w, name) for w, name in zip(where, names))
     # Threaded; odd K (MKL's forward product); more rows than one tile; more than one
     # block of k in brgemm's tiles.
     for batch, hidden in ((4, 200), (2, 25), (70, 40), (3, 600)):
         seen = []
-        for name, original in zip(names, (forward, backward)):
-            setattr(ops, name, (lambda original: lambda first, *args:
+        for w, name, original in zip(where, names, (forward, backward)):
+            setattr(w, name, (lambda original: lambda first, *args:
                     seen.append(first.dtype) or original(first, *args))(original))  # records
         make = lambda dtype, backend: getattr(fusedrnn, cell)(6, hidden, dtype=dtype,
                                                               backend=backend)
@@ -138,8 +140,8 @@ for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
                                           testing.make_packed(batch, 5, 6, dtype=torch.float64))
         kernel = (hidden % 2 == 0 and extension.bf16_on_brgemm()) or extension.bf16_on_mkl()
         assert seen and set(seen) == {torch.bfloat16 if kernel else torch.float32}, (cell, seen)
-    for name, original in zip(names, (forward, backward)):
-        setattr(ops, name, original)
+    for w, name, original in zip(where, names, (forward, backward)):
+        setattr(w, name, original)
 # Kept products keep no weight alive on this path (the aten path's and MKL's bfloat16
 # product read W_hh in place: the cache does not keep them).
 for cell in ("LSTM", "GRU", "RNN"):

@@ -20,6 +20,7 @@
 #include "mkl_threads.h"
 #include "recurrence_cpu.h"
 #include "prepared_cache.h"
+#include "python_calls.h"
 #include "unit_split.h"
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
@@ -247,6 +248,12 @@ PyObject* bytes_checksum(PyObject*, PyObject* args) {
 }
 
 PyMethodDef methods[] = {
+    FUSEDRNN_PYTHON_CALL(lstm_forward, "fusedrnn::lstm_forward's CPU kernel, called directly"),
+    FUSEDRNN_PYTHON_CALL(gru_forward, "fusedrnn::gru_forward's CPU kernel, called directly"),
+    FUSEDRNN_PYTHON_CALL(rnn_forward, "fusedrnn::rnn_forward's CPU kernel, called directly"),
+    FUSEDRNN_PYTHON_CALL(lstm_bptt, "fusedrnn::lstm_bptt's CPU kernel, called directly"),
+    FUSEDRNN_PYTHON_CALL(gru_bptt, "fusedrnn::gru_bptt's CPU kernel, called directly"),
+    FUSEDRNN_PYTHON_CALL(rnn_bptt, "fusedrnn::rnn_bptt's CPU kernel, called directly"),
     {"run_pair", run_pair, METH_VARARGS,
      "run_pair(first, second) -> (first(), second()), on two OpenMP threads at once"},
     {"has_bf16_gemm", has_bf16_gemm, METH_NOARGS,

@@ -91,8 +91,7 @@ class CpuBackend(RecurrenceBackend):
         """One ``*_forward`` op: the input projection, the biases and the time loop in one
         call. Three calls from Python took 5-15% more of a cell's step at hidden 128-256
         (benchmarks/results/epyc-2core-forward-op-ab)."""
-        self.extension.load()
-        ops = torch.ops.fusedrnn
+        ops = _kernels(self.extension.load())
         if cell == "lstm":
             return ops.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
                                     save)
@@ -145,8 +144,7 @@ class CpuBackend(RecurrenceBackend):
                   ws_a, ws_b, reverse, has_bias):
         """One ``*_bptt`` op: the kernel runs the products over all steps (gradients of x,
         the weights and the biases) on other threads while its time loop runs."""
-        self.extension.load()
-        ops = torch.ops.fusedrnn
+        ops = _kernels(self.extension.load())
         if cell == "lstm":
             return ops.lstm_bptt(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
                                  y, ws_a, ws_b, reverse, has_bias)
@@ -157,6 +155,14 @@ class CpuBackend(RecurrenceBackend):
         *grads, dh0 = ops.rnn_bptt(grad_y, grad_hn, x, w_ih, w_hh, h0, lengths, y, reverse,
                                    cell == "rnn_relu", has_bias)
         return (*grads, common.empty(x), dh0, common.empty(x))
+
+
+def _kernels(module):
+    """Where the ``*_forward`` and ``*_bptt`` ops' CPU kernels are called from: the
+    extension's plain functions of them (``csrc/cpu/python_calls.h``, 2-3 us less a call than
+    torch.ops' boxed call), or, while the profiler records, the ops themselves, so that its
+    trace shows them."""
+    return torch.ops.fusedrnn if torch._C._autograd._profiler_enabled() else module
 
 
 def describe_products():
