@@ -18,9 +18,10 @@ struct RecurrenceSizes {
   at::Tensor lengths;
 };
 
-inline std::string backend_of(c10::DeviceType device) {
-  return std::string("fusedrnn ") + (device == c10::DeviceType::CUDA ? "cuda" : "cpu") +
-         " backend";
+// A literal: the checks below run on every op call, and their messages are built only
+// where one fails.
+inline const char* backend_of(c10::DeviceType device) {
+  return device == c10::DeviceType::CUDA ? "fusedrnn cuda backend" : "fusedrnn cpu backend";
 }
 
 inline std::vector<int64_t> time_order(int64_t steps, bool reverse) {
@@ -33,7 +34,7 @@ inline std::vector<int64_t> time_order(int64_t steps, bool reverse) {
 // tensor must share its device and dtype.
 inline void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& lead,
                          int64_t dim, c10::DeviceType device) {
-  const std::string who = backend_of(device);
+  const char* who = backend_of(device);
   TORCH_CHECK(t.device().type() == device, who, ": ", name, " must be a ",
               c10::DeviceTypeName(device), " tensor, got one on ", t.device());
   TORCH_CHECK(t.device() == lead.device(), who, ": ", name, " is on ", t.device(),
