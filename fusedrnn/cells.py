@@ -13,6 +13,8 @@ from . import functional, modules
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
+_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
 
 class RNNCellBase(nn.Module):
     """Parameters ``weight_ih (G, I)``, ``weight_hh (G, H)``, ``bias_ih``, ``bias_hh (G,)``."""
@@ -49,8 +51,8 @@ class RNNCellBase(nn.Module):
         return s.format(**self.__dict__)
 
     def _weights(self):
-        weights = [self.weight_ih, self.weight_hh]
-        return weights + ([self.bias_ih, self.bias_hh] if self.bias else [])
+        names = _WEIGHTS if self.bias else _WEIGHTS[:2]
+        return modules.module_weights(self, names)
 
     def to_torch_nn(self):
         """The ``torch.nn`` cell of this configuration, holding this cell's Parameter objects
@@ -82,7 +84,7 @@ class RNNCellBase(nn.Module):
                         or state.shape[-1] != self.hidden_size
                         or (batched and state.shape[0] != input.shape[0])):
                     self._refuse_state(name, state, input)
-            states = [s.unsqueeze(0) if batched else s.view(1, 1, -1) for s in states]
+            states = [s if batched else s.view(1, -1) for s in states]
         sequence = input.unsqueeze(0) if batched else input.view(1, 1, -1)
         return run(sequence, states, weights, batched)
 
@@ -103,7 +105,8 @@ class RNNCellBase(nn.Module):
 
 def _final_states(cell, module, sequence, states, weights):
     """``functional._run`` of one step of ``module`` (``cell``: the op's name) on its
-    ``weights``: the final states, each the op's own ``(B, H)`` tensor (``step_cell``)."""
+    ``weights`` from ``states``, ``(B, H)`` tensors or None: the final states, each the op's
+    own ``(B, H)`` tensor (``step_cell``)."""
     _, finals = functional._run(cell, sequence, states, weights, module.bias, 1, 0.0, False,
                                 False, False, 0, module.backend, step_cell=True)
     return finals

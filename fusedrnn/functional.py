@@ -109,8 +109,9 @@ def _plan_key(options, backend, input, hx, weights):
 def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirectional,
          batch_first, proj_size, backend, step_cell=False):
     """``step_cell``: one step of a cell (``torch.nn.LSTMCell``'s autocast rule differs from
-    ``torch.nn.LSTM``'s): one layer and direction of batched input, whose final states come
-    back as that layer's own ``(B, S)`` tensors, not stacked into ``(1, B, S)`` copies."""
+    ``torch.nn.LSTM``'s): one layer and direction of batched input, its states given as
+    ``(B, S)`` tensors (``hx`` as the cell's own), its final states returned as that layer's
+    own ``(B, S)`` tensors, not stacked into ``(1, B, S)`` copies."""
     weights = list(weights)
     options = (cell, bias, num_layers, dropout, training, bidirectional, batch_first, proj_size,
                step_cell)
@@ -127,18 +128,32 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     else:  # the checks passed for this signature: only the layout
         x, _ = _batched_time_major(_MODE_NAMES[cell], input, batch_first)
         if hx is None:
-            states = [x.new_zeros(shape) for shape in plan.state_shapes]
+            states = [[x.new_zeros(shape[1:])] if shape[0] == 1 else x.new_zeros(shape).unbind(0)
+                      for shape in plan.state_shapes]
+        elif step_cell:
+            states = [[s] for s in _as_tuple(hx)]
         else:
-            states = [s if plan.batched else s.unsqueeze(1) for s in _as_tuple(hx)]
+            count = plan.num_layers * plan.directions
+            states = [_per_layer(s if plan.batched else s.unsqueeze(1), count)
+                      for s in _as_tuple(hx)]
         lengths = positions = None
     return _layers(plan, x, states, weights, lengths, positions, input, dropout, training)
+
+
+def _per_layer(state, count):
+    """A ``(L*D, B, S)`` state, ``count`` = L*D, as its ``(B, S)`` tensors, one per layer and
+    direction (one view for one layer: a view costs most of a microsecond)."""
+    return [state[0]] if count == 1 else state.unbind(0)
 
 
 def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional, batch_first,
              proj_size, backend, step_cell):
     """Check a call and make its plan: ``(plan, x, states, weights, lengths, positions)``,
-    ``x`` time-major and padded, the states ``(L*D, B, S)``, all in the call's dtype."""
+    ``x`` time-major and padded, the states per kind (h, and the LSTM's c) a list of ``(B, S)``
+    tensors per layer and direction, all in the call's dtype."""
     name = _MODE_NAMES[cell]
+    if step_cell and hx is not None:  # checked below as a layer's (1, B, S)
+        hx = tuple(s.unsqueeze(0) for s in hx) if cell == "lstm" else hx.unsqueeze(0)
     directions = 2 if bidirectional else 1
     per_direction = weights_per_direction(bias, proj_size)
     _check_config(name, weights, num_layers, directions, per_direction, dropout, proj_size)
@@ -197,6 +212,7 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
     plan = _Plan(cell, bias, num_layers, directions, per_direction, proj_size, batched,
                  batch_first, step_cell, state_shapes, save, choice.name, op, pair_op,
                  output_dtype)
+    states = [_per_layer(s, num_layers * directions) for s in states]
     return plan, x, states, weights, lengths, positions
 
 

@@ -67,6 +67,28 @@ def test_torch_jit_script_scripts_the_torch_nn_module(name, kwargs, tmp_path):
     testing.assert_close_relative([loaded(x)], [expected], 1e-10, "saved and loaded")
 
 
+class _Doubled(nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("name, kwargs", CONFIGS)
+def test_a_parametrized_weight_is_the_one_used(name, kwargs):
+    """A parametrization (a property in the parameter's place) is what a call runs on, as in
+    torch.nn: the modules read registered parameters from ``_parameters`` and anything else
+    by getattr (modules.module_weights)."""
+    ours = getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT)
+    weight = "weight_hh" if name.endswith("Cell") else "weight_hh_l0"
+    theirs = ours.to_torch_nn()
+    x = _input(name, ours)
+    nn.utils.parametrize.register_parametrization(ours, weight, _Doubled())
+    nn.utils.parametrize.register_parametrization(theirs, weight, _Doubled())
+    out, ref = testing.flatten_outputs(ours(x)), testing.flatten_outputs(theirs(x))
+    testing.assert_close_relative(out, ref, 1e-10, name)
+    out[0].sum().backward()
+    assert ours.parametrizations[weight].original.grad is not None
+
+
 def test_to_torch_nn_refuses_a_parametrized_weight():
     module = fusedrnn.LSTM(5, 8)
     nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")
