@@ -52,7 +52,7 @@ class RNNCellBase(nn.Module):
 
     def _weights(self):
         names = _WEIGHTS if self.bias else _WEIGHTS[:2]
-        return modules.module_weights(self, names)
+        return modules.module_weights(self, names, getattr)  # torch's error for a deleted one
 
     def to_torch_nn(self):
         """The ``torch.nn`` cell of this configuration, holding this cell's Parameter objects

@@ -219,16 +219,17 @@ def _refuse_unknown(cls, kwargs):
 _MISSING = object()
 
 
-def module_weights(module, names):
-    """``[getattr(module, name) for name in names]`` for the weights read on every call.
-    Registered parameters are read from ``module._parameters`` (where
-    ``torch.func.functional_call`` puts its tensors too): nn.Module's ``__getattr__``, Python
-    code, took about 2 us of an LSTM cell's four weights. Anything else (a parametrization's
-    property, a plain attribute) by getattr."""
+def module_weights(module, names, read=None):
+    """``[read(module, name) for name in names]`` (``read``: :func:`module_weight` by default)
+    for the weights read on every call. Registered parameters are read from
+    ``module._parameters`` (where ``torch.func.functional_call`` puts its tensors too):
+    nn.Module's ``__getattr__``, Python code, took about 2 us of an LSTM cell's four weights.
+    Anything else (a parametrization's property, a plain attribute, a deleted weight) by
+    ``read``."""
     parameters = module._parameters
     weights = [parameters.get(name, _MISSING) for name in names]
     if any(weight is _MISSING for weight in weights):
-        return [module_weight(module, name) for name in names]
+        return [(read or module_weight)(module, name) for name in names]
     return weights
 
 

@@ -148,6 +148,16 @@ def test_a_deleted_weight_is_named():
         module(torch.randn(3, 2, 4))
 
 
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_cell_with_a_deleted_weight_raises_torchs_error(name):
+    ours, theirs = getattr(fusedrnn, name)(4, 6), getattr(torch.nn, name)(4, 6)
+    x = torch.randn(2, 4)
+    for module in (ours, theirs):
+        del module.weight_hh
+        with pytest.raises(AttributeError, match=f"'{name}' object has no attribute 'weight_hh'"):
+            module(x)
+
+
 def test_unknown_nonlinearity():
     with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
         fusedrnn.RNN(4, 6, nonlinearity="gelu")

@@ -214,24 +214,59 @@ def test_layer_forward_ops_are_the_projection_then_the_recurrence_op(cell, proj,
         # The same kernel as a plain function of the extension (python_calls.h), as the cpu
         # backend calls it outside the profiler.
         direct = getattr(_extension.CPU.load(), op.__name__.split(".")[-1])
-        for result, expected in zip(direct(*args.values(), reverse, flag), recurrence):
+        for result, expected in zip(direct(*args.values(), reverse, flag), recurrence,
+                                    strict=True):
             assert torch.equal(result, expected)
 
 
 def test_plain_kernel_functions_name_bad_arguments():
-    """The extension's plain functions of the ops' kernels (python_calls.h) check what
-    torch.ops' schema would: the argument count, each argument's type by position; then the
-    kernel's own checks, raised as torch raises them."""
+    """The extension's plain functions of the ops' kernels (python_calls.h) check the
+    argument count and each argument's type by position (stricter than torch.ops: a bool
+    must be a bool); then the kernel's own checks, raised as torch raises them."""
     args = list(_layer_forward_args("lstm", bias=True, proj=False).values()) + [False, False]
     lstm_forward = _extension.CPU.load().lstm_forward
     with pytest.raises(TypeError, match="lstm_forward takes 11 arguments, got 10"):
         lstm_forward(*args[:-1])
-    with pytest.raises(TypeError, match="lstm_forward: argument 2 must be a Tensor, not int"):
+    with pytest.raises(TypeError, match="lstm_forward: argument 3 must be a Tensor, not int"):
         lstm_forward(*args[:2], 3, *args[3:])
-    with pytest.raises(TypeError, match="argument 10 must be a bool, not int"):
+    with pytest.raises(TypeError, match="argument 11 must be a bool, not int"):
         lstm_forward(*args[:-1], 0)
     with pytest.raises(RuntimeError, match=r"fusedrnn cpu backend: h0 should have shape \[3, 8\]"):
         lstm_forward(*args[:6], torch.randn(2, 8), *args[7:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_layer_forward_ops_sum_the_biases_as_torch_adds_them(dtype):
+    """The forward ops sum b_ih and b_hh in a loop: the bits of ``b_ih + b_hh`` in each dtype
+    (bfloat16: the float sum rounded once), checked against the recurrence op given that
+    sum."""
+    if dtype == torch.bfloat16 and not _extension.CPU.load().has_bf16_gemm():
+        pytest.skip("this torch has no bfloat16 product for the bfloat16 kernels")
+    args = {k: None if v is None or k == "lengths" else v.to(dtype)
+            for k, v in _layer_forward_args("rnn_tanh", bias=True, proj=False).items()}
+    ops = torch.ops.fusedrnn
+    xproj = ops.input_projection(args["x"], args["w_ih"])
+    expected = ops.rnn_recurrence_fwd(xproj, args["b_ih"] + args["b_hh"], args["w_hh"],
+                                      args["h0"], None, False, False)
+    results = ops.rnn_forward(*args.values(), False, False)
+    assert results[0].dtype == dtype
+    for result, want in zip(results[:2], expected, strict=True):
+        assert torch.equal(result, want)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_negated_views_and_zero_tensors_are_what_they_stand_for(cell):
+    """A lazily negated view (``_neg_view``) or an efficient zero tensor reaches the kernels'
+    plain functions (python_calls.h) as the values it stands for, as the dispatcher's
+    fallbacks make it for the ops."""
+    module = getattr(fusedrnn, cell)(6, 8, backend="cpu")
+    x = testing.make_sequence(5, 3, 6)
+    with torch.no_grad():
+        negated = x.neg()._neg_view()  # x's values, held as -x with the negative bit set
+        assert negated.is_neg() and negated.is_contiguous()
+        assert torch.equal(module(negated)[0], module(x)[0])
+        zeros = torch._efficientzerotensor(x.shape)
+        assert torch.equal(module(zeros)[0], module(torch.zeros_like(x))[0])
 
 
 def test_the_backend_calls_the_plain_functions_but_under_the_profiler():

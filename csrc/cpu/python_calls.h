@@ -1,15 +1,18 @@
-// The cpu backend's forward and backward ops as plain Python functions of fusedrnn._cpu,
-// for the calls that need nothing of the dispatcher (fusedrnn/backends/cpu.py: no profiler
-// recording). torch.ops' boxed call converts each argument to an IValue and back through the
-// op's schema: 2-3 us of a cell's step at batch 1, hidden 128, where the step itself takes
-// 5-10. The dispatcher's registrations (bindings.cpp) stay what torch.compile, the profiler
-// and the tests of the ops see; both paths run the same C++ function.
+// The cpu backend's forward and backward kernels as plain Python functions of
+// fusedrnn._cpu, called instead of their ops outside the profiler (fusedrnn/backends/cpu.py:
+// the profiler's trace keeps the ops). torch.ops' boxed call converts each argument to an
+// IValue and back through the op's schema: 2-3 us of a cell's step at batch 1, hidden 128,
+// where the step itself takes 5-10. What the dispatcher would do for these kernels is done
+// here: the tensors' negative and conjugate bits and zero tensors resolved (the
+// dispatcher's fallbacks), the kernel run below autograd. The ops (bindings.cpp) and these
+// functions run the same C++ function.
 #pragma once
 
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <Python.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/object_ptr.h>
 #include <pybind11/pybind11.h>
 
 #include <optional>
@@ -20,9 +23,10 @@
 
 namespace fusedrnn::cpu::python_calls {
 
+// `index` counts from 0; the message from 1, as torch's do.
 [[noreturn]] inline void refuse(const char* name, size_t index, const char* expected,
                                 PyObject* got) {
-  TORCH_CHECK_TYPE(false, name, ": argument ", index, " must be ", expected, ", not ",
+  TORCH_CHECK_TYPE(false, name, ": argument ", index + 1, " must be ", expected, ", not ",
                    Py_TYPE(got)->tp_name);
 }
 
@@ -32,9 +36,14 @@ struct Argument;
 
 template <>
 struct Argument<const at::Tensor&> {
-  static const at::Tensor& from(PyObject* obj, const char* name, size_t index) {
+  static at::Tensor from(PyObject* obj, const char* name, size_t index) {
     if (!THPVariable_Check(obj)) refuse(name, index, "a Tensor", obj);
-    return THPVariable_Unpack(obj);
+    const at::Tensor& t = THPVariable_Unpack(obj);
+    // The kernels read data pointers: a lazily negated or conjugated view, or a zero tensor
+    // (no data), made what it stands for, as the dispatcher's fallbacks make it.
+    if (t._is_zerotensor()) return at::zeros(t.sizes(), t.options());
+    if (t.is_neg() || t.is_conj()) return t.resolve_neg().resolve_conj();
+    return t;
   }
 };
 
@@ -56,8 +65,8 @@ struct Argument<bool> {
 
 template <typename... Tensors>
 PyObject* wrapped(std::tuple<Tensors...>&& results) {
-  PyObject* tuple = PyTuple_New(sizeof...(Tensors));
-  if (tuple == nullptr) return nullptr;
+  THPObjectPtr tuple(PyTuple_New(sizeof...(Tensors)));
+  if (!tuple) return nullptr;
   Py_ssize_t i = 0;
   bool failed = false;
   std::apply(
@@ -65,17 +74,13 @@ PyObject* wrapped(std::tuple<Tensors...>&& results) {
         ((failed = failed || [&] {
             PyObject* item = THPVariable_Wrap(std::move(tensor));
             if (item == nullptr) return true;
-            PyTuple_SET_ITEM(tuple, i++, item);
+            PyTuple_SET_ITEM(tuple.get(), i++, item);
             return false;
           }()),
          ...);
       },
       results);
-  if (failed) {
-    Py_DECREF(tuple);
-    return nullptr;
-  }
-  return tuple;
+  return failed ? nullptr : tuple.release();  // unfilled items are NULL: safe to release
 }
 
 template <auto Function>
@@ -98,7 +103,7 @@ struct PythonCall<Function> {
     Result results;
     {
       pybind11::gil_scoped_release no_gil;
-      const at::AutoDispatchBelowAutograd below;  // where the dispatcher runs its kernels
+      const at::AutoDispatchBelowAutograd below;  // as the op layer calls the ops
       results = Function(std::get<I>(values)...);
     }
     return wrapped(std::move(results));

@@ -161,7 +161,9 @@ def _kernels(module):
     """Where the ``*_forward`` and ``*_bptt`` ops' CPU kernels are called from: the
     extension's plain functions of them (``csrc/cpu/python_calls.h``, 2-3 us less a call than
     torch.ops' boxed call), or, while the profiler records, the ops themselves, so that its
-    trace shows them."""
+    trace shows them. Only the profiler switches this, as it switches the op layer's direct
+    calls (``ops.dispatcher_passes_on``): other observers of ATen's op records (an execution
+    trace) see neither op."""
     return torch.ops.fusedrnn if torch._C._autograd._profiler_enabled() else module
 
 
