@@ -2,7 +2,7 @@
 the kernels' calls): fusedrnn's cells and small module calls (backend auto: the cpu backend)
 against torch.nn's, inference under no_grad and training (forward, backward of a fixed
 gradient), timed by ../epyc-zen5-2core-small-weight-grads-ab/small_calls.py's
-``per_call_ms``; prints one JSON line in the form
+``measure``; prints one JSON line in the form
 ../epyc-zen5-2core-brgemm-grads-ab/summarize.py reads. Run it alternately against two builds
 (PYTHONPATH pointing at the other checkout, from outside either).
 
@@ -18,7 +18,7 @@ import fusedrnn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent
                        / "epyc-zen5-2core-small-weight-grads-ab"))
-from small_calls import per_call_ms  # noqa: E402
+from small_calls import measure  # noqa: E402
 
 CELLS = [(cell, batch, hidden) for cell in ("LSTM", "GRU", "RNN") for batch in (1, 8)
          for hidden in (32, 128)]
@@ -27,16 +27,6 @@ MODULES = [("LSTM", 1, 1, 64, {}), ("GRU", 1, 1, 64, {}), ("RNN", 1, 1, 64, {}),
            ("LSTM", 1, 16, 64, {}), ("GRU", 1, 16, 64, {}), ("RNN", 1, 16, 64, {}),
            ("LSTM", 4, 16, 64, {"num_layers": 2, "bidirectional": True}),
            ("GRU", 8, 8, 128, {"batch_first": True})]
-
-
-def measure(row, fused, twin, x, grad):
-    twin.load_state_dict(fused.state_dict())
-    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
-    for name, m in (("fusedrnn", fused), ("torch.nn", twin)):
-        with torch.no_grad():
-            row[f"{name} inference"] = per_call_ms(lambda: m(x))
-        row[f"{name} training"] = per_call_ms(lambda: first(m(x)).backward(grad))
-    return row
 
 
 def main():
