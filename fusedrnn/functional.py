@@ -168,8 +168,9 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
     else:
         x, batched = _batched_time_major(name, input, batch_first)
         lengths = positions = None
-    autocast_dtype, output_dtype = functional_autocast.dtypes(cell, x, hx, packed, proj_size,
-                                                              step_cell)
+    # torch.nn runs a packed input without padding (every sequence full) as a padded one
+    autocast_dtype, output_dtype = functional_autocast.dtypes(
+        cell, x, hx, packed and lengths is not None, proj_size, step_cell)
     _check_input(name, x, input_size, weights[0], autocast_dtype)
     batch = x.shape[1]
 
@@ -308,7 +309,10 @@ def _unpack(packed):
         raise ValueError(f"input: a PackedSequence's data has {data.shape[0]} rows but its "
                          f"batch_sizes add up to {positions.numel()}")
     positions = positions.to(data.device)
-    padded = data.new_zeros(steps * batch, data.shape[1]).index_copy(0, positions, data)
+    # Autocast's promoting ops (index_copy among them) refuse a float16 tensor under bfloat16
+    # autocast and the reverse; padding changes no value.
+    with torch.autocast(data.device.type, enabled=False):
+        padded = data.new_zeros(steps * batch, data.shape[1]).index_copy(0, positions, data)
     return (padded.view(steps, batch, data.shape[1]),
             present.sum(0).to(device=data.device), positions)
 
@@ -391,6 +395,9 @@ def _initial_states(name, hx, shapes, batched, x, autocast_dtype):
             raise RuntimeError(f"Expected {label} size {shown}, got {got}")
         if state.device != x.device:
             raise RuntimeError(f"{name}: {label} is on {state.device} but input is on {x.device}")
+        if not state.dtype.is_floating_point:  # under autocast too, which would cast it
+            raise RuntimeError(f"{name}: {label} must be a floating-point tensor, got "
+                               f"{state.dtype}")
         if state.dtype != x.dtype and autocast_dtype is None:
             raise RuntimeError(f"{name}: {label} dtype ({state.dtype}) does not match input dtype "
                              f"({x.dtype})")

@@ -9,12 +9,15 @@ def dtypes(cell, x, hx, packed, proj_size, step_cell):
     that of ``output`` and ``h_n``; ``(None, None)`` outside autocast.
 
     Autocast lowers cuDNN's RNN op for every cell, and on the CPU ``mkldnn_rnn_layer``
-    (nn.LSTM on padded input without projection) and the products of nn.RNN: these run in
-    the autocast dtype. On its other CPU paths (nn.GRU, a packed or projected nn.LSTM,
-    nn.LSTMCell, nn.GRUCell) torch lowers only the products and the states keep their
-    dtype: h_0's, or the input's without ``hx``. There the call runs in that dtype (the
-    products too: as accurate, never less), and a projection's output and ``h_n`` come out
-    in the autocast dtype, as the products give them in torch.nn."""
+    (nn.LSTM on padded input without projection, where oneDNN takes the input's dtype:
+    :func:`_onednn_runs`) and the products of nn.RNN: these run in the autocast dtype. On
+    its other CPU paths (nn.GRU, a packed or projected nn.LSTM, nn.LSTMCell, nn.GRUCell)
+    torch lowers only the products, and the states' dtype (h_0's, or the input's without
+    ``hx``) meets the products' in the cell's arithmetic: the states come out in the
+    promotion of the two (a float16 state under bfloat16 autocast becomes float32). There the
+    call runs in that dtype (the products too: as accurate, never less), and a projection's
+    output and ``h_n`` come out in the autocast dtype, as the products give them in
+    torch.nn."""
     if not torch.compiler.is_compiling() and not torch._C._is_any_autocast_enabled():
         return None, None  # one C call, where the checks below take microseconds
     device_type = x.device.type
@@ -25,12 +28,35 @@ def dtypes(cell, x, hx, packed, proj_size, step_cell):
     if not torch.is_autocast_enabled(device_type):
         return None, None
     lowered = torch.get_autocast_dtype(device_type)
-    mkldnn = cell == "lstm" and not (packed or proj_size > 0 or step_cell)
-    if device_type != "cpu" or cell.startswith("rnn") or mkldnn:
+    onednn = cell == "lstm" and not (packed or proj_size > 0 or step_cell) and _onednn_runs(x)
+    if device_type != "cpu" or cell.startswith("rnn") or onednn:
         return lowered, lowered
     h_0 = hx[0] if cell == "lstm" and isinstance(hx, (tuple, list)) and hx else hx
     state = h_0.dtype if isinstance(h_0, torch.Tensor) else x.dtype
+    if not state.is_floating_point:  # refused by the states' checks
+        return lowered, lowered
+    state = torch.promote_types(state, lowered)
     return state, (lowered if proj_size > 0 else state)
+
+
+_ONEDNN_DTYPES = {}  # the device's answers for _onednn_runs, asked once per process
+
+
+def _onednn_runs(x):
+    """Whether ``torch.nn.LSTM`` runs a CPU call on ``x`` through oneDNN (ATen's
+    ``use_mkldnn``): when oneDNN is built and enabled, for float32 input, bfloat16 where the
+    CPU has oneDNN's bfloat16, float16 where it has its float16 and grad mode is off."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    if x.dtype == torch.float32:
+        return True
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if not _ONEDNN_DTYPES:
+        _ONEDNN_DTYPES[torch.bfloat16] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        _ONEDNN_DTYPES[torch.float16] = bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    supported = _ONEDNN_DTYPES[x.dtype]
+    return supported and (x.dtype == torch.bfloat16 or not torch.is_grad_enabled())
 
 
 def cast(name, x, states, weights, dtype):

@@ -175,3 +175,21 @@ def test_unknown_nonlinearity():
 def test_cells_refuse_bad_input(name, call, match):
     ours, theirs = _both(name, 4, 6)
     _raises_like_torch(ours, theirs, call, match)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_an_integer_state_under_autocast_is_refused(name, dtype):
+    """Autocast casts floating tensors only: torch.nn refuses an integer state there too
+    (fusedrnn cast it and ran, or blamed the backend)."""
+    ours, theirs = _both(name, 4, 6)
+    cell = name.endswith("Cell")
+    x = torch.randn(2, 4) if cell else torch.randn(3, 2, 4)
+    state = torch.zeros((2, 6) if cell else (1, 2, 6), dtype=dtype)
+    hx = (state, state) if name.startswith("LSTM") else state
+    label = r"hx\[0\] \(h_0\)" if name.startswith("LSTM") else "hx"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            theirs(x, hx)
+        with pytest.raises(RuntimeError, match=f"{label} must be a floating-point tensor"):
+            ours(x, hx)
