@@ -234,12 +234,35 @@ def _setup_context(ctx, inputs, output):
     if not save:
         raise RuntimeError(NOT_SAVED)
     y, _, _, ws_a, ws_b = output
-    ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
+    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
+    ctx.biases = keep_biases(b_ih, b_hh)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
     ctx.mark_non_differentiable(ws_a, ws_b)
     # Gradients of unused outputs arrive as None instead of zero-filled tensors the size of
     # the workspaces; the backward makes the zeros it needs.
     ctx.set_materialize_grads(False)
+
+
+def keep_biases(*biases):
+    """The biases as a forward keeps them for its backward: aside from the saved tensors, with
+    their versions. The fused backward never reads them (a bias's gradient is its gates'), so
+    a change in place between the forward and the backward (an optimizer step on the biases
+    alone) must not fail it, as it does not fail torch.nn's composite cells; only the
+    recomputing backward of ``create_graph=True`` reads them (:func:`kept_biases`)."""
+    return tuple((b, None if b is None else b._version) for b in biases)
+
+
+def kept_biases(kept):
+    """The biases :func:`keep_biases` kept, for the recomputing backward: refused, as autograd
+    refuses a saved tensor, where one changed in place since the forward."""
+    for index, (bias, version) in enumerate(kept):
+        if bias is not None and bias._version != version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: the {'b_ih' if index % 2 == 0 else 'b_hh'} bias of a "
+                f"fusedrnn layer is at version {bias._version}; expected version {version} "
+                "instead (create_graph=True recomputes the layer's forward from its biases)")
+    return [bias for bias, _ in kept]
 
 
 def register_autograd(cell, forward_op, backward_op):
@@ -249,8 +272,9 @@ def register_autograd(cell, forward_op, backward_op):
     (``backends/reference/differentiable.py``)."""
 
     def autograd_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws_a, _grad_ws_b):
-        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
+        x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
         if torch.is_grad_enabled():
+            b_ih, b_hh = kept_biases(ctx.biases)
             return (*differentiable.gradients(cell, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0),
                                               lengths, ctx.reverse,
                                               (grad_y, grad_h_n, grad_c_n)),

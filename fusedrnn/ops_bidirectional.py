@@ -134,8 +134,8 @@ def _fake_backward(*args):
     return (grad_x, *first_grads, *second_grads)
 
 
-# What the backward keeps of each direction, in this order.
-_SAVED = 10
+# What the backward keeps of each direction, in this order (the biases aside: ops.keep_biases).
+_SAVED = 8
 
 
 def _setup_context(ctx, inputs, output):
@@ -144,10 +144,11 @@ def _setup_context(ctx, inputs, output):
         raise RuntimeError(ops.NOT_SAVED)
     saved = [x, lengths]
     for own, results in ((first, output[:5]), (second, output[5:])):
-        w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = own
+        w_ih, w_hh, _, _, w_hr, h0, c0 = own
         y, _, _, ws_a, ws_b = results
-        saved += [w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, ws_a, ws_b]
+        saved += [w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
     ctx.save_for_backward(*saved)
+    ctx.biases = ops.keep_biases(*first[2:4], *second[2:4])
     ctx.backend, ctx.has_bias = backend, first[2] is not None
     ctx.mark_non_differentiable(*output[3:5], *output[8:10])
     ctx.set_materialize_grads(False)
@@ -157,10 +158,11 @@ def _autograd_backward(cell, backward_op):
     def autograd_backward(ctx, *grads):
         x, lengths, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: see ops.register_autograd
-            return _differentiable_gradients(cell, x, lengths, saved, grads)
+            return _differentiable_gradients(cell, x, lengths, saved,
+                                             ops.kept_biases(ctx.biases), grads)
         args, own = [], []
         for direction in range(2):
-            w_ih, w_hh, _, _, w_hr, h0, c0, y, ws_a, ws_b = saved[_SAVED * direction:][:_SAVED]
+            w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b = saved[_SAVED * direction:][:_SAVED]
             outputs = ops.output_grads(*grads[5 * direction:][:3], y, h0, c0)
             args += [*outputs, w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
             own.append((w_hr, c0))
@@ -171,11 +173,12 @@ def _autograd_backward(cell, backward_op):
     return autograd_backward
 
 
-def _differentiable_gradients(cell, x, lengths, saved, grads):
+def _differentiable_gradients(cell, x, lengths, saved, biases, grads):
     """Both directions' gradients from ``differentiable.gradients``, ``grad_x`` summed."""
     results = []
     for direction in range(2):
-        w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = saved[_SAVED * direction:][:7]
+        w_ih, w_hh, w_hr, h0, c0 = saved[_SAVED * direction:][:5]
+        b_ih, b_hh = biases[2 * direction:][:2]
         results.append(differentiable.gradients(
             cell, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0), lengths, direction == 1,
             grads[5 * direction:][:3]))

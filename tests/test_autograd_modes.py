@@ -190,6 +190,37 @@ def test_gradient_penalty_matches_torch(cell, kwargs, packed):
     testing.assert_close_relative(results[0], results[1], 1e-10, "second-order gradients")
 
 
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_biases_changed_in_place_before_the_backward(cell, bidirectional, backend):
+    """An optimizer step on the biases alone between the forward and the backward: the
+    gradients are the forward's (torch.nn's composite cells in float64 give the same; no
+    backward reads a bias), and a create_graph backward, which recomputes the forward from
+    the biases, refuses them as autograd refuses a changed saved tensor."""
+    module = getattr(fusedrnn, cell)(3, 5, bidirectional=bidirectional, dtype=torch.float64,
+                                     backend=backend)
+    twin = testing.torch_twin(module)
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    biases = [p for name, p in module.named_parameters() if name.startswith("bias")]
+    grads = []
+    for model, change in ((module, False), (module, True), (twin, True)):
+        out = model(x)[0]
+        if change:
+            with torch.no_grad():
+                for bias in biases:
+                    bias.add_(0.25)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), [x, *model.parameters()]))
+    testing.assert_close_relative(grads[1], grads[0], 0.0, "gradients after the change")
+    testing.assert_close_relative(grads[1], grads[2], 1e-10, "against torch.nn")
+    out = module(x)[0]
+    with torch.no_grad():
+        biases[-1].add_(0.25)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+
+
 def test_create_graph_gradient_of_a_tensor_given_twice_counts_each_slot_once():
     """``b_ih is b_hh``: each slot's gradient once, with and without create_graph."""
     module = fusedrnn.GRU(3, 4, dtype=torch.float64)
