@@ -12,6 +12,7 @@ each direction, ``w_ih, w_hh`` then ``b_ih, b_hh`` when ``bias`` then ``w_hr`` w
 """
 
 import functools
+import numbers
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -90,8 +91,8 @@ def _plan_key(options, backend, input, hx, weights):
     (:func:`ops.dispatcher_passes_on`: torch.compile, a trace, a transform, a mode, the
     profiler, autocast, tensor subclasses). The signature holds what the checks, the sizes
     and the backend choice depend on: the options, the backend asked for (the argument or
-    the environment variable), the registry's generation, whether ``hx`` is given, whether
-    autograd records the call, and every tensor's shape, dtype and device. A backend's own
+    the environment variable), the registry's generation, the options' and ``hx``'s types
+    (``hx``'s is NoneType when it is not given), whether autograd records the call, and every tensor's shape, dtype and device. A backend's own
     rules are taken as fixed for the process (registering or removing a backend starts a new
     generation). Checking a call and choosing its backend took 25 of the 85 us an LSTM cell's
     step took at batch 1, hidden 128, on the 2-core AMD EPYC."""
@@ -102,8 +103,10 @@ def _plan_key(options, backend, input, hx, weights):
     if not ops.dispatcher_passes_on(tensors):
         return None
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return (options, backends.requested_name(backend), backends.generation(), hx is None, save,
-            *[(t.shape, t.dtype, t.device) for t in tensors])
+    # The types too: 3 and 3.0 are one key, and so are a tensor and the tuple holding it,
+    # where the checks pass one of them and refuse the other.
+    return (options, tuple(map(type, options)), type(hx), backends.requested_name(backend),
+            backends.generation(), save, *[(t.shape, t.dtype, t.device) for t in tensors])
 
 
 def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirectional,
@@ -112,6 +115,9 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     ``torch.nn.LSTM``'s): one layer and direction of batched input, its states given as
     ``(B, S)`` tensors (``hx`` as the cell's own), its final states returned as that layer's
     own ``(B, S)`` tensors, not stacked into ``(1, B, S)`` copies."""
+    if isinstance(weights, torch.Tensor):
+        raise TypeError(f"{_MODE_NAMES[cell]}: weights must be a list of tensors (torch.nn's "
+                        "_flat_weights order), got one tensor")
     weights = list(weights)
     options = (cell, bias, num_layers, dropout, training, bidirectional, batch_first, proj_size,
                step_cell)
@@ -158,7 +164,8 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
     per_direction = weights_per_direction(bias, proj_size)
     _check_config(name, weights, num_layers, directions, per_direction, dropout, proj_size)
     gates = ops.GATES[cell]
-    hidden = weights[0].shape[0] // gates
+    _check_weight_kinds(name, weights, per_direction, directions, bias, gates)
+    hidden = weights[1].shape[0] // gates
     state_size = proj_size if proj_size > 0 else hidden
     input_size = weights[0].shape[1]
 
@@ -340,11 +347,12 @@ def _dropout(x, p, positions):
 
 
 def _check_config(name, weights, num_layers, directions, per_direction, dropout, proj_size):
-    if not isinstance(num_layers, int) or num_layers < 1:
+    if not isinstance(num_layers, numbers.Integral) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-    if not 0 <= dropout <= 1:
+    if (not isinstance(dropout, numbers.Real) or isinstance(dropout, bool)
+            or not 0 <= dropout <= 1):
         raise ValueError(f"dropout should be a number in range [0, 1], got {dropout!r}")
-    if proj_size < 0:
+    if not isinstance(proj_size, numbers.Integral) or proj_size < 0:
         raise ValueError(f"proj_size should be a non-negative integer, got {proj_size!r}")
     expected = num_layers * directions * per_direction
     if len(weights) != expected:
@@ -353,10 +361,34 @@ def _check_config(name, weights, num_layers, directions, per_direction, dropout,
                          f"direction; got {len(weights)}")
 
 
+def _weight_label(index, per_direction, directions, bias):
+    """``weights[index]`` named by its place: ``weights[5] (w_hh of layer 0, reverse)``."""
+    kinds = ["w_ih", "w_hh", *(["b_ih", "b_hh"] if bias else []), "w_hr"]
+    unit, slot = divmod(index, per_direction)
+    layer, direction = divmod(unit, directions)
+    return f"weights[{index}] ({kinds[slot]} of layer {layer}{', reverse' if direction else ''})"
+
+
+def _check_weight_kinds(name, weights, per_direction, directions, bias, gates):
+    """Every weight a tensor of its rank (matrices but the biases), ``w_hh``'s rows a multiple
+    of the gates: what the sizes are read from, before the shapes are checked."""
+    for index, weight in enumerate(weights):
+        slot = index % per_direction
+        rank = 1 if bias and slot in (2, 3) else 2
+        if not isinstance(weight, torch.Tensor) or weight.dim() != rank:
+            got = (f"a {weight.dim()}-D tensor" if isinstance(weight, torch.Tensor)
+                   else type(weight).__name__)
+            raise TypeError(f"{name}: {_weight_label(index, per_direction, directions, bias)} must be a "
+                            f"{rank}-D tensor, got {got}")
+    if weights[1].shape[0] % gates:
+        raise ValueError(f"{name}: {_weight_label(1, per_direction, directions, bias)} has "
+                         f"{weights[1].shape[0]} rows, not a multiple of the {gates} gates")
+
+
 def _check_input(name, x, input_size, weight, autocast_dtype):
     if x.shape[-1] != input_size:
         raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, "
-                           f"got {x.shape[-1]}")
+                           f"got {x.shape[-1]} (input_size: the columns of weights[0], w_ih)")
     if x.shape[0] == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     if not x.dtype.is_floating_point:
@@ -419,11 +451,12 @@ def _check_weights(name, weights, num_layers, directions, per_direction, gates, 
            for w, shape in zip(weights, expected)):
         return
     for index, (weight, shape) in enumerate(zip(weights, expected)):
+        label = _weight_label(index, per_direction, directions, bias)
         if weight.shape != shape:
-            raise ValueError(f"{name}: weights[{index}] should have shape {shape}, "
+            raise ValueError(f"{name}: {label} should have shape {shape}, "
                              f"got {tuple(weight.shape)}")
         if weight.device != device or weight.dtype != dtype:
-            raise ValueError(f"{name}: weights[{index}] is {weight.dtype} on {weight.device}; "
+            raise ValueError(f"{name}: {label} is {weight.dtype} on {weight.device}; "
                              f"every weight must be {dtype} on {device}")
 
 

@@ -191,10 +191,13 @@ def _check_arguments(input_size, hidden_size, num_layers, bias, batch_first, dro
     for name, value in (("bias", bias), ("batch_first", batch_first)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                        ("num_layers", num_layers), ("proj_size", proj_size)):
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if not isinstance(value, int):
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    # torch checks neither (a numpy integer works there; a float fails in range())
+    for name, value in (("num_layers", num_layers), ("proj_size", proj_size)):
+        if not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} should be an integer, got: {type(value).__name__}")
     if input_size <= 0:
         raise ValueError("input_size must be greater than zero")
     if hidden_size <= 0:

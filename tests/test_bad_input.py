@@ -1,5 +1,6 @@
 """Bad input gets torch's exception type (or a clearer one) with a message naming the argument."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -86,7 +87,8 @@ def test_non_tensor_input():
 def test_functional_weight_shape_is_checked():
     weights = list(fusedrnn.LSTM(4, 6)._flat_weights)
     weights[1] = torch.randn(24, 5)
-    with pytest.raises(ValueError, match=r"weights\[1\] should have shape \(24, 6\), got \(24, 5\)"):
+    with pytest.raises(ValueError, match=r"weights\[1\] \(w_hh of layer 0\) should have shape "
+                       r"\(24, 6\), got \(24, 5\)"):
         fusedrnn.functional.lstm(torch.randn(3, 2, 4), None, weights)
 
 
@@ -193,3 +195,73 @@ def test_an_integer_state_under_autocast_is_refused(name, dtype):
             theirs(x, hx)
         with pytest.raises(RuntimeError, match=f"{label} must be a floating-point tensor"):
             ours(x, hx)
+
+
+def _lstm_weights():
+    return list(fusedrnn.LSTM(5, 7)._flat_weights)  # w_ih (28, 5), w_hh (28, 7), b_ih, b_hh
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda w: [torch.randn(27, 5), *w[1:]], ValueError,
+     r"weights\[0\] \(w_ih of layer 0\) should have shape \(28, 5\), got \(27, 5\)"),
+    (lambda w: [torch.randn(28), *w[1:]], TypeError,
+     r"weights\[0\] \(w_ih of layer 0\) must be a 2-D tensor, got a 1-D tensor"),
+    (lambda w: [*w[:3], None], TypeError, r"weights\[3\] \(b_hh of layer 0\) must be a 1-D "
+     "tensor, got NoneType"),
+    (lambda w: [w[0], w[1].tolist(), *w[2:]], TypeError, r"weights\[1\] \(w_hh of layer 0\)"),
+    (lambda w: [w[0], torch.randn(27, 7), *w[2:]], ValueError,
+     r"weights\[1\] \(w_hh of layer 0\) has 27 rows, not a multiple of the 4 gates"),
+    (lambda w: w[0], TypeError, r"weights must be a list of tensors"),
+    (lambda w: [w[1], w[0], *w[2:]], RuntimeError,
+     r"Expected 7, got 5 \(input_size: the columns of weights\[0\], w_ih\)"),
+])
+def test_functional_weight_errors_name_the_weight(change, error, match):
+    with pytest.raises(error, match=match):
+        fusedrnn.functional.lstm(torch.randn(4, 3, 5), None, change(_lstm_weights()))
+
+
+def test_a_reverse_direction_weight_is_named():
+    module = fusedrnn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    weights = list(module._flat_weights)
+    weights[5] = torch.randn(16, 5)
+    with pytest.raises(ValueError, match=r"weights\[5\] \(w_hh of layer 0, reverse\) should "
+                       r"have shape \(16, 4\)"):
+        fusedrnn.functional.lstm(torch.randn(2, 1, 3), None, weights, num_layers=2,
+                                 bidirectional=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_layers=1.0), "num_layers must be a positive integer, got 1.0"),
+    (dict(proj_size=3.0), "proj_size should be a non-negative integer, got 3.0"),
+    (dict(dropout="0.1"), "dropout should be a number in range"),
+])
+def test_functional_options_are_checked_whatever_ran_before(kwargs, match):
+    """Calls are checked once per signature (functional._plan_key): 1.0 hashes as 1, so the
+    signature holds the options' types too."""
+    weights = list(fusedrnn.LSTM(5, 7, proj_size=3 if "proj_size" in kwargs else 0)
+                   ._flat_weights)
+    x = torch.randn(4, 3, 5)
+    valid = {key: int(value) for key, value in kwargs.items() if key != "dropout"}
+    fusedrnn.functional.lstm(x, None, weights, **valid)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=match):
+            fusedrnn.functional.lstm(x, None, weights, **kwargs)
+
+
+@pytest.mark.parametrize("hx", [lambda h: (h,), lambda h: [h]])
+def test_a_gru_state_in_a_container_is_refused_after_a_valid_call(hx):
+    module = fusedrnn.GRU(5, 7)
+    x, h = torch.randn(4, 3, 5), torch.randn(1, 3, 7)
+    module(x, h)
+    with pytest.raises(TypeError, match="hx must be a Tensor"):
+        module(x, hx(h))
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_layers=np.int64(2)), dict(proj_size=np.int64(3))])
+def test_numpy_integers_are_sizes_as_in_torch(kwargs):
+    ours, theirs = _both("LSTM", 5, 7, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 3, 5)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+    with pytest.raises(TypeError, match="should be an integer, got: float"):
+        fusedrnn.LSTM(5, 7, **{key: 2.0 for key in kwargs})
