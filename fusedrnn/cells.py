@@ -54,6 +54,19 @@ class RNNCellBase(nn.Module):
         names = _WEIGHTS if self.bias else _WEIGHTS[:2]
         return modules.module_weights(self, names, getattr)  # torch's error for a deleted one
 
+    def _step_weights(self):
+        """The weights a step runs on and whether they have biases: as torch's cells, the
+        ``bias_ih`` and ``bias_hh`` attributes whatever ``bias`` the cell was built with (a
+        cell built without biases may be given them; one set to None adds nothing)."""
+        w_ih, w_hh, b_ih, b_hh = modules.module_weights(self, _WEIGHTS, getattr)
+        if b_ih is None and b_hh is None:
+            return [w_ih, w_hh], False
+        if b_ih is None or b_hh is None:  # the ops take both or neither
+            given = b_hh if b_ih is None else b_ih
+            zeros = torch.zeros_like(given, memory_format=torch.contiguous_format)
+            b_ih, b_hh = (zeros, b_hh) if b_ih is None else (b_ih, zeros)
+        return [w_ih, w_hh, b_ih, b_hh], True
+
     def to_torch_nn(self):
         """The ``torch.nn`` cell of this configuration, holding this cell's Parameter objects
         themselves; ``torch.jit.script`` scripts it in this one's place."""
@@ -73,7 +86,7 @@ class RNNCellBase(nn.Module):
                              "instead")
         dim = input.dim()
         batched = dim == 2
-        weights = self._weights()
+        weights, bias = self._step_weights()
         if (input.dtype != weights[0].dtype and not torch.compiler.is_compiling()
                 and not torch._C._is_any_autocast_enabled()):
             raise RuntimeError(f"{type(self).__name__}: input dtype ({input.dtype}) does not "
@@ -86,7 +99,7 @@ class RNNCellBase(nn.Module):
                     self._refuse_state(name, state, input)
             states = [s if batched else s.view(1, -1) for s in states]
         sequence = input.unsqueeze(0) if batched else input.view(1, 1, -1)
-        return run(sequence, states, weights, batched)
+        return run(sequence, states, weights, bias, batched)
 
     def _refuse_state(self, name, state, input):
         """Raise torch's error for a state ``state`` that does not fit ``input``."""
@@ -103,11 +116,11 @@ class RNNCellBase(nn.Module):
                            f"hidden_size={self.hidden_size}")
 
 
-def _final_states(cell, module, sequence, states, weights):
+def _final_states(cell, module, sequence, states, weights, bias):
     """``functional._run`` of one step of ``module`` (``cell``: the op's name) on its
-    ``weights`` from ``states``, ``(B, H)`` tensors or None: the final states, each the op's
-    own ``(B, H)`` tensor (``step_cell``)."""
-    _, finals = functional._run(cell, sequence, states, weights, module.bias, 1, 0.0, False,
+    ``weights`` (with biases: ``bias``) from ``states``, ``(B, H)`` tensors or None: the final
+    states, each the op's own ``(B, H)`` tensor (``step_cell``)."""
+    _, finals = functional._run(cell, sequence, states, weights, bias, 1, 0.0, False,
                                 False, False, 0, module.backend, step_cell=True)
     return finals
 
@@ -129,9 +142,9 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend=backend)
 
     def forward(self, input, hx=None):
-        def run(sequence, states, weights, batched):
+        def run(sequence, states, weights, bias, batched):
             h, c = _final_states("lstm", self, sequence,
-                                 None if states is None else tuple(states), weights)
+                                 None if states is None else tuple(states), weights, bias)
             return _unstack(h, batched), _unstack(c, batched)
 
         if hx is not None and (isinstance(hx, torch.Tensor) or len(hx) != 2):
@@ -149,9 +162,9 @@ class GRUCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
 
     def forward(self, input, hx=None):
-        def run(sequence, states, weights, batched):
+        def run(sequence, states, weights, bias, batched):
             h = _final_states("gru", self, sequence, None if states is None else states[0],
-                              weights)
+                              weights, bias)
             return _unstack(h, batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))
@@ -164,15 +177,16 @@ class RNNCell(RNNCellBase):
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, *, backend="auto"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         super().__init__(input_size, hidden_size, bias, 1, device, dtype, backend=backend)
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = nonlinearity  # checked by each call, as torch's cell does
 
     def forward(self, input, hx=None):
-        def run(sequence, states, weights, batched):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+
+        def run(sequence, states, weights, bias, batched):
             h = _final_states(f"rnn_{self.nonlinearity}", self, sequence,
-                              None if states is None else states[0], weights)
+                              None if states is None else states[0], weights, bias)
             return _unstack(h, batched)
 
         return self._step(run, input, None if hx is None else (hx,), ("hx",))

@@ -9,6 +9,7 @@ subclasses of torch's: ``torch.compile`` refuses to trace any instance of those.
 import math
 import numbers
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -78,7 +79,50 @@ class RNNBase(nn.Module):
 
     @property
     def _flat_weights(self):
-        return module_weights(self, self._flat_weights_names)
+        """The weights a call runs on, in ``_flat_weights_names`` order: the attributes, or a
+        list assigned here, held as torch holds its own (:meth:`_held_flat_weights`)."""
+        weights = module_weights(self, self._flat_weights_names)
+        if "_flat_weights_held" in self.__dict__:
+            return self._held_flat_weights(weights)
+        return weights
+
+    @_flat_weights.setter
+    def _flat_weights(self, weights):
+        weights = list(weights)
+        if len(weights) != len(self._flat_weights_names):
+            raise ValueError(f"_flat_weights must hold {len(self._flat_weights_names)} tensors "
+                             f"(_flat_weights_names), got {len(weights)}")
+        attributes = module_weights(self, self._flat_weights_names)
+        refs = [None if w is None else weakref.ref(w) for w in attributes]
+        self.__dict__["_flat_weights_held"] = (weights, refs)
+
+    def _held_flat_weights(self, attributes):
+        """The assigned list while every weight attribute is the object it was then (torch
+        rebuilds its list when one changes, and when the module is converted: ``_apply``);
+        the attributes once one changed."""
+        held, refs = self.__dict__["_flat_weights_held"]
+        if all((ref is None and w is None) or (ref is not None and ref() is w)
+               for ref, w in zip(refs, attributes)):
+            return list(held)
+        del self.__dict__["_flat_weights_held"]
+        return attributes
+
+    def _apply(self, *args, **kwargs):
+        self.__dict__.pop("_flat_weights_held", None)
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        held = state.pop("_flat_weights_held", None)  # weak references do not pickle
+        if held is not None:
+            state["_flat_weights_held_list"] = held[0]
+        return state
+
+    def __setstate__(self, state):
+        held = state.pop("_flat_weights_held_list", None)
+        super().__setstate__(state)
+        if held is not None:
+            self._flat_weights = held
 
     @property
     def all_weights(self):
@@ -231,14 +275,21 @@ def module_weights(module, names, read=None):
     ``read``."""
     parameters = module._parameters
     weights = [parameters.get(name, _MISSING) for name in names]
-    if any(weight is _MISSING for weight in weights):
+    # An instance attribute of the name (set by object.__setattr__, as some weight-dropping
+    # wrappers do) hides the parameter from getattr. (Dynamo cannot trace isdisjoint.)
+    instance = module.__dict__
+    shadowed = (any(name in instance for name in names) if torch.compiler.is_compiling()
+                else not instance.keys().isdisjoint(names))
+    if shadowed or any(weight is _MISSING for weight in weights):
         return [(read or module_weight)(module, name) for name in names]
     return weights
 
 
 def module_weight(module, name):
     """``getattr(module, name)``, as :func:`module_weights`."""
-    weight = module._parameters.get(name, _MISSING)
+    weight = module.__dict__.get(name, _MISSING)
+    if weight is _MISSING:
+        weight = module._parameters.get(name, _MISSING)
     if weight is not _MISSING:
         return weight
     # An AttributeError raised in a property is lost to nn.Module.__getattr__, which then

@@ -265,3 +265,16 @@ def test_numpy_integers_are_sizes_as_in_torch(kwargs):
     torch.testing.assert_close(ours(x)[0], theirs(x)[0])
     with pytest.raises(TypeError, match="should be an integer, got: float"):
         fusedrnn.LSTM(5, 7, **{key: 2.0 for key in kwargs})
+
+
+def test_an_rnn_cell_checks_its_nonlinearity_when_called_as_torchs_does():
+    """torch's RNNCell takes any nonlinearity and refuses an unknown one per call (a changed
+    attribute too; fusedrnn raised a bare KeyError then)."""
+    for module in _both("RNNCell", 4, 6, nonlinearity="gelu"):
+        with pytest.raises(RuntimeError, match="Unknown nonlinearity: gelu"):
+            module(torch.randn(2, 4))
+    ours, theirs = _both("RNNCell", 4, 6)
+    for module in (ours, theirs):
+        module.nonlinearity = "sigmoid"
+        with pytest.raises(RuntimeError, match="Unknown nonlinearity: sigmoid"):
+            module(torch.randn(2, 4))

@@ -1,6 +1,7 @@
 """The way back to torch.nn: ``to_torch_nn``, ``torch.jit.script`` through it, and
 ``nn.RNNBase``'s check methods for subclasses written against torch's modules."""
 
+import pickle
 import warnings
 
 import pytest
@@ -123,3 +124,74 @@ def test_rnnbase_check_methods_like_torch(name, kwargs, packed):
         ours.check_forward_args(x, wrong, batch_sizes)
     with pytest.raises(ValueError, match="does not match weight dtype"):
         ours.check_input(x.double(), batch_sizes)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("bias, given", [(False, ("bias_ih", "bias_hh")), (True, ()),
+                                         (False, ("bias_hh",)), (True, ("bias_ih",))])
+def test_cells_run_on_the_bias_attributes_whatever_they_were_built_with(name, bias, given):
+    """torch's cells pass ``bias_ih`` and ``bias_hh`` on whatever ``bias`` they were built
+    with: a cell built without biases may be given them, and one set to None adds nothing."""
+    ours = getattr(fusedrnn, name)(5, 8, bias=bias, dtype=DT)
+    theirs = getattr(nn, name)(5, 8, bias=bias, dtype=DT)
+    theirs.load_state_dict(ours.state_dict())
+    rows = ours.weight_ih.shape[0]
+    for attribute in ("bias_ih", "bias_hh"):
+        value = nn.Parameter(torch.randn(rows, dtype=DT)) if attribute in given else None
+        setattr(ours, attribute, value)
+        setattr(theirs, attribute, value)
+    x, h = torch.randn(3, 5, dtype=DT), torch.randn(3, 8, dtype=DT)
+    hx = (h, h.clone()) if name == "LSTMCell" else h
+    out, ref = testing.flatten_outputs(ours(x, hx)), testing.flatten_outputs(theirs(x, hx))
+    testing.assert_close_relative(out, ref, 1e-10, name)
+    if given:
+        grads = torch.autograd.grad(out[0].sum(), [getattr(ours, a) for a in given])
+        expected = torch.autograd.grad(ref[0].sum(), [getattr(theirs, a) for a in given])
+        testing.assert_close_relative(grads, expected, 1e-10, "bias gradients")
+
+
+@pytest.mark.parametrize("name, kwargs", CONFIGS)
+def test_an_instance_attribute_hides_the_parameter_as_in_torch(name, kwargs):
+    """``object.__setattr__`` (as weight-dropping wrappers set a dropped weight) puts a tensor
+    in the instance's dict, which getattr finds before the registered parameter; the modules
+    then rebuild torch's ``_flat_weights`` from getattr, the cells read getattr."""
+    ours = getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT)
+    theirs = ours.to_torch_nn()
+    weight = "weight_hh" if name.endswith("Cell") else "weight_hh_l0"
+    doubled = 2 * getattr(ours, weight).detach()
+    for module in (ours, theirs):
+        object.__setattr__(module, weight, doubled)
+        if not name.endswith("Cell"):
+            module._flat_weights = [getattr(module, n) for n in module._flat_weights_names]
+    x = _input(name, ours)
+    out, ref = testing.flatten_outputs(ours(x)), testing.flatten_outputs(theirs(x))
+    testing.assert_close_relative(out, ref, 1e-10, name)
+
+
+@pytest.mark.parametrize("name, kwargs", CONFIGS[:3])
+def test_an_assigned_flat_weights_list_holds_until_a_weight_changes(name, kwargs):
+    """torch.nn's ``_flat_weights`` is a list a call runs on, which code may assign; torch
+    rebuilds it from the attributes when one of them is set anew, or the module converted."""
+    ours = getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT)
+    theirs = getattr(nn, name)(5, 8, **kwargs, dtype=DT)  # a twin's list is rebuilt always
+    theirs.load_state_dict(ours.state_dict())
+    x = _input(name, ours)
+    for module in (ours, theirs):
+        module._flat_weights = [2 * w.detach() if i == 1 else w
+                                for i, w in enumerate(module._flat_weights)]
+    held = testing.flatten_outputs(ours(x))
+    testing.assert_close_relative(held, testing.flatten_outputs(theirs(x)), 1e-10, "held")
+    plain = testing.flatten_outputs(getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT)
+                                    .to_torch_nn()(x))
+    assert testing.relative_error(held[0], plain[0]) > 1e-3  # not the plain weights
+    copy = pickle.loads(pickle.dumps(ours))
+    testing.assert_close_relative(testing.flatten_outputs(copy(x)), held, 1e-10, "pickled")
+    replaced = nn.Parameter(ours.weight_ih_l0.detach().clone())
+    for module in (ours, theirs):
+        module.weight_ih_l0 = replaced
+    out, ref = testing.flatten_outputs(ours(x)), testing.flatten_outputs(theirs(x))
+    testing.assert_close_relative(out, ref, 1e-10, "after a weight is set")
+    assert testing.relative_error(out[0], held[0]) > 1e-3
+    copy._flat_weights = list(copy._flat_weights)[::-1][::-1]
+    copy.float()
+    assert copy(x.float())[0].dtype == torch.float32  # converted: the attributes again
