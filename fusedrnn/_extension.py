@@ -63,6 +63,12 @@ def _import_cuda_emulation():
     return _cuda_emulation
 
 
+# Run, not traced, by torch.compile (its result a constant of the graph): a trace of the
+# first load would guard on the state before the load, which the load changes, and the
+# next call would compile again. torch.compiler.assume_constant_result sets this attribute;
+# calling it here would import torch._dynamo (and Triton) with fusedrnn.
+Extension.status._dynamo_marked_constant = True
+
 CPU = Extension("fusedrnn._cpu", "the CPU extension", BUILD_COMMAND, _import_cpu)
 CUDA = Extension("fusedrnn._C", "the CUDA extension", CUDA_BUILD_COMMAND, _import_cuda)
 CUDA_EMULATION = Extension("fusedrnn._cuda_emulation", "the CPU emulation of the CUDA kernels",

@@ -214,12 +214,16 @@ def test_compile_warns_about_nothing_in_fusedrnn():
 
 def test_compile_loads_the_extension_on_the_first_call():
     """A fresh process whose first call of a fusedrnn module is a compiled one: loading the
-    CPU extension happens while torch.compile traces, which it must be able to."""
+    CPU extension happens while torch.compile traces, which it must be able to, without a
+    guard on the loading that fails the next call (a second compile of the same call)."""
     code = ("import sys, torch, fusedrnn\n"
             "model = fusedrnn.LSTM(4, 6, bidirectional=True)\n"
             "assert 'fusedrnn._cpu' not in sys.modules\n"
-            "out, _ = torch.compile(model, fullgraph=True, backend='eager')(torch.randn(5, 2, 4))\n"
-            "assert 'fusedrnn._cpu' in sys.modules and out.shape == (5, 2, 12)\n")
+            "compiled = torch.compile(model, fullgraph=True, backend='eager')\n"
+            "out, _ = compiled(torch.randn(5, 2, 4))\n"
+            "assert 'fusedrnn._cpu' in sys.modules and out.shape == (5, 2, 12)\n"
+            "torch._dynamo.config.error_on_recompile = True\n"
+            "compiled(torch.randn(5, 2, 4))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
