@@ -104,10 +104,12 @@ class RNNCellBase(nn.Module):
     def _refuse_state(self, name, state, input):
         """Raise torch's error for a state ``state`` that does not fit ``input``."""
         kind = type(self).__name__
-        if isinstance(state, torch.Tensor) and state.dim() not in (1, 2):
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"{kind}: {name} must be a Tensor, got {type(state).__name__}")
+        if state.dim() not in (1, 2):
             raise ValueError(f"{kind}: Expected {name} to be 1D or 2D, got {state.dim()}D "
                              "instead")
-        if not isinstance(state, torch.Tensor) or state.dim() != input.dim():
+        if state.dim() != input.dim():
             raise RuntimeError(f"{kind}: {name} must be {input.dim()}-D like input")
         if input.dim() == 2 and state.shape[0] != input.shape[0]:
             raise RuntimeError(f"Input batch size {input.shape[0]} doesn't match {name} batch "

@@ -157,7 +157,7 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
     """Check a call and make its plan: ``(plan, x, states, weights, lengths, positions)``,
     ``x`` time-major and padded, the states per kind (h, and the LSTM's c) a list of ``(B, S)``
     tensors per layer and direction, all in the call's dtype."""
-    name = _MODE_NAMES[cell]
+    name = _MODE_NAMES[cell] + ("Cell" if step_cell else "")
     if step_cell and hx is not None:  # checked below as a layer's (1, B, S)
         hx = tuple(s.unsqueeze(0) for s in hx) if cell == "lstm" else hx.unsqueeze(0)
     directions = 2 if bidirectional else 1
@@ -184,7 +184,7 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
     state_shapes = [(num_layers * directions, batch, state_size)]
     if cell == "lstm":
         state_shapes.append((num_layers * directions, batch, hidden))
-    states = _initial_states(name, hx, state_shapes, batched, x, autocast_dtype)
+    states = _initial_states(name, hx, state_shapes, batched, x, autocast_dtype, step_cell)
     if packed:
         states = [s.index_select(1, input.sorted_indices) if input.sorted_indices is not None
                   else s for s in states]
@@ -402,14 +402,16 @@ def _check_input(name, x, input_size, weight, autocast_dtype):
                          f"model: model.to({x.dtype})")
 
 
-def _initial_states(name, hx, shapes, batched, x, autocast_dtype):
-    """``hx`` (or zeros) as a list of batched ``(L*D, B, S)`` tensors, checked against ``shapes``."""
+def _initial_states(name, hx, shapes, batched, x, autocast_dtype, step_cell=False):
+    """``hx`` (or zeros) as a list of batched ``(L*D, B, S)`` tensors, checked against
+    ``shapes``; named as a cell's (``hx[0]``, ``hx[1]``) for ``step_cell``."""
     if hx is None:
         return [x.new_zeros(shape) for shape in shapes]
     given = list(hx) if len(shapes) == 2 else [hx]
     if len(shapes) == 2 and (isinstance(hx, torch.Tensor) or len(given) != 2):
         raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-    labels = ["hx[0] (h_0)", "hx[1] (c_0)"] if len(shapes) == 2 else ["hx"]
+    labels = ((["hx[0]", "hx[1]"] if step_cell else ["hx[0] (h_0)", "hx[1] (c_0)"])
+              if len(shapes) == 2 else ["hx"])
     states = []
     for label, state, shape in zip(labels, given, shapes):
         if not isinstance(state, torch.Tensor):

@@ -189,11 +189,12 @@ def test_an_integer_state_under_autocast_is_refused(name, dtype):
     x = torch.randn(2, 4) if cell else torch.randn(3, 2, 4)
     state = torch.zeros((2, 6) if cell else (1, 2, 6), dtype=dtype)
     hx = (state, state) if name.startswith("LSTM") else state
-    label = r"hx\[0\] \(h_0\)" if name.startswith("LSTM") else "hx"
+    label = {"LSTM": r"LSTM: hx\[0\] \(h_0\)", "LSTMCell": r"LSTMCell: hx\[0\]"}.get(
+        name, f"{name}: hx")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with pytest.raises(RuntimeError):
             theirs(x, hx)
-        with pytest.raises(RuntimeError, match=f"{label} must be a floating-point tensor"):
+        with pytest.raises(RuntimeError, match=f"^{label} must be a floating-point tensor"):
             ours(x, hx)
 
 
@@ -278,3 +279,9 @@ def test_an_rnn_cell_checks_its_nonlinearity_when_called_as_torchs_does():
         module.nonlinearity = "sigmoid"
         with pytest.raises(RuntimeError, match="Unknown nonlinearity: sigmoid"):
             module(torch.randn(2, 4))
+
+
+def test_a_cell_names_a_state_that_is_not_a_tensor():
+    """(torch's LSTMCell raises an AttributeError from inside its checks here.)"""
+    with pytest.raises(TypeError, match=r"LSTMCell: hx\[1\] must be a Tensor, got NoneType"):
+        fusedrnn.LSTMCell(4, 6)(torch.randn(3, 4), (torch.randn(3, 6), None))
