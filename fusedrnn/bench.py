@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import __version__, backends, bench_graphs, bench_report, modules, testing
 from .bench_floors import GATES, MODE_FLOP_FACTORS, persistent_floor_terms, step_floor_seconds
 from .bench_kernels import cuda_kernels, split_backend, triton_kernels, with_env
+from .backends.triton import plan as triton_plan
 from .bench_timing import is_noisy, peak_memory_bytes, summarize, time_interleaved
 
 # the modes; MODE_FLOP_FACTORS: how many forwards' worth of GEMM FLOPs each does (gemm_flops)
@@ -265,7 +266,7 @@ def backend_unavailable_reason(name, device, dtype):
     status = backend.available()
     if not status:
         return status.reason
-    if name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+    if name == "triton" and triton_plan.interpreted():
         return "Triton runs in its interpreter here (TRITON_INTERPRET=1): timings would mean nothing"
     return backend.supports(torch.device(device), dtype)[1]
 

@@ -8,7 +8,6 @@ is decided per call by :func:`plan.choose`, and the choice with its reason is lo
 
 import importlib.util
 import logging
-import os
 
 import torch
 
@@ -25,7 +24,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def interpreter_enabled():
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return plan.interpreted()
 
 
 def launchers(cell):

@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from . import plan
+
 
 @triton.jit
 def tanh(x):
@@ -39,9 +41,29 @@ def load_transposed(ptr, rows, cols, row_stride, row_ok, col_ok):
     return tl.load(ptr + rows[None, :] * row_stride + cols[:, None], mask=mask, other=0.0)
 
 
+# Triton 3.8's interpreter casts float32 to bfloat16 by truncation (its cast_impl passes no
+# rounding mode), where a GPU rounds to nearest even: about twice the error of a rounded
+# store, past the low-precision rule. Under the interpreter store_tile rounds first; the
+# flag is read when this module is imported, where Triton decides to interpret its kernels
+# (at triton.jit), and is False in a compiled kernel, whose code it leaves as it was.
+INTERPRETED = tl.constexpr(plan.interpreted())
+
+
+@triton.jit
+def bfloat16_nearest(x):
+    """float32 ``x`` rounded to the nearest bfloat16 (ties to even), still as float32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+    rounded = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
+    return tl.where(x != x, x, rounded)  # NaN stays NaN
+
+
 @triton.jit
 def store_tile(ptr, value, rows, cols, row_stride, row_ok, col_ok):
     mask = row_ok[:, None] & col_ok[None, :]
+    if INTERPRETED:
+        if ptr.dtype.element_ty == tl.bfloat16:
+            value = bfloat16_nearest(value.to(tl.float32))
     tl.store(ptr + rows[:, None] * row_stride + cols[None, :], value.to(ptr.dtype.element_ty), mask=mask)
 
 

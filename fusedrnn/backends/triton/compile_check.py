@@ -194,7 +194,7 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 if a kernel spills or exceeds shared memory")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if plan.interpreted():
         parser.error("unset TRITON_INTERPRET: the interpreter's kernels do not compile")
     import triton
 

@@ -26,7 +26,6 @@ a thread, the RNN's 64x64 556 bytes and the LSTM's step kernel 48 bytes: 4 warps
 2048 elements.
 """
 
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -91,12 +90,12 @@ def triton_version():
     return tuple(int(part) for part in triton.__version__.split(".")[:2])
 
 
-@functools.lru_cache(maxsize=None)
 def cooperative_unsupported():
     """Why this Triton cannot build the cooperative kernels, or None. Checked by compiling
     them for sm_90 (``compile_check``): 3.4, 3.5, 3.6 and 3.8 do; 3.3 rejects the GRU
     backward (a function with a return called inside the time loop) and 3.2 crashes on most
-    of them. Imports Triton."""
+    of them. Imports Triton. (Not an lru_cache: torch.compile traces it, and warns about
+    those.)"""
     import triton
 
     if triton_version() < COOPERATIVE_MIN_TRITON:
@@ -212,6 +211,13 @@ def log_once(cell, variant):
         logger.info("fusedrnn triton %s: %s", cell, variant.reason)
 
 
+def interpreted():
+    """Whether Triton runs its kernels in its interpreter: ``TRITON_INTERPRET`` set to what
+    Triton reads as true (1, true, on, yes, y; any case)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes",
+                                                                        "y")
+
+
 def full_precision_dot(dtype):
     """Whether the kernels' ``tl.dot`` runs in float32 (IEEE) rather than on 16-bit operands.
 
@@ -222,8 +228,7 @@ def full_precision_dot(dtype):
     """
     import torch
 
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted)
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreted())
 
 
 def launch_flags(x, lengths, placeholder, variant):
