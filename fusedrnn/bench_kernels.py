@@ -24,10 +24,12 @@ def split_backend(name):
         raise ValueError(f"backend {backend!r} has no kernel choice (only "
                          f"{', '.join(KERNEL_ENV)}), got {name!r}")
     known = kernel_choices(backend)
-    parts = kernel.split(",") if backend == "triton" else [kernel]
-    if any(part.strip() not in known for part in parts):
+    parts = [part.strip() for part in kernel.split(",")] if backend == "triton" else [kernel]
+    if any(part not in known for part in parts):
         raise ValueError(f"unknown {backend} kernel {kernel!r} in {name!r}; choose among "
                          f"{', '.join(known)}")
+    if len(parts) > 1 and "auto" in parts:  # the plan takes auto alone or a list of kernels
+        raise ValueError(f"{name!r}: 'auto' stands alone, not in a list of kernels")
     return backend, {KERNEL_ENV[backend]: kernel}
 
 

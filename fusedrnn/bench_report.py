@@ -179,6 +179,18 @@ def persistent_floor_lines(results):
     return lines + [""]
 
 
+REPORT_FILES = ("results.json", "results.md")
+
+
+def check_out_dir(out_dir):
+    """Raise ValueError, before a run, where a report file of :func:`write_reports` could not
+    be written into ``out_dir`` (a folder in its place)."""
+    for name in (*REPORT_FILES, *PLOTS.values()):
+        if (Path(out_dir) / name).is_dir():
+            raise ValueError(f"{Path(out_dir) / name} is a folder, where the report writes a "
+                             "file")
+
+
 def write_reports(results, env, out_dir, settings=None):
     """Write ``results.json``, ``results.md`` and the plots into ``out_dir``.
 
@@ -186,7 +198,9 @@ def write_reports(results, env, out_dir, settings=None):
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    json_path, md_path = (out_dir / name for name in REPORT_FILES)
+    for stale in PLOTS.values():  # an earlier run's plots, which this run may not replace
+        (out_dir / stale).unlink(missing_ok=True)
     plot_paths, note = write_plots(results, out_dir)
     payload = {"environment": env, "settings": settings or {},
                "notes": [RATIO_NOTE, FLOOR_NOTE, FLOPS_NOTE, MEMORY_NOTE], "results": results}

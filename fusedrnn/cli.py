@@ -9,6 +9,7 @@ a command runs.
 """
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def add_bench_arguments(parser):
     parser.add_argument("--proj-size", type=non_negative_int, default=0, metavar="P",
                         help="give the LSTM cases proj_size P (those with hidden size <= P "
                              "are left out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for weights and inputs")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="capture each provider's call in a CUDA graph and time its "
                              "replays (CUDA only; modes inference and training)")
@@ -146,13 +147,19 @@ def run_bench(args):
     dtype = bench.DTYPES[args.dtype]
     repeats = args.repeats or (3 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    if args.proj_size and "lstm" not in cells:
+        raise UsageError(f"--proj-size {args.proj_size}: only LSTM cases have a projection, "
+                         f"and --cell {','.join(cells)} has none")
     cases = bench.default_grid(device, quick=args.quick, cells=cells, proj_size=args.proj_size)
     if not cases:
         raise UsageError(f"--proj-size {args.proj_size} leaves no case of the "
                          f"{'quick ' if args.quick else ''}grid (an LSTM case needs a hidden "
                          "size above it)")
-    if args.out:
-        output_folder(args.out)
+    if args.out is not None:
+        try:
+            bench_report.check_out_dir(output_folder(args.out))
+        except ValueError as error:
+            raise UsageError(f"--out: {error}") from None
 
     env = bench.environment(device)
     if env["load_average"] and env["load_average"][0] > 0.5 * env["usable_cores"]:
@@ -166,7 +173,7 @@ def run_bench(args):
     results = bench.run_grid(cases, modes, backend_names, device, dtype, warmup, repeats,
                              args.seed, progress=sys.stderr, cuda_graph=args.cuda_graph)
     print(bench_report.format_table(results), end="")
-    if args.out:
+    if args.out is not None:
         settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
                     "backends": backend_names, "quick": args.quick, "warmup": warmup,
                     "repeats": repeats, "seed": args.seed, "proj_size": args.proj_size,
@@ -199,6 +206,8 @@ def output_folder(path, flag="--out"):
     """``path`` created if need be and checked writable before any work, as a ``Path``."""
     from pathlib import Path
 
+    if not str(path).strip():
+        raise UsageError(f"{flag}: an empty path")
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -229,6 +238,59 @@ def non_negative_int(text):
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def seed(text):
+    """A seed torch.manual_seed takes: an integer in [0, 2**64)."""
+    value = int(text)
+    if not 0 <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {value}")
+    return value
+
+
+def _finite(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
+def non_negative_float(text):
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def probability(text):
+    """A dropout probability: in [0, 1)."""
+    value = _finite(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def open_fraction(text):
+    """A share of something split in two, each part non-empty: in (0, 1)."""
+    value = _finite(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
+def fraction(text):
+    """A target share: in [0, 1]."""
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
 
 
@@ -275,6 +337,9 @@ def main(argv=None):
         return args.run(args)
     except UsageError as error:
         subparsers[args.command].error(str(error))
+    except BrokenPipeError:  # the output piped into a reader that stopped (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

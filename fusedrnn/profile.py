@@ -41,7 +41,7 @@ MEMORY_NOTE = ("peak memory: bytes allocated during the profiled call above what
 
 def add_arguments(parser):
     """The options of ``fusedrnn profile``."""
-    from fusedrnn.cli import positive_int
+    from fusedrnn.cli import positive_int, seed
 
     parser.add_argument("--cell", default="lstm", choices=sorted(bench.CELLS))
     parser.add_argument("--batch", type=positive_int, default=16)
@@ -59,7 +59,7 @@ def add_arguments(parser):
                         help="fusedrnn backend to profile (default: auto)")
     parser.add_argument("--top", type=positive_int, default=15,
                         help="ops listed per provider (default: 15)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for weights and inputs")
     parser.add_argument("--out", metavar="DIR", default="bench-out/profile",
                         help="folder for profile.md, profile.json and the traces "
                              "(default: bench-out/profile)")
@@ -121,7 +121,7 @@ def profile_provider(provider, case, mode, device, out_dir, top):
     trace_name = f"trace-{re.sub(r'[^A-Za-z0-9.]+', '-', provider.label).strip('-')}.json"
     try:
         times = bench_timing.time_call(call, device, WARMUP, REPEATS, setup)
-        cuda_peak = bench_timing.peak_memory_bytes(call, setup, device)
+        call_peak = bench_timing.peak_memory_bytes(call, setup, device)
         bench_timing.prepare(setup, device)
         with torch.profiler.profile(activities=activities, profile_memory=True) as profiler:
             call()
@@ -138,7 +138,7 @@ def profile_provider(provider, case, mode, device, out_dir, top):
                  aten_ops_per_step=ops / case.steps, device_launches=kernels,
                  launches_per_step=launches / case.steps,
                  peak_memory_bytes=bench_timing.peak_allocated(trace, device),
-                 cuda_max_memory_allocated_bytes=cuda_peak, trace=trace_name,
+                 call_peak_bytes=call_peak, trace=trace_name,
                  top_ops=op_table(profiler, device, top))
     return entry
 
@@ -203,12 +203,15 @@ def full_markdown(report):
     lines += [f"- {key}: {env[key]}" for key in ("device_name", "torch", "cuda", "cudnn",
                                                   "fusedrnn", "git_commit", "torch_threads")]
     device_column = report["device"].startswith("cuda")
+    peak_source = ("torch.cuda.max_memory_allocated" if device_column
+                   else "the profiler's allocation records")
     for e in report["providers"]:
         if e["status"] != "ok":
             continue
         lines += ["", f"## {e['provider']}", "",
                   f"{e['aten_ops']} ATen ops, {e['device_launches']} device launches; "
-                  f"torch.cuda peak: {_bytes(e['cuda_max_memory_allocated_bytes'])}", "",
+                  f"peak allocated by a call: {_bytes(e['call_peak_bytes'])} ({peak_source})",
+                  "",
                   "| op | calls | self CPU us | CPU total us |"
                   + (" self CUDA us |" if device_column else ""),
                   "|---|---:|---:|---:|" + ("---:|" if device_column else "")]

@@ -197,7 +197,10 @@ def test_pad_batch():
 
 def test_train_writes_checkpoints_and_learns(trained):
     out, stdout = trained
-    history = json.loads((out / "history.json").read_text())
+    record = json.loads((out / "history.json").read_text())
+    history = record["history"]
+    assert record["config"]["max_len"] == 24 and record["environment"]["git_commit"]
+    assert record["environment"]["device"] == "cpu" and record["environment"]["torch"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert "best validation accuracy" in stdout and (out / "best.pt").is_file()
@@ -232,6 +235,7 @@ def test_evaluate(trained, archive, tmp_path):
                                  metrics_file])
     assert status == 0 and "accuracy:" in stdout and "confusion matrix" in stdout
     metrics = json.loads(metrics_file.read_text())
+    assert metrics["split"] == "test" and metrics["environment"]["fusedrnn"]
     (tn, fp), (fn, tp) = metrics["confusion"]
     assert tn + fp == fn + tp == PER_CLASS and metrics["count"] == 2 * PER_CLASS
     assert metrics["accuracy"] == pytest.approx((tn + tp) / (2 * PER_CLASS))

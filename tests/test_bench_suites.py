@@ -145,7 +145,7 @@ def test_profile_counts_cuda_kernels(tmp_path):
                  "--hidden-size", "5", "--device", "cuda", "--out", tmp_path]) == 0
     report = json.loads((tmp_path / "profile.json").read_text())
     for entry in report["providers"]:
-        assert entry["device_launches"] > 0 and entry["cuda_max_memory_allocated_bytes"] > 0
+        assert entry["device_launches"] > 0 and entry["call_peak_bytes"] > 0
 
 
 # ---------------------------------------------------------------- FLOPs and floors

@@ -290,16 +290,74 @@ def test_backend_kernel_choices_are_parsed_and_checked(capsys):
     (["forecast", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
     (["forecast", "--hidden-size", "-4"], "argument --hidden-size: must be at least 1"),
     (["seq2seq", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    (["bench", "--quick", "--out", ""], "--out: an empty path"),
+    (["bench", "--quick", "--out", "{dir}"], "results.json is a folder"),
+    (["bench", "--quick", "--cell", "gru", "--proj-size", "3"],
+     "--proj-size 3: only LSTM cases have a projection"),
+    (["bench", "--quick", "--backend", "triton:auto,step"], "'auto' stands alone"),
+    (["bench", "--quick", "--seed", str(2 ** 70)], "argument --seed: must be in [0, 2**64)"),
+    (["profile", "--seed", "-1"], "argument --seed: must be in [0, 2**64)"),
+    (["forecast", "--test-fraction", "nan"], "argument --test-fraction: must be a finite"),
+    (["forecast", "--test-fraction", "1"], "argument --test-fraction: must be in (0, 1)"),
+    (["forecast", "--lr", "-1"], "argument --lr: must be above 0"),
+    (["forecast", "--backend", "triton", "--epochs", "1", "--out", "{dir}"],
+     "--backend triton: backend 'triton' cannot run this call"),
+    (["seq2seq", "--lr", "nan"], "argument --lr: must be a finite number"),
+    (["seq2seq", "--target", "2"], "argument --target: must be in [0, 1]"),
+    (["seq2seq", "--symbols", "2", "--min-len", "3", "--max-len", "3", "--out", "{dir}"],
+     "make 8 distinct strings: too few for two held-out sets of --eval-size 1000"),
+    (["sentiment", "train", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["sentiment", "train", "--clip", "-1"], "argument --clip: must be at least 0"),
+    (["sentiment", "train", "--lr-decay", "-1"], "argument --lr-decay: must be above 0"),
+    (["sentiment", "train", "--limit", "-5"], "argument --limit: must be at least 0"),
+    (["sentiment", "train", "--val-fraction", "1.5"], "argument --val-fraction: must be in"),
+    (["sentiment", "train", "--dropout", "2"], "argument --dropout: must be in [0, 1)"),
+    (["sentiment", "train", "--vocab-size", "0"], "argument --vocab-size: must be at least 3"),
+    (["sentiment", "compare", "--batch-size", "0"], "argument --batch-size: must be at least"),
+    (["sentiment", "evaluate", "--checkpoint", "{file}"],
+     "is corrupt or not a torch checkpoint (EOFError: empty or truncated file)"),
+    (["sentiment", "evaluate", "--checkpoint", "{dir}"], "is not a file"),
+    (["sentiment", "evaluate", "--checkpoint", "x.pt", "--json", "{file}/m.json"],
+     "--json {file}: "),
 ])
-def test_bad_arguments_are_usage_errors_before_any_work(argv, message, tmp_path, capsys):
+def test_bad_arguments_are_usage_errors_before_any_work(argv, message, tmp_path, capsys,
+                                                         monkeypatch):
     """A one-line error naming the argument and exit status 2, not a traceback (an
-    unwritable --out was found only after the whole grid had run)."""
+    unwritable --out was found only after the whole grid had run; a negative --clip trained
+    by gradient ascent)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    folder = tmp_path / "out"
+    (folder / "results.json").mkdir(parents=True)
     with pytest.raises(SystemExit) as exit_info:
-        main([arg.format(file=blocker) for arg in argv])
+        main([arg.format(file=blocker, dir=folder) for arg in argv])
     assert exit_info.value.code == 2
-    assert message.format(file=blocker) in capsys.readouterr().err
+    assert message.format(file=blocker, dir=folder) in capsys.readouterr().err
+
+
+def test_an_unknown_backend_in_the_environment_is_named(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "nosuch")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["seq2seq", "--steps", "1", "--out", tmp_path])
+    assert exit_info.value.code == 2
+    assert "unknown backend 'nosuch'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown backend 'nosuch'.*\(from FUSEDRNN_BACKEND\)"):
+        fusedrnn.LSTM(2, 3)(torch.randn(1, 1, 2))
+
+
+def test_python_m_fusedrnn_runs_the_console_script():
+    result = subprocess.run([sys.executable, "-m", "fusedrnn", "--version"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith(fusedrnn.__version__)
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_stale_plots(tmp_path):
+    for name in bench_report.PLOTS.values():
+        (tmp_path / name).write_text("an earlier run's plot")
+    paths, note = bench_report.write_reports([], {"device": "cpu"}, tmp_path)
+    assert note and not any((tmp_path / name).exists() for name in bench_report.PLOTS.values())
+    assert "no PNG plots written" in (tmp_path / "results.md").read_text()
 
 
 def test_profile_fails_when_the_backend_asked_for_cannot_run(tmp_path, capsys):

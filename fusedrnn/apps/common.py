@@ -9,16 +9,21 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "usage_error", "usage_errors", "backend_choices",
+__all__ = ["CheckpointError", "ConfigError", "usage_error", "usage_errors", "backend_choices", "check_backend",
            "add_backend_argument", "add_device_arguments",
            "device_from_args",
            "seed_everything", "default_device", "prepare_cpu", "progress",
-           "save_checkpoint", "load_checkpoint", "binary_metrics", "markdown_table",
+           "save_checkpoint", "load_checkpoint", "provenance", "provenance_markdown",
+           "binary_metrics", "markdown_table",
            "saved_figure", "plot_curves"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or not of the expected kind or version."""
+
+
+class ConfigError(ValueError):
+    """Options that cannot run together on the data (the message names them)."""
 
 
 def usage_error(message):
@@ -43,6 +48,17 @@ def backend_choices():
     from .. import backends
 
     return [backends.AUTO, *backends.names()]
+
+
+def check_backend(name, device, dtype=None):
+    """A usage error, before any work, where ``--backend name`` (or under auto the
+    ``FUSEDRNN_BACKEND`` variable) cannot run on ``device``."""
+    from .. import backends
+
+    try:
+        backends.select(name, device, dtype or torch.get_default_dtype())
+    except (backends.BackendUnavailableError, ValueError) as error:
+        raise usage_error(f"--backend {name}: {error}") from None
 
 
 def add_backend_argument(parser):
@@ -121,13 +137,16 @@ def load_checkpoint(path, kind, version, map_location="cpu"):
     Raises :class:`CheckpointError` with the reason for a missing, unreadable or foreign file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types (pickle, zip, runtime) for bad files
+        first_line = next(iter(str(error).splitlines()), "") or "empty or truncated file"
         raise CheckpointError(f"checkpoint {path} is corrupt or not a torch checkpoint "
-                              f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
+                              f"({type(error).__name__}: {first_line})") from error
     if not isinstance(payload, dict) or payload.get("kind") != kind:
         found = payload.get("kind") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"checkpoint {path} is not a {kind} checkpoint (found {found!r})")
@@ -135,6 +154,25 @@ def load_checkpoint(path, kind, version, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} has format version {payload.get('version')}; "
                               f"this fusedrnn reads version {version}")
     return payload
+
+
+# What a results file says of where it came from (fusedrnn.bench.environment's keys).
+PROVENANCE = ("date", "device", "device_name", "torch_threads", "python", "torch", "cuda",
+              "triton", "fusedrnn", "git_commit", "git_dirty", "argv")
+
+
+def provenance(device):
+    """The device, versions and commit a results file records, as a dict."""
+    from ..bench import environment
+
+    env = environment(device)
+    return {key: env[key] for key in PROVENANCE}
+
+
+def provenance_markdown(device):
+    """:func:`provenance` as a markdown section."""
+    return "\n## Environment\n\n" + "".join(f"- {key}: {value}\n"
+                                             for key, value in provenance(device).items())
 
 
 def binary_metrics(labels, predictions):

@@ -26,11 +26,11 @@ __all__ = ["HELP", "add_arguments", "run", "load_series", "forecast_levels", "ba
 
 
 def add_arguments(parser):
-    from ..cli import positive_int
+    from ..cli import open_fraction, positive_float, positive_int, seed
     from .common import add_backend_argument, add_device_arguments
 
     parser.add_argument("--dataset", default="co2", choices=sorted(DATASETS))
-    parser.add_argument("--test-fraction", type=float, default=0.2,
+    parser.add_argument("--test-fraction", type=open_fraction, default=0.2,
                         help="last share of the series held out for testing (default: 0.2)")
     parser.add_argument("--window", type=positive_int, default=48,
                         help="observed points each forecast reads (default: 48)")
@@ -40,9 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--num-layers", type=positive_int, default=2)
     parser.add_argument("--epochs", type=positive_int, default=60)
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=positive_float, default=3e-3)
     add_backend_argument(parser)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     add_device_arguments(parser)
     parser.add_argument("--out", default="runs/forecast",
                         help="folder for forecast.md and forecast.png (default: runs/forecast)")
@@ -148,6 +148,7 @@ def run(args):
     from . import common
 
     device = common.device_from_args(args)
+    common.check_backend(args.backend, device)
     out = output_folder(args.out)
     common.seed_everything(args.seed)
     levels, season = load_series(args.dataset)
@@ -183,7 +184,7 @@ def run(args):
         f"# {args.dataset}: forecasts of the last {len(levels) - split} points\n\n"
         f"Training points {split}, window {args.window}, horizon {horizon}, season {season}, "
         f"LSTM {args.num_layers}x{args.hidden_size}, {args.epochs} epochs, seed {args.seed}."
-        f"\n\n{table}")
+        f"\n\n{table}{common.provenance_markdown(device)}")
     _plot(levels, split, shown, horizon, out / "forecast.png", args.dataset)
     print(table, end="")
     print(f"wrote {out / 'forecast.md'} and {out / 'forecast.png'}")

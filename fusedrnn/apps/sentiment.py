@@ -86,6 +86,11 @@ def prepare_data(config, data=None, encoder=None):
         reviews = reviews.subset(keep)
     train_part, validation_part = imdb.split_validation(reviews, config.val_fraction,
                                                         config.seed)
+    if not len(train_part):
+        raise common.ConfigError(
+            f"{len(reviews)} training reviews (--limit {config.limit}) leave none to train on "
+            f"once validation (--val-fraction {config.val_fraction}, at least one review of "
+            "each label) is held out")
     if encoder is None:
         tokenizer = text.train_tokenizer(train_part.texts, config.tokenizer, config.vocab_size)
         encoder = text.TextEncoder(tokenizer, config.max_len, config.truncation)
@@ -184,6 +189,7 @@ def train(config, out_dir, data=None, device=None, resume=False, show_progress=T
             return state["history"]
     common.seed_everything(config.seed)
     started = time.perf_counter()
+    environment = common.provenance(device) if main_process else None  # for history.json
     encoder = text.TextEncoder.from_state(state["encoder"]) if state else None
     if encoder is None and distributed.active():  # one tokenizer, trained by rank 0, for all
         if main_process:
@@ -235,7 +241,9 @@ def train(config, out_dir, data=None, device=None, resume=False, show_progress=T
         common.save_checkpoint(out_dir / LAST, {
             **payload, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state()})
-        (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        record = {"config": dataclasses.asdict(config), "history": history,
+                  "environment": environment}
+        (out_dir / "history.json").write_text(json.dumps(record, indent=1) + "\n")
     distributed.barrier()  # the checkpoints exist when any rank returns
     return history
 

@@ -37,6 +37,14 @@ OPTION_HELP = {
 }
 CHOICES = {"cell": ("lstm", "gru"), "tokenizer": ("word", "bpe"),
            "truncation": ("head", "tail", "head+tail")}
+# The argparse type (fusedrnn.cli's, by name) of each numeric option, where its field's type
+# alone would let a bad value through; --vocab-size's is vocabulary_size, here.
+NUMBER_TYPES = {"embedding_dim": "positive_int", "hidden_size": "positive_int",
+                "num_layers": "positive_int", "dropout": "probability",
+                "embedding_dropout": "probability", "max_len": "positive_int", "batch_size": "positive_int", "lr": "positive_float",
+                "lr_decay": "positive_float", "clip": "non_negative_float",
+                "epochs": "positive_int", "val_fraction": "open_fraction",
+                "limit": "non_negative_int", "seed": "seed"}
 COMPARED = [("lstm", False), ("lstm", True), ("gru", False), ("gru", True)]
 
 
@@ -82,8 +90,27 @@ def _add_config_options(parser, skip=()):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
-            parser.add_argument(flag, type=type(field.default), default=None,
+            parser.add_argument(flag, type=_number_type(field), default=None,
                                 choices=_choices(field.name), help=help_text)
+
+
+def _number_type(field):
+    from .. import cli
+
+    if field.name == "vocab_size":
+        return vocabulary_size
+    if field.name in NUMBER_TYPES:
+        return getattr(cli, NUMBER_TYPES[field.name])
+    return type(field.default)
+
+
+def vocabulary_size(text):
+    """At least one word beside the two special tokens ([PAD], [UNK])."""
+    value = int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be at least 3 (two special tokens and a "
+                                         f"word), got {value}")
+    return value
 
 
 def _choices(name):
@@ -126,7 +153,7 @@ def run(args):
     action = {"train": _train, "evaluate": _evaluate, "predict": _predict,
               "compare": _compare}[args.action]
     from ..cli import output_folder
-    from .common import CheckpointError, usage_error, usage_errors
+    from .common import CheckpointError, ConfigError, usage_error, usage_errors
     from .distributed import launched_world_size
     from .imdb import DataNotFoundError
 
@@ -136,7 +163,12 @@ def run(args):
 
     if args.action in ("train", "compare"):
         output_folder(args.out)
-    with usage_errors(CheckpointError, DataNotFoundError):
+    if args.action == "evaluate" and args.json:
+        json_path = Path(args.json)
+        output_folder(json_path.parent, "--json")
+        if json_path.is_dir():
+            raise usage_error(f"--json {args.json}: a folder, where the metrics go to a file")
+    with usage_errors(CheckpointError, DataNotFoundError, ConfigError):
         return action(args)
 
 
@@ -154,6 +186,7 @@ def _train(args):
                                  f"{', '.join('--' + name.replace('_', '-') for name in changed)}")
     config = _config(args)
     with distributed.launch(common.device_from_args(args)) as device:
+        common.check_backend(config.backend, device)
         history = sentiment.train(config, args.out, args.data, device, args.resume,
                                   not args.no_progress, _log)
     if not distributed.is_main_process():
@@ -167,8 +200,8 @@ def _train(args):
 def _evaluate(args):
     from . import common, sentiment
 
-    metrics = sentiment.evaluate_split(args.checkpoint, args.data, args.split,
-                                       common.device_from_args(args), _log)
+    device = common.device_from_args(args)
+    metrics = sentiment.evaluate_split(args.checkpoint, args.data, args.split, device, _log)
     (tn, fp), (fn, tp) = metrics["confusion"]
     print(f"{args.split} reviews: {metrics['count']}\n"
           f"accuracy:  {metrics['accuracy']:.4f}\nprecision: {metrics['precision']:.4f}\n"
@@ -177,7 +210,9 @@ def _evaluate(args):
           f"            negative  positive\n"
           f"  negative  {tn:8d}  {fp:8d}\n  positive  {fn:8d}  {tp:8d}")
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
+        record = {**metrics, "split": args.split, "checkpoint": str(args.checkpoint),
+                  "environment": common.provenance(device)}
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
@@ -209,6 +244,7 @@ def _compare(args):
 
     device, out = common.device_from_args(args), Path(args.out)
     base = _config(args)
+    common.check_backend(base.backend, device)
     test = imdb.load(args.data, splits=("test",))["test"]
     rows, curves = [], {}
     for cell, attention in COMPARED:
@@ -231,7 +267,8 @@ def _compare(args):
     settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(base).items()
                          if k not in ("cell", "attention"))
     (out / "compare.md").write_text(f"# IMDB sentiment: LSTM vs GRU, with and without attention"
-                                    f"\n\nSettings: {settings}; device {device}.\n\n{table}")
+                                    f"\n\nSettings: {settings}; device {device}.\n\n{table}"
+                                    f"{common.provenance_markdown(device)}")
     common.plot_curves(curves, out / "learning_curves.png", "IMDB sentiment",
                        [("train_loss", "training loss"), ("val_loss", "validation loss"),
                         ("val_accuracy", "validation accuracy")])

@@ -25,7 +25,7 @@ __all__ = ["HELP", "add_arguments", "run", "SequenceTask", "exact_match"]
 
 
 def add_arguments(parser):
-    from ..cli import positive_int
+    from ..cli import fraction, positive_float, positive_int, seed
     from .common import add_backend_argument, add_device_arguments
 
     parser.add_argument("--task", default="reverse", choices=sorted(TASKS))
@@ -37,14 +37,14 @@ def add_arguments(parser):
     parser.add_argument("--hidden-size", type=positive_int, default=64)
     parser.add_argument("--steps", type=positive_int, default=3000, help="most training steps")
     parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=positive_float, default=3e-3)
     parser.add_argument("--eval-every", type=positive_int, default=250)
     parser.add_argument("--eval-size", type=positive_int, default=1000,
                         help="validation and held-out test strings, each (default: 1000)")
-    parser.add_argument("--target", type=float, default=0.995,
+    parser.add_argument("--target", type=fraction, default=0.995,
                         help="stop once validation exact match reaches this (default: 0.995)")
     add_backend_argument(parser)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     add_device_arguments(parser)
     parser.add_argument("--out", default="runs/seq2seq",
                         help="folder for seq2seq.md and attention.png (default: runs/seq2seq)")
@@ -67,8 +67,13 @@ class SequenceTask:
         self.symbols, self.min_len, self.max_len = symbols, min_len, max_len
         self.vocab_size = FIRST_SYMBOL + symbols
 
+    @property
+    def possible(self):
+        """How many distinct strings there are."""
+        return sum(self.symbols ** n for n in range(self.min_len, self.max_len + 1))
+
     def sample(self, count, rng, exclude=frozenset()):
-        possible = sum(self.symbols ** n for n in range(self.min_len, self.max_len + 1))
+        possible = self.possible
         if count > possible - len(exclude):
             raise ValueError(f"cannot draw {count} distinct strings: only {possible} exist "
                              f"and {len(exclude)} are excluded")
@@ -117,12 +122,19 @@ def run(args):
     from . import common
 
     device = common.device_from_args(args)
+    common.check_backend(args.backend, device)
     out = output_folder(args.out)
     common.seed_everything(args.seed)
     try:
         task = SequenceTask(args.task, args.symbols, args.min_len, args.max_len)
     except ValueError as error:
         raise common.usage_error(str(error)) from None
+    if 2 * args.eval_size + args.batch_size > task.possible:
+        raise common.usage_error(
+            f"--symbols {args.symbols}, --min-len {args.min_len} and --max-len {args.max_len} "
+            f"make {task.possible} distinct strings: too few for two held-out sets of "
+            f"--eval-size {args.eval_size} and training batches of --batch-size "
+            f"{args.batch_size} drawn from the rest")
     rng = random.Random(args.seed)
     test = task.sample(args.eval_size, rng)
     validation = task.sample(args.eval_size, rng, exclude=set(test))
@@ -161,7 +173,8 @@ def run(args):
         f"Strings of {args.min_len}-{args.max_len} over {args.symbols} symbols; held-out test "
         f"exact match **{test_accuracy:.4f}** on {len(test)} strings after {step} steps "
         f"({seconds:.0f} s).\n\n"
-        + common.markdown_table(["step", "training loss", "validation exact match"], rows))
+        + common.markdown_table(["step", "training loss", "validation exact match"], rows)
+        + common.provenance_markdown(device))
     print(f"held-out exact match {test_accuracy:.4f} on {len(test)} strings after {step} steps "
           f"({seconds:.0f} s); wrote {out / 'seq2seq.md'} and {out / 'attention.png'}")
     if test_accuracy < args.target:

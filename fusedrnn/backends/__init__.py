@@ -198,9 +198,14 @@ def select(backend, device, dtype, call=None):
     :class:`Call`, when known): a :class:`Choice`."""
     name = requested_name(backend)
     if name != AUTO:
-        ok, why = _can_run(get(name), device, dtype, call)
+        source = "" if backend not in (None, AUTO) else f" (from {ENV_VAR})"
+        try:
+            chosen = get(name)
+        except ValueError as error:
+            raise ValueError(f"{error}{source}") from None
+        ok, why = _can_run(chosen, device, dtype, call)
         if not ok:
-            raise BackendUnavailableError(f"backend {name!r} cannot run this call: {why}")
+            raise BackendUnavailableError(f"backend {name!r}{source} cannot run this call: {why}")
         return Choice(name, "requested")
     skipped = []
     for candidate in _BY_PRIORITY:
