@@ -273,16 +273,20 @@ def module_weights(module, names, read=None):
     nn.Module's ``__getattr__``, Python code, took about 2 us of an LSTM cell's four weights.
     Anything else (a parametrization's property, a plain attribute, a deleted weight) by
     ``read``."""
-    parameters = module._parameters
-    weights = [parameters.get(name, _MISSING) for name in names]
+    parameters, instance = module._parameters, module.__dict__
     # An instance attribute of the name (set by object.__setattr__, as some weight-dropping
-    # wrappers do) hides the parameter from getattr. (Dynamo cannot trace isdisjoint.)
-    instance = module.__dict__
-    shadowed = (any(name in instance for name in names) if torch.compiler.is_compiling()
-                else not instance.keys().isdisjoint(names))
-    if shadowed or any(weight is _MISSING for weight in weights):
-        return [(read or module_weight)(module, name) for name in names]
-    return weights
+    # wrappers do) hides the parameter from getattr.
+    if torch.compiler.is_compiling():  # Dynamo cannot trace isdisjoint
+        weights = [parameters.get(name, _MISSING) for name in names]
+        plain = (not any(name in instance for name in names)
+                 and not any(weight is _MISSING for weight in weights))
+    else:
+        try:
+            weights = [parameters[name] for name in names]
+            plain = instance.keys().isdisjoint(names)
+        except KeyError:
+            plain = False
+    return weights if plain else [(read or module_weight)(module, name) for name in names]
 
 
 def module_weight(module, name):
