@@ -386,12 +386,14 @@ def _capture_all(calls, device, mode):
 
 
 def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device="cpu",
-             dtype=torch.float32, warmup=3, repeats=10, seed=0, progress=None, cuda_graph=False):
+             dtype=torch.float32, warmup=3, repeats=10, seed=0, progress=None, cuda_graph=False,
+             results=None):
     """:func:`measure_case` over ``cases`` x ``modes``; ``progress`` is a stream for
     ``[i/n] case mode`` lines, each followed by that case's table rows as soon as it is
     measured, so that a run cut short still leaves what it measured (``None``: silent);
-    ``cuda_graph`` as in :func:`measure_case`. Returns the list of result dicts."""
-    results = []
+    ``cuda_graph`` as in :func:`measure_case`. Returns the list of result dicts: ``results``,
+    when given, filled as each is measured (what a caller keeps of an interrupted run)."""
+    results = [] if results is None else results
     total = len(cases) * len(modes)
     if progress is not None:
         print("    " + " | ".join(bench_report.COLUMNS[3:]), file=progress)

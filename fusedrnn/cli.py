@@ -170,19 +170,27 @@ def run_bench(args):
           f"warmup {warmup}, repeats {repeats}, interleaved, median"
           + (", CUDA graph replays" if args.cuda_graph else ""))
     sys.stdout.flush()
-    results = bench.run_grid(cases, modes, backend_names, device, dtype, warmup, repeats,
-                             args.seed, progress=sys.stderr, cuda_graph=args.cuda_graph)
+    results, interrupted = [], False
+    try:
+        bench.run_grid(cases, modes, backend_names, device, dtype, warmup, repeats, args.seed,
+                       progress=sys.stderr, cuda_graph=args.cuda_graph, results=results)
+    except KeyboardInterrupt:  # keep what was measured: the table and the reports of it
+        interrupted = True
+        print(f"interrupted after {len(results)} of {len(cases) * len(modes)} measurements",
+              file=sys.stderr)
     print(bench_report.format_table(results), end="")
     if args.out is not None:
         settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
                     "backends": backend_names, "quick": args.quick, "warmup": warmup,
                     "repeats": repeats, "seed": args.seed, "proj_size": args.proj_size,
-                    "cuda_graph": args.cuda_graph, "torch_threads": torch.get_num_threads()}
+                    "cuda_graph": args.cuda_graph, "torch_threads": torch.get_num_threads(),
+                    **({"interrupted": f"after {len(results)} of {len(cases) * len(modes)} "
+                                       "measurements"} if interrupted else {})}
         paths, note = bench_report.write_reports(results, env, args.out, settings)
         print(f"wrote {', '.join(str(path) for path in paths)}")
         if note:
             print(f"note: {note}")
-    return 0
+    return 130 if interrupted else 0
 
 
 def parse_device(requested):
@@ -199,6 +207,11 @@ def parse_device(requested):
         raise UsageError(f"--device {requested}: CUDA is not available here")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {requested}: only cpu and cuda are supported")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UsageError(f"--device {requested}: there is one cpu device, cpu (or cpu:0)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {requested}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

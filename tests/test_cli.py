@@ -291,6 +291,8 @@ def test_backend_kernel_choices_are_parsed_and_checked(capsys):
     (["forecast", "--hidden-size", "-4"], "argument --hidden-size: must be at least 1"),
     (["seq2seq", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
     (["bench", "--quick", "--out", ""], "--out: an empty path"),
+    (["bench", "--quick", "--device", "cpu:1"], "--device cpu:1: there is one cpu device"),
+    (["forecast", "--device", "cpu:3"], "--device cpu:3: there is one cpu device"),
     (["bench", "--quick", "--out", "{dir}"], "results.json is a folder"),
     (["bench", "--quick", "--cell", "gru", "--proj-size", "3"],
      "--proj-size 3: only LSTM cases have a projection"),
@@ -534,3 +536,24 @@ def test_format_table_marks_noisy_rows_and_writes_markdown():
     markdown = bench_report.format_table([result], markdown=True)
     assert ("| lstm | B1 T10 I2 H3 | inference | fusedrnn (auto: reference) | 1.000 | 0.500 ! "
             "| 0.50 | 100.0 | 4.25 | 0.025 |") in markdown
+
+
+def test_an_interrupted_bench_keeps_what_it_measured(monkeypatch, tmp_path):
+    """Ctrl-C during a grid: the table and the reports of what was measured, the
+    interruption recorded in the settings, exit status 130 (it was a traceback and nothing
+    written)."""
+    measure, calls = bench.measure_case, []
+
+    def measured_once(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(args)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_case", measured_once)
+    status, stdout, stderr = run_main(["bench", "--quick", "--out", tmp_path])
+    assert status == 130 and "interrupted after 1 of" in stderr
+    assert len(parse_table(stdout)) >= 2  # torch.nn's row and fusedrnn's
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert len(payload["results"]) == 1
+    assert payload["settings"]["interrupted"].startswith("after 1 of")
