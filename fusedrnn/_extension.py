@@ -9,6 +9,8 @@ import time: :meth:`Extension.load` imports a module on first use and, when it i
 raises an ImportError that says how to build it.
 """
 
+from ._compile import constant_result
+
 BUILD_COMMAND = "pip install --no-build-isolation -e ."
 CUDA_BUILD_COMMAND = "FUSEDRNN_BUILD_CUDA=1 " + BUILD_COMMAND
 
@@ -36,6 +38,9 @@ class Extension:
                               f"build it from the source checkout with: {self.build_command}")
         return self._state["module"]
 
+    # Run, not traced, by torch.compile: a trace of the first load would guard on the state
+    # before the load, which the load changes, and the next call would compile again.
+    @constant_result
     def status(self):
         """``(available, reason)`` for ``fusedrnn info`` and the backend registry."""
         try:
@@ -62,12 +67,6 @@ def _import_cuda_emulation():
     from . import _cuda_emulation
     return _cuda_emulation
 
-
-# Run, not traced, by torch.compile (its result a constant of the graph): a trace of the
-# first load would guard on the state before the load, which the load changes, and the
-# next call would compile again. torch.compiler.assume_constant_result sets this attribute;
-# calling it here would import torch._dynamo (and Triton) with fusedrnn.
-Extension.status._dynamo_marked_constant = True
 
 CPU = Extension("fusedrnn._cpu", "the CPU extension", BUILD_COMMAND, _import_cpu)
 CUDA = Extension("fusedrnn._C", "the CUDA extension", CUDA_BUILD_COMMAND, _import_cuda)

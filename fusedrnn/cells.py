@@ -50,15 +50,16 @@ class RNNCellBase(nn.Module):
             s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
 
-    def _weights(self):
-        names = _WEIGHTS if self.bias else _WEIGHTS[:2]
-        return modules.module_weights(self, names, getattr)  # torch's error for a deleted one
+    def _attributes(self):
+        """``weight_ih, weight_hh, bias_ih, bias_hh`` as getattr gives them (torch's error for
+        a deleted one): as torch's cells, the bias attributes whatever ``bias`` the cell was
+        built with (a cell built without biases may be given them; one set to None adds
+        nothing)."""
+        return modules.module_weights(self, _WEIGHTS, getattr)
 
     def _step_weights(self):
-        """The weights a step runs on and whether they have biases: as torch's cells, the
-        ``bias_ih`` and ``bias_hh`` attributes whatever ``bias`` the cell was built with (a
-        cell built without biases may be given them; one set to None adds nothing)."""
-        w_ih, w_hh, b_ih, b_hh = modules.module_weights(self, _WEIGHTS, getattr)
+        """The weights a step runs on (:meth:`_attributes`) and whether they have biases."""
+        w_ih, w_hh, b_ih, b_hh = self._attributes()
         if b_ih is None and b_hh is None:
             return [w_ih, w_hh], False
         if b_ih is None or b_hh is None:  # the ops take both or neither
@@ -71,8 +72,7 @@ class RNNCellBase(nn.Module):
         """The ``torch.nn`` cell of this configuration, holding this cell's Parameter objects
         themselves; ``torch.jit.script`` scripts it in this one's place."""
         extra = {"nonlinearity": self.nonlinearity} if isinstance(self, RNNCell) else {}
-        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
-        return modules.torch_nn_twin(self, self._torch_class, names, self._weights(),
+        return modules.torch_nn_twin(self, self._torch_class, _WEIGHTS, self._attributes(),
                                      bias=self.bias, **extra)
 
     def __prepare_scriptable__(self):

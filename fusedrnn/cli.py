@@ -255,10 +255,11 @@ def non_negative_int(text):
 
 
 def seed(text):
-    """A seed torch.manual_seed takes: an integer in [0, 2**64)."""
+    """A seed: an integer torch.manual_seed takes with room for the offsets the commands
+    add to it (seed + 1 for the inputs), [-2**63, 2**63)."""
     value = int(text)
-    if not 0 <= value < 2 ** 64:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {value}")
+    if not -2 ** 63 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be in [-2**63, 2**63), got {value}")
     return value
 
 

@@ -92,10 +92,11 @@ def _plan_key(options, backend, input, hx, weights):
     profiler, autocast, tensor subclasses). The signature holds what the checks, the sizes
     and the backend choice depend on: the options, the backend asked for (the argument or
     the environment variable), the registry's generation, the numeric options' and ``hx``'s
-    types (``hx``'s is NoneType when it is not given), whether autograd records the call, and every tensor's shape, dtype and device. A backend's own
-    rules are taken as fixed for the process (registering or removing a backend starts a new
-    generation). Checking a call and choosing its backend took 25 of the 85 us an LSTM cell's
-    step took at batch 1, hidden 128, on the 2-core AMD EPYC."""
+    types (``hx``'s is NoneType when it is not given), whether autograd records the call,
+    and every tensor's shape, dtype and device. A backend's own rules are taken as fixed for
+    the process (registering or removing a backend starts a new generation). Checking a
+    call and choosing its backend took 25 of the 85 us an LSTM cell's step took at batch 1,
+    hidden 128, on the 2-core AMD EPYC."""
     if (torch.compiler.is_compiling() or type(input) is not torch.Tensor
             or forward_ad._current_level >= 0):
         return None
@@ -380,8 +381,8 @@ def _check_weight_kinds(name, weights, per_direction, directions, bias, gates):
         if not isinstance(weight, torch.Tensor) or weight.dim() != rank:
             got = (f"a {weight.dim()}-D tensor" if isinstance(weight, torch.Tensor)
                    else type(weight).__name__)
-            raise TypeError(f"{name}: {_weight_label(index, per_direction, directions, bias)} must be a "
-                            f"{rank}-D tensor, got {got}")
+            label = _weight_label(index, per_direction, directions, bias)
+            raise TypeError(f"{name}: {label} must be a {rank}-D tensor, got {got}")
     if weights[1].shape[0] % gates:
         raise ValueError(f"{name}: {_weight_label(1, per_direction, directions, bias)} has "
                          f"{weights[1].shape[0]} rows, not a multiple of the {gates} gates")

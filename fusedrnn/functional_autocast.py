@@ -3,6 +3,8 @@
 
 import torch
 
+from ._compile import constant_result
+
 
 def dtypes(cell, x, hx, packed, proj_size, step_cell):
     """Under autocast, the dtypes torch.nn gives ``cell``: the dtype its call runs in and
@@ -39,24 +41,30 @@ def dtypes(cell, x, hx, packed, proj_size, step_cell):
     return state, (lowered if proj_size > 0 else state)
 
 
-_ONEDNN_DTYPES = {}  # the device's answers for _onednn_runs, asked once per process
-
-
 def _onednn_runs(x):
     """Whether ``torch.nn.LSTM`` runs a CPU call on ``x`` through oneDNN (ATen's
     ``use_mkldnn``): when oneDNN is built and enabled, for float32 input, bfloat16 where the
     CPU has oneDNN's bfloat16, float16 where it has its float16 and grad mode is off."""
+    enabled, bfloat16, float16 = _onednn_dtypes()
+    if not enabled or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if x.dtype == torch.float16:
+        return float16 and not torch.is_grad_enabled()
+    return x.dtype == torch.float32 or bfloat16
+
+
+_CPU_ONEDNN_DTYPES = []  # this CPU's (bfloat16, float16) in oneDNN, asked once
+
+
+@constant_result  # Dynamo cannot trace torch.backends.mkldnn.is_available
+def _onednn_dtypes():
+    """``(oneDNN built and enabled, its bfloat16 on this CPU, its float16)``."""
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-        return False
-    if x.dtype == torch.float32:
-        return True
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        return False
-    if not _ONEDNN_DTYPES:
-        _ONEDNN_DTYPES[torch.bfloat16] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        _ONEDNN_DTYPES[torch.float16] = bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    supported = _ONEDNN_DTYPES[x.dtype]
-    return supported and (x.dtype == torch.bfloat16 or not torch.is_grad_enabled())
+        return False, False, False
+    if not _CPU_ONEDNN_DTYPES:
+        _CPU_ONEDNN_DTYPES.extend((bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                                   bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())))
+    return (True, *_CPU_ONEDNN_DTYPES)
 
 
 def cast(name, x, states, weights, dtype):

@@ -24,6 +24,9 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 class RNNBase(nn.Module):
     """Parameters, attributes and checks shared by :class:`LSTM`, :class:`GRU` and :class:`RNN`."""
 
+    # A list assigned to _flat_weights and the weights it was assigned over (see there).
+    _flat_weights_held = None
+
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  device=None, dtype=None, *, backend="auto"):
@@ -82,7 +85,8 @@ class RNNBase(nn.Module):
         """The weights a call runs on, in ``_flat_weights_names`` order: the attributes, or a
         list assigned here, held as torch holds its own (:meth:`_held_flat_weights`)."""
         weights = module_weights(self, self._flat_weights_names)
-        if "_flat_weights_held" in self.__dict__:
+        # An attribute read, not a look in __dict__: torch.compile guards on its value.
+        if self._flat_weights_held is not None:
             return self._held_flat_weights(weights)
         return weights
 
@@ -104,7 +108,7 @@ class RNNBase(nn.Module):
         if all((ref is None and w is None) or (ref is not None and ref() is w)
                for ref, w in zip(refs, attributes)):
             return list(held)
-        del self.__dict__["_flat_weights_held"]
+        self.__dict__.pop("_flat_weights_held")
         return attributes
 
     def _apply(self, *args, **kwargs):
@@ -112,7 +116,7 @@ class RNNBase(nn.Module):
         return super()._apply(*args, **kwargs)
 
     def __getstate__(self):
-        state = dict(self.__dict__)
+        state = super().__getstate__()  # a copy of __dict__, less what must not be copied
         held = state.pop("_flat_weights_held", None)  # weak references do not pickle
         if held is not None:
             state["_flat_weights_held_list"] = held[0]
@@ -211,10 +215,10 @@ class RNNBase(nn.Module):
 
 def torch_nn_twin(module, cls, names, weights, **kwargs):
     """A ``cls`` (a torch.nn module) built like ``module`` and holding its Parameters
-    ``weights`` under ``names``; the twin's own weights are made on the meta device, never
-    filled."""
+    ``weights`` (None where it has none) under ``names``; the twin's own weights are made on
+    the meta device, never filled."""
     for name, weight in zip(names, weights):
-        if not isinstance(weight, nn.Parameter):
+        if weight is not None and not isinstance(weight, nn.Parameter):
             raise RuntimeError(f"{type(module).__name__}: {name} is not a Parameter (a "
                                "parametrization, or a tensor set in its place); a torch.nn "
                                "module cannot hold it")
@@ -273,19 +277,16 @@ def module_weights(module, names, read=None):
     nn.Module's ``__getattr__``, Python code, took about 2 us of an LSTM cell's four weights.
     Anything else (a parametrization's property, a plain attribute, a deleted weight) by
     ``read``."""
+    if torch.compiler.is_compiling():  # getattr itself, which Dynamo traces and guards
+        return [getattr(module, name) for name in names]
     parameters, instance = module._parameters, module.__dict__
-    # An instance attribute of the name (set by object.__setattr__, as some weight-dropping
-    # wrappers do) hides the parameter from getattr.
-    if torch.compiler.is_compiling():  # Dynamo cannot trace isdisjoint
-        weights = [parameters.get(name, _MISSING) for name in names]
-        plain = (not any(name in instance for name in names)
-                 and not any(weight is _MISSING for weight in weights))
-    else:
-        try:
-            weights = [parameters[name] for name in names]
-            plain = instance.keys().isdisjoint(names)
-        except KeyError:
-            plain = False
+    try:
+        weights = [parameters[name] for name in names]
+        # An instance attribute of the name (set by object.__setattr__, as some
+        # weight-dropping wrappers do) hides the parameter from getattr.
+        plain = instance.keys().isdisjoint(names)
+    except KeyError:
+        plain = False
     return weights if plain else [(read or module_weight)(module, name) for name in names]
 
 

@@ -2,6 +2,7 @@
 ``nn.RNNBase``'s check methods for subclasses written against torch's modules."""
 
 import pickle
+from copy import deepcopy
 import warnings
 
 import pytest
@@ -144,6 +145,8 @@ def test_cells_run_on_the_bias_attributes_whatever_they_were_built_with(name, bi
     hx = (h, h.clone()) if name == "LSTMCell" else h
     out, ref = testing.flatten_outputs(ours(x, hx)), testing.flatten_outputs(theirs(x, hx))
     testing.assert_close_relative(out, ref, 1e-10, name)
+    twin = testing.flatten_outputs(ours.to_torch_nn()(x, hx))  # torch.jit.script's module
+    testing.assert_close_relative(twin, ref, 1e-10, "to_torch_nn")
     if given:
         grads = torch.autograd.grad(out[0].sum(), [getattr(ours, a) for a in given])
         expected = torch.autograd.grad(ref[0].sum(), [getattr(theirs, a) for a in given])
@@ -154,18 +157,42 @@ def test_cells_run_on_the_bias_attributes_whatever_they_were_built_with(name, bi
 def test_an_instance_attribute_hides_the_parameter_as_in_torch(name, kwargs):
     """``object.__setattr__`` (as weight-dropping wrappers set a dropped weight) puts a tensor
     in the instance's dict, which getattr finds before the registered parameter; the modules
-    then rebuild torch's ``_flat_weights`` from getattr, the cells read getattr."""
+    rebuild torch's ``_flat_weights`` from getattr (the weight's object changed), the
+    cells read getattr."""
     ours = getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT)
     theirs = ours.to_torch_nn()
     weight = "weight_hh" if name.endswith("Cell") else "weight_hh_l0"
     doubled = 2 * getattr(ours, weight).detach()
     for module in (ours, theirs):
         object.__setattr__(module, weight, doubled)
-        if not name.endswith("Cell"):
-            module._flat_weights = [getattr(module, n) for n in module._flat_weights_names]
     x = _input(name, ours)
     out, ref = testing.flatten_outputs(ours(x)), testing.flatten_outputs(theirs(x))
     testing.assert_close_relative(out, ref, 1e-10, name)
+
+
+def test_a_compiled_module_sees_an_assigned_flat_weights_list():
+    """torch.compile guards on the held list (an attribute read, not a look in __dict__)."""
+    module = fusedrnn.LSTM(3, 4)
+    compiled = torch.compile(module, backend="eager")
+    x = torch.randn(5, 2, 3)
+    compiled(x)
+    module._flat_weights = [torch.zeros_like(w) for w in module._flat_weights]
+    assert compiled(x)[0].abs().sum() == 0 and module(x)[0].abs().sum() == 0
+
+
+def test_a_deep_copy_of_a_compiled_module_runs_the_copy():
+    """nn.Module drops its compiled call from a copy's state (RNNBase.__getstate__ keeps
+    that): the copy's weights zeroed, its output is zero."""
+    module = fusedrnn.LSTM(3, 4)
+    module.compile(backend="eager")
+    x = torch.randn(5, 2, 3)
+    module(x)
+    copy = deepcopy(module)
+    with torch.no_grad():
+        for weight in copy.parameters():
+            weight.zero_()
+    assert copy(x)[0].abs().sum() == 0
+    assert pickle.loads(pickle.dumps(module))(x)[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("name, kwargs", CONFIGS[:3])
@@ -176,14 +203,13 @@ def test_an_assigned_flat_weights_list_holds_until_a_weight_changes(name, kwargs
     theirs = getattr(nn, name)(5, 8, **kwargs, dtype=DT)  # a twin's list is rebuilt always
     theirs.load_state_dict(ours.state_dict())
     x = _input(name, ours)
+    plain = testing.flatten_outputs(ours(x))
     for module in (ours, theirs):
         module._flat_weights = [2 * w.detach() if i == 1 else w
                                 for i, w in enumerate(module._flat_weights)]
     held = testing.flatten_outputs(ours(x))
     testing.assert_close_relative(held, testing.flatten_outputs(theirs(x)), 1e-10, "held")
-    plain = testing.flatten_outputs(getattr(fusedrnn, name)(5, 8, **kwargs, dtype=DT)
-                                    .to_torch_nn()(x))
-    assert testing.relative_error(held[0], plain[0]) > 1e-3  # not the plain weights
+    assert testing.relative_error(held[0], plain[0]) > 1e-3  # not the attributes
     copy = pickle.loads(pickle.dumps(ours))
     testing.assert_close_relative(testing.flatten_outputs(copy(x)), held, 1e-10, "pickled")
     replaced = nn.Parameter(ours.weight_ih_l0.detach().clone())

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "ConfigError", "usage_error", "usage_errors", "backend_choices", "check_backend",
-           "add_backend_argument", "add_device_arguments",
-           "device_from_args",
+__all__ = ["CheckpointError", "ConfigError", "usage_error", "usage_errors", "backend_choices",
+           "check_backend", "add_backend_argument", "add_device_arguments", "device_from_args",
            "seed_everything", "default_device", "prepare_cpu", "progress",
            "save_checkpoint", "load_checkpoint", "provenance", "provenance_markdown",
            "binary_metrics", "markdown_table",

@@ -41,7 +41,8 @@ CHOICES = {"cell": ("lstm", "gru"), "tokenizer": ("word", "bpe"),
 # alone would let a bad value through; --vocab-size's is vocabulary_size, here.
 NUMBER_TYPES = {"embedding_dim": "positive_int", "hidden_size": "positive_int",
                 "num_layers": "positive_int", "dropout": "probability",
-                "embedding_dropout": "probability", "max_len": "positive_int", "batch_size": "positive_int", "lr": "positive_float",
+                "embedding_dropout": "probability", "max_len": "positive_int",
+                "batch_size": "positive_int", "lr": "positive_float",
                 "lr_decay": "positive_float", "clip": "non_negative_float",
                 "epochs": "positive_int", "val_fraction": "open_fraction",
                 "limit": "non_negative_int", "seed": "seed"}

@@ -213,9 +213,8 @@ def log_once(cell, variant):
 
 def interpreted():
     """Whether Triton runs its kernels in its interpreter: ``TRITON_INTERPRET`` set to what
-    Triton reads as true (1, true, on, yes, y; any case)."""
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes",
-                                                                        "y")
+    Triton reads as true (1, true, on, yes, y; any case; no spaces around)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes", "y")
 
 
 def full_precision_dot(dtype):
