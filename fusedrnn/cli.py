@@ -240,27 +240,17 @@ def _choices(text, allowed, what):
     return list(dict.fromkeys(chosen))
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _ranged(name, parse, accepts, requirement):
+    """An argparse type: ``parse`` the text, then refuse a value ``accepts`` does not, with
+    "must be {requirement}, got {value}" (argparse prefixes the option)."""
+    def convert(text):
+        value = parse(text)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {value}")
+        return value
 
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def seed(text):
-    """A seed: an integer torch.manual_seed takes with room for the offsets the commands
-    add to it (seed + 1 for the inputs), [-2**63, 2**63)."""
-    value = int(text)
-    if not -2 ** 63 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be in [-2**63, 2**63), got {value}")
-    return value
+    convert.__name__ = name  # argparse's word for a text that does not parse
+    return convert
 
 
 def _finite(text):
@@ -270,42 +260,16 @@ def _finite(text):
     return value
 
 
-def positive_float(text):
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
-    return value
-
-
-def non_negative_float(text):
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def probability(text):
-    """A dropout probability: in [0, 1)."""
-    value = _finite(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def open_fraction(text):
-    """A share of something split in two, each part non-empty: in (0, 1)."""
-    value = _finite(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
-    return value
-
-
-def fraction(text):
-    """A target share: in [0, 1]."""
-    value = _finite(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
+positive_int = _ranged("positive_int", int, lambda v: v >= 1, "at least 1")
+non_negative_int = _ranged("non_negative_int", int, lambda v: v >= 0, "at least 0")
+# torch.manual_seed takes [-2**63, 2**64); the commands add small offsets (seed + 1).
+seed = _ranged("seed", int, lambda v: -2 ** 63 <= v < 2 ** 63, "in [-2**63, 2**63)")
+positive_float = _ranged("positive_float", _finite, lambda v: v > 0, "above 0")
+non_negative_float = _ranged("non_negative_float", _finite, lambda v: v >= 0, "at least 0")
+probability = _ranged("probability", _finite, lambda v: 0 <= v < 1, "in [0, 1)")  # dropout
+# a share of something split in two, each part non-empty
+open_fraction = _ranged("open_fraction", _finite, lambda v: 0 < v < 1, "in (0, 1)")
+fraction = _ranged("fraction", _finite, lambda v: 0 <= v <= 1, "in [0, 1]")  # a target
 
 
 # ---------------------------------------------------------------- entry point
