@@ -178,9 +178,8 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
     else:
         x, batched = _batched_time_major(name, input, batch_first)
         lengths = positions = None
-    # torch.nn runs a packed input without padding (every sequence full) as a padded one
     autocast_dtype, output_dtype = functional_autocast.dtypes(
-        cell, x, hx, packed and lengths is not None, proj_size, step_cell)
+        cell, x, hx, packed, packed and lengths is None, proj_size, step_cell)
     _check_input(name, x, input_size, weights[0], autocast_dtype)
     batch = x.shape[1]
 

@@ -6,13 +6,15 @@ import torch
 from ._compile import constant_result
 
 
-def dtypes(cell, x, hx, packed, proj_size, step_cell):
+def dtypes(cell, x, hx, packed, full, proj_size, step_cell):
     """Under autocast, the dtypes torch.nn gives ``cell``: the dtype its call runs in and
     that of ``output`` and ``h_n``; ``(None, None)`` outside autocast.
 
     Autocast lowers cuDNN's RNN op for every cell, and on the CPU ``mkldnn_rnn_layer``
     (nn.LSTM on padded input without projection, where oneDNN takes the input's dtype:
-    :func:`_onednn_runs`) and the products of nn.RNN: these run in the autocast dtype. On
+    :func:`_onednn_runs`; on packed input too where every sequence is ``full`` in torch
+    versions that run such input as padded: :func:`_full_packed_lstm_as_padded`) and the
+    products of nn.RNN: these run in the autocast dtype. On
     its other CPU paths (nn.GRU, a packed or projected nn.LSTM, nn.LSTMCell, nn.GRUCell)
     torch lowers only the products, and the states' dtype (h_0's, or the input's without
     ``hx``) meets the products' in the cell's arithmetic: the states come out in the
@@ -30,7 +32,8 @@ def dtypes(cell, x, hx, packed, proj_size, step_cell):
     if not torch.is_autocast_enabled(device_type):
         return None, None
     lowered = torch.get_autocast_dtype(device_type)
-    onednn = cell == "lstm" and not (packed or proj_size > 0 or step_cell) and _onednn_runs(x)
+    padded = not packed or (full and _full_packed_lstm_as_padded())
+    onednn = cell == "lstm" and padded and not (proj_size > 0 or step_cell) and _onednn_runs(x)
     if device_type != "cpu" or cell.startswith("rnn") or onednn:
         return lowered, lowered
     h_0 = hx[0] if cell == "lstm" and isinstance(hx, (tuple, list)) and hx else hx
@@ -51,6 +54,24 @@ def _onednn_runs(x):
     if x.dtype == torch.float16:
         return float16 and not torch.is_grad_enabled()
     return x.dtype == torch.float32 or bfloat16
+
+
+_ASKED_OF_TORCH = {}  # what _full_packed_lstm_as_padded found, asked once
+
+
+@constant_result
+def _full_packed_lstm_as_padded():
+    """Whether this torch runs ``nn.LSTM`` on packed input whose sequences are all full as
+    on padded input (oneDNN's path under autocast: 2.14 does, 2.11 does not), asked of
+    torch.nn itself once, on a tiny call (its weights drawn from a forked generator)."""
+    if "full packed" not in _ASKED_OF_TORCH:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            lstm = torch.nn.LSTM(2, 2)
+            x = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(2, 1, 2), torch.tensor([2]))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                lowered = lstm(x)[0].data.dtype == torch.bfloat16
+        _ASKED_OF_TORCH["full packed"] = lowered and _onednn_dtypes()[0]
+    return _ASKED_OF_TORCH["full packed"]
 
 
 _CPU_ONEDNN_DTYPES = []  # this CPU's (bfloat16, float16) in oneDNN, asked once

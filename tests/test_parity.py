@@ -200,6 +200,22 @@ def test_autocast_gives_the_dtypes_torch_gives(cell, extra, packed, backend):
             assert testing.relative_error(actual, reference) < 0.05, case
 
 
+def test_asking_torch_how_it_runs_full_packed_input_leaves_the_random_state():
+    """The autocast rule asks torch.nn once how it runs a packed LSTM input with every
+    sequence full (as padded from some torch version on): that tiny call draws no number
+    from the caller's generator."""
+    from fusedrnn import functional_autocast
+
+    functional_autocast._ASKED_OF_TORCH.clear()
+    module = fusedrnn.LSTM(3, 4)
+    x = nn.utils.rnn.pack_sequence(list(torch.randn(2, 5, 3)))
+    state = torch.get_rng_state()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module(x)
+    assert "full packed" in functional_autocast._ASKED_OF_TORCH
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_autocast_compiles_fullgraph(cell):
     """Under autocast the dtype rule reads oneDNN's dtypes on this CPU, which Dynamo cannot
