@@ -27,7 +27,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from fusedrnn import backends, bench, bench_report, bench_timing
+from fusedrnn import backends, bench, bench_checks, bench_report, bench_timing
 
 # grid size: (warm-up rounds, timed rounds) per benchmark
 ROUNDS = {"quick": (2, 3), "default": (2, 10), "full": (3, 20)}
@@ -92,10 +92,13 @@ def device():
 def provider(case, dtype, provider_name, device):
     """The provider under test, from :func:`fusedrnn.bench.build_providers`: every provider
     of a case gets the same weights and input (same seed). A backend that cannot run here
-    skips the benchmark with its reason; one that fails to build fails it."""
+    skips the benchmark with its reason; one that fails to build, or whose outputs are not
+    torch.nn's (:func:`fusedrnn.bench_checks.check_against_torch`), fails it."""
     torch_nn = provider_name == bench.TORCH_LABEL
-    (built,) = bench.build_providers(case, [] if torch_nn else [provider_name], device,
-                                     bench.DTYPES[dtype], torch_nn=torch_nn)
+    built = bench.build_providers(case, [] if torch_nn else [provider_name], device,
+                                  bench.DTYPES[dtype])
+    bench_checks.check_against_torch(built, bench.DTYPES[dtype])
+    built = built[-1]
     if built.status == "unavailable":
         pytest.skip(f"{built.label} unavailable: {built.message}")
     if built.status != "ok":

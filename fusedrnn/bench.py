@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from . import __version__, backends, bench_graphs, bench_report, modules, testing
+from .bench_checks import check_against_torch
 from .bench_floors import GATES, MODE_FLOP_FACTORS, persistent_floor_terms, step_floor_seconds
 from .bench_kernels import cuda_kernels, split_backend, triton_kernels, with_env
 from .backends.triton import plan as triton_plan
@@ -242,7 +243,12 @@ def build_providers(case, backend_names=(backends.AUTO,), device="cpu", dtype=to
         call = backends.Call(OP_CELLS[case.cell], case.hidden_size,
                              case.proj_size or case.hidden_size, case.batch,
                              None if mode is None else mode != "inference", steps=case.steps)
-        provider.resolved = backends.select(backend, device, dtype, call).name
+        try:  # the backend may refuse this call (its sizes, a projection)
+            provider.resolved = backends.select(backend, device, dtype, call).name
+        except backends.BackendUnavailableError as error:
+            provider.status, provider.message = "unavailable", str(error)
+            providers.append(provider)
+            continue
         if provider.resolved == "cuda":
             provider.kernels = cuda_kernels(case, device, dtype, env)
         elif provider.resolved == "triton":
@@ -335,6 +341,7 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
     error."""
     device = torch.device(device)
     providers = build_providers(case, backend_names, device, dtype, seed, mode=mode)
+    check_against_torch(providers, dtype)
     calls = {i: with_env(make_call(p, mode), p.env) for i, p in enumerate(providers)
              if p.status == "ok"}
     graphs = _capture_all(calls, device, mode) if cuda_graph else {}

@@ -558,3 +558,51 @@ def test_an_interrupted_bench_keeps_what_it_measured(monkeypatch, tmp_path):
     payload = json.loads((tmp_path / "results.json").read_text())
     assert len(payload["results"]) == 1
     assert payload["settings"]["interrupted"].startswith("after 1 of")
+
+
+class WrongBackend(backends.ReferenceBackend):
+    """The reference's kernels with every output doubled: a wrong kernel, which runs."""
+
+    name = "test_wrong"
+
+    def forward(self, cell, *args):
+        y, *rest = super().forward(cell, *args)
+        return (2 * y + 1, *rest)
+
+
+class DecliningBackend(backends.ReferenceBackend):
+    """Runs on the device and dtype, but refuses every call of hidden size 8 and up."""
+
+    name = "test_declining"
+
+    def supports(self, device, dtype, call=None):
+        if call is not None and call.hidden >= 8:
+            return False, "hidden sizes of 8 and up are not for this test double"
+        return super().supports(device, dtype, call)
+
+
+@pytest.fixture
+def checked_backends():
+    doubles = (WrongBackend(), DecliningBackend())
+    for backend in doubles:
+        backends.register(backend)
+    yield
+    for backend in doubles:
+        backends.unregister(backend.name)
+
+
+def test_a_wrong_kernel_is_reported_not_timed(checked_backends):
+    """Every provider's outputs are checked against torch.nn's before it is timed; a
+    backend that refuses one call is unavailable for it, the others measured (it raised
+    through the whole grid)."""
+    case = bench.default_grid("cpu", quick=True)[0]
+    result = bench.measure_case(case, "inference", ["reference", "test_wrong", "test_declining"],
+                                warmup=0, repeats=1)
+    entries = {e["provider"]: e for e in result["providers"]}
+    wrong = entries[bench.provider_label("test_wrong")]
+    assert wrong["status"] == "error" and "wrong result: relative error" in wrong["message"]
+    assert "median_s" not in wrong
+    declined = entries[bench.provider_label("test_declining")]
+    assert declined["status"] == "unavailable" and "not for this test double" in declined["message"]
+    assert entries[bench.provider_label("reference")]["status"] == "ok"
+    assert "median_s" in entries[bench.provider_label("reference")]

@@ -5,6 +5,10 @@ that design out of every later run."""
 import importlib.util
 import pathlib
 
+import pytest
+
+from fusedrnn import backends
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "sanitize_small.py"
 _spec = importlib.util.spec_from_file_location("sanitize_small", SCRIPT)
 sanitize_small = importlib.util.module_from_spec(_spec)
@@ -30,3 +34,24 @@ def test_a_failed_design_stays_out():
     assert "triton:cooperative" in _kept(FUSEDRNN_TRITON_KERNEL="cooperative")
     settings = {"FUSEDRNN_TRITON_KERNEL": "persistent,step"}
     assert not sanitize_small.left_out("triton", "auto", settings)  # auto: within the setting
+
+
+@pytest.mark.requires_cpu_ext
+def test_the_comparison_is_against_the_reference_backend(monkeypatch):
+    """It compared a backend with ``auto`` (on a GPU: the same backend, even the same forced
+    kernel); the reference is the reference backend's, whatever a variable forces."""
+    assert sanitize_small.max_error("GRU", "cpu", "cpu") <= sanitize_small.BOUND
+
+    class Doubled(backends.ReferenceBackend):
+        name = "test_doubled"
+
+        def forward(self, cell, *args):
+            y, *rest = super().forward(cell, *args)
+            return (2 * y, *rest)
+
+    backends.register(Doubled())
+    monkeypatch.setenv("FUSEDRNN_BACKEND", "test_doubled")  # what auto would take
+    try:
+        assert sanitize_small.max_error("LSTM", "test_doubled", "cpu") > 0.5
+    finally:
+        backends.unregister("test_doubled")
