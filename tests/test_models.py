@@ -111,6 +111,24 @@ def test_attention_masks_padding():
     assert not torch.allclose(attention(query, keys)[0][1], context[1])
 
 
+def test_masked_keys_reach_no_gradient_whatever_their_values():
+    """Non-finite keys at masked positions: finite gradients, those of zeroed keys (they were
+    projected before the mask and their NaN reached every parameter's gradient)."""
+    attention = Attention(query_size=3, key_size=5, attention_size=4)
+    query, keys = torch.randn(2, 3), torch.randn(2, 6, 5)
+    mask = padding_mask(torch.tensor([6, 2]), 6)
+    grads = []
+    for value in (0.0, float("nan"), float("inf")):
+        poisoned = keys.clone()
+        poisoned[1, 2:] = value
+        for projected in (None, attention.project_keys(poisoned, mask)):
+            context, _ = attention(query, poisoned, mask, projected)
+            grads.append(torch.autograd.grad(context.sum(), list(attention.parameters())))
+    for got in grads[1:]:
+        for a, b in zip(got, grads[0], strict=True):
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_encoder_decoder(cell):
     model = EncoderDecoder(VOCAB, VOCAB + 2, embedding_dim=6, hidden_size=5, cell=cell,
@@ -131,6 +149,22 @@ def test_encoder_decoder(cell):
     unfinished = torch.ones_like(tokens, dtype=torch.bool)
     unfinished[:, 1:] = (tokens[:, :-1] != 2).cumprod(1).bool()
     assert torch.equal(forced[unfinished], tokens[unfinished])
+
+
+def test_generate_decodes_in_eval_mode_and_needs_a_step():
+    """Greedy decoding is the eval-mode model's (dropout between layers off), whatever mode
+    the model is in, which it keeps; zero steps is an error naming the argument."""
+    model = EncoderDecoder(VOCAB, VOCAB + 2, embedding_dim=6, hidden_size=5, cell="lstm",
+                           num_layers=2, dropout=0.5).double()
+    source, lengths = tokens_and_lengths()
+    model.train()
+    decoded = [model.generate(source, lengths, bos_id=1, eos_id=2, max_steps=4)[0]
+               for _ in range(3)]
+    assert model.training
+    expected = model.eval().generate(source, lengths, bos_id=1, eos_id=2, max_steps=4)[0]
+    assert all(torch.equal(tokens, expected) for tokens in decoded)
+    with pytest.raises(ValueError, match="max_steps must be at least 1, got 0"):
+        model.generate(source, lengths, bos_id=1, eos_id=2, max_steps=0)
 
 
 def test_encoder_decoder_step_lowers_loss():

@@ -71,9 +71,10 @@ class Attention(nn.Module):
     Shapes in :meth:`forward`:
         query ``(B, Q)``; keys ``(B, T, K)``; mask ``(B, T)`` bool, True at real positions,
         at least one per row (``None``: all real); projected_keys ``(B, T, A)`` from
-        :meth:`project_keys` (optional, to reuse across decoder steps).
+        :meth:`project_keys` with the same mask (optional, to reuse across decoder steps).
         Returns context ``(B, K)`` and weights ``(B, T)``; the weights are exactly 0 at
-        masked positions, and masked keys do not reach the context whatever their values.
+        masked positions, and masked keys reach neither the context nor any gradient,
+        whatever their values (NaN or infinite ones included).
     """
 
     def __init__(self, query_size, key_size, attention_size=None):
@@ -83,18 +84,24 @@ class Attention(nn.Module):
         self.key_projection = nn.Linear(key_size, attention_size)
         self.score = nn.Linear(attention_size, 1, bias=False)
 
-    def project_keys(self, keys):
-        """``keys`` ``(B, T, K)`` -> ``(B, T, A)``, the query-independent part of the scores."""
-        return self.key_projection(keys)
+    def project_keys(self, keys, mask=None):
+        """``keys`` ``(B, T, K)`` -> ``(B, T, A)``, the query-independent part of the scores;
+        masked keys are zeroed first (a non-finite one would make NaN gradients)."""
+        return self.key_projection(_masked(keys, mask))
 
     def forward(self, query, keys, mask=None, projected_keys=None):
+        keys = _masked(keys, mask)
         if projected_keys is None:
             projected_keys = self.project_keys(keys)
         hidden = torch.tanh(projected_keys + self.query_projection(query).unsqueeze(1))
         scores = self.score(hidden).squeeze(-1)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-            keys = keys.masked_fill(~mask.unsqueeze(-1), 0.0)
         weights = torch.softmax(scores, dim=-1)
         context = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
         return context, weights
+
+
+def _masked(keys, mask):
+    """``keys`` ``(B, T, K)`` with zeros at the positions ``mask`` ``(B, T)`` leaves out."""
+    return keys if mask is None else keys.masked_fill(~mask.unsqueeze(-1), 0.0)

@@ -82,7 +82,7 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, source, source_lengths, target_input):
         keys, mask, state = self.encode(source, source_lengths)
-        projected_keys = self.attention.project_keys(keys)
+        projected_keys = self.attention.project_keys(keys, mask)
         logits = []
         for t in range(target_input.shape[1]):
             step_logits, _, state = self._step(target_input[:, t], state, keys, projected_keys,
@@ -92,13 +92,24 @@ class EncoderDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, source, source_lengths, bos_id, eos_id, max_steps):
-        """Greedy decoding for at most ``max_steps`` steps (stops when every row emitted EOS).
+        """Greedy decoding for at most ``max_steps`` (at least 1) steps, stopping when every
+        row emitted EOS, in eval mode (no dropout; the module's mode is restored after).
 
         Returns tokens ``(B, N)`` with ``N <= max_steps`` (EOS included; after it,
         ``padding_idx``) and attention weights ``(B, N, S)``.
         """
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        training = self.training
+        self.eval()
+        try:
+            return self._greedy(source, source_lengths, bos_id, eos_id, max_steps)
+        finally:
+            self.train(training)
+
+    def _greedy(self, source, source_lengths, bos_id, eos_id, max_steps):
         keys, mask, state = self.encode(source, source_lengths)
-        projected_keys = self.attention.project_keys(keys)
+        projected_keys = self.attention.project_keys(keys, mask)
         previous = torch.full((source.shape[0],), bos_id, dtype=torch.long, device=source.device)
         finished = torch.zeros_like(previous, dtype=torch.bool)
         tokens, attention = [], []
