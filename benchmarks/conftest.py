@@ -19,7 +19,7 @@ is flushed and the device synchronised (CUDA), and the timed target synchronises
 call on CUDA (:func:`fusedrnn.bench_timing.for_external_timer`). Each benchmark's
 ``extra_info`` holds the case, GEMM FLOPs, TFLOP/s of the median, the per-step floor and
 peak memory; the JSON gets ``environment`` from
-:func:`fusedrnn.bench.environment`.
+:func:`fusedrnn.bench_environment.environment`.
 """
 
 from dataclasses import asdict
@@ -27,7 +27,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from fusedrnn import backends, bench, bench_checks, bench_report, bench_timing
+from fusedrnn import backends, bench, bench_checks, bench_environment, bench_report, bench_timing
 
 # grid size: (warm-up rounds, timed rounds) per benchmark
 ROUNDS = {"quick": (2, 3), "default": (2, 10), "full": (3, 20)}
@@ -136,7 +136,7 @@ def run_benchmark(request, case, dtype, device):
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     """Attach the environment (versions, device, machine, git commit) and the grid settings."""
     size = grid_size(config)
-    output_json["environment"] = bench.environment(suite_device())
+    output_json["environment"] = bench_environment.environment(suite_device())
     output_json["suite"] = {"grid": size, "warmup_rounds": ROUNDS[size][0],
                             "rounds": ROUNDS[size][1],
                             "notes": [bench_report.FLOPS_NOTE, bench_report.FLOOR_NOTE,

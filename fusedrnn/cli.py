@@ -46,10 +46,10 @@ def run_info(args):
     import torch
 
     import fusedrnn
-    from fusedrnn import _extension, bench
+    from fusedrnn import _extension, bench_environment
     from fusedrnn.backends import cpu as cpu_backend, thread_split
 
-    env = bench.environment()
+    env = bench_environment.environment()
     cuda = env["cuda"] or "none (CPU-only torch build)"
     if env["cuda"] and not torch.cuda.is_available():
         cuda += " (torch build; no CUDA device available)"
@@ -124,7 +124,7 @@ def run_bench(args):
     """Time fusedrnn against torch.nn over the default grid and print the table."""
     import torch
 
-    from fusedrnn import backends, bench, bench_graphs, bench_report
+    from fusedrnn import backends, bench, bench_environment, bench_graphs, bench_report
 
     device = parse_device(args.device)
     cells = _choices(args.cell, bench.CELLS, "cell")
@@ -161,7 +161,7 @@ def run_bench(args):
         except ValueError as error:
             raise UsageError(f"--out: {error}") from None
 
-    env = bench.environment(device)
+    env = bench_environment.environment(device)
     if env["load_average"] and env["load_average"][0] > 0.5 * env["usable_cores"]:
         print(f"warning: load average {env['load_average'][0]:.2f} on {env['usable_cores']} "
               "cores: other work may disturb the timings", file=sys.stderr)

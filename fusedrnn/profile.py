@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity
 
-from . import backends, bench, bench_timing
+from . import backends, bench, bench_environment, bench_timing
 
 HELP = "profile one configuration of fusedrnn and torch.nn with torch.profiler"
 WARMUP, REPEATS = 2, 5
@@ -99,7 +99,7 @@ def profile_case(case, mode, backend_name=backends.AUTO, device="cpu", dtype=tor
     entries = [profile_provider(p, case, mode, device, out_dir, top) for p in providers]
     report = {"case": case.label, **asdict(case), "mode": mode, "device": str(device),
               "dtype": str(dtype).replace("torch.", ""), "notes": [LAUNCH_NOTE, MEMORY_NOTE],
-              "environment": bench.environment(device), "providers": entries}
+              "environment": bench_environment.environment(device), "providers": entries}
     json_path, md_path = out_dir / "profile.json", out_dir / "profile.md"
     report["files"] = [str(md_path), str(json_path)] + [
         str(out_dir / e["trace"]) for e in entries if e.get("trace")]

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import backends, bench, bench_graphs, bench_report, bench_timing, testing
+from fusedrnn import (backends, bench, bench_environment, bench_graphs, bench_report,
+                      bench_timing, testing)
 from fusedrnn.backends import Availability, Backend, Call
 from fusedrnn.cli import main
 
@@ -146,12 +147,12 @@ def test_cpu_id_names_family_model_and_the_features_that_pick_paths():
     zen4 = {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17",
             "flags": "fpu avx2 avx512f avx512dq avx512_bf16 sse"}
     zen5 = dict(zen4, **{"cpu family": "26", "model": "2"})
-    assert bench.cpu_id(zen4) == "AuthenticAMD family 25 model 17; avx2 avx512f avx512dq avx512_bf16"
-    assert bench.cpu_id(zen4) != bench.cpu_id(zen5)
+    assert bench_environment.cpu_id(zen4) == "AuthenticAMD family 25 model 17; avx2 avx512f avx512dq avx512_bf16"
+    assert bench_environment.cpu_id(zen4) != bench_environment.cpu_id(zen5)
     bare = {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143", "flags": "fpu amx_tile"}
-    assert bench.cpu_id(bare) == "GenuineIntel family 6 model 143; amx_tile"
-    assert bench.cpu_id({"vendor_id": "x", "flags": ""}).endswith("none of " + " ".join(bench.CPU_FEATURES))
-    assert bench.cpu_id({}) is None  # no /proc/cpuinfo (another OS)
+    assert bench_environment.cpu_id(bare) == "GenuineIntel family 6 model 143; amx_tile"
+    assert bench_environment.cpu_id({"vendor_id": "x", "flags": ""}).endswith("none of " + " ".join(bench_environment.CPU_FEATURES))
+    assert bench_environment.cpu_id({}) is None  # no /proc/cpuinfo (another OS)
 
 
 def test_info_reports_an_unavailable_backend_with_its_reason(capsys, fake_backends):

@@ -155,14 +155,14 @@ def load_checkpoint(path, kind, version, map_location="cpu"):
     return payload
 
 
-# What a results file says of where it came from (fusedrnn.bench.environment's keys).
+# What a results file says of where it came from (fusedrnn.bench_environment.environment's keys).
 PROVENANCE = ("date", "device", "device_name", "torch_threads", "python", "torch", "cuda",
               "triton", "fusedrnn", "git_commit", "git_dirty", "argv")
 
 
 def provenance(device):
     """The device, versions and commit a results file records, as a dict."""
-    from ..bench import environment
+    from ..bench_environment import environment
 
     env = environment(device)
     return {key: env[key] for key in PROVENANCE}
