@@ -75,14 +75,18 @@ class BrokenBackend(Backend):
     name = "test_broken"
 
 
-@pytest.fixture
-def fake_backends():
-    doubles = (UnavailableBackend(), BrokenBackend())
+def _registered(*doubles):
+    """Register the test doubles ``doubles`` for a test (a fixture's body)."""
     for backend in doubles:
         backends.register(backend)
     yield
     for backend in doubles:
         backends.unregister(backend.name)
+
+
+@pytest.fixture
+def fake_backends():
+    yield from _registered(UnavailableBackend(), BrokenBackend())
 
 
 # ---------------------------------------------------------------- info
@@ -584,12 +588,7 @@ class DecliningBackend(backends.ReferenceBackend):
 
 @pytest.fixture
 def checked_backends():
-    doubles = (WrongBackend(), DecliningBackend())
-    for backend in doubles:
-        backends.register(backend)
-    yield
-    for backend in doubles:
-        backends.unregister(backend.name)
+    yield from _registered(WrongBackend(), DecliningBackend())
 
 
 def test_a_wrong_kernel_is_reported_not_timed(checked_backends):
