@@ -1,6 +1,8 @@
 """The dtypes ``torch.nn`` gives a recurrent call under autocast, and the casts that give a
 ``functional`` call the same (see :func:`dtypes`)."""
 
+import functools
+
 import torch
 
 from ._compile import constant_result
@@ -14,14 +16,13 @@ def dtypes(cell, x, hx, packed, full, proj_size, step_cell):
     (nn.LSTM on padded input without projection, where oneDNN takes the input's dtype:
     :func:`_onednn_runs`; on packed input too where every sequence is ``full`` in torch
     versions that run such input as padded: :func:`_full_packed_lstm_as_padded`) and the
-    products of nn.RNN: these run in the autocast dtype. On
-    its other CPU paths (nn.GRU, a packed or projected nn.LSTM, nn.LSTMCell, nn.GRUCell)
-    torch lowers only the products, and the states' dtype (h_0's, or the input's without
-    ``hx``) meets the products' in the cell's arithmetic: the states come out in the
-    promotion of the two (a float16 state under bfloat16 autocast becomes float32). There the
-    call runs in that dtype (the products too: as accurate, never less), and a projection's
-    output and ``h_n`` come out in the autocast dtype, as the products give them in
-    torch.nn."""
+    products of nn.RNN: these run in the autocast dtype. On its other CPU paths (nn.GRU, a
+    packed or projected nn.LSTM, nn.LSTMCell, nn.GRUCell) torch lowers only the products,
+    and the states' dtype (h_0's, or the input's without ``hx``) meets the products' in the
+    cell's arithmetic: the states come out in the promotion of the two (a float16 state under
+    bfloat16 autocast becomes float32). There the call runs in that dtype (the products too:
+    as accurate, never less), and a projection's output and ``h_n`` come out in the autocast
+    dtype, as the products give them in torch.nn."""
     if not torch.compiler.is_compiling() and not torch._C._is_any_autocast_enabled():
         return None, None  # one C call, where the checks below take microseconds
     device_type = x.device.type
@@ -56,25 +57,22 @@ def _onednn_runs(x):
     return x.dtype == torch.float32 or bfloat16
 
 
-_ASKED_OF_TORCH = {}  # what _full_packed_lstm_as_padded found, asked once
-
-
 @constant_result
 def _full_packed_lstm_as_padded():
     """Whether this torch runs ``nn.LSTM`` on packed input whose sequences are all full as
-    on padded input (oneDNN's path under autocast: 2.14 does, 2.11 does not), asked of
-    torch.nn itself once, on a tiny call (its weights drawn from a forked generator)."""
-    if "full packed" not in _ASKED_OF_TORCH:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            lstm = torch.nn.LSTM(2, 2)
-            x = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(2, 1, 2), torch.tensor([2]))
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                lowered = lstm(x)[0].data.dtype == torch.bfloat16
-        _ASKED_OF_TORCH["full packed"] = lowered and _onednn_dtypes()[0]
-    return _ASKED_OF_TORCH["full packed"]
+    on padded input (oneDNN's path under autocast: 2.14 does, 2.11 does not)."""
+    return _ask_torch_full_packed()
 
 
-_CPU_ONEDNN_DTYPES = []  # this CPU's (bfloat16, float16) in oneDNN, asked once
+@functools.cache
+def _ask_torch_full_packed():
+    """:func:`_full_packed_lstm_as_padded` asked of torch.nn itself, once, on a tiny call
+    (its weights drawn from a forked generator)."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        lstm = torch.nn.LSTM(2, 2)
+        x = torch.nn.utils.rnn.pack_padded_sequence(torch.zeros(2, 1, 2), torch.tensor([2]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return lstm(x)[0].data.dtype == torch.bfloat16
 
 
 @constant_result  # Dynamo cannot trace torch.backends.mkldnn.is_available
@@ -82,10 +80,14 @@ def _onednn_dtypes():
     """``(oneDNN built and enabled, its bfloat16 on this CPU, its float16)``."""
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False, False, False
-    if not _CPU_ONEDNN_DTYPES:
-        _CPU_ONEDNN_DTYPES.extend((bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                                   bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())))
-    return (True, *_CPU_ONEDNN_DTYPES)
+    return (True, *_cpu_onednn_dtypes())
+
+
+@functools.cache
+def _cpu_onednn_dtypes():
+    """This CPU's ``(bfloat16, float16)`` in oneDNN."""
+    return (bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()))
 
 
 def cast(name, x, states, weights, dtype):

@@ -86,9 +86,8 @@ class RNNBase(nn.Module):
         list assigned here, held as torch holds its own (:meth:`_held_flat_weights`)."""
         weights = module_weights(self, self._flat_weights_names)
         # An attribute read, not a look in __dict__: torch.compile guards on its value.
-        if self._flat_weights_held is not None:
-            return self._held_flat_weights(weights)
-        return weights
+        held = self._flat_weights_held
+        return weights if held is None else self._held_flat_weights(held, weights)
 
     @_flat_weights.setter
     def _flat_weights(self, weights):
@@ -100,11 +99,12 @@ class RNNBase(nn.Module):
         refs = [None if w is None else weakref.ref(w) for w in attributes]
         self.__dict__["_flat_weights_held"] = (weights, refs)
 
-    def _held_flat_weights(self, attributes):
-        """The assigned list while every weight attribute is the object it was then (torch
-        rebuilds its list when one changes, and when the module is converted: ``_apply``);
-        the attributes once one changed."""
-        held, refs = self.__dict__["_flat_weights_held"]
+    def _held_flat_weights(self, held, attributes):
+        """The assigned list ``held`` (with weak references to the weights it was assigned
+        over) while every weight attribute is the object it was then (torch rebuilds its list
+        when one changes, and when the module is converted: ``_apply``); the attributes once
+        one changed."""
+        held, refs = held
         if all((ref is None and w is None) or (ref is not None and ref() is w)
                for ref, w in zip(refs, attributes)):
             return list(held)

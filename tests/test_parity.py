@@ -206,13 +206,13 @@ def test_asking_torch_how_it_runs_full_packed_input_leaves_the_random_state():
     from the caller's generator."""
     from fusedrnn import functional_autocast
 
-    functional_autocast._ASKED_OF_TORCH.clear()
+    functional_autocast._ask_torch_full_packed.cache_clear()
     module = fusedrnn.LSTM(3, 4)
     x = nn.utils.rnn.pack_sequence(list(torch.randn(2, 5, 3)))
     state = torch.get_rng_state()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         module(x)
-    assert "full packed" in functional_autocast._ASKED_OF_TORCH
+    assert functional_autocast._ask_torch_full_packed.cache_info().currsize == 1
     assert torch.equal(torch.get_rng_state(), state)
 
 
