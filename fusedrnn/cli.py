@@ -9,17 +9,16 @@ a command runs.
 """
 
 import argparse
-import math
 import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from fusedrnn import profile
+from fusedrnn.cli_types import non_negative_int, positive_int, seed
 from fusedrnn.apps import forecast, sentiment_cli, seq2seq
 
-__all__ = ["main", "COMMANDS", "Command", "UsageError", "parse_device", "positive_int",
-           "non_negative_int", "output_folder"]
+__all__ = ["main", "COMMANDS", "Command", "UsageError", "parse_device", "output_folder"]
 
 
 class UsageError(Exception):
@@ -238,38 +237,6 @@ def _choices(text, allowed, what):
         raise UsageError(f"unknown {what} {', '.join(bad) or repr(text)}; "
                          f"choose among {','.join(allowed)}")
     return list(dict.fromkeys(chosen))
-
-
-def _ranged(name, parse, accepts, requirement):
-    """An argparse type: ``parse`` the text, then refuse a value ``accepts`` does not, with
-    "must be {requirement}, got {value}" (argparse prefixes the option)."""
-    def convert(text):
-        value = parse(text)
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {value}")
-        return value
-
-    convert.__name__ = name  # argparse's word for a text that does not parse
-    return convert
-
-
-def _finite(text):
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-positive_int = _ranged("positive_int", int, lambda v: v >= 1, "at least 1")
-non_negative_int = _ranged("non_negative_int", int, lambda v: v >= 0, "at least 0")
-# torch.manual_seed takes [-2**63, 2**64); the commands add small offsets (seed + 1).
-seed = _ranged("seed", int, lambda v: -2 ** 63 <= v < 2 ** 63, "in [-2**63, 2**63)")
-positive_float = _ranged("positive_float", _finite, lambda v: v > 0, "above 0")
-non_negative_float = _ranged("non_negative_float", _finite, lambda v: v >= 0, "at least 0")
-probability = _ranged("probability", _finite, lambda v: 0 <= v < 1, "in [0, 1)")  # dropout
-# a share of something split in two, each part non-empty
-open_fraction = _ranged("open_fraction", _finite, lambda v: 0 < v < 1, "in (0, 1)")
-fraction = _ranged("fraction", _finite, lambda v: 0 <= v <= 1, "in [0, 1]")  # a target
 
 
 # ---------------------------------------------------------------- entry point

@@ -41,7 +41,7 @@ MEMORY_NOTE = ("peak memory: bytes allocated during the profiled call above what
 
 def add_arguments(parser):
     """The options of ``fusedrnn profile``."""
-    from fusedrnn.cli import positive_int, seed
+    from fusedrnn.cli_types import positive_int, seed
 
     parser.add_argument("--cell", default="lstm", choices=sorted(bench.CELLS))
     parser.add_argument("--batch", type=positive_int, default=16)

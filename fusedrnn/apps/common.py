@@ -68,7 +68,7 @@ def add_backend_argument(parser):
 
 def add_device_arguments(parser):
     """``--device`` and ``--threads``, read back by :func:`device_from_args`."""
-    from ..cli import non_negative_int
+    from ..cli_types import non_negative_int
 
     parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available)")
     parser.add_argument("--threads", type=non_negative_int, default=0,

@@ -26,7 +26,7 @@ __all__ = ["HELP", "add_arguments", "run", "load_series", "forecast_levels", "ba
 
 
 def add_arguments(parser):
-    from ..cli import open_fraction, positive_float, positive_int, seed
+    from ..cli_types import open_fraction, positive_float, positive_int, seed
     from .common import add_backend_argument, add_device_arguments
 
     parser.add_argument("--dataset", default="co2", choices=sorted(DATASETS))

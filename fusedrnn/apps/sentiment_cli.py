@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli_types import (non_negative_float, non_negative_int, open_fraction, positive_float,
+                         positive_int, probability, ranged, seed)
+
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "IMDB sentiment classification: train, evaluate, predict, compare"
@@ -37,15 +40,17 @@ OPTION_HELP = {
 }
 CHOICES = {"cell": ("lstm", "gru"), "tokenizer": ("word", "bpe"),
            "truncation": ("head", "tail", "head+tail")}
-# The argparse type (fusedrnn.cli's, by name) of each numeric option, where its field's type
-# alone would let a bad value through; --vocab-size's is vocabulary_size, here.
-NUMBER_TYPES = {"embedding_dim": "positive_int", "hidden_size": "positive_int",
-                "num_layers": "positive_int", "dropout": "probability",
-                "embedding_dropout": "probability", "max_len": "positive_int",
-                "batch_size": "positive_int", "lr": "positive_float",
-                "lr_decay": "positive_float", "clip": "non_negative_float",
-                "epochs": "positive_int", "val_fraction": "open_fraction",
-                "limit": "non_negative_int", "seed": "seed"}
+# at least one word beside the two special tokens ([PAD], [UNK])
+vocabulary_size = ranged("vocabulary_size", int, lambda v: v >= 3,
+                         "at least 3 (two special tokens and a word)")
+# The argparse type of each numeric option, where its field's type alone would let a bad
+# value through.
+NUMBER_TYPES = {"vocab_size": vocabulary_size, "embedding_dim": positive_int,
+                "hidden_size": positive_int, "num_layers": positive_int,
+                "dropout": probability, "embedding_dropout": probability,
+                "max_len": positive_int, "batch_size": positive_int, "lr": positive_float,
+                "lr_decay": positive_float, "clip": non_negative_float, "epochs": positive_int,
+                "val_fraction": open_fraction, "limit": non_negative_int, "seed": seed}
 COMPARED = [("lstm", False), ("lstm", True), ("gru", False), ("gru", True)]
 
 
@@ -96,22 +101,7 @@ def _add_config_options(parser, skip=()):
 
 
 def _number_type(field):
-    from .. import cli
-
-    if field.name == "vocab_size":
-        return vocabulary_size
-    if field.name in NUMBER_TYPES:
-        return getattr(cli, NUMBER_TYPES[field.name])
-    return type(field.default)
-
-
-def vocabulary_size(text):
-    """At least one word beside the two special tokens ([PAD], [UNK])."""
-    value = int(text)
-    if value < 3:
-        raise argparse.ArgumentTypeError(f"must be at least 3 (two special tokens and a "
-                                         f"word), got {value}")
-    return value
+    return NUMBER_TYPES.get(field.name, type(field.default))
 
 
 def _choices(name):
@@ -234,9 +224,9 @@ def _predict(args):
     device = common.device_from_args(args)
     model, encoder, _ = sentiment.load_model(args.checkpoint, device)
     probabilities = sentiment.predict_probabilities(model, encoder.encode(texts), device)
-    for text_, probability in zip(texts, probabilities.tolist()):
-        print(json.dumps({"text": text_, "label": imdb.LABELS[int(probability > 0.5)],
-                          "positive_probability": round(probability, 6)}))
+    for text_, positive in zip(texts, probabilities.tolist()):
+        print(json.dumps({"text": text_, "label": imdb.LABELS[int(positive > 0.5)],
+                          "positive_probability": round(positive, 6)}))
     return 0
 
 

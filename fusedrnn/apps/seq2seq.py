@@ -25,7 +25,7 @@ __all__ = ["HELP", "add_arguments", "run", "SequenceTask", "exact_match"]
 
 
 def add_arguments(parser):
-    from ..cli import fraction, positive_float, positive_int, seed
+    from ..cli_types import fraction, positive_float, positive_int, seed
     from .common import add_backend_argument, add_device_arguments
 
     parser.add_argument("--task", default="reverse", choices=sorted(TASKS))
