@@ -355,6 +355,51 @@ def test_kept_products_keep_no_weight_alive(two_threads):
                                                   x), batch
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_modules_with_kept_products_convert_and_load_by_swapping_tensors(two_threads, cell):
+    """Under torch.__future__'s swap_module_params_on_conversion, ``.double()``, ``.to()`` and
+    ``load_state_dict`` swap each parameter's tensor for a new one (torch.utils.swap_tensors),
+    which refuses a tensor anything holds weakly: the cache holds the weights' storages, not
+    the tensors, so a module that has made and kept products converts and loads as
+    torch.nn's does (it failed half-way, some weights converted and some not), and its calls
+    afterwards give torch.nn's outputs."""
+    torch.manual_seed(0)
+    is_cell = cell.endswith("Cell")
+    ours = getattr(fusedrnn, cell)(6, 32, backend="cpu")
+    theirs = getattr(torch.nn, cell)(6, 32)
+    theirs.load_state_dict(ours.state_dict())
+    # a cell's call of 32 rows, as a layer's of 4 steps of 8 (fewer read W_hh in place)
+    x = testing.make_sequence(32, 1, 6)[0] if is_cell else testing.make_sequence(8, 4, 6)
+    fusedrnn._cpu.clear_prepared_cache()
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        with torch.no_grad():
+            for _ in range(3):  # the products are kept from the second call on
+                ours(x)
+        assert fusedrnn._cpu.prepared_cache_kept()[0] > 0
+        for module in (ours, theirs):
+            module.double()
+        with torch.no_grad():
+            _assert_same(ours, theirs, x.double(), "converted")
+            ours(x.double())
+            state = {name: torch.randn_like(value) for name, value in ours.state_dict().items()}
+            ours.load_state_dict(state)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    # (torch.nn's RNNs, which hold their weights weakly, cannot load by swapping)
+    theirs.load_state_dict(state)
+    with torch.no_grad():
+        _assert_same(ours, theirs, x.double(), "loaded")
+
+
+def _assert_same(ours, theirs, x, label):
+    def first(result):
+        return result[0] if isinstance(result, tuple) else result
+
+    testing.assert_close_relative([first(ours(x))], [first(theirs(x))], 1e-12, label)
+
+
 def test_calls_from_several_python_threads_share_prepared_weights_safely(two_threads):
     """Calls running at once on several Python threads (a server's workers) share the
     products kept by csrc/cpu/prepared_cache.h and the workspace pool, while calls at other

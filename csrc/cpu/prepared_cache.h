@@ -7,8 +7,11 @@
 // (benchmarks/results/epyc-2core-lstm-inference-breakdown). Calls of one batch row per step
 // or of a few rows in all read W_hh in place instead (row_dots.h): nothing is kept for them.
 //
-// Unchanged means: the same tensor (held weakly), at the same address, with the same sizes and
-// version, and a checksum of its values equal to the one it had when the products were made.
+// Unchanged means: the same memory (its storage held weakly, at the same address), with the
+// same sizes and version, and a checksum of its values equal to the one it had when the
+// products were made. The storage, not the tensor: torch.utils.swap_tensors (module
+// conversions and load_state_dict under torch.__future__'s swap_module_params_on_conversion)
+// refuses a tensor that anything holds weakly.
 // The version counter alone is not enough: an in-place change through `.data`
 // (`p.data.uniform_()`) does not bump the parameter's. The checksum reads W_hh once, a
 // fraction of the preparation's cost. Entries are kept for the 64 most recently used weights
@@ -76,15 +79,15 @@ class PreparedCache {
     const std::string key = describe(w, layout);
     const int64_t version = w._version();
     const void* data = w.const_data_ptr();
-    const c10::TensorImpl* impl = w.unsafeGetTensorImpl();
+    const c10::StorageImpl* storage = w.storage().unsafeGetStorageImpl();
     State& state = instance();
     std::shared_ptr<const Value> kept;  // w's products at this version, if kept
     uint64_t kept_sum = 0;
     bool same_version = false;  // an entry of w at this version, products kept or not
     {
       std::lock_guard<std::mutex> lock(state.mutex);
-      const auto it = find(state, key, impl);
-      if (it != state.entries.end() && it->data == data && it->version == version) {
+      const auto it = find(state, key, storage, data);
+      if (it != state.entries.end() && it->version == version) {
         same_version = true;
         kept = it->value;
         kept_sum = it->sum;
@@ -94,7 +97,7 @@ class PreparedCache {
     if (kept && sum == kept_sum) {
       {
         std::lock_guard<std::mutex> lock(state.mutex);
-        const auto it = find(state, key, impl);
+        const auto it = find(state, key, storage, data);
         if (it != state.entries.end()) {
           state.entries.splice(state.entries.begin(), state.entries, it);
         }
@@ -107,19 +110,18 @@ class PreparedCache {
     if (reads_w(value)) return value;
     // At a new version only a mark that w was seen (holding the products would keep their
     // memory from the next call's, which a training loop's every call makes anew).
-    Entry entry{Owner(w.getIntrusivePtr()), data, version, key, sum,
+    Entry entry{w.storage().getWeakStorageImpl(), data, version, key, sum,
                 same_version ? static_cast<int64_t>(w.nbytes()) : 0,
                 same_version ? std::make_shared<const Value>(value) : nullptr};
     std::list<Entry> dropped;  // destroyed after the lock is released
     {
       std::lock_guard<std::mutex> lock(state.mutex);
-      // Entries of weights that are gone, of w at another address or version (whatever their
-      // layout), or of w in this layout (replaced) are never hit again.
+      // Entries of weights that are gone, of w at another version (whatever their layout), or
+      // of w in this layout (replaced) are never hit again.
       for (auto it = state.entries.begin(); it != state.entries.end();) {
         const auto next = std::next(it);
-        const bool of_w = it->owner._unsafe_get_target() == impl;
-        if (it->owner.expired() ||
-            (of_w && (it->key == key || it->data != data || it->version != version))) {
+        const bool of_w = it->owner._unsafe_get_target() == storage && it->data == data;
+        if (it->owner.expired() || (of_w && (it->key == key || it->version != version))) {
           dropped.splice(dropped.end(), state.entries, it);
         }
         it = next;
@@ -136,7 +138,7 @@ class PreparedCache {
   }
 
  private:
-  using Owner = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  using Owner = c10::weak_intrusive_ptr<c10::StorageImpl>;
 
   struct Entry {
     Owner owner;
@@ -153,12 +155,16 @@ class PreparedCache {
     std::list<Entry> entries;
   };
 
-  // w's entry for `key` (the weak pointer's target compared, not locked: an entry keeps its
-  // TensorImpl's memory, so no other tensor can be at that address).
+  // The entry for `key` of the weight at `data` in `storage` (the weak pointer's target
+  // compared, not locked: an entry keeps its StorageImpl's memory, so no other storage can be
+  // at that address).
   static typename std::list<Entry>::iterator find(State& state, const std::string& key,
-                                                  const c10::TensorImpl* impl) {
+                                                  const c10::StorageImpl* storage,
+                                                  const void* data) {
     for (auto it = state.entries.begin(); it != state.entries.end(); ++it) {
-      if (it->key == key && it->owner._unsafe_get_target() == impl) return it;
+      if (it->key == key && it->owner._unsafe_get_target() == storage && it->data == data) {
+        return it;
+      }
     }
     return state.entries.end();
   }
