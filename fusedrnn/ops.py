@@ -51,7 +51,9 @@ def below_autograd(op):
 
 
 _IMPLEMENTATION = {}  # a dispatching op -> the Python function its kernels run
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_PARAMETER = torch.nn.Parameter
+# 60 ns a tensor, so asked of plain tensors only (a Parameter is never a legacy batched one)
+_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
 def register_implementation(op, function):
@@ -67,16 +69,20 @@ def dispatcher_passes_on(tensors):
     nothing in the dispatcher but the op's own Python implementation: no torch.compile, jit
     trace, torch.func transform, dispatch or torch-function mode, profiler or autocast;
     plain CPU or CUDA tensors, no subclasses (fake, meta or functorch-wrapped ones have
-    kernels of their own). The ``torch.library`` shell of such a call only checks its
-    arguments and outputs: 16 us of the 37 us an LSTM step at batch 1, hidden 128 took on
-    the 2-core AMD EPYC."""
+    kernels of their own), and none of the legacy vmap's batched tensors: plain
+    ``torch.Tensor``s with no storage, outside any transform, that
+    ``torch.autograd.grad(..., is_grads_batched=True)`` (and ``jacobian(vectorize=True)``)
+    passes to the backward formulas, and only the dispatcher's batching fallback unbatches.
+    The ``torch.library`` shell of such a call only checks its arguments and outputs: 16 us
+    of the 37 us an LSTM step at batch 1, hidden 128 took on the 2-core AMD EPYC."""
     c = torch._C
     if (torch.compiler.is_compiling() or torch.jit.is_tracing()
             or c._functorch.get_interpreter_stack() or c._len_torch_dispatch_stack()
             or c._is_torch_function_mode_enabled() or c._autograd._profiler_enabled()
             or c._is_any_autocast_enabled()):
         return False
-    return all(type(t) in _PLAIN_TYPES and (t.is_cpu or t.is_cuda) for t in tensors)
+    return all((type(t) is _PARAMETER or type(t) is torch.Tensor and not _legacy_batched(t))
+               and (t.is_cpu or t.is_cuda) for t in tensors)
 
 
 def direct(op):

@@ -8,9 +8,13 @@ vmapped (an ensemble of layers), the rule calls the op once per slice, as functo
 fallback would, without its warning. The workspaces (``ws_a``, ``ws_b``) stay folded and
 unbatched: only the ops' own autograd, below this rule, reads them.
 
-The backward ops keep functorch's fallback: a backward under vmap is a transform's
-(``is_grads_batched``), and transforms run the layer from differentiable ops instead
-(``functional._differentiating_transform``).
+The backward ops have no rule: under a torch.func transform the layer runs from
+differentiable ops instead (``functional._differentiating_transform``), so they never meet
+functorch's vmap. ``torch.autograd.grad(..., is_grads_batched=True)`` (and
+``jacobian(vectorize=True)``) batches the gradients with the legacy vmap, outside any
+transform, into the ops' own backward: its formula calls the backward op through the
+dispatcher (``ops.dispatcher_passes_on`` refuses legacy batched tensors), whose batching
+fallback runs the op once per row.
 """
 
 import torch

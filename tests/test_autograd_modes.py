@@ -336,6 +336,42 @@ def test_training_an_ensemble_through_vmap_matches_each_model():
                                       f"ensemble member {index}")
 
 
+BATCHED_BACKWARD_CASES = [("LSTM", {"proj_size": 2, "num_layers": 2, "bidirectional": True}),
+                          ("GRU", {}), ("RNN", {"bias": False}), ("LSTMCell", {}),
+                          ("GRUCell", {}), ("RNNCell", {"nonlinearity": "relu"})]
+
+
+@pytest.mark.parametrize("backend", [
+    "reference", "auto", pytest.param("cpu", marks=pytest.mark.requires_cpu_ext),
+    pytest.param("triton", marks=pytest.mark.requires_triton)])
+@pytest.mark.parametrize("cell, kwargs", BATCHED_BACKWARD_CASES)
+def test_is_grads_batched_matches_one_backward_per_row_and_torch(cell, kwargs, backend):
+    """torch.autograd.grad(..., is_grads_batched=True), which jacobian(vectorize=True) uses,
+    batches the gradients with the legacy vmap, outside any transform: the backward ops must
+    meet them through the dispatcher's batching fallback, not run on them directly (which
+    failed: tensors without storage). Each row equals a backward of its own, and torch.nn's
+    batched gradients."""
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    module = getattr(fusedrnn, cell)(3, 4, dtype=dtype, backend=backend, **kwargs)
+    x = torch.randn(2, 3, dtype=dtype) if cell.endswith("Cell") else torch.randn(
+        4, 2, 3, dtype=dtype)
+    results = []
+    for model in (module, testing.torch_twin(module)):
+        leaves = [x.clone().requires_grad_(), *model.parameters()]
+        out = model(leaves[0])
+        out = out[0] if isinstance(out, tuple) else out
+        rows = torch.randn(3, *out.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+        batched = torch.autograd.grad(out, leaves, rows, retain_graph=True,
+                                      is_grads_batched=True)
+        looped = [torch.autograd.grad(out, leaves, row, retain_graph=True) for row in rows]
+        results.append(batched)
+        testing.assert_close_relative(
+            list(batched), [torch.stack(grads) for grads in zip(*looped)],
+            1e-5 if dtype == torch.float32 else 1e-12, f"{type(model).__module__}: rows")
+    testing.assert_close_relative(list(results[0]), list(results[1]),
+                                  1e-4 if dtype == torch.float32 else 1e-10, "against torch.nn")
+
+
 def test_a_trace_taken_under_no_grad_still_trains():
     """torch.jit.trace keeps the op's save flag as a constant: a trace always saves."""
     module = fusedrnn.GRU(3, 8)
