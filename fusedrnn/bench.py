@@ -31,7 +31,7 @@ CELLS = {"lstm": modules.LSTM, "gru": modules.GRU, "rnn": modules.RNN}
 OP_CELLS = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_tanh"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TORCH_LABEL = "torch.nn"
-GRID_SIZES = ("quick", "default", "full")
+GRID_SIZES = ("quick", "default", "anchors", "full")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def grid(device, size="default", cells=("lstm",), packed=False):
 
     quick: tiny shapes (seconds). default: the CPU shapes, or on CUDA the GPU shapes (one
     bidirectional, whose directions share the GPU) with the anchors (B16 T1024 H768 and B64
-    T100 H512). full: batch {1, 8, 16, 64, 256} x hidden
+    T100 H512). anchors: those two alone. full: batch {1, 8, 16, 64, 256} x hidden
     {128, 256, 512, 768, 1024} x time {128, 1024} x layers {1, 2} x {uni, bidirectional},
     input size = hidden, plus the anchors. ``packed`` adds packed-input copies of the first
     shape (quick, CPU default) or of the anchors (CUDA default, full).
@@ -87,21 +87,23 @@ def grid(device, size="default", cells=("lstm",), packed=False):
         raise ValueError(f"unknown grid size {size!r}; expected one of {GRID_SIZES}")
     cuda = torch.device(device).type == "cuda"
     shapes = {"quick": QUICK_SHAPES, "default": GPU_SHAPES if cuda else CPU_SHAPES,
-              "full": FULL_SHAPES}[size]
-    packed_shapes = ANCHOR_SHAPES if size == "full" or (cuda and size == "default") else shapes[:1]
+              "anchors": ANCHOR_SHAPES, "full": FULL_SHAPES}[size]
+    packed_shapes = (ANCHOR_SHAPES if size in ("full", "anchors") or (cuda and size == "default")
+                     else shapes[:1])
     variants = [(shape, False) for shape in shapes]
     variants += [(shape, True) for shape in packed_shapes] if packed else []
     return [Case(cell, b, t, i, h, packed=is_packed, **extra)
             for cell in cells for (b, t, i, h, extra), is_packed in variants]
 
 
-def default_grid(device, quick=False, cells=("lstm",), proj_size=0):
-    """The grid of ``fusedrnn bench``: :func:`grid` ``quick`` or ``default``, padded input.
+def default_grid(device, quick=False, cells=("lstm",), proj_size=0, anchors=False):
+    """The grid of ``fusedrnn bench``: :func:`grid` ``quick``, ``anchors`` or ``default``,
+    padded input.
 
     ``proj_size`` > 0: the LSTM cases get that projection; those whose hidden size is not
     larger (torch requires proj_size < hidden_size) are left out.
     """
-    cases = grid(device, "quick" if quick else "default", cells)
+    cases = grid(device, "quick" if quick else "anchors" if anchors else "default", cells)
     if proj_size <= 0:
         return cases
     return [replace(case, proj_size=proj_size) if case.cell == "lstm" else case
@@ -387,12 +389,13 @@ def _capture_all(calls, device, mode):
 
 def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device="cpu",
              dtype=torch.float32, warmup=3, repeats=10, seed=0, progress=None, cuda_graph=False,
-             results=None):
+             results=None, measured=None):
     """:func:`measure_case` over ``cases`` x ``modes``; ``progress`` is a stream for
     ``[i/n] case mode`` lines, each followed by that case's table rows as soon as it is
     measured, so that a run cut short still leaves what it measured (``None``: silent);
     ``cuda_graph`` as in :func:`measure_case`. Returns the list of result dicts: ``results``,
-    when given, filled as each is measured (what a caller keeps of an interrupted run)."""
+    when given, filled as each is measured (what a caller keeps of an interrupted run);
+    ``measured(results)``, when given, is called after each (to save them as they come)."""
     results = [] if results is None else results
     total = len(cases) * len(modes)
     if progress is not None:
@@ -408,4 +411,6 @@ def run_grid(cases, modes=DEFAULT_MODES, backend_names=(backends.AUTO,), device=
                 for row in bench_report.table_rows(results[-1:]):
                     print("    " + " | ".join(cell.strip() for cell in row[3:]),
                           file=progress, flush=True)
+            if measured is not None:
+                measured(results)
     return results

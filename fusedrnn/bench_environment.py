@@ -62,7 +62,9 @@ def cpu_id(fields=None):
 
 
 def git_commit():
-    """``(commit, dirty)`` of the source checkout fusedrnn is imported from, or ``(None, None)``."""
+    """``(commit, dirty)`` of the source checkout fusedrnn is imported from; where that is no
+    git checkout (a copy of the working tree on another machine), ``FUSEDRNN_COMMIT`` as the
+    caller gave it with dirty unknown (``None``), else ``(None, None)``."""
     package = Path(__file__).resolve().parent
 
     def git(*args):
@@ -70,12 +72,13 @@ def git_commit():
                               text=True, timeout=10, check=True).stdout.strip()
     try:
         top = Path(git("rev-parse", "--show-toplevel"))
-        if (top / "fusedrnn").resolve() != package:
-            return None, None  # fusedrnn sits inside some other repository (e.g. a venv)
-        # dirty: the package's own files differ from the commit (untracked ones included)
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", "."))
+        if (top / "fusedrnn").resolve() == package:
+            # dirty: the package's own files differ from the commit (untracked ones included)
+            return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", "."))
     except (OSError, subprocess.SubprocessError):
-        return None, None
+        pass  # no git, or no repository
+    # (fusedrnn sitting inside some other repository, e.g. a venv's, is not its checkout)
+    return os.environ.get("FUSEDRNN_COMMIT") or None, None
 
 
 def environment(device=None):

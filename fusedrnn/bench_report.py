@@ -6,6 +6,7 @@ Every row is one (case, mode, provider) of the result dicts of
 """
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -191,8 +192,10 @@ def check_out_dir(out_dir):
                              "file")
 
 
-def write_reports(results, env, out_dir, settings=None):
-    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``.
+def write_reports(results, env, out_dir, settings=None, plots=True):
+    """Write ``results.json``, ``results.md`` and (``plots``) the plots into ``out_dir``; each
+    report file is replaced whole (written beside it, then renamed), so that a run killed
+    while saving leaves the previous one.
 
     Returns ``(paths, note)``, ``note`` as for :func:`write_plots`.
     """
@@ -201,10 +204,10 @@ def write_reports(results, env, out_dir, settings=None):
     json_path, md_path = (out_dir / name for name in REPORT_FILES)
     for stale in PLOTS.values():  # an earlier run's plots, which this run may not replace
         (out_dir / stale).unlink(missing_ok=True)
-    plot_paths, note = write_plots(results, out_dir)
+    plot_paths, note = write_plots(results, out_dir) if plots else ([], None)
     payload = {"environment": env, "settings": settings or {},
                "notes": [RATIO_NOTE, FLOOR_NOTE, FLOPS_NOTE, MEMORY_NOTE], "results": results}
-    json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    _replace(json_path, json.dumps(payload, indent=2) + "\n")
     lines = ["# fusedrnn benchmark", "", "## Environment", ""]
     lines += [f"- {key}: {value}" for key, value in env.items()]
     if settings:
@@ -216,5 +219,11 @@ def write_reports(results, env, out_dir, settings=None):
         lines += [f"![{path.stem}]({path.name})\n" for path in plot_paths]
     elif note:
         lines += [f"({note})", ""]
-    md_path.write_text("\n".join(lines), encoding="utf-8")
+    _replace(md_path, "\n".join(lines))
     return [json_path, md_path, *plot_paths], note
+
+
+def _replace(path, text):
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

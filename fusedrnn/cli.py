@@ -102,8 +102,12 @@ def add_bench_arguments(parser):
                         help="comma-separated modes among inference,training_forward,backward,"
                              "training (forward + backward) (default: inference,training)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny shapes and few repeats (a smoke test, e.g. for CI)")
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument("--quick", action="store_true",
+                      help="tiny shapes and few repeats (a smoke test, e.g. for CI)")
+    grid.add_argument("--anchors", action="store_true",
+                      help="only the anchor shapes: B16 T1024 H768 (FlashRNN's) and B64 T100 "
+                           "H512 (PyTorch's fastrnns)")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed repetitions per provider (default: 20, --quick: 3)")
     parser.add_argument("--warmup", type=non_negative_int, default=None,
@@ -149,7 +153,8 @@ def run_bench(args):
     if args.proj_size and "lstm" not in cells:
         raise UsageError(f"--proj-size {args.proj_size}: only LSTM cases have a projection, "
                          f"and --cell {','.join(cells)} has none")
-    cases = bench.default_grid(device, quick=args.quick, cells=cells, proj_size=args.proj_size)
+    cases = bench.default_grid(device, quick=args.quick, cells=cells, proj_size=args.proj_size,
+                               anchors=args.anchors)
     if not cases:
         raise UsageError(f"--proj-size {args.proj_size} leaves no case of the "
                          f"{'quick ' if args.quick else ''}grid (an LSTM case needs a hidden "
@@ -169,22 +174,30 @@ def run_bench(args):
           f"warmup {warmup}, repeats {repeats}, interleaved, median"
           + (", CUDA graph replays" if args.cuda_graph else ""))
     sys.stdout.flush()
+    settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
+                "backends": backend_names, "quick": args.quick, "anchors": args.anchors,
+                "warmup": warmup, "repeats": repeats, "seed": args.seed,
+                "proj_size": args.proj_size, "cuda_graph": args.cuda_graph,
+                "torch_threads": torch.get_num_threads()}
+    total = len(cases) * len(modes)
+
+    def save_so_far(results):  # a run killed (a time limit, a hung GPU) keeps these
+        if args.out is not None and len(results) < total:
+            bench_report.write_reports(results, env, args.out, {
+                **settings, "partial": f"{len(results)} of {total} measurements"}, plots=False)
+
     results, interrupted = [], False
     try:
         bench.run_grid(cases, modes, backend_names, device, dtype, warmup, repeats, args.seed,
-                       progress=sys.stderr, cuda_graph=args.cuda_graph, results=results)
+                       progress=sys.stderr, cuda_graph=args.cuda_graph, results=results,
+                       measured=save_so_far)
     except KeyboardInterrupt:  # keep what was measured: the table and the reports of it
         interrupted = True
-        print(f"interrupted after {len(results)} of {len(cases) * len(modes)} measurements",
-              file=sys.stderr)
+        print(f"interrupted after {len(results)} of {total} measurements", file=sys.stderr)
     print(bench_report.format_table(results), end="")
     if args.out is not None:
-        settings = {"device": str(device), "dtype": args.dtype, "cells": cells, "modes": modes,
-                    "backends": backend_names, "quick": args.quick, "warmup": warmup,
-                    "repeats": repeats, "seed": args.seed, "proj_size": args.proj_size,
-                    "cuda_graph": args.cuda_graph, "torch_threads": torch.get_num_threads(),
-                    **({"interrupted": f"after {len(results)} of {len(cases) * len(modes)} "
-                                       "measurements"} if interrupted else {})}
+        if interrupted:
+            settings["interrupted"] = f"after {len(results)} of {total} measurements"
         paths, note = bench_report.write_reports(results, env, args.out, settings)
         print(f"wrote {', '.join(str(path) for path in paths)}")
         if note:

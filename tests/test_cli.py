@@ -565,6 +565,42 @@ def test_an_interrupted_bench_keeps_what_it_measured(monkeypatch, tmp_path):
     assert payload["settings"]["interrupted"].startswith("after 1 of")
 
 
+def test_a_killed_bench_leaves_the_measurements_before_it(monkeypatch, tmp_path):
+    """A run killed outright (a time limit's SIGKILL, a GPU that hangs: nothing Python can
+    catch) keeps in results.json and results.md every measurement finished before the
+    one it died in, marked partial; a finished run's reports are whole."""
+    measure, seen = bench.measure_case, []
+
+    def measure_and_look(*args, **kwargs):  # what a kill during this measurement would leave
+        path = tmp_path / "results.json"
+        seen.append(json.loads(path.read_text()) if path.exists() else None)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_case", measure_and_look)
+    status, _, _ = run_main(["bench", "--quick", "--mode", "inference,training",
+                             "--out", tmp_path])
+    assert status == 0 and len(seen) >= 3
+    assert seen[0] is None
+    for done, payload in enumerate(seen[1:], start=1):
+        assert len(payload["results"]) == done
+        assert payload["settings"]["partial"] == f"{done} of {len(seen)} measurements"
+    final = json.loads((tmp_path / "results.json").read_text())
+    assert len(final["results"]) == len(seen) and "partial" not in final["settings"]
+    assert "partial" not in (tmp_path / "results.md").read_text()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_anchors_grid_is_the_two_anchor_shapes(capsys):
+    cases = bench.default_grid("cpu", cells=("lstm", "gru"), anchors=True)
+    assert [(c.cell, c.batch, c.steps, c.hidden_size) for c in cases] == [
+        ("lstm", 16, 1024, 768), ("lstm", 64, 100, 512),
+        ("gru", 16, 1024, 768), ("gru", 64, 100, 512)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--anchors"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument --quick" in capsys.readouterr().err
+
+
 class WrongBackend(backends.ReferenceBackend):
     """The reference's kernels with every output doubled: a wrong kernel, which runs."""
 
