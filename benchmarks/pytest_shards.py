@@ -6,8 +6,8 @@ one at a time, on one core: a time limit can cut it short while the machine's ot
 idle. This collects the tests ``pytest SELECTION`` would run (paths, ``-m``, ``-k``,
 ``--ignore``), deals them round-robin to N processes (test by test, so each shard gets a
 share of every file), runs them together with RUN_FLAGS (writing ``OUT_PREFIX-K.log`` and
-``OUT_PREFIX-K.xml``), then prints every shard's summary
-line and its FAILED/ERROR lines. Exit status: 0 only if every shard passed (pytest's 5, no
+``OUT_PREFIX-K.xml``), and prints each shard's summary line (or, for one that crashed or
+was stopped, the test it was running) and its FAILED/ERROR lines as it ends. Exit status: 0 only if every shard passed (pytest's 5, no
 tests collected, counts as passed for a shard that got none). SIGTERM (the stage's
 ``timeout``) stops every shard.
 """
@@ -15,6 +15,7 @@ tests collected, counts as passed for a shard that got none). SIGTERM (the stage
 import signal
 import subprocess
 import sys
+import time
 
 
 def collect(args):
@@ -35,35 +36,61 @@ def main(argv):
     flags, selection = argv[2:split], argv[split + 1:]
     ids = collect(selection)
     print(f"pytest_shards: {len(ids)} tests in {shards} shards", flush=True)
-    processes = []
+    running = {}  # shard: its process, until it ends
+
+    def stop(signum, frame):
+        for k, process in running.items():
+            process.terminate()
+            report(prefix, k, f"stopped by signal {signum}")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     for k in range(shards):
         mine = ids[k::shards]
         if not mine:
             continue
-        log = open(f"{prefix}-{k}.log", "w")
-        command = [sys.executable, "-m", "pytest", *flags, f"--junitxml={prefix}-{k}.xml",
-                   *mine]
-        processes.append((k, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT),
-                          log))
-
-    def stop(signum, frame):
-        for _, process, _ in processes:
-            process.terminate()
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
+        with open(f"{prefix}-{k}.log", "w") as log:
+            command = [sys.executable, "-m", "pytest", *flags, f"--junitxml={prefix}-{k}.xml",
+                       *mine]
+            running[k] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     failed = False
-    for k, process, log in processes:
-        code = process.wait()
-        log.close()
-        failed |= code not in (0, 5)
-        lines = open(f"{prefix}-{k}.log").read().splitlines()
-        last = lines[-1] if lines else "(no output)"
-        print(f"shard {k}: exit {code}: {last}")
-        for line in lines:
-            if line.startswith(("FAILED ", "ERROR ")):
-                print(line)
+    while running:  # each shard reported as it ends, whatever the order
+        for k, process in list(running.items()):
+            code = process.poll()
+            if code is not None:
+                del running[k]
+                failed |= code not in (0, 5)
+                report(prefix, k, f"exit {code}")
+        time.sleep(0.2)
     return 1 if failed else 0
+
+
+RESULTS = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
+
+
+def report(prefix, k, how):
+    """Print shard ``k``'s end (``how``), its summary line or, where it has none (killed,
+    crashed), the test it was running, then its FAILED/ERROR lines (pytest's summary form
+    and ``-v``'s result form)."""
+    with open(f"{prefix}-{k}.log", errors="replace") as log:
+        lines = log.read().splitlines()
+    summary = lines[-1] if lines and lines[-1].startswith("=") else None
+    print(f"shard {k}: {how}: {summary or 'no summary, running ' + running_test(lines)}")
+    for line in lines:
+        words = line.split()
+        if line.startswith(("FAILED ", "ERROR ")) or ("::" in line and len(words) > 1
+                                                    and words[1] in ("FAILED", "ERROR")):
+            print(line[:200])
+    sys.stdout.flush()
+
+
+def running_test(lines):
+    """The test ``-v`` output shows started and not finished, or "(unknown)"."""
+    for line in reversed(lines):
+        words = line.split()
+        if words and "::" in words[0]:
+            return "(unknown)" if len(words) > 1 and words[1] in RESULTS else words[0]
+    return "(unknown)"
 
 
 if __name__ == "__main__":

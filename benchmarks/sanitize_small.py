@@ -5,12 +5,15 @@ racecheck, synccheck) in the GPU check: ``compute-sanitizer --tool memcheck pyth
 benchmarks/sanitize_small.py``. ``--runs cuda:grid`` runs only those; with
 ``FUSEDRNN_CUDA_KERNEL=stepwise`` (``grid``) set, the persistent kernels (the cluster ones)
 are left out, and a ``FUSEDRNN_TRITON_KERNEL`` set without ``cooperative`` leaves those out
-(``triton:auto`` then chooses among what it allows). Exits non-zero if a backend's
-outputs or gradients differ from the reference backend's beyond the tests' float32 bound."""
+(``triton:auto`` then chooses among what it allows). Exit status: 1 if a backend's outputs
+or gradients differ from the reference backend's beyond the tests' float32 bound or a run
+raised (the other runs go on), else 3 if a backend asked for is unavailable (an extension
+not built is no pass), else 0."""
 
 import argparse
 import os
 import sys
+import traceback
 
 import torch
 
@@ -43,10 +46,12 @@ def main(argv=None):
     runs = [run.split(":") for run in parser.parse_args(argv).runs.split(",")]
     settings = {name: os.environ.get(name, "") for name in KERNEL_ENV.values()}
     runs = [run for run in runs if not left_out(*run, settings)]
-    failures = 0
+    failures = unavailable = 0
     for backend, kernel in runs:
-        if not fusedrnn.available_backends()[backend].available:
-            print(f"{backend}: unavailable, skipped")
+        availability = fusedrnn.available_backends()[backend]
+        if not availability.available:
+            print(f"{backend}: UNAVAILABLE ({availability.reason})")
+            unavailable += 1
             continue
         if kernel == "cluster" and torch.cuda.get_device_capability() < (9, 0):
             print("cuda (cluster): needs compute capability 9.0, skipped")
@@ -54,10 +59,17 @@ def main(argv=None):
         env = KERNEL_ENV[backend]
         os.environ[env] = settings[env] if kernel == "auto" else kernel
         for cell in ("LSTM", "GRU"):
-            error = max_error(cell, backend, "cuda")
+            print(f"{backend} ({kernel}) {cell}: running", flush=True)  # a hang shows where
+            try:
+                error = max_error(cell, backend, "cuda")
+            except Exception:  # noqa: BLE001 - reported; the other runs still go
+                traceback.print_exc()
+                print(f"{backend} ({kernel}) {cell}: RAISED")
+                failures += 1
+                continue
             print(f"{backend} ({kernel}) {cell}: max relative error {error:.2e}")
             failures += not error <= BOUND
-    return 1 if failures else 0
+    return 1 if failures else 3 if unavailable else 0
 
 
 def max_error(cell, backend, device):

@@ -37,3 +37,33 @@ def test_a_selection_without_failures_passes(tmp_path):
     run = _run(tmp_path, 2, "-k", "not fails")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "6 tests in 2 shards" in run.stdout
+
+
+def test_each_shard_is_reported_as_it_ends_and_a_stopped_or_crashed_one_names_its_test(
+        tmp_path):
+    """A crashed shard is reported while another still runs (they were waited for in
+    order: a hung shard 0 hid shard 1's crash), each crash or stop names the test it was
+    running (-v), and SIGTERM (the stage's time limit) reports the shards it stops."""
+    import signal
+
+    (tmp_path / "test_sample.py").write_text(
+        "import os, signal, time\n"
+        "def test_hangs():\n    time.sleep(120)\n"
+        "def test_crashes():\n    os.kill(os.getpid(), signal.SIGSEGV)\n")
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "2", str(tmp_path / "out"), "-v",
+                                "-p", "no:cacheprovider", "--", str(tmp_path)],
+                               stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("shard 1:"):
+                break
+        process.send_signal(signal.SIGTERM)
+        lines += process.stdout.readlines()
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+    out = "".join(lines)
+    assert "shard 1: exit -11: no summary, running test_sample.py::test_crashes" in out, out
+    assert "shard 0: stopped by signal 15: no summary, running test_sample.py::test_hangs" in out

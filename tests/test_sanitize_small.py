@@ -7,6 +7,7 @@ import pathlib
 
 import pytest
 
+import fusedrnn
 from fusedrnn import backends
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "sanitize_small.py"
@@ -55,3 +56,29 @@ def test_the_comparison_is_against_the_reference_backend(monkeypatch):
         assert sanitize_small.max_error("LSTM", "test_doubled", "cpu") > 0.5
     finally:
         backends.unregister("test_doubled")
+
+
+def test_an_unavailable_backend_is_no_pass(capsys):
+    """Without the CUDA extension (this machine's case) a run asked of it exits 3, naming
+    why, where it printed "skipped" and passed: a GPU check whose build failed read as
+    green."""
+    if fusedrnn.available_backends()["cuda"].available:
+        pytest.skip("the cuda backend is available here")
+    assert sanitize_small.main(["--runs", "cuda:grid"]) == 3
+    assert "cuda: UNAVAILABLE (" in capsys.readouterr().out
+
+
+def test_a_run_that_raises_fails_and_the_others_still_run(monkeypatch, capsys):
+    def max_error(cell, backend, device):
+        if cell == "LSTM":
+            raise RuntimeError("an illegal memory access")
+        return 0.0
+
+    monkeypatch.setattr(sanitize_small, "max_error", max_error)
+    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
+    if not fusedrnn.available_backends()["triton"].available:
+        pytest.skip("the triton backend is unavailable here")
+    assert sanitize_small.main(["--runs", "triton:step"]) == 1
+    out = capsys.readouterr().out
+    assert "triton (step) LSTM: RAISED" in out
+    assert "triton (step) GRU: max relative error 0.00e+00" in out
