@@ -254,20 +254,33 @@ def keep_biases(*biases):
     their versions. The fused backward never reads them (a bias's gradient is its gates'), so
     a change in place between the forward and the backward (an optimizer step on the biases
     alone) must not fail it, as it does not fail torch.nn's composite cells; only the
-    recomputing backward of ``create_graph=True`` reads them (:func:`kept_biases`)."""
-    return tuple((b, None if b is None else b._version) for b in biases)
+    recomputing backward of ``create_graph=True`` reads them (:func:`kept_biases`). An
+    inference tensor has no version to keep (reading it raises; nothing outside inference
+    mode can change one in place): kept without, as torch.nn's cells use such a bias, and a
+    layer whose weights are all inference tensors meets autograd's own refusal to save
+    them."""
+    return tuple((b, None if b is None or b.is_inference() else b._version) for b in biases)
 
 
 def kept_biases(kept):
     """The biases :func:`keep_biases` kept, for the recomputing backward: refused, as autograd
-    refuses a saved tensor, where one changed in place since the forward."""
+    refuses a saved tensor, where one changed in place since the forward, or is an inference
+    tensor that requires a gradient (the recomputed forward cannot differentiate through
+    one)."""
     for index, (bias, version) in enumerate(kept):
-        if bias is not None and bias._version != version:
+        name = "b_ih" if index % 2 == 0 else "b_hh"
+        if version is None and bias is not None and bias.requires_grad:
+            raise RuntimeError(
+                f"the {name} bias of a fusedrnn layer is an inference tensor (made under "
+                "torch.inference_mode): create_graph=True recomputes the layer's forward from "
+                "its biases and cannot differentiate through one; make a clone of it outside "
+                "inference mode")
+        if version is not None and bias._version != version:
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an "
-                f"inplace operation: the {'b_ih' if index % 2 == 0 else 'b_hh'} bias of a "
-                f"fusedrnn layer is at version {bias._version}; expected version {version} "
-                "instead (create_graph=True recomputes the layer's forward from its biases)")
+                f"inplace operation: the {name} bias of a fusedrnn layer is at version "
+                f"{bias._version}; expected version {version} instead (create_graph=True "
+                "recomputes the layer's forward from its biases)")
     return [bias for bias, _ in kept]
 
 

@@ -221,6 +221,38 @@ def test_biases_changed_in_place_before_the_backward(cell, bidirectional, backen
         torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", ["GRU", "RNN"])
+def test_inference_mode_parameters_in_training(cell, bidirectional, backend):
+    """Parameters made under torch.inference_mode, then trained: autograd's own refusal to
+    save an inference tensor, as torch.nn gives (reading a bias's version raised first, an
+    unclear 'do not track version counter'); biases alone made so train as torch.nn's do
+    (no backward reads a bias), but for create_graph, which recomputes the forward from them
+    (backends/reference/differentiable.py cannot differentiate through an inference
+    tensor): a clear refusal naming the bias."""
+    make = lambda: getattr(fusedrnn, cell)(  # noqa: E731
+        3, 5, bidirectional=bidirectional, dtype=torch.float64, backend=backend)
+    with torch.inference_mode():
+        module = make()
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+        module(x)[0].sum().backward()
+    module = make()
+    twin = testing.torch_twin(module)
+    for model in (module, twin):
+        for name, parameter in list(model.named_parameters()):
+            if name.startswith("bias"):
+                with torch.inference_mode():
+                    setattr(model, name, torch.nn.Parameter(parameter.detach().clone()))
+    grads = [torch.autograd.grad(model(x)[0].pow(2).sum(), [x, *model.parameters()])
+             for model in (module, twin)]
+    testing.assert_close_relative(grads[0], grads[1], 1e-10, "against torch.nn")
+    with pytest.raises(RuntimeError, match="b_ih bias of a fusedrnn layer is an inference"):
+        torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
+
+
 def test_create_graph_gradient_of_a_tensor_given_twice_counts_each_slot_once():
     """``b_ih is b_hh``: each slot's gradient once, with and without create_graph."""
     module = fusedrnn.GRU(3, 4, dtype=torch.float64)
