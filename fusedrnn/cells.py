@@ -42,6 +42,13 @@ class RNNCellBase(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
+    def __setstate__(self, state):
+        """Also a torch.nn cell's state (see ``modules.RNNBase.__setstate__``): ``backend``
+        filled in with the constructor's default."""
+        super().__setstate__(state)
+        if "backend" not in state:
+            self.backend = "auto"
+
     def extra_repr(self):
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:

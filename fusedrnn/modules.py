@@ -123,8 +123,20 @@ class RNNBase(nn.Module):
         return state
 
     def __setstate__(self, state):
+        """Also a torch.nn module's state (a pickle of one loaded as this class, the usual way
+        to swap the drop-ins into a saved model): ``backend``, fusedrnn's own, filled in with
+        its constructor's default (as torch fills in ``proj_size`` for older pickles), and
+        torch's list of the weights, ``_flat_weights``, held as an assigned one
+        (:meth:`_held_flat_weights`) where it is not the attributes (torch's pickle keeps an
+        assigned list until a weight changes)."""
         held = state.pop("_flat_weights_held_list", None)
+        torch_list = state.pop("_flat_weights", None)
         super().__setstate__(state)
+        if "backend" not in state:
+            self.backend = "auto"
+        if held is None and torch_list is not None and any(
+                a is not b for a, b in zip(torch_list, self._flat_weights, strict=True)):
+            held = torch_list
         if held is not None:
             self._flat_weights = held
 

@@ -1,6 +1,7 @@
 """The way back to torch.nn: ``to_torch_nn``, ``torch.jit.script`` through it, and
 ``nn.RNNBase``'s check methods for subclasses written against torch's modules."""
 
+import io
 import pickle
 from copy import deepcopy
 import warnings
@@ -221,3 +222,40 @@ def test_an_assigned_flat_weights_list_holds_until_a_weight_changes(name, kwargs
     copy._flat_weights = list(copy._flat_weights)[::-1][::-1]
     copy.float()
     assert copy(x.float())[0].dtype == torch.float32  # converted: the attributes again
+
+
+class _AsFusedrnn(pickle.Unpickler):
+    """Loads a pickled torch.nn recurrent module as the fusedrnn class of its name."""
+
+    def find_class(self, module, name):
+        if module == "torch.nn.modules.rnn" and hasattr(fusedrnn, name):
+            return getattr(fusedrnn, name)
+        return super().find_class(module, name)
+
+
+@pytest.mark.parametrize("name, kwargs", CONFIGS)
+def test_a_torch_nn_pickle_loads_as_the_drop_in(name, kwargs):
+    """A pickled torch.nn module loaded as the fusedrnn class (the usual way to swap drop-ins
+    into a saved model) runs with fusedrnn's defaults and gives torch's outputs and
+    gradients; it failed on the missing ``backend``."""
+    theirs = getattr(nn, name)(5, 8, **kwargs, dtype=DT)
+    ours = _AsFusedrnn(io.BytesIO(pickle.dumps(theirs))).load()
+    assert type(ours) is getattr(fusedrnn, name) and ours.backend == "auto"
+    x = _input(name, ours)
+    results = []
+    for module in (ours, theirs):
+        out = testing.flatten_outputs(module(x))
+        results.append(out + list(torch.autograd.grad(out[0].sum(), list(module.parameters()))))
+    testing.assert_close_relative(results[0], results[1], 1e-10, name)
+
+
+def test_a_torch_nn_pickle_with_an_assigned_flat_weights_list_loads_it():
+    """torch's pickle keeps an assigned ``_flat_weights`` list (until a weight changes), and
+    so does the drop-in loaded from it."""
+    theirs = nn.GRU(5, 8, dtype=DT)
+    theirs._flat_weights = [2 * w.detach() if i == 1 else w
+                            for i, w in enumerate(theirs._flat_weights)]
+    ours = _AsFusedrnn(io.BytesIO(pickle.dumps(theirs))).load()
+    x = _input("GRU", ours)
+    testing.assert_close_relative(testing.flatten_outputs(ours(x)),
+                                  testing.flatten_outputs(theirs(x)), 1e-10, "held list")
