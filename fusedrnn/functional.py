@@ -181,6 +181,8 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
         cell, x, hx, packed, packed and lengths is None, proj_size, step_cell)
     checks.check_input(name, x, input_size, weights[0], autocast_dtype)
     batch = x.shape[1]
+    if packed:
+        checks.check_packed_indices(input, batch)
 
     state_shapes = [(num_layers * directions, batch, state_size)]
     if cell == "lstm":

@@ -64,6 +64,25 @@ def check_input(name, x, input_size, weight, autocast_dtype):
                          f"model: model.to({x.dtype})")
 
 
+_INDEX_DTYPES = (torch.int64, torch.int32)  # index_select's
+
+
+def check_packed_indices(packed, batch):
+    """A ``PackedSequence``'s ``sorted_indices`` and ``unsorted_indices`` (None, or 1-D
+    integer tensors of the batch's size ``batch``, ``batch_sizes[0]``): the states are
+    permuted by them. Their values are not checked (a permutation: a pass over them)."""
+    for label in ("sorted_indices", "unsorted_indices"):
+        indices = getattr(packed, label)
+        if indices is None:
+            continue
+        if (not isinstance(indices, torch.Tensor) or indices.dtype not in _INDEX_DTYPES
+                or indices.shape != (batch,)):
+            got = (f"shape {list(indices.shape)}, {indices.dtype}"
+                   if isinstance(indices, torch.Tensor) else type(indices).__name__)
+            raise ValueError(f"input: PackedSequence.{label} must be a 1-D int64 (or int32) "
+                             f"tensor of the batch's size {batch} (batch_sizes[0]), got {got}")
+
+
 def initial_states(name, hx, shapes, batched, x, autocast_dtype, step_cell=False):
     """``hx`` (or zeros) as a list of batched ``(L*D, B, S)`` tensors, checked against
     ``shapes``; named as a cell's (``hx[0]``, ``hx[1]``) for ``step_cell``."""

@@ -79,6 +79,26 @@ def test_packed_data_must_be_two_dimensional():
         fusedrnn.RNN(4, 6)(packed)
 
 
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("label, indices", [
+    ("sorted_indices", torch.tensor([1, 0])), ("sorted_indices", torch.tensor([1.0, 0.0, 2.0])),
+    ("unsorted_indices", torch.tensor([0, 2]))])
+def test_packed_indices_that_do_not_fit_the_batch_are_refused(label, indices, with_hx,
+                                                              backend):
+    """A hand-built PackedSequence's index tensors permute the states: one shorter than the
+    batch (or not of integers) is named, where the correct h_0 was blamed or an internal
+    error raised (a short unsorted_indices gave h_n a row too few)."""
+    packed = PackedSequence(torch.randn(6, 4), torch.tensor([3, 2, 1]),
+                            torch.tensor([2, 0, 1]), torch.tensor([1, 2, 0]))
+    packed = packed._replace(**{label: indices})
+    hx = torch.randn(1, 3, 6) if with_hx else None
+    with pytest.raises(ValueError, match=rf"PackedSequence.{label} must be a 1-D int64 .* "
+                                         r"tensor of the batch's size 3"):
+        fusedrnn.GRU(4, 6, backend=backend)(packed, hx)
+
+
 def test_non_tensor_input():
     with pytest.raises(TypeError, match=r"input must be a Tensor or a PackedSequence"):
         fusedrnn.LSTM(4, 6)([1.0, 2.0])
