@@ -43,7 +43,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"comma-separated backend:kernel pairs out of {', '.join(RUNS)}")
-    runs = [run.split(":") for run in parser.parse_args(argv).runs.split(",")]
+    parser.add_argument("--device", default="cuda",
+                        help="cuda, or cpu to rehearse (the triton backend in its interpreter)")
+    args = parser.parse_args(argv)
+    runs = [run.split(":") for run in args.runs.split(",")]
     settings = {name: os.environ.get(name, "") for name in KERNEL_ENV.values()}
     runs = [run for run in runs if not left_out(*run, settings)]
     failures = unavailable = 0
@@ -53,7 +56,8 @@ def main(argv=None):
             print(f"{backend}: UNAVAILABLE ({availability.reason})")
             unavailable += 1
             continue
-        if kernel == "cluster" and torch.cuda.get_device_capability() < (9, 0):
+        if kernel == "cluster" and args.device == "cuda" and \
+                torch.cuda.get_device_capability() < (9, 0):
             print("cuda (cluster): needs compute capability 9.0, skipped")
             continue
         env = KERNEL_ENV[backend]
@@ -61,7 +65,7 @@ def main(argv=None):
         for cell in ("LSTM", "GRU"):
             print(f"{backend} ({kernel}) {cell}: running", flush=True)  # a hang shows where
             try:
-                error = max_error(cell, backend, "cuda")
+                error = max_error(cell, backend, args.device)
             except Exception:  # noqa: BLE001 - reported; the other runs still go
                 traceback.print_exc()
                 print(f"{backend} ({kernel}) {cell}: RAISED")
