@@ -20,6 +20,7 @@ class CudaBackend(RecurrenceBackend):
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
     projection = True
+    bias_in_projection = True
 
     def recurrence_op(self, cell, w_hh, backward):
         """The persistent op where ``cuda_plan`` chooses it (LSTM, GRU), else the stepwise."""

@@ -49,6 +49,7 @@ class CudaEmulationBackend(RecurrenceBackend):
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     cells = ("lstm", "gru", "rnn_tanh", "rnn_relu")
     projection = True
+    bias_in_projection = True
     op_namespace = NAMESPACE
 
     def __init__(self, kernel="stepwise"):

@@ -1,9 +1,10 @@
 """The backends built on the compiled recurrence ops, ``cpu`` and ``cuda``.
 
 Per step, one BLAS product into a preallocated buffer and one fused pointwise pass, the time
-loop in C++ (the biases are added there, not to the projection, which saves
-a pass over it); here in Python only the input projection and the weight gradients (one product
-over all steps each) and the ops' schemas, so they exist without the extensions:
+loop in C++ (the cpu backend's adds the biases there; the cuda backend's input projection
+adds the LSTM's and RNN's: ``bias_in_projection``); here in Python only the input projection
+and the weight gradients (one product over all steps each) and the ops' schemas, so they
+exist without the extensions:
 
 ``fusedrnn::lstm_recurrence_fwd(xproj (T,B,4H), bias (4H)?, w_hh (4H,H), h0, c0 (B,H),
 lengths?, reverse, save) -> (y, h_n, c_n, gates, cells)``, ``fusedrnn::lstm_recurrence_bwd(grad_y, grad_h_n, grad_c_n,
@@ -261,6 +262,10 @@ class RecurrenceBackend(Backend):
     cells = ()
     projection = False  # kernels for the LSTM's proj_size
     op_namespace = "fusedrnn"  # where the ops are: torch.ops.<op_namespace>.lstm_recurrence_fwd
+    # The LSTM's and RNN's summed bias added by the input projection's product (its epilogue)
+    # instead of by the time loop: the CUDA time loops add it in a pass of their own over the
+    # projection, into a new buffer; the CPU ones add it in the loop, at no cost.
+    bias_in_projection = False
 
     def available(self):
         return Availability(*self.extension.status())
@@ -296,14 +301,16 @@ class RecurrenceBackend(Backend):
 
     def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
         self.extension.load()
-        xproj = self.input_projection(x, w_ih)
+        bias = None if b_ih is None or cell == "gru" else b_ih + b_hh
+        if bias is not None and self.bias_in_projection:
+            xproj, bias = common.input_projection(x, w_ih, bias), None
+        else:
+            xproj = self.input_projection(x, w_ih)
         if cell.startswith("rnn"):
-            bias = None if b_ih is None else b_ih + b_hh
             y, h_n = self.ops.rnn_recurrence_fwd(xproj, bias, w_hh, h0, lengths, reverse,
                                                  cell == "rnn_relu")
             return y, h_n, common.empty(x), common.empty(x), common.empty(x)
         if cell == "lstm":
-            bias = None if b_ih is None else b_ih + b_hh
             if w_hr is not None:
                 return self.ops.lstm_proj_recurrence_fwd(xproj, bias, w_hh, w_hr, h0, c0,
                                                          lengths, reverse, save)
