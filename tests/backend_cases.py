@@ -45,7 +45,11 @@ def compare_with_reference(module_class, kwargs, hidden, steps, batch, packed, *
     testing.assert_close_relative(grads, grads_ref, 1e-5, "gradients")
 
 
-def check_low_precision_rule(cell, dtype, steps, *, backend, device, hidden=128, batch=8):
+LOW_PRECISION_HIDDEN = 128  # check_low_precision_rule's hidden size
+
+
+def check_low_precision_rule(cell, dtype, steps, *, backend, device,
+                             hidden=LOW_PRECISION_HIDDEN, batch=8):
     """``backend`` in ``dtype`` within the flash-attention rule against the reference backend
     in ``dtype``, both against float64 (testing.assert_low_precision_rule)."""
     make = lambda **more: getattr(fusedrnn, cell)(64, hidden, device=device, **more)  # noqa: E731

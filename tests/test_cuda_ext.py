@@ -38,6 +38,78 @@ def kernel(request, monkeypatch):
     return request.param
 
 
+def planner_refusal(kernel, cell, kwargs, hidden, dtype, plan):
+    """Why cuda_plan refuses the design ``kernel`` forced (the ``kernel`` fixture) for a
+    layer of ``cell`` (``"LSTM"``, ``"GRU"``) with ``hidden`` units in ``dtype``, forward or
+    backward, or None where it plans both. ``plan(cell, hidden, dtype, backward)`` asks the
+    planner (``cuda_plan.plan_call`` on the GPU). Only the planner's refusal of a forced
+    design counts (``cuda_plan.choose``'s RuntimeError); any other error is raised. A
+    projected LSTM never asks the planner (it runs stepwise)."""
+    if kwargs.get("proj_size", 0) > 0:
+        return None
+    refused = f"{cuda_plan.ENV_VAR}={kernel} cannot run this call"
+    for backward in (False, True):
+        try:
+            plan(cell.lower(), hidden, dtype, backward)
+        except RuntimeError as error:
+            if not str(error).startswith(refused):
+                raise
+            return str(error)
+    return None
+
+
+def skip_where_the_planner_refuses(kernel, cell, kwargs, hidden, dtype):
+    """Skip, with the planner's reason, a case the forced design cannot run on this GPU (a
+    cluster cannot hold hidden 768: the slice of W_hh over 16 blocks is over the shared
+    memory, and the backward needs 48 blocks); a design planned that then gives wrong
+    results still fails."""
+    refusal = planner_refusal(kernel, cell, kwargs, hidden, dtype, _plan_on_this_gpu)
+    if refusal is not None:
+        pytest.skip(refusal)
+
+
+def _plan_on_this_gpu(cell, hidden, dtype, backward):
+    return cuda_plan.plan_call(cell, hidden, dtype, torch.cuda.current_device(), backward)
+
+
+def test_a_forced_design_is_skipped_only_where_the_planner_refuses_it(monkeypatch):
+    """planner_refusal on the CPU, asking cuda_plan.choose of a described H200 with the
+    extension's shared-memory layout: the hidden-768 cases refused to a forced cluster,
+    with the planner's reason; the others, the same cases on the grid, and the projected
+    LSTM (never planned) not; an error other than the refusal raised."""
+    h200 = cuda_plan.Device("NVIDIA H200", (9, 0), 132, 227 * 1024)
+    placed = {"clusters": 1}
+    occupancy = cuda_plan.Occupancy(_extension.CUDA.load().persistent_smem_bytes,
+                                    lambda kernel, dtype, smem: 1,
+                                    lambda kernel, dtype, smem, cluster: placed["clusters"])
+
+    def plan(cell, hidden, dtype, backward):
+        return cuda_plan.choose(cell, hidden, "float32", 4, h200, backward, occupancy)
+
+    for kernel in ("cluster", "grid"):
+        monkeypatch.setenv(cuda_plan.ENV_VAR, kernel)
+        for cell, kwargs, hidden, _, _ in CASES:
+            refusal = planner_refusal(kernel, cell, kwargs, hidden, torch.float32, plan)
+            if kernel == "cluster" and hidden == 768:
+                assert refusal is not None, (cell, hidden)
+                assert refusal.startswith("FUSEDRNN_CUDA_KERNEL=cluster cannot run this call")
+                assert "cluster: the forward slice of W_hh" in refusal
+            else:
+                assert refusal is None, (kernel, cell, hidden, refusal)
+    monkeypatch.setenv(cuda_plan.ENV_VAR, "cluster")
+    placed["clusters"] = 0  # a GPU that cannot place the cluster
+    assert "cannot place a cluster" in planner_refusal("cluster", "GRU", {}, 256,
+                                                       torch.float32, plan)
+    assert planner_refusal("cluster", "LSTM", {"proj_size": 24}, 768, torch.float32,
+                           plan) is None
+
+    def broken(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        planner_refusal("cluster", "LSTM", {}, 256, torch.float32, broken)
+
+
 @pytest.mark.parametrize("name", sorted(SCHEMAS) + sorted(CUDA_SCHEMAS))
 def test_extension_registers_a_cuda_kernel_for_each_op(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedrnn::{name}", "CUDA")
@@ -63,6 +135,7 @@ def test_backend_limits_are_reported():
 @pytest.mark.parametrize("cell, kwargs, hidden, steps, batch", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 def test_matches_reference_on_gpu(kernel, cell, kwargs, hidden, steps, batch, packed):
+    skip_where_the_planner_refuses(kernel, cell, kwargs, hidden, torch.float32)
     compare_with_reference(getattr(fusedrnn, cell), kwargs, hidden, steps, batch, packed,
                            backend="cuda", device="cuda")
 
@@ -93,6 +166,7 @@ def test_rnn_nan_input_gives_nan_where_the_reference_does(nonlinearity):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_low_precision_rule_on_gpu(kernel, cell, dtype):
+    skip_where_the_planner_refuses(kernel, cell, {}, backend_cases.LOW_PRECISION_HIDDEN, dtype)
     check_low_precision_rule(cell, dtype, steps=40)
 
 
@@ -108,6 +182,8 @@ def test_rnn_tanh_low_precision_rule_on_gpu(dtype):
     pytest.param("GRU", "grid", id="GRU-persistent_grid")], indirect=["kernel"])
 def test_persistent_error_does_not_grow_faster_than_the_reference(kernel, cell):
     """One cell per design: the reference backend's 4096 steps cost seconds per run."""
+    skip_where_the_planner_refuses(kernel, cell, {}, backend_cases.LOW_PRECISION_HIDDEN,
+                                   torch.bfloat16)
     check_low_precision_rule(cell, torch.bfloat16, steps=4096)
 
 
