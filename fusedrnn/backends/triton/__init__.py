@@ -58,8 +58,8 @@ class TritonBackend(Backend):
         if call is not None:
             if call.cell not in CELLS:
                 return False, f"no Triton kernel for the {call.cell} cell (only {', '.join(CELLS)})"
-            resident = cooperative.resident_programs(device)
-            variant = plan.choose(call.cell, call.hidden, call.state, dtype, resident)
+            variant = plan.choose(call.cell, call.hidden, call.state, dtype,
+                                  *cooperative.limits(device))
             too_large = plan.index_limit_reason(call.cell, call.hidden, call.steps, call.batch)
             if variant.kernel is None or too_large:
                 return False, too_large or variant.reason
@@ -78,9 +78,8 @@ class TritonBackend(Backend):
         dispatching op runs the launchers directly."""
         if device.type != "cuda" or cell not in CELLS:
             return None
-        resident = cooperative.resident_programs(device)
-        if plan.choose(cell, call.hidden, call.state, dtype, resident).kernel not in (
-                "persistent", "cooperative"):
+        if plan.choose(cell, call.hidden, call.state, dtype, *cooperative.limits(device)).kernel \
+                not in ("persistent", "cooperative"):
             return None
         pair = traceable.defined(cell) if torch.compiler.is_compiling() else traceable.pair(cell)
         return None if pair is None else pair[0]

@@ -29,8 +29,16 @@ logger = logging.getLogger("fusedrnn")
 
 
 @functools.lru_cache(maxsize=None)
-def _multiprocessors(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _device_limits(index):
+    """The multiprocessors of GPU ``index`` and its shared memory a block can opt in to
+    (None from a torch without the property)."""
+    properties = torch.cuda.get_device_properties(index)
+    return (properties.multi_processor_count,
+            getattr(properties, "shared_memory_per_block_optin", None))
+
+
+def _index(device):
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def resident_programs(device):
@@ -38,8 +46,17 @@ def resident_programs(device):
     multiprocessor on a GPU; None (no limit) for the interpreter's CPU tensors."""
     if device.type != "cuda":
         return None
-    return _multiprocessors(device.index if device.index is not None else
-                            torch.cuda.current_device())
+    return _device_limits(_index(device))[0]
+
+
+def limits(device):
+    """``(resident, shared)``: :func:`resident_programs` and the shared memory a block can
+    have on ``device`` (bytes, opting in; None: no limit, for the interpreter's CPU tensors
+    and a torch without the property)."""
+    resident = resident_programs(device)
+    if device.type != "cuda":
+        return resident, None
+    return resident, _device_limits(_index(device))[1]
 
 
 def synchronised(device, variant):
@@ -96,10 +113,41 @@ def gradient_pair(h0):
     return h0.new_empty((2,) + h0.shape, dtype=torch.float32)
 
 
+class Replan(Exception):
+    """Triton refused a cooperative launch for its resources; the plan, told so, picks
+    another kernel for the call (:func:`replanned`)."""
+
+
+def replanned(launcher):
+    """``launcher``, run once more where its cooperative launch raised :class:`Replan`."""
+    @functools.wraps(launcher)
+    def run(*args, **kwargs):
+        try:
+            return launcher(*args, **kwargs)
+        except Replan:
+            return launcher(*args, **kwargs)
+    return run
+
+
 def launch(kernel, variant, iterations, tensors, sizes, **constants):
     """Run ``kernel`` over processing steps ``[0, iterations)``: its arguments are
     ``tensors``, then the barriers' counters, ``s_begin``, ``s_end``, then ``sizes``
-    (steps, batch, hidden) and the rows of a batch group."""
+    (steps, batch, hidden) and the rows of a batch group; at
+    ``plan.COOPERATIVE_NUM_STAGES`` (the stages ``plan.cooperative_shared_bytes`` counts).
+    Where Triton refuses the kernel for its resources (``OutOfResources``: shared memory
+    past the GPU's), raises :class:`Replan` unless the variant was forced."""
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        _launch(kernel, variant, iterations, tensors, sizes,
+                num_stages=plan.COOPERATIVE_NUM_STAGES, **constants)
+    except OutOfResources as error:
+        if not plan.refuse(variant, tensors[0].dtype, error):
+            raise
+        raise Replan(str(error)) from error
+
+
+def _launch(kernel, variant, iterations, tensors, sizes, **constants):
     device = tensors[0].device
     groups, group_rows = batch_groups(variant, sizes[1], resident_programs(device))
     sizes = (*sizes, group_rows)

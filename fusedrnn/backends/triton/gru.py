@@ -10,6 +10,7 @@ from .gru_bwd import gru_bwd_cooperative_kernel, gru_bwd_persistent_kernel, gru_
 from .gru_fwd import gru_fwd_cooperative_kernel, gru_fwd_persistent_kernel, gru_fwd_step_kernel
 
 
+@cooperative.replanned
 def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     steps, batch, _ = x.shape
     hidden = w_ih.shape[0] // 3
@@ -51,6 +52,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     return y, h_n, common.empty(x), gates, hidden_n
 
 
+@cooperative.replanned
 def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, hidden_n,
              reverse, has_bias):
     steps, batch, _ = x.shape

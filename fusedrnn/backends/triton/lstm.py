@@ -13,6 +13,7 @@ from .lstm_fwd import (lstm_fwd_cooperative_kernel, lstm_fwd_persistent_kernel,
                        lstm_fwd_step_kernel)
 
 
+@cooperative.replanned
 def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     steps, batch, _ = x.shape
     hidden, state = w_ih.shape[0] // 4, h0.shape[1]
@@ -55,6 +56,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
     return y, h_n, c_n, gates, cells
 
 
+@cooperative.replanned
 def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, cells,
              reverse, has_bias):
     steps, batch, _ = x.shape

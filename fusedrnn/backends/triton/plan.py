@@ -8,11 +8,12 @@ whole sequence, the hidden units split over programs (``COOPERATIVE_BLOCK_H`` un
 more so that there are no more programs than can be resident at once: one per
 multiprocessor), each holding its slice of ``W_hh`` (gates x BLOCK_H x P) in registers and
 meeting the others at a grid barrier once per step; chosen while a slice holds at most
-``COOPERATIVE_LIMIT`` elements (no projection). ``step``: one launch per time step over
-tiles of the hidden units, for the rest (no projection).
+``COOPERATIVE_LIMIT`` elements (no projection) and its shared memory
+(``cooperative_shared_bytes``) fits a block of the GPU. ``step``: one launch per time step
+over tiles of the hidden units, for the rest (no projection).
 ``FUSEDRNN_TRITON_KERNEL=persistent|cooperative|step`` forces one (the tests use it to
-cover all three; a forced cooperative kernel ignores the weight limit, never the residency:
-well past the limit it spills registers, or fails to compile);
+cover all three; a forced cooperative kernel ignores the weight limit, never the residency
+or the shared memory: well past the limit it spills registers);
 several, comma-separated, restrict the choice to them (``persistent,step``: no cooperative
 kernel, the GPU check's fallback if its grid barrier fails).
 
@@ -41,6 +42,13 @@ PERSISTENT_FEW_WARPS_UNTIL = 2048  # elements held: up to here 4 warps, above 8
 COOPERATIVE_BLOCK_H = 8  # hidden units a cooperative program owns, at least
 COOPERATIVE_MIN_TRITON = (3, 4)  # the oldest Triton that compiles them (cooperative_unsupported)
 COOPERATIVE_LIMIT = {"bfloat16": 4 * 8 * 1024, "float16": 4 * 8 * 1024, "float32": 4 * 8 * 256}
+# Pipeline stages of the cooperative kernels (Triton's default, 3, keeps a second copy of
+# the (BLOCK_B, BLOCK_K) state tile: 64 KB more in float32 at BLOCK_K 1024, which took the
+# LSTM forward to 266,240 bytes, past the H200's 232,448).
+COOPERATIVE_NUM_STAGES = 2
+# Shared memory of a cooperative kernel beyond its weight slice and state tiles (the split
+# reduction's; compiled: 2 KB at 4 warps, 4 KB at 8).
+COOPERATIVE_SCRATCH = 8192
 BLOCK_B = 16
 STEP_BLOCK_H = 32
 STEP_BLOCK_K = 32
@@ -49,6 +57,7 @@ INDEX_LIMIT = 2**31  # the kernels' offsets are int32: no tensor may have more e
 ENV_VAR = "FUSEDRNN_TRITON_KERNEL"
 KERNELS = ("persistent", "cooperative", "step")  # in the order the plan prefers them
 _logged = set()
+_refused = {}  # (cooperative variant, dtype name): why Triton would not launch it
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Variant:
     num_warps: int = 4
     programs: int = 0
     split_k: int = 1
+    forced: bool = False
 
 
 def tile(size):
@@ -70,8 +80,12 @@ def tile(size):
     return max(16, 1 << max(0, size - 1).bit_length())
 
 
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
 def _is_float32(dtype):
-    return str(dtype).replace("torch.", "") == "float32"
+    return _dtype_name(dtype) == "float32"
 
 
 def held_elements(cell, block_h, block_p, projected):
@@ -104,9 +118,22 @@ def cooperative_unsupported():
     return None
 
 
-def _cooperative(cell, hidden, state, dtype, resident, forced):
+def cooperative_shared_bytes(cell, block_h, block_k, dtype):
+    """Shared memory a cooperative kernel's block takes at ``COOPERATIVE_NUM_STAGES``: its
+    weight slice (gates x BLOCK_H x BLOCK_K, staged there for ``tl.dot``), one state tile
+    per pipeline stage past the first (BLOCK_B x BLOCK_K; at least one), in float32 or the
+    16-bit dtype, and ``COOPERATIVE_SCRATCH``. An upper bound of what the kernels compile
+    to for sm_90 (``compile_check`` checks it)."""
+    itemsize = 4 if _is_float32(dtype) else 2
+    tiles = max(1, COOPERATIVE_NUM_STAGES - 1)
+    return (GATES[cell] * block_h + tiles * BLOCK_B) * block_k * itemsize + COOPERATIVE_SCRATCH
+
+
+def cooperative_variant(cell, hidden, state, dtype, resident, forced, shared=None):
     """The cooperative variant, or the reason it cannot run: the fewest units a program owns
-    (at least ``COOPERATIVE_BLOCK_H``) that keep the programs within ``resident``."""
+    (at least ``COOPERATIVE_BLOCK_H``) that keep the programs within ``resident``, refused
+    (even ``forced``) where its shared memory is over ``shared`` bytes a block (None: no
+    limit, the interpreter)."""
     unsupported = cooperative_unsupported()
     if unsupported:
         return None, unsupported
@@ -115,13 +142,32 @@ def _cooperative(cell, hidden, state, dtype, resident, forced):
         block_h *= 2
     programs = -(-hidden // block_h)
     held = GATES[cell] * block_h * block_k
-    limit = COOPERATIVE_LIMIT[str(dtype).replace("torch.", "")]
+    limit = COOPERATIVE_LIMIT[_dtype_name(dtype)]
     if held > limit and not forced:
         return None, f"slices of {GATES[cell]}x{block_h}x{block_k} are over {limit} elements"
+    needed = cooperative_shared_bytes(cell, block_h, block_k, dtype)
+    if shared is not None and needed > shared:
+        return None, (f"slices of {GATES[cell]}x{block_h}x{block_k} need {needed} bytes of "
+                      f"shared memory, over the {shared} a block has")
     why = "forced" if forced else f"{programs} programs hold {GATES[cell]}x{block_h}x{block_k}"
     warps = _warps(held)
-    return Variant("cooperative", f"cooperative kernel: {why}, one grid barrier per step",
-                   block_h, block_k, warps, programs, min(warps, block_k // 16)), None
+    variant = Variant("cooperative", f"cooperative kernel: {why}, one grid barrier per step",
+                      block_h, block_k, warps, programs, min(warps, block_k // 16), forced)
+    refused = _refused.get((variant, _dtype_name(dtype)))
+    if refused and not forced:
+        return None, f"Triton refused its launch ({refused})"
+    return variant, None
+
+
+def refuse(variant, dtype, error):
+    """Record that Triton refused to launch cooperative ``variant`` in ``dtype`` for its
+    resources (``error``), unless it was forced: the plan no longer picks it. Returns
+    whether it was recorded (a new plan can run the call)."""
+    if variant.forced:
+        return False
+    _refused[(variant, _dtype_name(dtype))] = str(error)
+    logger.warning("fusedrnn triton: %s; planning again without the cooperative kernel", error)
+    return True
 
 
 def _allowed():
@@ -136,10 +182,10 @@ def _allowed():
     return names, len(names) == 1, raw
 
 
-def choose(cell, hidden, state, dtype, resident=None):
+def choose(cell, hidden, state, dtype, resident=None, shared=None):
     """The variant for a call: ``resident`` is how many programs can run at once (the GPU's
     multiprocessors; None: no limit, the interpreter launching the cooperative kernel once
-    per step)."""
+    per step), ``shared`` the shared memory a block can have (bytes; None: no limit)."""
     allowed = _allowed()
     if allowed is None:
         return Variant(None, f"{ENV_VAR} must be auto, or one or more (comma-separated) of "
@@ -164,7 +210,8 @@ def choose(cell, hidden, state, dtype, resident=None):
     if has_proj:
         return Variant(None, f"proj_size needs the persistent kernel, and {over}")
     if "cooperative" in kernels:
-        cooperative, not_cooperative = _cooperative(cell, hidden, state, dtype, resident, forced)
+        cooperative, not_cooperative = cooperative_variant(cell, hidden, state, dtype, resident,
+                                                           forced, shared)
         if cooperative is not None:
             return cooperative
         over = f"{over}, and cooperative {not_cooperative}"
@@ -195,7 +242,7 @@ def variant_for(cell, hidden, state, x):
     from .. import BackendUnavailableError
     from . import cooperative
 
-    variant = choose(cell, hidden, state, x.dtype, cooperative.resident_programs(x.device))
+    variant = choose(cell, hidden, state, x.dtype, *cooperative.limits(x.device))
     too_large = index_limit_reason(cell, hidden, x.shape[0], x.shape[1])
     if variant.kernel is None or too_large:
         raise BackendUnavailableError(f"the triton backend cannot run this {cell} call: "

@@ -13,6 +13,7 @@ from .rnn_bwd import rnn_bwd_cooperative_kernel, rnn_bwd_persistent_kernel, rnn_
 from .rnn_fwd import rnn_fwd_cooperative_kernel, rnn_fwd_persistent_kernel, rnn_fwd_step_kernel
 
 
+@cooperative.replanned
 def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, relu):
     steps, batch, _ = x.shape
     hidden = w_ih.shape[0]
@@ -46,6 +47,7 @@ def forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, relu):
     return y, h_n, common.empty(x), common.empty(x), common.empty(x)
 
 
+@cooperative.replanned
 def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b,
              reverse, has_bias, relu):
     steps, batch, _ = x.shape
