@@ -81,10 +81,10 @@ def triton_kernels(cell, case, device, dtype, env):
     ``persistent``, ``step`` or ``cooperative, N programs``."""
     from .backends.triton import cooperative, plan
 
-    resident = cooperative.resident_programs(torch.device(device))
+    resident, shared = cooperative.limits(torch.device(device))
     with environment(env):
         variant = plan.choose(cell, case.hidden_size, case.proj_size or case.hidden_size, dtype,
-                              resident)
+                              resident, shared)
     if variant.kernel == "cooperative":
         groups, _ = cooperative.batch_groups(variant, case.batch, resident)
         programs = f"{variant.programs} programs"

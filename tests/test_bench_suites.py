@@ -219,6 +219,11 @@ def test_reports_name_the_triton_kernel_a_case_runs(monkeypatch, capable_triton)
                           {}) == "persistent"
     assert triton_kernels("lstm", bench.Case("lstm", 64, 8, 8, 256), "cpu", torch.bfloat16,
                           {}) == "cooperative, 4 batch groups x 32 programs"
+    # a GPU whose blocks cannot hold the cooperative slices: the plan's choice, not the label's
+    from fusedrnn.backends.triton import cooperative
+
+    monkeypatch.setattr(cooperative, "limits", lambda device: (132, 64 * 1024))
+    assert triton_kernels("lstm", case, "cpu", torch.bfloat16, {}) == "step"
     entry = {"provider": "fusedrnn [triton]", "backend": "triton", "resolved_backend": "triton",
              "kernels": "cooperative, 96 programs"}
     assert bench_report.provider_title(entry) == "fusedrnn [triton] (cooperative, 96 programs)"
