@@ -56,14 +56,14 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run it within its limit (cut to the 
   wanted "$name" || return 125
   local left=$((budget - SECONDS - 10))
   if [ "$left" -lt 10 ]; then
-    note "$(printf '%-12s skipped: the budget is spent' "$name")"
+    note "$(printf '%-17s skipped: the budget is spent' "$name")"
     return 125
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   local start=$SECONDS
   timeout -k 10 "$limit" "$@" >"$work/$name.log" 2>&1
   local rc=$?
-  note "$(printf '%-12s %-9s %4ss (limit %ss)' "$name" "$(verdict $rc)" $((SECONDS - start)) "$limit")"
+  note "$(printf '%-17s %-9s %4ss (limit %ss)' "$name" "$(verdict $rc)" $((SECONDS - start)) "$limit")"
   pack
   return $rc
 }
@@ -97,7 +97,7 @@ note "gpu_check: commit $commit, device $device (capability $arch), budget ${bud
 timeout -k 5 20 nvidia-smi >"$work/nvidia-smi.txt" 2>&1
 
 if [ "${FUSEDRNN_GPU_CHECK_INSTALL:-1}" = 0 ]; then
-  note "install      skipped (FUSEDRNN_GPU_CHECK_INSTALL=0): the fusedrnn $PY imports"
+  note "install           skipped (FUSEDRNN_GPU_CHECK_INSTALL=0): the fusedrnn $PY imports"
 else
   FUSEDRNN_CUDA_ARCHS=${arch/cpu/} stage install 150 $PY -m pip install -v --no-index \
     --no-build-isolation --no-deps --disable-pip-version-check -e .
@@ -203,13 +203,13 @@ elif [ "$device" = cuda ] && [ -n "$sanitizer" ] && [ $has_cuda_ext = 1 ]; then
     note "  compute-sanitizer cannot run here (sanitizer_ok.log): no sanitizer stages"
   fi
 else
-  note "sanitizers   skipped (no compute-sanitizer, GPU or cuda extension)"
+  note "sanitizers        skipped (no compute-sanitizer, GPU or cuda extension)"
 fi
 if [ "$device" = cuda ]; then
   stage barriers 20 $PY benchmarks/barrier_latency.py --out "$work/barriers.json"
   [ -f "$work/barriers.json" ] && cp "$work/barriers.json" "$out/barriers.json"
 elif wanted barriers; then
-  note "barriers     skipped (no GPU)"
+  note "barriers          skipped (no GPU)"
 fi
 bench bench_grid 90 ${quick[@]+"${quick[@]}"} --mode inference,training --backend auto \
   --backend triton --backend cuda:stepwise --repeats 10

@@ -28,9 +28,9 @@ def test_stages_leave_a_summary_and_one_archive_of_their_logs(tmp_path):
     assert len(files) <= 8 and {path.name for path in files} == {"summary.txt",
                                                                  "logs.tar.gz"}
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "info         ok" in summary
+    assert "info              ok" in summary
     # no CUDA extension or device here: the probe says so, it does not pass
-    assert "probe_grid   FAIL:3" in summary and "backend unavailable" in summary
+    assert "probe_grid        FAIL:3" in summary and "backend unavailable" in summary
     assert "UNAVAILABLE" in summary and run.stdout.endswith(summary.split("== gpu_check")[-1])
     with tarfile.open(tmp_path / "out" / "logs.tar.gz") as logs:
         names = {pathlib.PurePath(name).name for name in logs.getnames()}
@@ -41,5 +41,5 @@ def test_stages_past_the_budget_are_skipped_and_said_so(tmp_path):
     run = _dry_run(tmp_path / "out", "info,probe_grid", budget=1)
     assert run.returncode == 0, run.stdout + run.stderr
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "info         skipped: the budget is spent" in summary
-    assert "probe_grid   skipped: the budget is spent" in summary
+    assert "info              skipped: the budget is spent" in summary
+    assert "probe_grid        skipped: the budget is spent" in summary
