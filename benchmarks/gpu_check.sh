@@ -5,22 +5,23 @@
 # already installed; no package registry needed) it installs fusedrnn from this checkout,
 # building the CUDA extension for the local GPU, probes each multi-block kernel design on a
 # small shape, times the anchor shapes against torch.nn (cuDNN), runs the GPU tests of every
-# backend, compute-sanitizer, the barrier microbenchmark and the benchmark grid, in that order
-# (what matters most first), and prints a summary last. Without a GPU it says so and exits 0;
+# backend, compute-sanitizer's memcheck, the barrier microbenchmark, the benchmark grid, then
+# racecheck and synccheck, in that order (what matters most first), and prints a summary last. Without a GPU it says so and exits 0;
 # FUSEDRNN_GPU_CHECK_DRY=1 then runs the stages on the CPU instead (tiny bench grids, Triton
 # in its interpreter, limits x3), to rehearse the script.
 #
 # Budget: FUSEDRNN_GPU_CHECK_BUDGET seconds (default 520) for the whole run: each stage has
-# its own time limit, cut to what is left, and a stage with under 10 s left is skipped, so
-# the run ends inside a device machine's 10-minute command limit. FUSEDRNN_GPU_CHECK_STAGES
+# its own time limit, cut to what is left less 10 s for the summary, and a stage left under
+# 10 s is skipped, so the run ends inside a device machine's 10-minute command limit. FUSEDRNN_GPU_CHECK_STAGES
 # (comma-separated names) runs only those stages, after the install (which
 # FUSEDRNN_GPU_CHECK_INSTALL=0 skips). FUSEDRNN_COMMIT: the commit being checked, for a
 # checkout that travels without .git.
 #
 # OUT_DIR receives at most 8 files (what a device machine sends back): summary.txt (each
 # stage's line as it ends, then the summary), logs.tar.gz (every log, JUnit XML and report
-# of the stages so far, rewritten after each), bench_anchors.md/.json and bench_grid.md/.json
-# (the benchmarks' reports, rewritten as they measure) and barriers.json.
+# of the stages so far, rewritten after each, the benchmarks' reports as they measured up to
+# a cut), bench_anchors.md/.json and bench_grid.md/.json (the benchmarks' reports, copied
+# when their stage ends, cut or not) and barriers.json.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
@@ -67,7 +68,6 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run it within its limit (cut to the 
   pack
   return $rc
 }
-broken() { [ "$1" -ge 124 ] && [ "$1" != 125 ]; }  # hung, killed or crashed (not merely wrong)
 
 device=cuda
 if ! timeout -k 5 90 $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -122,19 +122,22 @@ probe() {  # probe NAME LIMIT_S BACKEND:KERNEL VARIABLE=FALLBACK DESELECT WHAT L
   case $rc in
     0|125) return 0 ;;
     3) note "  $what: backend unavailable ($name.log)" ;;
-    1) bench_env+=("$fallback")
+    1) [[ " ${bench_env[*]-} " == *" ${fallback%%=*}="* ]] || bench_env+=("$fallback")
        note "  $what wrong: the tests run them (showing where), the benchmarks do not" ;;
-    *) export "${fallback?}"
+    *) export "${fallback?}"  # (status 4: a CUDA error broke the process's context)
        list+=("$deselect")
        note "  $what hung or crashed: every later stage runs without them" ;;
   esac
   return 1
 }
+# (test ids: persistent_* in test_cuda_ext.py, cuda:* in test_cuda_graphs.py)
 if [ $has_cuda_ext = 1 ] || [ "$device" = cpu ]; then  # (dry run: the unavailable branch)
-  probe probe_grid 40 cuda:grid FUSEDRNN_CUDA_KERNEL=stepwise \
-      "not persistent_grid and not persistent_cluster" "cuda grid kernels" cuda_k &&
-    probe probe_cluster 40 cuda:cluster FUSEDRNN_CUDA_KERNEL=grid "not persistent_cluster" \
-      "cuda cluster kernels" cuda_k
+  probe probe_grid 40 cuda:grid FUSEDRNN_CUDA_KERNEL=stepwise "not persistent_grid and \
+not persistent_cluster and not cuda:grid and not cuda:cluster" "cuda grid kernels" cuda_k
+  if [ -z "${FUSEDRNN_CUDA_KERNEL:-}" ]; then  # the cluster kernels, unless already left out
+    probe probe_cluster 40 cuda:cluster FUSEDRNN_CUDA_KERNEL=grid \
+      "not persistent_cluster and not cuda:cluster" "cuda cluster kernels" cuda_k
+  fi
 fi
 # Triton's cooperative kernels meet at a grid barrier too (18 programs here); the limit
 # covers compiling them (8 kernels, cold cache).
@@ -161,7 +164,8 @@ bench bench_anchors 100 ${quick[@]+"${quick[@]}"} $([ "$device" = cuda ] && echo
 # -v: each test's result is in the log as soon as it finishes, so a stage cut short by its
 # time limit still says what passed and what failed; --durations: where the time went.
 test_flags=(--maxfail=25 -v --durations=15 -p no:cacheprovider -o junit_family=xunit2)
-# a hung test ends its process (thread method: a CUDA wait ignores signals), not the stage
+# a hung test ends its pytest process with its stack dumped (thread method: a CUDA wait
+# ignores signals) before the stage's limit: a sharded stage loses one shard, not all
 $PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=45 --timeout-method=thread)
 k_flags() {  # the -k flags of a list of expressions, joined by "and"
   [ $# -gt 0 ] || return 0
@@ -170,7 +174,7 @@ k_flags() {  # the -k flags of a list of expressions, joined by "and"
   printf '%s\n' -k "${joined# and }"
 }
 mapfile -t cuda_select < <(k_flags ${cuda_k[@]+"${cuda_k[@]}"})
-mapfile -t triton_select < <(k_flags ${triton_k[@]+"${triton_k[@]}"})
+mapfile -t all_select < <(k_flags ${cuda_k[@]+"${cuda_k[@]}"} ${triton_k[@]+"${triton_k[@]}"})
 gpu_marks="requires_cuda or requires_triton or requires_ext"
 # The cuda backend's tests, then every other test that needs CUDA, Triton or the extension
 # (the Triton backend on CUDA tensors), each with its own limit. The second compiles a
@@ -180,7 +184,7 @@ stage tests_cuda 75 $PY -m pytest tests/test_cuda_ext.py tests/test_cuda_plan.py
   --junitxml="$work/tests_cuda.xml"
 shards=$([ "$device" = cuda ] && echo 8 || echo 2)
 stage tests 100 $PY benchmarks/pytest_shards.py $shards "$work/tests" "${test_flags[@]}" -- \
-  tests/ ${triton_select[@]+"${triton_select[@]}"} -m "$gpu_marks" \
+  tests/ ${all_select[@]+"${all_select[@]}"} -m "$gpu_marks" \
   --ignore=tests/test_cuda_ext.py --ignore=tests/test_cuda_plan.py
 
 sanitizer=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -n 1)

@@ -7,8 +7,9 @@ benchmarks/sanitize_small.py``. ``--runs cuda:grid`` runs only those; with
 are left out, and a ``FUSEDRNN_TRITON_KERNEL`` set without ``cooperative`` leaves those out
 (``triton:auto`` then chooses among what it allows). Exit status: 1 if a backend's outputs
 or gradients differ from the reference backend's beyond the tests' float32 bound or a run
-raised (the other runs go on), else 3 if a backend asked for is unavailable (an extension
-not built is no pass), else 0."""
+raised (the other runs go on), 4 if a run left the CUDA context broken (an illegal memory
+access: nothing after it in the process can pass, so it stops there), else 3 if a backend
+asked for is unavailable (an extension not built is no pass), else 0."""
 
 import argparse
 import os
@@ -68,12 +69,29 @@ def main(argv=None):
                 error = max_error(cell, backend, args.device)
             except Exception:  # noqa: BLE001 - reported; the other runs still go
                 traceback.print_exc()
+                if context_broken(args.device):
+                    print(f"{backend} ({kernel}) {cell}: CUDA ERROR: the process's CUDA "
+                          "context is broken, no later run can pass")
+                    return 4
                 print(f"{backend} ({kernel}) {cell}: RAISED")
                 failures += 1
                 continue
             print(f"{backend} ({kernel}) {cell}: max relative error {error:.2e}")
             failures += not error <= BOUND
     return 1 if failures else 3 if unavailable else 0
+
+
+def context_broken(device):
+    """Whether the CUDA context is broken (an illegal memory access, a launch failure, a
+    device-side assert: every later CUDA call in the process raises too), as opposed to an
+    error raised before or around the kernels."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        torch.cuda.synchronize()
+    except Exception:  # noqa: BLE001 - the error itself is what is asked about
+        return True
+    return False
 
 
 def max_error(cell, backend, device):

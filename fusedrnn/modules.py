@@ -134,8 +134,9 @@ class RNNBase(nn.Module):
         super().__setstate__(state)
         if "backend" not in state:
             self.backend = "auto"
-        if held is None and torch_list is not None and any(
-                a is not b for a, b in zip(torch_list, self._flat_weights, strict=True)):
+        if held is None and torch_list is not None and (
+                len(torch_list) != len(self._flat_weights)
+                or any(a is not b for a, b in zip(torch_list, self._flat_weights))):
             held = torch_list
         if held is not None:
             self._flat_weights = held

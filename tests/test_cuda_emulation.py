@@ -92,6 +92,7 @@ def test_forward_and_backward_run_the_emulated_ops(design, cell, kwargs, ops):
     assert not any(name.startswith("fusedrnn::") and "recurrence" in name for name in names)
 
 
+@needs_emulation
 @pytest.mark.parametrize("cell, gates, kwargs", [("LSTM", 4, {}), ("LSTM", 4, {"proj_size": 3}),
                                                 ("RNN", 1, {})])
 def test_the_input_projection_adds_the_bias(cell, gates, kwargs):

@@ -75,10 +75,28 @@ def test_a_run_that_raises_fails_and_the_others_still_run(monkeypatch, capsys):
         return 0.0
 
     monkeypatch.setattr(sanitize_small, "max_error", max_error)
-    monkeypatch.delenv("FUSEDRNN_TRITON_KERNEL", raising=False)
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "auto")  # main sets it: restored after
     if not fusedrnn.available_backends()["triton"].available:
         pytest.skip("the triton backend is unavailable here")
     assert sanitize_small.main(["--runs", "triton:step"]) == 1
     out = capsys.readouterr().out
     assert "triton (step) LSTM: RAISED" in out
     assert "triton (step) GRU: max relative error 0.00e+00" in out
+
+
+def test_a_broken_cuda_context_stops_the_runs_with_its_own_status(monkeypatch, capsys):
+    """An illegal memory access breaks the process's CUDA context: the GPU check takes the
+    design out of every later stage (its tests would fail one after another in the same
+    process), so it is told apart from wrong numbers (1) by status 4, and nothing runs
+    after it."""
+    def max_error(cell, backend, device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(sanitize_small, "max_error", max_error)
+    monkeypatch.setattr(sanitize_small, "context_broken", lambda device: True)
+    monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "auto")
+    if not fusedrnn.available_backends()["triton"].available:
+        pytest.skip("the triton backend is unavailable here")
+    assert sanitize_small.main(["--runs", "triton:step"]) == 4
+    out = capsys.readouterr().out
+    assert "triton (step) LSTM: CUDA ERROR" in out and "GRU" not in out

@@ -53,10 +53,9 @@ def limits(device):
     """``(resident, shared)``: :func:`resident_programs` and the shared memory a block can
     have on ``device`` (bytes, opting in; None: no limit, for the interpreter's CPU tensors
     and a torch without the property)."""
-    resident = resident_programs(device)
     if device.type != "cuda":
-        return resident, None
-    return resident, _device_limits(_index(device))[1]
+        return None, None
+    return _device_limits(_index(device))
 
 
 def synchronised(device, variant):
