@@ -98,6 +98,15 @@ def capable_triton(monkeypatch):
 
 
 @pytest.fixture
+def fake_backends():
+    """Two backend doubles registered for a test: one unavailable, one whose kernels raise
+    (tests/cli_helpers.py)."""
+    from cli_helpers import BrokenBackend, UnavailableBackend, registered
+
+    yield from registered(UnavailableBackend(), BrokenBackend())
+
+
+@pytest.fixture
 def two_threads():
     """torch's thread count at 2 (restored after): the cpu backend's split loops
     (csrc/cpu/unit_split.h) give each thread a chunk of the hidden units, and tests of them
