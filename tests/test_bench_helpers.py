@@ -1,5 +1,6 @@
 """The helpers of ``fusedrnn bench``: its providers and modes (``fusedrnn.bench``), its timing
-(``fusedrnn.bench_timing``) and its grids; the console script itself is in test_cli.py and test_cli_bench.py."""
+(``fusedrnn.bench_timing``) and its grids; the console script itself is in test_cli.py and
+test_cli_bench.py."""
 
 import pytest
 import torch
