@@ -19,7 +19,7 @@ import traceback
 import torch
 
 import fusedrnn
-from fusedrnn import testing
+from fusedrnn import backends, testing
 from fusedrnn.bench_kernels import KERNEL_ENV
 
 
@@ -53,8 +53,10 @@ def main(argv=None):
     failures = unavailable = 0
     for backend, kernel in runs:
         availability = fusedrnn.available_backends()[backend]
-        if not availability.available:
-            print(f"{backend}: UNAVAILABLE ({availability.reason})")
+        runs_here, why = backends.get(backend).supports(torch.device(args.device),
+                                                        torch.float32)
+        if not availability.available or not runs_here:
+            print(f"{backend}: UNAVAILABLE ({availability.reason or why})")
             unavailable += 1
             continue
         if kernel == "cluster" and args.device == "cuda" and \
