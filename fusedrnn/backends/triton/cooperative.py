@@ -141,7 +141,7 @@ def launch(kernel, variant, iterations, tensors, sizes, **constants):
         _launch(kernel, variant, iterations, tensors, sizes,
                 num_stages=plan.COOPERATIVE_NUM_STAGES, **constants)
     except OutOfResources as error:
-        if not plan.refuse(variant, tensors[0].dtype, error):
+        if not plan.refuse(variant, tensors[0].dtype, limits(tensors[0].device)[1], error):
             raise
         raise Replan(str(error)) from error
 

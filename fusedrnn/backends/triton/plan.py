@@ -57,7 +57,9 @@ INDEX_LIMIT = 2**31  # the kernels' offsets are int32: no tensor may have more e
 ENV_VAR = "FUSEDRNN_TRITON_KERNEL"
 KERNELS = ("persistent", "cooperative", "step")  # in the order the plan prefers them
 _logged = set()
-_refused = {}  # (cooperative variant, dtype name): why Triton would not launch it
+# (cooperative variant, dtype name, the device's shared memory per block): why Triton would
+# not launch it (the shared memory stands for the kind of GPU: its limits decide)
+_refused = {}
 
 
 @dataclass(frozen=True)
@@ -153,19 +155,20 @@ def cooperative_variant(cell, hidden, state, dtype, resident, forced, shared=Non
     warps = _warps(held)
     variant = Variant("cooperative", f"cooperative kernel: {why}, one grid barrier per step",
                       block_h, block_k, warps, programs, min(warps, block_k // 16), forced)
-    refused = _refused.get((variant, _dtype_name(dtype)))
+    refused = _refused.get((variant, _dtype_name(dtype), shared))
     if refused and not forced:
         return None, f"Triton refused its launch ({refused})"
     return variant, None
 
 
-def refuse(variant, dtype, error):
+def refuse(variant, dtype, shared, error):
     """Record that Triton refused to launch cooperative ``variant`` in ``dtype`` for its
-    resources (``error``), unless it was forced: the plan no longer picks it. Returns
-    whether it was recorded (a new plan can run the call)."""
+    resources (``error``) on a GPU whose blocks have ``shared`` bytes of shared memory,
+    unless it was forced: the plan no longer picks it there. Returns whether it was recorded
+    (a new plan can run the call)."""
     if variant.forced:
         return False
-    _refused[(variant, _dtype_name(dtype))] = str(error)
+    _refused[(variant, _dtype_name(dtype), shared)] = str(error)
     logger.warning("fusedrnn triton: %s; planning again without the cooperative kernel", error)
     return True
 
