@@ -166,7 +166,7 @@ bench bench_anchors 100 ${quick[@]+"${quick[@]}"} $([ "$device" = cuda ] && echo
 test_flags=(--maxfail=25 -v --durations=15 -p no:cacheprovider -o junit_family=xunit2)
 # a hung test ends its pytest process with its stack dumped (thread method: a CUDA wait
 # ignores signals) before the stage's limit: a sharded stage loses one shard, not all
-$PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=45 --timeout-method=thread)
+$PY -c "import pytest_timeout" 2>/dev/null && test_flags+=(--timeout=60 --timeout-method=thread)
 k_flags() {  # the -k flags of a list of expressions, joined by "and"
   [ $# -gt 0 ] || return 0
   local joined
