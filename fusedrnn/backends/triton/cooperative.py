@@ -44,9 +44,7 @@ def _index(device):
 def resident_programs(device):
     """How many cooperative programs can be resident at once on ``device``: one per
     multiprocessor on a GPU; None (no limit) for the interpreter's CPU tensors."""
-    if device.type != "cuda":
-        return None
-    return _device_limits(_index(device))[0]
+    return limits(device)[0]
 
 
 def limits(device):
