@@ -48,8 +48,10 @@ __global__ void rnn_bwd_step_kernel(const scalar_t* __restrict__ grad_y,
   const float dh = carry + (active ? static_cast<float>(grad_y[idx]) : 0.0f);
   dh_total[idx] = dh;
   const float out = static_cast<float>(y[idx]);
-  const float slope = relu ? (out > 0.0f ? 1.0f : 0.0f) : 1.0f - out * out;
-  dpre[idx] = active ? dh * slope : 0.0f;
+  // relu: selected as torch's threshold_backward selects (a NaN output passes dh; an
+  // infinite dh at an output of 0 gives 0, where a product with a 0/1 slope gives NaN).
+  const float d = relu ? (out <= 0.0f ? 0.0f : dh) : dh * (1.0f - out * out);
+  dpre[idx] = active ? d : 0.0f;
 }
 
 template <typename scalar_t>

@@ -203,6 +203,9 @@ def define_pair(cell, suffix, forward_impl, backward_impl, maker=torch.library.c
                  w_ih: Tensor, w_hh: Tensor, w_hr: MaybeTensor, h0: Tensor, c0: MaybeTensor,
                  lengths: MaybeTensor, y: Tensor, ws_a: Tensor, ws_b: Tensor, reverse: bool,
                  has_bias: bool, backend: str) -> Tuple[(Tensor,) * 8]:
+        # The padding never reaches a gradient, whatever it holds: the backends' products over
+        # all steps would carry its NaN or inf (times a zero gradient) into the weights'.
+        grad_y, x = common.without_padding(lengths, grad_y, x)
         tensors = _contiguous(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengths,
                               y, ws_a, ws_b)
         with common.without_autocast(x.device):
@@ -294,6 +297,7 @@ def register_autograd(cell, forward_op, backward_op):
         x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
         if torch.is_grad_enabled():
             b_ih, b_hh = kept_biases(ctx.biases)
+            x, = common.without_padding(lengths, x)  # as the backward op does
             return (*differentiable.gradients(cell, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0),
                                               lengths, ctx.reverse,
                                               (grad_y, grad_h_n, grad_c_n)),

@@ -36,7 +36,9 @@ FUSEDRNN_SIMD_CLONES void rnn_bwd_row(const scalar_t* __restrict__ dh,
                                       const scalar_t* __restrict__ y,
                                       scalar_t* __restrict__ dpre, int64_t hidden, bool relu) {
   if (relu) {
-    for (int64_t j = 0; j < hidden; ++j) dpre[j] = y[j] > 0 ? dh[j] : scalar_t(0);
+    // Selected as torch's threshold_backward selects: a NaN output passes dh, and an
+    // infinite dh at an output of 0 gives 0 (a product with a 0/1 slope would give NaN).
+    for (int64_t j = 0; j < hidden; ++j) dpre[j] = y[j] <= 0 ? scalar_t(0) : dh[j];
   } else {
     for (int64_t j = 0; j < hidden; ++j) dpre[j] = flush(dh[j] * (1 - y[j] * y[j]));
   }

@@ -60,27 +60,33 @@ __device__ __forceinline__ void mma_step(Accumulator& acc, const scalar_t* a, in
   wmma::mma_sync(acc, fa, fb, acc);
 }
 
+// hi: each element rounded to TF32; lo: what that leaves (in TF32); cross: hi again, for the
+// products with the other operand's lo. A non-finite element has no rest and takes no part
+// in those corrections: their inf - inf or 0 * inf would turn the inf that float32's product
+// gives into NaN (hi * hi alone carries it, and a NaN).
 template <typename Fragment>
-__device__ __forceinline__ void split_tf32(Fragment& hi, Fragment& lo) {
+__device__ __forceinline__ void split_tf32(Fragment& hi, Fragment& lo, Fragment& cross) {
   for (int i = 0; i < hi.num_elements; ++i) {
     const float v = hi.x[i];
     const float h = wmma::__float_to_tf32(v);
+    const bool finite = v - v == 0.0f;  // false for inf and NaN
     hi.x[i] = h;
-    lo.x[i] = wmma::__float_to_tf32(v - h);
+    lo.x[i] = finite ? wmma::__float_to_tf32(v - h) : 0.0f;
+    cross.x[i] = finite ? h : 0.0f;
   }
 }
 
 __device__ __forceinline__ void mma_step_f32(AccumulatorTf32& acc, const float* a, int lda,
                                              const float* b, int ldb) {
   using P = wmma::precision::tf32;
-  wmma::fragment<wmma::matrix_a, kTile, kTile, 8, P, wmma::row_major> a_hi, a_lo;
-  wmma::fragment<wmma::matrix_b, kTile, kTile, 8, P, wmma::col_major> b_hi, b_lo;
+  wmma::fragment<wmma::matrix_a, kTile, kTile, 8, P, wmma::row_major> a_hi, a_lo, a_cross;
+  wmma::fragment<wmma::matrix_b, kTile, kTile, 8, P, wmma::col_major> b_hi, b_lo, b_cross;
   wmma::load_matrix_sync(a_hi, a, lda);
   wmma::load_matrix_sync(b_hi, b, ldb);
-  split_tf32(a_hi, a_lo);
-  split_tf32(b_hi, b_lo);
-  wmma::mma_sync(acc, a_lo, b_hi, acc);
-  wmma::mma_sync(acc, a_hi, b_lo, acc);
+  split_tf32(a_hi, a_lo, a_cross);
+  split_tf32(b_hi, b_lo, b_cross);
+  wmma::mma_sync(acc, a_lo, b_cross, acc);
+  wmma::mma_sync(acc, a_cross, b_lo, acc);
   wmma::mma_sync(acc, a_hi, b_hi, acc);
 }
 

@@ -125,18 +125,56 @@ def hold_forward(mask, t, new_state, old_state, y_t):
     if mask is None:
         return new_state
     state = torch.where(mask[t], new_state, old_state)
-    y_t.mul_(mask[t])
+    y_t.masked_fill_(~mask[t], 0)  # not a product with the mask: NaN * 0 is NaN
     return state
 
 
 def backward_masks(mask, grad_y):
-    """For the backward: ``grad_y`` with padding zeroed, the float mask of active steps and
-    of inactive steps (those carry the state gradient through unchanged); all None when
-    every step is active."""
+    """For the backward: ``grad_y`` with padding zeroed, the bool mask of inactive steps
+    (:func:`zero_inactive_` takes it) and the float one (those steps carry the state gradient
+    through unchanged); the last two None when every step is active."""
     if mask is None:
         return grad_y, None, None
-    active = mask.to(grad_y.dtype)
-    return grad_y * active, active, 1 - active
+    inactive = ~mask
+    return grad_y.masked_fill(inactive, 0), inactive, inactive.to(grad_y.dtype)
+
+
+def zero_inactive_(factors, inactive):
+    """``factors`` ``(T, B, ...)`` zeroed in place at the inactive steps (``inactive``
+    ``(T, B, 1)``, from :func:`backward_masks`), whatever they hold there: what a step past a
+    sequence's end computed from its padding (NaN or inf) must not reach a gradient, and a
+    product with a 0/1 mask would keep NaN * 0 = NaN."""
+    return factors.masked_fill_(inactive.view(inactive.shape + (1,) * (factors.dim() - 3)), 0)
+
+
+def without_padding(lengths, *tensors):
+    """``tensors`` ``(T, B, ...)`` with their inactive steps zeroed (new tensors), or as they
+    are without ``lengths``: for a backward, whose products over all steps (``dgates^T x``)
+    and whose gradient input ``grad_y`` must not carry what the padding holds (NaN * 0 is
+    NaN).
+
+    On the CPU outside a trace the copies are made only where the padding is not all zeros;
+    the modules' is, and reading it costs a packed LSTM's training step 0.4-2% of its time
+    (60 us of 3.3 ms at batch 8, 200 steps, hidden 128; 150 us of 22 ms at batch 32, 100
+    steps, hidden 256; on the 2-core Zen 5 EPYC). Elsewhere one ``where``, which needs no
+    row count from the device."""
+    if lengths is None:
+        return tensors
+    steps, batch = tensors[0].shape[:2]
+    inactive = ~active_mask(lengths, steps).to(tensors[0].device)
+    if tensors[0].device.type != "cpu" or torch.compiler.is_compiling():
+        return tuple(torch.where(inactive.view(inactive.shape + (1,) * (t.dim() - 3)),
+                                 torch.zeros((), dtype=t.dtype, device=t.device), t)
+                     for t in tensors)
+    rows = inactive.view(-1).nonzero().view(-1)  # the padded (t, b) rows
+    out = []
+    for t in tensors:
+        flat = t.reshape(steps * batch, *t.shape[2:])
+        if bool(flat.index_select(0, rows).any()):  # NaN too
+            flat = flat.clone(memory_format=torch.contiguous_format).index_fill_(0, rows, 0)
+            t = flat.view(t.shape)
+        out.append(t)
+    return tuple(out)
 
 
 def recurrent_grad(order, k, grad_y, dgates_t, w_hh, dh, inactive, out_steps=None):
@@ -178,9 +216,13 @@ def input_and_weight_grads(x, w_ih, dgates_input, dgates_hidden, h_prev, has_bia
     return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
-def projection_weight_grad(dh_steps, gates, cells):
+def projection_weight_grad(dh_steps, gates, cells, mask):
     """The gradient of the LSTM's projection ``W_hr`` ``(P, H)``, one product over all steps:
     ``dh_steps^T @ (o * tanh(c))``, ``dh_steps`` ``(T, B, P)`` the gradient of each step's
-    projected state (zero past a row's end), ``gates`` and ``cells`` as saved."""
+    projected state (zero past a row's end), ``gates`` and ``cells`` as saved, ``mask`` from
+    :func:`active_mask` (the gates of a step past a row's end came from its padding)."""
     o = gates[:, :, 3 * cells.shape[2]:]
-    return torch.mm(flat(dh_steps).t(), flat(o * torch.tanh(cells)))
+    r = o * torch.tanh(cells)
+    if mask is not None:
+        r.masked_fill_(~mask, 0)
+    return torch.mm(flat(dh_steps).t(), flat(r))

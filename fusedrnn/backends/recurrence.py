@@ -336,7 +336,7 @@ class RecurrenceBackend(Backend):
             dgates, dh_steps, dh0, dc0 = self.ops.lstm_proj_recurrence_bwd(
                 grad_y, grad_hn, grad_cn, w_hh, w_hr, c0, lengths, ws_a, ws_b, reverse)
             grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
-            return grads + (common.projection_weight_grad(dh_steps, ws_a, ws_b), dh0, dc0)
+            return grads + (common.projection_weight_grad(dh_steps, ws_a, ws_b, mask), dh0, dc0)
         op, extra = self.recurrence_op(cell, w_hh, True)
         if cell == "lstm":
             dgates, dh0, dc0 = op(grad_y, grad_hn, grad_cn, w_hh, c0, lengths, ws_a, ws_b,

@@ -4,14 +4,14 @@ Gates in PyTorch's order r, z, n::
 
     r, z = sigmoid(x W_{ir,iz}^T + b_{ir,iz} + h W_{hr,hz}^T + b_{hr,hz})
     n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
-    h' = (1 - z) * n + z * h = lerp(n, h, z)
+    h' = (1 - z) * n + z * h, computed as torch computes it: n + z * (h - n)
 """
 
 import torch
 
 from ..common import (active_mask, backward_masks, empty, input_and_weight_grads,
                      input_projection, hold_forward, previous_states, recurrent_grad,
-                     time_order)
+                     time_order, zero_inactive_)
 
 
 def gru_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
@@ -38,7 +38,9 @@ def gru_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
             torch.addmm(b_hn, h, w_n_t, out=hn_steps[t])
         rz[t].sigmoid_()
         n_g[t].addcmul_(r_g[t], hn_steps[t]).tanh_()
-        torch.lerp(n_g[t], h, z_g[t], out=y_steps[t])
+        # torch's order, not lerp's: at z = 1, h = inf it is inf, where lerp's h - (h - n)(1 - z)
+        # is inf - inf * 0 = NaN
+        torch.sub(h, n_g[t], out=y_steps[t]).mul_(z_g[t]).add_(n_g[t])
         h = hold_forward(mask, t, y_steps[t], h, y_steps[t])
     return y, h.clone(), empty(x), gates, hidden_n
 
@@ -58,11 +60,12 @@ def gru_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
     dzn_from_h = dzn_from_h.view(steps, batch, 2, hidden)
     dr_from_n = hidden_n * r * (1 - r)
     hidden_scale = torch.cat([torch.ones_like(gates[:, :, : 2 * hidden]), r], 2)
-    grad_y, active, inactive = backward_masks(mask, grad_y)
+    grad_y, inactive_steps, inactive = backward_masks(mask, grad_y)
     dh_keep = z
-    if active is not None:
-        dzn_from_h.mul_(active.unsqueeze(-1))
-        dh_keep = z * active
+    if inactive_steps is not None:
+        for factors in (dzn_from_h, dr_from_n, hidden_scale):
+            zero_inactive_(factors, inactive_steps)
+        dh_keep = z.masked_fill(inactive_steps, 0)
     dgates_in = torch.empty_like(gates)
     dgates_hid = torch.empty_like(gates)
     dzn_steps = dgates_in[:, :, hidden:].view(steps, batch, 2, hidden).unbind(0)

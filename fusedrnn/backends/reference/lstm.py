@@ -8,7 +8,7 @@ import torch
 
 from ..common import (PreviousStates, active_mask, backward_masks, empty, flat,
                      input_and_weight_grads, input_projection, hold_forward, previous_states,
-                     recurrent_grad, time_order)
+                     recurrent_grad, time_order, zero_inactive_)
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
@@ -86,12 +86,11 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
     do_from_r = tanh_c * o * (1 - o)
     difg_from_c = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)
     difg_from_c = difg_from_c.view(steps, batch, 3, hidden)
-    grad_y, active, inactive = backward_masks(mask, grad_y)
+    grad_y, inactive_steps, inactive = backward_masks(mask, grad_y)
     dc_keep = f
-    if active is not None:
-        dc_from_r.mul_(active)
-        do_from_r.mul_(active)
-        difg_from_c.mul_(active.unsqueeze(-1))
+    if inactive_steps is not None:
+        for factors in (dc_from_r, do_from_r, difg_from_c):
+            zero_inactive_(factors, inactive_steps)
         dc_keep = torch.where(mask, f, torch.ones_like(f))
     dgates = torch.empty_like(gates)
     dgate_steps = dgates.unbind(0)
@@ -111,9 +110,11 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
         dh = recurrent_grad(order, k, grad_y, dgate_steps[t], w_hh, dh, inactive, dh_steps)
     grad_w_hr = empty(x)
     if w_hr is not None:
-        if active is not None:
-            dh_steps.mul_(active)
-        grad_w_hr = torch.mm(flat(dh_steps).t(), flat(o * tanh_c))
+        r = o * tanh_c
+        if inactive_steps is not None:
+            zero_inactive_(dh_steps, inactive_steps)
+            zero_inactive_(r, inactive_steps)
+        grad_w_hr = torch.mm(flat(dh_steps).t(), flat(r))
     h_prev = PreviousStates(y, h0, mask, reverse)
     return input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias) + (
         grad_w_hr, dh, dc)

@@ -48,8 +48,9 @@ def _gru_tile_grads(dh, h_prev, active, gates, hidden_n, dgates_in, dgates_hid, 
     hn = load_tile(hidden_n, rows, cols, hidden, row_ok, col_ok)
     d_n = tl.where(active, dh * (1.0 - z) * (1.0 - n * n), 0.0)
     d_z = tl.where(active, dh * (h_prev - n) * z * (1.0 - z), 0.0)
-    d_r = d_n * hn * r * (1.0 - r)
-    d_nh = d_n * r
+    # Selected, not multiplied by a zero d_n: an inactive step's gates came from its padding.
+    d_r = tl.where(active, d_n * hn * r * (1.0 - r), 0.0)
+    d_nh = tl.where(active, d_n * r, 0.0)
     store_gates3(dgates_in, d_r, d_z, d_n, rows, cols, g_size, hidden, row_ok, col_ok)
     store_gates3(dgates_hid, d_r, d_z, d_nh, rows, cols, g_size, hidden, row_ok, col_ok)
     return d_r, d_z, d_nh, z

@@ -65,7 +65,9 @@ def gru_fwd_persistent_kernel(
         z = tl.sigmoid(load_tile(xproj + hidden, at, hcols, g_size, row_ok, h_ok) + matmul(h, w_z, IEEE))
         hn = matmul(h, w_n, IEEE) + bias_n
         n = tanh(load_tile(xproj + 2 * hidden, at, hcols, g_size, row_ok, h_ok) + r * hn)
-        h_new = n + z * (h - n)
+        # Padding units stay 0: an infinite h times their zero weights is NaN, which the next
+        # step's product would carry to every unit.
+        h_new = tl.where(h_ok[None, :], n + z * (h - n), 0.0)
         if HAS_LENGTHS:
             active = (t < length)[:, None]
             out = tl.where(active, h_new, 0.0)

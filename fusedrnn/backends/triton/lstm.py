@@ -92,7 +92,7 @@ def backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, 
     grads = common.input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias)
     grad_w_hr = common.empty(x)
     if w_hr is not None:
-        grad_w_hr = common.projection_weight_grad(dh_steps, gates, cells)
+        grad_w_hr = common.projection_weight_grad(dh_steps, gates, cells, mask)
     return grads + (grad_w_hr, dh0, dc0)
 
 

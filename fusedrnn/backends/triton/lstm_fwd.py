@@ -83,9 +83,11 @@ def lstm_fwd_persistent_kernel(
         g = tanh(x_g + matmul(h, w_g, IEEE))
         o = tl.sigmoid(x_o + matmul(h, w_o, IEEE))
         c_new = f * c + i * g
-        r = o * tanh(c_new)
+        # Padding units stay 0: an infinite h times their zero weights is NaN, which the next
+        # step's product would carry to every unit.
+        r = tl.where(h_ok[None, :], o * tanh(c_new), 0.0)
         if HAS_PROJ:
-            h_new = matmul(r, w_r, IEEE)
+            h_new = tl.where(p_ok[None, :], matmul(r, w_r, IEEE), 0.0)
         else:
             h_new = r
         if HAS_LENGTHS:

@@ -40,11 +40,13 @@ from .cell_math import (backward_times, batch_tile, carried_back, cooperative_ti
 
 
 @triton.jit
-def derivative(y, RELU: tl.constexpr):
-    """The activation's derivative at the pre-activation that produced ``y``."""
+def pre_activation_grad(dh, y, RELU: tl.constexpr):
+    """``dh`` times the activation's derivative at the pre-activation that produced ``y``;
+    relu's selected as torch's threshold_backward selects (a NaN ``y`` passes ``dh``, an
+    infinite ``dh`` at ``y = 0`` gives 0, not the NaN of a product with a 0/1 slope)."""
     if RELU:
-        return (y > 0.0).to(tl.float32)
-    return 1.0 - y * y
+        return tl.where(y <= 0.0, 0.0, dh)
+    return dh * (1.0 - y * y)
 
 
 @triton.jit(do_not_specialize=["steps"])
@@ -66,7 +68,7 @@ def rnn_bwd_persistent_kernel(
         t = s if REVERSE else steps - 1 - s
         at = t * batch + rows
         dh = dh_carry + load_tile(grad_y, at, hcols, hidden, row_ok, h_ok)
-        d = dh * derivative(load_tile(y, at, hcols, hidden, row_ok, h_ok), RELU)
+        d = pre_activation_grad(dh, load_tile(y, at, hcols, hidden, row_ok, h_ok), RELU)
         d = tl.where(h_ok[None, :], d, 0.0)  # padding units: as in the forward
         if HAS_LENGTHS:
             active = (t < length)[:, None]
@@ -142,7 +144,7 @@ def rnn_bwd_cell(carry, t, rows, hcols, row_ok, h_ok, hidden, lengths, grad_y_t,
     """One tile of step ``t`` from ``carry``, the gradient of h flowing back from the later
     step: writes the gradient of h to ``dh_next`` and the pre-activation's to ``dpre_t``."""
     dh = carry + load_tile(grad_y_t, rows, hcols, hidden, row_ok, h_ok)
-    d = dh * derivative(load_tile(y_t, rows, hcols, hidden, row_ok, h_ok), RELU)
+    d = pre_activation_grad(dh, load_tile(y_t, rows, hcols, hidden, row_ok, h_ok), RELU)
     if HAS_LENGTHS:
         active = (t < tl.load(lengths + rows, mask=row_ok, other=0))[:, None]
         dh = tl.where(active, dh, carry)

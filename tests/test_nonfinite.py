@@ -1,0 +1,213 @@
+"""NaN and inf: where torch.nn keeps a value finite, every backend does, position by position;
+and what the padding of a call with lengths holds never reaches a result."""
+
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import backends
+from fusedrnn.backends.cuda_emulation import CudaEmulationBackend
+
+EMULATED = CudaEmulationBackend.name
+TRITON_KERNELS = ("persistent", "cooperative", "step")
+
+
+def _backends(*leading, projection=False):
+    """The backends as test parameters, after the values ``leading``: the triton backend at
+    each of its kernels (only the persistent one runs a projection), the cuda backend's
+    kernels through their host emulation."""
+    triton_kernels = TRITON_KERNELS[:1] if projection else TRITON_KERNELS
+    cases = [("reference", (), "reference"), ("cpu", pytest.mark.requires_cpu_ext, "cpu")]
+    cases += [(f"triton:{kernel}", pytest.mark.requires_triton, f"triton-{kernel}")
+              for kernel in triton_kernels]
+    cases += [(f"{EMULATED}:{design}", pytest.mark.requires_cuda_emulation, f"emulated-{design}")
+              for design in ("stepwise", "grid", "cluster")]
+    prefix = "-".join(str(value) for value in leading)
+    return [pytest.param(*leading, value, marks=marks, id="-".join(filter(None, [prefix, name])))
+            for value, marks, name in cases]
+
+
+BACKENDS = _backends()
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """The backend name a call asks for, with its kernel forced (or registered)."""
+    name, _, kernel = request.param.partition(":")
+    if name == "triton":
+        monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", kernel)
+    if name == EMULATED:
+        backends.register(CudaEmulationBackend(kernel))
+        yield name
+        backends.unregister(name)
+        return
+    yield name
+
+
+def _op_call(cell, backend, x, grad_y, lengths, proj=0, create_graph=False):
+    """One layer through ``torch.ops.fusedrnn.{cell}_fwd`` and autograd: its outputs and the
+    gradients of every input, for fixed weights, states and output gradients."""
+    steps, batch, inputs = x.shape
+    hidden = 4
+    state = proj or hidden
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(GATES[cell] * hidden, inputs, generator=g),
+               torch.randn(GATES[cell] * hidden, state, generator=g),
+               torch.randn(GATES[cell] * hidden, generator=g),
+               torch.randn(GATES[cell] * hidden, generator=g),
+               torch.randn(proj, hidden, generator=g) if proj else None,
+               torch.randn(batch, state, generator=g),
+               torch.randn(batch, hidden, generator=g) if cell == "lstm" else None]
+    grad_states = [torch.randn(batch, state, generator=g),
+                   torch.randn(batch, hidden, generator=g) if cell == "lstm" else None]
+    leaves = [None if t is None else t.requires_grad_() for t in [x.clone(), *tensors]]
+    y, h_n, c_n, _, _ = getattr(torch.ops.fusedrnn, f"{cell}_fwd")(
+        *leaves, lengths, False, True, backend)
+    outputs = [y, h_n] + ([c_n] if cell == "lstm" else [])
+    wanted = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(outputs, wanted, [grad_y, *grad_states[:len(outputs) - 1]],
+                                create_graph=create_graph)
+    return [t.detach() for t in outputs + list(grads)]
+
+
+def _padded(x, valid, fill):
+    return torch.where(valid, x, torch.full_like(x, fill))
+
+
+CELLS = [case for cell in GATES for case in _backends(cell, 0)] + _backends(
+    "lstm", 3, projection=True)
+
+
+@pytest.mark.parametrize("cell,proj,backend", CELLS, indirect=["backend"])
+@pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+def test_the_padding_of_a_call_with_lengths_reaches_no_result(backend, cell, proj, fill):
+    steps, batch = 5, 3
+    lengths = torch.tensor([5, 3, 1])
+    valid = (torch.arange(steps)[:, None] < lengths[None, :]).unsqueeze(-1)
+    x, grad_y = torch.randn(steps, batch, 2), torch.randn(steps, batch, proj or 4)
+    clean = _op_call(cell, backend, _padded(x, valid, 0.0), _padded(grad_y, valid, 0.0), lengths,
+                     proj)
+    dirty = _op_call(cell, backend, _padded(x, valid, fill), _padded(grad_y, valid, fill),
+                     lengths, proj)
+    assert all(torch.isfinite(t).all() for t in clean)
+    for index, (expected, actual) in enumerate(zip(clean, dirty)):
+        assert torch.equal(actual, expected), f"result {index}"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_the_padding_reaches_no_gradient_of_a_gradient(cell):
+    steps, batch = 4, 2
+    lengths = torch.tensor([4, 2])
+    valid = (torch.arange(steps)[:, None] < lengths[None, :]).unsqueeze(-1)
+    x, grad_y = torch.randn(steps, batch, 2), torch.randn(steps, batch, 4)
+    clean = _op_call(cell, "reference", _padded(x, valid, 0.0), grad_y, lengths,
+                     create_graph=True)
+    dirty = _op_call(cell, "reference", _padded(x, valid, float("nan")), grad_y, lengths,
+                     create_graph=True)
+    for index, (expected, actual) in enumerate(zip(clean, dirty)):
+        assert torch.equal(actual, expected), f"result {index}"
+
+
+def _assert_same_nonfinite_and_close(actual, expected, what):
+    assert torch.equal(torch.isnan(actual), torch.isnan(expected)), f"{what}: NaN positions"
+    assert torch.equal(torch.isinf(actual), torch.isinf(expected)), f"{what}: inf positions"
+    torch.testing.assert_close(actual, expected, equal_nan=True, rtol=1e-4, atol=1e-5,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def _outputs_and_grads(module, x, hx):
+    leaves = [x.clone().requires_grad_()]
+    state = None
+    if hx is not None:
+        state = tuple(h.clone().requires_grad_() for h in hx) if isinstance(hx, tuple) else \
+            hx.clone().requires_grad_()
+        leaves += list(state) if isinstance(state, tuple) else [state]
+    y, h_n = module(leaves[0], state)
+    outputs = [y] + (list(h_n) if isinstance(h_n, tuple) else [h_n])
+    params = list(module.parameters())
+    grads = torch.autograd.grad([o.sum() for o in outputs], leaves + params, allow_unused=True)
+    return outputs + list(grads)
+
+
+MODULES = [case for name in ("LSTM", "GRU", "RNN") for case in _backends(name, 0)] + _backends(
+    "LSTM", 3, projection=True)
+
+
+@pytest.mark.parametrize("name,proj,backend", MODULES, indirect=["backend"])
+def test_an_infinite_initial_state_stays_where_torch_keeps_it(backend, name, proj):
+    """inf in one unit of h0 (its W_hh column positive: the gates saturate); hidden 5 leaves
+    the kernels' tiles padding units, whose zero weights times inf would be NaN."""
+    kwargs = {"proj_size": proj} if proj else {}
+    torch_module = getattr(torch.nn, name)(3, 5, **kwargs)
+    with torch.no_grad():
+        torch_module.weight_hh_l0[:, 0].abs_()
+    module = getattr(fusedrnn, name)(3, 5, backend=backend, **kwargs)
+    module.load_state_dict(torch_module.state_dict())
+    h0 = torch.randn(1, 2, proj or 5)
+    h0[0, 1, 0] = float("inf")
+    hx = (h0, torch.randn(1, 2, 5)) if name == "LSTM" else h0
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        expected, actual = torch_module(x, hx)[0], module(x, hx)[0]
+    assert torch.isfinite(expected[:, 1, 1:]).all()  # the case is what it means to be
+    _assert_same_nonfinite_and_close(actual, expected, "output")
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_relu_gradients_select_as_torch_does(backend):
+    """A NaN output passes its gradient (torch's threshold_backward); an infinite gradient
+    at an output of 0 gives 0, not NaN. (Where a sum overflows both ways, whether it is inf
+    or NaN depends on the order of its terms, and torch's own paths differ: there, only where
+    torch's result is finite must fusedrnn's be.)"""
+    torch_module = torch.nn.RNN(3, 4, nonlinearity="relu")
+    module = fusedrnn.RNN(3, 4, nonlinearity="relu", backend=backend)
+    module.load_state_dict(torch_module.state_dict())
+    x = torch.randn(3, 2, 3)
+    x[1, 0, 0] = float("nan")
+    for expected, actual, what in zip(_outputs_and_grads(torch_module, x, None),
+                                      _outputs_and_grads(module, x, None),
+                                      ["y", "h_n", "grad_x", "w_ih", "w_hh", "b_ih", "b_hh"]):
+        _assert_same_nonfinite_and_close(actual, expected, "NaN input: " + what)
+    assert torch.isfinite(_outputs_and_grads(torch_module, x, None)[2][2, 0]).all()
+
+    with torch.no_grad():
+        for m in (torch_module, module):
+            m.weight_hh_l0.view(-1)[1], m.weight_hh_l0.view(-1)[3] = 1e30, -1e30
+    x, h0 = torch.randn(4, 3, 3), torch.randn(1, 3, 4)
+    expected_all = _outputs_and_grads(torch_module, x, h0)
+    assert not all(torch.isfinite(t).all() for t in expected_all)  # it overflows
+    for expected, actual, what in zip(expected_all, _outputs_and_grads(module, x, h0),
+                                      ["y", "h_n", "grad_x", "grad_h0", "w_ih", "w_hh", "b_ih",
+                                       "b_hh"]):
+        # values of 1e30 cancel: their sums depend on the order of the terms, not compared
+        assert torch.isfinite(actual[torch.isfinite(expected)]).all(), f"overflowing: {what}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_gru_update_gate_at_one_keeps_an_infinite_state(backend):
+    torch_module = torch.nn.GRU(3, 5)
+    with torch.no_grad():
+        torch_module.weight_hh_l0[:, 0].abs_()
+    module = fusedrnn.GRU(3, 5, backend=backend)
+    module.load_state_dict(torch_module.state_dict())
+    h0 = torch.randn(1, 2, 5)
+    h0[0, 1, 0] = float("inf")
+    x = torch.randn(3, 2, 3)
+    with torch.no_grad():
+        expected, actual = torch_module(x, h0)[0], module(x, h0)[0]
+    assert torch.isinf(expected[:, 1, 0]).all()
+    _assert_same_nonfinite_and_close(actual, expected, "output")
+
+
+def test_gru_cell_update_gate_at_one_keeps_an_infinite_state():
+    torch_cell = torch.nn.GRUCell(3, 5)
+    with torch.no_grad():
+        torch_cell.weight_hh[:, 0].abs_()
+    cell = fusedrnn.GRUCell(3, 5, backend="reference")
+    cell.load_state_dict(torch_cell.state_dict())
+    h0 = torch.randn(2, 5)
+    h0[1, 0] = float("inf")
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        _assert_same_nonfinite_and_close(cell(x, h0), torch_cell(x, h0), "h'")
