@@ -33,9 +33,9 @@ def test_calls_reuse_prepared_weights_only_while_they_are_unchanged(two_threads,
     W_hh from the third call on; each way of changing W_hh in place (through .data, which
     leaves the version alone, the whole tensor or every other element, whose signs a linear
     checksum let cancel; copy_ under no_grad, as an optimizer does; a new tensor set as
-    .data) or calling at another batch size makes the next call prepare them again, and
-    every output and gradient is the one a new copy of the weights gives. Training calls
-    too. Unsplit and split sizes, all above the calls that read W_hh in place (row dots:
+    .data) makes the next call prepare them again, and
+    every output and gradient is the one a new copy of the weights gives; a call at another
+    batch size reuses them. Training calls too. Unsplit and split sizes, all above the calls that read W_hh in place (row dots:
     test_small_calls_read_the_weights_in_place)."""
     from fusedrnn.backends import cpu as cpu_backend
 
@@ -95,7 +95,7 @@ def test_calls_reuse_prepared_weights_only_while_they_are_unchanged(two_threads,
     call(False)
     call(False)
     call(True)
-    call(False, testing.make_sequence(batch + 1, 5, 6, dtype=dtype))
+    call(True, testing.make_sequence(batch + 1, 5, 6, dtype=dtype))  # any batch size
     call(True)
     call(True, train=True)  # training at the same weights as the last inference call
     for _ in range(2):  # a training loop's optimizer step: a new version each call
@@ -176,7 +176,7 @@ def test_prepared_weights_are_kept_for_the_current_version_only(two_threads):
     """csrc/cpu/prepared_cache.h: a training loop with two calls per update at another batch
     size each update (bucketed batches) keeps the products of the current weights only, not
     those of every earlier version at another batch size; inference at several batch sizes
-    keeps one entry for each while the weights are unchanged."""
+    keeps one entry for all of them while the weights are unchanged."""
     cpu = _extension.CPU.load()
     cpu.clear_prepared_cache()
     module = fusedrnn.LSTM(6, 64, backend="cpu")
@@ -194,7 +194,7 @@ def test_prepared_weights_are_kept_for_the_current_version_only(two_threads):
         for batch in (2, 3, 4):
             for _ in range(2):
                 module(testing.make_sequence(batch, steps, 6))
-    assert cpu.prepared_cache_kept() == (3, 3 * weight_bytes)
+    assert cpu.prepared_cache_kept() == (1, weight_bytes)
     module(testing.make_sequence(2, steps, 6))[0].sum().backward()
     optimizer.step()
     module(testing.make_sequence(2, steps, 6))  # a new version: marked, nothing kept
@@ -342,6 +342,31 @@ def test_row_dots_give_the_same_bits_with_and_without_avx512_intrinsics(tmp_path
         assert torch.equal(auto, portable), tuple(x.shape) + tuple(w.shape)
         exact = x.double() @ w.double().t()
         testing.assert_close_relative([auto], [exact], 1e-5, f"rows {x.shape[1]}")
+
+
+def test_calls_at_other_batch_sizes_share_the_prepared_weights(two_threads):
+    """A server's calls at varying batch sizes: what is prepared from W_hh serves every batch
+    size (but where MKL packs it for one: weights of 2^17 elements and more, off brgemm), so
+    the cache keeps fewer entries than one per batch size and layer (a 52 MiB model kept
+    1.3 GiB), a layout (split of the units, W_ih^T from 64 rows) each, and from the third
+    round on every call hits them; each output is a fresh copy's of the module."""
+    cpu = _extension.CPU.load()
+    torch.manual_seed(0)
+    module = fusedrnn.LSTM(16, 64, num_layers=2, backend="cpu")
+    batches = (8, 9, 12, 20, 33)
+    inputs = [testing.make_sequence(batch, 5, 16) for batch in batches]
+    with torch.no_grad():
+        expected = [copy.deepcopy(module)(x)[0] for x in inputs]
+        cpu.clear_prepared_cache()
+        for _ in range(2):  # a layout's second call at a version keeps its products
+            for x in inputs:
+                module(x)
+        kept = cpu.prepared_cache_kept()
+        misses = cpu.prepared_cache_counts()[1]
+        for x, out in zip(inputs, expected):
+            assert torch.equal(module(x)[0], out), x.shape[1]
+    assert cpu.prepared_cache_counts()[1] == misses and cpu.prepared_cache_kept() == kept
+    assert 2 <= kept[0] < 2 * len(batches)
 
 
 def test_kept_products_keep_no_weight_alive(two_threads):

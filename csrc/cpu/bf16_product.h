@@ -109,6 +109,15 @@ class Bf16Product {
     if (brgemm_) w_ = at::Tensor();  // read through pairs_ (no reference kept)
   }
 
+  // Nothing prepared depends on the batch (set_batch()): as RecurrentProduct's.
+  static bool prepares_per_batch(int64_t, int64_t) { return false; }
+
+  // This product, prepared for another batch, for `batch` rows.
+  void set_batch(int64_t batch) {
+    TORCH_INTERNAL_ASSERT(!in_place_);
+    batch_ = batch;
+  }
+
   // Whether the forward products (transpose) of a call, `batch` rows in each of `steps`
   // steps reducing over k, run in place as bfloat16 row dots (row_dots.h): where the CPU
   // has AVX512-BF16, under FUSEDRNN_CPU_GEMM=auto, for the calls row_dots_pay() takes (one

@@ -210,8 +210,7 @@ class RecurrentProduct {
     blas_ = fits && gemm_mode() != "aten" &&
             (std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr);
     brgemm_ = fits && uses_brgemm<scalar_t>();
-    packable_ = !brgemm_ && (gemm_mode() == "auto" || gemm_mode() == "mkl") &&
-                cblas_sgemm_pack && cblas_sgemm_compute && m_ * k_ >= kPackFrom;
+    packable_ = !brgemm_ && packs(m_, k_);
     if (!(blas_ || brgemm_)) return;  // apply() reads weight_ through ATen
     weight_ = at::Tensor();  // read through w_ or packed_ from here on (no reference kept)
     if (m_ == 0 || k_ == 0 || batch == 0) return;
@@ -228,6 +227,19 @@ class RecurrentProduct {
       }
     }
     if (transpose) w_ = transposed(w);  // (H, G) row-major: column-major (G, H)
+  }
+
+  // Whether what the constructor prepares for an (m, k) product depends on the batch:
+  // MKL's packed copy of w does; a transposed copy, in panels or not, serves any batch
+  // (set_batch()).
+  static bool prepares_per_batch(int64_t m, int64_t k) {
+    return std::is_same_v<scalar_t, float> && !uses_brgemm<scalar_t>() && packs(m, k);
+  }
+
+  // This product, prepared for another batch, for `batch` rows (not one that packed w).
+  void set_batch(int64_t batch) {
+    TORCH_INTERNAL_ASSERT(!packed_.defined() && !in_place_);
+    batch_ = batch;
   }
 
   // Whether the forward products (transpose) of a call, `batch` rows in each of `steps`
@@ -305,6 +317,12 @@ class RecurrentProduct {
     for_column_blocks(batch_, m_, k_, [&](int64_t n0, int64_t n) {
       brgemm_tiled(batch_, n, k_, a, k_, b + n0, ld_, out + n0, m_, /*add=*/false);
     });
+  }
+
+  // Whether an (m, k) product packs w for MKL where brgemm does not take it.
+  static bool packs(int64_t m, int64_t k) {
+    return (gemm_mode() == "auto" || gemm_mode() == "mkl") && cblas_sgemm_pack &&
+           cblas_sgemm_compute && m * k >= kPackFrom;
   }
 
   void pack() {

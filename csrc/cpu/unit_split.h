@@ -251,14 +251,24 @@ std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor&
   const auto make = [&] {
     return part_products<Product>(split.gate_rows(w_hh, gates), /*transpose=*/true, batch);
   };
+  // What is prepared serves every batch size but where MKL packs W_hh for one: a server's
+  // calls at varying batch sizes kept a copy of W_hh per size (a 52 MiB model took 1.3 GiB).
+  const bool per_batch = Product::prepares_per_batch(gates * split.chunk, w_hh.size(1)) ||
+                         batch > std::numeric_limits<int>::max();
   const std::string layout = "gate rows " + std::to_string(gates) + " parts " +
                              std::to_string(split.parts) + " chunk " +
-                             std::to_string(split.chunk) + " batch " + std::to_string(batch);
+                             std::to_string(split.chunk) + " batch " +
+                             (per_batch ? std::to_string(batch) : std::string("any"));
   const auto reads_w_hh = [&](const std::vector<Product>& products) {
     return std::any_of(products.begin(), products.end(),
                        [&](const Product& product) { return product.reads(w_hh); });
   };
-  return PreparedCache<std::vector<Product>>::get(w_hh, layout, make, reads_w_hh);
+  std::vector<Product> products =
+      PreparedCache<std::vector<Product>>::get(w_hh, layout, make, reads_w_hh);
+  if (!per_batch) {
+    for (Product& product : products) product.set_batch(batch);
+  }
+  return products;
 }
 
 }  // namespace fusedrnn::cpu
