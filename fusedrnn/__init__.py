@@ -7,6 +7,7 @@ it never builds, imports or queries a GPU, Triton or the compiled extension.
 from . import functional, ops, ops_vmap
 from .backends import BackendUnavailableError, available_backends, select as select_backend
 from .cells import GRUCell, LSTMCell, RNNCell
+from .memory import empty_cache
 from .modules import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
@@ -15,5 +16,6 @@ ops_vmap.register()
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "functional", "ops",
-    "available_backends", "select_backend", "BackendUnavailableError", "__version__",
+    "available_backends", "select_backend", "BackendUnavailableError", "empty_cache",
+    "__version__",
 ]

@@ -38,6 +38,10 @@ class Extension:
                               f"build it from the source checkout with: {self.build_command}")
         return self._state["module"]
 
+    def loaded(self):
+        """The module if an earlier :meth:`load` imported it, else None (imports nothing)."""
+        return self._state.get("module")
+
     # Run, not traced, by torch.compile: a trace of the first load would guard on the state
     # before the load, which the load changes, and the next call would compile again.
     @constant_result

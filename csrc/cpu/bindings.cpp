@@ -22,6 +22,7 @@
 #include "prepared_cache.h"
 #include "python_calls.h"
 #include "unit_split.h"
+#include "workspace_pool.h"
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("lstm_recurrence_fwd", TORCH_FN(fusedrnn::cpu::lstm_recurrence_fwd));
@@ -216,7 +217,8 @@ PyObject* unit_split_failure(PyObject*, PyObject* args) {
 }
 
 // prepared_cache_counts() -> (hits, misses) of the forward products' cache since the
-// process started; clear_prepared_cache() empties it (prepared_cache.h; for the tests).
+// process started; clear_prepared_cache() empties it (prepared_cache.h; for the tests and
+// fusedrnn.empty_cache()).
 PyObject* prepared_cache_counts(PyObject*, PyObject*) {
   const auto [hits, misses] = fusedrnn::cpu::prepared_cache_counts();
   return Py_BuildValue("(LL)", static_cast<long long>(hits), static_cast<long long>(misses));
@@ -233,6 +235,22 @@ PyObject* clear_prepared_cache(PyObject*, PyObject*) {
   fusedrnn::cpu::clear_prepared_cache();
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
+}
+
+// workspace_pool_bytes() -> (bytes in use, bytes cached) of the workspace pool
+// (workspace_pool.h); release_workspaces() -> bytes: frees its cached blocks.
+PyObject* workspace_pool_bytes(PyObject*, PyObject*) {
+  const auto [in_use, cached] = fusedrnn::cpu::WorkspacePool::get().bytes();
+  return Py_BuildValue("(KK)", static_cast<unsigned long long>(in_use),
+                       static_cast<unsigned long long>(cached));
+}
+
+PyObject* release_workspaces(PyObject*, PyObject*) {
+  size_t bytes = 0;
+  Py_BEGIN_ALLOW_THREADS
+  bytes = fusedrnn::cpu::WorkspacePool::get().release_cached();
+  Py_END_ALLOW_THREADS
+  return PyLong_FromUnsignedLongLong(bytes);
 }
 
 // bytes_checksum(buffer) -> int: weight_checksum of the buffer's bytes (for the tests).
@@ -279,6 +297,10 @@ PyMethodDef methods[] = {
      "prepared_cache_kept() -> (entries holding products, their weights' bytes)"},
     {"clear_prepared_cache", clear_prepared_cache, METH_NOARGS,
      "clear_prepared_cache(): empties the forward products' cache"},
+    {"workspace_pool_bytes", workspace_pool_bytes, METH_NOARGS,
+     "workspace_pool_bytes() -> (bytes in use, bytes cached) of the workspace pool"},
+    {"release_workspaces", release_workspaces, METH_NOARGS,
+     "release_workspaces() -> bytes: frees the workspace pool's cached blocks"},
     {"bytes_checksum", bytes_checksum, METH_VARARGS,
      "bytes_checksum(buffer) -> int: the prepared weights' checksum of a contiguous buffer"},
     {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,

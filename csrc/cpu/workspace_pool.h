@@ -5,17 +5,23 @@
 // system allocator that memory comes back as new pages, and touching them cost about a
 // microsecond per 4 KiB page: at batch 8, 200 steps, hidden 128 the forward took 3.3 ms in
 // a training loop against 1.9 ms when its pages were warm. Blocks freed here stay (up to
-// kMaxCachedBytes) for the next request of the same rounded size. Allocations are reported
-// to the profiler like torch's own, so memory figures stay true.
+// kMaxCachedBytes in all) for a later request of their rounded size or up to half of it: a
+// training loop over sequences of varying length asks for a different size every step,
+// which an exact match alone never reused (it held 256 MiB of blocks of past sizes). A
+// block freed when the cached ones would pass the limit takes the place of the smallest
+// ones. release_cached() frees every cached block (fusedrnn.empty_cache()). Allocations are
+// reported to the profiler like torch's own, so memory figures stay true.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <mutex>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace fusedrnn::cpu {
@@ -38,16 +44,19 @@ class WorkspacePool final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t bytes) override {
-    const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
+    size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
     void* data = nullptr;
     Totals totals;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(size);
-      if (it != free_.end() && !it->second.empty()) {
+      // the smallest cached block that holds the request, if it is at most twice its size
+      auto it = free_.lower_bound(size);
+      if (size > 0 && it != free_.end() && it->first <= 2 * size) {
         data = it->second.back();
         it->second.pop_back();
+        size = it->first;
         cached_ -= size;
+        if (it->second.empty()) free_.erase(it);
       }
       if (data == nullptr) {
         TORCH_CHECK(posix_memalign(&data, kAlignment, size == 0 ? kAlignment : size) == 0,
@@ -64,6 +73,28 @@ class WorkspacePool final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
+  // Frees every cached block (none in use is touched); returns the bytes freed.
+  size_t release_cached() {
+    std::map<size_t, std::vector<void*>> blocks;
+    size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_);
+      bytes = cached_;
+      cached_ = 0;
+    }
+    for (auto& [size, list] : blocks) {
+      for (void* data : list) std::free(data);
+    }
+    return bytes;
+  }
+
+  // (bytes in use, bytes cached for reuse).
+  std::pair<size_t, size_t> bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {in_use_, cached_};
+  }
+
  private:
   struct Block {
     void* data;
@@ -75,10 +106,18 @@ class WorkspacePool final : public c10::Allocator {
     WorkspacePool& pool = get();
     void* const data = block->data;
     Totals totals;
+    std::vector<void*> evicted;  // freed after the lock is released
     {
       std::lock_guard<std::mutex> lock(pool.mutex_);
       pool.in_use_ -= block->size;
-      if (pool.cached_ + block->size <= kMaxCachedBytes) {
+      if (block->size <= kMaxCachedBytes) {
+        while (pool.cached_ + block->size > kMaxCachedBytes) {  // the smallest make room
+          auto smallest = pool.free_.begin();
+          evicted.push_back(smallest->second.back());
+          smallest->second.pop_back();
+          pool.cached_ -= smallest->first;
+          if (smallest->second.empty()) pool.free_.erase(smallest);
+        }
         pool.free_[block->size].push_back(block->data);
         pool.cached_ += block->size;
         block->data = nullptr;
@@ -87,6 +126,7 @@ class WorkspacePool final : public c10::Allocator {
     }
     pool.report(data, -static_cast<int64_t>(block->size), totals);
     std::free(block->data);
+    for (void* old : evicted) std::free(old);
     delete block;
   }
 
@@ -103,7 +143,7 @@ class WorkspacePool final : public c10::Allocator {
   }
 
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::map<size_t, std::vector<void*>> free_;  // cached blocks by size, each list non-empty
   size_t cached_ = 0, in_use_ = 0;
 };
 
