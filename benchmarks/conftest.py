@@ -124,7 +124,7 @@ def run_benchmark(request, case, dtype, device):
                 "backend": provider.backend, "resolved_backend": provider.resolved,
                 "steps": case.steps, "flops": flops,
                 "floor_us_per_step": bench.step_floor_seconds(
-                    case, device, bench.DTYPES[dtype]) * 1e6,
+                    case, mode, flops, device, bench.DTYPES[dtype]) * 1e6,
                 "peak_memory_bytes": bench_timing.peak_memory_bytes(call, setup, device)}
         if benchmark.stats is not None:  # None under --benchmark-disable
             median = benchmark.stats.stats.median

@@ -370,7 +370,7 @@ def measure_case(case, mode, backend_names=(backends.AUTO,), device="cpu", dtype
     return {"case": case.label, **asdict(case), "mode": mode, "device": str(device),
             "dtype": str(dtype).replace("torch.", ""), "warmup": warmup, "repeats": repeats,
             "cuda_graph": cuda_graph,
-            "flops": flops, "floor_us_per_step": step_floor_seconds(case, device, dtype) * 1e6,
+            "flops": flops, "floor_us_per_step": step_floor_seconds(case, mode, flops, device, dtype) * 1e6,
             "persistent_floor_us": persistent_floor_terms(case, mode, device, dtype),
             "providers": entries}
 

@@ -1,15 +1,20 @@
 """The per-step floors of ``fusedrnn bench``.
 
-:func:`step_floor_seconds`: the floor of an implementation that works step by step.
+:func:`step_floor_seconds`: the least one time step of a case can take, the ``floor us``
+column: its GEMM work at the device's measured matrix rate, and on CUDA at least one kernel
+launch per layer, direction and time loop for an implementation that works step by step.
 
 :func:`persistent_floor_terms`: the floor of a persistent kernel on CUDA, term by term. A
 persistent kernel (the cuda backend's, ``csrc/persistent/``) runs each layer and direction
-as one launch whose steps cost at least the larger of
+as one launch per time loop (training runs two: the forward's and the backward's) whose
+steps cost at least the larger of
 
-* ``flops``: the step's recurrent product, ``2 x B x G x P`` (x 3 when the mode also runs
-  the backward), over the device's measured matrix rate in the dtype;
-* ``barrier``: the one barrier per step, the measured latency of a grid barrier over one
-  block per multiprocessor, or of a 16-block cluster barrier on Hopper (the smaller);
+* ``flops``: the step's recurrent product, ``2 x B x G x P`` (x 2 for the backward alone,
+  x 3 for training, :data:`MODE_FLOP_FACTORS`), over the device's measured matrix rate in
+  the dtype;
+* ``barrier``: the one barrier per step of each time loop, the measured latency of a grid
+  barrier over one block per multiprocessor, or of a 16-block cluster barrier on Hopper
+  (the smaller);
 
 and, for comparison, ``weights``: the bytes of ``W_hh`` over the measured copy bandwidth,
 what a kernel that reads its weights from device memory every step cannot beat. Terms are
@@ -22,32 +27,53 @@ import statistics
 
 import torch
 
-from .bench_timing import _indexed, addmm_seconds, launch_latency_seconds, time_call
+from .bench_timing import _indexed, launch_latency_seconds, time_call
 
-MATMUL_SIZE = 8192  # square product timed for the matrix rate
+MATMUL_SIZES = {"cuda": 8192, "cpu": 1024}  # square product timed for the matrix rate
 COPY_ELEMENTS = 2**28  # float32 elements copied for the bandwidth (1 GiB)
 BARRIER_ITERATIONS = 2000
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # GEMM work of each mode in units of one forward (the backward is two products per forward one)
 MODE_FLOP_FACTORS = {"inference": 1, "training_forward": 1, "backward": 2, "training": 3}
+# time loops of each mode: training runs the forward's and then the backward's
+MODE_LOOPS = {"inference": 1, "training_forward": 1, "backward": 1, "training": 2}
 
 
-def step_floor_seconds(case, device="cpu", dtype=torch.float32):
-    """The per-step floor of ``case``: the least one time step can take in an implementation
-    that works step by step, ``layers x directions x unit``, where the unit is
+def step_floor_seconds(case, mode, flops, device="cpu", dtype=torch.float32):
+    """The per-step floor of ``case`` in ``mode`` whose GEMM work is ``flops``
+    (:func:`~fusedrnn.bench.gemm_flops`): the larger of
 
-    * CUDA: one kernel launch, the per-launch time of back-to-back tiny kernels
-      (:func:`~fusedrnn.bench_timing.launch_latency_seconds`, measured once per run);
-    * CPU: the median time of one ``addmm`` of the step's recurrent product,
-      ``(B x P) @ (P x G)`` plus bias (:func:`~fusedrnn.bench_timing.addmm_seconds`).
+    * ``flops / T`` at the device's measured matrix rate (:func:`matrix_rate`; on the CPU
+      the faster of the dtype's and float32's, as a CPU kernel may compute a 16-bit type in
+      float32, and for float16 float32's: torch's float16 product on the CPU took 2 s for a
+      1024-square product on the 2-core Zen 5 EPYC, against 10-30 ms in float32);
+    * on CUDA, for an implementation that launches kernels step by step, one launch per
+      layer, direction and time loop (:data:`MODE_LOOPS`) at the per-launch time of
+      back-to-back tiny kernels (:func:`~fusedrnn.bench_timing.launch_latency_seconds`).
     """
-    device = torch.device(device)
+    device = _indexed(torch.device(device))
     if device.type == "cuda":
-        unit = launch_latency_seconds(device)
+        rate = matrix_rate(device, dtype)
+    elif dtype == torch.float16:
+        rate = matrix_rate(device, torch.float32)
     else:
-        unit = addmm_seconds(case.batch, case.proj_size or case.hidden_size,
-                             GATES[case.cell] * case.hidden_size, device, dtype)
-    return case.num_layers * (2 if case.bidirectional else 1) * unit
+        rate = max(matrix_rate(device, dtype), matrix_rate(device, torch.float32))
+    floor = flops / case.steps / rate
+    if device.type == "cuda":
+        launches = case.num_layers * (2 if case.bidirectional else 1) * MODE_LOOPS[mode]
+        floor = max(floor, launches * launch_latency_seconds(device))
+    return floor
+
+
+@functools.lru_cache(maxsize=None)
+def matrix_rate(device, dtype):
+    """FLOP/s of a large square ``torch.mm`` in ``dtype`` on ``device`` (median of five,
+    measured once per process, device and dtype)."""
+    size = MATMUL_SIZES[device.type]
+    left = torch.randn(size, size, device=device).to(dtype)
+    right = torch.randn(size, size, device=device).to(dtype)
+    seconds = statistics.median(time_call(lambda: torch.mm(left, right), device, 2, 5))
+    return 2 * size**3 / seconds
 
 
 def floor_terms(case, mode, itemsize, ceilings):
@@ -62,7 +88,7 @@ def floor_terms(case, mode, itemsize, ceilings):
              "weights": launches * rows * state * itemsize / ceilings["bytes_per_s"] * 1e6}
     barrier = ceilings.get("barrier_s")
     if barrier is not None:
-        terms["barrier"] = launches * barrier * 1e6
+        terms["barrier"] = launches * MODE_LOOPS[mode] * barrier * 1e6
         terms["floor"] = max(terms["flops"], terms["barrier"])
     return terms
 
@@ -79,13 +105,10 @@ def persistent_floor_terms(case, mode, device, dtype):
 @functools.lru_cache(maxsize=None)
 def device_ceilings(device, dtype):
     """The measured matrix rate in ``dtype``, copy bandwidth and per-step barrier latency."""
-    left = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).to(dtype)
-    right = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).to(dtype)
-    seconds = statistics.median(time_call(lambda: torch.mm(left, right), device, 2, 5))
     source = torch.randn(COPY_ELEMENTS, device=device)
     target = torch.empty_like(source)
     copy_s = statistics.median(time_call(lambda: target.copy_(source), device, 2, 5))
-    return {"flop_per_s": 2 * MATMUL_SIZE**3 / seconds,
+    return {"flop_per_s": matrix_rate(device, dtype),
             "bytes_per_s": 2 * source.numel() * source.element_size() / copy_s,
             "barrier_s": _barrier_seconds(device)}
 

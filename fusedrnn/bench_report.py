@@ -18,9 +18,11 @@ COLUMNS = ("cell", "shape", "mode", "provider", "median ms", "IQR ms", "ratio", 
 FIRST_NUMERIC = COLUMNS.index("median ms")
 RATIO_NOTE = ("ratio = fusedrnn median / torch.nn median (lower is better; < 1 means fusedrnn "
               "is faster); us/step = median / time steps")
-FLOOR_NOTE = ("floor us = per-step floor of a step-by-step implementation: layers x directions "
-              "x (CPU: median time of one addmm of the step's recurrent product (B x P)(P x G) "
-              "plus bias; CUDA: per-launch time of back-to-back tiny kernels, measured once)")
+FLOOR_NOTE = ("floor us = the least a time step can take: its GEMM FLOPs at the device's "
+              "measured matrix rate (a large torch.mm in the dtype; on the CPU the faster of "
+              "it and float32); on CUDA at least layers x directions x time loops (2 in "
+              "training) kernel launches at the measured per-launch time, for an "
+              "implementation that launches kernels step by step (fusedrnn/bench_floors.py)")
 FLOPS_NOTE = ("TFLOP/s = GEMM FLOPs / median: forward 2*T*B*G*(I+P) per layer and direction "
               "(+ 2*T*B*H*P with a projection; G = gates x H; packed input counts its real "
               "tokens), backward 2 x forward (see fusedrnn.bench.gemm_flops)")

@@ -24,7 +24,6 @@ import torch
 NOISY_FRACTION = 0.2  # an IQR above this fraction of the median marks a measurement noisy
 L2_FLUSH_MIN_BYTES = 256 * 2**20  # flush buffer: at least this, and twice the L2 size
 LAUNCHES_TIMED = 200  # back-to-back tiny kernels timed for the launch latency
-FLOOR_INNER_CALLS = 20  # addmm calls per timed repetition of the CPU step floor
 
 
 def synchronize(device):
@@ -185,16 +184,23 @@ def trace_events(profiler):
 
 
 def peak_allocated(events, device):
-    """Peak bytes allocated on ``device``'s type during a trace, above the level when its
-    first allocation record came (``None`` if there is no record)."""
+    """Peak bytes allocated on ``device``'s type during a trace, above the level when it
+    began (``None`` if there is no allocation record): the highest running sum of the
+    records' ``Bytes`` (an allocation positive, a free negative), in time order.
+
+    Not their ``Total Allocated``: each allocator that reports to the profiler reports its
+    own total (the cpu backend's workspace pool, ``csrc/cpu/workspace_pool.h``, besides
+    torch's CPU allocator), so the largest total is one allocator's, not the call's."""
     wanted = TRACE_DEVICE_TYPES[torch.device(device).type]
     records = sorted((e for e in events if e.get("name") == "[memory]"
                       and e.get("args", {}).get("Device Type") == wanted), key=lambda e: e["ts"])
     if not records:
         return None
-    first = records[0]["args"]
-    start = first["Total Allocated"] - first["Bytes"]
-    return max(r["args"]["Total Allocated"] for r in records) - start
+    level = peak = 0
+    for record in records:
+        level += record["args"]["Bytes"]
+        peak = max(peak, level)
+    return peak
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,18 +215,3 @@ def launch_latency_seconds(device):
             x.add_(1)
     times = time_call(launches, device, warmup=2, repeats=5)
     return statistics.median(times) / LAUNCHES_TIMED
-
-
-@functools.lru_cache(maxsize=None)
-def addmm_seconds(rows, inner, cols, device, dtype):
-    """Median seconds of one ``addmm`` of a ``(rows, inner) x (inner, cols)`` product plus a
-    bias row in ``dtype`` (measured once per process and shape)."""
-    generator = torch.Generator().manual_seed(0)
-    bias, left, right = (torch.randn(shape, generator=generator).to(device, dtype)
-                         for shape in ((cols,), (rows, inner), (cols, inner)))
-
-    def products():
-        for _ in range(FLOOR_INNER_CALLS):
-            torch.addmm(bias, left, right.t())
-    times = time_call(products, device, warmup=2, repeats=7)
-    return statistics.median(times) / FLOOR_INNER_CALLS

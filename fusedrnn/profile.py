@@ -7,8 +7,9 @@ untimed warm-up calls and a short timing, one call is profiled and the report gi
 
 * the op breakdown (``key_averages``: calls, self and total CPU time, self device time);
 * launches per time step: on CUDA the kernels, memcpys and memsets of the call, on the CPU
-  the ATen ops not nested inside another ATen op (what a step-by-step implementation pays
-  dispatch overhead for), each divided by the time steps;
+  the operators (``aten::`` and ``fusedrnn::``) not nested inside another operator (what a
+  step-by-step implementation pays dispatch overhead for; a fused operator counts once,
+  whatever it runs inside), each divided by the time steps;
 * memory: the peak bytes allocated during the call above what was allocated when it began,
   from the profiler's allocation records (``profile_memory=True``) of the run's device; on
   CUDA also ``torch.cuda.max_memory_allocated`` of an unprofiled call;
@@ -33,8 +34,9 @@ from . import backends, bench, bench_environment, bench_timing
 HELP = "profile one configuration of fusedrnn and torch.nn with torch.profiler"
 WARMUP, REPEATS = 2, 5
 DEVICE_LAUNCH_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
-LAUNCH_NOTE = ("launches/step: CUDA kernels, memcpys and memsets (on CUDA) or ATen ops not "
-               "nested in another ATen op (on the CPU) of one call, divided by the time steps")
+LAUNCH_NOTE = ("launches/step: CUDA kernels, memcpys and memsets (on CUDA) or operators "
+               "(aten:: and fusedrnn::) not nested in another operator (on the CPU) of one "
+               "call, divided by the time steps")
 MEMORY_NOTE = ("peak memory: bytes allocated during the profiled call above what was allocated "
                "when it began, from the profiler's allocation records")
 
@@ -131,11 +133,11 @@ def profile_provider(provider, case, mode, device, out_dir, top):
         return entry
     profiler.export_chrome_trace(str(out_dir / trace_name))
     trace = json.loads((out_dir / trace_name).read_text(encoding="utf-8"))["traceEvents"]
-    ops = top_level_aten_ops(profiler.events())
+    ops = top_level_ops(profiler.events())
     kernels = device_launches(trace)
     launches = kernels if device.type == "cuda" else ops
-    entry.update(median_ms=statistics.median(times) * 1e3, aten_ops=ops,
-                 aten_ops_per_step=ops / case.steps, device_launches=kernels,
+    entry.update(median_ms=statistics.median(times) * 1e3, ops=ops,
+                 ops_per_step=ops / case.steps, device_launches=kernels,
                  launches_per_step=launches / case.steps,
                  peak_memory_bytes=bench_timing.peak_allocated(trace, device),
                  call_peak_bytes=call_peak, trace=trace_name,
@@ -143,16 +145,21 @@ def profile_provider(provider, case, mode, device, out_dir, top):
     return entry
 
 
-def top_level_aten_ops(events):
-    """How many ATen ops ran that were not nested inside another ATen op."""
+OPERATOR_PREFIXES = ("aten::", "fusedrnn::")
+
+
+def top_level_ops(events):
+    """How many operators (ATen's and fusedrnn's) ran that were not nested inside another:
+    torch.nn's ``aten::lstm`` and fusedrnn's ``fusedrnn::lstm_fwd`` count once each, not
+    the ops they run inside."""
     def nested(event):
         parent = event.cpu_parent
         while parent is not None:
-            if parent.name.startswith("aten::"):
+            if parent.name.startswith(OPERATOR_PREFIXES):
                 return True
             parent = parent.cpu_parent
         return False
-    return sum(1 for e in events if e.name.startswith("aten::") and not nested(e))
+    return sum(1 for e in events if e.name.startswith(OPERATOR_PREFIXES) and not nested(e))
 
 
 def device_launches(trace_events):
@@ -183,7 +190,7 @@ def summary_markdown(report):
     """The title, the notes and one summary row per provider, as markdown."""
     title = (f"# fusedrnn profile: {report['case']}, {report['mode']}, {report['device']}, "
              f"{report['dtype']}")
-    lines = [title, "", "| provider | median ms | launches/step | ATen ops/step | peak memory "
+    lines = [title, "", "| provider | median ms | launches/step | ops/step | peak memory "
              "| trace |", "|---|---:|---:|---:|---:|---|"]
     for e in report["providers"]:
         name = e["provider"] + (f" ({e['resolved_backend']})" if e["resolved_backend"] else "")
@@ -191,7 +198,7 @@ def summary_markdown(report):
             lines.append(f"| {name} | {e['status']}: {e['message']} | | | | |")
             continue
         lines.append(f"| {name} | {e['median_ms']:.3f} | {e['launches_per_step']:.2f} | "
-                     f"{e['aten_ops_per_step']:.2f} | {_bytes(e['peak_memory_bytes'])} | "
+                     f"{e['ops_per_step']:.2f} | {_bytes(e['peak_memory_bytes'])} | "
                      f"[{e['trace']}]({e['trace']}) |")
     return "\n".join(lines + [""] + [f"- {note}" for note in report["notes"]]) + "\n"
 
@@ -209,7 +216,7 @@ def full_markdown(report):
         if e["status"] != "ok":
             continue
         lines += ["", f"## {e['provider']}", "",
-                  f"{e['aten_ops']} ATen ops, {e['device_launches']} device launches; "
+                  f"{e['ops']} operators, {e['device_launches']} device launches; "
                   f"peak allocated by a call: {_bytes(e['call_peak_bytes'])} ({peak_source})",
                   "",
                   "| op | calls | self CPU us | CPU total us |"
