@@ -1,6 +1,8 @@
 """NaN and inf: where torch.nn keeps a value finite, every backend does, position by position;
 and what the padding of a call with lengths holds never reaches a result."""
 
+from collections import namedtuple
+
 import pytest
 import torch
 
@@ -31,23 +33,30 @@ BACKENDS = _backends()
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
+Backend = namedtuple("Backend", "name device")
+
+
 @pytest.fixture
 def backend(request, monkeypatch):
-    """The backend name a call asks for, with its kernel forced (or registered)."""
+    """The backend a call asks for, with its kernel forced (or registered), and the device
+    of its tensors: the triton backend's on a GPU where there is one (its interpreter runs
+    the CPU's only under TRITON_INTERPRET=1), the others' on the CPU."""
     name, _, kernel = request.param.partition(":")
+    device = "cuda" if name == "triton" and torch.cuda.is_available() else "cpu"
     if name == "triton":
         monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", kernel)
     if name == EMULATED:
         backends.register(CudaEmulationBackend(kernel))
-        yield name
+        yield Backend(name, device)
         backends.unregister(name)
         return
-    yield name
+    yield Backend(name, device)
 
 
 def _op_call(cell, backend, x, grad_y, lengths, proj=0, create_graph=False):
-    """One layer through ``torch.ops.fusedrnn.{cell}_fwd`` and autograd: its outputs and the
-    gradients of every input, for fixed weights, states and output gradients."""
+    """One layer through ``torch.ops.fusedrnn.{cell}_fwd`` on ``backend`` and autograd: its
+    outputs and the gradients of every input, for fixed weights, states and output
+    gradients (on the CPU)."""
     steps, batch, inputs = x.shape
     hidden = 4
     state = proj or hidden
@@ -61,14 +70,15 @@ def _op_call(cell, backend, x, grad_y, lengths, proj=0, create_graph=False):
                torch.randn(batch, hidden, generator=g) if cell == "lstm" else None]
     grad_states = [torch.randn(batch, state, generator=g),
                    torch.randn(batch, hidden, generator=g) if cell == "lstm" else None]
-    leaves = [None if t is None else t.requires_grad_() for t in [x.clone(), *tensors]]
+    leaves = [None if t is None else t.to(backend.device).requires_grad_()
+              for t in [x, *tensors]]
     y, h_n, c_n, _, _ = getattr(torch.ops.fusedrnn, f"{cell}_fwd")(
-        *leaves, lengths, False, True, backend)
+        *leaves, lengths.to(backend.device), False, True, backend.name)
     outputs = [y, h_n] + ([c_n] if cell == "lstm" else [])
     wanted = [t for t in leaves if t is not None]
-    grads = torch.autograd.grad(outputs, wanted, [grad_y, *grad_states[:len(outputs) - 1]],
-                                create_graph=create_graph)
-    return [t.detach() for t in outputs + list(grads)]
+    grad_outputs = [t.to(backend.device) for t in [grad_y, *grad_states[:len(outputs) - 1]]]
+    grads = torch.autograd.grad(outputs, wanted, grad_outputs, create_graph=create_graph)
+    return [t.detach().cpu() for t in outputs + list(grads)]
 
 
 def _padded(x, valid, fill):
@@ -101,9 +111,10 @@ def test_the_padding_reaches_no_gradient_of_a_gradient(cell):
     lengths = torch.tensor([4, 2])
     valid = (torch.arange(steps)[:, None] < lengths[None, :]).unsqueeze(-1)
     x, grad_y = torch.randn(steps, batch, 2), torch.randn(steps, batch, 4)
-    clean = _op_call(cell, "reference", _padded(x, valid, 0.0), grad_y, lengths,
+    reference = Backend("reference", "cpu")
+    clean = _op_call(cell, reference, _padded(x, valid, 0.0), grad_y, lengths,
                      create_graph=True)
-    dirty = _op_call(cell, "reference", _padded(x, valid, float("nan")), grad_y, lengths,
+    dirty = _op_call(cell, reference, _padded(x, valid, float("nan")), grad_y, lengths,
                      create_graph=True)
     for index, (expected, actual) in enumerate(zip(clean, dirty)):
         assert torch.equal(actual, expected), f"result {index}"
@@ -117,17 +128,20 @@ def _assert_same_nonfinite_and_close(actual, expected, what):
 
 
 def _outputs_and_grads(module, x, hx):
-    leaves = [x.clone().requires_grad_()]
+    """``module(x, hx)``'s outputs and the gradients of their sums with respect to ``x``,
+    ``hx`` and the parameters, on the CPU; the inputs go to the module's device."""
+    device = next(module.parameters()).device
+    leaves = [x.to(device).requires_grad_()]
     state = None
     if hx is not None:
-        state = tuple(h.clone().requires_grad_() for h in hx) if isinstance(hx, tuple) else \
-            hx.clone().requires_grad_()
+        state = tuple(h.to(device).requires_grad_() for h in hx) if isinstance(hx, tuple) \
+            else hx.to(device).requires_grad_()
         leaves += list(state) if isinstance(state, tuple) else [state]
     y, h_n = module(leaves[0], state)
     outputs = [y] + (list(h_n) if isinstance(h_n, tuple) else [h_n])
     params = list(module.parameters())
     grads = torch.autograd.grad([o.sum() for o in outputs], leaves + params, allow_unused=True)
-    return outputs + list(grads)
+    return [t.detach().cpu() for t in outputs + list(grads)]
 
 
 MODULES = [case for name in ("LSTM", "GRU", "RNN") for case in _backends(name, 0)] + _backends(
@@ -142,14 +156,15 @@ def test_an_infinite_initial_state_stays_where_torch_keeps_it(backend, name, pro
     torch_module = getattr(torch.nn, name)(3, 5, **kwargs)
     with torch.no_grad():
         torch_module.weight_hh_l0[:, 0].abs_()
-    module = getattr(fusedrnn, name)(3, 5, backend=backend, **kwargs)
+    module = getattr(fusedrnn, name)(3, 5, backend=backend.name, device=backend.device,
+                                     **kwargs)
     module.load_state_dict(torch_module.state_dict())
     h0 = torch.randn(1, 2, proj or 5)
     h0[0, 1, 0] = float("inf")
     hx = (h0, torch.randn(1, 2, 5)) if name == "LSTM" else h0
     x = torch.randn(4, 2, 3)
-    with torch.no_grad():
-        expected, actual = torch_module(x, hx)[0], module(x, hx)[0]
+    expected, actual = _outputs_and_grads(torch_module, x, hx)[0], \
+        _outputs_and_grads(module, x, hx)[0]
     assert torch.isfinite(expected[:, 1, 1:]).all()  # the case is what it means to be
     _assert_same_nonfinite_and_close(actual, expected, "output")
 
@@ -161,7 +176,8 @@ def test_relu_gradients_select_as_torch_does(backend):
     or NaN depends on the order of its terms, and torch's own paths differ: there, only where
     torch's result is finite must fusedrnn's be.)"""
     torch_module = torch.nn.RNN(3, 4, nonlinearity="relu")
-    module = fusedrnn.RNN(3, 4, nonlinearity="relu", backend=backend)
+    module = fusedrnn.RNN(3, 4, nonlinearity="relu", backend=backend.name,
+                          device=backend.device)
     module.load_state_dict(torch_module.state_dict())
     x = torch.randn(3, 2, 3)
     x[1, 0, 0] = float("nan")
@@ -189,13 +205,12 @@ def test_gru_update_gate_at_one_keeps_an_infinite_state(backend):
     torch_module = torch.nn.GRU(3, 5)
     with torch.no_grad():
         torch_module.weight_hh_l0[:, 0].abs_()
-    module = fusedrnn.GRU(3, 5, backend=backend)
+    module = fusedrnn.GRU(3, 5, backend=backend.name, device=backend.device)
     module.load_state_dict(torch_module.state_dict())
     h0 = torch.randn(1, 2, 5)
     h0[0, 1, 0] = float("inf")
     x = torch.randn(3, 2, 3)
-    with torch.no_grad():
-        expected, actual = torch_module(x, h0)[0], module(x, h0)[0]
+    expected, actual = (_outputs_and_grads(m, x, h0)[0] for m in (torch_module, module))
     assert torch.isinf(expected[:, 1, 0]).all()
     _assert_same_nonfinite_and_close(actual, expected, "output")
 
