@@ -94,6 +94,9 @@ def _define(cell):
 
     def backward(*args):
         first, second, x, lengths, has_bias, backend = _split_backward(_contiguous(args))
+        # as the one-direction backward op: the padding reaches no gradient
+        x, first_grad_y, second_grad_y = common.without_padding(lengths, x, first[0], second[0])
+        first, second = (first_grad_y, *first[1:]), (second_grad_y, *second[1:])
         with common.without_autocast(x.device):
             results = backends.get(backend).backward_directions(
                 cell, _one_direction_backward(first, x, lengths, False, has_bias),
@@ -175,6 +178,7 @@ def _autograd_backward(cell, backward_op):
 
 def _differentiable_gradients(cell, x, lengths, saved, biases, grads):
     """Both directions' gradients from ``differentiable.gradients``, ``grad_x`` summed."""
+    x, = common.without_padding(lengths, x)  # as the backward op does
     results = []
     for direction in range(2):
         w_ih, w_hh, w_hr, h0, c0 = saved[_SAVED * direction:][:5]

@@ -105,6 +105,51 @@ def test_the_padding_of_a_call_with_lengths_reaches_no_result(backend, cell, pro
         assert torch.equal(actual, expected), f"result {index}"
 
 
+def _bidirectional_call(cell, backend, x, grad_y, lengths, create_graph=False):
+    """:func:`_op_call` for ``torch.ops.fusedrnn.{cell}_bidir_fwd``: both directions' outputs
+    and the gradients of x and each direction's weights and states."""
+    steps, batch, inputs = x.shape
+    hidden, gates = 4, GATES[cell] * 4
+    g = torch.Generator().manual_seed(0)
+    directions, grad_outputs = [], []
+    for _ in range(2):
+        directions.append([torch.randn(gates, inputs, generator=g),
+                           torch.randn(gates, hidden, generator=g),
+                           torch.randn(gates, generator=g), torch.randn(gates, generator=g),
+                           None, torch.randn(batch, hidden, generator=g),
+                           torch.randn(batch, hidden, generator=g) if cell == "lstm" else None])
+        grad_outputs += [torch.randn(batch, hidden, generator=g) for _ in range(2)]
+    leaves = [x] + [t for own in directions for t in own]
+    leaves = [None if t is None else t.to(backend.device).requires_grad_() for t in leaves]
+    results = getattr(torch.ops.fusedrnn, f"{cell}_bidir_fwd")(
+        *leaves, lengths.to(backend.device), True, backend.name)
+    outputs, seeds = [], []
+    for d in range(2):
+        y, h_n, c_n = results[5 * d:5 * d + 3]
+        outputs += [y, h_n] + ([c_n] if cell == "lstm" else [])
+        seeds += [grad_y[d], grad_outputs[2 * d]] + ([grad_outputs[2 * d + 1]]
+                                                     if cell == "lstm" else [])
+    wanted = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(outputs, wanted, [t.to(backend.device) for t in seeds],
+                                create_graph=create_graph)
+    return [t.detach().cpu() for t in outputs + list(grads)]
+
+
+@pytest.mark.parametrize("cell,proj,backend", [case for case in CELLS if case.values[1] == 0],
+                         indirect=["backend"])
+def test_the_padding_of_a_bidirectional_call_reaches_no_result(backend, cell, proj):
+    steps, batch = 5, 3
+    lengths = torch.tensor([5, 3, 1])
+    valid = (torch.arange(steps)[:, None] < lengths[None, :]).unsqueeze(-1)
+    x, grad_y = torch.randn(steps, batch, 2), torch.randn(2, steps, batch, 4)
+    results = [_bidirectional_call(cell, backend, _padded(x, valid, fill),
+                                   [_padded(g, valid, fill) for g in grad_y], lengths)
+               for fill in (0.0, float("nan"))]
+    assert all(torch.isfinite(t).all() for t in results[0])
+    for index, (expected, actual) in enumerate(zip(*results)):
+        assert torch.equal(actual, expected), f"result {index}"
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
 def test_the_padding_reaches_no_gradient_of_a_gradient(cell):
     steps, batch = 4, 2
@@ -118,6 +163,11 @@ def test_the_padding_reaches_no_gradient_of_a_gradient(cell):
                      create_graph=True)
     for index, (expected, actual) in enumerate(zip(clean, dirty)):
         assert torch.equal(actual, expected), f"result {index}"
+    clean, dirty = (_bidirectional_call(cell, reference, _padded(x, valid, fill),
+                                        [grad_y, grad_y], lengths, create_graph=True)
+                    for fill in (0.0, float("nan")))
+    for index, (expected, actual) in enumerate(zip(clean, dirty)):
+        assert torch.equal(actual, expected), f"bidirectional result {index}"
 
 
 def _assert_same_nonfinite_and_close(actual, expected, what):
