@@ -23,11 +23,11 @@ def test_shorter_sequences_reuse_the_pools_blocks(two_threads):
     module = fusedrnn.GRU(16, 64, backend="cpu")
     cpu.release_workspaces()
     _train_step(module, 60)
-    in_use, held = cpu.workspace_pool_bytes()
+    in_use, held, _ = cpu.workspace_pool_bytes()
     assert in_use == 0 and held > 0
     for steps in (59, 50, 41, 33, 60):
         _train_step(module, steps)
-        assert cpu.workspace_pool_bytes() == (0, held), steps
+        assert cpu.workspace_pool_bytes()[:2] == (0, held), steps
     _train_step(module, 20)  # the blocks are more than twice what it asks for: new ones
     assert cpu.workspace_pool_bytes()[1] > held
 
@@ -41,7 +41,7 @@ def test_empty_cache_frees_the_prepared_products_and_the_pools_blocks(two_thread
     _train_step(module, 6)
     assert cpu.prepared_cache_kept()[0] > 0 and cpu.workspace_pool_bytes()[1] > 0
     fusedrnn.empty_cache()
-    assert cpu.prepared_cache_kept() == (0, 0) and cpu.workspace_pool_bytes() == (0, 0)
+    assert cpu.prepared_cache_kept() == (0, 0) and cpu.workspace_pool_bytes() == (0, 0, 0)
     with torch.no_grad():
         assert torch.equal(module(x)[0], expected)
 
@@ -56,3 +56,23 @@ def test_empty_cache_loads_nothing(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "False"
+
+
+def test_the_pool_keeps_its_larger_blocks_at_its_limit():
+    """At the pool's limit (256 MiB cached) a freed block takes the place of smaller cached
+    ones, never of larger ones (a training step's big workspace would come back from the
+    system every step); a block of size 0 is not kept (nothing reuses one)."""
+    cpu = _extension.CPU.load()
+    mib = 1 << 20
+    cpu.release_workspaces()
+    for size, cached in ((200 * mib, [200]), (60 * mib, [200]), (30 * mib, [200, 30]),
+                         (250 * mib, [250]), (0, [250]), (6 * mib, [250, 6])):
+        block = cpu.workspace(size)
+        assert block.numel() == size
+        del block
+        assert cpu.workspace_pool_bytes() == (0, sum(cached) * mib, len(cached)), size
+    reused = cpu.workspace(4 * mib)  # a cached block up to twice the request serves it
+    assert cpu.workspace_pool_bytes() == (6 * mib, 250 * mib, 1)
+    del reused
+    assert cpu.release_workspaces() == 256 * mib
+    assert cpu.workspace_pool_bytes() == (0, 0, 0)

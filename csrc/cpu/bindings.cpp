@@ -237,12 +237,25 @@ PyObject* clear_prepared_cache(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
-// workspace_pool_bytes() -> (bytes in use, bytes cached) of the workspace pool
-// (workspace_pool.h); release_workspaces() -> bytes: frees its cached blocks.
+// workspace_pool_bytes() -> (bytes in use, bytes cached, cached blocks) of the workspace
+// pool (workspace_pool.h); release_workspaces() -> bytes: frees its cached blocks;
+// workspace(bytes) -> a uint8 tensor from it (for the tests).
 PyObject* workspace_pool_bytes(PyObject*, PyObject*) {
-  const auto [in_use, cached] = fusedrnn::cpu::WorkspacePool::get().bytes();
-  return Py_BuildValue("(KK)", static_cast<unsigned long long>(in_use),
-                       static_cast<unsigned long long>(cached));
+  const auto [in_use, cached, blocks] = fusedrnn::cpu::WorkspacePool::get().bytes();
+  return Py_BuildValue("(KKK)", static_cast<unsigned long long>(in_use),
+                       static_cast<unsigned long long>(cached),
+                       static_cast<unsigned long long>(blocks));
+}
+
+PyObject* workspace(PyObject*, PyObject* args) {
+  long long bytes = 0;
+  if (!PyArg_ParseTuple(args, "L", &bytes)) return nullptr;
+  try {
+    return THPVariable_Wrap(fusedrnn::cpu::WorkspacePool::empty({bytes}, at::kByte));
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
 }
 
 PyObject* release_workspaces(PyObject*, PyObject*) {
@@ -298,7 +311,9 @@ PyMethodDef methods[] = {
     {"clear_prepared_cache", clear_prepared_cache, METH_NOARGS,
      "clear_prepared_cache(): empties the forward products' cache"},
     {"workspace_pool_bytes", workspace_pool_bytes, METH_NOARGS,
-     "workspace_pool_bytes() -> (bytes in use, bytes cached) of the workspace pool"},
+     "workspace_pool_bytes() -> (bytes in use, bytes cached, cached blocks) of the pool"},
+    {"workspace", workspace, METH_VARARGS,
+     "workspace(bytes) -> a uint8 tensor from the workspace pool (for the tests)"},
     {"release_workspaces", release_workspaces, METH_NOARGS,
      "release_workspaces() -> bytes: frees the workspace pool's cached blocks"},
     {"bytes_checksum", bytes_checksum, METH_VARARGS,

@@ -9,7 +9,8 @@
 // training loop over sequences of varying length asks for a different size every step,
 // which an exact match alone never reused (it held 256 MiB of blocks of past sizes). A
 // block freed when the cached ones would pass the limit takes the place of the smallest
-// ones. release_cached() frees every cached block (fusedrnn.empty_cache()). Allocations are
+// ones no larger than itself, or is freed where those do not make room. release_cached()
+// frees every cached block (fusedrnn.empty_cache()). Allocations are
 // reported to the profiler like torch's own, so memory figures stay true.
 #pragma once
 
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -89,10 +91,12 @@ class WorkspacePool final : public c10::Allocator {
     return bytes;
   }
 
-  // (bytes in use, bytes cached for reuse).
-  std::pair<size_t, size_t> bytes() {
+  // (bytes in use, bytes cached for reuse, cached blocks).
+  std::tuple<size_t, size_t, size_t> bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return {in_use_, cached_};
+    size_t blocks = 0;
+    for (const auto& [size, list] : free_) blocks += list.size();
+    return {in_use_, cached_, blocks};
   }
 
  private:
@@ -110,17 +114,21 @@ class WorkspacePool final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(pool.mutex_);
       pool.in_use_ -= block->size;
-      if (block->size <= kMaxCachedBytes) {
-        while (pool.cached_ + block->size > kMaxCachedBytes) {  // the smallest make room
+      if (block->size != 0 && block->size <= kMaxCachedBytes) {  // none serve a size 0
+        // cached blocks no larger than this one make room for it, the smallest first
+        while (pool.cached_ + block->size > kMaxCachedBytes &&
+               pool.free_.begin()->first <= block->size) {
           auto smallest = pool.free_.begin();
           evicted.push_back(smallest->second.back());
           smallest->second.pop_back();
           pool.cached_ -= smallest->first;
           if (smallest->second.empty()) pool.free_.erase(smallest);
         }
-        pool.free_[block->size].push_back(block->data);
-        pool.cached_ += block->size;
-        block->data = nullptr;
+        if (pool.cached_ + block->size <= kMaxCachedBytes) {
+          pool.free_[block->size].push_back(block->data);
+          pool.cached_ += block->size;
+          block->data = nullptr;
+        }
       }
       totals = {pool.in_use_, pool.in_use_ + pool.cached_};
     }
