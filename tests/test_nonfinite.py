@@ -53,12 +53,11 @@ def backend(request, monkeypatch):
     yield Backend(name, device)
 
 
-def _op_call(cell, backend, x, grad_y, lengths, proj=0, create_graph=False):
+def _op_call(cell, backend, x, grad_y, lengths, proj=0, create_graph=False, hidden=4):
     """One layer through ``torch.ops.fusedrnn.{cell}_fwd`` on ``backend`` and autograd: its
     outputs and the gradients of every input, for fixed weights, states and output
     gradients (on the CPU)."""
     steps, batch, inputs = x.shape
-    hidden = 4
     state = proj or hidden
     g = torch.Generator().manual_seed(0)
     tensors = [torch.randn(GATES[cell] * hidden, inputs, generator=g),
@@ -72,8 +71,9 @@ def _op_call(cell, backend, x, grad_y, lengths, proj=0, create_graph=False):
                    torch.randn(batch, hidden, generator=g) if cell == "lstm" else None]
     leaves = [None if t is None else t.to(backend.device).requires_grad_()
               for t in [x, *tensors]]
+    lengths = None if lengths is None else lengths.to(backend.device)
     y, h_n, c_n, _, _ = getattr(torch.ops.fusedrnn, f"{cell}_fwd")(
-        *leaves, lengths.to(backend.device), False, True, backend.name)
+        *leaves, lengths, False, True, backend.name)
     outputs = [y, h_n] + ([c_n] if cell == "lstm" else [])
     wanted = [t for t in leaves if t is not None]
     grad_outputs = [t.to(backend.device) for t in [grad_y, *grad_states[:len(outputs) - 1]]]
@@ -276,3 +276,23 @@ def test_gru_cell_update_gate_at_one_keeps_an_infinite_state():
     x = torch.randn(2, 3)
     with torch.no_grad():
         _assert_same_nonfinite_and_close(cell(x, h0), torch_cell(x, h0), "h'")
+
+
+@pytest.mark.parametrize("cell,proj,backend", CELLS, indirect=["backend"])
+def test_lengths_that_mask_nothing_change_no_infinite_gradient(backend, cell, proj):
+    """An infinite output gradient, with every sequence full: lengths given or not, the same
+    results, inf included (a carried gradient times an inactive step's 0 made NaN). Hidden
+    1, so that the inf is not lost in an inf - inf of the recurrent product."""
+    steps, batch, hidden = 4, 3, 1 + 2 * (proj > 0)
+    x, grad_y = torch.randn(steps, batch, 2), torch.randn(steps, batch, proj or hidden)
+    full = torch.full((batch,), steps)
+    nonfinite = False
+    for infinite in (slice(2, 3), slice(2, None)):  # one step, or two (a relu's may be 0)
+        grad_y[infinite, :, 0] = float("inf")
+        without = _op_call(cell, backend, x, grad_y, None, proj, hidden=hidden)
+        with_lengths = _op_call(cell, backend, x, grad_y, full, proj, hidden=hidden)
+        nonfinite |= not all(torch.isfinite(t).all() for t in without)
+        for index, (expected, actual) in enumerate(zip(without, with_lengths)):
+            assert torch.equal(actual.nan_to_num(7.0), expected.nan_to_num(7.0)), index
+            assert torch.equal(actual.isnan(), expected.isnan()), index
+    assert nonfinite  # the case is what it means to be

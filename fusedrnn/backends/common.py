@@ -130,13 +130,21 @@ def hold_forward(mask, t, new_state, old_state, y_t):
 
 
 def backward_masks(mask, grad_y):
-    """For the backward: ``grad_y`` with padding zeroed, the bool mask of inactive steps
-    (:func:`zero_inactive_` takes it) and the float one (those steps carry the state gradient
-    through unchanged); the last two None when every step is active."""
+    """For the backward: ``grad_y`` with padding zeroed and the ``(T, B, 1)`` bool mask of
+    inactive steps (None when every step is active), which carry the state gradient through
+    unchanged. What a backward multiplies at an inactive step it selects away instead
+    (:func:`zero_inactive_`, :func:`active_only`): a carried gradient may be inf, and the
+    step's factors NaN (from its padding), and either times 0 is NaN."""
     if mask is None:
-        return grad_y, None, None
+        return grad_y, None
     inactive = ~mask
-    return grad_y.masked_fill(inactive, 0), inactive, inactive.to(grad_y.dtype)
+    return grad_y.masked_fill(inactive, 0), inactive
+
+
+def active_only(grad, inactive, t):
+    """``grad`` ``(B, S)`` with the rows inactive at step ``t`` zeroed (a new tensor), or
+    itself without lengths."""
+    return grad if inactive is None else grad.masked_fill(inactive[t], 0)
 
 
 def zero_inactive_(factors, inactive):
@@ -170,7 +178,7 @@ def without_padding(lengths, *tensors):
     out = []
     for t in tensors:
         flat = t.reshape(steps * batch, *t.shape[2:])
-        if bool(flat.index_select(0, rows).any()):  # NaN too
+        if bool(flat.index_select(0, rows).abs().sum() != 0):  # NaN, inf too; 3x any()
             flat = flat.clone(memory_format=torch.contiguous_format).index_fill_(0, rows, 0)
             t = flat.view(t.shape)
         out.append(t)
@@ -179,7 +187,8 @@ def without_padding(lengths, *tensors):
 
 def recurrent_grad(order, k, grad_y, dgates_t, w_hh, dh, inactive, out_steps=None):
     """The gradient of h entering the next processed step: ``grad_y`` there plus the
-    recurrent product ``dgates_t @ w_hh``, with inactive rows carrying ``dh`` unchanged.
+    recurrent product ``dgates_t @ w_hh``, with inactive rows carrying ``dh`` unchanged
+    (``inactive`` from :func:`backward_masks`).
 
     After the last step it is the gradient of the initial state (no ``grad_y`` added).
     ``out_steps`` (``(T, B, P)``), when given, receives it in place.
@@ -191,7 +200,7 @@ def recurrent_grad(order, k, grad_y, dgates_t, w_hh, dh, inactive, out_steps=Non
     else:
         new = torch.mm(dgates_t, w_hh)
     if inactive is not None:
-        new.addcmul_(inactive[order[k]], dh)
+        new.add_(dh.masked_fill(~inactive[order[k]], 0))
     return new
 
 

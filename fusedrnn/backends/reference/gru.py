@@ -11,7 +11,7 @@ import torch
 
 from ..common import (active_mask, backward_masks, empty, input_and_weight_grads,
                      input_projection, hold_forward, previous_states, recurrent_grad,
-                     time_order, zero_inactive_)
+                     time_order, zero_inactive_, active_only)
 
 
 def gru_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
@@ -60,12 +60,12 @@ def gru_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
     dzn_from_h = dzn_from_h.view(steps, batch, 2, hidden)
     dr_from_n = hidden_n * r * (1 - r)
     hidden_scale = torch.cat([torch.ones_like(gates[:, :, : 2 * hidden]), r], 2)
-    grad_y, inactive_steps, inactive = backward_masks(mask, grad_y)
+    grad_y, inactive = backward_masks(mask, grad_y)
     dh_keep = z
-    if inactive_steps is not None:
+    if inactive is not None:
         for factors in (dzn_from_h, dr_from_n, hidden_scale):
-            zero_inactive_(factors, inactive_steps)
-        dh_keep = z.masked_fill(inactive_steps, 0)
+            zero_inactive_(factors, inactive)
+        dh_keep = z.masked_fill(inactive, 0)
     dgates_in = torch.empty_like(gates)
     dgates_hid = torch.empty_like(gates)
     dzn_steps = dgates_in[:, :, hidden:].view(steps, batch, 2, hidden).unbind(0)
@@ -74,10 +74,11 @@ def gru_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
     order = time_order(steps, not reverse)
     dh = grad_y[order[0]] + grad_hn
     for k, t in enumerate(order):
-        torch.mul(dh.unsqueeze(1), dzn_from_h[t], out=dzn_steps[t])
+        dh_in = active_only(dh, inactive, t)
+        torch.mul(dh_in.unsqueeze(1), dzn_from_h[t], out=dzn_steps[t])
         torch.mul(dn_steps[t], dr_from_n[t], out=dr_steps[t])
         torch.mul(din_steps[t], hidden_scale[t], out=dhid_steps[t])
         new = recurrent_grad(order, k, grad_y, dhid_steps[t], w_hh, dh, inactive)
-        dh = new.addcmul_(dh, dh_keep[t])
+        dh = new.addcmul_(dh_in, dh_keep[t])
     return input_and_weight_grads(x, w_ih, dgates_in, dgates_hid, h_prev, has_bias) + (
         empty(x), dh, empty(x))

@@ -8,7 +8,7 @@ import torch
 
 from ..common import (PreviousStates, active_mask, backward_masks, empty, flat,
                      input_and_weight_grads, input_projection, hold_forward, previous_states,
-                     recurrent_grad, time_order, zero_inactive_)
+                     recurrent_grad, time_order, zero_inactive_, active_only)
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
@@ -86,11 +86,11 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
     do_from_r = tanh_c * o * (1 - o)
     difg_from_c = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)
     difg_from_c = difg_from_c.view(steps, batch, 3, hidden)
-    grad_y, inactive_steps, inactive = backward_masks(mask, grad_y)
+    grad_y, inactive = backward_masks(mask, grad_y)
     dc_keep = f
-    if inactive_steps is not None:
+    if inactive is not None:
         for factors in (dc_from_r, do_from_r, difg_from_c):
-            zero_inactive_(factors, inactive_steps)
+            zero_inactive_(factors, inactive)
         dc_keep = torch.where(mask, f, torch.ones_like(f))
     dgates = torch.empty_like(gates)
     dgate_steps = dgates.unbind(0)
@@ -102,18 +102,19 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
     dc = grad_cn.clone()
     dh = torch.add(grad_y[order[0]], grad_hn, out=dh_steps[order[0]])
     for k, t in enumerate(order):
-        d_r = dh if w_hr is None else torch.mm(dh, w_hr, out=dr)
+        d_r = active_only(dh if w_hr is None else torch.mm(dh, w_hr, out=dr), inactive, t)
         dc.addcmul_(d_r, dc_from_r[t])
+        torch.mul(active_only(dc, inactive, t).unsqueeze(1), difg_from_c[t],
+                  out=difg_steps[t])
         torch.mul(d_r, do_from_r[t], out=do_steps[t])
-        torch.mul(dc.unsqueeze(1), difg_from_c[t], out=difg_steps[t])
         dc.mul_(dc_keep[t])
         dh = recurrent_grad(order, k, grad_y, dgate_steps[t], w_hh, dh, inactive, dh_steps)
     grad_w_hr = empty(x)
     if w_hr is not None:
         r = o * tanh_c
-        if inactive_steps is not None:
-            zero_inactive_(dh_steps, inactive_steps)
-            zero_inactive_(r, inactive_steps)
+        if inactive is not None:
+            zero_inactive_(dh_steps, inactive)
+            zero_inactive_(r, inactive)
         grad_w_hr = torch.mm(flat(dh_steps).t(), flat(r))
     h_prev = PreviousStates(y, h0, mask, reverse)
     return input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias) + (

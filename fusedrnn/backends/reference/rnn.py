@@ -4,7 +4,7 @@ import torch
 
 from ..common import (PreviousStates, active_mask, backward_masks, empty,
                      input_and_weight_grads, input_projection, hold_forward, recurrent_grad,
-                     time_order, zero_inactive_)
+                     time_order, zero_inactive_, active_only)
 
 
 def _forward(activation):
@@ -28,17 +28,17 @@ def _backward(relu):
     def rnn_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths,
                      y, ws_a, ws_b, reverse, has_bias):
         mask = active_mask(lengths, x.shape[0])
-        grad_y, inactive_steps, inactive = backward_masks(mask, grad_y)
+        grad_y, inactive = backward_masks(mask, grad_y)
         if relu:
             # Selected, as torch's threshold_backward selects: a NaN output passes dh, and
             # an infinite dh at an output of 0 gives 0 (times a 0/1 slope it would be NaN).
             dropped = y <= 0
-            if inactive_steps is not None:
-                dropped |= inactive_steps
+            if inactive is not None:
+                dropped |= inactive
         else:
             dpre_from_h = 1 - y * y
-            if inactive_steps is not None:
-                zero_inactive_(dpre_from_h, inactive_steps)
+            if inactive is not None:
+                zero_inactive_(dpre_from_h, inactive)
         dpre = torch.empty_like(y)
         dpre_steps = dpre.unbind(0)
         order = time_order(x.shape[0], not reverse)
@@ -47,7 +47,7 @@ def _backward(relu):
             if relu:
                 dpre_steps[t].copy_(dh).masked_fill_(dropped[t], 0)
             else:
-                torch.mul(dh, dpre_from_h[t], out=dpre_steps[t])
+                torch.mul(active_only(dh, inactive, t), dpre_from_h[t], out=dpre_steps[t])
             dh = recurrent_grad(order, k, grad_y, dpre_steps[t], w_hh, dh, inactive)
         h_prev = PreviousStates(y, h0, mask, reverse)
         return input_and_weight_grads(x, w_ih, dpre, dpre, h_prev, has_bias) + (

@@ -94,6 +94,7 @@ def gru_bwd_persistent_kernel(
         d_r, d_z, d_nh, z = _gru_tile_grads(dh, h_prev, active, gates, hidden_n, dgates_in,
                                             dgates_hid, at, hcols, g_size, hidden, row_ok, h_ok)
         rec = dh * z + matmul(d_r, w_r, IEEE) + matmul(d_z, w_z, IEEE) + matmul(d_nh, w_n, IEEE)
+        rec = tl.where(h_ok[None, :], rec, 0.0)  # padding units: as in the forward
         if HAS_LENGTHS:
             dh_carry = tl.where(active, rec, dh)
         else:

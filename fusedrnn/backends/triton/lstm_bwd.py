@@ -101,6 +101,7 @@ def lstm_bwd_persistent_kernel(
             dc = dc_step * f
         store_gates4(dgates, d_i, d_f, d_g, d_o, at, hcols, g_size, hidden, row_ok, h_ok)
         rec = matmul(d_i, w_i, IEEE) + matmul(d_f, w_f, IEEE) + matmul(d_g, w_g, IEEE) + matmul(d_o, w_o, IEEE)
+        rec = tl.where(p_ok[None, :], rec, 0.0)  # padding units: as in the forward
         if HAS_LENGTHS:
             dh_carry = tl.where(active, rec, dh)
         else:
