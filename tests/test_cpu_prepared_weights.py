@@ -33,10 +33,10 @@ def test_calls_reuse_prepared_weights_only_while_they_are_unchanged(two_threads,
     W_hh from the third call on; each way of changing W_hh in place (through .data, which
     leaves the version alone, the whole tensor or every other element, whose signs a linear
     checksum let cancel; copy_ under no_grad, as an optimizer does; a new tensor set as
-    .data) makes the next call prepare them again, and
-    every output and gradient is the one a new copy of the weights gives; a call at another
-    batch size reuses them. Training calls too. Unsplit and split sizes, all above the calls that read W_hh in place (row dots:
-    test_small_calls_read_the_weights_in_place)."""
+    .data) makes the next call prepare them again, and every output and gradient is the one
+    a new copy of the weights gives; a call at another batch size reuses them. Training
+    calls too. Unsplit and split sizes, all above the calls that read W_hh in place (row
+    dots: test_small_calls_read_the_weights_in_place)."""
     from fusedrnn.backends import cpu as cpu_backend
 
     cpu = _extension.CPU.load()

@@ -64,9 +64,10 @@ class PreparedCache {
   static constexpr int64_t kBytes = int64_t{256} << 20;
 
   // make(), or the Value it made for an earlier call on w with the same `layout` (the
-  // products' own parameters: parts, batch, library) while w is unchanged. Products are kept
-  // from a weight's second call at one version on: a training loop, whose optimizer bumps
-  // the weights' versions before every forward, pays no checksum and keeps nothing. A Value
+  // products' own parameters: parts, chunk, the batch where it shapes them, library) while
+  // w is unchanged. Products are kept from a weight's second call at one version on: a
+  // training loop, whose optimizer bumps the weights' versions before every forward, pays
+  // no checksum and keeps nothing. A Value
   // that reads w's own memory (`reads_w`: nothing was prepared) is never kept: it would keep
   // w alive, for no gain. No tensor's reference count changes under the lock (torch may take
   // the GIL for that).
