@@ -19,8 +19,9 @@ FIRST_NUMERIC = COLUMNS.index("median ms")
 RATIO_NOTE = ("ratio = fusedrnn median / torch.nn median (lower is better; < 1 means fusedrnn "
               "is faster); us/step = median / time steps")
 FLOOR_NOTE = ("floor us = the least a time step can take: its GEMM FLOPs at the device's "
-              "measured matrix rate (a large torch.mm in the dtype; on the CPU the faster of "
-              "it and float32, float32's for float16); on CUDA at least layers x directions x time loops (2 in "
+              "measured matrix rate (a large torch.mm in the dtype, on the CPU in float32 also "
+              "the cpu backend's product, the faster; on the CPU float32's rate where it is "
+              "faster, and for float16); on CUDA at least layers x directions x time loops (2 in "
               "training) kernel launches at the measured per-launch time, for an "
               "implementation that launches kernels step by step (fusedrnn/bench_floors.py)")
 FLOPS_NOTE = ("TFLOP/s = GEMM FLOPs / median: forward 2*T*B*G*(I+P) per layer and direction "
