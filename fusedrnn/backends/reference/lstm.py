@@ -6,9 +6,10 @@ Gates in PyTorch's order i, f, g, o; with a projection (``w_hr`` ``(P, H)``) the
 
 import torch
 
-from ..common import (PreviousStates, active_mask, backward_masks, empty, flat,
+from ..common import (PreviousStates, active_mask, backward_masks, empty,
                      input_and_weight_grads, input_projection, hold_forward, previous_states,
-                     recurrent_grad, time_order, zero_inactive_, active_only)
+                     projection_weight_grad, recurrent_grad, time_order, zero_inactive_,
+                     active_only)
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse):
@@ -111,11 +112,9 @@ def lstm_backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, lengths
         dh = recurrent_grad(order, k, grad_y, dgate_steps[t], w_hh, dh, inactive, dh_steps)
     grad_w_hr = empty(x)
     if w_hr is not None:
-        r = o * tanh_c
-        if inactive is not None:
+        if inactive is not None:  # past a row's end dh carries through
             zero_inactive_(dh_steps, inactive)
-            zero_inactive_(r, inactive)
-        grad_w_hr = torch.mm(flat(dh_steps).t(), flat(r))
+        grad_w_hr = projection_weight_grad(dh_steps, gates, cells, mask)
     h_prev = PreviousStates(y, h0, mask, reverse)
     return input_and_weight_grads(x, w_ih, dgates, dgates, h_prev, has_bias) + (
         grad_w_hr, dh, dc)
