@@ -8,16 +8,51 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "persistent/gru_persistent.cuh"
 #include "persistent/lstm_persistent.cuh"
 
 namespace fusedrnn {
 namespace persistent {
 
+// The answers of the occupancy queries below, per (device, kernel, shared memory, cluster
+// size; 0 for a cooperative grid), asked once per process: each query is several driver
+// calls and a function attribute write, and no answer changes within a process (the
+// attributes a query raises stay raised). One table for every kernel and translation unit.
+struct OccupancyAnswers {
+  std::mutex mutex;
+  std::map<std::tuple<int, const void*, int64_t, int>, int> answers;
+};
+
+inline OccupancyAnswers& occupancy_answers() {
+  static OccupancyAnswers table;
+  return table;
+}
+
+template <typename Ask>
+int cached_occupancy(const void* kernel, int64_t smem, int cluster, Ask ask) {
+  OccupancyAnswers& table = occupancy_answers();
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_tuple(device, kernel, smem, cluster);
+  {
+    std::lock_guard<std::mutex> lock(table.mutex);
+    const auto found = table.answers.find(key);
+    if (found != table.answers.end()) return found->second;
+  }
+  const int answer = ask();  // unlocked: two threads may both ask; their answers agree
+  std::lock_guard<std::mutex> lock(table.mutex);
+  table.answers.emplace(key, answer);
+  return answer;
+}
+
 // -1 when the kernel holds no code for compute capability 8.0+ (a build for older
 // architectures only, whose kernels are __trap() stubs), else the occupancy.
 template <typename KernelFn>
-int blocks_per_sm_of(KernelFn kernel, int64_t smem) {
+int ask_blocks_per_sm(KernelFn kernel, int64_t smem) {
   cudaFuncAttributes attributes;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
   if (attributes.ptxVersion < 80) return -1;
@@ -39,10 +74,16 @@ int blocks_per_sm_of(KernelFn kernel, int64_t smem) {
   return per_sm;
 }
 
+template <typename KernelFn>
+int blocks_per_sm_of(KernelFn kernel, int64_t smem) {
+  return cached_occupancy(reinterpret_cast<const void*>(kernel), smem, 0,
+                          [&] { return ask_blocks_per_sm(kernel, smem); });
+}
+
 // -1 when the kernel holds no sm_90 code, else how many clusters of `cluster` blocks with
 // `smem` bytes each the current device holds at once (0 for a size it cannot place).
 template <typename KernelFn>
-int max_clusters_of(KernelFn kernel, int64_t smem, int cluster) {
+int ask_max_clusters(KernelFn kernel, int64_t smem, int cluster) {
   cudaFuncAttributes attributes;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
   if (attributes.ptxVersion < 90) return -1;
@@ -59,6 +100,12 @@ int max_clusters_of(KernelFn kernel, int64_t smem, int cluster) {
     return 0;
   }
   return clusters;
+}
+
+template <typename KernelFn>
+int max_clusters_of(KernelFn kernel, int64_t smem, int cluster) {
+  return cached_occupancy(reinterpret_cast<const void*>(kernel), smem, cluster,
+                          [&] { return ask_max_clusters(kernel, smem, cluster); });
 }
 
 // One launch of a persistent kernel: cooperative (one group, grid barrier) or in clusters of
@@ -78,9 +125,7 @@ void launch_persistent(KernelFn kernel, const Params& params, int blocks, int64_
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
     return;
   }
-  int device = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int per_sm = blocks_per_sm_of(kernel, smem);
   TORCH_CHECK(per_sm >= 0, "fusedrnn cuda backend: the ", name, " kernel was not built for "
               "compute capability 8.0 or newer (see FUSEDRNN_CUDA_ARCHS)");
