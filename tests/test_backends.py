@@ -113,6 +113,18 @@ def test_auto_falls_back_and_logs_the_reason_once(monkeypatch, caplog, unavailab
     assert sum("never runs" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_fallback_log_memory_is_bounded(monkeypatch, caplog):
+    # A skip reason may name the call's sizes (Triton's index limit): a server's varying
+    # shapes must not grow the set of logged fallbacks without end.
+    monkeypatch.setattr(backends, "_logged_fallbacks", set())
+    with caplog.at_level(logging.INFO, logger="fusedrnn"):
+        for batch in range(3 * backends._LOGGED_FALLBACKS_KEPT):
+            backends._log_fallback_once("reference", (f"triton skipped (batch {batch})",))
+        backends._log_fallback_once("reference", (f"triton skipped (batch {batch})",))
+    assert len(backends._logged_fallbacks) <= backends._LOGGED_FALLBACKS_KEPT
+    assert len(caplog.records) == 3 * backends._LOGGED_FALLBACKS_KEPT  # the last not again
+
+
 def test_integer_input_cannot_run_on_reference():
     ok, why = backends.get("reference").supports(torch.device("cpu"), torch.int64)
     assert not ok and "floating" in why

@@ -134,7 +134,8 @@ class ReferenceBackend(Backend):
 _REGISTRY = {}
 _BY_PRIORITY = []  # the registry's names, highest priority first
 _GENERATION = [0]  # counts the registry's changes
-_logged_fallbacks = set()
+_logged_fallbacks = set()  # (chosen, reasons) logged; a reason may name a call's sizes
+_LOGGED_FALLBACKS_KEPT = 256  # then forgotten, at the cost of logging some again
 
 
 def register(backend):
@@ -229,6 +230,8 @@ def _log_fallback_once(chosen, skipped):
         return
     key = (chosen, tuple(skipped))
     if key not in _logged_fallbacks:
+        if len(_logged_fallbacks) >= _LOGGED_FALLBACKS_KEPT:
+            _logged_fallbacks.clear()
         _logged_fallbacks.add(key)
         logger.info("fusedrnn: using backend %r: %s", chosen, "; ".join(skipped))
 
