@@ -380,6 +380,24 @@ def test_kept_products_keep_no_weight_alive(two_threads):
                                                   x), batch
 
 
+def test_a_freed_models_products_go_at_the_next_call(two_threads):
+    """A server that deletes one model and goes on with another, whose calls all hit the
+    cache, does not keep the deleted model's products."""
+    cpu = _extension.CPU.load()
+    cpu.clear_prepared_cache()
+    kept, gone = (fusedrnn.LSTM(6, 64, backend="cpu") for _ in range(2))
+    x = testing.make_sequence(4, 9, 6)
+    with torch.no_grad():
+        for module in (kept, gone, kept, gone):
+            module(x)
+        assert cpu.prepared_cache_kept() == (2, 2 * kept.weight_hh_l0.nbytes)
+        del module, gone
+        hits = cpu.prepared_cache_counts()[0]
+        kept(x)
+    assert cpu.prepared_cache_counts()[0] == hits + 1
+    assert cpu.prepared_cache_kept() == (1, kept.weight_hh_l0.nbytes)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_modules_with_kept_products_convert_and_load_by_swapping_tensors(two_threads, cell):
     """Under torch.__future__'s swap_module_params_on_conversion, ``.double()``, ``.to()`` and

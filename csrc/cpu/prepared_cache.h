@@ -16,8 +16,8 @@
 // (`p.data.uniform_()`) does not bump the parameter's. The checksum reads W_hh once, a
 // fraction of the preparation's cost. Entries are kept for the 64 most recently used weights
 // and layouts, at most 256 MiB of weights (their prepared copies about as much again), and
-// of those only the weights' current versions. The kept products hold copies, so the cache
-// keeps no weight alive: products that read W_hh in place (one part, on a torch without BLAS
+// of those only the weights' current versions; a freed weight's go at the next call of any
+// weight. The kept products hold copies, so the cache keeps no weight alive: products that read W_hh in place (one part, on a torch without BLAS
 // or bfloat16 products on MKL; a call with no rows), for which nothing was prepared, are not
 // kept.
 #pragma once
@@ -85,8 +85,10 @@ class PreparedCache {
     std::shared_ptr<const Value> kept;  // w's products at this version, if kept
     uint64_t kept_sum = 0;
     bool same_version = false;  // an entry of w at this version, products kept or not
+    std::list<Entry> gone;      // entries of freed weights, destroyed after the lock
     {
       std::lock_guard<std::mutex> lock(state.mutex);
+      drop_freed(state, gone);
       const auto it = find(state, key, storage, data);
       if (it != state.entries.end() && it->version == version) {
         same_version = true;
@@ -117,12 +119,12 @@ class PreparedCache {
     std::list<Entry> dropped;  // destroyed after the lock is released
     {
       std::lock_guard<std::mutex> lock(state.mutex);
-      // Entries of weights that are gone, of w at another version (whatever their layout), or
-      // of w in this layout (replaced) are never hit again.
+      // Entries of w at another version (whatever their layout), or of w in this layout
+      // (replaced) are never hit again; those of freed weights went at the lookup.
       for (auto it = state.entries.begin(); it != state.entries.end();) {
         const auto next = std::next(it);
         const bool of_w = it->owner._unsafe_get_target() == storage && it->data == data;
-        if (it->owner.expired() || (of_w && (it->key == key || it->version != version))) {
+        if (of_w && (it->key == key || it->version != version)) {
           dropped.splice(dropped.end(), state.entries, it);
         }
         it = next;
@@ -155,6 +157,17 @@ class PreparedCache {
     std::mutex mutex;
     std::list<Entry> entries;
   };
+
+  // Moves the entries of weights that were freed (a deleted model's) to `gone`, at every
+  // call: a server that deletes a model and goes on with the others, whose calls all hit,
+  // would keep its products until they were pushed out.
+  static void drop_freed(State& state, std::list<Entry>& gone) {
+    for (auto it = state.entries.begin(); it != state.entries.end();) {
+      const auto next = std::next(it);
+      if (it->owner.expired()) gone.splice(gone.end(), state.entries, it);
+      it = next;
+    }
+  }
 
   // The entry for `key` of the weight at `data` in `storage` (the weak pointer's target
   // compared, not locked: an entry keeps its StorageImpl's memory, so no other storage can be
