@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import random
+import sys
 import tarfile
 
 import pytest
@@ -115,6 +116,18 @@ def test_loader_errors(tmp_path, monkeypatch, archive):
         imdb.load(archive, splits=("unsup",))
 
 
+@pytest.mark.parametrize("at", [0.2, 0.5, 0.8, 0.95, 0.99])
+def test_a_damaged_archive_is_refused_not_read_in_part(archive, tmp_path, at):
+    # tarfile ends an archive at its first unreadable header: damage past the first member
+    # gave part of the reviews, without an error.
+    damaged = bytearray(archive.read_bytes())
+    start = int(len(damaged) * at)
+    damaged[start:start + 16] = bytes(16)
+    (tmp_path / "damaged.tar.gz").write_bytes(bytes(damaged))
+    with pytest.raises(imdb.DataNotFoundError, match="cannot read the IMDB archive"):
+        imdb.load(tmp_path / "damaged.tar.gz")
+
+
 def test_loader_offline_download_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv(imdb.ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -215,8 +228,13 @@ def test_resume_matches_an_uninterrupted_run(archive, tmp_path, trained):
     out = tmp_path / "resumed"
     assert run_cli(["sentiment", "train", "--data", archive, "--out", out, "--epochs", "2",
                     *TINY])[0] == 0
+    # As if a run of 3 epochs had stopped after 2: --resume alone goes on to its own 3.
+    last = torch.load(out / "last.pt", weights_only=True)
+    last["config"]["epochs"] = 3
+    torch.save(last, out / "last.pt")
+    assert sentiment.resumed_config(out / "last.pt", 7).epochs == 7
     status, _, err = run_cli(["sentiment", "train", "--data", archive, "--out", out,
-                              "--epochs", "3", "--resume", "--no-progress"])
+                              "--resume", "--no-progress"])
     assert status == 0 and "resuming" in err
     with pytest.raises(SystemExit) as raised, contextlib.redirect_stderr(io.StringIO()) as err:
         main(["sentiment", "train", "--out", str(out), "--resume", "--cell", "gru"])
@@ -239,6 +257,58 @@ def test_evaluate(trained, archive, tmp_path):
     (tn, fp), (fn, tp) = metrics["confusion"]
     assert tn + fp == fn + tp == PER_CLASS and metrics["count"] == 2 * PER_CLASS
     assert metrics["accuracy"] == pytest.approx((tn + tp) / (2 * PER_CLASS))
+
+
+def test_evaluate_and_predict_run_a_checkpoint_on_any_backend(trained, archive, tmp_path):
+    # A model trained on a GPU backend (its checkpoint says cuda) runs on the CPU under auto,
+    # the default; a backend asked for that cannot run here is a usage error.
+    payload = torch.load(trained[0] / "best.pt", weights_only=True)
+    gpu_trained = tmp_path / "gpu.pt"
+    torch.save({**payload, "config": {**payload["config"], "backend": "cuda"}}, gpu_trained)
+    status, stdout, _ = run_cli(["sentiment", "evaluate", "--checkpoint", gpu_trained,
+                                 "--data", archive])
+    assert status == 0 and "accuracy:" in stdout
+    status, stdout, _ = run_cli(["sentiment", "predict", "--checkpoint", gpu_trained, "good"])
+    assert status == 0 and json.loads(stdout)["text"] == "good"
+    if torch.cuda.is_available():
+        return
+    for action, extra in (("evaluate", ["--data", str(archive)]), ("predict", ["good"])):
+        with pytest.raises(SystemExit) as raised, contextlib.redirect_stderr(io.StringIO()) as err:
+            main(["sentiment", action, "--checkpoint", str(gpu_trained), "--backend", "cuda",
+                  *extra])
+        assert raised.value.code == 2 and "--backend cuda" in err.getvalue(), action
+
+
+def test_evaluate_refuses_an_empty_json_path(trained, archive):
+    with pytest.raises(SystemExit) as raised, contextlib.redirect_stderr(io.StringIO()) as err:
+        main(["sentiment", "evaluate", "--checkpoint", str(trained[0] / "best.pt"), "--data",
+              str(archive), "--json", ""])
+    assert raised.value.code == 2 and "--json: an empty path" in err.getvalue()
+
+
+@pytest.mark.parametrize("argv, package", [
+    (["sentiment", "train"], "tokenizers"), (["sentiment", "compare"], "matplotlib"),
+    (["sentiment", "train"], "tqdm"), (["forecast"], "statsmodels"), (["seq2seq"], "matplotlib")])
+def test_a_missing_optional_package_is_named_before_any_work(monkeypatch, tmp_path, argv,
+                                                             package):
+    real = common.importlib.util.find_spec
+    monkeypatch.setattr(common.importlib.util, "find_spec",
+                        lambda name, *rest: None if name == package else real(name, *rest))
+    with pytest.raises(SystemExit) as raised, contextlib.redirect_stderr(io.StringIO()) as err:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert raised.value.code == 2
+    assert f"needs {package}" in err.getvalue() and f"pip install {package}" in err.getvalue()
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_progress_needs_no_tqdm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises
+    bar = common.progress(range(3), 3, "steps", enabled=False)
+    assert list(bar) == [0, 1, 2]
+    bar.set_postfix(loss="1.0", refresh=False)
+    bar.close()
+    with pytest.raises(ImportError):
+        common.progress(range(3), 3, "steps")
 
 
 def test_predict(trained, tmp_path):

@@ -2,6 +2,7 @@
 markdown tables and learning-curve plots."""
 
 import contextlib
+import importlib.util
 import os
 import random
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "ConfigError", "usage_error", "usage_errors", "backend_choices",
+__all__ = ["CheckpointError", "ConfigError", "usage_error", "usage_errors", "require",
+           "backend_choices",
            "check_backend", "add_backend_argument", "add_device_arguments", "device_from_args",
            "seed_everything", "default_device", "prepare_cpu", "progress",
            "save_checkpoint", "load_checkpoint", "provenance", "provenance_markdown",
@@ -40,6 +42,18 @@ def usage_errors(*error_types):
         yield
     except error_types as error:
         raise usage_error(str(error)) from error
+
+
+def require(command, *packages):
+    """A usage error, before any work, naming the optional ``packages`` that ``command``
+    needs and are not installed (a missing plotting package found after a long training
+    would lose its results)."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        names = " ".join(missing)
+        raise usage_error(f"fusedrnn {command} needs {', '.join(missing)}, not installed: "
+                          f"pip install {names} (or pip install 'fusedrnn[apps]' for every "
+                          "application's packages)")
 
 
 def backend_choices():
@@ -112,12 +126,32 @@ def prepare_cpu(device, threads=0):
             torch.set_num_threads(threads)
 
 
+class _NoBar:
+    """What :func:`progress` returns where disabled: the iterable, with the bar's methods
+    that the applications call doing nothing."""
+
+    def __init__(self, iterable):
+        self._iterable = iterable
+
+    def __iter__(self):
+        return iter(self._iterable)
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
 def progress(iterable, total, description, enabled=True):
-    """A tqdm bar on stderr (refreshing at most every 30 s when stderr is not a terminal)."""
+    """A tqdm bar on stderr (refreshing at most every 30 s when stderr is not a terminal);
+    where not ``enabled``, no bar, and tqdm need not be installed."""
+    if not enabled:
+        return _NoBar(iterable)
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=description, disable=not enabled, leave=interactive,
+    return tqdm(iterable, total=total, desc=description, leave=interactive,
                 mininterval=0.5 if interactive else 30.0, dynamic_ncols=True, file=sys.stderr)
 
 

@@ -147,6 +147,7 @@ def run(args):
     from ..cli import output_folder
     from . import common
 
+    common.require("forecast", "statsmodels", "tqdm", "matplotlib")
     device = common.device_from_args(args)
     common.check_backend(args.backend, device)
     out = output_folder(args.out)

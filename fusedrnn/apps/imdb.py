@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,7 +132,12 @@ def _read_archive(path, rows):
                 match = _REVIEW.search(member.name)
                 if match and member.isfile():
                     _add(rows, match, archive.extractfile(member).read)
-    except (tarfile.TarError, OSError, EOFError) as error:
+            # tarfile ends the archive at the first header it cannot read, so a damaged
+            # archive would give part of its reviews; reading the compressed stream to its
+            # end checks its CRC and length instead.
+            while archive.fileobj.read(1 << 20):
+                pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise DataNotFoundError(f"cannot read the IMDB archive {path}: {error}") from error
 
 

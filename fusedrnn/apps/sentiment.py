@@ -26,7 +26,8 @@ from ..models import SentimentClassifier
 from . import common, distributed, imdb, text
 
 __all__ = ["SentimentConfig", "KIND", "VERSION", "build_model", "prepare_data", "train",
-           "load_model", "predict_probabilities", "evaluate_split", "evaluate_reviews"]
+           "resumed_config", "load_model", "predict_probabilities", "evaluate_split",
+           "evaluate_reviews"]
 
 KIND = "fusedrnn-sentiment"
 VERSION = 1
@@ -252,8 +253,22 @@ def _silent(message):
     """The log of ranks other than 0."""
 
 
-def load_model(path, device="cpu"):
-    """``(model in eval mode, encoder, checkpoint dict)`` from a checkpoint file alone.
+def resumed_config(path, epochs=None):
+    """The configuration of the run whose ``last.pt`` is ``path``, to ``epochs`` in all if
+    given, else to its own number."""
+    payload = common.load_checkpoint(path, KIND, VERSION, map_location="cpu")
+    try:
+        config = SentimentConfig.from_dict(payload["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise common.CheckpointError(f"checkpoint {path} holds no valid configuration: "
+                                     f"{type(error).__name__}: {error}") from error
+    return config if epochs is None else dataclasses.replace(config, epochs=epochs)
+
+
+def load_model(path, device="cpu", backend=None):
+    """``(model in eval mode, encoder, checkpoint dict)`` from a checkpoint file alone, on
+    the fusedrnn ``backend`` given, else on the one it was trained with (a model trained on
+    ``cuda`` or ``triton`` evaluates on the CPU with ``backend="auto"``).
 
     Raises :class:`~fusedrnn.apps.common.CheckpointError` for a missing, corrupt, foreign or
     mismatched checkpoint.
@@ -261,6 +276,8 @@ def load_model(path, device="cpu"):
     payload = common.load_checkpoint(path, KIND, VERSION, map_location=device)
     try:
         config = SentimentConfig.from_dict(payload["config"])
+        if backend is not None:
+            config = dataclasses.replace(config, backend=backend)
         encoder = text.TextEncoder.from_state(payload["encoder"])
         model = build_model(config, encoder.vocab_size).to(device)
         model.load_state_dict(payload["model"])
@@ -270,10 +287,11 @@ def load_model(path, device="cpu"):
     return model.eval(), encoder, payload
 
 
-def evaluate_split(path, data=None, split="test", device="cpu", log=print):
-    """Metrics (see :func:`~fusedrnn.apps.common.binary_metrics`) of a checkpoint on a split."""
+def evaluate_split(path, data=None, split="test", device="cpu", log=print, backend=None):
+    """Metrics (see :func:`~fusedrnn.apps.common.binary_metrics`) of a checkpoint on a split
+    (``backend``: as for :func:`load_model`)."""
     device = torch.device(device)
-    model, encoder, _ = load_model(path, device)
+    model, encoder, _ = load_model(path, device, backend)
     common.prepare_cpu(device)
     reviews = imdb.load(data, splits=(split,))[split]
     log(f"evaluating {path} on {len(reviews)} {split} reviews")

@@ -64,17 +64,20 @@ def add_arguments(parser):
     _add_config_options(train)
     _add_common(train, out_help="folder for best.pt, last.pt and history.json")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last.pt (to --epochs)")
+                       help="continue the run in --out from its last.pt, to its own number "
+                            "of epochs or to --epochs")
     evaluate = actions.add_parser("evaluate", help="accuracy, precision/recall/F1 and the "
                                   "confusion matrix of a checkpoint on the test split")
     evaluate.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     evaluate.add_argument("--split", default="test", choices=("test", "train"))
     evaluate.add_argument("--json", metavar="FILE", help="also write the metrics here")
+    _add_run_backend(evaluate)
     _add_common(evaluate)
     predict = actions.add_parser("predict", help="classify texts: JSON lines on stdout")
     predict.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     predict.add_argument("--input", metavar="FILE", help="one text per line ('-': stdin)")
+    _add_run_backend(predict)
     add_device_arguments(predict)
     compare = actions.add_parser("compare", help="LSTM vs GRU, with and without attention: "
                                  "markdown table and learning-curve PNG")
@@ -110,6 +113,12 @@ def _choices(name):
 
         return backend_choices()
     return CHOICES.get(name)
+
+
+def _add_run_backend(parser):
+    parser.add_argument("--backend", default="auto", choices=_choices("backend"),
+                        help="fusedrnn backend to run the checkpoint on, whichever it was "
+                             "trained on (default: auto)")
 
 
 def _add_common(parser, out_help=None):
@@ -152,15 +161,26 @@ def run(args):
         raise usage_error(f"only 'sentiment train' runs under torchrun with several "
                           f"processes, not 'sentiment {args.action}'")
 
+    _require_packages(args)
     if args.action in ("train", "compare"):
         output_folder(args.out)
-    if args.action == "evaluate" and args.json:
+    if args.action == "evaluate" and args.json is not None:
+        if not args.json.strip():
+            raise usage_error("--json: an empty path")
         json_path = Path(args.json)
         output_folder(json_path.parent, "--json")
         if json_path.is_dir():
             raise usage_error(f"--json {args.json}: a folder, where the metrics go to a file")
     with usage_errors(CheckpointError, DataNotFoundError, ConfigError):
         return action(args)
+
+
+def _require_packages(args):
+    from .common import require
+
+    progress = args.action in ("train", "compare") and not args.no_progress
+    require(f"sentiment {args.action}", "tokenizers", *(["tqdm"] if progress else []),
+            *(["matplotlib"] if args.action == "compare" else []))
 
 
 def _log(message):
@@ -175,7 +195,10 @@ def _train(args):
         raise common.usage_error(f"--resume continues the run in {args.out} with its own "
                                  f"configuration; only --epochs may be given, not "
                                  f"{', '.join('--' + name.replace('_', '-') for name in changed)}")
-    config = _config(args)
+    if args.resume:
+        config = sentiment.resumed_config(Path(args.out) / sentiment.LAST, args.epochs)
+    else:
+        config = _config(args)
     with distributed.launch(common.device_from_args(args)) as device:
         common.check_backend(config.backend, device)
         history = sentiment.train(config, args.out, args.data, device, args.resume,
@@ -192,7 +215,9 @@ def _evaluate(args):
     from . import common, sentiment
 
     device = common.device_from_args(args)
-    metrics = sentiment.evaluate_split(args.checkpoint, args.data, args.split, device, _log)
+    common.check_backend(args.backend, device)
+    metrics = sentiment.evaluate_split(args.checkpoint, args.data, args.split, device, _log,
+                                       args.backend)
     (tn, fp), (fn, tp) = metrics["confusion"]
     print(f"{args.split} reviews: {metrics['count']}\n"
           f"accuracy:  {metrics['accuracy']:.4f}\nprecision: {metrics['precision']:.4f}\n"
@@ -200,7 +225,7 @@ def _evaluate(args):
           f"confusion matrix (rows: true, columns: predicted)\n"
           f"            negative  positive\n"
           f"  negative  {tn:8d}  {fp:8d}\n  positive  {fn:8d}  {tp:8d}")
-    if args.json:
+    if args.json is not None:
         record = {**metrics, "split": args.split, "checkpoint": str(args.checkpoint),
                   "environment": common.provenance(device)}
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
@@ -222,7 +247,8 @@ def _predict(args):
     if not texts:
         raise common.usage_error("give texts to classify as arguments or with --input FILE")
     device = common.device_from_args(args)
-    model, encoder, _ = sentiment.load_model(args.checkpoint, device)
+    common.check_backend(args.backend, device)
+    model, encoder, _ = sentiment.load_model(args.checkpoint, device, args.backend)
     probabilities = sentiment.predict_probabilities(model, encoder.encode(texts), device)
     for text_, positive in zip(texts, probabilities.tolist()):
         print(json.dumps({"text": text_, "label": imdb.LABELS[int(positive > 0.5)],

@@ -121,6 +121,7 @@ def run(args):
     from ..cli import output_folder
     from . import common
 
+    common.require("seq2seq", "tqdm", "matplotlib")
     device = common.device_from_args(args)
     common.check_backend(args.backend, device)
     out = output_folder(args.out)
@@ -166,7 +167,6 @@ def run(args):
     bar.close()
     seconds = time.perf_counter() - started
     test_accuracy = exact_match(model, task, test, device)
-    _plot_attention(model, task, test[-1], device, out / "attention.png")
     rows = [[s, round(l, 4), a] for s, l, a in history]
     (out / "seq2seq.md").write_text(
         f"# seq2seq {args.task}: {args.cell} encoder-decoder with attention\n\n"
@@ -175,6 +175,7 @@ def run(args):
         f"({seconds:.0f} s).\n\n"
         + common.markdown_table(["step", "training loss", "validation exact match"], rows)
         + common.provenance_markdown(device))
+    _plot_attention(model, task, test[-1], device, out / "attention.png")
     print(f"held-out exact match {test_accuracy:.4f} on {len(test)} strings after {step} steps "
           f"({seconds:.0f} s); wrote {out / 'seq2seq.md'} and {out / 'attention.png'}")
     if test_accuracy < args.target:
