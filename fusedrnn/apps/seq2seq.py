@@ -129,7 +129,8 @@ def run(args):
     try:
         task = SequenceTask(args.task, args.symbols, args.min_len, args.max_len)
     except ValueError as error:
-        raise common.usage_error(str(error)) from None
+        raise common.usage_error(f"--task {args.task}, --symbols {args.symbols}, --min-len "
+                                 f"{args.min_len}, --max-len {args.max_len}: {error}") from None
     if 2 * args.eval_size + args.batch_size > task.possible:
         raise common.usage_error(
             f"--symbols {args.symbols}, --min-len {args.min_len} and --max-len {args.max_len} "
