@@ -269,6 +269,26 @@ def test_negated_views_and_zero_tensors_are_what_they_stand_for(cell):
         assert torch.equal(module(zeros)[0], module(torch.zeros_like(x))[0])
 
 
+@pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3), ("rnn_tanh", 1)])
+def test_hidden_size_zero_gives_zero_input_gradients(cell, gates):
+    """x's gradient through weights of no rows is a product over k = 0 gates: BLAS refused
+    its leading dimension of 0 (MKL's DGEMM: parameter 10) and wrote nothing, so it was
+    whatever memory held (here a freed tensor of 12345s)."""
+    steps, batch, size = 3, 5, 7
+    for _ in range(3):
+        # blocks of 12345s, freed at once: the gradient's uninitialised tensor may take one
+        [torch.full((steps * batch * size,), 12345.0, dtype=torch.float64) for _ in range(8)]
+        x = torch.randn(steps, batch, size, dtype=torch.float64, requires_grad=True)
+        weights = [torch.randn(0, size, dtype=torch.float64, requires_grad=True),
+                   torch.randn(0, 0, dtype=torch.float64, requires_grad=True)]
+        kind = {"rnn_tanh": "rnn"}.get(cell, cell)
+        y = getattr(fusedrnn.functional, kind)(x, None, weights, bias=False, training=True,
+                                              backend="cpu")[0]
+        assert y.shape == (steps, batch, 0)
+        (y.sum() + 0 * x.sum()).backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+
+
 def test_the_backend_calls_the_plain_functions_but_under_the_profiler():
     """Outside the profiler the cpu backend skips torch.ops' boxed call; under it, it calls
     the ops, whose records the profiler's trace shows (test_bidirectional.py)."""

@@ -103,8 +103,21 @@ void for_column_blocks(int64_t batch, int64_t m, int64_t k, const Fn& fn,
   });
 }
 
+// c = beta * c, the product of an empty sum (k = 0), on a column-major (m, n) c: BLAS refuses
+// the leading dimension of 0 that k = 0 can give and then writes nothing.
+template <typename scalar_t>
+void scale_matrix(int64_t m, int64_t n, scalar_t beta, scalar_t* c, int64_t ldc) {
+  for (int64_t j = 0; j < n; ++j) {
+    scalar_t* column = c + j * ldc;
+    for (int64_t i = 0; i < m; ++i) {
+      column[i] = beta == scalar_t(0) ? scalar_t(0) : beta * column[i];  // no NaN * 0
+    }
+  }
+}
+
 inline void blas_gemm(int m, int n, int k, const float* a, int lda, const float* b, int ldb,
                       float* c, int ldc) {
+  if (m == 0 || n == 0 || k == 0) return scale_matrix(m, n, 0.0f, c, ldc);
   const char no = 'N';
   const float one = 1, zero = 0;
   sgemm_(&no, &no, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc);
@@ -112,6 +125,7 @@ inline void blas_gemm(int m, int n, int k, const float* a, int lda, const float*
 
 inline void blas_gemm(int m, int n, int k, const double* a, int lda, const double* b, int ldb,
                       double* c, int ldc) {
+  if (m == 0 || n == 0 || k == 0) return scale_matrix(m, n, 0.0, c, ldc);
   const char no = 'N';
   const double one = 1, zero = 0;
   dgemm_(&no, &no, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc);
@@ -124,6 +138,7 @@ template <typename scalar_t>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const scalar_t* a,
           int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if (k == 0) return scale_matrix(m, n, beta, c, ldc);
   const bool fits = std::max({m, n, k, lda, ldb, ldc}) <= INT_MAX;
   const bool blas = std::is_same_v<scalar_t, float> ? sgemm_ != nullptr : dgemm_ != nullptr;
   if (fits && blas && gemm_mode() != "aten") {
