@@ -37,8 +37,8 @@ constexpr int64_t kBrgemmRowsFrom = 64;
 // transpose it once, a training loop's (whose optimizer changes w_ih) every call.
 at::Tensor transposed_w_ih(const at::Tensor& w_ih) {
   return PreparedCache<at::Tensor>::get(
-      w_ih, "input projection", [&] { return transposed(w_ih); },
-      [](const at::Tensor&) { return false; });
+      w_ih, "input projection", [](const at::Tensor& w) { return transposed(w); },
+      [](const at::Tensor&, const at::Tensor&) { return false; });
 }
 
 // out (R, G) = x (R, I) @ w_ih^T on brgemm: brgemm.h's tiles on torch's threads,

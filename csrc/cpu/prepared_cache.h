@@ -8,13 +8,14 @@
 // or of a few rows in all read W_hh in place instead (row_dots.h): nothing is kept for them.
 //
 // Unchanged means: the same memory (its storage held weakly, at the same address), with the
-// same sizes and version, and a checksum of its values equal to the one it had when the
-// products were made. The storage, not the tensor: torch.utils.swap_tensors (module
+// same sizes and version, and a checksum of its values equal to that of the copy the
+// products were made from. The storage, not the tensor: torch.utils.swap_tensors (module
 // conversions and load_state_dict under torch.__future__'s swap_module_params_on_conversion)
 // refuses a tensor that anything holds weakly.
 // The version counter alone is not enough: an in-place change through `.data`
 // (`p.data.uniform_()`) does not bump the parameter's. The checksum reads W_hh once, a
-// fraction of the preparation's cost. Entries are kept for the 64 most recently used weights
+// fraction of the preparation's cost (a kept product's preparation also copies W_hh and
+// checksums the copy, once per version). Entries are kept for the 64 most recently used weights
 // and layouts, at most 256 MiB of weights (their prepared copies about as much again), and
 // of those only the weights' current versions; a freed weight's go at the next call of any
 // weight. The kept products hold copies, so the cache keeps no weight alive: products that read W_hh in place (one part, on a torch without BLAS
@@ -63,19 +64,22 @@ class PreparedCache {
   static constexpr size_t kEntries = 64;
   static constexpr int64_t kBytes = int64_t{256} << 20;
 
-  // make(), or the Value it made for an earlier call on w with the same `layout` (the
+  // make(w), or the Value it made for an earlier call on w with the same `layout` (the
   // products' own parameters: parts, chunk, the batch where it shapes them, library) while
   // w is unchanged. Products are kept from a weight's second call at one version on: a
   // training loop, whose optimizer bumps the weights' versions before every forward, pays
-  // no checksum and keeps nothing. A Value
-  // that reads w's own memory (`reads_w`: nothing was prepared) is never kept: it would keep
-  // w alive, for no gain. No tensor's reference count changes under the lock (torch may take
-  // the GIL for that).
+  // no checksum and keeps nothing. Products to be kept are made from a copy of w, the
+  // checksum taken of that copy: another thread's write to w (through .data, at the same
+  // version) while they were made would otherwise keep products of other values under the
+  // checksum of w's values, served to every later call. A Value that reads its source's
+  // memory (`reads(value, source)`: nothing was prepared) is never kept: it would keep that
+  // memory alive, for no gain. No tensor's reference count changes under the lock (torch
+  // may take the GIL for that).
   static Value get(const at::Tensor& w, const std::string& layout,
-                   const std::function<Value()>& make,
-                   const std::function<bool(const Value&)>& reads_w) {
+                   const std::function<Value(const at::Tensor&)>& make,
+                   const std::function<bool(const Value&, const at::Tensor&)>& reads) {
     if (!w.is_contiguous() || w.is_inference() || w.nbytes() > static_cast<size_t>(kBytes)) {
-      return make();
+      return make(w);
     }
     const std::string key = describe(w, layout);
     const int64_t version = w._version();
@@ -109,11 +113,13 @@ class PreparedCache {
       return *kept;
     }
     detail::count_prepared(/*hit=*/false);
-    Value value = make();
-    if (reads_w(value)) return value;
     // At a new version only a mark that w was seen (holding the products would keep their
     // memory from the next call's, which a training loop's every call makes anew).
-    Entry entry{w.storage().getWeakStorageImpl(), data, version, key, sum,
+    const at::Tensor source = same_version ? w.clone() : w;
+    const uint64_t source_sum = same_version ? weight_checksum(source) : 0;
+    Value value = make(source);
+    if (reads(value, source)) return value;
+    Entry entry{w.storage().getWeakStorageImpl(), data, version, key, source_sum,
                 same_version ? static_cast<int64_t>(w.nbytes()) : 0,
                 same_version ? std::make_shared<const Value>(value) : nullptr};
     std::list<Entry> dropped;  // destroyed after the lock is released

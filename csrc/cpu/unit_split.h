@@ -248,8 +248,8 @@ std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor&
     }
     return products;
   }
-  const auto make = [&] {
-    return part_products<Product>(split.gate_rows(w_hh, gates), /*transpose=*/true, batch);
+  const auto make = [&](const at::Tensor& w) {
+    return part_products<Product>(split.gate_rows(w, gates), /*transpose=*/true, batch);
   };
   // What is prepared serves every batch size but where MKL packs W_hh for one: a server's
   // calls at varying batch sizes kept a copy of W_hh per size (a 52 MiB model took 1.3 GiB).
@@ -259,12 +259,12 @@ std::vector<Product> gate_row_products(const UnitSplit& split, const at::Tensor&
                              std::to_string(split.parts) + " chunk " +
                              std::to_string(split.chunk) + " batch " +
                              (per_batch ? std::to_string(batch) : std::string("any"));
-  const auto reads_w_hh = [&](const std::vector<Product>& products) {
+  const auto reads = [](const std::vector<Product>& products, const at::Tensor& w) {
     return std::any_of(products.begin(), products.end(),
-                       [&](const Product& product) { return product.reads(w_hh); });
+                       [&](const Product& product) { return product.reads(w); });
   };
   std::vector<Product> products =
-      PreparedCache<std::vector<Product>>::get(w_hh, layout, make, reads_w_hh);
+      PreparedCache<std::vector<Product>>::get(w_hh, layout, make, reads);
   if (!per_batch) {
     for (Product& product : products) product.set_batch(batch);
   }
