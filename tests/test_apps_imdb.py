@@ -116,10 +116,17 @@ def test_loader_errors(tmp_path, monkeypatch, archive):
         imdb.load(archive, splits=("unsup",))
 
 
+@pytest.mark.parametrize("compression", ["gz", "xz"])
 @pytest.mark.parametrize("at", [0.2, 0.5, 0.8, 0.95, 0.99])
-def test_a_damaged_archive_is_refused_not_read_in_part(archive, tmp_path, at):
+def test_a_damaged_archive_is_refused_not_read_in_part(folder, archive, tmp_path, at,
+                                                       compression):
     # tarfile ends an archive at its first unreadable header: damage past the first member
     # gave part of the reviews, without an error.
+    if compression == "xz":
+        pytest.importorskip("lzma")
+        archive = tmp_path / "aclImdb_v1.tar.xz"
+        with tarfile.open(archive, "w:xz") as tar:
+            tar.add(folder / "aclImdb", arcname="aclImdb")
     damaged = bytearray(archive.read_bytes())
     start = int(len(damaged) * at)
     damaged[start:start + 16] = bytes(16)

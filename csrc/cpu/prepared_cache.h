@@ -14,13 +14,15 @@
 // refuses a tensor that anything holds weakly.
 // The version counter alone is not enough: an in-place change through `.data`
 // (`p.data.uniform_()`) does not bump the parameter's. The checksum reads W_hh once, a
-// fraction of the preparation's cost (a kept product's preparation also copies W_hh and
-// checksums the copy, once per version). Entries are kept for the 64 most recently used weights
-// and layouts, at most 256 MiB of weights (their prepared copies about as much again), and
-// of those only the weights' current versions; a freed weight's go at the next call of any
-// weight. The kept products hold copies, so the cache keeps no weight alive: products that read W_hh in place (one part, on a torch without BLAS
-// or bfloat16 products on MKL; a call with no rows), for which nothing was prepared, are not
-// kept.
+// fraction of the preparation's cost; a call that keeps products also copies W_hh and
+// checksums the copy (once per version, or at every call of a loop that changes W_hh
+// through `.data`). Entries are kept for the 64 most recently used weights and layouts, at
+// most 256 MiB of weights (their prepared copies about as much again), and of those only
+// the weights' current versions; a freed weight's go at the next call that looks this cache
+// up (one cache per kind of product: the same dtype and path, not a small call that reads
+// its weights in place). The kept products hold copies, so the cache keeps no weight alive:
+// products that read W_hh in place (one part, on a torch without BLAS or bfloat16 products
+// on MKL; a call with no rows), for which nothing was prepared, are not kept.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -100,7 +102,7 @@ class PreparedCache {
         kept_sum = it->sum;
       }
     }
-    const uint64_t sum = same_version ? weight_checksum(w) : 0;
+    const uint64_t sum = kept ? weight_checksum(w) : 0;
     if (kept && sum == kept_sum) {
       {
         std::lock_guard<std::mutex> lock(state.mutex);
@@ -154,7 +156,7 @@ class PreparedCache {
     const void* data;
     int64_t version;
     std::string key;
-    uint64_t sum;                        // the checksum of w's values when value was made
+    uint64_t sum;                        // the checksum of the copy value was made from
     int64_t bytes;                       // w's, where value is kept
     std::shared_ptr<const Value> value;  // null: w was only seen at this version
   };

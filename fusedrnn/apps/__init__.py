@@ -12,6 +12,8 @@
 - :mod:`.distributed`: ``sentiment train`` under ``torchrun`` (DistributedDataParallel,
   gloo on the CPU, NCCL on GPUs; batches sharded by rank, rank 0 writes).
 
-Optional packages: ``tokenizers`` and ``tqdm`` (sentiment), ``statsmodels`` (forecast),
-``matplotlib`` (every plot). Each is imported only when a command needs it.
+Optional packages: ``tokenizers`` (sentiment), ``tqdm`` (progress bars: every command but
+``sentiment --no-progress``), ``statsmodels`` (forecast), ``matplotlib`` (every plot). Each
+is imported only when a command needs it, and a command names what it lacks before any
+work (:func:`.common.require`).
 """

@@ -31,6 +31,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusedrnn"
 LABELS = ("negative", "positive")
 SPLITS = ("train", "test")
+try:  # tarfile reads .tar.xz too; lzma is optional in some Python builds
+    from lzma import LZMAError
+    _LZMA_ERRORS = (LZMAError,)
+except ImportError:
+    _LZMA_ERRORS = ()
 _REVIEW = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 
 
@@ -137,7 +142,7 @@ def _read_archive(path, rows):
             # end checks its CRC and length instead.
             while archive.fileobj.read(1 << 20):
                 pass
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, *_LZMA_ERRORS) as error:
         raise DataNotFoundError(f"cannot read the IMDB archive {path}: {error}") from error
 
 
