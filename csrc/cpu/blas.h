@@ -117,7 +117,6 @@ void scale_matrix(int64_t m, int64_t n, scalar_t beta, scalar_t* c, int64_t ldc)
 
 inline void blas_gemm(int m, int n, int k, const float* a, int lda, const float* b, int ldb,
                       float* c, int ldc) {
-  if (m == 0 || n == 0 || k == 0) return scale_matrix(m, n, 0.0f, c, ldc);
   const char no = 'N';
   const float one = 1, zero = 0;
   sgemm_(&no, &no, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc);
@@ -125,7 +124,6 @@ inline void blas_gemm(int m, int n, int k, const float* a, int lda, const float*
 
 inline void blas_gemm(int m, int n, int k, const double* a, int lda, const double* b, int ldb,
                       double* c, int ldc) {
-  if (m == 0 || n == 0 || k == 0) return scale_matrix(m, n, 0.0, c, ldc);
   const char no = 'N';
   const double one = 1, zero = 0;
   dgemm_(&no, &no, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, c, &ldc);

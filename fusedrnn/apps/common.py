@@ -11,12 +11,10 @@ from pathlib import Path
 import torch
 
 __all__ = ["CheckpointError", "ConfigError", "usage_error", "usage_errors", "require",
-           "backend_choices",
-           "check_backend", "add_backend_argument", "add_device_arguments", "device_from_args",
-           "seed_everything", "default_device", "prepare_cpu", "progress",
+           "backend_choices", "check_backend", "add_backend_argument", "add_device_arguments",
+           "device_from_args", "seed_everything", "default_device", "prepare_cpu", "progress",
            "save_checkpoint", "load_checkpoint", "provenance", "provenance_markdown",
-           "binary_metrics", "markdown_table",
-           "saved_figure", "plot_curves"]
+           "binary_metrics", "markdown_table", "saved_figure", "plot_curves"]
 
 
 class CheckpointError(ValueError):
