@@ -121,9 +121,9 @@ class InputWeightGrads {
     acc_w_ih_ = weight_accumulators(gates_, inputs_, transposed_w_ih_);
     acc_w_hh_ = weight_accumulators(gates_, state_size_, transposed_w_hh_);
     const bool shared = src_.dgates_hid.is_same(src_.dgates_in);
-    acc_b_in_ = accumulators({src_.has_bias ? gates_ : 0});
+    acc_b_in_ = bias_accumulators(src_.has_bias);
     has_b_hid_ = src_.has_bias && !shared;
-    acc_b_hid_ = accumulators({has_b_hid_ ? gates_ : 0});
+    acc_b_hid_ = bias_accumulators(has_b_hid_);
     if (src_.proj_grad.defined()) {
       const int64_t rows = src_.proj_grad.size(2), width = src_.proj_input.size(2);
       transposed_w_hr_ = accumulates_transposed(rows, width);
@@ -230,6 +230,14 @@ class InputWeightGrads {
     return brgemm_ && 2 * steps_ * batch_ * (rows - width) > rows * width;
   }
 
+  // A bias gradient's accumulator per slot, (slots, G) or (G), in float64 whatever the
+  // dtype (see bias_sum); G = 0 where `used` is false.
+  at::Tensor bias_accumulators(bool used) const {
+    std::vector<int64_t> sizes{used ? gates_ : 0};
+    if (slots_ > 1) sizes.insert(sizes.begin(), slots_);
+    return at::empty(sizes, src_.dgates_in.options().dtype(at::kDouble));
+  }
+
   at::Tensor weight_accumulators(int64_t rows, int64_t width, bool transposed) const {
     return transposed ? accumulators({width, rows}) : accumulators({rows, width});
   }
@@ -299,25 +307,24 @@ class InputWeightGrads {
                    width, step_ptr(dg, first), rows, beta, acc, width);
   }
 
-  // acc (G) = beta * acc + the column sums of dg[first:last], summed in blocks of
-  // kBiasBlockRows rows, then the blocks' sums: one running sum over every row of a long
-  // sequence lost float32 accuracy with the rows (T 2048-4096, batch 2: 10-20x the error of
-  // torch's blocked reduction in b_ih's gradient).
+  // acc (G) = beta * acc + the column sums of dg[first:last]: each block of kBiasBlockRows
+  // rows summed in scalar_t, the blocks' sums added in float64. One running float32 sum over
+  // every row lost accuracy with the rows (T 4096, batch 2: 10-20x the error of torch's
+  // blocked reduction in b_ih's gradient), and so did a running float32 sum of the blocks'
+  // sums (T 2000, batch 64, one thread: 12x).
   static constexpr int64_t kBiasBlockRows = 32;
-  void bias_sum(scalar_t* acc, scalar_t beta, const at::Tensor& dg, int64_t first,
-                int64_t last) {
-    if (beta == scalar_t(0)) std::fill(acc, acc + gates_, scalar_t(0));
+  void bias_sum(double* acc, scalar_t beta, const at::Tensor& dg, int64_t first, int64_t last) {
+    if (beta == scalar_t(0)) std::fill(acc, acc + gates_, 0.0);
     const scalar_t* row = step_ptr(dg, first);
     const int64_t rows = (last - first) * batch_;
-    std::vector<scalar_t> block(gates_), blocks(gates_, scalar_t(0));
+    std::vector<scalar_t> block(gates_);
     for (int64_t r0 = 0; r0 < rows; r0 += kBiasBlockRows) {
       std::copy(row + r0 * gates_, row + (r0 + 1) * gates_, block.begin());
       for (int64_t r = r0 + 1; r < std::min(rows, r0 + kBiasBlockRows); ++r) {
         add_row<scalar_t>(block.data(), row + r * gates_, gates_);
       }
-      add_row<scalar_t>(blocks.data(), block.data(), gates_);
+      for (int64_t g = 0; g < gates_; ++g) acc[g] += static_cast<double>(block[g]);
     }
-    add_row<scalar_t>(acc, blocks.data(), gates_);
   }
 
   void accumulate(int slot, scalar_t beta, int64_t first, int64_t last) {
@@ -349,9 +356,9 @@ class InputWeightGrads {
                      src_.proj_grad, first, last, src_.proj_input, first, transposed_w_hr_);
     }
     if (!src_.has_bias) return;
-    bias_sum(acc_b_in_.data_ptr<scalar_t>() + slot * gates_, beta, src_.dgates_in, first, last);
+    bias_sum(acc_b_in_.data_ptr<double>() + slot * gates_, beta, src_.dgates_in, first, last);
     if (has_b_hid_) {
-      bias_sum(acc_b_hid_.data_ptr<scalar_t>() + slot * gates_, beta, src_.dgates_hid, first,
+      bias_sum(acc_b_hid_.data_ptr<double>() + slot * gates_, beta, src_.dgates_hid, first,
                last);
     }
   }
@@ -381,8 +388,9 @@ class InputWeightGrads {
       grad_b_hh = src_.x.new_empty({0});
       return;
     }
-    grad_b_ih = slots_summed(acc_b_in_);
-    grad_b_hh = has_b_hid_ ? slots_summed(acc_b_hid_) : grad_b_ih.clone();
+    const auto dtype = src_.dgates_in.scalar_type();
+    grad_b_ih = slots_summed(acc_b_in_).to(dtype);
+    grad_b_hh = has_b_hid_ ? slots_summed(acc_b_hid_).to(dtype) : grad_b_ih.clone();
   }
 
   // grad_w_hh = beta * grad_w_hh + the sum over rows b of dgates_hid[first step of b, b]^T
