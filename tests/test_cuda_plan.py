@@ -106,9 +106,20 @@ def test_slice_over_the_shared_memory_falls_back_with_the_sizes():
     # float32 backward at H 1024: 16 columns x 4096 gate rows x 4 bytes alone are 256 KiB
     plan = choose(hidden=1024, dtype="float32", backward=True)
     assert plan.kernel == "stepwise"
-    assert "backward slice of W_hh" in plan.reason and "over the 227 KiB" in plan.reason
+    needed = smem_bytes(4, 16, 1024, 4, True, False)
+    assert (f"backward slice of W_hh for 16 of 1024 units needs {needed} bytes of shared "
+            f"memory per block, over the {227 * 1024} of NVIDIA H200") in plan.reason
     assert choose(hidden=1024, dtype="float32").kernel == "persistent"
     assert choose(hidden=1024, dtype="bfloat16", backward=True).kernel == "persistent"
+
+
+def test_slice_just_over_the_shared_memory_says_by_how_much():
+    # A slice 256 bytes over the limit: in whole KiB both sizes read 227.
+    needed = smem_bytes(3, 16, 2321, 2, True, False)
+    assert 0 < needed - 227 * 1024 < 1024
+    plan = choose(cell="gru", hidden=2321, dtype="float16", backward=True)
+    assert plan.kernel == "stepwise"
+    assert f"needs {needed} bytes of shared memory per block, over the {227 * 1024}" in plan.reason
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

@@ -155,8 +155,8 @@ def _try(design, cell, hidden, dtype_name, itemsize, device, backward, occupancy
         return no(f"{blocks} blocks of {units} units, more than a cluster of {MAX_CLUSTER}")
     if smem > device.smem_per_block:
         return no(f"the {stage} slice of W_hh for {units} of {hidden} units needs "
-                  f"{smem / 1024:.0f} KiB of shared memory per block, over the "
-                  f"{device.smem_per_block / 1024:.0f} KiB of {device.name}")
+                  f"{smem} bytes of shared memory per block, over the "
+                  f"{device.smem_per_block} of {device.name}")
     if design == "cluster":
         placed = occupancy.max_clusters(kernel, dtype_name, smem, blocks)
         if placed < 0:
