@@ -29,8 +29,7 @@ namespace fusedrnn::cpu {
 // per process (it raises where oneDNN's instruction set is below AVX512_CORE_BF16, for
 // example capped by ONEDNN_MAX_CPU_ISA, or where its ukernels are not built).
 inline bool bf16_brgemm_runs() {
-#ifdef CPUBLAS_BRGEMM_BF16BF16F32
-  if (!at::globalContext().userEnabledMkldnn()) return false;
+  if (!kTorchHasBf16Brgemm || !at::globalContext().userEnabledMkldnn()) return false;
   static const bool runs = [] {
     try {
       // (1, 16) = (1, 2) @ (2, 16): a = [1, 1], b's pairs (k, k + 1) = (1, 2) in every column.
@@ -38,8 +37,7 @@ inline bool bf16_brgemm_runs() {
       at::BFloat16 b[32];
       for (int j = 0; j < 16; ++j) b[2 * j] = 1.0f, b[2 * j + 1] = 2.0f;
       float c[16] = {};
-      at::native::cpublas::brgemm(1, 16, 2, 2, 16, 16, /*add_C=*/false, a, b, c,
-                                  /*is_vnni=*/true);
+      aten_brgemm<at::BFloat16>(1, 16, 2, 2, 16, 16, /*add=*/false, a, b, c);
       at::native::cpublas::brgemm_release(/*is_vnni=*/true);
       return c[0] == 3.0f && c[15] == 3.0f;
     } catch (const std::exception&) {
@@ -47,9 +45,6 @@ inline bool bf16_brgemm_runs() {
     }
   }();
   return runs;
-#else
-  return false;
-#endif
 }
 
 // Whether bfloat16 products run on brgemm: where bf16_brgemm_runs(), under
@@ -173,28 +168,26 @@ class Bf16Product {
   // even, as pairs_ needs); in the panels of pairs_ where it has them, n0 a multiple of
   // kPanelColumns: panel j's pairs from bfloat16 element j k, (k/2, w_j, 2).
   void columns(float* out, const uint16_t* a, int64_t n0, int64_t n) const {
-#ifdef CPUBLAS_BRGEMM_BF16BF16F32
     const auto* a16 = reinterpret_cast<const at::BFloat16*>(a);
     const at::BFloat16* pairs = pairs_.data_ptr<at::BFloat16>();
     if (panels_) {
       for_each_panel_tile(batch_, n0, n, k_, m_, [&](int64_t i, int64_t rows, int64_t j,
                                                      int64_t width, int64_t p, int64_t depth) {
-        at::native::cpublas::brgemm(rows, width, depth, k_, width, m_, /*add_C=*/p > 0,
-                                    a16 + i * k_ + p, pairs + j * k_ + p * width,
-                                    out + i * m_ + j, /*is_vnni=*/true);
+        aten_brgemm<at::BFloat16>(rows, width, depth, k_, width, m_, /*add=*/p > 0,
+                                  a16 + i * k_ + p, pairs + j * k_ + p * width,
+                                  out + i * m_ + j);
       });
     } else {
       for_each_tile(batch_, n, k_, [&](int64_t i, int64_t rows, int64_t j, int64_t columns,
                                        int64_t p, int64_t depth) {
-        at::native::cpublas::brgemm(rows, columns, depth, k_, m_, m_, /*add_C=*/p > 0,
-                                    a16 + i * k_ + p, pairs + p * m_ + 2 * (n0 + j),
-                                    out + i * m_ + n0 + j, /*is_vnni=*/true);
+        aten_brgemm<at::BFloat16>(rows, columns, depth, k_, m_, m_, /*add=*/p > 0,
+                                  a16 + i * k_ + p, pairs + p * m_ + 2 * (n0 + j),
+                                  out + i * m_ + n0 + j);
       });
     }
     // On AMX the kernel leaves its tile configuration loaded; other code on this thread
     // (torch's own oneDNN calls) may change it between two of these products.
     at::native::cpublas::brgemm_release(/*is_vnni=*/true);
-#endif
   }
 
   at::Tensor w_, pairs_;

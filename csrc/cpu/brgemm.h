@@ -18,14 +18,39 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 namespace fusedrnn::cpu {
 
-#ifdef CPUBLAS_BRGEMM_F32F32F32
-inline constexpr bool kTorchHasBrgemm = true;
-#else
-inline constexpr bool kTorchHasBrgemm = false;
-#endif
+// Whether ATen declares at::native::cpublas::brgemm for T x T -> float. torch 2.6 declares
+// the float32, bfloat16 and half ones but not the CPUBLAS_BRGEMM_* macros that later releases
+// announce them with, so the declaration itself is asked for.
+template <typename T, typename = void>
+struct AtenBrgemm : std::false_type {};
+template <typename T>
+struct AtenBrgemm<T, std::void_t<decltype(at::native::cpublas::brgemm(
+                         int64_t{}, int64_t{}, int64_t{}, int64_t{}, int64_t{}, int64_t{}, bool{},
+                         std::declval<const T*>(), std::declval<const T*>(),
+                         std::declval<float*>(), bool{}))>> : std::true_type {};
+
+inline constexpr bool kTorchHasBrgemm = AtenBrgemm<float>::value;
+inline constexpr bool kTorchHasBf16Brgemm = AtenBrgemm<at::BFloat16>::value;
+
+// c (m, n) = (add ? c : 0) + a (m, k) @ b, through ATen's brgemm where it has one for T: b
+// row-major (k, n) for float, in pairs along k for at::BFloat16 (oneDNN's VNNI layout:
+// bf16_product.h); leading dimensions lda, ldb, ldc. Elsewhere it raises.
+template <typename T>
+void aten_brgemm(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
+                 bool add, const T* a, const T* b, float* c) {
+  if constexpr (AtenBrgemm<T>::value) {
+    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, add, a, b, c,
+                                /*is_vnni=*/!std::is_same_v<T, float>);
+  } else {
+    TORCH_CHECK(false, "fusedrnn cpu backend: this torch has no at::native::cpublas::brgemm "
+                "for ", std::is_same_v<T, float> ? "float32" : "bfloat16");
+  }
+}
 
 // c (m, n) = a (m, k) @ b (k, n), row-major with leading dimensions lda, ldb, ldc, on the
 // calling thread. oneDNN generates one kernel per shape and thread on first use (about half a
@@ -33,12 +58,7 @@ inline constexpr bool kTorchHasBrgemm = false;
 // With `add`, c += the product.
 inline void brgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                    int64_t ldb, float* c, int64_t ldc, bool add = false) {
-#ifdef CPUBLAS_BRGEMM_F32F32F32
-  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, /*add_C=*/add, a, b, c,
-                              /*is_vnni=*/false);
-#else
-  TORCH_CHECK(false, "fusedrnn cpu backend: this torch has no at::native::cpublas::brgemm");
-#endif
+  aten_brgemm<float>(m, n, k, lda, ldb, ldc, add, a, b, c);
 }
 
 // The tiles brgemm's products run in: at most kTileRows x kTileColumns of the result, each
