@@ -238,12 +238,24 @@ NOT_SAVED = ("fusedrnn: this forward ran with save=False, so it kept nothing to 
              "call it with save=True when autograd records it")
 
 
+def save_for_backward(ctx, *tensors):
+    """``ctx.save_for_backward``, refusing an inference tensor itself first, with autograd's
+    own words: autograd's refusal, raised inside a custom op's autograd, leaked the
+    forward's outputs on torch 2.6 (256 KiB a call of a small bidirectional layer, kept
+    for good); 2.14 frees them."""
+    if any(t is not None and t.is_inference() for t in tensors):
+        raise RuntimeError("Inference tensors cannot be saved for backward: a weight, state or "
+                           "input of this fusedrnn layer was made under torch.inference_mode; "
+                           "clone it outside inference mode to train with it")
+    ctx.save_for_backward(*tensors)
+
+
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend = inputs
     if not save:
         raise RuntimeError(NOT_SAVED)
     y, _, _, ws_a, ws_b = output
-    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
+    save_for_backward(ctx, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
     ctx.biases = keep_biases(b_ih, b_hh)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
     ctx.mark_non_differentiable(ws_a, ws_b)

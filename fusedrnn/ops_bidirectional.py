@@ -150,7 +150,7 @@ def _setup_context(ctx, inputs, output):
         w_ih, w_hh, _, _, w_hr, h0, c0 = own
         y, _, _, ws_a, ws_b = results
         saved += [w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
-    ctx.save_for_backward(*saved)
+    ops.save_for_backward(ctx, *saved)
     ctx.biases = ops.keep_biases(*first[2:4], *second[2:4])
     ctx.backend, ctx.has_bias = backend, first[2] is not None
     ctx.mark_non_differentiable(*output[3:5], *output[8:10])
