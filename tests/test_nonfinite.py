@@ -44,6 +44,10 @@ def backend(request, monkeypatch):
     name, _, kernel = request.param.partition(":")
     device = "cuda" if name == "triton" and torch.cuda.is_available() else "cpu"
     if name == "triton":
+        from fusedrnn.backends.triton import plan
+
+        if kernel == "cooperative" and plan.cooperative_unsupported():
+            pytest.skip(f"cooperative {plan.cooperative_unsupported()}")
         monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", kernel)
     if name == EMULATED:
         backends.register(CudaEmulationBackend(kernel))

@@ -70,7 +70,13 @@ def test_cooperative_kernels_need_triton_3_4(monkeypatch):
     assert "cooperative kernels need Triton 3.4 or newer (this is 3.3.1)" in variant.reason
     monkeypatch.setenv("FUSEDRNN_TRITON_KERNEL", "cooperative")
     forced = plan.choose("lstm", 768, 768, torch.bfloat16, 132)
-    assert forced.kernel is None and "need Triton 3.4" in forced.reason
+    assert forced.kernel is None and forced.reason == (
+        "weight tiles 4x1024x1024 are over 16384 elements, and cooperative kernels need "
+        "Triton 3.4 or newer (this is 3.3.1), and FUSEDRNN_TRITON_KERNEL is cooperative")
+    # tiles that fit: the setting is the reason, said once
+    assert plan.choose("lstm", 64, 64, torch.bfloat16, 132).reason == (
+        "FUSEDRNN_TRITON_KERNEL is cooperative, and cooperative kernels need Triton 3.4 or "
+        "newer (this is 3.3.1)")
     monkeypatch.setattr(triton, "__version__", "3.4.0")
     assert plan.choose("lstm", 768, 768, torch.bfloat16, 132).kernel == "cooperative"
 

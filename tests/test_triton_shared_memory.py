@@ -17,7 +17,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture
-def plan(monkeypatch):
+def plan(monkeypatch, capable_triton):
+    """The Triton plan, as with a Triton that builds the cooperative kernels (these tests
+    launch none: the one that runs a call has its cooperative launch refused)."""
     from fusedrnn.backends.triton import plan
 
     monkeypatch.setattr(plan, "_refused", {}, raising=False)

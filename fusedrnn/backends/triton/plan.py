@@ -209,6 +209,7 @@ def choose(cell, hidden, state, dtype, resident=None, shared=None):
     if "persistent" in kernels and (forced or over is None):
         why = "forced" if forced else f"weight tiles {shape} fit one program"
         return Variant("persistent", f"persistent kernel: {why}", block_h, block_p, _warps(held))
+    setting_said = over is None  # the reason so far is the setting itself
     over = over or f"{ENV_VAR} is {setting}"
     if has_proj:
         return Variant(None, f"proj_size needs the persistent kernel, and {over}")
@@ -219,7 +220,7 @@ def choose(cell, hidden, state, dtype, resident=None, shared=None):
             return cooperative
         over = f"{over}, and cooperative {not_cooperative}"
     if "step" not in kernels:
-        return Variant(None, f"{over}, and {ENV_VAR} is {setting}")
+        return Variant(None, over if setting_said else f"{over}, and {ENV_VAR} is {setting}")
     why = "forced" if forced else over
     return Variant("step", f"one launch per step: {why}", block_h, block_p, STEP_NUM_WARPS)
 
