@@ -54,14 +54,16 @@ def test_cpu_auto_leaves_large_16_bit_calls_to_the_reference_backend(monkeypatch
     assert fusedrnn.select_backend(None, cpu, torch.float32, large).name == "cpu"
     assert fusedrnn.select_backend("cpu", cpu, torch.bfloat16, large).name == "cpu"
     # bfloat16 calls stay where the cpu backend's bfloat16 kernels run (the forward's, the
-    # backward's products); float16 ones, and bfloat16 ones without those kernels, are
-    # widened and go to the reference backend.
+    # backward's products): the LSTM's on either product, the GRU's and RNN's on brgemm's;
+    # float16 ones, and bfloat16 ones without those kernels, are widened and go to the
+    # reference backend.
     extension = _extension.CPU.load()
-    kernels = "cpu" if extension.has_bf16_gemm() else "reference"
     for cell in ("lstm", "gru", "rnn_tanh"):
+        kernels = extension.has_bf16_gemm() and (cell == "lstm" or extension.bf16_on_brgemm())
         for training in (False, True):
             call = Call(cell, 512, 512, batch=64, training=training)
-            assert fusedrnn.select_backend(None, cpu, torch.bfloat16, call).name == kernels
+            assert (fusedrnn.select_backend(None, cpu, torch.bfloat16, call).name
+                    == ("cpu" if kernels else "reference"))
             assert fusedrnn.select_backend(None, cpu, torch.float16, call).name == "reference"
     # On MKL's product (an Intel CPU's) only the LSTM's were measured ahead of it.
     monkeypatch.setattr(extension, "bf16_on_brgemm", lambda: False)

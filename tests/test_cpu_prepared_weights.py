@@ -43,6 +43,10 @@ def test_calls_reuse_prepared_weights_only_while_they_are_unchanged(two_threads,
     if dtype == torch.bfloat16:
         if not cpu.has_bf16_gemm():
             pytest.skip("this torch has no bfloat16 product (oneDNN's brgemm or MKL's)")
+        if cell != "LSTM" and not cpu.bf16_on_brgemm():
+            # csrc/cpu/prepared_cache.h: nothing is prepared, so nothing is kept
+            pytest.skip("on MKL's bfloat16 product the GRU's and RNN's unsplit product at "
+                        "these sizes reads W_hh in place")
         # The bfloat16 kernels at these sizes (below their thresholds the weights are
         # widened into new tensors on every call, which no cache can key on).
         monkeypatch.setattr(cpu_backend, "BF16_KERNEL_FROM", 0)
