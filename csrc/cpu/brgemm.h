@@ -7,7 +7,9 @@
 // 16 x 768; two threads, each running brgemm on half of the gate columns: 214-222 against
 // 84-164 for MKL's own two-thread packed product. torch.nn.LSTM reaches about 190 there
 // through oneDNN. On the 2-core Intel Xeon of earlier sessions MKL's packed product ran at
-// about 90% of that machine's peak, so Intel CPUs keep MKL until brgemm is measured there.
+// about 90% of that machine's peak, so Intel CPUs keep MKL; on another 2-core Xeon (no AMX)
+// every float32 product on brgemm took 0.93-1.16 of MKL's time in the modules, inference
+// and training (benchmarks/results/xeon-emr-2core-brgemm-ab).
 // On a 2-core AMD EPYC of the next generation (Zen 5, full-width AVX-512), one thread: brgemm
 // 220-250 GFLOP/s at B x H of 8 x 128 to 64 x 512 in blocks of up to 256 columns, torch.mm
 // (MKL) 68-107.
