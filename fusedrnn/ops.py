@@ -242,8 +242,12 @@ def save_for_backward(ctx, *tensors):
     """``ctx.save_for_backward``, refusing an inference tensor itself first, with autograd's
     own words: autograd's refusal, raised inside a custom op's autograd, leaked the
     forward's outputs on torch 2.6 (256 KiB a call of a small bidirectional layer, kept
-    for good); 2.14 frees them."""
-    if any(t is not None and t.is_inference() for t in tensors):
+    for good); 2.14 frees them. Only where autograd keeps what is saved, when some input
+    needs a gradient: a frozen first layer reading features made under inference mode
+    trains the layers after it, as torch.nn's do."""
+    needs_grad = getattr(ctx, "needs_input_grad", None)
+    if ((needs_grad is None or any(needs_grad))
+            and any(t is not None and t.is_inference() for t in tensors)):
         raise RuntimeError("Inference tensors cannot be saved for backward: a weight, state or "
                            "input of this fusedrnn layer was made under torch.inference_mode; "
                            "clone it outside inference mode to train with it")

@@ -253,6 +253,30 @@ def test_inference_mode_parameters_in_training(cell, bidirectional, backend):
         torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("backend", ["reference",
+                                     pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_frozen_first_layer_reads_inference_features(bidirectional, backend):
+    """Features made under torch.inference_mode into a frozen first layer: no input of its
+    op needs a gradient, so nothing is saved and nothing is refused; the layer after it
+    trains, as torch.nn's does. With the first layer trainable, autograd's refusal."""
+    module = fusedrnn.LSTM(3, 5, num_layers=2, bidirectional=bidirectional,
+                           dtype=torch.float64, backend=backend)
+    twin = testing.torch_twin(module)
+    for model in (module, twin):
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_("_l0" not in name)
+    with torch.inference_mode():
+        x = torch.randn(4, 2, 3, dtype=torch.float64)
+    trained = [[p for p in model.parameters() if p.requires_grad] for model in (module, twin)]
+    grads = [torch.autograd.grad(model(x)[0].pow(2).sum(), params)
+             for model, params in zip((module, twin), trained)]
+    testing.assert_close_relative(grads[0], grads[1], 1e-10, "against torch.nn")
+    module.weight_ih_l0.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+        module(x)[0].sum().backward()
+
+
 def test_create_graph_gradient_of_a_tensor_given_twice_counts_each_slot_once():
     """``b_ih is b_hh``: each slot's gradient once, with and without create_graph."""
     module = fusedrnn.GRU(3, 4, dtype=torch.float64)
