@@ -238,6 +238,21 @@ class InputWeightGrads {
     return at::empty(sizes, src_.dgates_in.options().dtype(at::kDouble));
   }
 
+  // A bias's gradient (G) from its float64 accumulators: the slots' sums added in slot
+  // order, rounded once (a plain loop: at batch 1, one step, ATen's sum and conversion
+  // would cost more than the sums).
+  at::Tensor bias_gradient(const at::Tensor& acc) const {
+    at::Tensor grad = at::empty({gates_}, src_.dgates_in.options());
+    const double* sums = acc.data_ptr<double>();
+    scalar_t* out = grad.data_ptr<scalar_t>();
+    for (int64_t g = 0; g < gates_; ++g) {
+      double total = 0.0;
+      for (int slot = 0; slot < slots_; ++slot) total += sums[slot * gates_ + g];
+      out[g] = static_cast<scalar_t>(total);
+    }
+    return grad;
+  }
+
   at::Tensor weight_accumulators(int64_t rows, int64_t width, bool transposed) const {
     return transposed ? accumulators({width, rows}) : accumulators({rows, width});
   }
@@ -388,9 +403,8 @@ class InputWeightGrads {
       grad_b_hh = src_.x.new_empty({0});
       return;
     }
-    const auto dtype = src_.dgates_in.scalar_type();
-    grad_b_ih = slots_summed(acc_b_in_).to(dtype);
-    grad_b_hh = has_b_hid_ ? slots_summed(acc_b_hid_).to(dtype) : grad_b_ih.clone();
+    grad_b_ih = bias_gradient(acc_b_in_);
+    grad_b_hh = has_b_hid_ ? bias_gradient(acc_b_hid_) : grad_b_ih.clone();
   }
 
   // grad_w_hh = beta * grad_w_hh + the sum over rows b of dgates_hid[first step of b, b]^T
