@@ -121,9 +121,10 @@ class InputWeightGrads {
     acc_w_ih_ = weight_accumulators(gates_, inputs_, transposed_w_ih_);
     acc_w_hh_ = weight_accumulators(gates_, state_size_, transposed_w_hh_);
     const bool shared = src_.dgates_hid.is_same(src_.dgates_in);
-    acc_b_in_ = bias_accumulators(src_.has_bias);
+    // The biases' in float64 whatever the dtype (see bias_sum).
+    acc_b_in_ = accumulators({src_.has_bias ? gates_ : 0}, at::kDouble);
     has_b_hid_ = src_.has_bias && !shared;
-    acc_b_hid_ = bias_accumulators(has_b_hid_);
+    acc_b_hid_ = accumulators({has_b_hid_ ? gates_ : 0}, at::kDouble);
     if (src_.proj_grad.defined()) {
       const int64_t rows = src_.proj_grad.size(2), width = src_.proj_input.size(2);
       transposed_w_hr_ = accumulates_transposed(rows, width);
@@ -212,9 +213,11 @@ class InputWeightGrads {
   // One accumulator of `sizes` per slot: (slots, *sizes), or `sizes` alone for one slot,
   // which is then the gradient itself (a sum over one slot would be a copy of it, on torch's
   // threads: most of a one-step backward at batch 1).
-  at::Tensor accumulators(std::vector<int64_t> sizes) const {
+  at::Tensor accumulators(std::vector<int64_t> sizes,
+                          at::ScalarType dtype = at::ScalarType::Undefined) const {
     if (slots_ > 1) sizes.insert(sizes.begin(), slots_);
-    return at::empty(sizes, src_.dgates_in.options());
+    const auto options = src_.dgates_in.options();
+    return at::empty(sizes, dtype == at::ScalarType::Undefined ? options : options.dtype(dtype));
   }
 
   // Whether a weight's (rows, width) gradient accumulates transposed, as (width, rows), on
@@ -228,14 +231,6 @@ class InputWeightGrads {
   // (benchmarks/results/epyc-zen5-2core-small-weight-grads-ab).
   bool accumulates_transposed(int64_t rows, int64_t width) const {
     return brgemm_ && 2 * steps_ * batch_ * (rows - width) > rows * width;
-  }
-
-  // A bias gradient's accumulator per slot, (slots, G) or (G), in float64 whatever the
-  // dtype (see bias_sum); G = 0 where `used` is false.
-  at::Tensor bias_accumulators(bool used) const {
-    std::vector<int64_t> sizes{used ? gates_ : 0};
-    if (slots_ > 1) sizes.insert(sizes.begin(), slots_);
-    return at::empty(sizes, src_.dgates_in.options().dtype(at::kDouble));
   }
 
   // A bias's gradient (G) from its float64 accumulators: the slots' sums added in slot
