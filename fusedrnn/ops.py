@@ -238,20 +238,43 @@ NOT_SAVED = ("fusedrnn: this forward ran with save=False, so it kept nothing to 
              "call it with save=True when autograd records it")
 
 
-def save_for_backward(ctx, *tensors):
-    """``ctx.save_for_backward``, refusing an inference tensor itself first, with autograd's
-    own words: autograd's refusal, raised inside a custom op's autograd, leaked the
-    forward's outputs on torch 2.6 (256 KiB a call of a small bidirectional layer, kept
-    for good); 2.14 frees them. Only where autograd keeps what is saved, when some input
-    needs a gradient: a frozen first layer reading features made under inference mode
-    trains the layers after it, as torch.nn's do."""
+def save_for_backward(ctx, tensors, read):
+    """``ctx.save_for_backward(*tensors)``, where ``read[i]`` says whether a gradient autograd
+    asked for reads ``tensors[i]`` as a tensor torch.nn would save (it saves only what its
+    requested gradients read, and keeps the lengths of a packed batch as numbers).
+
+    An inference tensor (made under torch.inference_mode) cannot be saved. One that a
+    requested gradient reads is refused first, with autograd's own words: autograd's refusal,
+    raised inside a custom op's autograd, leaked the forward's outputs on torch 2.6 (256 KiB
+    a call of a small bidirectional layer, kept for good). One that none reads, and that
+    needs no gradient itself, is saved as a copy made outside inference mode: features made
+    under inference mode feeding frozen weights still train the initial state, as torch.nn's
+    do. Nothing is refused or copied where no input needs a gradient (autograd keeps nothing
+    then): a frozen first layer reading such features trains the layers after it."""
     needs_grad = getattr(ctx, "needs_input_grad", None)
-    if ((needs_grad is None or any(needs_grad))
-            and any(t is not None and t.is_inference() for t in tensors)):
-        raise RuntimeError("Inference tensors cannot be saved for backward: a weight, state or "
-                           "input of this fusedrnn layer was made under torch.inference_mode; "
-                           "clone it outside inference mode to train with it")
-    ctx.save_for_backward(*tensors)
+    if needs_grad is not None and not any(needs_grad):
+        ctx.save_for_backward(*tensors)
+        return
+    kept = []
+    for tensor, is_read in zip(tensors, read, strict=True):
+        if tensor is not None and tensor.is_inference():
+            if is_read or tensor.requires_grad:
+                raise RuntimeError(
+                    "Inference tensors cannot be saved for backward: a weight, state or input "
+                    "of this fusedrnn layer was made under torch.inference_mode; clone it "
+                    "outside inference mode to train with it")
+            tensor = tensor.clone()
+        kept.append(tensor)
+    ctx.save_for_backward(*kept)
+
+
+def reads_of_inputs(needs_grad, w_ih_index):
+    """Whether the requested gradients read ``x`` and ``w_ih``: only ``w_ih``'s gradient reads
+    ``x``, only ``x``'s reads ``w_ih`` (``w_ih_index`` is the position of each direction's
+    ``w_ih`` among the op's inputs, ``x`` at 0). Every other tensor counts as read."""
+    if needs_grad is None:
+        return True, True
+    return any(needs_grad[i] for i in w_ih_index), bool(needs_grad[0])
 
 
 def _setup_context(ctx, inputs, output):
@@ -259,7 +282,9 @@ def _setup_context(ctx, inputs, output):
     if not save:
         raise RuntimeError(NOT_SAVED)
     y, _, _, ws_a, ws_b = output
-    save_for_backward(ctx, x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b)
+    x_read, w_ih_read = reads_of_inputs(getattr(ctx, "needs_input_grad", None), (1,))
+    save_for_backward(ctx, (x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b),
+                      (x_read, w_ih_read, *[True] * 4, False, *[True] * 3))
     ctx.biases = keep_biases(b_ih, b_hh)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
     ctx.mark_non_differentiable(ws_a, ws_b)

@@ -145,12 +145,15 @@ def _setup_context(ctx, inputs, output):
     x, first, second, lengths, save, backend = _split_forward(inputs)
     if not save:
         raise RuntimeError(ops.NOT_SAVED)
-    saved = [x, lengths]
+    x_read, w_ih_read = ops.reads_of_inputs(getattr(ctx, "needs_input_grad", None),
+                                            (1, 1 + _FORWARD_OWN))
+    saved, read = [x, lengths], [x_read, False]
     for own, results in ((first, output[:5]), (second, output[5:])):
         w_ih, w_hh, _, _, w_hr, h0, c0 = own
         y, _, _, ws_a, ws_b = results
         saved += [w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
-    ops.save_for_backward(ctx, *saved)
+        read += [w_ih_read, *[True] * 7]
+    ops.save_for_backward(ctx, saved, read)
     ctx.biases = ops.keep_biases(*first[2:4], *second[2:4])
     ctx.backend, ctx.has_bias = backend, first[2] is not None
     ctx.mark_non_differentiable(*output[3:5], *output[8:10])
