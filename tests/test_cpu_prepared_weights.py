@@ -266,6 +266,10 @@ def test_small_calls_read_the_weights_in_place(two_threads, cell, batch, steps, 
     testing.assert_close_relative(inference, inference64, bound, "inference")
     testing.assert_close_relative(outputs, outputs64, bound, "training outputs")
     testing.assert_close_relative(grads, grads64, bound, "gradients")
+    mode = os.environ.get("FUSEDRNN_CPU_GEMM") or "auto"
+    if mode != "auto":
+        pytest.skip(f"FUSEDRNN_CPU_GEMM={mode} runs every product on that path: row dots are "
+                    "auto's (the results were checked)")
     assert cpu.prepared_cache_counts() == counts
     assert cpu.prepared_cache_kept() == (0, 0)
 
