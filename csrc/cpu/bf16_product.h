@@ -5,8 +5,17 @@
 // x 1024, 64 x 512 x 2048, 8 x 128 x 512, 16 x 768 x 3072 and 1 x 256 x 1024: brgemm on two
 // threads (half the columns each) 392, 440, 336, 436 and 105; MKL's two-thread product 111,
 // 158, 56, 119 and 4. On the 2-core Xeon with AMX MKL's product was the fast one (see
-// lstm_bf16_cpu.cpp), so Intel CPUs keep it, as for float32.
+// lstm_bf16_cpu.cpp), so Intel CPUs with AMX keep it, as for float32. On a 2-core Xeon
+// without AMX (AVX512-BF16 only) brgemm was the fast one for the bfloat16 kernels: the
+// modules at 2^22 multiply-adds per step and above (batch 16-64, hidden 256-512) took
+// 0.87-0.94 of their time on MKL's product, and the GRU and RNN at batch 64 / hidden 512
+// 0.70-0.87 of the reference backend's, which auto ran there
+// (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab).
 #pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 
 #include <ATen/ATen.h>
 
@@ -47,19 +56,31 @@ inline bool bf16_brgemm_runs() {
   return runs;
 }
 
-// Whether bfloat16 products run on brgemm: where bf16_brgemm_runs(), under
-// FUSEDRNN_CPU_GEMM=brgemm, or auto on a CPU with AVX512-BF16 that brgemm_preferred() takes
-// (elsewhere MKL's). oneDNN's kernel reads the operand it keeps fixed in pairs along K, so K
-// must be even; odd ones stay on MKL.
-inline bool bf16_uses_brgemm(int64_t k) {
+// Whether auto runs bfloat16 products on brgemm on this CPU (where bf16_brgemm_runs()): one
+// with AVX512-BF16 that is not Intel's, as for float32 (brgemm_preferred()), or an Intel one
+// without AMX-BF16 (CPUID leaf 7, EDX bit 22), where MKL's product has no AMX to run on.
+inline bool bf16_brgemm_preferred() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool cpu = __builtin_cpu_supports("avx512bf16");
+  static const bool cpu = [] {
+    if (!__builtin_cpu_supports("avx512bf16")) return false;
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool amx = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 22 & 1u);
+    return !__builtin_cpu_is("intel") || !amx;
+  }();
+  return cpu;
 #else
-  static const bool cpu = false;
+  return false;
 #endif
+}
+
+// Whether bfloat16 products run on brgemm: where bf16_brgemm_runs(), under
+// FUSEDRNN_CPU_GEMM=brgemm, or auto where bf16_brgemm_preferred() (elsewhere MKL's).
+// oneDNN's kernel reads the operand it keeps fixed in pairs along K, so K must be even; odd
+// ones stay on MKL.
+inline bool bf16_uses_brgemm(int64_t k) {
   if (k % 2 != 0) return false;
   const bool wanted =
-      gemm_mode() == "brgemm" || (gemm_mode() == "auto" && cpu && brgemm_preferred());
+      gemm_mode() == "brgemm" || (gemm_mode() == "auto" && bf16_brgemm_preferred());
   return wanted && bf16_brgemm_runs();
 }
 

@@ -12,22 +12,25 @@ rounded back to the call's dtype once. That is at least as accurate as computing
 results, the cell in float32; their backward is the mirror, then the products over all steps
 in bfloat16, the generic backward of recurrence.py).
 
-- Where the products run on oneDNN's brgemm (``csrc/cpu/bf16_product.h``: non-Intel CPUs
-  with AVX512-BF16), from :data:`BF16_BRGEMM_FROM` multiply-adds per step at an even hidden
-  size. On the 2-core AMD EPYC, best of 15 interleaved runs, kernel against widened: GRU
-  inference 0.83x at B1 T300 H64, 0.80 at B8 T200 H128, 0.59 at B32 T100 H256, 0.54 at B64
-  T50 H512; training 0.93, 0.75, 0.55, 0.52; the RNN 1.03 at B1 H64 (training 1.14), then
-  0.78-0.56 (0.83-0.51); the LSTM 0.87 at B1 H64 (training 0.96), 0.63 at B4 T100 H256
-  (0.65). Below, at B1-2 H32-64, widening won in training by 7-24% (inference 0.98-1.14):
-  benchmarks/results/epyc-2core-bf16-kernels-ab.
-- Where they run on MKL's product (torch's MKL has ``cblas_gemm_bf16bf16f32``), from
-  :data:`BF16_KERNEL_FROM` multiply-adds per step: below, MKL's bfloat16 product costs more
-  than widening. Measured for the LSTM on the 2-core AMX Xeon at 9eeedc3, ms per forward:
-  6.2 against 9.9 widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512
-  / 50 steps, 6.3 against 6.1 at 16 / 256, but 3.1 against 2.5 at 8 / 128 / 200 steps;
-  module training at batch 32 / hidden 256: 0.73 x torch.nn's time, against 1.39 widened
-  (benchmarks/results/cpu-2core-bfloat16). The GRU's and RNN's kernels take the same rule,
-  unmeasured on an Intel CPU."""
+- Where the products run on oneDNN's brgemm, the float32 ones too (non-Intel CPUs with
+  AVX512-BF16: ``csrc/cpu/bf16_product.h``), from :data:`BF16_BRGEMM_FROM` multiply-adds per
+  step at an even hidden size. On the 2-core AMD EPYC, best of 15 interleaved runs, kernel
+  against widened: GRU inference 0.83x at B1 T300 H64, 0.80 at B8 T200 H128, 0.59 at B32
+  T100 H256, 0.54 at B64 T50 H512; training 0.93, 0.75, 0.55, 0.52; the RNN 1.03 at B1 H64
+  (training 1.14), then 0.78-0.56 (0.83-0.51); the LSTM 0.87 at B1 H64 (training 0.96), 0.63
+  at B4 T100 H256 (0.65). Below, at B1-2 H32-64, widening won in training by 7-24%
+  (inference 0.98-1.14): benchmarks/results/epyc-2core-bf16-kernels-ab.
+- Where the float32 products run on MKL's (Intel CPUs), from :data:`BF16_KERNEL_FROM`
+  multiply-adds per step, the bfloat16 products on MKL's ``cblas_gemm_bf16bf16f32`` (CPUs
+  with AMX) or on brgemm (AVX512-BF16 without AMX): below, widening is faster. MKL's,
+  measured for the LSTM on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 against 9.9
+  widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps,
+  6.3 against 6.1 at 16 / 256, but 3.1 against 2.5 at 8 / 128 / 200 steps; module training
+  at batch 32 / hidden 256: 0.73 x torch.nn's time, against 1.39 widened
+  (benchmarks/results/cpu-2core-bfloat16). brgemm's on the 2-core Xeon without AMX, modules
+  against widened: 1.42-1.61x the time at B8 T200 H128, the GRU 1.46-1.55x at B16 T100 H256,
+  the RNN 1.14-1.57x at B16-32 T100 H256 (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab).
+  The GRU's and RNN's kernels take the same rule."""
 
 import os
 
@@ -71,7 +74,7 @@ class CpuBackend(RecurrenceBackend):
         if call.batch * common.GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
         # The bfloat16 kernels stay ahead of it: the LSTM's on either product, the GRU's and
-        # RNN's measured on brgemm's only (on MKL's, an Intel CPU's, unmeasured against it).
+        # RNN's on brgemm's (on MKL's, on an Intel CPU with AMX, unmeasured against it).
         if (self._bf16_kernel(call.cell, dtype, call.batch, call.hidden, call.state)
                 and (call.cell == "lstm" or self._bf16_on_brgemm(call.hidden))):
             return False, ""
@@ -104,11 +107,8 @@ class CpuBackend(RecurrenceBackend):
         """Whether a call runs the cell's bfloat16 kernels (else it is widened)."""
         if not (state == hidden and dtype == torch.bfloat16):  # the projected LSTM has none
             return False
-        products = batch * common.GATES[cell] * hidden * hidden
-        if self._bf16_on_brgemm(hidden):
-            return products >= BF16_BRGEMM_FROM
-        # MKL's product: an odd hidden size's forward product needs it
-        return self.extension.load().bf16_on_mkl() and products >= BF16_KERNEL_FROM
+        start = bf16_kernel_from(self.extension.load(), hidden)
+        return start is not None and batch * common.GATES[cell] * hidden * hidden >= start
 
     def _bf16_on_brgemm(self, hidden):
         """Whether the bfloat16 kernels' products at this hidden size run on brgemm."""
@@ -210,6 +210,17 @@ def describe_cell_math():
     return f"{where} (FUSEDRNN_CPU_MATH={mode})"
 
 
+def bf16_kernel_from(extension, hidden):
+    """The multiply-adds per step from which the bfloat16 kernels run at this hidden size, or
+    None where they have no product (see the module's docstring): BF16_BRGEMM_FROM where the
+    products of both the kernel and a widened call run on brgemm, else BF16_KERNEL_FROM
+    (MKL's bfloat16 product where an odd hidden size's forward product needs it)."""
+    on_brgemm = hidden % 2 == 0 and extension.bf16_on_brgemm()
+    if on_brgemm and extension.f32_on_brgemm():
+        return BF16_BRGEMM_FROM
+    return BF16_KERNEL_FROM if on_brgemm or extension.bf16_on_mkl() else None
+
+
 def describe_16_bit():
     """How the cpu backend runs bfloat16 and float16 calls here, in words."""
     kernel = ("not here (widened: no bfloat16 product, neither oneDNN's brgemm nor MKL's "
@@ -218,11 +229,11 @@ def describe_16_bit():
     try:
         if status[0] and _extension.CPU.load().has_bf16_gemm():
             extension = _extension.CPU.load()
-            kernel = f"from {BF16_KERNEL_FROM:,} multiply-adds per step"
+            even, odd = (bf16_kernel_from(extension, hidden) for hidden in (2, 1))
+            odd = "widened" if odd is None else f"from {odd:,} multiply-adds per step (MKL)"
+            kernel = f"from {even:,} multiply-adds per step"
             if extension.bf16_on_brgemm():
-                odd = kernel if extension.bf16_on_mkl() else "widened"
-                kernel = (f"from {BF16_BRGEMM_FROM:,} multiply-adds per step at even hidden "
-                          f"sizes (oneDNN's brgemm), at odd ones {odd}")
+                kernel = f"{kernel} at even hidden sizes (oneDNN's brgemm), at odd ones {odd}"
     except RuntimeError as error:  # a FUSEDRNN_CPU_GEMM the kernels refuse
         kernel = f"none: {error}"
     return (f"the float32 kernels on widened inputs; bfloat16 kernels (every cell but the "
