@@ -241,7 +241,8 @@ NOT_SAVED = ("fusedrnn: this forward ran with save=False, so it kept nothing to 
 def save_for_backward(ctx, tensors, read):
     """``ctx.save_for_backward(*tensors)``, where ``read[i]`` says whether a gradient autograd
     asked for reads ``tensors[i]`` as a tensor torch.nn would save (it saves only what its
-    requested gradients read, and keeps the lengths of a packed batch as numbers).
+    requested gradients read, and keeps the lengths of a packed batch as numbers: its
+    composite cells do; its oneDNN LSTM in float32 and bfloat16 saves more and refuses more).
 
     An inference tensor (made under torch.inference_mode) cannot be saved. One that a
     requested gradient reads is refused first, with autograd's own words: autograd's refusal,
@@ -250,13 +251,16 @@ def save_for_backward(ctx, tensors, read):
     needs no gradient itself, is saved as a copy made outside inference mode: features made
     under inference mode feeding frozen weights still train the initial state, as torch.nn's
     do. Nothing is refused or copied where no input needs a gradient (autograd keeps nothing
-    then): a frozen first layer reading such features trains the layers after it."""
+    then): a frozen first layer reading such features trains the layers after it. Under
+    torch.compile the tensors here are fake ones, never inference tensors, and AOT autograd
+    saves the real input: there such a call meets autograd's own refusal."""
     needs_grad = getattr(ctx, "needs_input_grad", None)
     if needs_grad is not None and not any(needs_grad):
         ctx.save_for_backward(*tensors)
         return
     kept = []
-    for tensor, is_read in zip(tensors, read, strict=True):
+    assert len(tensors) == len(read)
+    for tensor, is_read in zip(tensors, read):
         if tensor is not None and tensor.is_inference():
             if is_read or tensor.requires_grad:
                 raise RuntimeError(
@@ -268,13 +272,13 @@ def save_for_backward(ctx, tensors, read):
     ctx.save_for_backward(*kept)
 
 
-def reads_of_inputs(needs_grad, w_ih_index):
-    """Whether the requested gradients read ``x`` and ``w_ih``: only ``w_ih``'s gradient reads
-    ``x``, only ``x``'s reads ``w_ih`` (``w_ih_index`` is the position of each direction's
-    ``w_ih`` among the op's inputs, ``x`` at 0). Every other tensor counts as read."""
-    if needs_grad is None:
-        return True, True
-    return any(needs_grad[i] for i in w_ih_index), bool(needs_grad[0])
+def reads(ctx, index):
+    """Whether a gradient autograd asked for reads the op's input at ``index`` as torch.nn's
+    layers save it: only ``w_ih``'s gradient reads ``x`` (``index`` of each direction's
+    ``w_ih``), only ``x``'s reads ``w_ih`` (0), and only ``w_hh``'s reads ``h0`` (its product's
+    other operand; the GRU saves ``h0 - n``). Without ``needs_input_grad``, every one."""
+    needs_grad = getattr(ctx, "needs_input_grad", None)
+    return needs_grad is None or any(needs_grad[i] for i in index)
 
 
 def _setup_context(ctx, inputs, output):
@@ -282,9 +286,9 @@ def _setup_context(ctx, inputs, output):
     if not save:
         raise RuntimeError(NOT_SAVED)
     y, _, _, ws_a, ws_b = output
-    x_read, w_ih_read = reads_of_inputs(getattr(ctx, "needs_input_grad", None), (1,))
     save_for_backward(ctx, (x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b),
-                      (x_read, w_ih_read, *[True] * 4, False, *[True] * 3))
+                      (reads(ctx, (1,)), reads(ctx, (0,)), True, True, reads(ctx, (2,)), True,
+                       False, True, True, True))
     ctx.biases = keep_biases(b_ih, b_hh)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
     ctx.mark_non_differentiable(ws_a, ws_b)

@@ -145,14 +145,13 @@ def _setup_context(ctx, inputs, output):
     x, first, second, lengths, save, backend = _split_forward(inputs)
     if not save:
         raise RuntimeError(ops.NOT_SAVED)
-    x_read, w_ih_read = ops.reads_of_inputs(getattr(ctx, "needs_input_grad", None),
-                                            (1, 1 + _FORWARD_OWN))
-    saved, read = [x, lengths], [x_read, False]
-    for own, results in ((first, output[:5]), (second, output[5:])):
+    saved, read = [x, lengths], [ops.reads(ctx, (1, 1 + _FORWARD_OWN)), False]
+    for start, own, results in ((1, first, output[:5]), (1 + _FORWARD_OWN, second, output[5:])):
         w_ih, w_hh, _, _, w_hr, h0, c0 = own
         y, _, _, ws_a, ws_b = results
         saved += [w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
-        read += [w_ih_read, *[True] * 7]
+        read += [ops.reads(ctx, (0,)), True, True, ops.reads(ctx, (start + 1,)), True, True,
+                 True, True]
     ops.save_for_backward(ctx, saved, read)
     ctx.biases = ops.keep_biases(*first[2:4], *second[2:4])
     ctx.backend, ctx.has_bias = backend, first[2] is not None

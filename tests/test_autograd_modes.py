@@ -280,33 +280,38 @@ def test_frozen_first_layer_reads_inference_features(bidirectional, backend):
 @pytest.mark.parametrize("backend", ["reference",
                                      pytest.param("cpu", marks=pytest.mark.requires_cpu_ext)])
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-@pytest.mark.parametrize("packed", [False, True])
-def test_inference_features_into_frozen_input_weights(cell, packed, bidirectional, backend):
-    """Features made under torch.inference_mode into a layer whose ``weight_ih`` is frozen:
-    no requested gradient reads the features, so autograd saves a copy of them and the
-    initial state and ``weight_hh`` train, as torch.nn's do (packed too: the lengths come
-    from inference mode as well). Before, the features were refused."""
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("made_in_inference, packed", [("x", False), ("x", True), ("h0", False)])
+def test_inference_tensors_no_requested_gradient_reads(made_in_inference, packed, cell,
+                                                       bidirectional, backend):
+    """Features made under torch.inference_mode into a layer whose ``weight_ih`` is frozen (no
+    requested gradient reads them), or an initial ``h`` made so into one whose ``weight_hh``
+    is: autograd saves a copy, and the rest trains as torch.nn's does (packed too: the lengths
+    come from inference mode as well). Before, they were refused."""
     module = getattr(fusedrnn, cell)(3, 5, bidirectional=bidirectional, dtype=torch.float64,
                                      backend=backend)
     twin = testing.torch_twin(module)
+    frozen = "weight_ih" if made_in_inference == "x" else "weight_hh"
     for model in (module, twin):
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith("weight_hh"))
-    with torch.inference_mode():
+            parameter.requires_grad_(not name.startswith(frozen))
+    with torch.inference_mode(made_in_inference == "x"):
         x = torch.randn(4, 3, 3, dtype=torch.float64)
         if packed:
             x = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2, 1])
-    h0 = torch.randn(2 if bidirectional else 1, 3, 5, dtype=torch.float64, requires_grad=True)
-    state = (h0, torch.zeros_like(h0)) if cell == "LSTM" else h0
+    with torch.inference_mode(made_in_inference == "h0"):
+        h0 = torch.randn(2 if bidirectional else 1, 3, 5, dtype=torch.float64)
+    # c0 stays a normal tensor: the forget gate's gradient reads it, in torch.nn's cell too.
+    state = (h0, torch.randn_like(h0)) if cell == "LSTM" else h0
+    trained = [] if made_in_inference == "h0" else [h0.requires_grad_()]
     grads = []
     for model in (module, twin):
         out = model(x, state)[0]
         out = out.data if packed else out
         weights = [p for p in model.parameters() if p.requires_grad]
-        grads.append(torch.autograd.grad(out.pow(2).sum(), [h0, *weights]))
+        grads.append(torch.autograd.grad(out.pow(2).sum(), [*trained, *weights]))
     testing.assert_close_relative(grads[0], grads[1], 1e-10, "against torch.nn")
-    assert grads[0][0].abs().sum() > 0
+    assert all(g.abs().sum() > 0 for g in grads[0])
 
 
 def test_create_graph_gradient_of_a_tensor_given_twice_counts_each_slot_once():
