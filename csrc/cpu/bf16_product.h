@@ -56,17 +56,26 @@ inline bool bf16_brgemm_runs() {
   return runs;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// Whether the CPU has AMX-BF16 (CPUID leaf 7, EDX bit 22) and the OS enabled its tile state
+// (XCR0 bits 17 and 18, readable where CPUID leaf 1 reports OSXSAVE, ECX bit 27).
+inline bool amx_bf16_enabled() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx >> 22 & 1u)) return false;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx >> 27 & 1u)) return false;
+  unsigned xcr0_low = 0, xcr0_high = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+  return (xcr0_low & 0x60000u) == 0x60000u;
+}
+#endif
+
 // Whether auto runs bfloat16 products on brgemm on this CPU (where bf16_brgemm_runs()): one
 // with AVX512-BF16 that is not Intel's, as for float32 (brgemm_preferred()), or an Intel one
-// without AMX-BF16 (CPUID leaf 7, EDX bit 22), where MKL's product has no AMX to run on.
+// without AMX-BF16 enabled, where MKL's product has no AMX to run on.
 inline bool bf16_brgemm_preferred() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool cpu = [] {
-    if (!__builtin_cpu_supports("avx512bf16")) return false;
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    const bool amx = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 22 & 1u);
-    return !__builtin_cpu_is("intel") || !amx;
-  }();
+  static const bool cpu = __builtin_cpu_supports("avx512bf16") &&
+                          (!__builtin_cpu_is("intel") || !amx_bf16_enabled());
   return cpu;
 #else
   return false;

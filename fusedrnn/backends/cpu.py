@@ -28,8 +28,9 @@ in bfloat16, the generic backward of recurrence.py).
   6.3 against 6.1 at 16 / 256, but 3.1 against 2.5 at 8 / 128 / 200 steps; module training
   at batch 32 / hidden 256: 0.73 x torch.nn's time, against 1.39 widened
   (benchmarks/results/cpu-2core-bfloat16). brgemm's on the 2-core Xeon without AMX, modules
-  against widened: 1.42-1.61x the time at B8 T200 H128, the GRU 1.46-1.55x at B16 T100 H256,
-  the RNN 1.14-1.57x at B16-32 T100 H256 (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab).
+  against widened: the LSTM 1.42-1.61x the time at B8 T200 H128, the GRU 1.38-1.63x at B8
+  T200 H128 and B16 T100 H256, the RNN 0.91-1.57x at B8-32 (training 1.24-1.57x)
+  (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab).
   The GRU's and RNN's kernels take the same rule."""
 
 import os
@@ -41,8 +42,9 @@ from . import common, thread_split
 from .recurrence import RecurrenceBackend
 
 
-BF16_KERNEL_FROM = 2**22  # multiply-adds per step (batch x G x H), on MKL's product
-BF16_BRGEMM_FROM = 10_000  # the same, on oneDNN's brgemm
+# Multiply-adds per step (batch x G x H) from which the bfloat16 kernels run (bf16_kernel_from):
+BF16_KERNEL_FROM = 2**22  # where widened calls run on MKL's float32 product (Intel CPUs)
+BF16_BRGEMM_FROM = 10_000  # where both products run on oneDNN's brgemm (other x86 CPUs)
 # From this many multiply-adds per step (batch x G x H), auto leaves 16-bit calls to the
 # reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
 # hidden 512 it trained 1.5-1.8x faster than the widened kernels here and ran the GRU and
