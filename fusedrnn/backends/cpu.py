@@ -78,7 +78,7 @@ class CpuBackend(RecurrenceBackend):
         # The bfloat16 kernels stay ahead of it: the LSTM's on either product, the GRU's and
         # RNN's on brgemm's (on MKL's, on an Intel CPU with AMX, unmeasured against it).
         if (self._bf16_kernel(call.cell, dtype, call.batch, call.hidden, call.state)
-                and (call.cell == "lstm" or self._bf16_on_brgemm(call.hidden))):
+                and (call.cell == "lstm" or bf16_on_brgemm(self.extension.load(), call.hidden))):
             return False, ""
         return True, (f"{str(dtype).replace('torch.', '')} at 2^24 or more multiply-adds per "
                       "step runs faster as the reference backend's 16-bit products")
@@ -111,10 +111,6 @@ class CpuBackend(RecurrenceBackend):
             return False
         start = bf16_kernel_from(self.extension.load(), hidden)
         return start is not None and batch * common.GATES[cell] * hidden * hidden >= start
-
-    def _bf16_on_brgemm(self, hidden):
-        """Whether the bfloat16 kernels' products at this hidden size run on brgemm."""
-        return hidden % 2 == 0 and self.extension.load().bf16_on_brgemm()
 
     def backward(self, cell, *args):
         narrow = _narrow_dtype(args[0])
@@ -212,12 +208,17 @@ def describe_cell_math():
     return f"{where} (FUSEDRNN_CPU_MATH={mode})"
 
 
+def bf16_on_brgemm(extension, hidden):
+    """Whether the bfloat16 kernels' products at this hidden size run on brgemm."""
+    return hidden % 2 == 0 and extension.bf16_on_brgemm()
+
+
 def bf16_kernel_from(extension, hidden):
     """The multiply-adds per step from which the bfloat16 kernels run at this hidden size, or
     None where they have no product (see the module's docstring): BF16_BRGEMM_FROM where the
     products of both the kernel and a widened call run on brgemm, else BF16_KERNEL_FROM
     (MKL's bfloat16 product where an odd hidden size's forward product needs it)."""
-    on_brgemm = hidden % 2 == 0 and extension.bf16_on_brgemm()
+    on_brgemm = bf16_on_brgemm(extension, hidden)
     if on_brgemm and extension.f32_on_brgemm():
         return BF16_BRGEMM_FROM
     return BF16_KERNEL_FROM if on_brgemm or extension.bf16_on_mkl() else None
