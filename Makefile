@@ -16,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/* csrc/cpu/* csrc/emulation/* csrc/persistent/*)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet "setuptools>=64" wheel "torch>=2.6" numpy ninja pytest pytest-benchmark matplotlib tokenizers tqdm statsmodels
+	$(VENV)/bin/pip install --quiet "setuptools>=64" wheel "torch>=2.6" numpy ninja pytest pytest-benchmark matplotlib tokenizers tqdm statsmodels onnx onnxscript onnxruntime
 	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, functional_autocast, ops, ops_bidirectional
+from . import backends, functional_autocast, functional_onnx, ops, ops_bidirectional
 from . import functional_checks as checks
 
 __all__ = ["lstm", "gru", "rnn"]
@@ -125,6 +125,11 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
                step_cell)
     key = _plan_key(options, backend, input, hx, weights)
     plan = _PLANS.get(key) if key is not None else None
+    if key is None and functional_onnx.exporting():  # checked, then torch's own ATen ops
+        with functional_onnx.untraced():
+            plan = _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
+                            batch_first, proj_size, "reference", step_cell)[0]
+        return functional_onnx.run(plan, input, hx, weights, dropout, training)
     if plan is None:
         plan, x, states, weights, lengths, positions = _prepare(
             cell, input, hx, weights, bias, num_layers, dropout, bidirectional, batch_first,
