@@ -5,9 +5,9 @@ the ``torch.export`` one, ``dynamo=True``) translate ``aten::lstm``, ``aten::gru
 ``aten::rnn_tanh``/``rnn_relu`` and the cells' ATen ops into them, or into ONNX ops that
 compute the same; they cannot translate fusedrnn's custom ops. So a call that is being
 exported, after fusedrnn's own checks, is made of those ATen ops on the same weights, as
-``torch.nn``'s modules make theirs: the exported model holds what ``torch.nn``'s would, and
-what torch's exporters refuse for ``torch.nn`` (an LSTM with ``proj_size``, for one) they
-refuse here too. torch 2.6 and 2.7's exporter with ``dynamo=True`` does not say that it
+``torch.nn``'s modules make theirs: the exported model holds what ``torch.nn``'s would.
+An LSTM with ``proj_size`` is refused (ONNX's LSTM has no projection; torch's exporters
+refuse torch.nn's, or write one that ONNX Runtime rejects). torch 2.6 and 2.7's exporter with ``dynamo=True`` does not say that it
 exports (:func:`exporting` sees it from torch 2.8 on), so the custom ops reach it there.
 """
 
@@ -50,6 +50,11 @@ def run(plan, input, hx, weights, dropout, training):
     call them; the results as ``functional._layers`` returns them."""
     cell = plan.cell
     lstm = cell == "lstm"
+    if plan.proj_size > 0:
+        raise RuntimeError(
+            f"LSTM: proj_size={plan.proj_size} cannot be exported to ONNX: ONNX's LSTM "
+            "operator has no projection (torch's exporters refuse torch.nn's LSTM with "
+            "proj_size too, or write one that ONNX Runtime rejects)")
     sizes = [shape[2] for shape in plan.state_shapes]
     if plan.step_cell:  # input (1, B, I), hx the cell's own (B, S) states or None
         x = input[0]
