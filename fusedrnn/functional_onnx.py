@@ -7,8 +7,9 @@ compute the same; they cannot translate fusedrnn's custom ops. So a call that is
 exported, after fusedrnn's own checks, is made of those ATen ops on the same weights, as
 ``torch.nn``'s modules make theirs: the exported model holds what ``torch.nn``'s would.
 An LSTM with ``proj_size`` is refused (ONNX's LSTM has no projection; torch's exporters
-refuse torch.nn's, or write one that ONNX Runtime rejects). torch 2.6 and 2.7's exporter with ``dynamo=True`` does not say that it
-exports (:func:`exporting` sees it from torch 2.8 on), so the custom ops reach it there.
+refuse torch.nn's, or write one that ONNX Runtime rejects). torch 2.6 and 2.7's exporter
+with ``dynamo=True`` does not say that it exports (:func:`exporting` sees it from torch 2.8
+on), so the custom ops reach it there.
 """
 
 import contextlib
