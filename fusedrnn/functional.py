@@ -126,8 +126,9 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
     key = _plan_key(options, backend, input, hx, weights)
     plan = _PLANS.get(key) if key is not None else None
     if key is None and functional_onnx.exporting():  # checked, then torch's own ATen ops
-        if backends.requested_name(backend) != backends.AUTO:
-            backends.get(backends.requested_name(backend))  # a known name, run or not
+        requested = backends.requested_name(backend)
+        if requested != backends.AUTO:
+            backends.get(requested)  # a known name, run or not
         with functional_onnx.untraced():
             plan = _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
                             batch_first, proj_size, "reference", step_cell)[0]

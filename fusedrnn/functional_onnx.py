@@ -59,9 +59,11 @@ def run(plan, input, hx, weights, dropout, training):
     sizes = [shape[2] for shape in plan.state_shapes]
     if plan.step_cell:  # input (1, B, I), hx the cell's own (B, S) states or None
         x = input[0]
-        states = (tuple(hx) if lstm else hx) if hx is not None else (
-            tuple(x.new_zeros(x.shape[0], size) for size in sizes) if lstm
-            else x.new_zeros(x.shape[0], sizes[0]))
+        if hx is not None:
+            states = tuple(hx) if lstm else hx
+        else:
+            zeros = [x.new_zeros(x.shape[0], size) for size in sizes]
+            states = tuple(zeros) if lstm else zeros[0]
         b_ih, b_hh = (weights[2], weights[3]) if plan.bias else (None, None)
         result = _CELL_OPS[cell](x, states, weights[0], weights[1], b_ih, b_hh)
         finals = tuple(result) if lstm else result
