@@ -9,6 +9,7 @@ from .backends import BackendUnavailableError, available_backends, select as sel
 from .cells import GRUCell, LSTMCell, RNNCell
 from .memory import empty_cache
 from .modules import GRU, LSTM, RNN
+from .onnx_translation import translation_table as onnx_translation_table
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,5 @@ ops_vmap.register()
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "functional", "ops",
     "available_backends", "select_backend", "BackendUnavailableError", "empty_cache",
-    "__version__",
+    "onnx_translation_table", "__version__",
 ]

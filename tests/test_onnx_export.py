@@ -4,6 +4,7 @@ with it what the module computes eagerly, at shapes other than the example's."""
 
 import functools
 import io
+import sys
 import warnings
 
 import pytest
@@ -210,3 +211,142 @@ def test_an_unknown_backend_is_refused_under_export_as_in_eager():
     module = fusedrnn.GRU(5, 8, backend="bogus").eval()
     with pytest.raises(ValueError, match="unknown backend 'bogus'"):
         _export(module, (torch.randn(4, 2, 5),), "torchscript", ({},))
+
+
+# ``torch.export`` programs: the custom ops through fusedrnn.onnx_translation_table()
+
+def _export_program(module, args, dynamic):
+    """``module`` through ``torch.export.export`` (free dims as ``_export`` takes them), then
+    ``torch.onnx.export`` of the program with fusedrnn's translations; the ONNX bytes."""
+    pytest.importorskip("onnxscript")
+    dims = {}
+
+    def shapes(value):
+        if isinstance(value, tuple):
+            return tuple(shapes(item) for item in value)
+        return {index: dims.setdefault(name, torch.export.Dim(name))
+                for index, name in value.items()}
+
+    program = torch.export.export(module, args, dynamic_shapes=shapes(dynamic))
+    assert any(str(node.target).startswith("fusedrnn.") for node in program.graph.nodes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(
+            program, args, dynamo=True,
+            custom_translation_table=fusedrnn.onnx_translation_table())
+    return onnx_program.model_proto.SerializeToString()
+
+
+PROGRAMS = SEQUENCES + [("LSTM", dict(bias=False)), ("GRU", dict(num_layers=2,
+                                                                bidirectional=True)),
+                        ("RNN", dict(batch_first=True))]
+
+
+@pytest.mark.parametrize("with_states", [False, True])
+@pytest.mark.parametrize("name, kwargs", PROGRAMS)
+def test_exported_programs_translate_to_one_onnx_operator_a_layer(name, kwargs, with_states):
+    """Each layer's op, one- or two-direction, becomes one of ONNX's recurrent operators
+    (both directions in one), free in batch and time."""
+    torch.manual_seed(0)
+    module = getattr(fusedrnn, name)(5, 8, **kwargs).eval()
+    batch_dim, time_dim = (0, 1) if module.batch_first else (1, 0)
+
+    def arguments(batch, steps):
+        x = testing.make_sequence(batch, steps, 5, batch_first=module.batch_first)
+        return (x, testing.make_state(module, batch)) if with_states else (x,)
+
+    dynamic = ({batch_dim: "batch", time_dim: "time"},)
+    if with_states:
+        dynamic += (({1: "batch"}, {1: "batch"}) if name == "LSTM" else {1: "batch"},)
+    model = _export_program(module, arguments(2, 4), dynamic)
+    _assert_onnx_ops_only(model)
+    assert _op_types(model).count(("", name)) == module.num_layers, _op_types(model)
+    other = arguments(3, 7)
+    testing.assert_close_relative(_run(model, _flat(other)),
+                                  testing.flatten_outputs(module(*other)), BOUND, name)
+
+
+class _Op(torch.nn.Module):
+    """One fusedrnn forward op called directly, with per-sequence lengths (its weights
+    buffers: nothing differentiates it, so it saves nothing)."""
+
+    def __init__(self, cell, bidirectional, reverse):
+        super().__init__()
+        torch.manual_seed(0)
+        self.cell, self.bidirectional, self.reverse = cell, bidirectional, reverse
+        gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+        shapes = [(gates * 8, 5), (gates * 8, 8), (gates * 8,), (gates * 8,)]
+        self.names = [f"weight{index}" for index in range(4 * (2 if bidirectional else 1))]
+        for index, name in enumerate(self.names):
+            self.register_buffer(name, torch.randn(shapes[index % 4]) * 0.3)
+
+    def forward(self, x, lengths, h0):
+        c0 = h0 if self.cell == "lstm" else None
+        weights = [getattr(self, name) for name in self.names]
+        own = [(*weights[4 * d:4 * d + 4], None, h0, c0)
+               for d in range(2 if self.bidirectional else 1)]
+        if self.bidirectional:
+            op = getattr(torch.ops.fusedrnn, f"{self.cell}_bidir_fwd")
+            results = op(x, *own[0], *own[1], lengths, False, "reference")
+            return results[0], results[1], results[5], results[6]
+        op = getattr(torch.ops.fusedrnn, f"{self.cell}_fwd")
+        return op(x, *own[0], lengths, self.reverse, False, "reference")[:2]
+
+
+@pytest.mark.parametrize("bidirectional, reverse", [(False, False), (False, True),
+                                                    (True, False)])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_lengths_become_onnx_sequence_lens(cell, bidirectional, reverse):
+    """Each sequence stops at its length, the reverse direction starts at its last valid
+    step, and the output after it is zero: in ONNX Runtime as in fusedrnn's op."""
+    module = _Op(cell, bidirectional, reverse).eval()
+    example = (torch.randn(4, 2, 5), torch.tensor([4, 2]), torch.randn(2, 8))
+    model = _export_program(module, example,
+                            ({0: "time", 1: "batch"}, {0: "batch"}, {0: "batch"}))
+    x, lengths, h0 = torch.randn(6, 3, 5), torch.tensor([3, 6, 1]), torch.randn(3, 8)
+    expected = list(module(x, lengths, h0))
+    assert expected[0][3:, 0].abs().max() == 0  # the op's padding, which ONNX's must match
+    testing.assert_close_relative(_run(model, [x, lengths, h0]), expected, BOUND, cell)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_exported_cells_translate(name):
+    torch.manual_seed(0)
+    module = getattr(fusedrnn, name)(5, 8).eval()
+    model = _export_program(module, (torch.randn(2, 5),), ({0: "batch"},))
+    _assert_onnx_ops_only(model)
+    x = torch.randn(3, 5)
+    testing.assert_close_relative(_run(model, [x]), testing.flatten_outputs(module(x)),
+                                  BOUND, name)
+
+
+def test_modules_export_with_the_table_on_every_torch():
+    """``dynamo=True`` on a module with the table: torch 2.6 and 2.7's exporter, which does
+    not say that it exports, translates the custom ops; later ones export torch's ATen ops."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    module = fusedrnn.LSTM(5, 8, num_layers=2, bidirectional=True).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (torch.randn(4, 2, 5),), dynamo=True,
+            dynamic_shapes=({1: torch.export.Dim("batch")},),
+            custom_translation_table=fusedrnn.onnx_translation_table())
+    model = program.model_proto.SerializeToString()
+    _assert_onnx_ops_only(model)
+    x = torch.randn(4, 3, 5)
+    testing.assert_close_relative(_run(model, [x]), testing.flatten_outputs(module(x)),
+                                  BOUND, "LSTM")
+
+
+def test_a_projection_is_refused_by_the_translation():
+    module = fusedrnn.LSTM(5, 8, proj_size=3).eval()
+    with pytest.raises(Exception) as error:
+        _export_program(module, (torch.randn(4, 2, 5),), ({},))
+    assert "ONNX's LSTM operator has no projection" in str(error.value)
+
+
+def test_the_table_without_onnxscript_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript raises
+    with pytest.raises(ImportError, match="pip install onnxscript"):
+        fusedrnn.onnx_translation_table()
