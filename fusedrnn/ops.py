@@ -238,6 +238,21 @@ NOT_SAVED = ("fusedrnn: this forward ran with save=False, so it kept nothing to 
              "call it with save=True when autograd records it")
 
 
+def saved_nothing(ctx, save):
+    """Whether a forward that autograd records ran without ``save``: then it kept nothing, and
+    only a backward through it fails (:func:`check_saved`). Its results need never be
+    differentiated: inductor, compiling a graph captured under ``torch.no_grad``
+    (``aoti_compile_and_package`` of such a ``torch.export`` program), runs the op on
+    parameters that require grad with grad mode on."""
+    ctx.saved_nothing = not save
+    return not save
+
+
+def check_saved(ctx):
+    if ctx.saved_nothing:
+        raise RuntimeError(NOT_SAVED)
+
+
 def save_for_backward(ctx, tensors, read):
     """``ctx.save_for_backward(*tensors)``, where ``read[i]`` says whether a gradient autograd
     asked for reads ``tensors[i]`` as a tensor torch.nn would save (it saves only what its
@@ -283,8 +298,8 @@ def reads(ctx, index):
 
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend = inputs
-    if not save:
-        raise RuntimeError(NOT_SAVED)
+    if saved_nothing(ctx, save):
+        return
     y, _, _, ws_a, ws_b = output
     save_for_backward(ctx, (x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b),
                       (reads(ctx, (1,)), reads(ctx, (0,)), True, True, reads(ctx, (2,)), True,
@@ -339,6 +354,7 @@ def register_autograd(cell, forward_op, backward_op):
     (``backends/reference/differentiable.py``)."""
 
     def autograd_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws_a, _grad_ws_b):
+        check_saved(ctx)
         x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
         if torch.is_grad_enabled():
             b_ih, b_hh = kept_biases(ctx.biases)

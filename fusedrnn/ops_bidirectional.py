@@ -143,8 +143,8 @@ _SAVED = 8
 
 def _setup_context(ctx, inputs, output):
     x, first, second, lengths, save, backend = _split_forward(inputs)
-    if not save:
-        raise RuntimeError(ops.NOT_SAVED)
+    if ops.saved_nothing(ctx, save):
+        return
     saved, read = [x, lengths], [ops.reads(ctx, (1, 1 + _FORWARD_OWN)), False]
     for start, own, results in ((1, first, output[:5]), (1 + _FORWARD_OWN, second, output[5:])):
         w_ih, w_hh, _, _, w_hr, h0, c0 = own
@@ -161,6 +161,7 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(cell, backward_op):
     def autograd_backward(ctx, *grads):
+        ops.check_saved(ctx)
         x, lengths, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: see ops.register_autograd
             return _differentiable_gradients(cell, x, lengths, saved,

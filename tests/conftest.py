@@ -73,7 +73,8 @@ def _poisoned(factory):
     def make(*args, **kwargs):
         out = factory(*args, **kwargs)
         if out.dtype.is_floating_point or out.dtype.is_complex:
-            out.fill_(float("nan"))
+            with torch.no_grad():  # a leaf made with requires_grad=True (inductor makes some)
+                out.fill_(float("nan"))
         return out
 
     return make

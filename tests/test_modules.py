@@ -119,6 +119,24 @@ def test_torch_export_of_cells_with_dynamic_batch(name):
     testing.assert_close_relative(got, expected, 1e-6, "cell output")
 
 
+@pytest.mark.parametrize("grad_enabled", [False, True])
+def test_an_exported_program_compiles_with_aot_inductor(tmp_path, grad_enabled):
+    """``aoti_compile_and_package`` of a program, to deploy it; inductor runs the ops on
+    parameters that require grad with grad mode on, also for a program captured under
+    ``torch.no_grad`` (whose forwards save nothing for a backward)."""
+    module = fusedrnn.LSTM(4, 8, num_layers=2, bidirectional=True).eval()
+    dims = {0: torch.export.Dim("time", min=2), 1: torch.export.Dim("batch", min=2)}
+    with torch.set_grad_enabled(grad_enabled):
+        program = torch.export.export(module, (torch.randn(5, 3, 4),), dynamic_shapes=(dims,))
+    path = torch._inductor.aoti_compile_and_package(
+        program, package_path=str(tmp_path / "lstm.pt2"))
+    x = torch.randn(7, 2, 4)
+    out, (h_n, c_n) = torch._inductor.aoti_load_package(path)(x)
+    with torch.no_grad():
+        expected = testing.flatten_outputs(module(x))
+    testing.assert_close_relative([out, h_n, c_n], expected, 1e-6, "AOTInductor")
+
+
 def test_to_dtype_and_module_device_moves_keep_working():
     module = fusedrnn.LSTM(3, 4).double()
     out, _ = module(torch.randn(2, 1, 3, dtype=torch.float64))

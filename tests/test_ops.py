@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import ops
+from fusedrnn import ops, ops_bidirectional
 
 DT = torch.float64
 CELLS = list(ops.GATES)
@@ -149,11 +149,21 @@ def test_forward_without_save_keeps_no_workspace_and_the_same_outputs(cell, back
         assert torch.equal(a, b)
 
 
-def test_forward_without_save_refuses_to_be_recorded_by_autograd():
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_forward_without_save_refuses_a_backward_through_it(bidirectional):
+    """Recorded by autograd without ``save``, the forward runs (inductor does so, compiling a
+    graph captured under no_grad) and a backward through its results is refused."""
     args = _op_args("lstm")
     args[-2] = False
+    if bidirectional:
+        op = ops_bidirectional.FORWARD["lstm"]
+        args = [args[0], *args[1:8], *args[1:8], args[8], False, args[-1]]
+    else:
+        op = ops.FORWARD["lstm"]
+    results = op(*args)
+    assert results[0].requires_grad
     with pytest.raises(RuntimeError, match="ran with save=False"):
-        ops.FORWARD["lstm"](*args)
+        results[0].sum().backward()
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
