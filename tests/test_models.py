@@ -1,6 +1,10 @@
 """fusedrnn.models on tiny shapes: output shapes, padding that never leaks, one optimiser
 step that lowers the loss, and the backend passthrough."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -200,3 +204,13 @@ def test_time_series_step_lowers_loss():
     before, after = loss_drops(model, lambda m: nn.functional.mse_loss(
         m(series[:, :-1])[0], series[:, 1:]))
     assert after < before
+
+
+def test_the_models_tour_example_runs():
+    """``examples/models_tour.py``, which examples/README.md points a new user to."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "models_tour.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for model in ("SentimentClassifier", "EncoderDecoder", "TimeSeriesRNN"):
+        assert f"{model}: " in run.stdout, run.stdout
