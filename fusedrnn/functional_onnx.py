@@ -9,7 +9,8 @@ exported, after fusedrnn's own checks, is made of those ATen ops on the same wei
 An LSTM with ``proj_size`` is refused (ONNX's LSTM has no projection; torch's exporters
 refuse torch.nn's, or write one that ONNX Runtime rejects). torch 2.6 and 2.7's exporter
 with ``dynamo=True`` does not say that it exports (:func:`exporting` sees it from torch 2.8
-on), so the custom ops reach it there.
+on), so the custom ops reach it there, as they reach ``torch.onnx.export`` of a
+``torch.export`` program: ``onnx_translation.py`` translates them.
 """
 
 import contextlib
