@@ -13,6 +13,8 @@ writes each op as one of ONNX's LSTM, GRU or RNN operators:
 - ``reverse`` as ``direction="reverse"``, a two-direction op as ``"bidirectional"``;
 - ``lengths`` as ``sequence_lens``: ONNX's operators, like fusedrnn's ops, stop each sequence
   at its length, run the reverse direction from its last valid step and write zeros after it;
+  a sequence of length 0 (which an op takes, a ``PackedSequence`` never holds) ends in its
+  initial states, as in the ops, where ONNX Runtime writes zeros;
 - the backward's workspaces (``ws_a``, ``ws_b``), which an inference graph never reads, as
   empty tensors.
 
@@ -82,13 +84,19 @@ def _layer(op, cell, x, directions, lengths):
     return operator(*inputs, hidden_size=hidden, direction=direction, **attributes)
 
 
-def _direction_results(op, cell, x, results, index):
-    """``y, h_n, c_n, ws_a, ws_b`` of direction ``index`` of an ONNX operator's results."""
+def _direction_results(op, cell, x, results, index, initial, lengths):
+    """``y, h_n, c_n, ws_a, ws_b`` of direction ``index`` of an ONNX operator's results, the
+    final states of empty sequences the direction's ``initial`` ones (``h0, c0``)."""
     at = op.Constant(value_ints=[index])
     empty = op.CastLike(op.ConstantOfShape(op.Constant(value_ints=[0])), x)
     y = op.Squeeze(op.Gather(results[0], at, axis=1), op.Constant(value_ints=[1]))
     finals = [op.Squeeze(op.Gather(state, at, axis=0), op.Constant(value_ints=[0]))
               for state in results[1:]]
+    if lengths is not None:
+        unstarted = op.Unsqueeze(op.Equal(lengths, op.CastLike(op.Constant(value_int=0),
+                                                                lengths)),
+                                 op.Constant(value_ints=[1]))
+        finals = [op.Where(unstarted, start, final) for start, final in zip(initial, finals)]
     c_n = finals[1] if cell == "lstm" else empty
     return y, finals[0], c_n, empty, empty
 
@@ -97,7 +105,7 @@ def _one_direction(op, cell):
     def translation(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend):
         results = _layer(op, cell, x, [(w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse)],
                          lengths)
-        return _direction_results(op, cell, x, results, 0)
+        return _direction_results(op, cell, x, results, 0, (h0, c0), lengths)
 
     translation.__name__ = f"fusedrnn_{cell}_fwd"
     return translation
@@ -108,8 +116,9 @@ def _two_directions(op, cell):
         own, lengths = args[:-3], args[-3]  # then save and backend, which ONNX has no use for
         directions = [(*own[:_OWN_ARGUMENTS], False), (*own[_OWN_ARGUMENTS:], True)]
         results = _layer(op, cell, x, directions, lengths)
-        return (*_direction_results(op, cell, x, results, 0),
-                *_direction_results(op, cell, x, results, 1))
+        return tuple(result for index, direction in enumerate(directions)
+                     for result in _direction_results(op, cell, x, results, index,
+                                                      direction[5:7], lengths))
 
     translation.__name__ = f"fusedrnn_{cell}_bidir_fwd"
     return translation

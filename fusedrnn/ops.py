@@ -234,8 +234,9 @@ def fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengt
             _contiguous_like(c0, x))
 
 
-NOT_SAVED = ("fusedrnn: this forward ran with save=False, so it kept nothing to differentiate; "
-             "call it with save=True when autograd records it")
+NOT_SAVED = ("fusedrnn: this layer's forward ran with save=False (called, traced or exported "
+             "with autograd not recording it: under torch.no_grad), so it kept nothing to "
+             "differentiate; run, trace or export it with grad enabled to differentiate it")
 
 
 def saved_nothing(ctx, save):

@@ -298,12 +298,13 @@ class _Op(torch.nn.Module):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_lengths_become_onnx_sequence_lens(cell, bidirectional, reverse):
     """Each sequence stops at its length, the reverse direction starts at its last valid
-    step, and the output after it is zero: in ONNX Runtime as in fusedrnn's op."""
+    step, and the output after it is zero; one of length 0 ends in its initial states: in
+    ONNX Runtime as in fusedrnn's op."""
     module = _Op(cell, bidirectional, reverse).eval()
     example = (torch.randn(4, 2, 5), torch.tensor([4, 2]), torch.randn(2, 8))
     model = _export_program(module, example,
                             ({0: "time", 1: "batch"}, {0: "batch"}, {0: "batch"}))
-    x, lengths, h0 = torch.randn(6, 3, 5), torch.tensor([3, 6, 1]), torch.randn(3, 8)
+    x, lengths, h0 = torch.randn(6, 4, 5), torch.tensor([3, 6, 0, 1]), torch.randn(4, 8)
     expected = list(module(x, lengths, h0))
     assert expected[0][3:, 0].abs().max() == 0  # the op's padding, which ONNX's must match
     testing.assert_close_relative(_run(model, [x, lengths, h0]), expected, BOUND, cell)
