@@ -45,6 +45,20 @@ def _dynamo_exporter_reports_itself():
     return bool(seen) and all(seen)
 
 
+def _dynamic_shapes(dynamic):
+    """``dynamic_shapes`` for ``torch.export`` from ``{dim: name}`` per tensor (nested in
+    tuples as the arguments are), one ``Dim`` per name."""
+    dims = {}
+
+    def shapes(value):
+        if isinstance(value, tuple):
+            return tuple(shapes(item) for item in value)
+        return {index: dims.setdefault(name, torch.export.Dim(name))
+                for index, name in value.items()}
+
+    return shapes(dynamic)
+
+
 def _export(module, args, exporter, dynamic):
     """``module`` exported with ``args`` as the example; ``dynamic`` mirrors ``args``, a
     ``{dim: name}`` of the dims left free per tensor. Returns the ONNX model's bytes."""
@@ -56,16 +70,8 @@ def _export(module, args, exporter, dynamic):
                 pytest.skip(f"torch {torch.__version__}'s exporter with dynamo=True does not "
                             "report itself through torch.onnx.is_in_onnx_export() "
                             "(pytorch/pytorch#149678), so fusedrnn cannot see it export")
-            dims = {}
-
-            def shapes(value):
-                if isinstance(value, tuple):
-                    return tuple(shapes(item) for item in value)
-                return {index: dims.setdefault(name, torch.export.Dim(name))
-                        for index, name in value.items()}
-
             program = torch.onnx.export(module, args, dynamo=True,
-                                        dynamic_shapes=shapes(dynamic))
+                                        dynamic_shapes=_dynamic_shapes(dynamic))
             return program.model_proto.SerializeToString()
         names = [f"input{index}" for index in range(len(_flat(args)))]
         buffer = io.BytesIO()
@@ -92,13 +98,9 @@ def _assert_onnx_ops_only(model):
     assert not foreign, f"operators outside ONNX's own domain: {foreign}"
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("with_states", [False, True])
-@pytest.mark.parametrize("name, kwargs", SEQUENCES)
-def test_sequence_modules_export_to_onnx(name, kwargs, with_states, exporter):
-    """The TorchScript exporter writes ONNX's LSTM, GRU and RNN operators, free in batch and
-    time. The ``torch.export`` one writes them where its translation covers the options and
-    unrolls the layer over the example's steps elsewhere: batch alone is free there."""
+def _sequence_case(name, kwargs, with_states, free_time):
+    """A module (input 5, hidden 8), ``arguments(batch, steps)`` making its inputs, and their
+    free dims for :func:`_dynamic_shapes`: batch, and time where ``free_time``."""
     torch.manual_seed(0)
     module = getattr(fusedrnn, name)(5, 8, **kwargs).eval()
     batch_dim, time_dim = (0, 1) if module.batch_first else (1, 0)
@@ -107,11 +109,21 @@ def test_sequence_modules_export_to_onnx(name, kwargs, with_states, exporter):
         x = testing.make_sequence(batch, steps, 5, batch_first=module.batch_first)
         return (x, testing.make_state(module, batch)) if with_states else (x,)
 
-    free = {batch_dim: "batch"} if exporter == "dynamo" else {batch_dim: "batch",
-                                                             time_dim: "time"}
-    dynamic = (free,)
+    dynamic = ({batch_dim: "batch", time_dim: "time"} if free_time else {batch_dim: "batch"},)
     if with_states:
         dynamic += (({1: "batch"}, {1: "batch"}) if name == "LSTM" else {1: "batch"},)
+    return module, arguments, dynamic
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("with_states", [False, True])
+@pytest.mark.parametrize("name, kwargs", SEQUENCES)
+def test_sequence_modules_export_to_onnx(name, kwargs, with_states, exporter):
+    """The TorchScript exporter writes ONNX's LSTM, GRU and RNN operators, free in batch and
+    time. The ``torch.export`` one writes them where its translation covers the options and
+    unrolls the layer over the example's steps elsewhere: batch alone is free there."""
+    module, arguments, dynamic = _sequence_case(name, kwargs, with_states,
+                                                free_time=exporter == "torchscript")
     model = _export(module, arguments(2, 4), exporter, dynamic)
     _assert_onnx_ops_only(model)
     if exporter == "torchscript":
@@ -219,15 +231,7 @@ def _export_program(module, args, dynamic):
     """``module`` through ``torch.export.export`` (free dims as ``_export`` takes them), then
     ``torch.onnx.export`` of the program with fusedrnn's translations; the ONNX bytes."""
     pytest.importorskip("onnxscript")
-    dims = {}
-
-    def shapes(value):
-        if isinstance(value, tuple):
-            return tuple(shapes(item) for item in value)
-        return {index: dims.setdefault(name, torch.export.Dim(name))
-                for index, name in value.items()}
-
-    program = torch.export.export(module, args, dynamic_shapes=shapes(dynamic))
+    program = torch.export.export(module, args, dynamic_shapes=_dynamic_shapes(dynamic))
     assert any(str(node.target).startswith("fusedrnn.") for node in program.graph.nodes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -247,17 +251,7 @@ PROGRAMS = SEQUENCES + [("LSTM", dict(bias=False)), ("GRU", dict(num_layers=2,
 def test_exported_programs_translate_to_one_onnx_operator_a_layer(name, kwargs, with_states):
     """Each layer's op, one- or two-direction, becomes one of ONNX's recurrent operators
     (both directions in one), free in batch and time."""
-    torch.manual_seed(0)
-    module = getattr(fusedrnn, name)(5, 8, **kwargs).eval()
-    batch_dim, time_dim = (0, 1) if module.batch_first else (1, 0)
-
-    def arguments(batch, steps):
-        x = testing.make_sequence(batch, steps, 5, batch_first=module.batch_first)
-        return (x, testing.make_state(module, batch)) if with_states else (x,)
-
-    dynamic = ({batch_dim: "batch", time_dim: "time"},)
-    if with_states:
-        dynamic += (({1: "batch"}, {1: "batch"}) if name == "LSTM" else {1: "batch"},)
+    module, arguments, dynamic = _sequence_case(name, kwargs, with_states, free_time=True)
     model = _export_program(module, arguments(2, 4), dynamic)
     _assert_onnx_ops_only(model)
     assert _op_types(model).count(("", name)) == module.num_layers, _op_types(model)
