@@ -20,17 +20,19 @@ def _tracked_files():
     return [name for name in listing.stdout.splitlines() if (ROOT / name).is_file()]
 
 
-@pytest.mark.parametrize("build_cuda", ["0", "1"])
-def test_the_sdist_holds_every_file_the_build_reads(tmp_path, build_cuda):
-    """Every header and source of ``csrc/`` (whichever extensions this machine builds), the
-    package and the build's own files, made from a copy of the checkout (an sdist writes
-    its metadata into the source tree)."""
+def test_the_sdist_holds_every_file_the_build_reads(tmp_path):
+    """Every header and source of ``csrc/``, the package and the build's own files, in an
+    sdist made without the CUDA extension, whose sources setup.py then does not list (so
+    nothing but ``MANIFEST.in`` adds them; with ``FUSEDRNN_BUILD_CUDA=1`` setup.py refuses
+    where the toolkit cannot build against torch, as for torch 2.6's CUDA 12 beside nvcc
+    13). Made from a copy of the checkout: an sdist writes its metadata into the source
+    tree."""
     files = _tracked_files()
     source = tmp_path / "source"
     for name in files:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
-    environment = dict(os.environ, FUSEDRNN_BUILD_CUDA=build_cuda)
+    environment = dict(os.environ, FUSEDRNN_BUILD_CUDA="0")
     subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")],
                    cwd=source, env=environment, check=True, capture_output=True)
     archive, = (tmp_path / "dist").glob("fusedrnn-*.tar.gz")
