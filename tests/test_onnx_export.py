@@ -268,7 +268,7 @@ class _Op(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.cell, self.bidirectional, self.reverse = cell, bidirectional, reverse
-        gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+        gates = fusedrnn.ops.GATES[cell]
         shapes = [(gates * 8, 5), (gates * 8, 8), (gates * 8,), (gates * 8,)]
         self.names = [f"weight{index}" for index in range(4 * (2 if bidirectional else 1))]
         for index, name in enumerate(self.names):
