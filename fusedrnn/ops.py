@@ -18,9 +18,10 @@ Every cell shares one schema (arguments a cell does not use are ``None``)::
         -> grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr, grad_h0, grad_c0
 
 Absent results (no bias, no projection, no cell state) are empty ``(0,)`` tensors, and so
-are the workspaces ``ws_a``, ``ws_b`` without ``save`` (nothing will be differentiated: the
-functional layer passes ``save`` only when autograd records the call). The backward op is the hand-written backpropagation through time, registered as the forward's
-autograd formula.
+are the workspaces ``ws_a``, ``ws_b`` without ``save``: the functional layer passes ``save``
+only when autograd records the call, and a backward through a forward run without it
+recomputes it (:func:`recomputes`). The backward op is the hand-written backpropagation
+through time, registered as the forward's autograd formula.
 """
 
 from typing import Optional, Tuple
@@ -234,24 +235,16 @@ def fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, lengt
             _contiguous_like(c0, x))
 
 
-NOT_SAVED = ("fusedrnn: this layer's forward ran with save=False (called, traced or exported "
-             "with autograd not recording it: under torch.no_grad), so it kept nothing to "
-             "differentiate; run, trace or export it with grad enabled to differentiate it")
-
-
-def saved_nothing(ctx, save):
-    """Whether a forward that autograd records ran without ``save``: then it kept nothing, and
-    only a backward through it fails (:func:`check_saved`). Its results need never be
-    differentiated: inductor, compiling a graph captured under ``torch.no_grad``
-    (``aoti_compile_and_package`` of such a ``torch.export`` program), runs the op on
-    parameters that require grad with grad mode on."""
-    ctx.saved_nothing = not save
+def recomputes(ctx, save):
+    """Whether the backward of a forward that autograd records must recompute that forward:
+    one run without ``save`` kept no workspaces. That happens only to a graph captured with
+    autograd not recording (a ``torch.export`` program made under ``torch.no_grad``), run or
+    compiled later with grad enabled (inductor, compiling such a graph for
+    ``aoti_compile_and_package``, runs its ops on parameters that require grad). Such a
+    backward runs the forward again with ``save``, from the saved inputs: a layer-sized
+    activation checkpoint, where torch.nn's composite ops would have saved their own."""
+    ctx.recompute = not save
     return not save
-
-
-def check_saved(ctx):
-    if ctx.saved_nothing:
-        raise RuntimeError(NOT_SAVED)
 
 
 def save_for_backward(ctx, tensors, read):
@@ -299,12 +292,14 @@ def reads(ctx, index):
 
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend = inputs
-    if saved_nothing(ctx, save):
-        return
     y, _, _, ws_a, ws_b = output
-    save_for_backward(ctx, (x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b),
-                      (reads(ctx, (1,)), reads(ctx, (0,)), True, True, reads(ctx, (2,)), True,
-                       False, True, True, True))
+    if recomputes(ctx, save):  # every input read again; outputs and workspaces made again
+        save_for_backward(ctx, (x, w_ih, w_hh, w_hr, h0, c0, lengths, None, None, None),
+                          (False,) * 10)
+    else:
+        save_for_backward(ctx, (x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b),
+                          (reads(ctx, (1,)), reads(ctx, (0,)), True, True, reads(ctx, (2,)),
+                           True, False, True, True, True))
     ctx.biases = keep_biases(b_ih, b_hh)
     ctx.reverse, ctx.backend, ctx.has_bias = reverse, backend, b_ih is not None
     ctx.mark_non_differentiable(ws_a, ws_b)
@@ -317,8 +312,8 @@ def keep_biases(*biases):
     """The biases as a forward keeps them for its backward: aside from the saved tensors, with
     their versions. The fused backward never reads them (a bias's gradient is its gates'), so
     a change in place between the forward and the backward (an optimizer step on the biases
-    alone) must not fail it, as it does not fail torch.nn's composite cells; only the
-    recomputing backward of ``create_graph=True`` reads them (:func:`kept_biases`). An
+    alone) must not fail it, as it does not fail torch.nn's composite cells; only a
+    backward that recomputes the forward reads them (:func:`kept_biases`). An
     inference tensor has no version to keep (reading it raises; nothing outside inference
     mode can change one in place): kept without, as torch.nn's cells use such a bias, and a
     layer whose weights are all inference tensors meets autograd's own refusal to save
@@ -326,14 +321,16 @@ def keep_biases(*biases):
     return tuple((b, None if b is None or b.is_inference() else b._version) for b in biases)
 
 
-def kept_biases(kept):
-    """The biases :func:`keep_biases` kept, for the recomputing backward: refused, as autograd
-    refuses a saved tensor, where one changed in place since the forward, or is an inference
-    tensor that requires a gradient (the recomputed forward cannot differentiate through
-    one)."""
+def kept_biases(kept, differentiated=True):
+    """The biases :func:`keep_biases` kept, for a backward that recomputes the forward
+    (``differentiated``: to differentiate it, for ``create_graph=True``; or to make the
+    workspaces of a forward run without ``save`` again): refused, as autograd refuses a saved
+    tensor, where one changed in place since the forward, or, ``differentiated``, is an
+    inference tensor that requires a gradient (the recomputed forward cannot differentiate
+    through one)."""
     for index, (bias, version) in enumerate(kept):
         name = "b_ih" if index % 2 == 0 else "b_hh"
-        if version is None and bias is not None and bias.requires_grad:
+        if differentiated and version is None and bias is not None and bias.requires_grad:
             raise RuntimeError(
                 f"the {name} bias of a fusedrnn layer is an inference tensor (made under "
                 "torch.inference_mode): create_graph=True recomputes the layer's forward from "
@@ -343,7 +340,7 @@ def kept_biases(kept):
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an "
                 f"inplace operation: the {name} bias of a fusedrnn layer is at version "
-                f"{bias._version}; expected version {version} instead (create_graph=True "
+                f"{bias._version}; expected version {version} instead (the backward "
                 "recomputes the layer's forward from its biases)")
     return [bias for bias, _ in kept]
 
@@ -355,7 +352,6 @@ def register_autograd(cell, forward_op, backward_op):
     (``backends/reference/differentiable.py``)."""
 
     def autograd_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws_a, _grad_ws_b):
-        check_saved(ctx)
         x, w_ih, w_hh, w_hr, h0, c0, lengths, y, ws_a, ws_b = ctx.saved_tensors
         if torch.is_grad_enabled():
             b_ih, b_hh = kept_biases(ctx.biases)
@@ -364,6 +360,10 @@ def register_autograd(cell, forward_op, backward_op):
                                               lengths, ctx.reverse,
                                               (grad_y, grad_h_n, grad_c_n)),
                     None, None, None, None)
+        if ctx.recompute:
+            biases = kept_biases(ctx.biases, differentiated=False)
+            y, _, _, ws_a, ws_b = call(forward_op, x, w_ih, w_hh, *biases,
+                                       w_hr, h0, c0, lengths, ctx.reverse, True, ctx.backend)
         grad_y, grad_h_n, grad_c_n = output_grads(grad_y, grad_h_n, grad_c_n, y, h0, c0)
         g_x, *grads = call(backward_op, grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0,
                            lengths, y, ws_a, ws_b, ctx.reverse, ctx.has_bias, ctx.backend)

@@ -112,7 +112,7 @@ def _define(cell):
     ops.register_implementation(backward_op, backward)
     forward_op.register_fake(_fake_forward(cell))
     backward_op.register_fake(_fake_backward)
-    ops.register_autograd_formula(forward_op, _autograd_backward(cell, backward_op),
+    ops.register_autograd_formula(forward_op, _autograd_backward(cell, forward_op, backward_op),
                                   _setup_context)
     return forward_op, backward_op
 
@@ -143,29 +143,30 @@ _SAVED = 8
 
 def _setup_context(ctx, inputs, output):
     x, first, second, lengths, save, backend = _split_forward(inputs)
-    if ops.saved_nothing(ctx, save):
-        return
+    recompute = ops.recomputes(ctx, save)
     saved, read = [x, lengths], [ops.reads(ctx, (1, 1 + _FORWARD_OWN)), False]
     for start, own, results in ((1, first, output[:5]), (1 + _FORWARD_OWN, second, output[5:])):
         w_ih, w_hh, _, _, w_hr, h0, c0 = own
-        y, _, _, ws_a, ws_b = results
+        y, _, _, ws_a, ws_b = (None,) * 5 if recompute else results
         saved += [w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b]
         read += [ops.reads(ctx, (0,)), True, True, ops.reads(ctx, (start + 1,)), True, True,
                  True, True]
-    ops.save_for_backward(ctx, saved, read)
+    # a recomputing backward reads every input again (see ops.recomputes)
+    ops.save_for_backward(ctx, saved, [False] * len(saved) if recompute else read)
     ctx.biases = ops.keep_biases(*first[2:4], *second[2:4])
     ctx.backend, ctx.has_bias = backend, first[2] is not None
     ctx.mark_non_differentiable(*output[3:5], *output[8:10])
     ctx.set_materialize_grads(False)
 
 
-def _autograd_backward(cell, backward_op):
+def _autograd_backward(cell, forward_op, backward_op):
     def autograd_backward(ctx, *grads):
-        ops.check_saved(ctx)
         x, lengths, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: see ops.register_autograd
             return _differentiable_gradients(cell, x, lengths, saved,
                                              ops.kept_biases(ctx.biases), grads)
+        if ctx.recompute:
+            saved = _recomputed(forward_op, x, lengths, saved, ctx)
         args, own = [], []
         for direction in range(2):
             w_ih, w_hh, w_hr, h0, c0, y, ws_a, ws_b = saved[_SAVED * direction:][:_SAVED]
@@ -177,6 +178,18 @@ def _autograd_backward(cell, backward_op):
                 *ops.parameter_grads(rest[7:], ctx.has_bias, *own[1]), None, None, None)
 
     return autograd_backward
+
+
+def _recomputed(forward_op, x, lengths, saved, ctx):
+    """``saved`` with each direction's ``y, ws_a, ws_b`` from the forward run again with
+    ``save`` (:func:`ops.recomputes`)."""
+    biases = ops.kept_biases(ctx.biases, differentiated=False)
+    own = []
+    for direction in range(2):
+        w_ih, w_hh, w_hr, h0, c0 = saved[_SAVED * direction:][:5]
+        own.append((w_ih, w_hh, *biases[2 * direction:][:2], w_hr, h0, c0))
+    results = ops.call(forward_op, x, *own[0], *own[1], lengths, True, ctx.backend)
+    return [*saved[:5], results[0], *results[3:5], *saved[_SAVED:][:5], results[5], *results[8:10]]
 
 
 def _differentiable_gradients(cell, x, lengths, saved, biases, grads):

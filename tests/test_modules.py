@@ -137,6 +137,28 @@ def test_an_exported_program_compiles_with_aot_inductor(tmp_path, grad_enabled):
     testing.assert_close_relative([out, h_n, c_n], expected, 1e-6, "AOTInductor")
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_program_exported_under_no_grad_trains(compiled):
+    """Its ops were captured without ``save``; run with grad enabled, their backward
+    recomputes each layer's forward, and the gradients are the module's."""
+    module = fusedrnn.GRU(4, 8, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        program = torch.export.export(module, (x,))
+    saves = [node.args[-2] for node in program.graph.nodes
+             if str(node.target).startswith("fusedrnn.")]
+    assert saves == [False, False]
+    exported = program.module()
+    if compiled:
+        exported = torch.compile(exported, backend="aot_eager")
+    gradients = []
+    for model in (module, exported):
+        out, h_n = model(x)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1])).sum() + h_n.square().sum()
+        gradients.append(torch.autograd.grad(loss, list(model.parameters())))
+    testing.assert_close_relative(gradients[1], gradients[0], 1e-6, "gradients")
+
+
 def test_to_dtype_and_module_device_moves_keep_working():
     module = fusedrnn.LSTM(3, 4).double()
     out, _ = module(torch.randn(2, 1, 3, dtype=torch.float64))

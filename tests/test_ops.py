@@ -149,20 +149,64 @@ def test_forward_without_save_keeps_no_workspace_and_the_same_outputs(cell, back
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_forward_without_save_refuses_a_backward_through_it(bidirectional):
-    """Recorded by autograd without ``save``, the forward runs (inductor does so, compiling a
-    graph captured under no_grad) and a backward through its results is refused."""
-    args = _op_args("lstm")
-    args[-2] = False
-    if bidirectional:
-        op = ops_bidirectional.FORWARD["lstm"]
-        args = [args[0], *args[1:8], *args[1:8], args[8], False, args[-1]]
-    else:
-        op = ops.FORWARD["lstm"]
+def _forward_call(cell, bidirectional, save, backend, **kwargs):
+    """A forward op and arguments of it that require grad (both directions' own arguments
+    alike where ``bidirectional``)."""
+    args = _op_args(cell, **kwargs)
+    args[-2:] = [save, backend]
+    if not bidirectional:
+        return ops.FORWARD[cell], args
+    own = [a if a is None else a.detach().clone().requires_grad_() for a in args[1:8]]
+    return (ops_bidirectional.FORWARD[cell],
+            [args[0], *args[1:8], *own, args[8], save, backend])
+
+
+def _leaf_grads(op, args, create_graph=False):
+    """The gradients of every input of ``op(*args)`` that requires grad, from a random
+    weighting of ``y`` and ``h_n`` (seeded: the same weighting for the same call)."""
     results = op(*args)
-    assert results[0].requires_grad
-    with pytest.raises(RuntimeError, match="ran with save=False"):
+    torch.manual_seed(1)
+    loss = sum((r * torch.randn_like(r)).sum() for r in results if r.requires_grad)
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    return torch.autograd.grad(loss, leaves, create_graph=create_graph)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one", "bidir"])
+@pytest.mark.parametrize("cell, backend", [(cell, "reference") for cell in CELLS] + [
+    pytest.param(cell, "cpu", marks=pytest.mark.requires_cpu_ext) for cell in CELLS])
+def test_backward_through_a_forward_without_save_recomputes_it(cell, backend, bidirectional):
+    """Recorded by autograd without ``save`` (a graph captured under no_grad, run with grad
+    enabled), the forward keeps no workspaces; its backward runs it again with ``save`` and
+    gives the gradients a saving forward gives, bit for bit."""
+    torch.manual_seed(0)
+    op, args = _forward_call(cell, bidirectional, False, backend, lengths=True, reverse=True)
+    lean = op(*args)
+    assert lean[3].numel() == lean[4].numel() == 0 and lean[0].requires_grad
+    got = _leaf_grads(op, args)
+    expected = _leaf_grads(op, [*args[:-2], True, backend])
+    assert len(got) == len(expected) > 0
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one", "bidir"])
+def test_double_backward_through_a_forward_without_save(bidirectional):
+    torch.manual_seed(0)
+    op, args = _forward_call("gru", bidirectional, False, "reference", lengths=True)
+    got = _leaf_grads(op, args, create_graph=True)
+    expected = _leaf_grads(op, [*args[:-2], True, "reference"], create_graph=True)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    assert all(g.requires_grad for g in got)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one", "bidir"])
+def test_a_recomputing_backward_refuses_biases_changed_in_place(bidirectional):
+    op, args = _forward_call("lstm", bidirectional, False, "reference")
+    results = op(*args)
+    with torch.no_grad():
+        args[3].add_(1.0)
+    with pytest.raises(RuntimeError, match="b_ih bias of a fusedrnn layer is at version"):
         results[0].sum().backward()
 
 

@@ -242,11 +242,13 @@ def test_an_explicit_request_the_kernels_cannot_run_raises_with_the_reason():
         module(torch.randn(2, 1, 4, device=DEVICE))
 
 
+@pytest.mark.parametrize("save", [True, False], ids=["save", "recompute"])
 @pytest.mark.parametrize("kernel_name", ["persistent", "cooperative"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell, kernel_name):
+def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell, kernel_name, save):
     """The ``triton_op`` versions (what torch.compile traces on a GPU, for the kernels that
-    run a sequence in one launch there) run eagerly here."""
+    run a sequence in one launch there) run eagerly here; run without ``save``, their
+    backward recomputes the forward (ops.recomputes)."""
     from fusedrnn.backends.triton import traceable
 
     skip_unless_built(kernel_name)
@@ -258,8 +260,8 @@ def test_triton_ops_for_compile_match_the_dispatching_op(monkeypatch, cell, kern
                make(3, hidden), make(3, hidden) if cell == "lstm" else None]
     lengths = torch.tensor([4, 2, 3], device=DEVICE)
     results = []
-    for op in (forward_op, ops.FORWARD[cell]):
-        y, h_n, c_n, _, _ = op(*tensors, lengths, False, True, "triton")
+    for op, saving in ((forward_op, save), (ops.FORWARD[cell], True)):
+        y, h_n, c_n, _, _ = op(*tensors, lengths, False, saving, "triton")
         loss = y.sum() + h_n.sum() + (c_n.sum() if cell == "lstm" else 0)
         grads = torch.autograd.grad(loss, [t for t in tensors if t is not None])
         results.append([y, h_n] + list(grads))
