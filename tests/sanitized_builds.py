@@ -89,13 +89,13 @@ def build(sanitizer, folder, extension, sources, flags=()):
 
 def run_child(runtime, path, arguments, folder, **environment):
     """``python arguments...`` with ``runtime`` preloaded and ``path`` first on its path; its
-    exit status and its output (stdout and stderr)."""
+    exit status, its stdout and its stderr."""
     env = dict(os.environ, LD_PRELOAD=f"{runtime} {_libstdcxx()}", PYTHONPATH=path,
                **environment)
     env.pop("TRITON_INTERPRET", None)
     child = subprocess.run([sys.executable, *arguments], capture_output=True, text=True,
                            env=env, cwd=folder, timeout=900)
-    return child.returncode, child.stdout + child.stderr
+    return child.returncode, child.stdout, child.stderr
 
 
 def our_reports(output, marker):

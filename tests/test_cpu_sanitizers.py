@@ -34,12 +34,13 @@ def test_cpu_kernels_under_address_and_undefined_behavior_sanitizers(tmp_path):
                                   sorted((sanitized_builds.CSRC / "cpu").glob("*.cpp")), FLAGS)
     logs = tmp_path / "logs"
     logs.mkdir()
-    status, output = sanitized_builds.run_child(
+    status, stdout, stderr = sanitized_builds.run_child(
         runtime, path,
         ["-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-k", "not triton",
          *(str(TESTS / name) for name in CHECKED)],
         tmp_path, ASAN_OPTIONS=f"detect_leaks=0:log_path={logs / 'asan'}",
         UBSAN_OPTIONS="print_stacktrace=1")
+    output = stdout + stderr
     reported = "\n".join(log.read_text() for log in sorted(logs.iterdir()))
     reports = sanitized_builds.our_reports(output + reported, "ERROR: AddressSanitizer")
     assert not reports, reports[0][:6000]

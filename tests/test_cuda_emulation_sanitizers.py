@@ -54,8 +54,8 @@ def test_persistent_kernels_under_sanitizer(sanitizer, marker, options, tmp_path
         sanitizer, tmp_path, "_cuda_emulation",
         [sanitized_builds.CSRC / "emulation" / "cuda_emulation.cpp"],
         ["-fvisibility=hidden", "-DFUSEDRNN_HOST_EMULATION"])
-    _, output = sanitized_builds.run_child(runtime, path, ["-c", CHILD], tmp_path,
-                                                **options)
-    reports = sanitized_builds.our_reports(output, marker)
+    _, stdout, stderr = sanitized_builds.run_child(runtime, path, ["-c", CHILD], tmp_path,
+                                                   **options)
+    reports = sanitized_builds.our_reports(stdout + stderr, marker)
     assert not reports, reports[0][:6000]
-    assert "checked" in output, output[-4000:]  # ThreadSanitizer exits 66 for torch's races
+    assert "checked" in stdout, (stdout + stderr)[-4000:]  # ThreadSanitizer exits 66 for torch's races
