@@ -85,8 +85,10 @@ class RNNCellBase(nn.Module):
     def __prepare_scriptable__(self):
         return self.to_torch_nn()
 
-    def _step(self, run, input, states, names):
-        """Run one step: ``input`` ``(B, I)`` or ``(I,)``, ``states`` ``(B, H)``/``(H,)`` or None."""
+    def _step(self, input, states, names):
+        """Check one step's ``input`` ``(B, I)`` or ``(I,)`` and ``states`` ``(B, H)``/``(H,)``
+        (or None); ``(sequence, states, weights, bias, batched)`` for :func:`_final_states`:
+        the input as a ``(1, B, I)`` sequence, the states as ``(B, H)``."""
         if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
             got = f"{input.dim()}D" if isinstance(input, torch.Tensor) else type(input).__name__
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {got} "
@@ -106,7 +108,7 @@ class RNNCellBase(nn.Module):
                     self._refuse_state(name, state, input)
             states = [s if batched else s.view(1, -1) for s in states]
         sequence = input.unsqueeze(0) if batched else input.view(1, 1, -1)
-        return run(sequence, states, weights, bias, batched)
+        return sequence, states, weights, bias, batched
 
     def _refuse_state(self, name, state, input):
         """Raise torch's error for a state ``state`` that does not fit ``input``."""
@@ -130,7 +132,7 @@ def _final_states(cell, module, sequence, states, weights, bias):
     ``weights`` (with biases: ``bias``) from ``states``, ``(B, H)`` tensors or None: the final
     states, each the op's own ``(B, H)`` tensor (``step_cell``)."""
     _, finals = functional._run(cell, sequence, states, weights, bias, 1, 0.0, False,
-                                False, False, 0, module.backend, step_cell=True)
+                                False, False, 0, module.backend, True)  # step_cell
     return finals
 
 
@@ -151,14 +153,12 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype, backend=backend)
 
     def forward(self, input, hx=None):
-        def run(sequence, states, weights, bias, batched):
-            h, c = _final_states("lstm", self, sequence,
-                                 None if states is None else tuple(states), weights, bias)
-            return _unstack(h, batched), _unstack(c, batched)
-
         if hx is not None and (isinstance(hx, torch.Tensor) or len(hx) != 2):
             raise TypeError("LSTMCell: hx must be a tuple (h_0, c_0)")
-        return self._step(run, input, hx, ("hx[0]", "hx[1]"))
+        sequence, states, weights, bias, batched = self._step(input, hx, ("hx[0]", "hx[1]"))
+        h, c = _final_states("lstm", self, sequence, None if states is None else tuple(states),
+                             weights, bias)
+        return _unstack(h, batched), _unstack(c, batched)
 
 
 class GRUCell(RNNCellBase):
@@ -171,12 +171,11 @@ class GRUCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype, backend=backend)
 
     def forward(self, input, hx=None):
-        def run(sequence, states, weights, bias, batched):
-            h = _final_states("gru", self, sequence, None if states is None else states[0],
-                              weights, bias)
-            return _unstack(h, batched)
-
-        return self._step(run, input, None if hx is None else (hx,), ("hx",))
+        sequence, states, weights, bias, batched = self._step(
+            input, None if hx is None else (hx,), ("hx",))
+        h = _final_states("gru", self, sequence, None if states is None else states[0], weights,
+                          bias)
+        return _unstack(h, batched)
 
 
 class RNNCell(RNNCellBase):
@@ -193,9 +192,8 @@ class RNNCell(RNNCellBase):
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
 
-        def run(sequence, states, weights, bias, batched):
-            h = _final_states(f"rnn_{self.nonlinearity}", self, sequence,
-                              None if states is None else states[0], weights, bias)
-            return _unstack(h, batched)
-
-        return self._step(run, input, None if hx is None else (hx,), ("hx",))
+        sequence, states, weights, bias, batched = self._step(
+            input, None if hx is None else (hx,), ("hx",))
+        h = _final_states(f"rnn_{self.nonlinearity}", self, sequence,
+                          None if states is None else states[0], weights, bias)
+        return _unstack(h, batched)

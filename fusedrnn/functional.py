@@ -142,7 +142,8 @@ def _run(cell, input, hx, weights, bias, num_layers, dropout, training, bidirect
                 _PLANS.clear()
             _PLANS[key] = plan
     else:  # the checks passed for this signature: only the layout
-        x, _ = _batched_time_major(_MODE_NAMES[cell], input, batch_first)
+        x = (input.unsqueeze(1) if not plan.batched
+             else input.transpose(0, 1) if batch_first else input)
         if hx is None:
             states = [[x.new_zeros(shape[1:])] if shape[0] == 1 else x.new_zeros(shape).unbind(0)
                       for shape in plan.state_shapes]
@@ -223,7 +224,7 @@ def _prepare(cell, input, hx, weights, bias, num_layers, dropout, bidirectional,
         direct = ops.dispatcher_passes_on([x, *states, *weights, *(() if lengths is None
                                                                    else (lengths,))])
         if not save:
-            op = (direct and ops.direct(op)) or ops.below_autograd(op)
+            op = (direct and ops.direct(op, choice.name, x.dtype)) or ops.below_autograd(op)
             pair_op = pair_op and ((direct and ops.direct(pair_op)) or ops.below_autograd(pair_op))
         elif not torch.jit.is_tracing() and not torch._C._functorch.get_interpreter_stack():
             op = ops.eager_autograd(op, direct)
@@ -256,9 +257,11 @@ def _layers(plan, x, states, weights, lengths, positions, input, dropout, traini
         else:
             results = [plan.op(layer_input, *own[d], lengths, d == 1, save, plan.backend)
                        for d in range(plan.directions)]
-        outputs = [y for y, _, _, _, _ in results]
-        h_n += [h for _, h, _, _, _ in results]
-        c_n += [c for _, _, c, _, _ in results]
+        outputs = []
+        for y, h, c, _, _ in results:
+            outputs.append(y)
+            h_n.append(h)
+            c_n.append(c)
         layer_input = outputs[0] if plan.directions == 1 else torch.cat(outputs, 2)
         if dropout > 0 and training and layer < plan.num_layers - 1:
             layer_input = _dropout(layer_input, dropout, positions)
@@ -267,7 +270,8 @@ def _layers(plan, x, states, weights, lengths, positions, input, dropout, traini
         c_n = []
     finals = h_n + c_n if plan.step_cell else [torch.stack(f, 0) for f in (h_n, c_n) if f]
     output = layer_input
-    if plan.output_dtype not in (None, output.dtype) and output.dtype != torch.float64:
+    if (plan.output_dtype is not None and plan.output_dtype != output.dtype
+            and output.dtype != torch.float64):
         output, finals[0] = output.to(plan.output_dtype), finals[0].to(plan.output_dtype)
     if isinstance(input, PackedSequence):
         output = _repack(output, positions, input)

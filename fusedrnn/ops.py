@@ -86,10 +86,22 @@ def dispatcher_passes_on(tensors):
                and (t.is_cpu or t.is_cuda) for t in tensors)
 
 
-def direct(op):
+def direct(op, backend=None, dtype=None):
     """The Python function ``op`` runs, to call without the dispatcher where
-    :func:`dispatcher_passes_on`, or None for an op with kernels of its own (a backend's)."""
-    return _IMPLEMENTATION.get(op)
+    :func:`dispatcher_passes_on`, or None for an op with kernels of its own (a backend's).
+    With the ``backend`` and ``dtype`` of a call that autograd does not record, a
+    dispatching forward op's: the backend's own function of it
+    (:meth:`~fusedrnn.backends.Backend.direct_forward`) where it has one."""
+    cell = _FORWARD_CELL.get(op) if backend is not None else None
+    kernel = cell and backends.get(backend).direct_forward(cell, dtype)
+    if not kernel:
+        return _IMPLEMENTATION.get(op)
+
+    def call(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, _backend):
+        return kernel(*_contiguous(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths), reverse,
+                      save)
+
+    return call
 
 
 def call(op, *args):
@@ -410,3 +422,4 @@ FORWARD = {}
 BACKWARD = {}
 for _cell in GATES:
     FORWARD[_cell], BACKWARD[_cell] = _dispatching_pair(_cell)
+_FORWARD_CELL = {op: cell for cell, op in FORWARD.items()}

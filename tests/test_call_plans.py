@@ -76,6 +76,10 @@ def test_plain_calls_skip_the_dispatcher_and_modes_still_see_the_ops(
         implementation = ops.direct(op)
         monkeypatch.setitem(ops._IMPLEMENTATION, op, lambda *args, f=implementation, op=op: (
             direct_calls.append(op), f(*args))[1])
+    cpu = backends.get("cpu")
+    kernel_of = cpu.direct_forward
+    monkeypatch.setattr(cpu, "direct_forward", lambda cell, dtype: (
+        lambda *args, f=kernel_of(cell, dtype): (direct_calls.append("kernel"), f(*args))[1]))
     module = fusedrnn.LSTM(3, 5, bidirectional=bidirectional)
     x = torch.randn(4, 2, 3)
 
@@ -88,7 +92,9 @@ def test_plain_calls_skip_the_dispatcher_and_modes_still_see_the_ops(
                                                    list(module.parameters()))]
 
     plain = run()
-    expected_direct = [forward_op, backward_op] if training else [forward_op]
+    # Inference of one direction calls the cpu backend's kernel itself (direct_forward).
+    expected_direct = ([forward_op, backward_op] if training
+                       else [forward_op] if bidirectional else ["kernel"])
     assert direct_calls == expected_direct
     mode = _OpNames()
     with mode:
@@ -195,3 +201,41 @@ def test_cells_run_their_kept_plans_as_torch_does(fresh_plans, cls):
                     torch.testing.assert_close(a, b)
                     assert a.requires_grad
     assert len(fresh_plans) == 4
+
+
+def _op_arguments(cell, steps, batch, size, hidden, proj, bias, lengths, reverse, save):
+    """The forward op's arguments for one direction, ``x`` a transposed (strided) view."""
+    gates, state = ops.GATES[cell], proj or hidden
+    g = torch.Generator().manual_seed(5)
+    make = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    return (make(batch, steps, size).transpose(0, 1), make(gates * hidden, size),
+            make(gates * hidden, state), make(gates * hidden) if bias else None,
+            make(gates * hidden) if bias else None, make(proj, hidden) if proj else None,
+            make(batch, state), make(batch, hidden) if cell == "lstm" else None,
+            torch.tensor(lengths) if lengths else None, reverse, save, "cpu")
+
+
+@pytest.mark.requires_cpu_ext
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_the_cpu_backends_own_direct_forward_is_its_op(cell):
+    """``ops.direct`` of a call autograd does not record, float32 or float64 on the cpu
+    backend: the extension's kernel itself, whose results are the op's, bit for bit."""
+    op = ops.FORWARD[cell]
+    for dtype in (torch.bfloat16, torch.float16):
+        assert ops.direct(op, "cpu", dtype) is ops.direct(op)  # widened or sized: forward()
+    assert ops.direct(op, "reference", torch.float32) is ops.direct(op)
+    for proj, bias, lengths, reverse, save in [(0, True, None, False, False),
+                                              (0, False, [3, 1], True, True),
+                                              (2, True, [2, 3], False, True)]:
+        if proj and cell != "lstm":
+            continue
+        for dtype in (torch.float32, torch.float64):
+            args = _op_arguments(cell, 3, 2, 4, 5, proj, bias, lengths, reverse, save)
+            args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                    else a for a in args]
+            call = ops.direct(op, "cpu", dtype)
+            assert call is not ops.direct(op)
+            got, want = call(*args), op(*args)
+            assert len(got) == len(want) == 5
+            for a, b in zip(got, want):
+                assert a.dtype == b.dtype and torch.equal(a, b)

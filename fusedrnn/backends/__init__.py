@@ -107,6 +107,14 @@ class Backend:
         (same schema and autograd), or None."""
         return None
 
+    def direct_forward(self, cell, dtype):
+        """For :func:`fusedrnn.ops.direct`: a function of the forward op's arguments but
+        ``backend``, run on contiguous tensors of ``dtype`` above autograd, that returns what
+        :meth:`forward` returns, where the dispatcher would only pass the call on and autograd
+        records nothing (no autocast, no mode, no profiler); None: :meth:`forward` itself,
+        below autograd, through the op's implementation."""
+        return None
+
 
 class ReferenceBackend(Backend):
     name = "reference"

@@ -33,6 +33,7 @@ in bfloat16, the generic backward of recurrence.py).
   (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab).
   The GRU's and RNN's kernels take the same rule."""
 
+import functools
 import os
 
 import torch
@@ -92,18 +93,22 @@ class CpuBackend(RecurrenceBackend):
             return self._forward(cell, *args)
         return _rounded(self._forward(cell, *_widened(args)), narrow)
 
-    def _forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save):
+    def _forward(self, cell, *args):
         """One ``*_forward`` op: the input projection, the biases and the time loop in one
         call. Three calls from Python took 5-15% more of a cell's step at hidden 128-256
         (benchmarks/results/epyc-2core-forward-op-ab)."""
-        ops = _kernels(self.extension.load())
-        if cell == "lstm":
-            return ops.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
-                                    save)
-        if cell == "gru":
-            return ops.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, save)
-        return ops.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
-                               cell == "rnn_relu")
+        return _forward_kernel(_kernels(self.extension.load()), cell, *args)
+
+    def direct_forward(self, cell, dtype):
+        """The extension's kernel itself for float32 and float64 (16-bit calls are widened or
+        chosen per size: :meth:`forward`): the op's implementation, the backend's lookup and
+        the dtype's check took 5-7 us of a 30-80 us inference call of a cell or a one-step
+        module at batch 1 and 8, hidden 32 and 128, on the 2-core Xeon
+        (benchmarks/results/xeon-emr-2core-direct-forward-ab)."""
+        if dtype not in (torch.float32, torch.float64):
+            return None
+        # The extension's plain functions run their kernels below autograd.
+        return functools.partial(_forward_kernel, self.extension.load(), cell)
 
     def _bf16_kernel(self, cell, dtype, batch, hidden, state):
         """Whether a call runs the cell's bfloat16 kernels (else it is widened)."""
@@ -153,6 +158,18 @@ class CpuBackend(RecurrenceBackend):
         *grads, dh0 = ops.rnn_bptt(grad_y, grad_hn, x, w_ih, w_hh, h0, lengths, y, reverse,
                                    cell == "rnn_relu", has_bias)
         return (*grads, common.empty(x), dh0, common.empty(x))
+
+
+def _forward_kernel(kernels, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
+                    save):
+    """The forward op's call of the ``kernels`` (the extension or torch.ops.fusedrnn) of ``cell``."""
+    if cell == "lstm":
+        return kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
+                                    save)
+    if cell == "gru":
+        return kernels.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, save)
+    return kernels.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
+                               cell == "rnn_relu")
 
 
 def _kernels(module):
