@@ -17,6 +17,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from . import cells as _cells
+from .backends.common import GATES as _GATES
 from . import modules as _modules
 
 OUTPUT_FACTOR = 2.0
@@ -89,6 +90,28 @@ def make_state(module, batch, *, dtype=None, device=None, generator=None, batche
     shapes = [lead + ((batch,) if batched else ()) + (size,) for size in sizes]
     states = [_randn(s, dtype, device, generator) for s in shapes]
     return tuple(states) if lstm else states[0]
+
+
+def make_op_arguments(cell, *, steps=4, batch=3, input_size=2, hidden=3, proj=0, bias=True,
+                      lengths=None, reverse=False, save=True, backend="reference",
+                      dtype=torch.float64, requires_grad=False, generator=None):
+    """The arguments of one direction's ``fusedrnn::{cell}_fwd`` (``ops.FORWARD[cell]``):
+    random tensors (leaves that require a gradient where ``requires_grad``), ``lengths`` a
+    list or None, then the flags and the backend's name."""
+    gates = _GATES[cell] * hidden
+    state = proj or hidden
+
+    def make(*shape):
+        return _randn(shape, dtype, "cpu", generator).requires_grad_(requires_grad)
+
+    x = make(steps, batch, input_size)
+    w_ih, w_hh = make(gates, input_size), make(gates, state)
+    b_ih, b_hh = (make(gates), make(gates)) if bias else (None, None)
+    w_hr = make(proj, hidden) if proj else None
+    h0 = make(batch, state)
+    c0 = make(batch, hidden) if cell == "lstm" else None
+    lengths = None if lengths is None else torch.tensor(lengths)
+    return [x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, save, backend]
 
 
 def flatten_outputs(output):

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedrnn
 from fusedrnn import backends, functional, ops, ops_bidirectional
-from fusedrnn.testing import torch_twin
+from fusedrnn.testing import make_op_arguments, torch_twin
 
 
 class _OpNames(TorchDispatchMode):
@@ -204,18 +204,6 @@ def test_cells_run_their_kept_plans_as_torch_does(fresh_plans, cls):
     assert len(fresh_plans) == 4
 
 
-def _op_arguments(cell, steps, batch, size, hidden, proj, bias, lengths, reverse, save):
-    """The forward op's arguments for one direction, ``x`` a transposed (strided) view."""
-    gates, state = ops.GATES[cell], proj or hidden
-    g = torch.Generator().manual_seed(5)
-    make = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    return (make(batch, steps, size).transpose(0, 1), make(gates * hidden, size),
-            make(gates * hidden, state), make(gates * hidden) if bias else None,
-            make(gates * hidden) if bias else None, make(proj, hidden) if proj else None,
-            make(batch, state), make(batch, hidden) if cell == "lstm" else None,
-            torch.tensor(lengths) if lengths else None, reverse, save, "cpu")
-
-
 @pytest.mark.requires_cpu_ext
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_the_cpu_backends_own_direct_forward_is_its_op(cell):
@@ -231,9 +219,11 @@ def test_the_cpu_backends_own_direct_forward_is_its_op(cell):
         if proj and cell != "lstm":
             continue
         for dtype in (torch.float32, torch.float64):
-            args = _op_arguments(cell, 3, 2, 4, 5, proj, bias, lengths, reverse, save)
-            args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
-                    else a for a in args]
+            args = make_op_arguments(
+                cell, steps=3, batch=2, input_size=4, hidden=5, proj=proj, bias=bias,
+                lengths=lengths, reverse=reverse, save=save, backend="cpu", dtype=dtype,
+                generator=torch.Generator().manual_seed(5))
+            args[0] = args[0].transpose(0, 1).contiguous().transpose(0, 1)  # strided x
             call = ops.direct(op, "cpu", dtype)
             assert call is not ops.direct(op)
             got, want = call(*args), op(*args)

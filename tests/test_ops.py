@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import ops, ops_bidirectional
+from fusedrnn import ops, ops_bidirectional, testing
 
 DT = torch.float64
 CELLS = list(ops.GATES)
@@ -12,17 +12,10 @@ CELLS = list(ops.GATES)
 
 def _op_args(cell, *, steps=4, batch=3, input_size=2, hidden=3, proj=0, bias=True,
              lengths=False, reverse=False, requires_grad=True):
-    gates = ops.GATES[cell] * hidden
-    state = proj or hidden
-    make = lambda *shape: torch.randn(*shape, dtype=DT, requires_grad=requires_grad)  # noqa: E731
-    x = make(steps, batch, input_size)
-    w_ih, w_hh = make(gates, input_size), make(gates, state)
-    b_ih, b_hh = (make(gates), make(gates)) if bias else (None, None)
-    w_hr = make(proj, hidden) if proj else None
-    h0 = make(batch, state)
-    c0 = make(batch, hidden) if cell == "lstm" else None
-    lens = torch.tensor([steps, 1, steps - 1][:batch]) if lengths else None
-    return [x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lens, reverse, True, "reference"]
+    return testing.make_op_arguments(
+        cell, steps=steps, batch=batch, input_size=input_size, hidden=hidden, proj=proj,
+        bias=bias, lengths=[steps, 1, steps - 1][:batch] if lengths else None, reverse=reverse,
+        dtype=DT, requires_grad=requires_grad)
 
 
 def _variants():

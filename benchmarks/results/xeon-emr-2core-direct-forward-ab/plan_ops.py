@@ -12,7 +12,7 @@ import time
 import torch
 
 import fusedrnn
-from fusedrnn import functional, ops
+from fusedrnn import functional, ops, testing
 
 CASES = [(kind, batch, hidden) for kind in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN")
          for batch in (1, 8) for hidden in (32, 128)]
@@ -26,12 +26,6 @@ def best(call, calls=300, rounds=40):
             call()
         times.append((time.perf_counter() - start) / calls * 1e6)
     return min(times)
-
-
-def _flat(results):
-    if isinstance(results, torch.Tensor):
-        return [results]
-    return [t for item in results for t in _flat(item)]
 
 
 def main():
@@ -53,7 +47,7 @@ def main():
                 functional._PLANS[key] = variants[name]
                 return lambda: module(x)
 
-            results = [_flat(timed(name)()) for name in variants]
+            results = [testing.flatten_outputs(timed(name)()) for name in variants]
             assert all(map(torch.equal, *results))  # the same results either way
             times = {name: [] for name in variants}
             for _ in range(3):  # alternated blocks
