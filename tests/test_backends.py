@@ -65,7 +65,7 @@ def test_cpu_auto_leaves_large_16_bit_calls_to_the_reference_backend(monkeypatch
             assert (fusedrnn.select_backend(None, cpu, torch.bfloat16, call).name
                     == ("cpu" if kernels else "reference"))
             assert fusedrnn.select_backend(None, cpu, torch.float16, call).name == "reference"
-    # On MKL's product (an Intel CPU's with AMX) only the LSTM's were measured ahead of it.
+    # On MKL's product (no bfloat16 brgemm) only the LSTM's were measured ahead of it.
     monkeypatch.setattr(extension, "bf16_on_brgemm", lambda: False)
     monkeypatch.setattr(extension, "bf16_on_mkl", lambda: True)
     for cell, expected in (("lstm", "cpu"), ("gru", "reference"), ("rnn_tanh", "reference")):

@@ -33,6 +33,7 @@ def _bf16_kernel(monkeypatch):
         pytest.skip("this torch has no bfloat16 product (oneDNN's brgemm or MKL's)")
     monkeypatch.setattr(cpu, "BF16_KERNEL_FROM", 0)
     monkeypatch.setattr(cpu, "BF16_BRGEMM_FROM", 0)
+    monkeypatch.setattr(cpu, "BF16_AMX_FROM", 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -67,33 +68,44 @@ def test_bfloat16_kernels_within_the_low_precision_rule(monkeypatch, cell, op, k
         assert torch.bfloat16 in seen and torch.float32 not in seen  # never widened
 
 
-@pytest.mark.parametrize("on_brgemm, f32_on_brgemm, on_mkl", [
-    (True, True, True), (True, True, False),  # a non-Intel CPU with AVX512-BF16
-    (True, False, True),                      # an Intel CPU without AMX
-    (False, False, True)])                    # an Intel CPU with AMX
-def test_bfloat16_kernel_sizes(monkeypatch, on_brgemm, f32_on_brgemm, on_mkl):
+@pytest.mark.parametrize("on_brgemm, f32_on_brgemm, on_amx, on_mkl", [
+    (True, True, False, True), (True, True, False, False),  # a non-Intel CPU with AVX512-BF16
+    (True, False, False, True),                             # an Intel CPU without AMX
+    (True, False, True, True),                              # an Intel CPU with AMX
+    (False, False, False, True)])                           # no bfloat16 brgemm: MKL's only
+def test_bfloat16_kernel_sizes(monkeypatch, on_brgemm, f32_on_brgemm, on_amx, on_mkl):
     """Where the bfloat16 and the float32 products both run on brgemm, the kernels run at even
     hidden sizes from BF16_BRGEMM_FROM multiply-adds per step (an odd size's forward product
-    is MKL's); elsewhere from BF16_KERNEL_FROM, on either bfloat16 product; without MKL's,
-    odd sizes are widened."""
+    is MKL's); where the bfloat16 ones run on brgemm with AMX, from BF16_AMX_FROM; elsewhere
+    from BF16_KERNEL_FROM, on either bfloat16 product; without MKL's, odd sizes are
+    widened."""
     from fusedrnn.backends import cpu
 
     extension = _extension.CPU.load()
     monkeypatch.setattr(extension, "bf16_on_brgemm", lambda: on_brgemm)
     monkeypatch.setattr(extension, "f32_on_brgemm", lambda: f32_on_brgemm)
+    monkeypatch.setattr(extension, "bf16_on_amx", lambda: on_amx)
     monkeypatch.setattr(extension, "bf16_on_mkl", lambda: on_mkl)
     kernel = functools.partial(cpu.CpuBackend()._bf16_kernel, dtype=torch.bfloat16)
+
+    def smallest_even(multiply_adds, batch, gates):  # the smallest even H: batch G H^2 >= it
+        hidden = math.ceil(math.sqrt(multiply_adds / (batch * gates)))
+        return hidden + hidden % 2
+
+    brgemm_from = on_brgemm and f32_on_brgemm
+    amx_from = on_brgemm and (f32_on_brgemm or on_amx)
     for cell, gates in GATES.items():
         at = lambda batch, hidden: kernel(cell, batch=batch, hidden=hidden, state=hidden)  # noqa: E731
-        even = math.ceil(math.sqrt(cpu.BF16_BRGEMM_FROM / (2 * gates)))  # 2 x G x H^2 >= it
-        even += even % 2  # the smallest even such H: 36, 42, 72
-        assert at(2, even) == (on_brgemm and f32_on_brgemm) and not at(2, even - 2)
+        even = smallest_even(cpu.BF16_BRGEMM_FROM, 2, gates)  # 36, 42, 72
+        assert at(2, even) == brgemm_from and not at(2, even - 2)
         assert not at(2, even + 1)  # odd: MKL's product, from BF16_KERNEL_FROM
         assert at(64, 257) == (on_mkl and 64 * gates * 257**2 >= cpu.BF16_KERNEL_FROM)
+        amx = smallest_even(cpu.BF16_AMX_FROM, 2, gates)  # 128, 148, 256
+        assert at(2, amx) == amx_from and at(2, amx - 2) == brgemm_from
+        assert not at(2, amx + 1)
         # From BF16_KERNEL_FROM on either product: batch 16, hidden 256 for the LSTM.
-        large = math.ceil(math.sqrt(cpu.BF16_KERNEL_FROM / (16 * gates)))
-        large += large % 2
-        assert at(16, large) and at(16, large - 2) == (on_brgemm and f32_on_brgemm)
+        large = smallest_even(cpu.BF16_KERNEL_FROM, 16, gates)
+        assert at(16, large) and at(16, large - 2) == amx_from
         assert at(64, 512)
         assert not kernel(cell, dtype=torch.float16, batch=64, hidden=512, state=512)
     assert not kernel("lstm", batch=64, hidden=512, state=7)  # projected

@@ -118,7 +118,7 @@ for cell, batch, hidden, steps in (("LSTM", 3, 200, 5), ("LSTM", 3, 200, 1), ("G
 extension = _extension.CPU.load()
 assert extension.avx512_rows() or os.environ["FUSEDRNN_CPU_MATH"] != "auto" or not avx512
 assert not extension.avx512_rows() or os.environ["FUSEDRNN_CPU_MATH"] == "auto"
-cpu_backend.BF16_KERNEL_FROM = cpu_backend.BF16_BRGEMM_FROM = 0
+cpu_backend.BF16_KERNEL_FROM = cpu_backend.BF16_BRGEMM_FROM = cpu_backend.BF16_AMX_FROM = 0
 for cell, op in (("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")):
     # The cpu backend's forward (the extension's plain function, as the backend calls it
     # outside the profiler) and backward (the generic one's recurrence op).

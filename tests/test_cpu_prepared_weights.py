@@ -51,6 +51,7 @@ def test_calls_reuse_prepared_weights_only_while_they_are_unchanged(two_threads,
         # widened into new tensors on every call, which no cache can key on).
         monkeypatch.setattr(cpu_backend, "BF16_KERNEL_FROM", 0)
         monkeypatch.setattr(cpu_backend, "BF16_BRGEMM_FROM", 0)
+        monkeypatch.setattr(cpu_backend, "BF16_AMX_FROM", 0)
     module = getattr(fusedrnn, cell)(6, hidden, backend="cpu", dtype=dtype)
     x = testing.make_sequence(batch, 5, 6, dtype=dtype)
     weight = module.weight_hh_l0
@@ -289,6 +290,7 @@ def test_small_bfloat16_calls_read_the_weights_in_place(two_threads, monkeypatch
         pytest.skip("this torch has no bfloat16 product (oneDNN's brgemm or MKL's)")
     monkeypatch.setattr(cpu_backend, "BF16_KERNEL_FROM", 0)  # the bfloat16 kernels at any size
     monkeypatch.setattr(cpu_backend, "BF16_BRGEMM_FROM", 0)
+    monkeypatch.setattr(cpu_backend, "BF16_AMX_FROM", 0)
     cpu.clear_prepared_cache()
     counts = cpu.prepared_cache_counts()
     make = lambda dtype, backend: getattr(fusedrnn, cell)(input_size, hidden, dtype=dtype,

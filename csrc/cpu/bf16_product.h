@@ -4,13 +4,15 @@
 // Measured on the 2-core AMD EPYC (Zen 4, AVX512-BF16), GFLOP/s at batch x K x N of 32 x 256
 // x 1024, 64 x 512 x 2048, 8 x 128 x 512, 16 x 768 x 3072 and 1 x 256 x 1024: brgemm on two
 // threads (half the columns each) 392, 440, 336, 436 and 105; MKL's two-thread product 111,
-// 158, 56, 119 and 4. On the 2-core Xeon with AMX MKL's product was the fast one (see
-// lstm_bf16_cpu.cpp), so Intel CPUs with AMX keep it, as for float32. On a 2-core Xeon
-// without AMX (AVX512-BF16 only) brgemm was the fast one for the bfloat16 kernels: the
-// modules at 2^22 multiply-adds per step and above (batch 16-64, hidden 256-512) took
-// 0.87-0.94 of their time on MKL's product, and the GRU and RNN at batch 64 / hidden 512
-// 0.70-0.87 of the reference backend's, which auto ran there
-// (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab).
+// 158, 56, 119 and 4. On a 2-core Xeon without AMX (AVX512-BF16 only) brgemm was the fast
+// one for the bfloat16 kernels: the modules at 2^22 multiply-adds per step and above (batch
+// 16-64, hidden 256-512) took 0.87-0.94 of their time on MKL's product, and the GRU and RNN at
+// batch 64 / hidden 512 0.70-0.87 of the reference backend's, which auto ran there
+// (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab). On the 2-core Xeon with AMX, where
+// oneDNN's brgemm runs on AMX tiles, it was faster still: bfloat16 modules from batch 8 /
+// hidden 128 took 0.35-0.93 of their time on MKL's product (or widened to float32 on MKL),
+// but the LSTM's training at batch 8, 1.02 (benchmarks/results/cpu-2core-bf16-amx-ab). So
+// auto runs them on brgemm wherever oneDNN has a bfloat16 brgemm; MKL's stays for odd sizes.
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -58,24 +60,27 @@ inline bool bf16_brgemm_runs() {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // Whether the CPU has AMX-BF16 (CPUID leaf 7, EDX bit 22) and the OS enabled its tile state
-// (XCR0 bits 17 and 18, readable where CPUID leaf 1 reports OSXSAVE, ECX bit 27).
+// (XCR0 bits 17 and 18, readable where CPUID leaf 1 reports OSXSAVE, ECX bit 27), asked
+// once per process: in a virtual machine each CPUID can exit to the hypervisor (asked on
+// every bfloat16 call, these took about 60 us of each on the 2-core Xeon with AMX).
 inline bool amx_bf16_enabled() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx >> 22 & 1u)) return false;
-  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx >> 27 & 1u)) return false;
-  unsigned xcr0_low = 0, xcr0_high = 0;
-  __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
-  return (xcr0_low & 0x60000u) == 0x60000u;
+  static const bool enabled = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx >> 22 & 1u)) return false;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx >> 27 & 1u)) return false;
+    unsigned xcr0_low = 0, xcr0_high = 0;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    return (xcr0_low & 0x60000u) == 0x60000u;
+  }();
+  return enabled;
 }
 #endif
 
 // Whether auto runs bfloat16 products on brgemm on this CPU (where bf16_brgemm_runs()): one
-// with AVX512-BF16 that is not Intel's, as for float32 (brgemm_preferred()), or an Intel one
-// without AMX-BF16 enabled, where MKL's product has no AMX to run on.
+// with AVX512-BF16 or AMX-BF16, whoever made it.
 inline bool bf16_brgemm_preferred() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  static const bool cpu = __builtin_cpu_supports("avx512bf16") &&
-                          (!__builtin_cpu_is("intel") || !amx_bf16_enabled());
+  static const bool cpu = __builtin_cpu_supports("avx512bf16") || amx_bf16_enabled();
   return cpu;
 #else
   return false;
@@ -91,6 +96,16 @@ inline bool bf16_uses_brgemm(int64_t k) {
   const bool wanted =
       gemm_mode() == "brgemm" || (gemm_mode() == "auto" && bf16_brgemm_preferred());
   return wanted && bf16_brgemm_runs();
+}
+
+// Whether the bfloat16 products on brgemm run on AMX tiles: oneDNN takes AMX where the CPU
+// has AMX-BF16 and the OS enabled it (a cap set by ONEDNN_MAX_CPU_ISA is not seen here).
+inline bool bf16_brgemm_on_amx() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return bf16_uses_brgemm(2) && amx_bf16_enabled();
+#else
+  return false;
+#endif
 }
 
 // Whether MKL's bfloat16 product is there and allowed.

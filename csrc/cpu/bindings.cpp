@@ -153,6 +153,11 @@ PyObject* bf16_on_brgemm(PyObject*, PyObject*) {
   return bool_result([] { return fusedrnn::cpu::bf16_uses_brgemm(/*k=*/2); });
 }
 
+// bf16_on_amx() -> bool: whether those brgemm products run on AMX tiles (bf16_product.h).
+PyObject* bf16_on_amx(PyObject*, PyObject*) {
+  return bool_result([] { return fusedrnn::cpu::bf16_brgemm_on_amx(); });
+}
+
 PyObject* bf16_on_mkl(PyObject*, PyObject*) {
   return bool_result([] { return fusedrnn::cpu::bf16_on_mkl(); });
 }
@@ -318,6 +323,8 @@ PyMethodDef methods[] = {
      "release_workspaces() -> bytes: frees the workspace pool's cached blocks"},
     {"bytes_checksum", bytes_checksum, METH_VARARGS,
      "bytes_checksum(buffer) -> int: the prepared weights' checksum of a contiguous buffer"},
+    {"bf16_on_amx", bf16_on_amx, METH_NOARGS,
+     "bf16_on_amx() -> bool: whether that kernel's brgemm products run on AMX tiles"},
     {"bf16_on_mkl", bf16_on_mkl, METH_NOARGS,
      "bf16_on_mkl() -> bool: whether MKL's bfloat16 product is there for that kernel"},
     {nullptr, nullptr, 0, nullptr}};

@@ -20,18 +20,21 @@ in bfloat16, the generic backward of recurrence.py).
   (training 1.14), then 0.78-0.56 (0.83-0.51); the LSTM 0.87 at B1 H64 (training 0.96), 0.63
   at B4 T100 H256 (0.65). Below, at B1-2 H32-64, widening won in training by 7-24%
   (inference 0.98-1.14): benchmarks/results/epyc-2core-bf16-kernels-ab.
-- Where the float32 products run on MKL's (Intel CPUs), from :data:`BF16_KERNEL_FROM`
-  multiply-adds per step, the bfloat16 products on MKL's ``cblas_gemm_bf16bf16f32`` (CPUs
-  with AMX) or on brgemm (AVX512-BF16 without AMX): below, widening is faster. MKL's,
-  measured for the LSTM on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 against 9.9
-  widened at batch 32 / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps,
-  6.3 against 6.1 at 16 / 256, but 3.1 against 2.5 at 8 / 128 / 200 steps; module training
-  at batch 32 / hidden 256: 0.73 x torch.nn's time, against 1.39 widened
-  (benchmarks/results/cpu-2core-bfloat16). brgemm's on the 2-core Xeon without AMX, modules
-  against widened: the LSTM 1.42-1.61x the time at B8 T200 H128, the GRU 1.38-1.63x at B8
-  T200 H128 and B16 T100 H256, the RNN 0.91-1.57x at B8-32 (training 1.24-1.57x)
-  (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab).
-  The GRU's and RNN's kernels take the same rule."""
+- Where the float32 products run on MKL's (Intel CPUs) and the bfloat16 ones on brgemm with
+  AMX tiles, from :data:`BF16_AMX_FROM`. On the 2-core Xeon with AMX, kernel against widened,
+  best of 7 interleaved rounds: at 2^17 to 2^21 multiply-adds per step 0.30-0.78 inference,
+  0.22-0.97 training (all three cells); at 2^12 to 98,304, 0.75-1.54 and 0.93-1.62
+  (benchmarks/results/cpu-2core-bf16-amx-ab).
+- Elsewhere, from :data:`BF16_KERNEL_FROM` multiply-adds per step, the bfloat16 products on
+  brgemm (AVX512-BF16 without AMX) or on MKL's ``cblas_gemm_bf16bf16f32`` (odd hidden sizes,
+  or no bfloat16 brgemm in oneDNN): below, widening is faster. brgemm's on the 2-core Xeon
+  without AMX, modules against widened: the LSTM 1.42-1.61x the time at B8 T200 H128, the GRU
+  1.38-1.63x at B8 T200 H128 and B16 T100 H256, the RNN 0.91-1.57x at B8-32 (training
+  1.24-1.57x) (benchmarks/results/xeon-emr-2core-bf16-brgemm-ab). MKL's, measured for the
+  LSTM on the 2-core AMX Xeon at 9eeedc3, ms per forward: 6.2 against 9.9 widened at batch 32
+  / hidden 256 / 100 steps, 13.6 against 37.1 at 64 / 512 / 50 steps, 6.3 against 6.1 at 16
+  / 256, but 3.1 against 2.5 at 8 / 128 / 200 steps (benchmarks/results/cpu-2core-bfloat16
+  at e12bd00). The GRU's and RNN's kernels take the same rule."""
 
 import functools
 import os
@@ -46,6 +49,7 @@ from .recurrence import RecurrenceBackend
 # Multiply-adds per step (batch x G x H) from which the bfloat16 kernels run (bf16_kernel_from):
 BF16_KERNEL_FROM = 2**22  # where widened calls run on MKL's float32 product (Intel CPUs)
 BF16_BRGEMM_FROM = 10_000  # where both products run on oneDNN's brgemm (other x86 CPUs)
+BF16_AMX_FROM = 2**17  # where the bfloat16 one runs on brgemm with AMX, the float32 on MKL
 # From this many multiply-adds per step (batch x G x H), auto leaves 16-bit calls to the
 # reference backend, whose bfloat16 products run on oneDNN (AMX where present): at batch 64,
 # hidden 512 it trained 1.5-1.8x faster than the widened kernels here and ran the GRU and
@@ -77,7 +81,8 @@ class CpuBackend(RecurrenceBackend):
         if call.batch * common.GATES[call.cell] * call.hidden * call.state < NARROW_AUTO_UNTIL:
             return False, ""
         # The bfloat16 kernels stay ahead of it: the LSTM's on either product, the GRU's and
-        # RNN's on brgemm's (on MKL's, on an Intel CPU with AMX, unmeasured against it).
+        # RNN's on brgemm's (on MKL's, at odd hidden sizes or without a bfloat16 brgemm,
+        # unmeasured against it).
         if (self._bf16_kernel(call.cell, dtype, call.batch, call.hidden, call.state)
                 and (call.cell == "lstm" or bf16_on_brgemm(self.extension.load(), call.hidden))):
             return False, ""
@@ -199,8 +204,8 @@ def _describe_products(extension):
            else "ATen" if mode == "aten" else "MKL (ATen where torch exports no BLAS)")
     bf16 = ("none (widened to float32)" if not extension.has_bf16_gemm()
             else "MKL" if not extension.bf16_on_brgemm()
-            else "oneDNN's brgemm (MKL at odd hidden sizes)" if extension.bf16_on_mkl()
-            else "oneDNN's brgemm")
+            else "oneDNN's brgemm" + (" on AMX" if extension.bf16_on_amx() else "")
+            + (" (MKL at odd hidden sizes)" if extension.bf16_on_mkl() else ""))
     small = ("; float32 and float64 calls of at most 16 rows in all, or of one row per step "
              "at hidden 128 and above: row dots of the weights in place"
              if mode == "auto" else "")
@@ -233,11 +238,14 @@ def bf16_on_brgemm(extension, hidden):
 def bf16_kernel_from(extension, hidden):
     """The multiply-adds per step from which the bfloat16 kernels run at this hidden size, or
     None where they have no product (see the module's docstring): BF16_BRGEMM_FROM where the
-    products of both the kernel and a widened call run on brgemm, else BF16_KERNEL_FROM
-    (MKL's bfloat16 product where an odd hidden size's forward product needs it)."""
+    products of both the kernel and a widened call run on brgemm, BF16_AMX_FROM where the
+    kernel's run on brgemm with AMX, else BF16_KERNEL_FROM (MKL's bfloat16 product where an
+    odd hidden size's forward product needs it)."""
     on_brgemm = bf16_on_brgemm(extension, hidden)
     if on_brgemm and extension.f32_on_brgemm():
         return BF16_BRGEMM_FROM
+    if on_brgemm and extension.bf16_on_amx():
+        return BF16_AMX_FROM
     return BF16_KERNEL_FROM if on_brgemm or extension.bf16_on_mkl() else None
 
 
@@ -253,7 +261,8 @@ def describe_16_bit():
             odd = "widened" if odd is None else f"from {odd:,} multiply-adds per step (MKL)"
             kernel = f"from {even:,} multiply-adds per step"
             if extension.bf16_on_brgemm():
-                kernel = f"{kernel} at even hidden sizes (oneDNN's brgemm), at odd ones {odd}"
+                brgemm = "oneDNN's brgemm, AMX" if extension.bf16_on_amx() else "oneDNN's brgemm"
+                kernel = f"{kernel} at even hidden sizes ({brgemm}), at odd ones {odd}"
     except RuntimeError as error:  # a FUSEDRNN_CPU_GEMM the kernels refuse
         kernel = f"none: {error}"
     return (f"the float32 kernels on widened inputs; bfloat16 kernels (every cell but the "
